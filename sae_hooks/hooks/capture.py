@@ -1,0 +1,185 @@
+"""Read activations out of a forward pass, and stop the pass once they are all read.
+
+The stop is an exception raised by the hook of the last requested point to fire and
+swallowed by the context manager, so "deepest" is whatever the forward actually ran
+last: no table of module orders can get it wrong, and blocks after it never run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from sae_hooks.hooks.backends import add_hook
+from sae_hooks.hooks.points import is_transformer_lens, resolve_point
+
+VIT_TOKENS = ("all", "cls", "patches")
+
+
+class _StopForward(Exception):
+    """Raised from a hook to end a forward pass early; never escapes :func:`capture`."""
+
+
+@contextmanager
+def capture(
+    model: nn.Module,
+    points: str | Sequence[str],
+    *,
+    stop: bool = True,
+    dtype: torch.dtype | None = None,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Collect the activations at ``points`` during the forward run inside the block.
+
+    ``acts[point]`` is a detached copy (cast to ``dtype`` if given) of the activation,
+    usually (B, T, d), left on the device where the model computed it. With ``stop``
+    the forward ends right after the last requested point fires and the block runs
+    without autograd; code after the model call inside the block is skipped then.
+    """
+    points = as_point_list(points)
+    locations = [resolve_point(model, p) for p in points]
+    acts: dict[str, torch.Tensor] = {}
+    pending = set(points)
+
+    def reader(point: str):
+        def read(x: torch.Tensor) -> None:
+            acts[point] = x.detach().to(dtype=dtype or x.dtype, copy=True)
+            pending.discard(point)
+            if stop and not pending:
+                raise _StopForward
+
+        return read
+
+    handles = []
+    try:
+        for loc in locations:
+            handles.append(add_hook(loc, reader(loc.point)))
+        with torch.no_grad() if stop else nullcontext():
+            try:
+                yield acts
+            except _StopForward:
+                return
+    finally:
+        for handle in handles:
+            handle.remove()
+    if pending:
+        raise RuntimeError(
+            f"capture: {sorted(pending)} never fired; run a forward pass of the model "
+            "inside the with block (a point the forward does not reach cannot be captured)"
+        )
+
+
+@dataclass
+class ActivationBatch:
+    """Rows of one captured batch, pad rows dropped, in document-major order.
+
+    ``acts`` stay on the model's device; the int64 metadata is on the CPU.
+    """
+
+    acts: dict[str, torch.Tensor]
+    token_ids: torch.Tensor  # -1 for image patches
+    doc_index: torch.Tensor
+    position: torch.Tensor  # among real tokens (left padding excluded); patch index, CLS = 0
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.token_ids.shape[0])
+
+
+def capture_batch(
+    model: nn.Module,
+    points: str | Sequence[str],
+    inputs: Mapping[str, torch.Tensor] | torch.Tensor,
+    *,
+    doc_offset: int = 0,
+    drop_bos: bool = False,
+    dtype: torch.dtype | None = None,
+    vit_tokens: str = "all",
+) -> ActivationBatch:
+    """Run ``inputs`` through ``model`` up to the deepest point and keep the real rows.
+
+    ``inputs``: a dict with ``input_ids`` (+ ``attention_mask``) or ``pixel_values``, or a
+    tensor of token ids. Pad tokens (attention_mask 0, left or right) are dropped;
+    ``drop_bos`` drops each sequence's first real token; ``vit_tokens`` picks the
+    CLS token, the patches, or all tokens of an image.
+    """
+    points = as_point_list(points)
+    if vit_tokens not in VIT_TOKENS:
+        raise ValueError(f"vit_tokens must be one of {VIT_TOKENS}, got {vit_tokens!r}")
+    if isinstance(doc_offset, bool) or not isinstance(doc_offset, int) or doc_offset < 0:
+        raise ValueError(f"doc_offset must be an int >= 0, got {doc_offset!r}")
+    kwargs, args = _model_inputs(model, inputs)
+
+    with capture(model, points, dtype=dtype) as acts:
+        model(*args, **kwargs)
+
+    first = acts[points[0]]
+    if first.ndim != 3:
+        raise ValueError(
+            f"capture_batch needs (batch, tokens, d) activations; {points[0]!r} has shape "
+            f"{tuple(first.shape)}"
+        )
+    batch, seq = first.shape[:2]
+    for point, act in acts.items():
+        if act.shape[:2] != (batch, seq):
+            raise ValueError(
+                f"{point!r} has shape {tuple(act.shape)}, not (batch={batch}, tokens={seq}, d)"
+            )
+
+    if "pixel_values" in kwargs:
+        if drop_bos:
+            raise ValueError("drop_bos is for text; for images use vit_tokens='patches'")
+        position = torch.arange(seq).expand(batch, seq)
+        keep = {"all": position >= 0, "cls": position == 0, "patches": position > 0}[vit_tokens]
+        token_ids = torch.full((batch, seq), -1, dtype=torch.int64)
+    else:
+        ids = kwargs.get("input_ids", args[0] if args else None).detach().cpu().long()
+        if ids.shape != (batch, seq):
+            raise ValueError(
+                f"input_ids {tuple(ids.shape)} do not match activations {(batch, seq)}"
+            )
+        mask = kwargs.get("attention_mask")
+        keep = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.cpu().bool()
+        position = keep.long().cumsum(1) - 1
+        if drop_bos:
+            keep = keep & (position > 0)
+        token_ids = ids
+    doc_index = (doc_offset + torch.arange(batch)).unsqueeze(1).expand(batch, seq)
+    return ActivationBatch(
+        acts={p: a[keep.to(a.device)] for p, a in acts.items()},
+        token_ids=token_ids[keep],
+        doc_index=doc_index[keep],
+        position=position[keep].long(),
+    )
+
+
+def as_point_list(points: str | Sequence[str]) -> list[str]:
+    """One point or several, in order, without duplicates."""
+    if isinstance(points, str):
+        points = [points]
+    elif not isinstance(points, Sequence) or not all(isinstance(p, str) for p in points):
+        raise TypeError(f"points must be a str or a sequence of str, got {points!r}")
+    points = list(dict.fromkeys(points))
+    if not points:
+        raise ValueError("points is empty: name at least one hook point")
+    return points
+
+
+def _model_inputs(model: nn.Module, inputs) -> tuple[dict, tuple]:
+    """(kwargs, args) to call the model with; TransformerLens takes tokens positionally."""
+    if isinstance(inputs, torch.Tensor):
+        inputs = {"input_ids": inputs}
+    if not isinstance(inputs, Mapping):
+        raise TypeError(
+            f"inputs must be a dict of tensors or a tensor of token ids, got {type(inputs).__name__}"
+        )
+    kwargs = {k: v for k, v in inputs.items() if k != "doc_offset"}
+    if "input_ids" not in kwargs and "pixel_values" not in kwargs:
+        raise ValueError(f"inputs need input_ids or pixel_values, got keys {sorted(kwargs)}")
+    if is_transformer_lens(model) and "input_ids" in kwargs:
+        tokens = kwargs.pop("input_ids")
+        return kwargs, (tokens,)
+    return kwargs, ()

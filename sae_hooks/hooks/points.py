@@ -1,0 +1,245 @@
+"""Hook-point names and where they live in a model.
+
+One vocabulary for every backend — ``resid_pre.L``, ``resid_mid.L``, ``resid_post.L``,
+``attn_out.L``, ``mlp_out.L`` (zero-indexed block L) — plus two raw escapes: a module
+path of a Hugging Face model (the module's output) and any TransformerLens hook name.
+A name resolves to a :class:`HookLocation`: a module, whether the activation is its
+input or its output, and whether a replacement must be written in place.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from torch import nn
+
+KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
+_VOCAB = re.compile(r"^(resid_pre|resid_mid|resid_post|attn_out|mlp_out)\.(-?\d+)$")
+
+# Block lists of the families we know, tried in order before the generic fallback.
+BLOCK_PATHS = (
+    "transformer.h",  # GPT-2, GPT-J, Bloom, Falcon
+    "model.layers",  # Llama, Qwen, Gemma, Mistral, Phi
+    "gpt_neox.layers",  # GPT-NeoX, Pythia
+    "vit.layers",  # ViT classifier (transformers 5)
+    "vit.encoder.layer",  # ViT classifier (transformers 4)
+    "bert.encoder.layer",  # BERT heads
+    "roberta.encoder.layer",
+    "encoder.layer",  # bare BERT / MiniLM, bare ViT (transformers 4)
+    "layers",  # bare Llama, NeoX, ViT (transformers 5)
+    "h",  # bare GPT-2
+)
+
+# Submodule names inside one block, first match wins.
+_ATTN_NAMES = ("attn", "self_attn", "attention", "self_attention")
+_MLP_NAMES = ("mlp", "feed_forward", "block_sparse_moe", "ffn")
+# The norm whose input is the residual after attention, in pre-LN blocks. Gemma 2/3
+# put a norm on the attention output called post_attention_layernorm, so their
+# pre_feedforward_layernorm must win.
+_MID_NORM_NAMES = (
+    "pre_feedforward_layernorm",
+    "ln_2",
+    "layernorm_after",
+    "post_attention_layernorm",
+)
+
+
+@dataclass(frozen=True)
+class HookLocation:
+    """Where one hook point's activation passes through the model.
+
+    ``site="input"``: the first positional argument (or ``hidden_states``) of ``module``;
+    ``site="output"``: its output (the first tensor of a tuple). ``inplace``: the tensor
+    is also the residual the block adds to later, so a replacement must be copied into
+    it rather than substituted (pre-LN ``resid_mid``).
+    """
+
+    point: str
+    module: nn.Module
+    site: Literal["input", "output"]
+    path: str
+    inplace: bool = False
+
+
+def is_transformer_lens(model: nn.Module) -> bool:
+    """HookedTransformer and TransformerBridge both carry hook_dict and cfg.n_layers."""
+    return hasattr(model, "hook_dict") and hasattr(getattr(model, "cfg", None), "n_layers")
+
+
+def is_transformer_bridge(model: nn.Module) -> bool:
+    try:
+        from transformer_lens.model_bridge import TransformerBridge
+    except ImportError:  # pragma: no cover - transformer-lens without the bridge
+        return False
+    return isinstance(model, TransformerBridge)
+
+
+def n_blocks(model: nn.Module) -> int:
+    if is_transformer_lens(model):
+        return int(model.cfg.n_layers)
+    return len(find_blocks(model)[1])
+
+
+def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The (path, ModuleList) of a Hugging Face model's transformer blocks."""
+    for path in BLOCK_PATHS:
+        try:
+            blocks = model.get_submodule(path)
+        except AttributeError:
+            continue
+        if isinstance(blocks, nn.ModuleList) and len(blocks) > 0:
+            return path, blocks
+    n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    if n is not None:
+        for path, module in model.named_modules():
+            if isinstance(module, nn.ModuleList) and len(module) == n:
+                return path, module
+    raise ValueError(
+        f"cannot find the transformer blocks of {type(model).__name__}: none of "
+        f"{', '.join(BLOCK_PATHS)} exists and no ModuleList has config.num_hidden_layers "
+        f"({n}) entries. Use a raw module path instead (list_hook_points(model, raw=True))."
+    )
+
+
+def list_hook_points(model: nn.Module, *, raw: bool = False) -> list[str]:
+    """The vocabulary names valid for ``model``; with ``raw=True`` also every raw name
+    (TransformerLens hook names, or Hugging Face module paths)."""
+    n = n_blocks(model)
+    names = [f"{kind}.{i}" for i in range(n) for kind in KINDS if _has_kind(model, kind, i)]
+    if raw:
+        if is_transformer_lens(model):
+            names += list(model.hook_dict)
+        else:
+            names += [path for path, _ in model.named_modules() if path]
+    return names
+
+
+def resolve_point(model: nn.Module, point: str) -> HookLocation:
+    """The location of ``point`` in ``model``; ValueError listing valid names if none."""
+    if not isinstance(point, str):
+        raise TypeError(f"a hook point is a str, got {type(point).__name__}: {point!r}")
+    match = _VOCAB.match(point)
+    if match:
+        kind, layer = match.group(1), int(match.group(2))
+        n = n_blocks(model)
+        if not 0 <= layer < n:
+            raise ValueError(
+                f"layer {layer} of {point!r} is out of range: {type(model).__name__} has "
+                f"{n} blocks (0..{n - 1}). Valid points: {describe_points(model)}"
+            )
+        if is_transformer_lens(model):
+            return _resolve_tl(model, point, f"blocks.{layer}.hook_{kind}")
+        return _resolve_hf_block(model, point, kind, layer)
+    if is_transformer_lens(model):
+        if point in model.hook_dict:
+            return _resolve_tl(model, point, point)
+    elif point:
+        try:
+            module = model.get_submodule(point)
+        except AttributeError:
+            pass
+        else:
+            return HookLocation(point, module, "output", point)
+    raise ValueError(f"unknown hook point {point!r}. Valid points: {describe_points(model)}")
+
+
+def describe_points(model: nn.Module) -> str:
+    """The vocabulary in ranges ('resid_post.0..11'), plus what raw names look like."""
+    n = n_blocks(model)
+    kinds = [k for k in KINDS if all(_has_kind(model, k, i) for i in range(n))]
+    ranges = ", ".join(f"{k}.0..{n - 1}" if n > 1 else f"{k}.0" for k in kinds)
+    if is_transformer_lens(model):
+        example = "'blocks.0.hook_resid_post'"
+    else:
+        path, _ = find_blocks(model)
+        example = f"'{path}.0.{_first_child(model.get_submodule(path)[0])}'"
+    return (
+        f"{ranges}, or a raw name such as {example} "
+        "(all of them: list_hook_points(model, raw=True))"
+    )
+
+
+def _first_child(block: nn.Module) -> str:
+    return next((name for name, _ in block.named_children()), "")
+
+
+def _has_kind(model: nn.Module, kind: str, layer: int) -> bool:
+    try:
+        resolve_point(model, f"{kind}.{layer}")
+    except ValueError:
+        return False
+    return True
+
+
+def _resolve_tl(model: nn.Module, point: str, name: str) -> HookLocation:
+    if name not in model.hook_dict:
+        raise ValueError(f"{type(model).__name__} has no hook {name!r} for {point!r}")
+    # The bridge's hook_resid_mid is the input hook of ln2: replacing its output would
+    # change the norm's input but not the residual the block adds the MLP output to.
+    inplace = is_transformer_bridge(model) and name.endswith(".hook_resid_mid")
+    return HookLocation(point, model.hook_dict[name], "output", name, inplace)
+
+
+def _resolve_hf_block(model: nn.Module, point: str, kind: str, layer: int) -> HookLocation:
+    path, blocks = find_blocks(model)
+    block = blocks[layer]
+    prefix = f"{path}.{layer}"
+    if kind == "resid_pre":
+        return HookLocation(point, block, "input", prefix)
+    if kind == "resid_post":
+        return HookLocation(point, block, "output", prefix)
+
+    def at(name: str, site: Literal["input", "output"] = "output", inplace=False):
+        return HookLocation(point, block.get_submodule(name), site, f"{prefix}.{name}", inplace)
+
+    where = f"{type(block).__name__} ({prefix})"
+    if _is_post_ln(block):
+        # BERT family: attention.output = LayerNorm(dense(attn) + x) is the residual
+        # after attention; the sublayer contributions are the dense projections.
+        sub = {"resid_mid": "attention", "attn_out": "attention.output.dense"}
+        sub["mlp_out"] = "output.dense"
+        return at(sub[kind])
+    sandwich = hasattr(block, "pre_feedforward_layernorm")
+    if kind == "resid_mid":
+        config = getattr(model, "config", None)
+        if getattr(config, "use_parallel_residual", False) or getattr(
+            config, "parallel_attn", False
+        ):
+            raise ValueError(
+                f"{point!r} does not exist in {where}: attention and MLP run in parallel "
+                "off the same residual (config.use_parallel_residual), so there is no "
+                f"residual between them. Use resid_pre.{layer} or resid_post.{layer}."
+            )
+        name = _first_attr(block, _MID_NORM_NAMES)
+        if name is None:
+            raise ValueError(
+                f"cannot locate {point!r} in {where}: none of {', '.join(_MID_NORM_NAMES)} "
+                f"exists. Hook a module path instead (children: {_children(block)})."
+            )
+        return at(name, "input", inplace=True)
+    if sandwich:  # Gemma 2/3: the sublayer's contribution is its post-norm output
+        name = "post_attention_layernorm" if kind == "attn_out" else "post_feedforward_layernorm"
+    else:
+        name = _first_attr(block, _ATTN_NAMES if kind == "attn_out" else _MLP_NAMES)
+    if name is None:
+        raise ValueError(
+            f"cannot locate {point!r} in {where}: none of "
+            f"{', '.join(_ATTN_NAMES if kind == 'attn_out' else _MLP_NAMES)} exists. "
+            f"Hook a module path instead (children: {_children(block)})."
+        )
+    return at(name)
+
+
+def _is_post_ln(block: nn.Module) -> bool:
+    attention = getattr(block, "attention", None)
+    return hasattr(getattr(attention, "output", None), "LayerNorm") and hasattr(block, "output")
+
+
+def _first_attr(block: nn.Module, names: tuple[str, ...]) -> str | None:
+    return next((n for n in names if isinstance(getattr(block, n, None), nn.Module)), None)
+
+
+def _children(block: nn.Module) -> str:
+    return ", ".join(name for name, _ in block.named_children())
