@@ -1,0 +1,352 @@
+"""The SAE base class (a plain ReLU SAE), its output type, and safetensors save/load.
+
+Variants override one step, `_sparsify(pre_codes, codes) -> z`; everything else
+(reshaping to rows, centring and scaling the input, decoding, persistence) lives here.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .dictionary import DictionaryLayer, _positive_int
+from .encoders import LinearEncoder, build_encoder, split_codes
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT_VERSION = 1
+
+SAE_REGISTRY: dict[str, type[SAE]] = {}
+"""architecture name -> class; filled by every SAE subclass that sets `architecture`."""
+
+
+class SAEOutput(NamedTuple):
+    """What forward returns; unpacks like overcomplete's (z_pre, z, x_hat) tuple."""
+
+    z_pre: torch.Tensor
+    z: torch.Tensor
+    x_hat: torch.Tensor
+
+
+class SAE(nn.Module):
+    """Sparse autoencoder with ReLU codes: z = ReLU(W_enc (x*s - b_dec) + b_enc).
+
+    input_shape: d, (seq, d) or (d, height, width). Inputs are flattened to rows of
+    d (channels-first images are moved channels-last); any sequence length or image
+    size is accepted, only d is checked. `x_hat` comes back in the input's shape,
+    `z_pre` and `z` stay rows (N, nb_concepts).
+    encoder_module: None ("linear"), a name registered in ENCODERS, or an nn.Module
+    whose forward returns (pre_codes, codes) or just pre_codes.
+    dictionary_params: keyword arguments of DictionaryLayer (normalization,
+    initializer, use_bias).
+    `input_scale` (buffer): the encoder sees x * input_scale - b_dec and x_hat is
+    divided by it, so an SAE trained on normalised rows runs on raw activations.
+    """
+
+    architecture: ClassVar[str] = "relu"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        name = cls.__dict__.get("architecture")
+        if name is not None:
+            if name in SAE_REGISTRY and SAE_REGISTRY[name].__qualname__ != cls.__qualname__:
+                raise ValueError(
+                    f"architecture {name!r} is already registered by {SAE_REGISTRY[name]}"
+                )
+            SAE_REGISTRY[name] = cls
+
+    def __init__(
+        self,
+        input_shape: int | tuple[int, ...],
+        nb_concepts: int,
+        encoder_module: str | nn.Module | None = None,
+        dictionary_params: dict[str, Any] | None = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        super().__init__()
+        self.input_shape = _input_shape(input_shape)
+        self.input_size = (
+            self.input_shape[0] if len(self.input_shape) == 3 else self.input_shape[-1]
+        )
+        self.nb_concepts = _positive_int("nb_concepts", nb_concepts)
+        self.encoder, self._encoder_name = build_encoder(
+            encoder_module, self.input_size, nb_concepts, device
+        )
+        params = _dictionary_params(dictionary_params)
+        self.dictionary = DictionaryLayer(nb_concepts, self.input_size, device=device, **params)
+        self.register_buffer("input_scale", torch.ones((), device=device))
+
+    # -- the model ---------------------------------------------------------------
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z_pre, z), both (N, nb_concepts) with one row per token / pixel of x."""
+        return self._encode_rows(self._to_rows(x))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Rows (N, d) in the scale of the raw input."""
+        return self.dictionary.decode(z) / self.input_scale
+
+    def forward(self, x: torch.Tensor) -> SAEOutput:
+        z_pre, z = self._encode_rows(self._to_rows(x))
+        return SAEOutput(z_pre, z, self._from_rows(self.decode(z), x.shape))
+
+    def get_dictionary(self) -> torch.Tensor:
+        """The normalised atoms, (nb_concepts, d)."""
+        return self.dictionary.get_dictionary()
+
+    def sparsity_loss(self, out: SAEOutput) -> torch.Tensor:
+        """L1 of the codes weighted by their atoms' norms, summed over latents, mean over rows."""
+        norms = self.get_dictionary().norm(dim=-1)
+        return (out.z * norms).sum(dim=-1).mean()
+
+    def _encode_rows(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pre, codes = self._pre_codes(rows)
+        return pre, self._sparsify(pre, codes)
+
+    def _pre_codes(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        bias = self.dictionary.bias
+        scale = self.input_scale
+        centred = rows * scale if bias is None else torch.addcmul(-bias, rows, scale)
+        return split_codes(self.encoder(centred))
+
+    def _sparsify(self, pre: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        return codes
+
+    @torch.no_grad()
+    def tie_encoder_to_dictionary_(self) -> bool:
+        """Set W_enc = W_dec^T (the recommended init); only the default linear encoder has one."""
+        if not isinstance(self.encoder, LinearEncoder):
+            warnings.warn(
+                f"tie_encoder_to_dictionary_: the encoder is {type(self.encoder).__name__}, "
+                "not the default linear encoder; nothing was tied",
+                stacklevel=2,
+            )
+            return False
+        self.encoder.weight.copy_(self.get_dictionary())
+        return True
+
+    # -- rows in, rows out ---------------------------------------------------------
+
+    def _to_rows(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"SAE input must be a torch.Tensor, got {type(x).__name__}")
+        d = self.input_size
+        if x.dim() == 2 and x.shape[1] == d:
+            rows = x
+        elif len(self.input_shape) == 3 and x.dim() == 4 and x.shape[1] == d:
+            rows = x.movedim(1, -1).reshape(-1, d)
+        elif len(self.input_shape) < 3 and x.dim() >= 1 and x.shape[-1] == d:
+            rows = x.reshape(-1, d)
+        else:
+            raise ValueError(
+                f"{type(self).__name__} expects input of shape {self._expected_shapes()}, "
+                f"got {tuple(x.shape)}"
+            )
+        weight = self.dictionary.weight
+        if rows.dtype != weight.dtype:
+            if not rows.is_floating_point():
+                raise TypeError(f"SAE input must be floating point, got {rows.dtype}")
+            rows = rows.to(weight.dtype)
+        return rows
+
+    def _from_rows(self, rows: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        if rows.shape == shape:
+            return rows
+        if len(shape) == 4:
+            b, _, h, w = shape
+            return rows.reshape(b, h, w, self.input_size).movedim(-1, 1)
+        return rows.reshape(shape)
+
+    def _expected_shapes(self) -> str:
+        d = self.input_size
+        if len(self.input_shape) == 3:
+            _, h, w = self.input_shape
+            return f"(N, {d}) or (B, {d}, H, W) e.g. (B, {d}, {h}, {w})"
+        if len(self.input_shape) == 2:
+            return f"(N, {d}) or (B, T, {d}) e.g. (B, {self.input_shape[0]}, {d})"
+        return f"(N, {d}) or (..., {d})"
+
+    # -- persistence ------------------------------------------------------------------
+
+    def config(self) -> dict[str, Any]:
+        """JSON-able constructor arguments plus "architecture"; enough for `load_sae`."""
+        if self._encoder_name is None:
+            raise ValueError(
+                f"a custom encoder module ({type(self.encoder).__name__}) cannot be rebuilt "
+                "from config.json; register a factory with register_encoder(name, factory) "
+                "and pass encoder_module=name"
+            )
+        norm = self.dictionary.normalization
+        if not isinstance(norm, str):
+            raise ValueError(
+                "a callable dictionary normalization cannot be saved; use one of "
+                "'l2', 'max_l2', 'l1', 'max_l1', 'identity'"
+            )
+        shape = self.input_shape[0] if len(self.input_shape) == 1 else list(self.input_shape)
+        return {
+            "architecture": self.architecture,
+            "format_version": FORMAT_VERSION,
+            "input_shape": shape,
+            "nb_concepts": self.nb_concepts,
+            "encoder_module": self._encoder_name,
+            "dictionary_params": {"normalization": norm, "use_bias": self.dictionary.use_bias},
+            **self._variant_config(),
+        }
+
+    def _variant_config(self) -> dict[str, Any]:
+        return {}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write `path/config.json` and `path/model.safetensors` (no pickle)."""
+        config = self.config()
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"{path} exists and is not a directory")
+        path.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        _atomic_write(path / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, {"format": "pt"}))
+        text = json.dumps(config, indent=2) + "\n"
+        _atomic_write(path / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
+        return path
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], device: str | torch.device = "cpu") -> SAE:
+        """A freshly initialised SAE of the architecture and size `config` describes."""
+        if not isinstance(config, dict):
+            raise ValueError(f"an SAE config must be a JSON object, got {type(config).__name__}")
+        config = dict(config)
+        arch = config.pop("architecture", None)
+        if arch != cls.architecture:
+            raise ValueError(f"config architecture {arch!r} does not match {cls.__name__}")
+        version = config.pop("format_version", None)
+        if version != FORMAT_VERSION:
+            raise ValueError(
+                f"unsupported SAE format_version {version!r}; this sae-hooks reads {FORMAT_VERSION}"
+            )
+        accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "device"}
+        unknown = sorted(set(config) - accepted)
+        if unknown:
+            raise ValueError(
+                f"unknown keys {unknown} in {arch!r} config; accepted: {sorted(accepted)}"
+            )
+        missing = sorted({"input_shape", "nb_concepts"} - set(config))
+        if missing:
+            raise ValueError(f"{arch!r} config lacks required keys {missing}")
+        if isinstance(config["input_shape"], list):
+            config["input_shape"] = tuple(config["input_shape"])
+        return cls(**config, device=device)
+
+    def load_weights(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Load a state dict strictly, adopting its floating dtype."""
+        expected, got = set(self.state_dict()), set(tensors)
+        if expected != got:
+            raise ValueError(
+                f"weights do not match {type(self).__name__}: missing {sorted(expected - got)}, "
+                f"unexpected {sorted(got - expected)}"
+            )
+        weight = tensors.get("dictionary.weight")
+        if weight is not None and weight.is_floating_point():
+            self.to(weight.dtype)
+        try:
+            self.load_state_dict(tensors, strict=True)
+        except RuntimeError as err:
+            raise ValueError(f"weights do not fit {type(self).__name__}: {err}") from err
+
+
+SAE_REGISTRY[SAE.architecture] = SAE
+
+
+def load_sae(path: str | os.PathLike, device: str | torch.device = "cpu") -> SAE:
+    """Rebuild any registered SAE variant from a directory written by `SAE.save`."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no SAE at {path}")
+    if not path.is_dir():
+        raise ValueError(
+            f"{path} is a file{_pickle_hint(path)}; load_sae expects a directory with "
+            f"{CONFIG_FILE} and {WEIGHTS_FILE} (written by SAE.save)"
+        )
+    config_path = path / CONFIG_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{path} has no {CONFIG_FILE}; is it an SAE saved by SAE.save?")
+    try:
+        config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{config_path} is not valid JSON: {err}") from err
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_path} must hold a JSON object")
+    arch = config.get("architecture")
+    if arch not in SAE_REGISTRY:
+        raise ValueError(
+            f"unknown SAE architecture {arch!r} in {config_path}; known: {sorted(SAE_REGISTRY)}"
+        )
+    sae = SAE_REGISTRY[arch].from_config(config, device=device)
+    sae.load_weights(read_safetensors(path / WEIGHTS_FILE, device))
+    return sae
+
+
+def read_safetensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Tensors from a safetensors file; pickles and damaged files are clear errors."""
+    if not path.is_file():
+        raise FileNotFoundError(f"missing weights file {path}")
+    hint = _pickle_hint(path)
+    if hint:
+        raise ValueError(f"{path}{hint}; sae-hooks only reads safetensors and never unpickles")
+    try:
+        return load_file(path, device=str(device))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(
+            f"{path} is not a readable safetensors file (truncated or corrupt?): {err}"
+        ) from err
+
+
+def _pickle_hint(path: Path) -> str:
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head[:1] == b"\x80":
+        return " (it looks like a pickle)"
+    if head == b"PK\x03\x04":
+        return " (it looks like a torch.save zip archive, which holds a pickle)"
+    return ""
+
+
+def _atomic_write(target: Path, write) -> None:
+    tmp = target.with_name(target.name + ".tmp")
+    write(str(tmp))
+    os.replace(tmp, target)
+
+
+def _input_shape(shape: object) -> tuple[int, ...]:
+    if isinstance(shape, int) and not isinstance(shape, bool):
+        shape = (shape,)
+    if (
+        isinstance(shape, (tuple, list, torch.Size))
+        and 1 <= len(shape) <= 3
+        and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)
+    ):
+        return tuple(shape)
+    raise ValueError(
+        "input_shape must be a positive int d, or a tuple (seq, d) or (d, height, width) "
+        f"of positive ints, got {shape!r}"
+    )
+
+
+def _dictionary_params(params: object) -> dict[str, Any]:
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise TypeError(f"dictionary_params must be a dict, got {type(params).__name__}")
+    accepted = {"normalization", "initializer", "use_bias"}
+    unknown = sorted(set(params) - accepted)
+    if unknown:
+        raise ValueError(f"unknown dictionary_params {unknown}; accepted: {sorted(accepted)}")
+    return dict(params)

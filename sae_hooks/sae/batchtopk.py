@@ -1,0 +1,155 @@
+"""BatchTopK SAE (Bussmann et al. 2024): a budget of codes for the whole batch in
+training, a single learned threshold at inference.
+
+The running threshold lives in registered buffers (value + "initialised" flag) so
+state_dict, `.to()`, save and load keep it, and its EMA is updated on device without
+a host sync.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .base import SAE, SAEOutput
+from .topk import default_top_k
+
+
+class BatchTopKSAE(SAE):
+    """BatchTopK SAE.
+
+    top_k counts codes for the ENTIRE batch (the seed's meaning): training keeps the
+    top_k largest codes of the flattened batch, `codes >= kth_largest` (ties kept).
+    `top_k_per_sample=k` is the peers' spelling: k * B codes for a batch of B rows
+    (may be fractional). Give one of the two; with neither, top_k = nb_concepts // 10
+    (overcomplete's default). A budget larger than the batch keeps every positive code.
+
+    The batch threshold is the k-th largest code floored at 0, i.e. the smallest kept
+    positive code, or 0 when fewer than k codes are positive. In training with grad
+    enabled (or `encode(x, update_threshold=True)`) the running threshold follows
+    theta <- m * theta + (1 - m) * t_batch, m = threshold_momentum, starting at the
+    first batch's t_batch. Eval uses z = codes * (codes > theta) and no top-k.
+    """
+
+    architecture = "batchtopk"
+
+    def __init__(
+        self,
+        input_shape: int | tuple[int, ...],
+        nb_concepts: int,
+        top_k: int | None = None,
+        threshold_momentum: float = 0.9,
+        encoder_module: str | nn.Module | None = None,
+        dictionary_params: dict[str, Any] | None = None,
+        device: str | torch.device = "cpu",
+        *,
+        top_k_per_sample: float | None = None,
+    ) -> None:
+        if top_k is not None and top_k_per_sample is not None:
+            raise ValueError(
+                "give top_k (codes for the whole batch) or top_k_per_sample (codes per row), not both"
+            )
+        if top_k_per_sample is None:
+            top_k = default_top_k(nb_concepts) if top_k is None else top_k
+            if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0:
+                raise ValueError(
+                    f"top_k (codes for the whole batch) must be a positive int, got {top_k!r}"
+                )
+        elif (
+            isinstance(top_k_per_sample, bool)
+            or not isinstance(top_k_per_sample, (int, float))
+            or not 0 < top_k_per_sample <= nb_concepts
+        ):
+            raise ValueError(
+                f"top_k_per_sample must be a number with 0 < top_k_per_sample <= "
+                f"nb_concepts={nb_concepts}, got {top_k_per_sample!r}"
+            )
+        if (
+            isinstance(threshold_momentum, bool)
+            or not isinstance(threshold_momentum, (int, float))
+            or not 0.0 <= threshold_momentum <= 1.0
+        ):
+            raise ValueError(f"threshold_momentum must be in [0, 1], got {threshold_momentum!r}")
+        super().__init__(input_shape, nb_concepts, encoder_module, dictionary_params, device)
+        self.top_k = top_k
+        self.top_k_per_sample = top_k_per_sample
+        self.threshold_momentum = float(threshold_momentum)
+        self.register_buffer("threshold_ema", torch.zeros((), device=device))
+        self.register_buffer(
+            "threshold_initialized", torch.zeros((), dtype=torch.bool, device=device)
+        )
+        self._threshold_known = False  # host mirror of threshold_initialized: no sync in eval
+        self.register_load_state_dict_post_hook(_refresh_threshold_flag)
+
+    @property
+    def running_threshold(self) -> torch.Tensor | None:
+        """The inference threshold (0-d tensor), None until the first training batch."""
+        return self.threshold_ema if self._threshold_known else None
+
+    @running_threshold.setter
+    def running_threshold(self, value: float | torch.Tensor | None) -> None:
+        with torch.no_grad():
+            if value is None:
+                self.threshold_ema.zero_()
+                self.threshold_initialized.fill_(False)
+            else:
+                self.threshold_ema.copy_(torch.as_tensor(value).reshape(()))
+                self.threshold_initialized.fill_(True)
+        self._threshold_known = value is not None
+
+    def batch_budget(self, n_rows: int, n_codes: int) -> int:
+        """How many codes a batch of n_rows keeps in training, clamped to [1, n_codes]."""
+        k = self.top_k if self.top_k_per_sample is None else round(self.top_k_per_sample * n_rows)
+        return max(1, min(k, n_codes))
+
+    def encode(
+        self, x: torch.Tensor, update_threshold: bool | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z_pre, z). update_threshold: None = only in train mode with grad enabled."""
+        pre, codes = self._pre_codes(self._to_rows(x))
+        return pre, self._sparsify(pre, codes, update_threshold)
+
+    def _sparsify(
+        self, pre: torch.Tensor, codes: torch.Tensor, update_threshold: bool | None = None
+    ) -> torch.Tensor:
+        if not self.training:
+            if not self._threshold_known:
+                raise RuntimeError(
+                    "BatchTopKSAE in eval mode has no running threshold yet: train it on at "
+                    "least one batch (train mode), or set sae.running_threshold"
+                )
+            return codes * (codes > self.threshold_ema)
+        if codes.numel() == 0:
+            return codes
+        k = self.batch_budget(codes.shape[0], codes.numel())
+        batch_threshold = codes.detach().flatten().topk(k, sorted=False).values.min().clamp_min(0.0)
+        if torch.is_grad_enabled() if update_threshold is None else update_threshold:
+            self._update_running_threshold(batch_threshold)
+        return codes * (codes >= batch_threshold)
+
+    @torch.no_grad()
+    def _update_running_threshold(self, batch_threshold: torch.Tensor) -> None:
+        t = batch_threshold.to(self.threshold_ema.dtype)
+        m = self.threshold_momentum
+        ema = torch.where(self.threshold_initialized, m * self.threshold_ema + (1.0 - m) * t, t)
+        self.threshold_ema.copy_(ema)
+        self.threshold_initialized.fill_(True)
+        self._threshold_known = True
+
+    def sparsity_loss(self, out: SAEOutput) -> torch.Tensor:
+        """Zero: sparsity is enforced by construction."""
+        return out.z.new_zeros(())
+
+    def _variant_config(self) -> dict[str, Any]:
+        budget = (
+            {"top_k": self.top_k}
+            if self.top_k_per_sample is None
+            else {"top_k_per_sample": self.top_k_per_sample}
+        )
+        return {**budget, "threshold_momentum": self.threshold_momentum}
+
+
+def _refresh_threshold_flag(module: nn.Module, incompatible_keys: Any) -> None:
+    module._threshold_known = bool(module.threshold_initialized)

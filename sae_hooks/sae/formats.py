@@ -1,0 +1,237 @@
+"""SAELens (6.x) on-disk format: a directory with cfg.json and sae_weights.safetensors.
+
+Weights: W_enc (d_in, d_sae), b_enc (d_sae), W_dec (d_sae, d_in), b_dec (d_in), plus
+threshold (d_sae) for "jumprelu". SAELens computes
+    pre = (x - b_dec * apply_b_dec_to_input) @ W_enc + b_enc,   x_hat = acts @ W_dec + b_dec
+with acts = ReLU(pre) ("standard"), TopK(pre, k) ("topk") or ReLU(pre) * (pre > threshold)
+("jumprelu"). SAELens saves a trained BatchTopK SAE as "jumprelu" with its running
+threshold broadcast to every latent; export does the same. Our input_scale is folded
+into the weights (W_enc * s, W_dec / s, b_dec / s) so the files run on raw activations,
+and our own config rides along under the "sae_hooks" key (SAELens ignores unknown
+keys), so that import restores the exact variant and its input_scale.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .base import SAE, SAE_REGISTRY, read_safetensors
+from .batchtopk import BatchTopKSAE
+from .encoders import LinearEncoder
+from .jump import JumpSAE
+from .topk import TopKSAE
+
+SAELENS_CONFIG = "cfg.json"
+SAELENS_WEIGHTS = "sae_weights.safetensors"
+SAELENS_ARCHITECTURES = ("standard", "topk", "jumprelu", "batchtopk")
+_UNIT_NORM_TOL = 1e-5
+_SAELENS_NAME = {
+    "relu": "standard",
+    "topk": "topk",
+    "jumprelu": "jumprelu",
+    "batchtopk": "jumprelu",
+}
+
+
+@torch.no_grad()
+def export_saelens(sae: SAE, path: str | os.PathLike) -> Path:
+    """Write `sae` as an SAELens inference SAE; returns the directory."""
+    from safetensors.torch import save_file
+
+    if not isinstance(sae.encoder, LinearEncoder):
+        raise ValueError(
+            f"SAELens SAEs have a linear encoder; this one is {type(sae.encoder).__name__}"
+        )
+    scale = sae.input_scale
+    atoms = sae.get_dictionary()
+    nb, d = atoms.shape
+    b_dec = sae.dictionary.bias if sae.dictionary.bias is not None else atoms.new_zeros(d)
+    tensors = {
+        "W_enc": (sae.encoder.weight * scale).T,
+        "b_enc": sae.encoder.bias,
+        "W_dec": atoms / scale,
+        "b_dec": b_dec / scale,
+    }
+    cfg: dict[str, Any] = {}
+    if isinstance(sae, BatchTopKSAE):
+        if sae.running_threshold is None:
+            raise ValueError("a BatchTopKSAE exports with its running threshold; train it first")
+        cfg["architecture"] = "jumprelu"
+        tensors["threshold"] = sae.running_threshold.to(atoms.dtype).expand(nb)
+    elif isinstance(sae, JumpSAE):
+        cfg["architecture"] = "jumprelu"
+        tensors["threshold"] = sae.threshold
+    elif isinstance(sae, TopKSAE):
+        cfg.update(architecture="topk", k=sae.top_k)
+    elif type(sae) is SAE:
+        cfg["architecture"] = "standard"
+    else:
+        raise ValueError(f"no SAELens architecture for {type(sae).__name__}")
+    cfg.update(
+        d_in=d,
+        d_sae=nb,
+        dtype=str(atoms.dtype).removeprefix("torch."),
+        device="cpu",
+        apply_b_dec_to_input=True,
+        normalize_activations="none",
+        reshape_activations="none",
+    )
+    with contextlib.suppress(
+        ValueError
+    ):  # a custom normalisation: SAELens still gets exact weights
+        cfg["sae_hooks"] = {"config": sae.config(), "input_scale": float(scale)}
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, path / SAELENS_WEIGHTS)
+    (path / SAELENS_CONFIG).write_text(json.dumps(cfg, indent=2) + "\n")
+    return path
+
+
+@torch.no_grad()
+def import_saelens(path: str | os.PathLike, device: str | torch.device = "cpu") -> SAE:
+    """Read an SAELens directory (cfg.json + sae_weights.safetensors) into one of our SAEs."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ValueError(f"{path} is not a directory with {SAELENS_CONFIG} and {SAELENS_WEIGHTS}")
+    cfg_path = path / SAELENS_CONFIG
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} has no {SAELENS_CONFIG}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{cfg_path} is not valid JSON: {err}") from err
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{cfg_path} must hold a JSON object")
+    arch = cfg.get("architecture", "standard")
+    if arch not in SAELENS_ARCHITECTURES:
+        raise ValueError(
+            f"unsupported SAELens architecture {arch!r}; supported: {list(SAELENS_ARCHITECTURES)}"
+        )
+    if cfg.get("normalize_activations", "none") not in ("none", None):
+        raise ValueError(
+            f"normalize_activations={cfg['normalize_activations']!r} is not supported; fold the "
+            "normalisation into the weights (SAELens: fold_activation_norm_scaling_factor) first"
+        )
+    tensors = read_safetensors(path / SAELENS_WEIGHTS, device)
+    w_enc, b_enc, w_dec, b_dec = _required(tensors, arch)
+    nb, d = w_dec.shape
+    if w_enc.shape != (d, nb) or b_enc.shape != (nb,) or b_dec.shape != (d,):
+        raise ValueError(
+            f"inconsistent SAELens weights: W_enc {tuple(w_enc.shape)}, b_enc {tuple(b_enc.shape)}, "
+            f"W_dec {tuple(w_dec.shape)}, b_dec {tuple(b_dec.shape)}"
+        )
+    for key, size in (("d_in", d), ("d_sae", nb)):
+        if key in cfg and cfg[key] != size:
+            raise ValueError(f"cfg.json says {key}={cfg[key]} but the weights have {size}")
+    if not cfg.get("apply_b_dec_to_input", True):
+        b_enc = b_enc + b_dec @ w_enc  # we always centre the encoder's input on b_dec
+    threshold = tensors.get("threshold")
+
+    ours = cfg.get("sae_hooks")
+    if isinstance(ours, dict) and isinstance(ours.get("config"), dict):
+        config = ours["config"]
+        expected = _SAELENS_NAME.get(config.get("architecture"))
+        if expected != arch:
+            raise ValueError(
+                f"cfg.json is inconsistent: SAELens architecture {arch!r} but sae_hooks "
+                f"architecture {config.get('architecture')!r}"
+            )
+        sae = SAE_REGISTRY[config["architecture"]].from_config(config, device=device)
+        scale = float(ours.get("input_scale", 1.0))
+    else:
+        sae = _foreign_sae(cfg, arch, d, nb, w_dec, threshold, device)
+        scale = 1.0
+    if not isinstance(sae.encoder, LinearEncoder):
+        raise ValueError("an SAELens SAE needs the default linear encoder")
+
+    state = {
+        "encoder.weight": w_enc.T / scale,
+        "encoder.bias": b_enc,
+        "dictionary.weight": w_dec * scale,
+        "input_scale": torch.tensor(scale, dtype=w_dec.dtype, device=w_dec.device),
+    }
+    if sae.dictionary.bias is not None:
+        state["dictionary.bias"] = b_dec * scale
+    elif b_dec.abs().max() > 0:
+        raise ValueError("the SAE config has no decoder bias but b_dec is non-zero")
+    if isinstance(sae, JumpSAE):
+        state["log_threshold"] = _positive(threshold).log()
+    if isinstance(sae, BatchTopKSAE):
+        state.update(_batchtopk_state(tensors, threshold, w_dec))
+    for key, value in sae.state_dict().items():
+        state.setdefault(key, value)  # e.g. buffers SAELens has no notion of
+    sae.load_weights(
+        {
+            k: v.contiguous().to(w_dec.dtype) if v.is_floating_point() else v
+            for k, v in state.items()
+        }
+    )
+    return sae
+
+
+def _required(tensors: dict[str, torch.Tensor], arch: str) -> list[torch.Tensor]:
+    names = ["W_enc", "b_enc", "W_dec", "b_dec"] + (["threshold"] if arch == "jumprelu" else [])
+    missing = [n for n in names if n not in tensors]
+    if missing:
+        raise ValueError(f"SAELens {arch!r} weights lack {missing}; found {sorted(tensors)}")
+    return [tensors[n] for n in names[:4]]
+
+
+def _foreign_sae(
+    cfg: dict[str, Any],
+    arch: str,
+    d: int,
+    nb: int,
+    w_dec: torch.Tensor,
+    threshold: torch.Tensor | None,
+    device: str | torch.device,
+) -> SAE:
+    """An SAE for a file SAELens wrote: 'l2' atoms if W_dec rows are unit norm, else 'identity'."""
+    unit = bool(((w_dec.norm(dim=-1) - 1).abs() <= _UNIT_NORM_TOL).all())
+    params = {"normalization": "l2" if unit else "identity"}
+    if arch == "standard":
+        return SAE(d, nb, dictionary_params=params, device=device)
+    if arch == "topk":
+        return TopKSAE(d, nb, top_k=int(cfg.get("k", 100)), dictionary_params=params, device=device)
+    if arch == "jumprelu":
+        return JumpSAE(d, nb, dictionary_params=params, device=device)
+    k = cfg.get("k", 100)
+    return BatchTopKSAE(d, nb, top_k_per_sample=k, dictionary_params=params, device=device)
+
+
+def _positive(threshold: torch.Tensor) -> torch.Tensor:
+    tiny = torch.finfo(threshold.dtype).tiny
+    if bool((threshold <= 0).any()):
+        warnings.warn(
+            "JumpReLU thresholds <= 0 raised to the smallest positive float (JumpSAE stores "
+            "log thresholds)",
+            stacklevel=3,
+        )
+    return threshold.clamp_min(tiny)
+
+
+def _batchtopk_state(
+    tensors: dict[str, torch.Tensor], threshold: torch.Tensor | None, ref: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    if threshold is None:
+        threshold = tensors.get("topk_threshold")
+    if threshold is None:
+        return {}
+    flat = threshold.reshape(-1).to(ref.dtype)
+    if not bool((flat == flat[0]).all()):
+        raise ValueError("a BatchTopK SAE needs one threshold shared by every latent")
+    value = flat[0]
+    if not math.isfinite(float(value)):
+        raise ValueError(f"BatchTopK threshold must be finite, got {float(value)}")
+    return {
+        "threshold_ema": value.reshape(()),
+        "threshold_initialized": torch.ones((), dtype=torch.bool, device=ref.device),
+    }

@@ -1,0 +1,54 @@
+"""TopK SAE (Gao et al. 2024): each row keeps its k largest codes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .base import SAE, SAEOutput
+
+
+def default_top_k(nb_concepts: int) -> int:
+    """overcomplete's default when top_k is None: a tenth of the dictionary, at least 1."""
+    return max(nb_concepts // 10, 1)
+
+
+def check_top_k(name: str, top_k: object, nb_concepts: int) -> int:
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 0 < top_k <= nb_concepts:
+        raise ValueError(
+            f"{name} must be an int with 0 < {name} <= nb_concepts={nb_concepts}, got {top_k!r}"
+        )
+    return top_k
+
+
+class TopKSAE(SAE):
+    """k codes per row (top_k; None means nb_concepts // 10), in training and in eval alike."""
+
+    architecture = "topk"
+
+    def __init__(
+        self,
+        input_shape: int | tuple[int, ...],
+        nb_concepts: int,
+        top_k: int | None = None,
+        encoder_module: str | nn.Module | None = None,
+        dictionary_params: dict[str, Any] | None = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        super().__init__(input_shape, nb_concepts, encoder_module, dictionary_params, device)
+        self.top_k = check_top_k(
+            "top_k", default_top_k(nb_concepts) if top_k is None else top_k, nb_concepts
+        )
+
+    def _sparsify(self, pre: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        values, indices = codes.topk(self.top_k, dim=-1, sorted=False)
+        return torch.zeros_like(codes).scatter(-1, indices, values)
+
+    def sparsity_loss(self, out: SAEOutput) -> torch.Tensor:
+        """Zero: sparsity is enforced by construction."""
+        return out.z.new_zeros(())
+
+    def _variant_config(self) -> dict[str, Any]:
+        return {"top_k": self.top_k}
