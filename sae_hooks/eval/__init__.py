@@ -1,1 +1,33 @@
-"""eval"""
+"""What a spliced SAE keeps: reconstruction metrics, downstream loss, concept ablation."""
+
+from sae_hooks.eval.ablation import (
+    AblationResult,
+    class_logit,
+    concept_ablation,
+    embedding_similarity,
+    mean_latents,
+    rank_concept_latents,
+    token_logprob,
+)
+from sae_hooks.eval.reconstruction import (
+    ReconstructionResult,
+    Replace,
+    evaluate_reconstruction,
+    model_kind,
+    run_model,
+)
+
+__all__ = [
+    "AblationResult",
+    "ReconstructionResult",
+    "Replace",
+    "class_logit",
+    "concept_ablation",
+    "embedding_similarity",
+    "evaluate_reconstruction",
+    "mean_latents",
+    "model_kind",
+    "rank_concept_latents",
+    "run_model",
+    "token_logprob",
+]

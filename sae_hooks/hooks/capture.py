@@ -111,7 +111,7 @@ def capture_batch(
         raise ValueError(f"vit_tokens must be one of {VIT_TOKENS}, got {vit_tokens!r}")
     if isinstance(doc_offset, bool) or not isinstance(doc_offset, int) or doc_offset < 0:
         raise ValueError(f"doc_offset must be an int >= 0, got {doc_offset!r}")
-    kwargs, args = _model_inputs(model, inputs)
+    kwargs, args = model_call_args(model, inputs)
 
     with capture(model, points, dtype=dtype) as acts:
         model(*args, **kwargs)
@@ -168,7 +168,7 @@ def as_point_list(points: str | Sequence[str]) -> list[str]:
     return points
 
 
-def _model_inputs(model: nn.Module, inputs) -> tuple[dict, tuple]:
+def model_call_args(model: nn.Module, inputs) -> tuple[dict, tuple]:
     """(kwargs, args) to call the model with; TransformerLens takes tokens positionally."""
     if isinstance(inputs, torch.Tensor):
         inputs = {"input_ids": inputs}

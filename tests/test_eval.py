@@ -1,0 +1,198 @@
+"""Reconstruction evaluation and concept ablation, checked on cases with known answers."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from sae_hooks.eval import metrics
+from sae_hooks.eval.ablation import (
+    concept_ablation,
+    embedding_similarity,
+    token_logprob,
+)
+from sae_hooks.eval.reconstruction import Replace, evaluate_reconstruction, model_kind, run_model
+from sae_hooks.hooks import ZeroLatents, splice
+from sae_hooks.sae import SAE, BatchTopKSAE, SAEOutput
+
+D = 64
+
+
+class Identity(nn.Module):
+    """A perfect "SAE": the latents are the coordinates themselves."""
+
+    def __init__(self, d: int = D) -> None:
+        super().__init__()
+        self.input_size = self.nb_concepts = d
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def encode(self, x):
+        return x, x
+
+    def decode(self, z):
+        return z
+
+    def forward(self, x):
+        return SAEOutput(x, x, x)
+
+
+def text_batches(tokenizer, texts, padding_side="right"):
+    tokenizer.padding_side = padding_side
+    out = [
+        tokenizer(
+            texts[i : i + 4], return_tensors="pt", padding=True, truncation=True, max_length=32
+        )
+        for i in range(0, len(texts), 4)
+    ]
+    tokenizer.padding_side = "right"
+    return [dict(b) for b in out]
+
+
+def test_model_kinds(tiny_gpt2, tiny_vit, tiny_bert, tiny_hooked_transformer):
+    assert model_kind(tiny_gpt2) == "lm"
+    assert model_kind(tiny_hooked_transformer) == "lm"
+    assert model_kind(tiny_vit) == "classifier"
+    assert model_kind(tiny_bert) == "encoder"
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_identity_recovers_everything_zero_recovers_nothing(
+    tiny_gpt2, tokenizer, texts, padding_side
+):
+    data = text_batches(tokenizer, texts[:8], padding_side)
+    ident = evaluate_reconstruction(tiny_gpt2, "resid_post.1", Identity(), data, progress=False)
+    assert ident.fvu == pytest.approx(0.0, abs=1e-10)
+    assert ident.downstream["loss_recovered"] == pytest.approx(1.0, abs=1e-5)
+    assert ident.downstream["kl_clean_spliced"] == pytest.approx(0.0, abs=1e-6)
+    zero = Replace(torch.zeros(D))
+    zero.nb_concepts = D
+    zero.dummy = nn.Parameter(torch.zeros(()))
+    res = evaluate_reconstruction(tiny_gpt2, "resid_post.1", zero, data, progress=False)
+    assert res.downstream["loss_recovered"] == pytest.approx(0.0, abs=1e-5)
+    # Pads never count: the rows are exactly the real tokens.
+    assert ident.n_rows == sum(int(b["attention_mask"].sum()) for b in data)
+    json.loads(ident.to_json())
+
+
+def test_ce_ignores_padding(tiny_gpt2, tokenizer, texts):
+    """The same documents padded differently give the same clean CE."""
+    a = text_batches(tokenizer, texts[:4], "right")
+    b = [tokenizer([t], return_tensors="pt", truncation=True, max_length=32) for t in texts[:4]]
+    ra = evaluate_reconstruction(tiny_gpt2, "resid_post.0", Identity(), a, progress=False)
+    rb = evaluate_reconstruction(
+        tiny_gpt2, "resid_post.0", Identity(), [dict(x) for x in b], progress=False
+    )
+    assert ra.downstream["ce_clean"] == pytest.approx(rb.downstream["ce_clean"], rel=1e-5)
+
+
+def test_streaming_fvu_matches_one_shot():
+    torch.manual_seed(0)
+    x, x_hat = (
+        torch.randn(300, 8, dtype=torch.float64) * 3 + 1,
+        torch.randn(300, 8, dtype=torch.float64),
+    )
+    s = metrics.SumOfSquares()
+    for i in range(0, 300, 70):
+        s.update(x[i : i + 70], x_hat[i : i + 70])
+    expected = ((x - x_hat) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
+    assert s.fvu == pytest.approx(expected.item(), rel=1e-9)
+
+
+def test_ablating_every_latent_equals_decoder_bias(tiny_gpt2, tokenizer, texts):
+    torch.manual_seed(0)
+    sae = SAE(D, 128)
+    with torch.no_grad():
+        sae.dictionary.bias.normal_()
+    batch = text_batches(tokenizer, texts[:4])[0]
+    with splice(tiny_gpt2, "resid_post.1", sae, edit=ZeroLatents(list(range(128)))):
+        ablated = run_model(tiny_gpt2, batch)
+    with splice(tiny_gpt2, "resid_post.1", Replace(sae.dictionary.bias / sae.input_scale)):
+        bias_only = run_model(tiny_gpt2, batch)
+    torch.testing.assert_close(ablated, bias_only)
+
+
+def test_classifier_and_encoder_metrics(tiny_vit, tiny_bert, tokenizer, texts):
+    images = [
+        {"pixel_values": torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(i))}
+        for i in range(2)
+    ]
+    r = evaluate_reconstruction(tiny_vit, "resid_post.2", Identity(), images, progress=False)
+    assert r.downstream["top1_agreement"] == 1.0 and r.n_rows == 8 * 17
+    assert r.downstream["kl_clean_spliced"] == pytest.approx(0.0, abs=1e-6)
+    data = text_batches(tokenizer, texts[:8])
+    r = evaluate_reconstruction(tiny_bert, "resid_post.1", Identity(), data, progress=False)
+    assert r.downstream["cosine"] == pytest.approx(1.0, abs=1e-5)
+    assert r.downstream["cosine_recovered"] == pytest.approx(1.0, abs=1e-4)
+    assert r.downstream["cosine_zero_ablated"] < 0.99
+
+
+def test_batchtopk_eval_uses_running_threshold(tiny_gpt2, tokenizer, texts):
+    sae = BatchTopKSAE(D, 128, top_k=64)
+    with pytest.raises(RuntimeError, match="threshold"):
+        evaluate_reconstruction(
+            tiny_gpt2, "resid_post.1", sae, text_batches(tokenizer, texts[:4]), progress=False
+        )
+    assert sae.training  # the mode is restored even when evaluation fails
+
+
+def planted_model(tiny_gpt2, concept_token: int):
+    """GPT-2 whose token `concept_token` alone writes a large value on coordinate 0."""
+    import copy
+
+    model = copy.deepcopy(tiny_gpt2)
+    with torch.no_grad():
+        model.transformer.wte.weight[:, 0] = 0
+        model.transformer.wpe.weight[:, 0] = 0
+        model.transformer.wte.weight[concept_token, 0] = 20.0
+    return model
+
+
+def test_concept_ablation_finds_planted_latent(tiny_gpt2, tokenizer):
+    concept = tokenizer(" the", add_special_tokens=False)["input_ids"][0]
+    model = planted_model(tiny_gpt2, concept)
+    pos = [
+        {"input_ids": torch.randint(1, 500, (4, 12), generator=torch.Generator().manual_seed(i))}
+        for i in range(2)
+    ]
+    for b in pos:
+        b["input_ids"][:, -1] = concept
+    neg = [{"input_ids": b["input_ids"].clone()} for b in pos]
+    for b in neg:
+        b["input_ids"][b["input_ids"] == concept] = 7
+        b["input_ids"][:, -1] = 7
+    target = token_logprob(5)
+    res = concept_ablation(
+        model, "resid_pre.0", Identity(), pos, neg, target, m=1, n_random=6, seed=1
+    )
+    assert res.latents == [0]
+    mean, std = res.random_effect
+    assert abs(res.effect) > 10 * (abs(mean) + std)
+    # Negatives never see the concept token, so ablating its latent leaves them alone.
+    assert res.concept_negative == pytest.approx(res.clean_negative, abs=1e-5)
+    again = concept_ablation(
+        model, "resid_pre.0", Identity(), pos, neg, target, m=1, n_random=6, seed=1
+    )
+    assert again.to_dict() == res.to_dict()
+    assert "ablate top 1" in res.table()
+
+
+def test_concept_ablation_on_encoder(tiny_bert, tokenizer, texts):
+    data = text_batches(tokenizer, texts[:8])
+    with torch.no_grad():
+        ref = tiny_bert(**data[0]).last_hidden_state.mean((0, 1))
+    res = concept_ablation(
+        tiny_bert,
+        "resid_post.1",
+        Identity(),
+        data[:1],
+        data[1:],
+        embedding_similarity(ref),
+        m=3,
+        n_random=2,
+    )
+    assert len(res.latents) == 3 and len(res.random_positive) == 2
+    with pytest.raises(ValueError, match="m must be"):
+        concept_ablation(
+            tiny_bert, "resid_post.1", Identity(), data, data, embedding_similarity(ref), m=0
+        )
