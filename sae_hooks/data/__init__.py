@@ -1,1 +1,14 @@
-"""data"""
+"""Deterministic, resumable sources of model inputs: token contexts and image batches."""
+
+from sae_hooks.data.batch import InputBatch
+from sae_hooks.data.images import ImageBatches, image_batches
+from sae_hooks.data.text import TextBatches, pydoc_texts, text_batches
+
+__all__ = [
+    "ImageBatches",
+    "InputBatch",
+    "TextBatches",
+    "image_batches",
+    "pydoc_texts",
+    "text_batches",
+]

@@ -1,0 +1,178 @@
+"""Token contexts from a list of documents.
+
+Two ways to fit a document into contexts of `context_length` tokens:
+- "chunk" (default): split it into consecutive contexts, so every token is seen
+  once; the last context of a document is shorter and padded. Activation stores
+  want every token, and no context crosses a document boundary.
+- "truncate": keep its first `context_length` tokens, one context per document.
+Special tokens the tokenizer adds (BERT's [CLS] ... [SEP], Llama's BOS) wrap every
+context and count toward context_length. doc_index/doc_offset count contexts in
+order; in "truncate" mode that is the document index.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+
+from sae_hooks.data.batch import InputBatch
+
+MODES = ("chunk", "truncate")
+_TOKENIZE_GROUP = 256  # documents tokenized per call
+_NO_LIMIT = 10**9  # transformers' "unknown" model_max_length is ~1e30
+
+
+def pydoc_texts(n: int | None = None, min_chars: int = 80) -> list[str]:
+    """Real English paragraphs shipped with every CPython (the language reference)."""
+    from pydoc_data.topics import topics
+
+    paras = [p.strip() for t in topics.values() for p in t.split("\n\n")]
+    paras = [p for p in paras if len(p) >= min_chars]
+    return paras[:n] if n else paras
+
+
+def _special_wrap(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The token ids the tokenizer puts before and after a single sequence."""
+    full = tokenizer("a")["input_ids"]
+    body = tokenizer("a", add_special_tokens=False)["input_ids"]
+    for i in range(len(full) - len(body) + 1):
+        if full[i : i + len(body)] == body:
+            return list(full[:i]), list(full[i + len(body) :])
+    return [], []
+
+
+class TextBatches:
+    """Deterministic batches of token contexts; `iter_from(k)` resumes at batch k."""
+
+    def __init__(
+        self,
+        texts: Sequence[str],
+        tokenizer: Any,
+        *,
+        context_length: int,
+        batch_size: int,
+        mode: str = "chunk",
+        prepend_bos: bool = False,
+        max_length: int | None = None,
+        start_batch: int = 0,
+    ) -> None:
+        if isinstance(texts, str) or not isinstance(texts, Sequence):
+            raise TypeError("texts must be a sequence of strings (a list of documents)")
+        if len(texts) == 0:
+            raise ValueError("the data source is empty: texts has no documents")
+        for i, t in enumerate(texts):
+            if not isinstance(t, str) or not t:
+                raise ValueError(f"document {i} is {t!r}; every document must be a non-empty str")
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
+        if batch_size < 1 or start_batch < 0:
+            raise ValueError(
+                f"need batch_size >= 1 and start_batch >= 0, got {batch_size}, {start_batch}"
+            )
+        limits = {"the tokenizer's model_max_length": getattr(tokenizer, "model_max_length", None)}
+        limits["max_length (the model's context)"] = max_length
+        for name, limit in limits.items():
+            if limit is not None and limit < _NO_LIMIT and context_length > limit:
+                raise ValueError(
+                    f"context_length {context_length} exceeds {name} ({limit}); "
+                    f"use context_length <= {limit}"
+                )
+        self.prefix, self.suffix = _special_wrap(tokenizer)
+        if prepend_bos:
+            bos = getattr(tokenizer, "bos_token_id", None)
+            if bos is None:
+                raise ValueError("prepend_bos=True but the tokenizer has no bos_token_id")
+            if self.prefix[:1] != [bos]:
+                self.prefix = [bos, *self.prefix]
+        self.body = context_length - len(self.prefix) - len(self.suffix)
+        if self.body < 1:
+            raise ValueError(
+                f"context_length {context_length} leaves no room for text after "
+                f"{len(self.prefix) + len(self.suffix)} special tokens"
+            )
+        pad = tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else (tokenizer.eos_token_id or 0)
+        self.texts, self.tokenizer, self.mode = texts, tokenizer, mode
+        self.context_length, self.batch_size, self.start_batch = (
+            context_length,
+            batch_size,
+            start_batch,
+        )
+        self.description = (
+            f"text: {len(texts)} documents, {mode} to {context_length} tokens, batch {batch_size}"
+        )
+
+    def __len__(self) -> int:
+        if self.mode != "truncate":
+            raise TypeError("the number of 'chunk' batches is known only after tokenizing")
+        return max(0, math.ceil(len(self.texts) / self.batch_size) - self.start_batch)
+
+    def __iter__(self) -> Iterator[InputBatch]:
+        return self.iter_from(self.start_batch)
+
+    def _contexts(self, first_doc: int) -> Iterator[list[int]]:
+        for g in range(first_doc, len(self.texts), _TOKENIZE_GROUP):
+            group = list(self.texts[g : g + _TOKENIZE_GROUP])
+            for ids in self.tokenizer(group, add_special_tokens=False)["input_ids"]:
+                pieces = range(0, len(ids), self.body) if self.mode == "chunk" else [0]
+                for s in pieces:
+                    yield [*self.prefix, *ids[s : s + self.body], *self.suffix]
+
+    def iter_from(self, batch: int) -> Iterator[InputBatch]:
+        """Batches from index `batch` on. Truncate mode jumps there; chunk mode re-tokenizes
+        the skipped documents (no model work) to count their contexts."""
+        skip = batch * self.batch_size
+        first_doc = skip if self.mode == "truncate" else 0
+        contexts = self._contexts(min(first_doc, len(self.texts)))
+        if self.mode == "chunk":
+            for _ in zip(range(skip), contexts):
+                pass
+        index, pending = batch, []
+        for ctx in contexts:
+            pending.append(ctx)
+            if len(pending) == self.batch_size:
+                yield self._collate(pending, index)
+                index, pending = index + 1, []
+        if pending:
+            yield self._collate(pending, index)
+
+    def _collate(self, contexts: list[list[int]], index: int) -> InputBatch:
+        width = max(map(len, contexts))
+        ids = torch.full((len(contexts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(contexts), width), dtype=torch.long)
+        for row, ctx in enumerate(contexts):
+            ids[row, : len(ctx)] = torch.tensor(ctx, dtype=torch.long)
+            mask[row, : len(ctx)] = 1
+        inputs = {"input_ids": ids, "attention_mask": mask}
+        return InputBatch(inputs, doc_offset=index * self.batch_size, index=index)
+
+
+def text_batches(
+    texts: Sequence[str],
+    tokenizer: Any,
+    *,
+    context_length: int,
+    batch_size: int,
+    mode: str = "chunk",
+    prepend_bos: bool = False,
+    max_length: int | None = None,
+    start_batch: int = 0,
+) -> TextBatches:
+    """Batches of right-padded token contexts (input_ids + attention_mask) from documents.
+
+    max_length: the model's context (e.g. config.n_positions), checked like the
+    tokenizer's model_max_length. start_batch: resume at that batch.
+    """
+    return TextBatches(
+        texts,
+        tokenizer,
+        context_length=context_length,
+        batch_size=batch_size,
+        mode=mode,
+        prepend_bos=prepend_bos,
+        max_length=max_length,
+        start_batch=start_batch,
+    )

@@ -1,0 +1,114 @@
+"""The on-disk layout of an activation store: schema, dtypes, codecs, locations.
+
+Everything the writer, the reader and the loader must agree on lives here, so
+the format is defined once.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+from zarr.codecs import BloscCodec
+
+SCHEMA_VERSION = 1
+
+#: Row-metadata arrays stored beside `acts/<point>`, all int64, one value per row.
+META_ARRAYS = ("token_ids", "doc_index", "position")
+
+# Rows per chunk. Measured on this machine (local disk, page cache, 2 cores, 32k x 768
+# float32 rows): 1k-row chunks wrote 1.1 GB/s, 8k-row chunks 2.4 GB/s, 16k-row chunks
+# 2.1 GB/s; reads were 3-4 GB/s from 1k to 8k rows. On object stores (fsspec URLs) the
+# per-request latency dominates and 8-16k-row chunks read ~2x faster than 1k-row ones.
+# 8192 rows of d=768 float32 is a 25 MB chunk: large enough, small enough to shuffle.
+DEFAULT_CHUNK_ROWS = 8192
+
+#: Logical dtype -> (dtype zarr stores, torch dtype). bfloat16 has no zarr dtype: its
+#: 16 bits are stored as uint16 and the array attribute `encoding` says so.
+DTYPES: dict[str, tuple[np.dtype, torch.dtype]] = {
+    "float32": (np.dtype("float32"), torch.float32),
+    "float16": (np.dtype("float16"), torch.float16),
+    "bfloat16": (np.dtype("uint16"), torch.bfloat16),
+}
+BF16_ENCODING = "bfloat16 bits stored as uint16"
+
+
+def check_dtype(dtype: str | torch.dtype) -> str:
+    """The logical dtype name for `dtype`, or a ValueError listing the valid ones."""
+    if isinstance(dtype, torch.dtype):
+        names = {t: name for name, (_, t) in DTYPES.items()}
+        if dtype in names:
+            return names[dtype]
+    elif dtype in DTYPES:
+        return dtype
+    raise ValueError(
+        f"an activation store cannot hold dtype {dtype!r}; valid dtypes: {', '.join(DTYPES)}"
+    )
+
+
+def default_compressors(dtype: str) -> list[BloscCodec] | None:
+    """No compression for float32/float16, zstd + byte shuffle for bfloat16.
+
+    Measured on real MiniLM layer-3 activations (15k x 384) with 8k-row chunks:
+    zstd(1)+shuffle shrank bfloat16 1.35x, float16 1.16x and float32 1.15x, while
+    it cut read throughput from ~6 GB/s to ~0.8 GB/s. Only bfloat16 (the dtype
+    chosen to save space) earns that trade by default; pass compressors= to choose.
+    """
+    return compressors_for("zstd", dtype) if dtype == "bfloat16" else None
+
+
+def compressors_for(name: str | None, dtype: str) -> list[BloscCodec] | None:
+    """Codecs for a compressor name: None, "zstd" or "lz4" (always with byte shuffle)."""
+    if name is None or name == "none":
+        return None
+    if name not in ("zstd", "lz4"):
+        raise ValueError(f"unknown compressor {name!r}; valid: None, 'zstd', 'lz4', 'auto'")
+    itemsize = DTYPES[dtype][0].itemsize if dtype in DTYPES else 8
+    return [BloscCodec(cname=name, clevel=1, shuffle="shuffle", typesize=itemsize)]
+
+
+def to_storage(x: torch.Tensor | np.ndarray, dtype: str) -> np.ndarray:
+    """Rows in the dtype zarr stores (bfloat16 as its uint16 bits), on the CPU."""
+    t = torch.from_numpy(np.asarray(x)) if isinstance(x, np.ndarray) else x
+    t = t.detach().to(device="cpu", dtype=DTYPES[dtype][1]).contiguous()
+    if dtype == "bfloat16":
+        return t.view(torch.int16).numpy().view(np.uint16)
+    return t.numpy()
+
+
+def storage_to_numpy(raw: np.ndarray, dtype: str) -> np.ndarray:
+    """Stored rows as numpy: bfloat16 widened exactly to float32, others as stored."""
+    if dtype == "bfloat16":
+        return (raw.astype(np.uint32) << 16).view(np.float32)
+    return raw
+
+
+def storage_to_torch(raw: np.ndarray, dtype: str) -> torch.Tensor:
+    """Stored rows as a torch tensor of the logical dtype (bit-exact for bfloat16)."""
+    if dtype == "bfloat16":
+        return torch.from_numpy(np.ascontiguousarray(raw).view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(np.ascontiguousarray(raw))
+
+
+def is_url(location: str | os.PathLike) -> bool:
+    return "://" in str(location)
+
+
+def describe(location: str | os.PathLike) -> str:
+    return str(location) if is_url(location) else str(Path(location).expanduser().resolve())
+
+
+def open_group(
+    location: str | os.PathLike, mode: str, storage_options: dict[str, Any] | None = None
+) -> zarr.Group:
+    """A zarr group at a local path or any fsspec URL (memory://, s3://, gs://, ...)."""
+    kwargs: dict[str, Any] = {"mode": mode, "zarr_format": 3}
+    if is_url(location):
+        if storage_options:
+            kwargs["storage_options"] = storage_options
+        return zarr.open_group(str(location), **kwargs)
+    return zarr.open_group(Path(location).expanduser(), **kwargs)

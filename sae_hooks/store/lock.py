@@ -1,0 +1,71 @@
+"""One writer per store: a `writer` attribute naming the holder's pid and host.
+
+An attribute (not a lock file) works on every fsspec backend. Two writers racing
+to start within the same instant are not excluded, which is acceptable for the
+failure it guards against: a second capture started by mistake on a live store.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import warnings
+from typing import Any
+
+import zarr
+
+LOCK_ATTR = "writer"
+
+
+class StoreLockedError(RuntimeError):
+    """Another live process is writing this store."""
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether `pid` names a running (not zombie) process on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def holder_record() -> dict[str, Any]:
+    return {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+
+
+def check_lock(attrs: dict[str, Any], where: str) -> None:
+    """Raise if a live writer holds the store; warn and allow if its holder died."""
+    holder = attrs.get(LOCK_ATTR)
+    if not holder:
+        return
+    pid, host = holder.get("pid"), holder.get("host")
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("since", 0)))
+    if host == socket.gethostname() and isinstance(pid, int) and not pid_alive(pid):
+        warnings.warn(
+            f"breaking the stale writer lock on {where}: pid {pid} on {host} (since {since}) "
+            "is no longer running",
+            stacklevel=3,
+        )
+        return
+    raise StoreLockedError(
+        f"store {where} is being written by pid {pid} on host {host} since {since}; "
+        "only one writer may hold a store. Wait for it to finish; if that process is dead "
+        f"on another host, delete the '{LOCK_ATTR}' attribute of the store's group"
+    )
+
+
+def acquire(group: zarr.Group, where: str) -> None:
+    check_lock(dict(group.attrs), where)
+    group.attrs.update({LOCK_ATTR: holder_record()})
+
+
+def release(group: zarr.Group) -> None:
+    group.attrs.update({LOCK_ATTR: None})

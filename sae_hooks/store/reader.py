@@ -1,0 +1,231 @@
+"""Read an activation store: committed rows, per-point statistics, integrity check."""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import zarr
+import zarr.errors
+from zarr.codecs import BloscCodec
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
+
+from sae_hooks.store.layout import (
+    DTYPES,
+    META_ARRAYS,
+    SCHEMA_VERSION,
+    describe,
+    is_url,
+    open_group,
+    storage_to_numpy,
+    storage_to_torch,
+)
+
+STORE_HELP = (
+    "an activation store is a zarr v3 group written by StoreWriter or capture_to_store, "
+    "with arrays acts/<point>, token_ids, doc_index, position and a 'schema_version' attribute"
+)
+
+
+class PointStats(NamedTuple):
+    """Running statistics of one hook point over the committed rows (float64 sums)."""
+
+    mean: torch.Tensor  # (d,) float32
+    mean_sq_norm: float  # E ||x||^2
+
+
+@dataclass(frozen=True)
+class Damage:
+    """One unreadable or missing stored chunk (or shard) found by `ActivationStore.verify`."""
+
+    array: str
+    chunk: int
+    rows: tuple[int, int]
+    error: str
+
+
+def load_group(
+    location: str | os.PathLike, mode: str = "r", storage_options: dict | None = None
+) -> tuple[zarr.Group, dict[str, Any]]:
+    """Open the group at `location` and validate that it is a store this code can read."""
+    where = describe(location)
+    try:
+        group = open_group(location, mode, storage_options)
+    except (FileNotFoundError, zarr.errors.BaseZarrError) as err:
+        local_junk = not is_url(location) and Path(location).expanduser().exists()
+        if isinstance(err, FileNotFoundError) and not local_junk:
+            raise FileNotFoundError(f"no activation store at {where}: nothing there") from err
+        raise ValueError(f"{where} is not an activation store ({err}); {STORE_HELP}") from err
+    attrs = dict(group.attrs)
+    version = attrs.get("schema_version")
+    if version is None:
+        raise ValueError(f"{where} is a zarr group without 'schema_version'; {STORE_HELP}")
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise ValueError(
+            f"store {where} has schema_version {version!r}, but this sae-hooks reads "
+            f"schema versions up to {SCHEMA_VERSION}; upgrade sae-hooks to read it"
+        )
+    if attrs.get("dtype") not in DTYPES:
+        raise ValueError(
+            f"store {where} holds dtype {attrs.get('dtype')!r}; valid: {', '.join(DTYPES)}"
+        )
+    return group, attrs
+
+
+class ActivationStore:
+    """Read-only view of a store. Rows past `committed_rows` do not exist here."""
+
+    def __init__(
+        self, location: str | os.PathLike, *, storage_options: dict[str, Any] | None = None
+    ) -> None:
+        self.location = location
+        self._storage_options = storage_options
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-read the attributes, e.g. to see rows a running capture committed since."""
+        self._group, self.attrs = load_group(self.location, "r", self._storage_options)
+        self._arrays: dict[str, zarr.Array] = {}
+
+    def __repr__(self) -> str:
+        return (
+            f"ActivationStore({describe(self.location)!r}, n_rows={self.n_rows}, "
+            f"points={self.points}, dtype={self.dtype!r})"
+        )
+
+    def __len__(self) -> int:
+        return self.n_rows
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.attrs.get("committed_rows", 0))
+
+    @property
+    def committed_inputs(self) -> int:
+        return int(self.attrs.get("committed_inputs", 0))
+
+    @property
+    def points(self) -> list[str]:
+        return list(self.attrs.get("points", []))
+
+    @property
+    def dtype(self) -> str:
+        return self.attrs["dtype"]
+
+    @property
+    def model(self) -> str:
+        return self.attrs.get("model", "")
+
+    @property
+    def source(self) -> str:
+        return self.attrs.get("source", "")
+
+    def _check_point(self, point: str) -> str:
+        if point not in self.points:
+            raise KeyError(f"hook point {point!r} is not in this store; stored: {self.points}")
+        return point
+
+    def d_model(self, point: str) -> int:
+        return int(self.attrs["d_model"][self._check_point(point)])
+
+    def stats(self, point: str) -> PointStats:
+        s = self.attrs.get("stats", {}).get(self._check_point(point))
+        if not s or not s.get("count"):
+            raise ValueError(f"store has no committed rows for {point!r}, so no statistics yet")
+        return PointStats(torch.tensor(s["mean"], dtype=torch.float32), float(s["mean_sq_norm"]))
+
+    def array(self, name: str) -> zarr.Array:
+        """The zarr array `acts/<point>` (give the point) or a row-metadata array."""
+        key = name if name in META_ARRAYS else f"acts/{self._check_point(name)}"
+        if key not in self._arrays:
+            self._arrays[key] = self._group[key]
+        return self._arrays[key]
+
+    def chunk_rows(self, point: str) -> int:
+        """Rows per stored chunk: the unit of efficient reads."""
+        return int(self.array(point).chunks[0])
+
+    def _bounds(self, start: int, stop: int | None) -> tuple[int, int]:
+        stop = self.n_rows if stop is None else stop
+        if not 0 <= start <= stop <= self.n_rows:
+            raise IndexError(f"rows [{start}, {stop}) outside the {self.n_rows} committed rows")
+        return start, stop
+
+    def read_raw(self, point: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows exactly as stored (bfloat16 as uint16 bits)."""
+        start, stop = self._bounds(start, stop)
+        return self.array(point)[start:stop]
+
+    def read(self, point: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows as numpy; bfloat16 is widened exactly to float32 (numpy has no bfloat16)."""
+        return storage_to_numpy(self.read_raw(point, start, stop), self.dtype)
+
+    def read_tensor(self, point: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Rows as a CPU tensor in the stored dtype (torch.bfloat16 for bfloat16 stores)."""
+        return storage_to_torch(self.read_raw(point, start, stop), self.dtype)
+
+    def _meta(self, name: str, start: int, stop: int | None) -> np.ndarray:
+        start, stop = self._bounds(start, stop)
+        return self.array(name)[start:stop]
+
+    def token_ids(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        return self._meta("token_ids", start, stop)
+
+    def doc_index(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        return self._meta("doc_index", start, stop)
+
+    def position(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        return self._meta("position", start, stop)
+
+    def verify(self) -> list[Damage]:
+        """Read every stored chunk of the committed rows; report the damaged or missing ones.
+
+        Never raises for damage: a partial store is still useful, so the caller decides.
+        Missing chunks would silently read as zeros, hence the explicit existence check;
+        blosc decodes some truncated frames without complaint, hence the size check.
+        Without a checksum codec (zarr's crc32c needs google-crc32c), a bit flip inside
+        an uncompressed chunk of the right size cannot be seen.
+        """
+        damaged: list[Damage] = []
+        for name in [*self.points, *META_ARRAYS]:
+            arr = self.array(name)
+            unit = arr.metadata.chunk_grid.chunk_shape[0]  # the shard when sharded
+            store, prefix = arr.store_path.store, arr.store_path.path
+            blosc = any(isinstance(c, BloscCodec) for c in arr.metadata.codecs)
+            for i, start in enumerate(range(0, self.n_rows, unit)):
+                stop = min(start + unit, self.n_rows)
+                coords = (i,) + (0,) * (arr.ndim - 1)
+                key = f"{prefix}/{arr.metadata.encode_chunk_key(coords)}".lstrip("/")
+                label = name if name in META_ARRAYS else f"acts/{name}"
+                try:
+                    raw = sync(store.get(key, prototype=default_buffer_prototype()))
+                    if raw is None:
+                        raise FileNotFoundError(f"chunk {key} is missing")
+                    if blosc:
+                        _check_blosc_frame(raw.to_bytes())
+                    arr[start:stop]
+                except Exception as err:  # any decode failure is damage to report
+                    damaged.append(Damage(label, i, (start, stop), f"{type(err).__name__}: {err}"))
+        return damaged
+
+
+def _check_blosc_frame(frame: bytes) -> None:
+    """Raise if a blosc frame's header disagrees with its stored length."""
+    if len(frame) < 16:
+        raise ValueError(f"blosc frame of {len(frame)} bytes is shorter than its header")
+    cbytes = struct.unpack_from("<I", frame, 12)[0]  # blosc1 header: bytes 12-15 = cbytes
+    if cbytes != len(frame):
+        raise ValueError(f"blosc frame truncated: header says {cbytes} bytes, stored {len(frame)}")
+
+
+def open_store(
+    location: str | os.PathLike, *, storage_options: dict[str, Any] | None = None
+) -> ActivationStore:
+    """Open a store at a local path or any fsspec URL for reading."""
+    return ActivationStore(location, storage_options=storage_options)
