@@ -1,0 +1,337 @@
+"""TrainConfig: every knob of a training run, validated up front, JSON in and out.
+
+Fields left as None are filled by `resolve(d_model)` once the activation width is
+known; the resolved config is what a run directory records, so a run can be
+reproduced (and resumed) from its `config.json` alone.
+
+Scale conventions. With `normalize_activations` (the default) the trainer sees
+rows scaled to E||x||^2 = d, so one coordinate is O(1) and the reconstruction
+loss (summed over d, averaged over rows) is d times the per-coordinate MSE. The
+defaults below are stated for that scale:
+
+- `bandwidth` / `threshold_init` (JumpReLU): the paper's 0.001 at E||x||^2 = 1,
+  rescaled by sqrt(d) to 0.001 * sqrt(d).
+- `l0_coefficient`, `l1_coefficient`: trade-offs against the summed MSE; data
+  dependent. `target_l0` replaces hand tuning for JumpReLU and ReLU: the
+  coefficient is then adapted by a multiplicative integral controller,
+  log(lambda) += target_l0_gain * clip(log(L0 / target_l0), -1, 1) after every
+  step (on device, no host sync), starting from the given coefficient; the
+  coefficient warm-up is not applied in that mode (the controller ramps itself).
+
+Sparsity for TopK / BatchTopK. `top_k` keeps each class's own meaning: per row
+for TopK, per *batch* for BatchTopK (the seed API). `k_per_token` is the
+architecture-independent spelling: for BatchTopK it sets top_k = k_per_token *
+batch_size, for TopK top_k = k_per_token. Give one of the two.
+
+Dead latents. A latent is dead once it has not fired for `dead_tokens` tokens.
+Peers use 10M; a run shorter than 100M tokens could never see such a latent
+revived, so the default is min(10M, total_tokens // 10) (at least one batch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ARCHITECTURES = ("batchtopk", "jumprelu", "topk", "relu")
+KERNELS = (
+    "rectangle",
+    "gaussian",
+    "triangular",
+    "cosine",
+    "epanechnikov",
+    "quartic",
+    "silverman",
+    "cauchy",
+)
+B_DEC_INITS = ("geometric_median", "mean", "zeros")
+DTYPES = ("float32", "bfloat16", "float16", "float64")
+_DEFAULT_K_PER_TOKEN = 32
+_DEFAULT_EXPANSION = 8
+
+# Fields that may differ between a checkpoint's config and the config resuming it.
+RESUME_FREE_FIELDS = frozenset(
+    {"log_every", "val_every", "val_batches", "checkpoint_every", "device", "compile"}
+    | {"progress", "tensorboard", "wandb_project", "autocast"}
+)
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of one SAE training run (see the module docstring for scales)."""
+
+    # What to train.
+    architecture: str = "batchtopk"
+    point: str | None = None  # hook point to read from a store (not needed for in-memory rows)
+    nb_concepts: int | None = None  # None -> expansion_factor * d
+    expansion_factor: int | None = None  # None -> 8 (ignored when nb_concepts is set)
+    top_k: int | None = None  # the SAE's own meaning: per batch (BatchTopK), per row (TopK)
+    k_per_token: int | None = None  # BatchTopK: top_k = k_per_token * batch_size
+    threshold_momentum: float = 0.9  # BatchTopK running-threshold EMA
+    kernel: str = "silverman"  # JumpReLU pseudo-derivative kernel
+    bandwidth: float | None = None  # JumpReLU; None -> 0.001 * sqrt(d)
+    threshold_init: float | None = None  # JumpReLU; None -> 0.001 * sqrt(d)
+
+    # How long, how fast.
+    batch_size: int = 4096
+    steps: int | None = None  # give steps or total_tokens
+    total_tokens: int | None = None
+    lr: float | None = None  # None -> 2e-4 / sqrt(nb_concepts / 2**14)
+    warmup_steps: int | None = None  # None -> warmup_fraction * steps
+    warmup_fraction: float = 0.01
+    decay_fraction: float = 0.2  # linear decay to 0 over this last part of the run
+    grad_clip: float | None = 1.0
+    adam_betas: tuple[float, float] | None = None  # None -> (0, 0.999) JumpReLU, else (0.9, 0.999)
+    adam_eps: float = 1e-8
+
+    # Sparsity penalties (JumpReLU: L0, ReLU: L1).
+    l0_coefficient: float = 1.0
+    l1_coefficient: float = 5.0
+    sparsity_warmup_fraction: float = 0.05
+    target_l0: float | None = None
+    target_l0_gain: float = 0.01
+
+    # Dead latents.
+    aux_k: int | None = None  # None -> d // 2
+    aux_coefficient: float | None = None  # None -> 1/32 for TopK/BatchTopK, 0 otherwise
+    dead_tokens: int | None = None  # None -> min(10M, total_tokens // 10)
+
+    # Initialisation and input scale.
+    normalize_activations: bool = True
+    b_dec_init: str = "geometric_median"
+    init_rows: int = 4096
+
+    # Bookkeeping.
+    log_every: int = 100
+    val_every: int | None = 1000  # None or 0: only at the end
+    val_batches: int = 4
+    checkpoint_every: int | None = 1000  # None or 0: only at the end
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"  # parameter dtype
+    autocast: bool | None = None  # None -> bf16 autocast on CUDA, off elsewhere
+    compile: bool = False
+    progress: bool = True
+    tensorboard: bool = False
+    wandb_project: str | None = None
+
+    extra: dict[str, Any] = field(default_factory=dict)  # passed to the SAE constructor
+
+    def __post_init__(self) -> None:
+        if isinstance(self.adam_betas, list):
+            self.adam_betas = tuple(self.adam_betas)
+        _validate(self)
+
+    # ----------------------------------------------------------------- derived values
+
+    def resolve(self, d_model: int) -> TrainConfig:
+        """A copy with every None default filled in for activations of width d_model."""
+        _check_int("d_model", d_model, minimum=1)
+        arch = self.architecture
+        nb = self.nb_concepts or (self.expansion_factor or _DEFAULT_EXPANSION) * d_model
+        steps = self.steps or self.total_tokens // self.batch_size
+        if steps < 1:
+            raise ValueError(
+                f"total_tokens={self.total_tokens} is less than one batch of {self.batch_size}"
+            )
+        total_tokens = steps * self.batch_size
+        top_k, k_per_token = self.top_k, self.k_per_token
+        if arch in ("batchtopk", "topk"):
+            if top_k is None:
+                k_per_token = k_per_token or _DEFAULT_K_PER_TOKEN
+                top_k = k_per_token * (self.batch_size if arch == "batchtopk" else 1)
+            per_row = top_k if arch == "topk" else top_k // self.batch_size
+            if per_row > nb or top_k < 1:
+                raise ValueError(f"top_k={top_k} must keep between 1 and nb_concepts={nb} per row")
+        scale_eps = 0.001 * math.sqrt(d_model)
+        return dataclasses.replace(
+            self,
+            nb_concepts=nb,
+            expansion_factor=None,
+            top_k=top_k,
+            k_per_token=k_per_token,
+            bandwidth=self.bandwidth or scale_eps,
+            threshold_init=self.threshold_init or scale_eps,
+            steps=steps,
+            total_tokens=total_tokens,
+            lr=self.lr or 2e-4 / math.sqrt(nb / 2**14),
+            warmup_steps=(
+                self.warmup_steps
+                if self.warmup_steps is not None
+                else round(self.warmup_fraction * steps)
+            ),
+            adam_betas=self.adam_betas or ((0.0, 0.999) if arch == "jumprelu" else (0.9, 0.999)),
+            aux_k=min(self.aux_k or max(d_model // 2, 1), nb),
+            aux_coefficient=(
+                self.aux_coefficient
+                if self.aux_coefficient is not None
+                else (1 / 32 if arch in ("batchtopk", "topk") else 0.0)
+            ),
+            dead_tokens=self.dead_tokens
+            or max(min(10_000_000, total_tokens // 10), self.batch_size),
+        )
+
+    @property
+    def is_resolved(self) -> bool:
+        return self.nb_concepts is not None and self.steps is not None and self.lr is not None
+
+    # ----------------------------------------------------------------- (de)serialisation
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        if out["adam_betas"] is not None:
+            out["adam_betas"] = list(out["adam_betas"])
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        if not isinstance(data, dict):
+            raise TypeError(f"TrainConfig.from_dict expects a dict, got {type(data).__name__}")
+        valid = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown TrainConfig keys {unknown}; valid keys: {valid}")
+        return cls(**data)
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        """The config as JSON text; also written to `path` when given."""
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
+        if path is not None:
+            Path(path).write_text(text + "\n")
+        return text
+
+    @classmethod
+    def from_json(cls, text_or_path: str | Path) -> TrainConfig:
+        """From JSON text, or from a file when given a Path or the name of an existing file."""
+        text = str(text_or_path)
+        if isinstance(text_or_path, Path) or not text.lstrip().startswith("{"):
+            text = Path(text_or_path).read_text()
+        return cls.from_dict(json.loads(text))
+
+
+# --------------------------------------------------------------------- validation
+
+
+def _validate(c: TrainConfig) -> None:
+    _check_choice("architecture", c.architecture, ARCHITECTURES)
+    _check_choice("kernel", c.kernel, KERNELS)
+    _check_choice("b_dec_init", c.b_dec_init, B_DEC_INITS)
+    _check_choice("dtype", c.dtype, DTYPES)
+    if c.point is not None and (not isinstance(c.point, str) or not c.point):
+        raise ValueError(f"point must be a non-empty hook-point name or None, got {c.point!r}")
+    for name in ("nb_concepts", "expansion_factor", "top_k", "k_per_token", "steps"):
+        _check_int(name, getattr(c, name), minimum=1, optional=True)
+    for name in ("total_tokens", "aux_k", "dead_tokens"):
+        _check_int(name, getattr(c, name), minimum=1, optional=True)
+    for name in ("batch_size", "log_every", "val_batches", "init_rows"):
+        _check_int(name, getattr(c, name), minimum=1)
+    for name in ("warmup_steps", "val_every", "checkpoint_every"):
+        _check_int(name, getattr(c, name), minimum=0, optional=True)
+    _check_int("seed", c.seed, minimum=0)
+
+    if c.steps is None and c.total_tokens is None:
+        raise ValueError("give the run length: steps=... or total_tokens=...")
+    if (
+        c.steps is not None
+        and c.total_tokens is not None
+        and c.steps * c.batch_size != c.total_tokens
+    ):
+        raise ValueError(
+            f"steps={c.steps} and total_tokens={c.total_tokens} disagree at batch_size="
+            f"{c.batch_size}; give only one"
+        )
+    if c.top_k is not None and c.k_per_token is not None:
+        expected = c.k_per_token * (c.batch_size if c.architecture == "batchtopk" else 1)
+        if c.top_k != expected:
+            raise ValueError(
+                f"top_k={c.top_k} and k_per_token={c.k_per_token} disagree "
+                f"(expected top_k={expected} for {c.architecture!r}); give only one"
+            )
+    if c.architecture not in ("batchtopk", "topk") and (c.top_k or c.k_per_token):
+        raise ValueError(
+            f"top_k / k_per_token apply to 'batchtopk' and 'topk', not {c.architecture!r}; "
+            "use l0_coefficient or target_l0 for 'jumprelu', l1_coefficient or target_l0 for 'relu'"
+        )
+    if c.target_l0 is not None and c.architecture not in ("jumprelu", "relu"):
+        raise ValueError(
+            f"target_l0 applies to 'jumprelu' and 'relu'; {c.architecture!r} fixes L0 with "
+            "top_k / k_per_token"
+        )
+
+    _check_float("threshold_momentum", c.threshold_momentum, 0.0, 1.0, hi_open=True)
+    for name in ("bandwidth", "threshold_init", "lr", "target_l0"):
+        _check_float(name, getattr(c, name), 0.0, math.inf, lo_open=True, optional=True)
+    for name in ("warmup_fraction", "decay_fraction", "sparsity_warmup_fraction"):
+        _check_float(name, getattr(c, name), 0.0, 1.0)
+    if c.warmup_fraction + c.decay_fraction > 1.0:
+        raise ValueError(
+            f"warmup_fraction + decay_fraction must be <= 1, got "
+            f"{c.warmup_fraction} + {c.decay_fraction}"
+        )
+    _check_float("grad_clip", c.grad_clip, 0.0, math.inf, lo_open=True, optional=True)
+    _check_float("adam_eps", c.adam_eps, 0.0, math.inf, lo_open=True)
+    for name in ("l0_coefficient", "l1_coefficient", "target_l0_gain"):
+        _check_float(name, getattr(c, name), 0.0, math.inf)
+    _check_float("aux_coefficient", c.aux_coefficient, 0.0, math.inf, optional=True)
+    if c.adam_betas is not None:
+        betas = c.adam_betas
+        if (
+            not isinstance(betas, tuple)
+            or len(betas) != 2
+            or not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in betas)
+        ):
+            raise ValueError(f"adam_betas must be two floats in [0, 1), got {betas!r}")
+    for name in ("normalize_activations", "compile", "progress", "tensorboard"):
+        if not isinstance(getattr(c, name), bool):
+            raise TypeError(f"{name} must be a bool, got {getattr(c, name)!r}")
+    if c.autocast is not None and not isinstance(c.autocast, bool):
+        raise TypeError(f"autocast must be True, False or None (auto), got {c.autocast!r}")
+    if not isinstance(c.device, str) or not c.device:
+        raise ValueError(
+            f"device must be a device string such as 'cpu' or 'cuda', got {c.device!r}"
+        )
+    if c.wandb_project is not None and not isinstance(c.wandb_project, str):
+        raise TypeError(f"wandb_project must be a str or None, got {c.wandb_project!r}")
+    if not isinstance(c.extra, dict):
+        raise TypeError(f"extra must be a dict of SAE constructor arguments, got {c.extra!r}")
+
+
+def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+
+
+def _check_int(name: str, value: object, *, minimum: int, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        what = f"an int >= {minimum}" + (" or None" if optional else "")
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+
+
+def _check_float(
+    name: str,
+    value: object,
+    lo: float,
+    hi: float,
+    *,
+    lo_open: bool = False,
+    hi_open: bool = False,
+    optional: bool = False,
+) -> None:
+    if value is None and optional:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
+    if not ok:
+        interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open or hi == math.inf else ']'}"
+        raise ValueError(
+            f"{name} must be a number in {interval}"
+            + (" or None" if optional else "")
+            + f", got {value!r}"
+        )

@@ -1,0 +1,49 @@
+"""Training losses and the reconstruction metrics they are reported with.
+
+Shapes: rows in, (N, d). Every function returns a 0-d tensor and never syncs with
+the host, so the trainer can accumulate them on device between log steps.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def mse(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+    """Squared error summed over d, averaged over rows."""
+    return (x - x_hat).pow(2).sum(-1).mean()
+
+
+def fvu(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+    """Fraction of variance unexplained: sum (x - x_hat)^2 / sum (x - mean_batch(x))^2."""
+    return (x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
+
+
+def aux_k_loss(
+    residual: torch.Tensor,
+    z_pre: torch.Tensor,
+    dead: torch.Tensor,
+    dictionary: torch.Tensor,
+    k_aux: int,
+) -> torch.Tensor:
+    """AuxK (Gao et al. 2024): let the dead latents explain what the live ones missed.
+
+    residual: the detached error e = x - x_hat (N, d). z_pre: pre-activations (N, n).
+    dead: bool mask (n,). dictionary: the normalised atoms (n, d); the decoder bias is
+    not used. The top k_aux dead pre-activations of each row (after ReLU; live latents
+    are masked to 0 before the top-k, so they never win) reconstruct e; the loss is
+    ||e - e_hat||^2 / ||e - mean(e)||^2, scaled by min(n_dead / k_aux, 1), which is
+    0 when nothing is dead.
+    """
+    k = min(k_aux, z_pre.shape[-1])
+    candidates = torch.where(dead, F.relu(z_pre), 0.0)
+    values, indices = candidates.topk(k, dim=-1, sorted=False)
+    # embedding_bag gathers k atoms per row without a dense (N, n) @ (n, d) decode.
+    e_hat = F.embedding_bag(
+        indices, dictionary, per_sample_weights=values.to(dictionary.dtype), mode="sum"
+    )
+    e = residual.to(e_hat.dtype)
+    loss = (e - e_hat).pow(2).sum() / (e - e.mean(0)).pow(2).sum().clamp_min(1e-12)
+    scale = (dead.sum() / k).clamp(max=1.0)
+    return scale * loss
