@@ -2,13 +2,14 @@
 
 from sae_hooks.data.batch import InputBatch
 from sae_hooks.data.images import ImageBatches, image_batches
-from sae_hooks.data.text import TextBatches, pydoc_texts, text_batches
+from sae_hooks.data.text import TextBatches, load_texts, pydoc_texts, text_batches
 
 __all__ = [
     "ImageBatches",
     "InputBatch",
     "TextBatches",
     "image_batches",
+    "load_texts",
     "pydoc_texts",
     "text_batches",
 ]

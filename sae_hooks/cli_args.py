@@ -1,0 +1,108 @@
+"""Command-line flags shared by the `sae-hooks` CLI and the recipe scripts.
+
+Flags map one to one onto TrainConfig fields, so a flag, a config-file key and a
+Python keyword are the same name (dashes for underscores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from sae_hooks.train import TrainConfig
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+from sae_hooks.train.config import ARCHITECTURES, KERNELS
+
+# Flag -> TrainConfig field, for the knobs worth a flag; the rest go through --config.
+TRAIN_FLAGS: dict[str, tuple[type, str]] = {
+    "architecture": (str, f"SAE variant: {', '.join(ARCHITECTURES)}"),
+    "nb_concepts": (int, "dictionary size (default: 8 x d_model)"),
+    "expansion_factor": (int, "dictionary size as a multiple of d_model"),
+    "k_per_token": (int, "TopK/BatchTopK: active latents per token (default 32)"),
+    "top_k": (int, "TopK: per row; BatchTopK: per batch (the seed API's meaning)"),
+    "kernel": (str, f"JumpReLU pseudo-derivative kernel: {', '.join(KERNELS)}"),
+    "bandwidth": (float, "JumpReLU kernel bandwidth (default 0.001*sqrt(d))"),
+    "target_l0": (float, "JumpReLU/ReLU: adapt the sparsity coefficient to reach this L0"),
+    "l0_coefficient": (float, "JumpReLU: L0 penalty weight"),
+    "l1_coefficient": (float, "ReLU: L1 penalty weight"),
+    "batch_size": (int, "rows per training step"),
+    "steps": (int, "training steps"),
+    "total_tokens": (int, "training tokens (instead of --steps)"),
+    "lr": (float, "learning rate (default 2e-4/sqrt(nb_concepts/2^14))"),
+    "seed": (int, "random seed"),
+    "device": (str, "torch device, e.g. cpu, cuda, cuda:1"),
+    "log_every": (int, "steps between metric lines in log.jsonl"),
+    "checkpoint_every": (int, "steps between checkpoints"),
+}
+
+
+def add_train_args(parser: argparse.ArgumentParser, defaults: dict[str, Any] | None = None) -> None:
+    """One flag per TRAIN_FLAGS entry; unset flags fall back to `defaults`, then TrainConfig."""
+    group = parser.add_argument_group("training (TrainConfig fields)")
+    defaults = defaults or {}
+    for name, (kind, text) in TRAIN_FLAGS.items():
+        shown = f" [recipe default: {defaults[name]}]" if name in defaults else ""
+        group.add_argument(
+            "--" + name.replace("_", "-"), type=kind, default=None, help=text + shown
+        )
+
+
+def train_config(args: argparse.Namespace, defaults: dict[str, Any] | None = None) -> TrainConfig:
+    """TrainConfig from recipe defaults, then a config file's [train] table, then flags."""
+    values = dict(defaults or {})
+    overrides = dict(getattr(args, "_file_train", {}))
+    overrides.update(
+        {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k, None) is not None}
+    )
+    if overrides.keys() & {"steps", "total_tokens"}:  # one run length replaces the other
+        values.pop("steps", None)
+        values.pop("total_tokens", None)
+    values.update(overrides)
+    return TrainConfig.from_dict(values)
+
+
+def load_config_file(path: str | Path, sections: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """A TOML file of tables named after the steps; unknown tables are an error."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"config file {path} is not valid TOML: {e}") from None
+    unknown = sorted(set(data) - set(sections))
+    if unknown:
+        raise ValueError(
+            f"config file {path}: unknown tables {unknown}; valid tables: {list(sections)}"
+        )
+    for name, table in data.items():
+        if not isinstance(table, dict):
+            raise ValueError(f"config file {path}: [{name}] must be a table of key = value")
+    return data
+
+
+def apply_file_section(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, table: dict[str, Any], where: str
+) -> None:
+    """Fill flags that were not given on the command line from a config-file table."""
+    dests = {a.dest for a in parser._actions}
+    unknown = sorted(k for k in table if k.replace("-", "_") not in dests)
+    if unknown:
+        valid = sorted(d for d in dests if d not in ("help", "config"))
+        raise ValueError(f"{where}: unknown keys {unknown}; valid keys: {valid}")
+    for key, value in table.items():
+        dest = key.replace("-", "_")
+        if getattr(args, dest, None) in (None, parser.get_default(dest)):
+            setattr(args, dest, value)
+
+
+def fail(message: str) -> None:
+    """Exit with a one-line error instead of a traceback for user mistakes."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
