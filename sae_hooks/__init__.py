@@ -1,3 +1,91 @@
-"""sae-hooks: capture transformer activations, train sparse autoencoders, splice them back."""
+"""sae-hooks: capture transformer activations, train sparse autoencoders, splice them back.
+
+The public API, re-exported from the subpackages (capture -> store -> train -> eval):
+
+    from sae_hooks import BatchTopKSAE, JumpSAE
+    sae = BatchTopKSAE(768, 10_000, top_k=50)
+"""
+
+from sae_hooks.eval import (
+    AblationResult,
+    ReconstructionResult,
+    class_logit,
+    concept_ablation,
+    embedding_similarity,
+    evaluate_reconstruction,
+    token_logprob,
+)
+from sae_hooks.hooks import (
+    ActivationBatch,
+    AddToLatents,
+    ClampLatents,
+    LatentEdit,
+    ScaleLatents,
+    ZeroLatents,
+    capture,
+    capture_batch,
+    list_hook_points,
+    resolve_point,
+    splice,
+)
+from sae_hooks.sae import (
+    SAE,
+    SAE_REGISTRY,
+    BatchTopKSAE,
+    DictionaryLayer,
+    JumpSAE,
+    SAEOutput,
+    TopKSAE,
+    export_saelens,
+    import_saelens,
+    load_sae,
+)
+from sae_hooks.store import (
+    ActivationLoader,
+    ActivationStore,
+    StoreWriter,
+    capture_to_store,
+    open_store,
+)
+from sae_hooks.train import TrainConfig, Trainer, train
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "SAE",
+    "SAE_REGISTRY",
+    "AblationResult",
+    "ActivationBatch",
+    "ActivationLoader",
+    "ActivationStore",
+    "AddToLatents",
+    "BatchTopKSAE",
+    "ClampLatents",
+    "DictionaryLayer",
+    "JumpSAE",
+    "LatentEdit",
+    "ReconstructionResult",
+    "SAEOutput",
+    "ScaleLatents",
+    "StoreWriter",
+    "TopKSAE",
+    "TrainConfig",
+    "Trainer",
+    "ZeroLatents",
+    "capture",
+    "capture_batch",
+    "capture_to_store",
+    "class_logit",
+    "concept_ablation",
+    "embedding_similarity",
+    "evaluate_reconstruction",
+    "export_saelens",
+    "import_saelens",
+    "list_hook_points",
+    "load_sae",
+    "open_store",
+    "resolve_point",
+    "splice",
+    "token_logprob",
+    "train",
+]
