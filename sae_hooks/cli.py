@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     except ImportError:
         pass
     else:
-        add_report_parser(sub)
+        add_report_parser(sub).set_defaults(handler=cmd_report)
     return parser
 
 
@@ -309,6 +309,21 @@ def cmd_ablate(args: argparse.Namespace) -> None:
     print(f"written to {out}")
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    """`report` on a pipeline run directory (cache/<run>) finds its store and ablation."""
+    from sae_hooks.report.cli import run_report
+
+    run = Path(args.run_dir)
+    if (run / "train" / "sae").is_dir():
+        if args.store is None and (run / "store").is_dir():
+            args.store = str(run / "store")
+        if not args.ablation and (run / "ablation.json").is_file():
+            args.ablation = [str(run / "ablation.json")]
+        args.out = args.out or str(run / "report")
+        args.run_dir = str(run / "train")
+    run_report(args)
+
+
 def cmd_inspect(args: argparse.Namespace) -> None:
     if args.family:
         from sae_hooks.hooks import list_hook_points
@@ -359,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sub = parser._subparsers._group_actions[0].choices[args.command]
     try:
-        if getattr(args, "config", None):
+        if getattr(args, "config", None) and args.command != "report":
             table = load_config_file(args.config, (args.command,)).get(args.command, {})
             if args.command == "train":
                 fields = set(TrainConfig.__dataclass_fields__)

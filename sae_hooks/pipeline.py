@@ -204,7 +204,7 @@ def _build_report(run_dir, store, point, tokenizer, unembed, ablation, concept) 
         return None
     ablations = None
     if ablation is not None:
-        ablations = {concept.name: ablation.to_dict()}
+        ablations = [{"concept": concept.name, **ablation.to_dict()}]
     return build_report(
         run_dir / "train",
         store=store,

@@ -1,0 +1,117 @@
+"""Where the dashboard's rows come from: an activation store, or plain arrays.
+
+Both give the same four things: activation rows read in chunks (the streaming
+pass), a few scattered rows read back (the context windows of the top
+examples), and the per-row metadata `token_ids`, `doc_index`, `position`, held
+in memory (24 bytes a row; cap the scan with `max_rows` for huge stores).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+DEFAULT_CHUNK_ROWS = 8192
+
+
+def _int64(name: str, value: Any, n: int) -> np.ndarray:
+    arr = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+    if arr.shape != (n,):
+        raise ValueError(f"{name} has shape {arr.shape}, expected ({n},): one value per row")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
+    return arr.astype(np.int64, copy=False)
+
+
+@dataclass
+class Rows:
+    """Activation rows plus their metadata; use `from_store` or `from_tensors`."""
+
+    n_rows: int
+    d_model: int
+    token_ids: np.ndarray
+    doc_index: np.ndarray
+    position: np.ndarray
+    chunk_rows: int
+    _read: Any  # (start, stop) -> float array (stop - start, d)
+
+    @classmethod
+    def from_store(cls, store: Any, point: str, *, max_rows: int | None = None) -> Rows:
+        """The first `max_rows` committed rows (all by default) of `point` in a store."""
+        n = store.n_rows if max_rows is None else min(_positive("max_rows", max_rows), store.n_rows)
+        if n == 0:
+            raise ValueError(f"the store at {store.location} has no committed rows to report on")
+        d = store.d_model(point)  # raises a KeyError listing the stored points
+        return cls(
+            n_rows=n,
+            d_model=d,
+            token_ids=np.asarray(store.token_ids(0, n), dtype=np.int64),
+            doc_index=np.asarray(store.doc_index(0, n), dtype=np.int64),
+            position=np.asarray(store.position(0, n), dtype=np.int64),
+            chunk_rows=store.chunk_rows(point),
+            _read=lambda start, stop: store.read(point, start, stop),
+        )
+
+    @classmethod
+    def from_tensors(
+        cls,
+        acts: torch.Tensor | np.ndarray,
+        token_ids: Any = None,
+        doc_index: Any = None,
+        position: Any = None,
+    ) -> Rows:
+        """Rows in memory. Without metadata every row is its own document, token id -1."""
+        if isinstance(acts, np.ndarray):
+            acts = torch.from_numpy(acts)
+        if not isinstance(acts, torch.Tensor) or acts.dim() != 2 or not acts.is_floating_point():
+            got = tuple(acts.shape) if isinstance(acts, torch.Tensor) else type(acts).__name__
+            raise ValueError(f"acts must be floating rows of shape (n_rows, d_model), got {got}")
+        n = acts.shape[0]
+        if n == 0:
+            raise ValueError("acts has no rows to report on")
+        acts = acts.detach().cpu()
+        return cls(
+            n_rows=n,
+            d_model=acts.shape[1],
+            token_ids=np.full(n, -1) if token_ids is None else _int64("token_ids", token_ids, n),
+            doc_index=np.arange(n) if doc_index is None else _int64("doc_index", doc_index, n),
+            position=np.zeros(n, np.int64) if position is None else _int64("position", position, n),
+            chunk_rows=DEFAULT_CHUNK_ROWS,
+            _read=lambda start, stop: acts[start:stop],
+        )
+
+    def chunks(self, chunk_rows: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+        """(start, rows) for consecutive chunks, aligned with the storage chunks."""
+        step = chunk_rows or self.chunk_rows
+        for start in range(0, self.n_rows, step):
+            yield start, _as_tensor(self._read(start, min(start + step, self.n_rows)))
+
+    def take(self, index: np.ndarray) -> torch.Tensor:
+        """Rows at sorted, unique `index`: one read per storage chunk touched."""
+        out = []
+        chunk_of = index // self.chunk_rows
+        for c in np.unique(chunk_of):
+            wanted = index[chunk_of == c]
+            lo = int(wanted[0])
+            block = _as_tensor(self._read(lo, int(wanted[-1]) + 1))
+            out.append(block[torch.from_numpy(wanted - lo)])
+        return torch.cat(out) if out else torch.empty(0, self.d_model)
+
+    @property
+    def is_vision(self) -> bool:
+        """Image patches carry token id -1 (see ActivationBatch)."""
+        return bool(self.n_rows) and bool((self.token_ids == -1).all())
+
+
+def _as_tensor(block: Any) -> torch.Tensor:
+    return block if isinstance(block, torch.Tensor) else torch.from_numpy(np.asarray(block))
+
+
+def _positive(name: str, value: int) -> int:
+    if not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value

@@ -1,0 +1,84 @@
+"""Token ids to display strings, from whatever tokenizer the caller has."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+Decoder = Callable[[Sequence[int]], Sequence[str]]
+
+TOKENIZER_HELP = (
+    "a tokenizer is a Hugging Face tokenizer, a local tokenizer directory, "
+    "a mapping id -> string, or a callable list[int] -> list[str]"
+)
+
+
+def make_decoder(tokenizer: Any) -> Decoder | None:
+    """A function decoding each id on its own (None when no tokenizer is given)."""
+    if tokenizer is None:
+        return None
+    if isinstance(tokenizer, (str, os.PathLike)):
+        path = Path(tokenizer).expanduser()
+        if not path.is_dir():
+            raise ValueError(f"tokenizer path {path} is not a directory; {TOKENIZER_HELP}")
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if isinstance(tokenizer, Mapping):
+        table = tokenizer
+        return lambda ids: [str(table.get(i, f"#{i}")) for i in ids]
+    if hasattr(tokenizer, "batch_decode"):
+        return _in_context_decoder(tokenizer)
+    if callable(tokenizer):
+        return tokenizer
+    raise TypeError(f"cannot decode tokens with {type(tokenizer).__name__}; {TOKENIZER_HELP}")
+
+
+class TokenText:
+    """Decodes each distinct id once; ids without a decoder read as #id."""
+
+    def __init__(self, tokenizer: Any):
+        self._decode = make_decoder(tokenizer)
+        self._cache: dict[int, str] = {}
+
+    def prefetch(self, ids: Iterable[int]) -> None:
+        todo = sorted({int(i) for i in ids if i >= 0} - self._cache.keys())
+        if not todo:
+            return
+        if self._decode is None:
+            texts: Sequence[str] = [f"#{i}" for i in todo]
+        else:
+            texts = list(self._decode(todo))
+            if len(texts) != len(todo):
+                raise ValueError(
+                    f"the tokenizer decoded {len(todo)} ids into {len(texts)} strings; "
+                    "it must return one string per id"
+                )
+        self._cache.update(zip(todo, map(str, texts)))
+
+    def __getitem__(self, token_id: int) -> str:
+        token_id = int(token_id)
+        if token_id not in self._cache:
+            self.prefetch([token_id])
+        return self._cache.get(token_id, f"#{token_id}")
+
+
+def _in_context_decoder(tok: Any) -> Decoder:
+    """The text each token adds after another token, leading space included.
+
+    Decoded alone, tokens lose the space they carry (WordPiece "raises" vs "##er",
+    SentencePiece "▁the" at the start of a text); decoding the token twice and
+    dropping the first copy keeps it, for every tokenizer family alike.
+    """
+
+    def decode(ids: Sequence[int]) -> list[str]:
+        kw = {"clean_up_tokenization_spaces": False}
+        alone = tok.batch_decode([[i] for i in ids], **kw)
+        twice = tok.batch_decode([[i, i] for i in ids], **kw)
+        return [
+            t[len(a) :] if t.startswith(a) and len(t) > len(a) else a for a, t in zip(alone, twice)
+        ]
+
+    return decode
