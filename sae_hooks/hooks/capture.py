@@ -179,7 +179,48 @@ def model_call_args(model: nn.Module, inputs) -> tuple[dict, tuple]:
     kwargs = {k: v for k, v in inputs.items() if k != "doc_offset"}
     if "input_ids" not in kwargs and "pixel_values" not in kwargs:
         raise ValueError(f"inputs need input_ids or pixel_values, got keys {sorted(kwargs)}")
+    if "input_ids" in kwargs:
+        check_token_ids(model, kwargs["input_ids"], kwargs.get("attention_mask"))
     if is_transformer_lens(model) and "input_ids" in kwargs:
         tokens = kwargs.pop("input_ids")
         return kwargs, (tokens,)
     return kwargs, ()
+
+
+def check_token_ids(model: nn.Module, ids: object, mask: object = None) -> None:
+    """Refuse token inputs the model would fail on deep inside (an embedding IndexError)."""
+    if not isinstance(ids, torch.Tensor) or ids.is_floating_point() or ids.dtype == torch.bool:
+        what = ids.dtype if isinstance(ids, torch.Tensor) else type(ids).__name__
+        raise TypeError(f"input_ids must be an integer tensor of token ids, got {what}")
+    if isinstance(mask, torch.Tensor) and mask.shape != ids.shape:
+        raise ValueError(
+            f"attention_mask has shape {tuple(mask.shape)} but input_ids {tuple(ids.shape)}; "
+            "they must match"
+        )
+    context = _model_limit(model, "n_ctx", ("n_positions", "max_position_embeddings", "n_ctx"))
+    if context is not None and ids.ndim and ids.shape[-1] > context:
+        raise ValueError(
+            f"sequences of {ids.shape[-1]} tokens are longer than the model's context of "
+            f"{context} tokens; cut them to at most {context} (text_batches(context_length=...))"
+        )
+    vocab = _model_limit(model, "d_vocab", ("vocab_size",))
+    if vocab is not None and ids.numel():
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= vocab:
+            raise ValueError(
+                f"token ids must lie in 0..{vocab - 1} (the model's vocabulary), got ids from "
+                f"{lo} to {hi}; were the inputs made by this model's tokenizer?"
+            )
+
+
+def _model_limit(model: nn.Module, tl_name: str, hf_names: tuple[str, ...]) -> int | None:
+    """A size from a TransformerLens cfg or a Hugging Face config, when the model has one."""
+    if is_transformer_lens(model):
+        value = getattr(model.cfg, tl_name, None)
+        return value if isinstance(value, int) and value > 0 else None
+    config = getattr(model, "config", None)
+    for name in hf_names:
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None

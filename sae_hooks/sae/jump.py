@@ -142,6 +142,6 @@ def _bandwidth(bandwith: float | None, bandwidth: float | None) -> float:
     value = bandwidth if bandwidth is not None else bandwith
     if value is None:
         return DEFAULT_BANDWIDTH
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"bandwidth must be a positive number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ValueError(f"bandwidth must be a positive finite number, got {value!r}")
     return float(value)

@@ -136,9 +136,11 @@ def capture_to_store(
         disable=not progress,
         desc=f"capture {', '.join(points)}",
     )
+    fed = 0
     with writer, bar:
         if max_rows is None or rows < max_rows:
             for inputs, offset in _batches(data, writer.committed_inputs):
+                fed += 1
                 inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
                 acts = capture_batch(
                     model,
@@ -156,4 +158,9 @@ def capture_to_store(
                 writer.append(acts)
                 rows += n
                 bar.update(n)
+    if fed == 0 and writer.committed_inputs == 0:
+        raise ValueError(
+            f"the data source {type(data).__name__} yielded no input batches: nothing to "
+            f"capture into {store}; give at least one document or image"
+        )
     return open_store(store, storage_options=storage_options)

@@ -80,6 +80,12 @@ def to_storage(x: torch.Tensor | np.ndarray, dtype: str) -> np.ndarray:
     return t.numpy()
 
 
+def nonfinite_rows(raw: np.ndarray, dtype: str) -> np.ndarray:
+    """Which stored rows hold a NaN or an inf (bfloat16 read from its exponent bits)."""
+    bad = (raw & 0x7F80) == 0x7F80 if dtype == "bfloat16" else ~np.isfinite(raw)
+    return bad.any(axis=tuple(range(1, bad.ndim)))
+
+
 def storage_to_numpy(raw: np.ndarray, dtype: str) -> np.ndarray:
     """Stored rows as numpy: bfloat16 widened exactly to float32, others as stored."""
     if dtype == "bfloat16":
@@ -103,10 +109,19 @@ def describe(location: str | os.PathLike) -> str:
 
 
 def open_group(
-    location: str | os.PathLike, mode: str, storage_options: dict[str, Any] | None = None
+    location: str | os.PathLike,
+    mode: str,
+    storage_options: dict[str, Any] | None = None,
+    attributes: dict[str, Any] | None = None,
 ) -> zarr.Group:
-    """A zarr group at a local path or any fsspec URL (memory://, s3://, gs://, ...)."""
+    """A zarr group at a local path or any fsspec URL (memory://, s3://, gs://, ...).
+
+    `attributes` are written with the group's metadata when it is created: one write,
+    so a store killed while being created is either absent or a valid empty store.
+    """
     kwargs: dict[str, Any] = {"mode": mode, "zarr_format": 3}
+    if attributes is not None:
+        kwargs["attributes"] = attributes
     if is_url(location):
         if storage_options:
             kwargs["storage_options"] = storage_options

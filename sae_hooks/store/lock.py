@@ -64,8 +64,8 @@ def check_lock(attrs: dict[str, Any], where: str) -> None:
 
 def acquire(group: zarr.Group, where: str) -> None:
     check_lock(dict(group.attrs), where)
-    group.attrs.update({LOCK_ATTR: holder_record()})
+    group.update_attributes({LOCK_ATTR: holder_record()})
 
 
 def release(group: zarr.Group) -> None:
-    group.attrs.update({LOCK_ATTR: None})
+    group.update_attributes({LOCK_ATTR: None})

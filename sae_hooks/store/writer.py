@@ -20,6 +20,7 @@ On resume the first write starts mid-chunk; zarr rewrites that partial region
 
 from __future__ import annotations
 
+import math
 import os
 import queue
 import threading
@@ -45,6 +46,7 @@ from sae_hooks.store.layout import (
     compressors_for,
     default_compressors,
     describe,
+    nonfinite_rows,
     open_group,
     storage_to_numpy,
     to_storage,
@@ -64,6 +66,14 @@ class _Rows:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _explain(err: OSError, text: str) -> OSError:
+    """An OSError of the same kind and errno as `err`, with `text` as its message."""
+    try:
+        return type(err)(err.errno, text) if err.errno is not None else type(err)(text)
+    except TypeError:  # a subclass with another constructor
+        return OSError(err.errno, text)
 
 
 def _int64_rows(batch: Any, name: str, n: int) -> np.ndarray:
@@ -103,12 +113,13 @@ class StoreWriter:
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
-        if chunk_rows < 1 or (shard_chunks is not None and shard_chunks < 1):
-            raise ValueError(f"chunk_rows ({chunk_rows}) and shard_chunks must be >= 1")
-        if queue_size < 1 or commit_interval < 0:
-            raise ValueError(
-                f"need queue_size >= 1 and commit_interval >= 0, got {queue_size}, {commit_interval}"
-            )
+        for name, value in [("chunk_rows", chunk_rows), ("queue_size", queue_size)] + (
+            [("shard_chunks", shard_chunks)] if shard_chunks is not None else []
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if not isinstance(commit_interval, (int, float)) or not 0 <= commit_interval < math.inf:
+            raise ValueError(f"commit_interval must be seconds >= 0, got {commit_interval!r}")
         self.commit_interval = commit_interval
         self.where = describe(location)
         if mode == "resume":
@@ -116,7 +127,6 @@ class StoreWriter:
             self._check_matches(attrs, points, d_model, dtype)
             lock.acquire(self._group, self.where)
         else:
-            self._open_new(location, mode, storage_options)
             d = {p: d_model for p in points or []} if isinstance(d_model, int) else d_model
             attrs = {
                 "schema_version": SCHEMA_VERSION,
@@ -134,7 +144,7 @@ class StoreWriter:
                 "updated": _now(),
                 lock.LOCK_ATTR: lock.holder_record(),
             }
-            self._group.attrs.update(attrs)
+            self._open_new(location, mode, storage_options, attrs)
         self.dtype: str = attrs["dtype"]
         self.points: list[str] = list(attrs["points"])
         self.d_model: dict[str, int] = dict(attrs["d_model"])
@@ -155,7 +165,9 @@ class StoreWriter:
         self._sq = {p: s["mean_sq_norm"] * s["count"] for p, s in attrs["stats"].items()}
         self._arrays: dict[str, zarr.Array] = {}
         if self.points and len(self.d_model) == len(self.points):
-            self._open_arrays(create=mode != "resume")
+            # Nothing committed yet: (re)create the arrays, which a process killed while
+            # creating them may have left half made.
+            self._open_arrays(create=mode != "resume" or self.committed_rows == 0)
         # Writer-thread state: rows [committed_rows, _written) are on disk, uncommitted.
         self._written = self.committed_rows
         self._buffer: list[_Rows] = []
@@ -172,7 +184,9 @@ class StoreWriter:
 
     # -- opening -------------------------------------------------------------------
 
-    def _open_new(self, location: Any, mode: str, storage_options: dict | None) -> None:
+    def _open_new(
+        self, location: Any, mode: str, storage_options: dict | None, attrs: dict[str, Any]
+    ) -> None:
         try:
             _, old = load_group(location, "r", storage_options)
         except (FileNotFoundError, ValueError):
@@ -184,7 +198,13 @@ class StoreWriter:
             )
         if old is not None:
             lock.check_lock(old, self.where)
-        self._group = open_group(location, "w" if mode == "overwrite" else "w-", storage_options)
+        try:
+            self._group = open_group(
+                location, "w" if mode == "overwrite" else "w-", storage_options, attrs
+            )
+        except OSError as err:
+            text = f"cannot create an activation store at {self.where}: {err.strerror or err}"
+            raise _explain(err, text) from err
 
     def _check_matches(self, attrs: dict, points: Any, d_model: Any, dtype: Any) -> None:
         """A resumed store must be continued with the settings it was started with."""
@@ -220,6 +240,7 @@ class StoreWriter:
                     dtype=storage,
                     compressors=self._compressors,
                     fill_value=0,
+                    overwrite=True,
                     attributes={"encoding": BF16_ENCODING} if self.dtype == "bfloat16" else {},
                 )
             else:
@@ -234,6 +255,7 @@ class StoreWriter:
                     dtype="int64",
                     compressors=compressors_for("zstd", "int64"),
                     fill_value=-2,
+                    overwrite=True,
                 )
             else:
                 self._arrays[m] = self._group[m]
@@ -272,17 +294,35 @@ class StoreWriter:
                 raise ValueError(f"acts[{p!r}] has {x.shape[0]} rows, other points have {n}")
             n = x.shape[0]
             data[f"acts/{p}"] = to_storage(x, self.dtype)
+        self._refuse_nonfinite(data, n)
         for m in META_ARRAYS:
             data[m] = _int64_rows(batch, m, n)
         self._put(_Rows(data, n))
         self.rows_appended += n
+
+    def _refuse_nonfinite(self, data: dict[str, np.ndarray], n: int) -> None:
+        """NaN or inf rows would poison the statistics and any SAE trained on them."""
+        counts = {}
+        for p in self.points:
+            bad = nonfinite_rows(data[f"acts/{p}"], self.dtype)
+            if bad.any():
+                counts[p] = (int(bad.sum()), int(bad.argmax()))
+        if not counts:
+            return
+        found = "; ".join(f"{c} at {p!r} (first: row {i})" for p, (c, i) in counts.items())
+        overflow = " (float16 holds at most +-65504)" if self.dtype == "float16" else ""
+        raise ValueError(
+            f"refused an input batch of {n} rows holding NaN or inf{overflow}: {found}. "
+            f"Nothing of it was queued; the store at {self.where} keeps every batch "
+            "appended before. Activations must be finite: check the model's dtype and inputs"
+        )
 
     def _init_points(self, acts: dict) -> None:
         if self.points and set(self.points) != set(acts):
             raise ValueError(f"batch points {sorted(acts)} differ from the store's {self.points}")
         self.points = self.points or list(acts)
         self.d_model = {p: int(acts[p].shape[-1]) for p in self.points}
-        self._group.attrs.update({"points": self.points, "d_model": self.d_model})
+        self._group.update_attributes({"points": self.points, "d_model": self.d_model})
         self._open_arrays(create=True)
 
     def _put(self, item: Any) -> None:
@@ -295,8 +335,22 @@ class StoreWriter:
                 continue
 
     def _raise_if_failed(self) -> None:
-        if self._error is not None:
-            raise self._error
+        if self._error is None:
+            return
+        err = self._error
+        if isinstance(err, OSError) and not getattr(err, "_explained", False):
+            # A full disk or a read-only location: say what it means for the store.
+            text = (
+                f"writing the activation store {self.where} failed: {err.strerror or err}. "
+                f"It keeps its last committed state ({self.committed_rows} rows, "
+                f"{self.committed_inputs} input batches); free space or fix permissions, "
+                "then resume it (StoreWriter mode='resume'; capture_to_store resumes by default)"
+            )
+            explained = _explain(err, text)
+            explained._explained = True
+            explained.__cause__ = err
+            self._error = err = explained
+        raise err
 
     def _check_open(self) -> None:
         if self._closed:
@@ -408,33 +462,39 @@ class StoreWriter:
         self._written = stop
 
     def _commit(self) -> None:
-        """Fold every fully written input batch into the committed attributes."""
-        done = 0
+        """Fold every fully written input batch into the committed attributes.
+
+        The in-memory counts change only once the attribute write succeeded, so after
+        a failed write (full disk) they still describe what is on disk.
+        """
+        done, end = 0, self.committed_rows
+        sums, sq = dict(self._sums), dict(self._sq)
         while self._pending and self._pending[0][0] <= self._written:
-            end, sums, sq_norms = self._pending.popleft()
+            end, batch_sums, batch_sq = self._pending.popleft()
             for p in self.points:
-                self._sums[p] = self._sums.get(p, 0.0) + sums[p]
-                self._sq[p] = self._sq.get(p, 0.0) + sq_norms[p]
-            self.committed_rows = end
+                sums[p] = sums.get(p, 0.0) + batch_sums[p]
+                sq[p] = sq.get(p, 0.0) + batch_sq[p]
             done += 1
         self._last_commit = time.monotonic()
         if not done:
             return
-        self.committed_inputs += done
-        count = self.committed_rows
         stats = {
             p: {
-                "mean": (self._sums[p] / max(count, 1)).tolist(),
-                "mean_sq_norm": self._sq[p] / max(count, 1),
-                "count": count,
+                "mean": (sums[p] / max(end, 1)).tolist(),
+                "mean_sq_norm": sq[p] / max(end, 1),
+                "count": end,
             }
             for p in self.points
         }
-        self._group.attrs.update(
+        # One metadata write: group.attrs.update() would write once per key, and a crash
+        # between those writes would leave committed_rows and committed_inputs disagreeing.
+        self._group.update_attributes(
             {
-                "committed_rows": self.committed_rows,
-                "committed_inputs": self.committed_inputs,
+                "committed_rows": end,
+                "committed_inputs": self.committed_inputs + done,
                 "stats": stats,
                 "updated": _now(),
             }
         )
+        self.committed_rows, self.committed_inputs = end, self.committed_inputs + done
+        self._sums, self._sq = sums, sq
