@@ -28,6 +28,7 @@ import torch
 
 from sae_hooks.store.layout import storage_to_torch
 from sae_hooks.store.reader import ActivationStore, open_store
+from sae_hooks.store.sharded import ShardedStore
 
 SPLITS = ("train", "val")
 _END = object()
@@ -38,7 +39,7 @@ class ActivationLoader:
 
     def __init__(
         self,
-        store: ActivationStore | str | os.PathLike,
+        store: ActivationStore | ShardedStore | str | os.PathLike,
         point: str,
         batch_size: int,
         *,
@@ -52,7 +53,8 @@ class ActivationLoader:
         prefetch: int = 2,
         drop_last: bool = True,
     ) -> None:
-        self.store = store if isinstance(store, ActivationStore) else open_store(store)
+        # Anything with the ActivationStore reading interface (a ShardedStore too).
+        self.store = open_store(store) if isinstance(store, (str, os.PathLike)) else store
         if point not in self.store.points:
             raise KeyError(f"hook point {point!r} is not in the store; stored: {self.store.points}")
         if split not in SPLITS:

@@ -6,7 +6,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ from sae_hooks.store.layout import (
     storage_to_numpy,
     storage_to_torch,
 )
+
+if TYPE_CHECKING:
+    from sae_hooks.store.sharded import ShardedStore
 
 STORE_HELP = (
     "an activation store is a zarr v3 group written by StoreWriter or capture_to_store, "
@@ -160,7 +163,17 @@ class ActivationStore:
     def read_raw(self, point: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Rows exactly as stored (bfloat16 as uint16 bits)."""
         start, stop = self._bounds(start, stop)
-        return self.array(point)[start:stop]
+        return self._read(f"acts/{point}", self.array(point), start, stop)
+
+    def _read(self, label: str, arr: zarr.Array, start: int, stop: int) -> np.ndarray:
+        try:
+            return arr[start:stop]
+        except Exception as err:  # a chunk that does not decode: name it and the way out
+            raise ValueError(
+                f"store {describe(self.location)}: rows [{start}, {stop}) of {label} cannot be "
+                f"read, a stored chunk is damaged ({type(err).__name__}: {err}); "
+                "store.verify() lists the damaged chunks; capture again with overwrite=True"
+            ) from err
 
     def read(self, point: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Rows as numpy; bfloat16 is widened exactly to float32 (numpy has no bfloat16)."""
@@ -172,7 +185,7 @@ class ActivationStore:
 
     def _meta(self, name: str, start: int, stop: int | None) -> np.ndarray:
         start, stop = self._bounds(start, stop)
-        return self.array(name)[start:stop]
+        return self._read(name, self.array(name), start, stop)
 
     def token_ids(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         return self._meta("token_ids", start, stop)
@@ -226,6 +239,17 @@ def _check_blosc_frame(frame: bytes) -> None:
 
 def open_store(
     location: str | os.PathLike, *, storage_options: dict[str, Any] | None = None
-) -> ActivationStore:
-    """Open a store at a local path or any fsspec URL for reading."""
-    return ActivationStore(location, storage_options=storage_options)
+) -> ActivationStore | ShardedStore:
+    """Open a store at a local path or any fsspec URL for reading.
+
+    A sharded store (one store per capturing rank, see sae_hooks.store.sharded) opens
+    as a ShardedStore: the union of its ranks, with the same reading interface.
+    """
+    try:
+        return ActivationStore(location, storage_options=storage_options)
+    except ValueError:
+        from sae_hooks.store.sharded import ShardedStore, sharded_world_size
+
+        if sharded_world_size(location, storage_options) is None:
+            raise
+        return ShardedStore(location, storage_options=storage_options)

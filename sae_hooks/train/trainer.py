@@ -8,10 +8,17 @@ the AuxK loss is computed at all; with no dead latent it costs nothing.
 Scale: rows are multiplied by s, chosen so that E||s x||^2 = d, and the SAE trains
 with input_scale = 1. The SAE handed back and saved to run_dir/sae has
 input_scale = s, so it runs on raw activations with the same codes and the same FVU.
+
+Data parallel: under `accelerate launch` / `torchrun` (see distributed.py) every
+rank trains on its slice of each global batch of `batch_size` rows and one
+all-reduce per step keeps the replicas identical. Rank 0 alone writes checkpoints,
+logs and the final SAE; a checkpoint resumes under any number of processes.
+BatchTopK keeps its budget per rank: top_k / world codes of each local batch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -26,6 +33,7 @@ from tqdm.auto import tqdm
 from . import checkpoint
 from .config import RESUME_FREE_FIELDS, TrainConfig
 from .constraints import constrained_weight, normalize_rows_, remove_parallel_gradient_
+from .distributed import Processes, RankSlice, processes
 from .init import init_decoder_bias_, tie_encoder_to_dictionary_
 from .losses import aux_k_loss
 from .runlog import RunLog
@@ -57,9 +65,16 @@ class Trainer:
         if sae is not None:
             config = _config_for_sae(config, sae, d)
         self.config = cfg = config.resolve(d)
-        self.device = torch.device(cfg.device)
+        self.procs = procs = processes()
+        if cfg.batch_size % procs.world:
+            raise ValueError(
+                f"batch_size={cfg.batch_size} is not divisible by the {procs.world} processes; "
+                "each rank trains on batch_size // world rows of every global batch"
+            )
+        self.device = torch.device(procs.device(cfg.device))
 
         found = checkpoint.find(self.run_dir)
+        _check_same_checkpoint(procs, found, self.device, self.run_dir)
         if found is not None and not resume:
             raise FileExistsError(
                 f"{self.run_dir} already holds a checkpoint; pass resume=True to continue it "
@@ -72,6 +87,9 @@ class Trainer:
             self.sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps
         )
         self.loader: Loader = self.source.loader("train", cfg.batch_size, seed=cfg.seed)
+        if procs.distributed:
+            self.loader = RankSlice(self.loader, procs)
+        self._local_top_k = _local_top_k(self.sae, procs)
         self._constrained = constrained_weight(self.sae)
         self._forward = torch.compile(self.sae) if cfg.compile else self.sae
         self._autocast = (cfg.device.startswith("cuda")) if cfg.autocast is None else cfg.autocast
@@ -94,12 +112,17 @@ class Trainer:
             self._restore(found)
         else:
             self.scale = self._initialise()
-        self.log = RunLog(
-            self.run_dir,
-            resume_step=self.step if found is not None else None,
-            tensorboard=cfg.tensorboard,
-            wandb_project=cfg.wandb_project,
-            config=cfg.to_dict(),
+            self._broadcast_initial_state()
+        self.log: RunLog | _NoLog = (
+            RunLog(
+                self.run_dir,
+                resume_step=self.step if found is not None else None,
+                tensorboard=cfg.tensorboard,
+                wandb_project=cfg.wandb_project,
+                config=cfg.to_dict(),
+            )
+            if procs.is_main
+            else _NoLog()
         )
 
     # ------------------------------------------------------------------ set-up
@@ -123,6 +146,14 @@ class Trainer:
             self.sae.log_threshold.fill_(math.log(cfg.threshold_init))
         return scale
 
+    def _broadcast_initial_state(self) -> None:
+        """Every rank starts from rank 0's SAE, whatever its own sample gave."""
+        if not self.procs.distributed:
+            return
+        for tensor in self.sae.state_dict().values():
+            self.procs.broadcast_(tensor)
+        self.scale = self.procs.broadcast_object(self.scale)
+
     def _restore(self, path: Path) -> None:
         saved = TrainConfig.from_dict(json.loads((path / "state.json").read_text())["config"])
         diff = sorted(
@@ -145,6 +176,9 @@ class Trainer:
         self.loader.load_state_dict(state["loader"])
 
     def save_checkpoint(self) -> Path:
+        """Write a checkpoint (rank 0 only: the ranks hold identical state)."""
+        if not self.procs.is_main:
+            return self.run_dir / checkpoint.CHECKPOINT
         return checkpoint.save(
             self.run_dir,
             sae=self.sae,
@@ -175,12 +209,29 @@ class Trainer:
         """
         cfg = self.config
         stop = cfg.steps if until_step is None else min(until_step, cfg.steps)
+        main = self.procs.is_main
         self.sae.input_scale.fill_(1.0)
         self.sae.train()
-        cfg.to_json(self.run_dir / "config.json")
-        batches = _full_batches(self.loader, cfg.batch_size)
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress, desc="train")
+        if main:
+            cfg.to_json(self.run_dir / "config.json")
+        batches = _full_batches(self.loader, cfg.batch_size // self.procs.world)
+        bar = tqdm(
+            total=cfg.steps, initial=self.step, disable=not (cfg.progress and main), desc="train"
+        )
         self._tic, self._tic_step = time.perf_counter(), self.step
+        with self._rank_budget():
+            self._loop(stop, batches, bar)
+        if self.step == cfg.steps:
+            self.sae.input_scale.fill_(self.scale)
+            self.sae.eval()
+            if main:
+                self.sae.save(self.run_dir / "sae")
+        self.log.close()
+        self.procs.barrier()  # the saved files exist for every rank once fit returns
+        return self.sae
+
+    def _loop(self, stop: int, batches: Iterator[torch.Tensor], bar: tqdm) -> None:
+        cfg = self.config
         try:
             while self.step < stop:
                 x = next(batches).to(self.device, torch.float32, non_blocking=True) * self.scale
@@ -192,20 +243,26 @@ class Trainer:
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     bar.set_postfix(self._log_train(), refresh=False)
                 if cfg.val_every and self.step % cfg.val_every == 0 and self.step < cfg.steps:
-                    self.log.write({"step": self.step, **self.validate()})
+                    self._log_validation()
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     self.save_checkpoint()
             if self.step == cfg.steps:
-                self.log.write({"step": self.step, **self.validate()})
+                self._log_validation()
             self.save_checkpoint()
         finally:
             bar.close()
-        if self.step == cfg.steps:
-            self.sae.input_scale.fill_(self.scale)
-            self.sae.eval()
-            self.sae.save(self.run_dir / "sae")
-        self.log.close()
-        return self.sae
+
+    @contextlib.contextmanager
+    def _rank_budget(self) -> Iterator[None]:
+        """BatchTopK keeps top_k / world codes of each rank's batch while training."""
+        if self._local_top_k is None:
+            yield
+            return
+        top_k, self.sae.top_k = self.sae.top_k, self._local_top_k
+        try:
+            yield
+        finally:
+            self.sae.top_k = top_k
 
     def _train_step(self, x: torch.Tensor) -> None:
         cfg, sae = self.config, self.sae
@@ -223,8 +280,14 @@ class Trainer:
             if self.aux_active:
                 dead = self.since_fired >= cfg.dead_tokens
                 aux = aux_k_loss(err.detach(), out.z_pre, dead, sae.get_dictionary(), cfg.aux_k)
+                if self.procs.distributed:
+                    aux = aux * self._global_aux_scale(err.detach())
                 loss = loss + cfg.aux_coefficient * aux
         loss.backward()
+        with torch.no_grad():
+            fires = (out.z.detach() > 0).sum(0)
+        if self.procs.distributed:
+            fires = self._all_reduce(fires)
         if self._constrained is not None:
             remove_parallel_gradient_(self._constrained)
         if cfg.grad_clip is not None:
@@ -235,9 +298,9 @@ class Trainer:
             normalize_rows_(self._constrained)
 
         with torch.no_grad():
-            fires = (out.z.detach() > 0).sum(0)
-            l0 = fires.sum() / x.shape[0]
-            self.since_fired = torch.where(fires > 0, 0, self.since_fired + x.shape[0])
+            rows = x.shape[0] * self.procs.world
+            l0 = fires.sum() / rows
+            self.since_fired = torch.where(fires > 0, 0, self.since_fired + rows)
             self.window_fires += fires
             sq_dev = (x - x.mean(0)).pow(2).sum()
             self.sums += torch.stack(
@@ -247,6 +310,42 @@ class Trainer:
                 error = torch.log(l0.clamp_min(1e-2) / cfg.target_l0).clamp(-1.0, 1.0)
                 self.coefficient *= torch.exp(cfg.target_l0_gain * error)
         self._window_steps += 1
+
+    @torch.no_grad()
+    def _global_aux_scale(self, residual: torch.Tensor) -> torch.Tensor:
+        """world * D_rank / D_global: turns this rank's AuxK loss into its share of the global one.
+
+        AuxK divides the summed squared error by D = sum ||e - mean(e)||^2 over the
+        batch, a constant for the gradient; with D of the global batch, the mean of
+        the ranks' losses is the single-process loss. One all-reduce of d + 1 values.
+        """
+        e = residual.double()
+        local = (e - e.mean(0)).pow(2).sum()
+        sums = self.procs.all_reduce_sum_(torch.cat([e.sum(0), e.pow(2).sum().reshape(1)]))
+        n = e.shape[0] * self.procs.world
+        total = sums[-1] - sums[:-1].pow(2).sum() / n
+        return (self.procs.world * local / total.clamp_min(1e-12)).float()
+
+    @torch.no_grad()
+    def _all_reduce(self, fires: torch.Tensor) -> torch.Tensor:
+        """One all-reduce per step: mean gradients and floating buffers, summed fire counts.
+
+        Each rank's loss is a mean over its equal share of the global batch, so the
+        mean of the ranks' gradients is the gradient of the global batch's loss.
+        Averaging BatchTopK's running threshold after its EMA update is the EMA of the
+        ranks' mean batch threshold. Parameters without a gradient (the same ones on
+        every rank) stay without one, as in a single process.
+        """
+        grads = [p.grad for p in self.sae.parameters() if p.grad is not None]
+        buffers = [b for b in self.sae.buffers() if b.is_floating_point()]
+        dtype = torch.promote_types(grads[0].dtype if grads else torch.float32, torch.float32)
+        flat = torch.cat([t.reshape(-1).to(dtype) for t in [*grads, *buffers, fires]])
+        self.procs.all_reduce_sum_(flat)
+        world, offset = self.procs.world, 0
+        for t in [*grads, *buffers]:
+            t.copy_(flat[offset : offset + t.numel()].view_as(t) / world)
+            offset += t.numel()
+        return flat[offset:].round().to(fires.dtype)
 
     def _coefficient_at(self, step: int) -> torch.Tensor:
         cfg = self.config
@@ -262,6 +361,8 @@ class Trainer:
 
     def _log_train(self) -> dict[str, float]:
         cfg = self.config
+        if self.procs.distributed:  # local means averaged over equal shares: global means
+            self.procs.all_reduce_sum_(self.sums).div_(self.procs.world)
         sums = dict(zip(_SUMS, self.sums.tolist()))
         n, tokens = max(self._window_steps, 1), max(self._window_steps, 1) * cfg.batch_size
         now = time.perf_counter()
@@ -288,6 +389,10 @@ class Trainer:
         self._window_steps = 0
         self._tic, self._tic_step = now, self.step
         return {k: round(record[k], 4) for k in ("loss", "fvu", "l0")}
+
+    def _log_validation(self) -> None:
+        if self.procs.is_main:  # the ranks hold the same SAE: one of them validates
+            self.log.write({"step": self.step, **self.validate()})
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -380,6 +485,45 @@ def _config_for_sae(config: TrainConfig, sae: torch.nn.Module, d: int) -> TrainC
         else:
             budget = {"top_k": sae.top_k}
     return dataclasses.replace(config, nb_concepts=sae.nb_concepts, expansion_factor=None, **budget)
+
+
+def _local_top_k(sae: torch.nn.Module, procs: Processes) -> int | None:
+    """A BatchTopK SAE's per-rank budget of codes, when it counts codes per batch."""
+    if not procs.distributed or getattr(sae, "architecture", None) != "batchtopk":
+        return None
+    if getattr(sae, "top_k_per_sample", None) is not None:
+        return None  # a per-row budget already scales with the local batch
+    if sae.top_k % procs.world:
+        raise ValueError(
+            f"BatchTopK top_k={sae.top_k} codes per global batch is not divisible by the "
+            f"{procs.world} processes; each rank keeps top_k // world codes of its rows. "
+            "Use k_per_token (top_k = k_per_token * batch_size) or a divisible top_k"
+        )
+    return sae.top_k // procs.world
+
+
+def _check_same_checkpoint(
+    procs: Processes, found: Path | None, device: torch.device, run_dir: Path
+) -> None:
+    """Every rank must resume from the same checkpoint, or none may."""
+    if not procs.distributed:
+        return
+    seen = procs.all_reduce_sum_(torch.tensor([float(found is not None)], device=device))
+    if 0 < int(seen.item()) < procs.world:
+        raise RuntimeError(
+            f"only {int(seen.item())} of {procs.world} processes see a checkpoint in {run_dir}; "
+            "run_dir must be on a filesystem every rank (every node) can read"
+        )
+
+
+class _NoLog:
+    """The metric log of ranks other than 0: they compute metrics but write nothing."""
+
+    def write(self, record: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _full_batches(loader: Loader, batch_size: int) -> Iterator[torch.Tensor]:
