@@ -51,8 +51,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--context-length", type=int, default=128, help="tokens per context")
     p.add_argument("--capture-batch-size", type=int, default=32, help="contexts per forward")
     p.add_argument("--max-rows", type=int, help="stop capturing after this many rows")
+    p.add_argument("--eval-batches", type=int, help="held-out batches of 16 to evaluate [8]")
     p.add_argument("--run-name", help="run directory name under the cache (default: recipe name)")
     p.add_argument("--cache", help="cache directory (default $SAE_HOOKS_CACHE or ./cache)")
+    p.add_argument("--concept-examples", type=int, help="positives and negatives each [48]")
+    p.add_argument("--n-random", type=int, default=8, help="random-latent control draws [8]")
     p.add_argument("--no-report", action="store_true", help="skip the HTML dashboard")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_train_args(p, DEFAULTS)
@@ -81,8 +84,9 @@ def main(argv: list[str] | None = None) -> None:
         train_texts, tokenizer, context_length=ctx, batch_size=args.capture_batch_size
     )
     eval_data = list(text_batches(eval_texts, tokenizer, context_length=ctx, batch_size=16))
+    eval_data = eval_data[: args.eval_batches or (2 if args.tiny else 8)]
 
-    n_examples = 16 if args.tiny else 48
+    n_examples = args.concept_examples or (16 if args.tiny else 48)
     positives = [t for t in pydoc_texts() if CONCEPT.search(t)][:n_examples]
     negatives = [t for t in pydoc_texts() if not UNRELATED.search(t)][:n_examples]
     pos = text_examples(positives, tokenizer, context_length=ctx)
@@ -96,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         negative=neg,
         target=embedding_similarity(centroid),
         target_name="cosine of the sentence embedding to the clean 'exceptions' centroid",
+        n_random=args.n_random,
     )
 
     result = run_pipeline(

@@ -4,6 +4,9 @@ The public API, re-exported from the subpackages (capture -> store -> train -> e
 
     from sae_hooks import BatchTopKSAE, JumpSAE
     sae = BatchTopKSAE(768, 10_000, top_k=50)
+
+The training function stays in its package (`from sae_hooks.train import train`):
+re-exported here it would shadow the `sae_hooks.train` package itself.
 """
 
 from sae_hooks.eval import (
@@ -47,7 +50,7 @@ from sae_hooks.store import (
     capture_to_store,
     open_store,
 )
-from sae_hooks.train import TrainConfig, Trainer, train
+from sae_hooks.train import TrainConfig, Trainer
 
 __version__ = "0.1.0"
 
@@ -87,5 +90,4 @@ __all__ = [
     "resolve_point",
     "splice",
     "token_logprob",
-    "train",
 ]

@@ -42,6 +42,10 @@ TRAIN_FLAGS: dict[str, tuple[type, str]] = {
 }
 
 
+# Sparsity settings that only make sense for the variant a recipe chose.
+VARIANT_FIELDS = ("k_per_token", "top_k", "target_l0", "l0_coefficient", "l1_coefficient")
+
+
 def add_train_args(parser: argparse.ArgumentParser, defaults: dict[str, Any] | None = None) -> None:
     """One flag per TRAIN_FLAGS entry; unset flags fall back to `defaults`, then TrainConfig."""
     group = parser.add_argument_group("training (TrainConfig fields)")
@@ -63,6 +67,9 @@ def train_config(args: argparse.Namespace, defaults: dict[str, Any] | None = Non
     if overrides.keys() & {"steps", "total_tokens"}:  # one run length replaces the other
         values.pop("steps", None)
         values.pop("total_tokens", None)
+    if overrides.get("architecture", values.get("architecture")) != values.get("architecture"):
+        for key in VARIANT_FIELDS:  # a recipe's sparsity knobs belong to its own variant
+            values.pop(key, None)
     values.update(overrides)
     return TrainConfig.from_dict(values)
 

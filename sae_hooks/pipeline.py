@@ -126,6 +126,7 @@ def run_pipeline(
     model_name: str | None = None,
     source: str | None = None,
     vit_tokens: str = "all",
+    drop_bos: bool = False,
     report: bool = True,
     tokenizer: Any = None,
     unembed: torch.Tensor | None = None,
@@ -147,6 +148,7 @@ def run_pipeline(
         model_name=model_name,
         source=source,
         vit_tokens=vit_tokens,
+        drop_bos=drop_bos,
         progress=progress,
     )
     timings["capture"] = time.perf_counter() - t0
@@ -191,12 +193,16 @@ def run_pipeline(
         timings=timings,
     )
     if report:
-        out.report = _build_report(run_dir, store, point, tokenizer, unembed, ablation, concept)
+        out.report = _build_report(
+            run_dir, store, point, tokenizer, unembed, ablation, concept, progress
+        )
     (run_dir / "summary.txt").write_text(out.summary() + "\n")
     return out
 
 
-def _build_report(run_dir, store, point, tokenizer, unembed, ablation, concept) -> Path | None:
+def _build_report(
+    run_dir, store, point, tokenizer, unembed, ablation, concept, progress
+) -> Path | None:
     """The HTML dashboard, when the report package can build one."""
     try:
         from sae_hooks.report import build_report
@@ -213,6 +219,7 @@ def _build_report(run_dir, store, point, tokenizer, unembed, ablation, concept) 
         unembed=unembed,
         ablations=ablations,
         out=run_dir / "report",
+        progress=progress,
     )
 
 

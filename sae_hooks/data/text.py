@@ -119,7 +119,9 @@ class TextBatches:
     def _contexts(self, first_doc: int) -> Iterator[list[int]]:
         for g in range(first_doc, len(self.texts), _TOKENIZE_GROUP):
             group = list(self.texts[g : g + _TOKENIZE_GROUP])
-            for ids in self.tokenizer(group, add_special_tokens=False)["input_ids"]:
+            # Whole documents, split below: their length is not the model's input length.
+            encoded = self.tokenizer(group, add_special_tokens=False, verbose=False)
+            for ids in encoded["input_ids"]:
                 pieces = range(0, len(ids), self.body) if self.mode == "chunk" else [0]
                 for s in pieces:
                     yield [*self.prefix, *ids[s : s + self.body], *self.suffix]

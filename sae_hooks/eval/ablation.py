@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from sae_hooks.eval import metrics
-from sae_hooks.eval.reconstruction import run_model
+from sae_hooks.eval.reconstruction import model_device, run_model, to_device
 from sae_hooks.hooks import ZeroLatents, capture_batch, splice
 
 Target = Callable[[Tensor, Mapping[str, Tensor]], Tensor]
@@ -66,8 +66,9 @@ def mean_latents(model: nn.Module, point: str, sae: nn.Module, data: Batches) ->
     """(n_docs, nb_concepts): each document's latents averaged over its real tokens."""
     param = next(sae.parameters())
     pooled = []
+    device = model_device(model)
     for inputs in data:
-        batch = capture_batch(model, point, inputs)
+        batch = capture_batch(model, point, to_device(inputs, device))
         _, z = sae.encode(batch.acts[point].to(device=param.device, dtype=param.dtype))
         docs = batch.doc_index - batch.doc_index.min()
         n = int(docs.max()) + 1
@@ -92,8 +93,10 @@ def _target_values(
 ) -> Tensor:
     edit = None if latents is None else ZeroLatents(list(latents))
     values = []
+    device = model_device(model)
     with splice(model, point, sae, error_term=True, edit=edit):
         for inputs in data:
+            inputs = to_device(inputs, device)
             values.append(target(run_model(model, inputs), inputs).float().cpu())
     return torch.cat(values)
 

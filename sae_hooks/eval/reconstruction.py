@@ -44,12 +44,22 @@ def model_kind(model: nn.Module) -> ModelKind:
 
 def run_model(model: nn.Module, inputs: Mapping[str, Tensor]) -> Tensor:
     """The model's main output: logits (LMs, classifiers) or the last hidden state."""
-    kwargs, args = model_call_args(model, inputs)
+    kwargs, args = model_call_args(model, to_device(inputs, model_device(model)))
     out = model(*args, **kwargs)
     if isinstance(out, Tensor):
         return out
     logits = getattr(out, "logits", None)
     return logits if logits is not None else out.last_hidden_state
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's inputs go: the device of its first parameter."""
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def to_device(inputs: Mapping[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in inputs.items()}
 
 
 class Replace(nn.Module):
@@ -206,6 +216,7 @@ def evaluate_reconstruction(
         ):
             if max_batches is not None and i >= max_batches:
                 break
+            inputs = to_device(inputs, model_device(model))
             with capture(model, point, stop=False) as acts:
                 clean = run_model(model, inputs)
             x = acts[point]

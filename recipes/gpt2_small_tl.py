@@ -1,0 +1,31 @@
+#!/usr/bin/env python
+"""gpt2_small.py through TransformerLens: the same SAE on a HookedTransformer.
+
+The HookedTransformer is built offline from the same local Hugging Face GPT-2
+directory (sae_hooks.models.tl_from_hf converts the weights; nothing is
+fetched). Same hook point, corpus, SAE and "exceptions" concept as
+gpt2_small.py, so the two runs' numbers are directly comparable; hook points
+may also be TransformerLens names (--point blocks.6.hook_resid_post).
+
+  python recipes/gpt2_small_tl.py --model-dir models/gpt2
+  python recipes/gpt2_small_tl.py --model-dir models/gpt2 --point blocks.6.hook_resid_post
+  python recipes/gpt2_small_tl.py --tiny                          # random-init small model, seconds
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # also when loaded with runpy
+from gpt2_small import run
+
+
+def main(argv: list[str] | None = None) -> None:
+    result = run(argv, family="tl-gpt2", name="gpt2_small_tl", doc=__doc__)
+    print()
+    print(result.summary())
+
+
+if __name__ == "__main__":
+    main()
