@@ -138,7 +138,7 @@ def test_inspect_lists_hook_points(capsys):
     ],
 )
 def test_bad_input_is_one_clear_line(cache, capsys, argv, message):
-    code, out, err = run(capsys, *argv)
+    code, _, err = run(capsys, *argv)
     error = err[err.index(f"sae-hooks {argv[0]}: error: ") :]  # after any progress bars
     assert code == 2
     assert message in error and "Traceback" not in error

@@ -4,7 +4,9 @@ import torch
 
 
 def test_tiny_models_forward(tiny_gpt2, tiny_vit, tiny_bert, tiny_llama, tiny_neox, tokenizer):
-    batch = tokenizer(["def f(x): return x", "The quick brown fox"], return_tensors="pt", padding=True)
+    batch = tokenizer(
+        ["def f(x): return x", "The quick brown fox"], return_tensors="pt", padding=True
+    )
     for m in (tiny_gpt2, tiny_llama, tiny_neox):
         out = m(**batch)
         assert out.logits.shape[:2] == batch["input_ids"].shape
@@ -21,8 +23,11 @@ def test_transformer_lens_models(tiny_hooked_transformer, tiny_bridge, tokenizer
 def test_minilm_is_real(minilm):
     model, tok = minilm
     assert model.config.hidden_size == 384 and model.config.num_hidden_layers == 6
-    batch = tok(["A cat sits on the mat.", "A kitten rests on a rug.", "Stock prices fell."],
-                return_tensors="pt", padding=True)
+    batch = tok(
+        ["A cat sits on the mat.", "A kitten rests on a rug.", "Stock prices fell."],
+        return_tensors="pt",
+        padding=True,
+    )
     with torch.no_grad():
         h = model(**batch).last_hidden_state
     m = batch["attention_mask"].unsqueeze(-1).float()

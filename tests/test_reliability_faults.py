@@ -405,17 +405,19 @@ def test_float16_overflow_is_named(tmp_path):
     assert open_store(tmp_path / "s").n_rows == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="train/: TensorSource and the trainer accept NaN rows and train on them silently "
-    "(no finiteness check on the source, the init sample or the loss)",
-)
 def test_training_refuses_nonfinite_rows(tmp_path):
     rows = train_rows()
     rows[[5, 700], 3] = float("nan")
+    rows[9, :2] = float("inf")
     config = TrainConfig(**{**TRAIN_CONFIG, "steps": 10, "checkpoint_every": None})
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(ValueError, match=r"4 NaN/inf values in 3 of \d+ rows"):
         train(config, TensorSource(rows), tmp_path)
+
+
+def test_a_diverging_loss_stops_training_with_a_pointer_to_the_checkpoint(tmp_path):
+    config = TrainConfig(**{**TRAIN_CONFIG, "steps": 10, "log_every": 5, "lr": 1e30})
+    with pytest.raises(FloatingPointError, match="last checkpoint"):
+        train(config, TensorSource(train_rows()), tmp_path)
 
 
 # ------------------------------------------------------------------ hooks never leak

@@ -199,11 +199,6 @@ def test_training_refuses_mismatched_sources(tmp_path):
         train(TrainConfig.from_dict({**config.to_dict(), "point": "nope"}), tmp_path / "s", "r")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="train/: TensorSource accepts 0 rows; training then fails with the misleading "
-    "'cannot normalise activations: their mean squared norm is 0'",
-)
 def test_training_refuses_an_empty_source(tmp_path):
     config = TrainConfig(nb_concepts=32, k_per_token=2, batch_size=16, steps=2, progress=False)
     with pytest.raises(ValueError, match=r"empty|no rows"):

@@ -42,6 +42,17 @@ class RowSource(Protocol):
     def mean_sq_norm(self) -> float | None: ...
 
 
+def check_finite(rows: torch.Tensor, what: str) -> None:
+    """Refuse NaN/inf before they reach the weights (a store's writer refuses them too)."""
+    bad = ~torch.isfinite(rows)
+    if bad.any():
+        n_rows = int(bad.any(-1).sum())
+        raise ValueError(
+            f"{what}: {int(bad.sum())} NaN/inf values in {n_rows} of {rows.shape[0]} rows; "
+            "refusing to train on them (check the model's dtype for overflow, or drop the rows)"
+        )
+
+
 # ------------------------------------------------------------------------- in memory
 
 
@@ -54,6 +65,11 @@ class TensorSource:
             raise ValueError(f"TensorSource expects floating rows of shape (N, d), got {got}")
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        if rows.shape[0] == 0:
+            raise ValueError(
+                "TensorSource got no rows (shape (0, d)): there is nothing to train on"
+            )
+        check_finite(rows, "TensorSource rows")
         order = torch.randperm(rows.shape[0], generator=torch.Generator().manual_seed(split_seed))
         n_val = round(val_fraction * rows.shape[0])
         self._splits = {"val": rows[order[:n_val]], "train": rows[order[n_val:]]}
@@ -232,6 +248,7 @@ class ModelSource:
                 self.model, [self.point], inputs, doc_offset=doc_offset, drop_bos=self.drop_bos
             )
             rows = batch.acts[self.point].float()
+            check_finite(rows, f"activations at {self.point} (input batch {i})")
             held = batch.doc_index % self.val_every_doc == 0
             val = rows[held.to(rows.device)]
             if i >= self._val_next and self._n_val < self.val_rows:

@@ -364,6 +364,12 @@ class Trainer:
         if self.procs.distributed:  # local means averaged over equal shares: global means
             self.procs.all_reduce_sum_(self.sums).div_(self.procs.world)
         sums = dict(zip(_SUMS, self.sums.tolist()))
+        if not math.isfinite(sums["loss"]):
+            raise FloatingPointError(
+                f"the training loss became {sums['loss']} between steps {self._tic_step} and "
+                f"{self.step}; the last checkpoint in {self.run_dir} is from before it. Lower "
+                "lr, or check the activations for overflow"
+            )
         n, tokens = max(self._window_steps, 1), max(self._window_steps, 1) * cfg.batch_size
         now = time.perf_counter()
         record = {
