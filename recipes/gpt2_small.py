@@ -137,10 +137,18 @@ def run(argv: list[str] | None, *, family: str, name: str, doc: str) -> Pipeline
     held_out = len(texts) // 10
     train_texts, eval_texts = texts[:-held_out], texts[-held_out:]
     ctx = args.context_length
+    # Every context starts with <|endoftext|>, as GPT-2 saw in training; its activation
+    # (an attention sink with an outsized norm) is kept out of the store and the FVU.
     data = text_batches(
-        train_texts, tokenizer, context_length=ctx, batch_size=args.capture_batch_size
+        train_texts,
+        tokenizer,
+        context_length=ctx,
+        batch_size=args.capture_batch_size,
+        prepend_bos=True,
     )
-    eval_data = list(text_batches(eval_texts, tokenizer, context_length=ctx, batch_size=16))
+    eval_data = list(
+        text_batches(eval_texts, tokenizer, context_length=ctx, batch_size=16, prepend_bos=True)
+    )
     eval_data = [b.to(device) for b in eval_data[: args.eval_batches or (2 if args.tiny else 8)]]
     concept = exceptions_concept(
         tokenizer, ctx, n=8 if args.tiny else 48, n_random=4 if args.tiny else 8, device=device
@@ -156,6 +164,7 @@ def run(argv: list[str] | None, *, family: str, name: str, doc: str) -> Pipeline
         run_dir_for(args.run_name or (f"{name}_tiny" if args.tiny else name), args.cache),
         concept=concept,
         max_rows=args.max_rows,
+        drop_bos=True,
         model_name=("tiny-gpt2" if args.tiny else "gpt2") + (" (TransformerLens)" if tl else ""),
         source=f"{args.data} ({len(train_texts)} documents)",
         report=not args.no_report,

@@ -170,9 +170,7 @@ def load_model(
     offline()
     if tiny:
         model = tiny_model(family).to(device)
-        if family == "vit":
-            return model, None
-        return model, (model.tokenizer if family == "tl-gpt2" else pydoc_tokenizer())
+        return model, (None if family == "vit" else pydoc_tokenizer())
     from transformers import (
         AutoImageProcessor,
         AutoModel,

@@ -161,7 +161,9 @@ def run_pipeline(
     resolved = TrainConfig.from_json(run_dir / "train" / "config.json")
 
     t0 = time.perf_counter()
-    result = evaluate_reconstruction(model, point, sae, eval_data, progress=progress)
+    result = evaluate_reconstruction(
+        model, point, sae, eval_data, drop_bos=drop_bos, progress=progress
+    )
     (run_dir / "eval.json").write_text(result.to_json())
     timings["eval"] = time.perf_counter() - t0
 

@@ -196,3 +196,13 @@ def test_concept_ablation_on_encoder(tiny_bert, tokenizer, texts):
         concept_ablation(
             tiny_bert, "resid_post.1", Identity(), data, data, embedding_similarity(ref), m=0
         )
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_drop_bos_leaves_each_first_real_token_out(tiny_gpt2, tokenizer, texts, padding_side):
+    data = text_batches(tokenizer, texts[:8], padding_side)
+    real = sum(int(b["attention_mask"].sum()) for b in data)
+    res = evaluate_reconstruction(
+        tiny_gpt2, "resid_post.1", Identity(), data, drop_bos=True, progress=False
+    )
+    assert res.n_rows == real - 8

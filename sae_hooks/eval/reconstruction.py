@@ -182,6 +182,15 @@ class _Downstream:
         return r
 
 
+def _row_mask(inputs: Mapping[str, Tensor], x: Tensor, drop_bos: bool) -> Tensor:
+    """(B, T) bool: the positions whose activations count (real tokens, BOS optionally not)."""
+    mask = inputs.get("attention_mask")
+    keep = torch.ones(x.shape[:2], dtype=torch.bool) if mask is None else mask.bool()
+    if drop_bos:
+        keep = keep & (keep.long().cumsum(1) > 1)
+    return keep.to(x.device)
+
+
 @torch.no_grad()
 def evaluate_reconstruction(
     model: nn.Module,
@@ -192,12 +201,15 @@ def evaluate_reconstruction(
     max_batches: int | None = None,
     mean_activation: Tensor | None = None,
     dense_above: float = 0.1,
+    drop_bos: bool = False,
     progress: bool = True,
 ) -> ReconstructionResult:
     """FVU, L0, dead/dense latents and downstream metrics of `sae` spliced at `point`.
 
     `mean_activation` (d,) is the mean-ablation baseline; by default each batch's
-    own mean over its real tokens. The SAE runs in eval mode (BatchTopK uses its
+    own mean over its real tokens. `drop_bos` leaves each sequence's first real
+    token out of FVU and L0, as a store captured with drop_bos does (GPT-2's first
+    position is an attention sink with an outsized norm). The SAE runs in eval mode (BatchTopK uses its
     running threshold) and is put back in its previous mode afterwards.
     """
     kind = model_kind(model)
@@ -220,12 +232,7 @@ def evaluate_reconstruction(
             with capture(model, point, stop=False) as acts:
                 clean = run_model(model, inputs)
             x = acts[point]
-            mask = inputs.get("attention_mask")
-            rows = (
-                x[mask.to(x.device).bool()]
-                if mask is not None and x.ndim == 3
-                else x.reshape(-1, d)
-            )
+            rows = x[_row_mask(inputs, x, drop_bos)] if x.ndim == 3 else x.reshape(-1, d)
             out = sae(rows.to(device=param.device, dtype=param.dtype))
             firing.update(out.z)
             sos.update(rows, out.x_hat)
