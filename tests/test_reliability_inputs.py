@@ -89,7 +89,7 @@ def test_eval_refuses_empty_data_long_sequences_and_a_mismatched_sae(tiny_gpt2):
         )
     with pytest.raises(ValueError, match="the data source yielded no batches"):
         evaluate_reconstruction(tiny_gpt2, "resid_post.0", sae, [], progress=False)
-    with pytest.raises(ValueError, match="activation has d=64 but the SAE's input_size is 32"):
+    with pytest.raises(ValueError, match=r"'resid_post.0' has d=64 but the SAE's input_size is 32"):
         evaluate_reconstruction(
             tiny_gpt2,
             "resid_post.0",
@@ -271,6 +271,8 @@ def test_any_invalid_sae_argument_is_a_clear_error(arch, field, bad):
         return  # None means "the default" there
     if field == "input_shape" and isinstance(bad, list) and bad:
         return  # a list of positive ints is a valid shape
+    if field == "bandwidth" and isinstance(bad, float) and math.isfinite(bad) and bad > 0:
+        return  # any finite positive float is a valid bandwidth
     kwargs[field] = bad
     with pytest.raises((ValueError, TypeError)) as err:
         ARCHS[arch](**kwargs)

@@ -232,6 +232,11 @@ def evaluate_reconstruction(
             with capture(model, point, stop=False) as acts:
                 clean = run_model(model, inputs)
             x = acts[point]
+            if x.shape[-1] != d:
+                raise ValueError(
+                    f"evaluate_reconstruction: the activation at {point!r} has d={x.shape[-1]} "
+                    f"but the SAE's input_size is {d}"
+                )
             rows = x[_row_mask(inputs, x, drop_bos)] if x.ndim == 3 else x.reshape(-1, d)
             out = sae(rows.to(device=param.device, dtype=param.dtype))
             firing.update(out.z)

@@ -20,6 +20,7 @@ from torch import nn
 
 from .dictionary import DictionaryLayer, _positive_int
 from .encoders import LinearEncoder, build_encoder, split_codes
+from .sparse import MAX_SPARSE_DENSITY, check_sparse_decode, decode_fixed, decode_ragged
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -53,6 +54,10 @@ class SAE(nn.Module):
     """
 
     architecture: ClassVar[str] = "relu"
+    sparse_decode: bool | None = None
+    """None: decode only the active latents when the variant's code density is known
+    to be at most MAX_SPARSE_DENSITY (TopK, BatchTopK); True / False force it on / off
+    where the result cannot differ (see `_decodes_sparsely`). A speed switch only."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -93,11 +98,11 @@ class SAE(nn.Module):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Rows (N, d) in the scale of the raw input."""
-        return self.dictionary.decode(z) / self.input_scale
+        return self._decode_rows(z, from_forward=False) / self.input_scale
 
     def forward(self, x: torch.Tensor) -> SAEOutput:
-        z_pre, z = self._encode_rows(self._to_rows(x))
-        return SAEOutput(z_pre, z, self._from_rows(self.decode(z), x.shape))
+        z_pre, z, x_hat = self._forward_rows(self._to_rows(x))
+        return SAEOutput(z_pre, z, self._from_rows(x_hat / self.input_scale, x.shape))
 
     def get_dictionary(self) -> torch.Tensor:
         """The normalised atoms, (nb_concepts, d)."""
@@ -120,6 +125,51 @@ class SAE(nn.Module):
 
     def _sparsify(self, pre: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         return codes
+
+    # -- decoding, dense or sparse ---------------------------------------------------
+
+    def _forward_rows(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(z_pre, z, x_hat before dividing by input_scale); TopK overrides it to decode
+        from the top-k indices it already has."""
+        z_pre, z = self._encode_rows(rows)
+        return z_pre, z, self._decode_rows(z)
+
+    def _decode_rows(
+        self,
+        z: torch.Tensor,
+        support: tuple[torch.Tensor, torch.Tensor] | None = None,
+        *,
+        from_forward: bool = True,
+    ) -> torch.Tensor:
+        """z @ atoms + b_dec; support = (indices, values), k per row, when the caller knows it."""
+        if not self._decodes_sparsely(z, from_forward):
+            return self.dictionary.decode(z)
+        atoms, bias = self.get_dictionary(), self.dictionary.bias
+        if support is not None:
+            return decode_fixed(*support, atoms, bias)
+        rows = decode_ragged(z.reshape(-1, z.shape[-1]), atoms, bias)
+        return rows.reshape(*z.shape[:-1], rows.shape[-1])
+
+    def _decodes_sparsely(self, z: torch.Tensor, from_forward: bool) -> bool:
+        forced = check_sparse_decode(self.sparse_decode)
+        if z.numel() == 0 or z.shape[-1] != self.nb_concepts:
+            return False  # nothing to gain; a wrong width gets the dense path's error
+        density = self._code_density(z)
+        # The sparse path's gradient reaches only the non-zero codes (and the atoms).
+        # Inside forward that is the whole gradient for TopK / BatchTopK: their selection
+        # passes none to the other codes. Not so for codes the caller of decode(z)
+        # differentiates (d x_hat / d z_j is atom j, active or not), nor for JumpReLU,
+        # whose threshold gradient reads the zeroed codes just below the threshold.
+        exact_grad_needed = not (from_forward and density is not None)
+        if exact_grad_needed and z.requires_grad and torch.is_grad_enabled():
+            return False
+        if forced is not None:
+            return forced
+        return density is not None and density <= MAX_SPARSE_DENSITY
+
+    def _code_density(self, z: torch.Tensor) -> float | None:
+        """Share of non-zero codes by construction; None when only the data decides (ReLU)."""
+        return None
 
     @torch.no_grad()
     def tie_encoder_to_dictionary_(self) -> bool:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .base import SAE, SAEOutput
+from .dictionary import _positive_int
 from .topk import default_top_k
 
 
@@ -47,6 +48,7 @@ class BatchTopKSAE(SAE):
         *,
         top_k_per_sample: float | None = None,
     ) -> None:
+        nb_concepts = _positive_int("nb_concepts", nb_concepts)  # before k is checked against it
         if top_k is not None and top_k_per_sample is not None:
             raise ValueError(
                 "give top_k (codes for the whole batch) or top_k_per_sample (codes per row), not both"
@@ -137,6 +139,11 @@ class BatchTopKSAE(SAE):
         self.threshold_ema.copy_(ema)
         self.threshold_initialized.fill_(True)
         self._threshold_known = True
+
+    def _code_density(self, z: torch.Tensor) -> float:
+        """The training budget's share; eval's threshold was learnt to keep about as many."""
+        n_codes = z.numel()
+        return self.batch_budget(n_codes // self.nb_concepts, n_codes) / n_codes
 
     def sparsity_loss(self, out: SAEOutput) -> torch.Tensor:
         """Zero: sparsity is enforced by construction."""

@@ -43,8 +43,22 @@ class TopKSAE(SAE):
         )
 
     def _sparsify(self, pre: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        return self._keep_top_k(codes)[0]
+
+    def _keep_top_k(
+        self, codes: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """z and its support (indices, values), (N, k) each."""
         values, indices = codes.topk(self.top_k, dim=-1, sorted=False)
-        return torch.zeros_like(codes).scatter(-1, indices, values)
+        return torch.zeros_like(codes).scatter(-1, indices, values), (indices, values)
+
+    def _forward_rows(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        pre, codes = self._pre_codes(rows)
+        z, support = self._keep_top_k(codes)
+        return pre, z, self._decode_rows(z, support)
+
+    def _code_density(self, z: torch.Tensor) -> float:
+        return self.top_k / self.nb_concepts
 
     def sparsity_loss(self, out: SAEOutput) -> torch.Tensor:
         """Zero: sparsity is enforced by construction."""

@@ -1,0 +1,74 @@
+"""Decode only the active latents: x_hat = sum_j z_j * atom_j + b_dec over the j with z_j != 0.
+
+A TopK / BatchTopK code has k non-zeros out of n, so the dense `z @ atoms` spends
+n / k times the work it needs, in the forward and twice more in the backward
+(grad of z, grad of the atoms). `F.embedding_bag(mode="sum", per_sample_weights=...)`
+gathers the k atoms of each row and sums them; its backward gives the gradient of
+the kept values and a gradient of the atoms that touches only the rows used.
+
+Two layouts:
+- fixed: every row keeps exactly k latents (TopK), known from the top-k indices,
+  so there is no host sync and no scan of z;
+- ragged: rows keep different counts (BatchTopK, a threshold, an edited code);
+  the support comes from `z.nonzero()`, one host sync.
+
+Either is exact up to float summation order. The gradient reaches the atoms and
+the non-zero codes (the gathered values), not the zero ones: SAE._decodes_sparsely
+uses these only where that is the whole gradient.
+
+Measured on 2 idle CPU cores at 768 -> 6144, 2048 rows, forward + backward of
+the decoder alone (`bench/bench_train.py --decoder`, docs/benchmarks.md): 8x
+faster than dense at density 0.005 (k = 32), 3x at 0.04, 1.8x at 0.08, slower
+at 0.17. The cut-off MAX_SPARSE_DENSITY = 0.05 keeps a margin for loaded
+machines, where embedding_bag's backward (a parallel sort) degrades first.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+MAX_SPARSE_DENSITY = 0.05
+"""Share of non-zero codes above which TopK / BatchTopK decode densely (see above)."""
+
+
+def decode_fixed(
+    indices: torch.Tensor,
+    values: torch.Tensor,
+    atoms: torch.Tensor,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Rows (N, d) from k (index, value) pairs per row; indices and values are (N, k)."""
+    if indices.shape != values.shape or indices.dim() != 2:
+        raise ValueError(
+            "decode_fixed needs indices and values of the same shape (N, k), got "
+            f"{tuple(indices.shape)} and {tuple(values.shape)}"
+        )
+    out = F.embedding_bag(indices, atoms, per_sample_weights=values.to(atoms.dtype), mode="sum")
+    return out if bias is None else out + bias
+
+
+def decode_ragged(
+    z: torch.Tensor, atoms: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Rows (N, d) from a dense code z (N, n) with any number of non-zeros per row."""
+    if z.dim() != 2 or z.shape[1] != atoms.shape[0]:
+        raise ValueError(
+            f"decode_ragged needs codes of shape (N, {atoms.shape[0]}), got {tuple(z.shape)}"
+        )
+    rows, cols = z.nonzero(as_tuple=True)  # row-major, so each row's entries are contiguous
+    counts = torch.bincount(rows, minlength=z.shape[0])
+    offsets = counts.cumsum(0) - counts
+    out = F.embedding_bag(
+        cols, atoms, offsets, per_sample_weights=z[rows, cols].to(atoms.dtype), mode="sum"
+    )
+    return out if bias is None else out + bias
+
+
+def check_sparse_decode(value: object) -> bool | None:
+    """Validate the `sparse_decode` switch: None (by density), True or False."""
+    if value is not None and not isinstance(value, bool):
+        raise TypeError(
+            f"sparse_decode must be None (decide by code density), True or False, got {value!r}"
+        )
+    return value
