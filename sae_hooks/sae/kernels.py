@@ -50,8 +50,11 @@ def quartic(u: torch.Tensor) -> torch.Tensor:
 
 
 def silverman(u: torch.Tensor) -> torch.Tensor:
-    a = (u.abs() * (1.0 / math.sqrt(2.0))).clamp_max(_FAR)
-    return 0.5 * torch.exp(-a) * torch.sin(a + math.pi / 4.0) * (a < _FAR)
+    # In place on temporaries: it runs on every (rows, n) code of a JumpReLU backward.
+    a = u.abs().mul_(1.0 / math.sqrt(2.0)).clamp_max_(_FAR)
+    far = a == _FAR
+    out = torch.exp(a.neg()).mul_(0.5).mul_(a.add_(math.pi / 4.0).sin_())
+    return out.masked_fill_(far, 0.0)
 
 
 def cauchy(u: torch.Tensor) -> torch.Tensor:
