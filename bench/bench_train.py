@@ -4,7 +4,7 @@ One command: `.venv/bin/python bench/bench_train.py` (CPU-sized: 768 -> 6144, 20
 rows a step, k = 32 per token). `--gpu-size` is GPT-2 width (768 -> 24576, 8192 rows
 a step) for a GPU: `--device cuda --gpu-size`.
 
-Each side runs the step its users run: our `Trainer._train_step` (forward, MSE +
+Each side runs the step its users run: our `Trainer.train_step` (forward, MSE +
 the variant's sparsity loss, backward, decoder-gradient projection, grad clip,
 Adam, row renormalisation, fire statistics) and SAELens's `SAETrainer.step`
 (forward, its losses, backward, grad clip, Adam, LR / coefficient schedulers,
@@ -120,7 +120,7 @@ def ours_step(variant: str, args: argparse.Namespace, run_dir: Path, dense: bool
     trainer = Trainer(config, torch.randn(2 * args.batch, args.d), run_dir)
     if dense:
         trainer.sae.sparse_decode = False
-    return trainer._train_step  # the body of Trainer.fit's loop, without data loading
+    return trainer.train_step  # the body of Trainer.fit's loop, without data loading
 
 
 def saelens_step(variant: str, args: argparse.Namespace):

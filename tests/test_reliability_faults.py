@@ -181,11 +181,11 @@ torch.set_num_threads({threads})
 from test_reliability_faults import TRAIN_CONFIG, train_rows
 from sae_hooks.train import TensorSource, TrainConfig, Trainer
 trainer = Trainer(TrainConfig(**TRAIN_CONFIG), TensorSource(train_rows()), {path!r})
-step = trainer._train_step
+step = trainer.train_step
 def slow(x):  # a slower step, so the kill can land anywhere; results are unchanged
     time.sleep(0.01)
     step(x)
-trainer._train_step = slow
+trainer.train_step = slow
 trainer.fit()
 """
 

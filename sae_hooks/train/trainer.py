@@ -235,7 +235,7 @@ class Trainer:
         try:
             while self.step < stop:
                 x = next(batches).to(self.device, torch.float32, non_blocking=True) * self.scale
-                self._train_step(x)
+                self.train_step(x)
                 self.step += 1
                 bar.update(1)
                 if self.step % self._dead_check_every == 0:
@@ -264,7 +264,7 @@ class Trainer:
         finally:
             self.sae.top_k = top_k
 
-    def _train_step(self, x: torch.Tensor) -> None:
+    def train_step(self, x: torch.Tensor) -> None:
         cfg, sae = self.config, self.sae
         lr = cfg.lr * lr_factor(self.step, cfg.steps, cfg.warmup_steps, cfg.decay_fraction)
         for group in self.optimizer.param_groups:
