@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from sae_hooks.cli_args import add_train_args, fail, train_config
+from sae_hooks.cli_args import fail, recipe_parser, train_config
 from sae_hooks.data import load_texts, pydoc_texts, text_batches
 from sae_hooks.eval import token_logprob
 from sae_hooks.models import load_model
@@ -45,22 +45,10 @@ UNRELATED = re.compile(r"\b(exceptions?|errors?|raise[sd]?|try|except)\b", re.IG
 
 
 def parse(argv: list[str] | None, doc: str = __doc__) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--model-dir", help="a local GPT-2 directory saved with save_pretrained")
-    p.add_argument("--tiny", action="store_true", help="random-init small model, for tests")
+    p = recipe_parser(doc, "a local GPT-2 directory saved with save_pretrained", DEFAULTS)
     p.add_argument("--data", default="pydoc", help="'pydoc' (default), a .txt/.jsonl file or dir")
     p.add_argument("--point", help=f"hook point (default {POINT}; {TINY_POINT} with --tiny)")
     p.add_argument("--context-length", type=int, default=128, help="tokens per context")
-    p.add_argument("--capture-batch-size", type=int, default=32, help="contexts per forward")
-    p.add_argument("--max-rows", type=int, help="stop capturing after this many rows")
-    p.add_argument("--eval-batches", type=int, help="held-out batches of 16 to evaluate [8]")
-    p.add_argument("--run-name", help="run directory name under the cache (default: recipe name)")
-    p.add_argument("--cache", help="cache directory (default $SAE_HOOKS_CACHE or ./cache)")
-    p.add_argument("--no-report", action="store_true", help="skip the HTML dashboard")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_train_args(p, DEFAULTS)
     return p.parse_args(argv)
 
 

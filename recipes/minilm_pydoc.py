@@ -20,7 +20,7 @@ import re
 
 import torch
 
-from sae_hooks.cli_args import add_train_args, train_config
+from sae_hooks.cli_args import recipe_parser, train_config
 from sae_hooks.data import pydoc_texts, text_batches
 from sae_hooks.eval import embedding_similarity, run_model
 from sae_hooks.eval.metrics import mean_pool
@@ -42,23 +42,11 @@ UNRELATED = re.compile(r"\b(exceptions?|errors?|raise[sd]?|try|except)\b", re.IG
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--model-dir", help="a local MiniLM directory (default: the bundled weights)")
-    p.add_argument("--tiny", action="store_true", help="random-init small model, for tests")
+    p = recipe_parser(__doc__, "a local MiniLM directory (default: the bundled weights)", DEFAULTS)
     p.add_argument("--point", default="resid_post.3", help="hook point (default resid_post.3)")
     p.add_argument("--context-length", type=int, default=128, help="tokens per context")
-    p.add_argument("--capture-batch-size", type=int, default=32, help="contexts per forward")
-    p.add_argument("--max-rows", type=int, help="stop capturing after this many rows")
-    p.add_argument("--eval-batches", type=int, help="held-out batches of 16 to evaluate [8]")
-    p.add_argument("--run-name", help="run directory name under the cache (default: recipe name)")
-    p.add_argument("--cache", help="cache directory (default $SAE_HOOKS_CACHE or ./cache)")
     p.add_argument("--concept-examples", type=int, help="positives and negatives each [48]")
     p.add_argument("--n-random", type=int, default=8, help="random-latent control draws [8]")
-    p.add_argument("--no-report", action="store_true", help="skip the HTML dashboard")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_train_args(p, DEFAULTS)
     return p.parse_args(argv)
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from sae_hooks.cli_args import add_train_args, fail, train_config
+from sae_hooks.cli_args import fail, recipe_parser, train_config
 from sae_hooks.data import ImageBatches, InputBatch, image_batches
 from sae_hooks.eval import class_logit, run_model
 from sae_hooks.models import load_model
@@ -47,11 +47,7 @@ HELD_OUT_EVERY = 10  # every tenth batch is held out for evaluation
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--model-dir", help="a local ViT directory saved with save_pretrained")
-    p.add_argument("--tiny", action="store_true", help="random-init small model, for tests")
+    p = recipe_parser(__doc__, "a local ViT directory saved with save_pretrained", DEFAULTS)
     p.add_argument("--images", help="folder of training images (--tiny: synthetic shapes)")
     p.add_argument("--concept-positive", help="folder of images showing the concept")
     p.add_argument("--concept-negative", help="folder of images without it")
@@ -60,14 +56,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--vit-tokens", default="all", choices=("all", "cls", "patches"), help="tokens to keep"
     )
-    p.add_argument("--capture-batch-size", type=int, default=32, help="images per forward")
-    p.add_argument("--max-rows", type=int, help="stop capturing after this many rows")
-    p.add_argument("--eval-batches", type=int, help="held-out batches to evaluate [8]")
-    p.add_argument("--run-name", help="run directory name under the cache (default: recipe name)")
-    p.add_argument("--cache", help="cache directory (default $SAE_HOOKS_CACHE or ./cache)")
-    p.add_argument("--no-report", action="store_true", help="skip the HTML dashboard")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_train_args(p, DEFAULTS)
     return p.parse_args(argv)
 
 

@@ -57,6 +57,26 @@ def add_train_args(parser: argparse.ArgumentParser, defaults: dict[str, Any] | N
         )
 
 
+def recipe_parser(
+    doc: str, model_dir_help: str, defaults: dict[str, Any]
+) -> argparse.ArgumentParser:
+    """The flags every recipe shares; a recipe adds its own (point, data, concept)."""
+    p = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--model-dir", help=model_dir_help)
+    p.add_argument("--tiny", action="store_true", help="random-init small model, for tests")
+    p.add_argument("--capture-batch-size", type=int, default=32, help="inputs per forward")
+    p.add_argument("--max-rows", type=int, help="stop capturing after this many rows")
+    p.add_argument("--eval-batches", type=int, help="held-out batches to evaluate [8]")
+    p.add_argument("--run-name", help="run directory name under the cache (default: recipe name)")
+    p.add_argument("--cache", help="cache directory (default $SAE_HOOKS_CACHE or ./cache)")
+    p.add_argument("--no-report", action="store_true", help="skip the HTML dashboard")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_train_args(p, defaults)
+    return p
+
+
 def train_config(args: argparse.Namespace, defaults: dict[str, Any] | None = None) -> TrainConfig:
     """TrainConfig from recipe defaults, then a config file's [train] table, then flags."""
     values = dict(defaults or {})

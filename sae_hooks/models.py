@@ -100,7 +100,9 @@ def pydoc_tokenizer(vocab_size: int = 512, max_length: int = 128) -> Any:
     return AutoTokenizer.from_pretrained(path)
 
 
-def tiny_model(family: str, *, d_model: int = 64, n_layers: int = 4, seed: int = 0) -> Any:
+def tiny_model(
+    family: str, *, d_model: int = 64, n_layers: int = 4, context: int = 128, seed: int = 0
+) -> Any:
     """A small random-init model of a family, for tests and --tiny recipe runs."""
     from transformers import (
         BertConfig,
@@ -116,7 +118,7 @@ def tiny_model(family: str, *, d_model: int = 64, n_layers: int = 4, seed: int =
     if family == "gpt2":
         cfg = GPT2Config(
             vocab_size=512,
-            n_positions=128,
+            n_positions=context,
             n_embd=d_model,
             n_layer=n_layers,
             n_head=heads,
@@ -131,7 +133,7 @@ def tiny_model(family: str, *, d_model: int = 64, n_layers: int = 4, seed: int =
             num_hidden_layers=n_layers,
             num_attention_heads=heads,
             intermediate_size=4 * d_model,
-            max_position_embeddings=128,
+            max_position_embeddings=context,
         )
         return BertModel(cfg).eval()
     if family == "vit":
@@ -146,9 +148,8 @@ def tiny_model(family: str, *, d_model: int = 64, n_layers: int = 4, seed: int =
         )
         return ViTForImageClassification(cfg).eval()
     if family == "tl-gpt2":
-        return tl_from_hf(
-            tiny_model("gpt2", d_model=d_model, n_layers=n_layers, seed=seed), pydoc_tokenizer()
-        )
+        hf = tiny_model("gpt2", d_model=d_model, n_layers=n_layers, context=context, seed=seed)
+        return tl_from_hf(hf, pydoc_tokenizer(max_length=context))
     raise ValueError(f"unknown model family {family!r}; valid: {', '.join(FAMILIES)}")
 
 

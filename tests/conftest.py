@@ -28,47 +28,19 @@ N_HEADS = 4
 CTX = 64
 
 
-def pydoc_texts(n: int | None = None) -> list[str]:
-    """Real English paragraphs that ship with CPython."""
-    from pydoc_data.topics import topics
-
-    paras = [p.strip() for t in topics.values() for p in t.split("\n\n")]
-    paras = [p for p in paras if len(p) > 80]
-    return paras[:n] if n else paras
-
-
 @pytest.fixture(scope="session")
 def texts() -> list[str]:
-    return pydoc_texts(64)
+    from sae_hooks.data import pydoc_texts
+
+    return pydoc_texts(64, min_chars=81)
 
 
 @pytest.fixture(scope="session")
-def tokenizer_dir(tmp_path_factory) -> Path:
-    """A byte-level BPE tokenizer trained on pydoc text, saved like a hub checkpoint."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+def tokenizer_dir() -> Path:
+    """The library's offline BPE tokenizer (trained on pydoc text), as saved files."""
+    from sae_hooks.models import pydoc_tokenizer
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB,
-        special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(pydoc_texts(400), trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<|endoftext|>",
-        eos_token="<|endoftext|>",
-        unk_token="<|endoftext|>",
-        pad_token="<|endoftext|>",
-        model_max_length=CTX,
-    )
-    path = tmp_path_factory.mktemp("tokenizer")
-    fast.save_pretrained(path)
-    return path
+    return Path(pydoc_tokenizer(VOCAB, max_length=CTX).name_or_path)
 
 
 @pytest.fixture(scope="session")
@@ -80,47 +52,23 @@ def tokenizer(tokenizer_dir):
 
 @pytest.fixture(scope="session")
 def tiny_gpt2():
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from sae_hooks.models import tiny_model
 
-    torch.manual_seed(0)
-    cfg = GPT2Config(
-        vocab_size=VOCAB, n_positions=CTX, n_embd=D_MODEL, n_layer=N_LAYERS, n_head=N_HEADS
-    )
-    return GPT2LMHeadModel(cfg).eval()
+    return tiny_model("gpt2", d_model=D_MODEL, n_layers=N_LAYERS, context=CTX)
 
 
 @pytest.fixture(scope="session")
 def tiny_vit():
-    from transformers import ViTConfig, ViTForImageClassification
+    from sae_hooks.models import tiny_model
 
-    torch.manual_seed(0)
-    cfg = ViTConfig(
-        image_size=32,
-        patch_size=8,
-        num_channels=3,
-        hidden_size=D_MODEL,
-        num_hidden_layers=N_LAYERS,
-        num_attention_heads=N_HEADS,
-        intermediate_size=4 * D_MODEL,
-        num_labels=10,
-    )
-    return ViTForImageClassification(cfg).eval()
+    return tiny_model("vit", d_model=D_MODEL, n_layers=N_LAYERS, context=CTX)
 
 
 @pytest.fixture(scope="session")
 def tiny_bert():
-    from transformers import BertConfig, BertModel
+    from sae_hooks.models import tiny_model
 
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=VOCAB,
-        hidden_size=D_MODEL,
-        num_hidden_layers=N_LAYERS,
-        num_attention_heads=N_HEADS,
-        intermediate_size=4 * D_MODEL,
-        max_position_embeddings=CTX,
-    )
-    return BertModel(cfg).eval()
+    return tiny_model("minilm", d_model=D_MODEL, n_layers=N_LAYERS, context=CTX)
 
 
 @pytest.fixture(scope="session")
@@ -179,13 +127,11 @@ def tiny_hooked_transformer():
 def tiny_bridge(tokenizer_dir):
     """TransformerBridge wrapping an in-memory tiny GPT-2 (no hub access)."""
     from transformer_lens.model_bridge import TransformerBridge
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+    from transformers import AutoTokenizer
 
-    torch.manual_seed(0)
-    cfg = GPT2Config(
-        vocab_size=VOCAB, n_positions=CTX, n_embd=D_MODEL, n_layer=N_LAYERS, n_head=N_HEADS
-    )
-    hf = GPT2LMHeadModel(cfg).eval()
+    from sae_hooks.models import tiny_model
+
+    hf = tiny_model("gpt2", d_model=D_MODEL, n_layers=N_LAYERS, context=CTX)
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     return TransformerBridge.boot_transformers("gpt2", hf_model=hf, tokenizer=tok).eval()
 
