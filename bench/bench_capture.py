@@ -25,10 +25,8 @@ on CUDA.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import platform
-import re
 import shutil
 import statistics
 import sys
@@ -42,38 +40,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout
 
+from _common import PeakMemory  # noqa: E402
+
 from sae_hooks.hooks import capture_batch  # noqa: E402
 from sae_hooks.store import capture_to_store  # noqa: E402
-
-
-def _proc_kb(key: str) -> int | None:
-    try:
-        match = re.search(rf"^{key}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
-    except OSError:
-        return None
-    return int(match.group(1)) if match else None
-
-
-class PeakMemory:
-    """Peak memory while a block runs: CUDA allocations, or the process's peak RSS."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device, self.bytes = device, None
-
-    def __enter__(self) -> PeakMemory:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            with contextlib.suppress(OSError):
-                Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.device.type == "cuda":
-            self.bytes = torch.cuda.max_memory_allocated(self.device)
-        else:
-            peak = _proc_kb("VmHWM")
-            self.bytes = None if peak is None else peak * 1024
 
 
 def load_models(names: list[str], device: torch.device, dtype: torch.dtype):

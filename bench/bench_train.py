@@ -21,11 +21,9 @@ includes the interpreter and whatever the allocator kept from earlier variants.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -34,6 +32,7 @@ import time
 from pathlib import Path
 
 import torch
+from _common import PeakMemory, sync
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("batchtopk", "jumprelu", "topk", "relu")
@@ -49,48 +48,13 @@ DEFAULT_SAELENS_PYTHON = ("/work/venv-bench/bin/python", str(ROOT / ".venv-bench
 # ---------------------------------------------------------------- measuring
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _proc_kb(key: str) -> int | None:
-    try:
-        match = re.search(rf"^{key}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
-    except OSError:
-        return None
-    return int(match.group(1)) if match else None
-
-
-class PeakMemory:
-    """Peak memory while a block runs: CUDA allocations, or the process's peak RSS."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device, self.bytes = device, None
-
-    def __enter__(self) -> PeakMemory:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            with contextlib.suppress(OSError):
-                Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.device.type == "cuda":
-            self.bytes = torch.cuda.max_memory_allocated(self.device)
-        else:
-            peak = _proc_kb("VmHWM")
-            self.bytes = None if peak is None else peak * 1024
-
-
 def time_steps(step, x: torch.Tensor, n: int, device: torch.device) -> tuple[float, float]:
     """(wall, process CPU) seconds for n steps on one batch, the device drained around them."""
-    _sync(device)
+    sync(device)
     start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(n):
         step(x)
-    _sync(device)
+    sync(device)
     return time.perf_counter() - start, time.process_time() - cpu_start
 
 
