@@ -89,6 +89,12 @@ def test_capture_train_eval_ablate_inspect(cache, capsys, tmp_path):
     code, out, _ = run(capsys, "inspect", str(cache / "t/train/sae"))
     assert code == 0 and "TopKSAE" in out
 
+    # `report` on the run directory finds its store and its ablation by itself.
+    code, out, err = run(capsys, "report", str(cache / "t"), "--n-latents", "4")
+    assert code == 0, err
+    page = (cache / "t/report/index.html").read_text()
+    assert "Concept ablations" in page and (cache / "t/report/training.png").is_file()
+
 
 def test_inspect_lists_hook_points(capsys):
     code, out, _ = run(capsys, "inspect", "--family", "gpt2", "--tiny")
