@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
             epilog=f"example:\n  {example}",
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        p.set_defaults(handler=globals()[f"cmd_{name}"])
+        p.set_defaults(handler=globals()[f"cmd_{name}"], parser=p)
         return p
 
     p = command(
@@ -157,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     except ImportError:
         pass
     else:
-        add_report_parser(sub).set_defaults(handler=cmd_report)
+        report = add_report_parser(sub)
+        report.set_defaults(handler=cmd_report, parser=report)
     return parser
 
 
@@ -372,7 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    sub = parser._subparsers._group_actions[0].choices[args.command]
+    sub = args.parser
     try:
         if getattr(args, "config", None) and args.command != "report":
             table = load_config_file(args.config, (args.command,)).get(args.command, {})
