@@ -53,8 +53,10 @@ def parse(argv: list[str] | None, doc: str = __doc__) -> argparse.Namespace:
 
 
 def fits(tokenizer: Any, context_length: int) -> Callable[[str], bool]:
-    """Whether a text has words and fits one context whole, so its last token stays last."""
-    return lambda text: bool(text.strip()) and len(tokenizer(text)["input_ids"]) <= context_length
+    """Whether a text has words and fits one context whole after <|endoftext|>, so its
+    last token stays last."""
+    room = context_length - 1
+    return lambda text: bool(text.strip()) and len(tokenizer(text)["input_ids"]) <= room
 
 
 def cut_before_word(texts: list[str], word: str, keep: Callable[[str], bool]) -> list[str]:
@@ -93,9 +95,10 @@ def exceptions_concept(
     first = "" if len(ids) == 1 else f" (its first token of {len(ids)})"
 
     def examples(texts: list[str]) -> list:
-        return [
-            b.to(device) for b in text_examples(texts, tokenizer, context_length=context_length)
-        ]
+        batches = text_examples(
+            texts, tokenizer, context_length=context_length, prepend_bos=True
+        )  # like the training contexts
+        return [b.to(device) for b in batches]
 
     return Concept(
         name="exceptions",

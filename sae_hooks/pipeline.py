@@ -226,7 +226,12 @@ def _build_report(
 
 
 def text_examples(
-    texts: Sequence[str], tokenizer: Any, *, context_length: int, batch_size: int = 16
+    texts: Sequence[str],
+    tokenizer: Any,
+    *,
+    context_length: int,
+    batch_size: int = 16,
+    prepend_bos: bool = False,
 ) -> list[Mapping[str, torch.Tensor]]:
     """Concept examples: one truncated context per text, in padded batches."""
     from sae_hooks.data import text_batches
@@ -240,5 +245,6 @@ def text_examples(
             context_length=context_length,
             batch_size=batch_size,
             mode="truncate",
+            prepend_bos=prepend_bos,
         )
     )
