@@ -130,16 +130,19 @@ def run(argv: list[str] | None, *, family: str, name: str, doc: str) -> Pipeline
     ctx = args.context_length
     # Every context starts with <|endoftext|>, as GPT-2 saw in training; its activation
     # (an attention sink with an outsized norm) is kept out of the store and the FVU.
-    data = text_batches(
-        train_texts,
-        tokenizer,
-        context_length=ctx,
-        batch_size=args.capture_batch_size,
-        prepend_bos=True,
-    )
-    eval_data = list(
-        text_batches(eval_texts, tokenizer, context_length=ctx, batch_size=16, prepend_bos=True)
-    )
+    try:
+        data = text_batches(
+            train_texts,
+            tokenizer,
+            context_length=ctx,
+            batch_size=args.capture_batch_size,
+            prepend_bos=True,
+        )
+        eval_data = list(
+            text_batches(eval_texts, tokenizer, context_length=ctx, batch_size=16, prepend_bos=True)
+        )
+    except ValueError as e:  # e.g. a context longer than the model's
+        fail(str(e))
     eval_data = [b.to(device) for b in eval_data[: args.eval_batches or (2 if args.tiny else 8)]]
     concept = exceptions_concept(
         tokenizer, ctx, n=8 if args.tiny else 48, n_random=4 if args.tiny else 8, device=device

@@ -1,0 +1,97 @@
+"""Loading real checkpoints from a local directory: the path the recipes take with --model-dir.
+
+The checkpoints are tiny random-init models saved with save_pretrained, so the
+code path is exactly the one real GPT-2 / ViT weights go through, offline.
+"""
+
+import json
+import runpy
+from pathlib import Path
+
+import pytest
+import torch
+
+from sae_hooks.models import load_model, tiny_model
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+@pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory, tokenizer):
+    path = tmp_path_factory.mktemp("gpt2")
+    tiny_model("gpt2").save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def vit_dir(tmp_path_factory):
+    from transformers import ViTImageProcessor
+
+    path = tmp_path_factory.mktemp("vit")
+    tiny_model("vit").save_pretrained(path)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
+    return path
+
+
+def test_gpt2_from_a_directory_through_hf_and_transformer_lens(gpt2_dir):
+    hf, tok = load_model("gpt2", gpt2_dir)
+    tl, tl_tok = load_model("tl-gpt2", gpt2_dir)
+    ids = tok(["def f(x): return x"], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(tl(ids), hf(ids).logits, atol=1e-4, rtol=1e-4)
+    assert tl_tok("a b")["input_ids"] == tok("a b")["input_ids"]
+
+
+def test_vit_from_a_directory(vit_dir):
+    model, processor = load_model("vit", vit_dir)
+    pixels = processor(images=[torch.zeros(3, 32, 32)], return_tensors="pt")["pixel_values"]
+    assert model(pixel_values=pixels).logits.shape == (1, 10)
+
+
+def test_remote_code_is_refused_unless_asked(gpt2_dir, tmp_path):
+    """A config asking for custom code must not run it by default."""
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    for f in gpt2_dir.iterdir():
+        (evil / f.name).write_bytes(f.read_bytes())
+    config = json.loads((evil / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.Evil"}
+    (evil / "config.json").write_text(json.dumps(config))
+    marker = tmp_path / "ran"
+    (evil / "modeling_evil.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    load_model("gpt2", evil)  # loads the plain GPT-2 class, ignoring auto_map
+    assert not marker.exists()
+
+
+def test_gpt2_recipe_with_model_dir(gpt2_dir, tmp_path, capsys):
+    """The real-weights branch of the recipe end to end (not --tiny)."""
+    runpy.run_path(str(RECIPES / "gpt2_small.py"), run_name="recipe")["main"](
+        [
+            "--model-dir",
+            str(gpt2_dir),
+            "--cache",
+            str(tmp_path),
+            "--quiet",
+            "--no-report",
+            "--point",
+            "resid_post.1",
+            "--max-rows",
+            "3000",
+            "--nb-concepts",
+            "256",
+            "--total-tokens",
+            "4096",
+            "--batch-size",
+            "512",
+            "--eval-batches",
+            "1",
+            "--context-length",
+            "64",
+        ]
+    )
+    run = tmp_path / "gpt2_small"
+    ev = json.loads((run / "eval.json").read_text())
+    assert ev["point"] == "resid_post.1" and "loss_recovered" in ev["downstream"]
+    assert json.loads((run / "train" / "config.json").read_text())["nb_concepts"] == 256
+    assert "ablate top 8 concept latents" in capsys.readouterr().out
