@@ -7,6 +7,7 @@ again, so re-running a recipe after an interruption continues where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -182,6 +183,8 @@ def run_pipeline(
         )
         record = {"concept": concept.name, "target": concept.target_name, **ablation.to_dict()}
         (run_dir / "ablation.json").write_text(json.dumps(record, indent=2))
+        with contextlib.suppress(ImportError):  # the plot needs matplotlib (extra "plots")
+            ablation.plot(run_dir / "ablation.png")
         timings["ablation"] = time.perf_counter() - t0
 
     out = PipelineResult(

@@ -148,7 +148,7 @@ def planted_model(tiny_gpt2, concept_token: int):
     return model
 
 
-def test_concept_ablation_finds_planted_latent(tiny_gpt2, tokenizer):
+def test_concept_ablation_finds_planted_latent(tiny_gpt2, tokenizer, tmp_path):
     concept = tokenizer(" the", add_special_tokens=False)["input_ids"][0]
     model = planted_model(tiny_gpt2, concept)
     pos = [
@@ -175,6 +175,11 @@ def test_concept_ablation_finds_planted_latent(tiny_gpt2, tokenizer):
     )
     assert again.to_dict() == res.to_dict()
     assert "ablate top 1" in res.table()
+    png = tmp_path / "ablation.png"
+    res.plot(png)
+    import matplotlib.image
+
+    assert matplotlib.image.imread(png).shape[:2] == (360, 600)  # 5 x 3 inches at 120 dpi
 
 
 def test_concept_ablation_on_encoder(tiny_bert, tokenizer, texts):

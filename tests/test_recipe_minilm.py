@@ -35,6 +35,7 @@ def test_tiny_run_writes_every_artifact(recipe, tmp_path, capsys):
     assert {"cosine", "cosine_zero_ablated", "cosine_recovered"} <= set(result["downstream"])
     assert 0 < result["l0"] <= 8.0 + 1e-6
     ablation = json.loads((run / "ablation.json").read_text())
+    assert (run / "ablation.png").stat().st_size > 1000
     assert ablation["concept"] == "exceptions" and len(ablation["latents"]) == 8
     for label in (
         "rows captured",

@@ -160,13 +160,11 @@ class AblationResult:
 
     def plot(self, path) -> None:
         """A bar chart of the effect on positives: concept vs each random draw (needs matplotlib)."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # a bare Figure: no pyplot, no global backend
 
         random = [v - self.clean_positive for v in self.random_positive]
-        fig, ax = plt.subplots(figsize=(5, 3))
+        fig = Figure(figsize=(5, 3))
+        ax = fig.subplots()
         ax.bar(["concept"], [self.effect], color="tab:red")
         ax.bar([f"random {i}" for i in range(len(random))], random, color="tab:gray")
         ax.axhline(0, color="black", lw=0.8)
@@ -174,7 +172,6 @@ class AblationResult:
         ax.tick_params(axis="x", rotation=60)
         fig.tight_layout()
         fig.savefig(path, dpi=120)
-        plt.close(fig)
 
 
 def concept_ablation(
