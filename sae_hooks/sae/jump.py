@@ -29,18 +29,22 @@ def _density(z_pre: torch.Tensor, threshold: torch.Tensor, kernel: Kernel, bandw
     return kernel(torch.sub(z_pre, threshold).div_(bandwidth))
 
 
-class JumpReLU(torch.autograd.Function):
-    """z_pre * H(z_pre - theta); d/dz_pre = H, d/dtheta = -(theta/eps) K((z_pre - theta)/eps)."""
-
-    @staticmethod
-    def forward(z_pre: torch.Tensor, threshold: torch.Tensor, kernel: Kernel, bandwidth: float):
-        return z_pre * (z_pre > threshold)
+class _ThresholdSTE(torch.autograd.Function):
+    """What the straight-through estimators keep for their backward: z_pre, theta, K, eps."""
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
         z_pre, threshold, kernel, bandwidth = inputs
         ctx.save_for_backward(z_pre, threshold)
         ctx.kernel, ctx.bandwidth = kernel, bandwidth
+
+
+class JumpReLU(_ThresholdSTE):
+    """z_pre * H(z_pre - theta); d/dz_pre = H, d/dtheta = -(theta/eps) K((z_pre - theta)/eps)."""
+
+    @staticmethod
+    def forward(z_pre: torch.Tensor, threshold: torch.Tensor, kernel: Kernel, bandwidth: float):
+        return z_pre * (z_pre > threshold)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor):
@@ -54,18 +58,12 @@ class JumpReLU(torch.autograd.Function):
         return grad_z, grad_theta, None, None
 
 
-class Heaviside(torch.autograd.Function):
+class Heaviside(_ThresholdSTE):
     """H(z_pre - theta); d/dz_pre = 0, d/dtheta = -(1/eps) K((z_pre - theta)/eps)."""
 
     @staticmethod
     def forward(z_pre: torch.Tensor, threshold: torch.Tensor, kernel: Kernel, bandwidth: float):
         return (z_pre > threshold).to(z_pre.dtype)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
-        z_pre, threshold, kernel, bandwidth = inputs
-        ctx.save_for_backward(z_pre, threshold)
-        ctx.kernel, ctx.bandwidth = kernel, bandwidth
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor):
@@ -77,7 +75,7 @@ class Heaviside(torch.autograd.Function):
         return None, grad_theta, None, None
 
 
-class JumpReLUWithL0(torch.autograd.Function):
+class JumpReLUWithL0(_ThresholdSTE):
     """(z_pre * H, H) together: JumpReLU and the Heaviside of the L0 loss share one
     kernel evaluation in the backward pass, where they would evaluate it twice apart.
 
@@ -92,9 +90,7 @@ class JumpReLUWithL0(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
-        z_pre, threshold, kernel, bandwidth = inputs
-        ctx.save_for_backward(z_pre, threshold)
-        ctx.kernel, ctx.bandwidth = kernel, bandwidth
+        _ThresholdSTE.setup_context(ctx, inputs, output)
         ctx.set_materialize_grads(False)  # an unused output's gradient stays None
 
     @staticmethod
