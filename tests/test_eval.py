@@ -25,7 +25,6 @@ class Identity(nn.Module):
     def __init__(self, d: int = D) -> None:
         super().__init__()
         self.input_size = self.nb_concepts = d
-        self.dummy = nn.Parameter(torch.zeros(()))
 
     def encode(self, x):
         return x, x
@@ -65,10 +64,9 @@ def test_identity_recovers_everything_zero_recovers_nothing(
     assert ident.fvu == pytest.approx(0.0, abs=1e-10)
     assert ident.downstream["loss_recovered"] == pytest.approx(1.0, abs=1e-5)
     assert ident.downstream["kl_clean_spliced"] == pytest.approx(0.0, abs=1e-6)
-    zero = Replace(torch.zeros(D))
-    zero.nb_concepts = D
-    zero.dummy = nn.Parameter(torch.zeros(()))
-    res = evaluate_reconstruction(tiny_gpt2, "resid_post.1", zero, data, progress=False)
+    res = evaluate_reconstruction(
+        tiny_gpt2, "resid_post.1", Replace(torch.zeros(D)), data, progress=False
+    )
     assert res.downstream["loss_recovered"] == pytest.approx(0.0, abs=1e-5)
     # Pads never count: the rows are exactly the real tokens.
     assert ident.n_rows == sum(int(b["attention_mask"].sum()) for b in data)

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from sae_hooks.eval import metrics
-from sae_hooks.eval.reconstruction import model_device, run_model, to_device
+from sae_hooks.eval.reconstruction import model_device, run_model, sae_tensor_spec, to_device
 from sae_hooks.hooks import ZeroLatents, capture_batch, splice
 
 Target = Callable[[Tensor, Mapping[str, Tensor]], Tensor]
@@ -64,7 +64,7 @@ def embedding_similarity(reference: Tensor) -> Target:
 @torch.no_grad()
 def mean_latents(model: nn.Module, point: str, sae: nn.Module, data: Batches) -> Tensor:
     """(n_docs, nb_concepts): each document's latents averaged over its real tokens."""
-    param = next(sae.parameters())
+    param = sae_tensor_spec(sae)
     pooled = []
     device = model_device(model)
     for inputs in data:

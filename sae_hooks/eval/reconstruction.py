@@ -58,6 +58,15 @@ def model_device(model: nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
+def sae_tensor_spec(sae: nn.Module) -> torch.Tensor:
+    """A tensor of the SAE's own device and dtype (its first parameter or buffer), to
+    move activations to; float32 on the CPU for an SAE that holds no tensor."""
+    for t in (*sae.parameters(), *sae.buffers()):
+        if t.is_floating_point():
+            return t
+    return torch.empty(0)
+
+
 def to_device(inputs: Mapping[str, Tensor], device: torch.device) -> dict[str, Tensor]:
     return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in inputs.items()}
 
@@ -71,7 +80,7 @@ class Replace(nn.Module):
     def __init__(self, value: Tensor) -> None:
         super().__init__()
         self.register_buffer("value", value.detach().float().reshape(-1))
-        self.input_size = self.value.numel()
+        self.input_size = self.nb_concepts = self.value.numel()  # its "latents": x itself
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return x, x
@@ -215,7 +224,7 @@ def evaluate_reconstruction(
     kind = model_kind(model)
     was_training = sae.training
     sae.eval()
-    param = next(sae.parameters())
+    param = sae_tensor_spec(sae)
     firing = metrics.FiringStats(sae.nb_concepts, device=param.device)
     sos = metrics.SumOfSquares()
     downstream = _Downstream(kind)
