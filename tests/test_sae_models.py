@@ -371,3 +371,27 @@ def test_bad_encoder_output_is_a_clear_error():
 
     with pytest.raises(TypeError, match=r"pair \(pre_codes, codes\)"):
         SAE(4, 4, encoder_module=Triple())(torch.randn(2, 4))
+
+
+def test_folded_decoder_bias_gives_the_centred_encoder_and_its_gradients():
+    """The default encoder folds b_dec into its bias for speed; values and gradients are
+    those of W (x s - b_dec) + b_enc computed the plain way."""
+    torch.manual_seed(0)
+    sae = SAE(16, 48)
+    with torch.no_grad():
+        sae.dictionary.bias.normal_()
+        sae.input_scale.fill_(1.7)
+    x = torch.randn(32, 16)
+
+    def grads(pre_fn):
+        sae.zero_grad()
+        pre = pre_fn()
+        (pre.relu().pow(2).sum() + pre.sum()).backward()
+        return pre.detach(), [p.grad for p in (sae.encoder.weight, sae.encoder.bias, b_dec)]
+
+    enc, b_dec = sae.encoder, sae.dictionary.bias
+    folded = grads(lambda: sae._pre_codes(x)[0])
+    plain = grads(lambda: torch.nn.functional.linear(x * 1.7 - b_dec, enc.weight, enc.bias))
+    torch.testing.assert_close(folded[0], plain[0], rtol=1e-5, atol=1e-5)
+    for a, b in zip(folded[1], plain[1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

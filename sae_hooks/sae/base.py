@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -120,8 +121,15 @@ class SAE(nn.Module):
     def _pre_codes(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         bias = self.dictionary.bias
         scale = self.input_scale
+        enc = self.encoder
+        if type(enc) is LinearEncoder and bias is not None:
+            # W (x s - b_dec) + b_enc, with b_dec folded into the encoder's bias: b_dec's
+            # gradient is then one (n,) @ (n, d) product, where centring the input first
+            # makes autograd run a full (rows, n) @ (n, d) matmul for it.
+            pre = F.linear(rows * scale, enc.weight, enc.bias - enc.weight @ bias)
+            return pre, F.relu(pre)
         centred = rows * scale if bias is None else torch.addcmul(-bias, rows, scale)
-        return split_codes(self.encoder(centred))
+        return split_codes(enc(centred))
 
     def _sparsify(self, pre: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         return codes
