@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import platform
 import re
 from pathlib import Path
 
@@ -43,3 +45,19 @@ class PeakMemory:
         else:
             peak = _proc_kb("VmHWM")
             self.bytes = None if peak is None else peak * 1024
+
+
+def machine(device: torch.device) -> str:
+    """The device, in words, and how busy the machine is (timings depend on it)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return f"{model}, {torch.get_num_threads()} threads, load average {load:.1f}"

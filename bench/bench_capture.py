@@ -25,8 +25,6 @@ on CUDA.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shutil
 import statistics
 import sys
@@ -40,7 +38,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout
 
-from _common import PeakMemory  # noqa: E402
+from _common import PeakMemory, machine  # noqa: E402
 
 from sae_hooks.hooks import capture_batch  # noqa: E402
 from sae_hooks.store import capture_to_store  # noqa: E402
@@ -88,21 +86,6 @@ def methods(model, layers: int, inputs: dict, store_dir: Path, store_batches: in
         f"capture_to_store {last}": (to_store(last), store_batches),
         f"capture_to_store {early}": (to_store(early), store_batches),
     }
-
-
-def machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return f"{model}, {torch.get_num_threads()} threads, load average {load:.1f}"
 
 
 def main() -> None:

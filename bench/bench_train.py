@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -32,7 +31,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import PeakMemory, sync
+from _common import PeakMemory, machine, sync
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("batchtopk", "jumprelu", "topk", "relu")
@@ -218,21 +217,6 @@ def find_saelens_python(explicit: str | None) -> str | None:
         if path and Path(path).is_file() and os.access(path, os.X_OK):
             return path
     return None
-
-
-def machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return f"{model}, {torch.get_num_threads()} threads, load average {load:.1f}"
 
 
 def main() -> None:

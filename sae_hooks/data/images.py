@@ -115,25 +115,4 @@ class ImageBatches:
         return (x - self.mean) / self.std if self.normalize else x
 
 
-def image_batches(
-    source: str | os.PathLike | torch.Tensor | np.ndarray,
-    *,
-    image_size: int,
-    batch_size: int,
-    processor: Any = None,
-    mean: Sequence[float] = (0.5, 0.5, 0.5),
-    std: Sequence[float] = (0.5, 0.5, 0.5),
-    normalize: bool = True,
-    start_batch: int = 0,
-) -> ImageBatches:
-    """Batches of normalised `pixel_values` from a folder of images or an (N, 3, H, W) tensor."""
-    return ImageBatches(
-        source,
-        image_size=image_size,
-        batch_size=batch_size,
-        processor=processor,
-        mean=mean,
-        std=std,
-        normalize=normalize,
-        start_batch=start_batch,
-    )
+image_batches = ImageBatches  # the functional spelling of the same constructor

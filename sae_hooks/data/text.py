@@ -48,7 +48,12 @@ def _special_wrap(tokenizer: Any) -> tuple[list[int], list[int]]:
 
 
 class TextBatches:
-    """Deterministic batches of token contexts; `iter_from(k)` resumes at batch k."""
+    """Deterministic batches of right-padded token contexts (input_ids + attention_mask)
+    from documents; `iter_from(k)` (or start_batch=k) resumes at batch k.
+
+    max_length: the model's context (e.g. config.n_positions), checked like the
+    tokenizer's model_max_length.
+    """
 
     def __init__(
         self,
@@ -155,32 +160,7 @@ class TextBatches:
         return InputBatch(inputs, doc_offset=index * self.batch_size, index=index)
 
 
-def text_batches(
-    texts: Sequence[str],
-    tokenizer: Any,
-    *,
-    context_length: int,
-    batch_size: int,
-    mode: str = "chunk",
-    prepend_bos: bool = False,
-    max_length: int | None = None,
-    start_batch: int = 0,
-) -> TextBatches:
-    """Batches of right-padded token contexts (input_ids + attention_mask) from documents.
-
-    max_length: the model's context (e.g. config.n_positions), checked like the
-    tokenizer's model_max_length. start_batch: resume at that batch.
-    """
-    return TextBatches(
-        texts,
-        tokenizer,
-        context_length=context_length,
-        batch_size=batch_size,
-        mode=mode,
-        prepend_bos=prepend_bos,
-        max_length=max_length,
-        start_batch=start_batch,
-    )
+text_batches = TextBatches  # the functional spelling of the same constructor
 
 
 def load_texts(spec: str | os.PathLike) -> list[str]:
