@@ -11,15 +11,6 @@ import torch
 from sae_hooks.data import text_batches
 from sae_hooks.store import capture_to_store, open_store
 
-try:
-    from sae_hooks.hooks import capture_batch
-except ImportError:
-    capture_batch = None
-
-pytestmark = pytest.mark.skipif(
-    capture_batch is None, reason="sae_hooks.hooks.capture_batch is not written yet"
-)
-
 POINTS = ["resid_post.1", "resid_post.2"]
 
 
