@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from sae_hooks.eval import metrics
+from sae_hooks import metrics as sae_metrics
 from sae_hooks.eval.ablation import (
     concept_ablation,
     embedding_similarity,
@@ -90,7 +90,7 @@ def test_streaming_fvu_matches_one_shot():
         torch.randn(300, 8, dtype=torch.float64) * 3 + 1,
         torch.randn(300, 8, dtype=torch.float64),
     )
-    s = metrics.SumOfSquares()
+    s = sae_metrics.SumOfSquares()
     for i in range(0, 300, 70):
         s.update(x[i : i + 70], x_hat[i : i + 70])
     expected = ((x - x_hat) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from sae_hooks import metrics as sae_metrics
 from sae_hooks.eval import metrics
 from sae_hooks.hooks import capture, splice
 from sae_hooks.hooks.capture import model_call_args
@@ -225,8 +226,8 @@ def evaluate_reconstruction(
     was_training = sae.training
     sae.eval()
     param = sae_tensor_spec(sae)
-    firing = metrics.FiringStats(sae.nb_concepts, device=param.device)
-    sos = metrics.SumOfSquares()
+    firing = sae_metrics.FiringStats(sae.nb_concepts, device=param.device)
+    sos = sae_metrics.SumOfSquares()
     downstream = _Downstream(kind)
     result = ReconstructionResult(point=point, kind=kind)
     d = sae.input_size

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..metrics import DENSE_FRACTION
 from . import checkpoint
 from .config import RESUME_FREE_FIELDS, TrainConfig
 from .constraints import constrained_weight, normalize_rows_, remove_parallel_gradient_
@@ -42,7 +43,6 @@ from .sources import Loader, RowSource, as_source
 
 # Running sums kept on device between log steps, in this order.
 _SUMS = ("loss", "mse", "sq_err", "sq_dev", "l0", "aux_loss")
-DENSE_FRACTION = 0.1  # a latent firing on more than this share of tokens is "dense"
 
 
 class Trainer:
