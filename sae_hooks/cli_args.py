@@ -11,17 +11,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sae_hooks.sae import KERNELS, SAE_REGISTRY
 from sae_hooks.train import TrainConfig
 
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
-from sae_hooks.train.config import ARCHITECTURES, KERNELS
 
 # Flag -> TrainConfig field, for the knobs worth a flag; the rest go through --config.
 TRAIN_FLAGS: dict[str, tuple[type, str]] = {
-    "architecture": (str, f"SAE variant: {', '.join(ARCHITECTURES)}"),
+    "architecture": (str, f"SAE variant: {', '.join(sorted(SAE_REGISTRY))}"),
     "nb_concepts": (int, "dictionary size (default: 8 x d_model)"),
     "expansion_factor": (int, "dictionary size as a multiple of d_model"),
     "k_per_token": (int, "TopK/BatchTopK: active latents per token (default 32)"),

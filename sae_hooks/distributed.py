@@ -1,28 +1,40 @@
 """Who this process is among data-parallel peers, with no `--distributed` switch: the
-same code runs alone or under `accelerate launch` / `torchrun`. Shared by the store
-(sharded capture) and the trainer.
+same code runs alone or under `accelerate launch` / `torchrun`. The one home of
+data parallelism, shared by the store (sharded capture) and the trainer.
 
-`processes()` says who this process is. It uses torch.distributed's default group
+`processes()` returns this process's `ProcessRank` (rank, world size, local rank). It uses torch.distributed's default group
 when the caller already initialised one; otherwise, when a launcher set WORLD_SIZE
 > 1, accelerate's `PartialState` creates it (NCCL on GPUs, gloo on CPUs); otherwise
 the process is alone and every collective below is a no-op.
+
+The trainer keeps its replicas identical without DistributedDataParallel: after
+each backward pass ONE all-reduce carries the gradients, the per-latent fire
+counts and the floating buffers (BatchTopK's running threshold), so every rank
+applies the same averaged gradient, the same decoder constraint and the same
+dead-latent bookkeeping. DDP would broadcast buffers from rank 0 instead of
+averaging them, and would need the AuxK loss's use of the dictionary outside the
+forward to be declared; one flat all-reduce is simpler and exactly as fast for a
+model that is one weight matrix per side. `RankSlice` hands each rank its share
+of every global batch.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["Processes", "processes"]
+__all__ = ["ProcessRank", "RankSlice", "processes", "sync_replicas_"]
 
 
 @dataclass(frozen=True)
-class Processes:
-    """This process's place among the data-parallel ranks."""
+class ProcessRank:
+    """This process's rank among the data-parallel ranks, the world size, and the
+    collectives over them (no-ops when the process is alone)."""
 
     rank: int = 0
     world: int = 1
@@ -67,7 +79,7 @@ class Processes:
         return device
 
 
-def processes() -> Processes:
+def processes() -> ProcessRank:
     """The ranks this process trains or captures with (a single process if not launched)."""
     if dist.is_available() and dist.is_initialized():
         return _from_group()
@@ -83,9 +95,58 @@ def processes() -> Processes:
                 "group; launch with `accelerate launch --num_processes N` or `torchrun`"
             )
         return _from_group()
-    return Processes()
+    return ProcessRank()
 
 
-def _from_group() -> Processes:
+def _from_group() -> ProcessRank:
     local = int(os.environ.get("LOCAL_RANK", dist.get_rank()))
-    return Processes(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local)
+    return ProcessRank(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local)
+
+
+class RankSlice:
+    """This rank's share of every global batch: rows [r * b, (r + 1) * b), b = rows // world.
+
+    Every rank iterates the same global sequence of batches, so the union of the
+    ranks' batches at step t is exactly the batch a single process sees at step t,
+    and the loader position (a global batch index) means the same for any world
+    size: a checkpoint resumes under a different number of processes.
+    """
+
+    def __init__(self, loader: Any, rank: ProcessRank) -> None:
+        self.loader, self.rank = loader, rank
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        rank, world = self.rank.rank, self.rank.world
+        for batch in self.loader:
+            b = batch.shape[0] // world
+            yield batch[rank * b : (rank + 1) * b]
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.loader.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loader.load_state_dict(state)
+
+
+@torch.no_grad()
+def sync_replicas_(
+    module: torch.nn.Module, counts: torch.Tensor, rank: ProcessRank
+) -> torch.Tensor:
+    """One all-reduce per step: mean gradients and floating buffers, summed `counts`.
+
+    Each rank's loss is a mean over its equal share of the global batch, so the
+    mean of the ranks' gradients is the gradient of the global batch's loss.
+    Averaging BatchTopK's running threshold after its EMA update is the EMA of the
+    ranks' mean batch threshold. Parameters without a gradient (the same ones on
+    every rank) stay without one, as in a single process. Returns the global counts.
+    """
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    buffers = [b for b in module.buffers() if b.is_floating_point()]
+    dtype = torch.promote_types(grads[0].dtype if grads else torch.float32, torch.float32)
+    flat = torch.cat([t.reshape(-1).to(dtype) for t in [*grads, *buffers, counts]])
+    rank.all_reduce_sum_(flat)
+    offset = 0
+    for t in [*grads, *buffers]:
+        t.copy_(flat[offset : offset + t.numel()].view_as(t) / rank.world)
+        offset += t.numel()
+    return flat[offset:].round().to(counts.dtype)

@@ -5,7 +5,10 @@ count with these classes, so the same rows give the same numbers everywhere.
 
 - FVU: sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 over ALL rows measured (one
   mean over the whole set, not per batch), so it does not depend on batching.
-- L0: mean number of non-zero codes per row.
+- MSE: sum ||x - x_hat||^2 / rows, the squared error summed over d, mean over rows.
+- L0: mean number of non-zero codes per row. Which codes depends on the SAE's mode:
+  in training BatchTopK keeps its batch budget, in eval mode its running threshold;
+  the training log says which (see sae_hooks.train.runlog.LOG_KEYS).
 - dead: a latent that never fired on the rows measured; dense: one that fired on
   more than DENSE_FRACTION of them.
 """
@@ -33,6 +36,12 @@ class FiringStats:
         self.active += fired.sum()
         self.rows += fired.shape[0]
 
+    def add_counts(self, counts: Tensor, rows: int) -> None:
+        """Fold in per-latent fire counts (n,) already taken over `rows` rows (no host sync)."""
+        self.counts += counts
+        self.active += counts.sum()
+        self.rows += rows
+
     @property
     def l0(self) -> float:
         return self.active.item() / max(self.rows, 1)
@@ -50,25 +59,37 @@ class FiringStats:
 
 
 class SumOfSquares:
-    """Streaming FVU: sum (x - x_hat)^2 over sum (x - mean(x))^2, exact over any number of batches."""
+    """Streaming FVU and MSE: sum (x - x_hat)^2 over sum (x - mean(x))^2, exact over any
+    number of batches. Sums are float64 tensors on the rows' device, so `update` never
+    waits for the device; reading `fvu` or `mse` does."""
 
     def __init__(self) -> None:
-        self.n = 0
-        self.err = 0.0
-        self.sum: Tensor | None = None
-        self.sum_sq = 0.0
+        self.state: Tensor | None = None
+        """float64 [rows, sum ||x - x_hat||^2, sum ||x||^2, *sum x]; additive over batches
+        and over data-parallel ranks."""
 
     def update(self, x: Tensor, x_hat: Tensor) -> None:
         x64 = x.reshape(-1, x.shape[-1]).double()
-        self.err += (x64 - x_hat.reshape(x64.shape).double()).pow(2).sum().item()
-        s = x64.sum(0)
-        self.sum = s if self.sum is None else self.sum + s
-        self.sum_sq += x64.pow(2).sum().item()
-        self.n += x64.shape[0]
+        err = (x64 - x_hat.reshape(x64.shape).double()).pow(2).sum()
+        rows = torch.full((1,), float(x64.shape[0]), dtype=torch.float64, device=x64.device)
+        part = torch.cat([rows, err.reshape(1), x64.pow(2).sum().reshape(1), x64.sum(0)])
+        self.state = part if self.state is None else self.state + part
+
+    @property
+    def n(self) -> int:
+        return 0 if self.state is None else int(self.state[0].item())
 
     @property
     def fvu(self) -> float:
-        if self.sum is None or self.n == 0:
+        if self.state is None or self.state[0] == 0:
             return float("nan")
-        total = self.sum_sq - (self.sum.pow(2).sum().item() / self.n)
-        return self.err / max(total, 1e-30)
+        n, err, sum_sq = self.state[:3].tolist()
+        total = sum_sq - self.state[3:].pow(2).sum().item() / n
+        return err / max(total, 1e-30)
+
+    @property
+    def mse(self) -> float:
+        if self.state is None or self.state[0] == 0:
+            return float("nan")
+        n, err = self.state[:2].tolist()
+        return err / n

@@ -8,13 +8,13 @@ canvas, so it never switches the backend of a notebook or GUI session.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
 from typing import Any
 
-LOG_FILE = "log.jsonl"
+from sae_hooks.train.runlog import LOG_FILE  # noqa: F401 - re-exported for report.build
+from sae_hooks.train.runlog import read_log as read_records
 
 # (title, train keys, log-scale y when all positive)
 PANELS: list[tuple[str, list[str], bool]] = [
@@ -24,31 +24,6 @@ PANELS: list[tuple[str, list[str], bool]] = [
     ("latent health", ["dead_fraction", "dense_fraction"], False),
     ("learning rate", ["lr"], False),
 ]
-
-
-def read_records(run_dir_or_log: str | os.PathLike) -> list[dict[str, Any]]:
-    """The JSON records of a run's log; a torn last line (a killed run) is skipped."""
-    path = Path(run_dir_or_log)
-    if path.is_dir():
-        path = path / LOG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no training log at {path}: pass a run directory holding {LOG_FILE} or the log itself"
-        )
-    records = []
-    lines = path.read_text().splitlines()
-    for n, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            if n == len(lines) - 1:
-                break
-            raise ValueError(f"{path} line {n + 1} is not JSON: {err}") from err
-        if isinstance(record, dict):
-            records.append(record)
-    return records
 
 
 def _number(value: Any) -> float | None:

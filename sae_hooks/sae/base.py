@@ -22,6 +22,7 @@ from torch import nn
 from .dictionary import DictionaryLayer, _positive_int
 from .encoders import LinearEncoder, build_encoder, split_codes
 from .sparse import MAX_SPARSE_DENSITY, check_sparse_decode, decode_fixed, decode_ragged
+from .training import TrainingContract
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -39,7 +40,7 @@ class SAEOutput(NamedTuple):
     x_hat: torch.Tensor
 
 
-class SAE(nn.Module):
+class SAE(TrainingContract, nn.Module):
     """Sparse autoencoder with ReLU codes: z = ReLU(W_enc (x*s - b_dec) + b_enc).
 
     input_shape: d, (seq, d) or (d, height, width). Inputs are flattened to rows of
@@ -52,6 +53,8 @@ class SAE(nn.Module):
     initializer, use_bias).
     `input_scale` (buffer): the encoder sees x * input_scale - b_dec and x_hat is
     divided by it, so an SAE trained on normalised rows runs on raw activations.
+    How the trainer treats a variant (penalty, budget, init) is declared through
+    `TrainingContract` (sae/training.py).
     """
 
     architecture: ClassVar[str] = "relu"
@@ -180,16 +183,23 @@ class SAE(nn.Module):
         return None
 
     @torch.no_grad()
-    def tie_encoder_to_dictionary_(self) -> bool:
-        """Set W_enc = W_dec^T (the recommended init); only the default linear encoder has one."""
+    def tie_encoder_to_dictionary_(self, *, warn: bool = True) -> bool:
+        """W_enc = W_dec^T and b_enc = 0, the init every strong SAE recipe uses.
+
+        Only the default linear encoder has a W_enc of the dictionary's shape; for
+        another encoder nothing changes and False comes back (with a warning unless
+        warn=False).
+        """
         if not isinstance(self.encoder, LinearEncoder):
-            warnings.warn(
-                f"tie_encoder_to_dictionary_: the encoder is {type(self.encoder).__name__}, "
-                "not the default linear encoder; nothing was tied",
-                stacklevel=2,
-            )
+            if warn:
+                warnings.warn(
+                    f"tie_encoder_to_dictionary_: the encoder is {type(self.encoder).__name__}, "
+                    "not the default linear encoder; nothing was tied",
+                    stacklevel=2,
+                )
             return False
         self.encoder.weight.copy_(self.get_dictionary())
+        self.encoder.bias.zero_()
         return True
 
     # -- rows in, rows out ---------------------------------------------------------

@@ -8,6 +8,8 @@ a host sync.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -35,6 +37,8 @@ class BatchTopKSAE(SAE):
     """
 
     architecture = "batchtopk"
+    penalty_field = None
+    default_aux_coefficient = 1 / 32
 
     def __init__(
         self,
@@ -78,6 +82,7 @@ class BatchTopKSAE(SAE):
         self.top_k = top_k
         self.top_k_per_sample = top_k_per_sample
         self.threshold_momentum = float(threshold_momentum)
+        self._ranks = 1  # data-parallel ranks sharing top_k (see rank_share)
         self.register_buffer("threshold_ema", torch.zeros((), device=device))
         self.register_buffer(
             "threshold_initialized", torch.zeros((), dtype=torch.bool, device=device)
@@ -103,8 +108,27 @@ class BatchTopKSAE(SAE):
 
     def batch_budget(self, n_rows: int, n_codes: int) -> int:
         """How many codes a batch of n_rows keeps in training, clamped to [1, n_codes]."""
-        k = self.top_k if self.top_k_per_sample is None else round(self.top_k_per_sample * n_rows)
+        if self.top_k_per_sample is None:
+            k = self.top_k // self._ranks
+        else:
+            k = round(self.top_k_per_sample * n_rows)
         return max(1, min(k, n_codes))
+
+    @contextlib.contextmanager
+    def rank_share(self, world: int) -> Iterator[None]:
+        """Each of `world` ranks keeps top_k // world codes of its share of the batch
+        (a per-row budget, top_k_per_sample, scales with the local batch by itself)."""
+        if self.top_k_per_sample is None and self.top_k % world:
+            raise ValueError(
+                f"BatchTopK top_k={self.top_k} codes per global batch is not divisible by the "
+                f"{world} processes; each rank keeps top_k // world codes of its rows. "
+                "Use k_per_token (top_k = k_per_token * batch_size) or a divisible top_k"
+            )
+        ranks, self._ranks = self._ranks, world
+        try:
+            yield
+        finally:
+            self._ranks = ranks
 
     def encode(
         self, x: torch.Tensor, update_threshold: bool | None = None
@@ -156,6 +180,19 @@ class BatchTopKSAE(SAE):
             else {"top_k_per_sample": self.top_k_per_sample}
         )
         return {**budget, "threshold_momentum": self.threshold_momentum}
+
+    @classmethod
+    def rows_per_budget(cls, batch_size: int) -> int:
+        return batch_size
+
+    @classmethod
+    def train_kwargs(cls, config: Any) -> dict[str, Any]:
+        return {"top_k": config.top_k, "threshold_momentum": config.threshold_momentum}
+
+    def train_budget(self, batch_size: int) -> dict[str, int]:
+        if self.top_k_per_sample is not None:
+            return {"top_k": round(self.top_k_per_sample * batch_size)}
+        return {"top_k": self.top_k}
 
 
 def _refresh_threshold_flag(module: nn.Module, incompatible_keys: Any) -> None:

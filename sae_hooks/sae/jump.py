@@ -127,6 +127,8 @@ class JumpSAE(SAE):
     """
 
     architecture = "jumprelu"
+    penalty_field = "l0_coefficient"
+    default_adam_betas = (0.0, 0.999)
 
     def __init__(
         self,
@@ -180,6 +182,15 @@ class JumpSAE(SAE):
 
     def _variant_config(self) -> dict[str, Any]:
         return {"kernel": self.kernel, "bandwidth": self.bandwidth}
+
+    @classmethod
+    def train_kwargs(cls, config: Any) -> dict[str, Any]:
+        return {"kernel": config.kernel, "bandwidth": config.bandwidth}
+
+    @torch.no_grad()
+    def init_from_data(self, sample: torch.Tensor, config: Any) -> None:
+        """Every threshold starts at config.threshold_init."""
+        self.log_threshold.fill_(math.log(config.threshold_init))
 
 
 def _bandwidth(bandwith: float | None, bandwidth: float | None) -> float:

@@ -27,6 +27,8 @@ class TopKSAE(SAE):
     """k codes per row (top_k; None means nb_concepts // 10), in training and in eval alike."""
 
     architecture = "topk"
+    penalty_field = None
+    default_aux_coefficient = 1 / 32
 
     def __init__(
         self,
@@ -65,4 +67,15 @@ class TopKSAE(SAE):
         return out.z.new_zeros(())
 
     def _variant_config(self) -> dict[str, Any]:
+        return {"top_k": self.top_k}
+
+    @classmethod
+    def rows_per_budget(cls, batch_size: int) -> int:
+        return 1
+
+    @classmethod
+    def train_kwargs(cls, config: Any) -> dict[str, Any]:
+        return {"top_k": config.top_k}
+
+    def train_budget(self, batch_size: int) -> dict[str, int]:
         return {"top_k": self.top_k}

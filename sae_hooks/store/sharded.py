@@ -256,7 +256,7 @@ def capture_to_store_distributed(
 
 
 def _ranks(rank: int | None, world_size: int | None) -> Any:
-    from sae_hooks.distributed import Processes, processes
+    from sae_hooks.distributed import ProcessRank, processes
 
     if (rank is None) != (world_size is None):
         raise ValueError("give both rank and world_size, or neither (to use the process group)")
@@ -266,7 +266,7 @@ def _ranks(rank: int | None, world_size: int | None) -> Any:
         raise ValueError(f"world_size must be an int >= 1, got {world_size!r}")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, {world_size}), got {rank!r}")
-    return _Independent(rank=rank, world=world_size) if world_size > 1 else Processes()
+    return _Independent(rank=rank, world=world_size) if world_size > 1 else ProcessRank()
 
 
 def _prepare_parent(

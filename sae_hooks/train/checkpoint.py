@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from sae_hooks.distributed import ProcessRank
+
 CHECKPOINT = "checkpoint"
 _OLD = "checkpoint.old"
 
@@ -169,3 +171,17 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def check_every_rank_sees(
+    found: Path | None, rank: ProcessRank, device: torch.device, run_dir: Path
+) -> None:
+    """Every rank must resume from the same checkpoint, or none may."""
+    if not rank.distributed:
+        return
+    seen = rank.all_reduce_sum_(torch.tensor([float(found is not None)], device=device))
+    if 0 < int(seen.item()) < rank.world:
+        raise RuntimeError(
+            f"only {int(seen.item())} of {rank.world} processes see a checkpoint in {run_dir}; "
+            "run_dir must be on a filesystem every rank (every node) can read"
+        )

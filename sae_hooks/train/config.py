@@ -20,8 +20,13 @@ defaults below are stated for that scale:
 
 Sparsity for TopK / BatchTopK. `top_k` keeps each class's own meaning: per row
 for TopK, per *batch* for BatchTopK (the seed API). `k_per_token` is the
-architecture-independent spelling: for BatchTopK it sets top_k = k_per_token *
-batch_size, for TopK top_k = k_per_token. Give one of the two.
+architecture-independent spelling: top_k = k_per_token * rows_per_budget, where
+the SAE class says how many rows one budget spans (BatchTopK: batch_size, TopK: 1).
+Give one of the two.
+
+Every architecture-dependent default (penalty field, Adam betas, AuxK weight,
+budget) comes from the SAE class registered under `architecture`
+(`sae_hooks.sae.training.TrainingContract`); this module names no variant.
 
 Dead latents. A latent is dead once it has not fired for `dead_tokens` tokens.
 Peers use 10M; a run shorter than 100M tokens could never see such a latent
@@ -37,17 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ARCHITECTURES = ("batchtopk", "jumprelu", "topk", "relu")
-KERNELS = (
-    "rectangle",
-    "gaussian",
-    "triangular",
-    "cosine",
-    "epanechnikov",
-    "quartic",
-    "silverman",
-    "cauchy",
-)
+from sae_hooks.sae import KERNELS, SAE_REGISTRY
+
 B_DEC_INITS = ("geometric_median", "mean", "zeros")
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 _DEFAULT_K_PER_TOKEN = 32
@@ -70,7 +66,7 @@ class TrainConfig:
     nb_concepts: int | None = None  # None -> expansion_factor * d
     expansion_factor: int | None = None  # None -> 8 (ignored when nb_concepts is set)
     top_k: int | None = None  # the SAE's own meaning: per batch (BatchTopK), per row (TopK)
-    k_per_token: int | None = None  # BatchTopK: top_k = k_per_token * batch_size
+    k_per_token: int | None = None  # top_k = k_per_token * the SAE's rows_per_budget
     threshold_momentum: float = 0.9  # BatchTopK running-threshold EMA
     kernel: str = "silverman"  # JumpReLU pseudo-derivative kernel
     bandwidth: float | None = None  # JumpReLU; None -> 0.001 * sqrt(d)
@@ -85,7 +81,7 @@ class TrainConfig:
     warmup_fraction: float = 0.01
     decay_fraction: float = 0.2  # linear decay to 0 over this last part of the run
     grad_clip: float | None = 1.0
-    adam_betas: tuple[float, float] | None = None  # None -> (0, 0.999) JumpReLU, else (0.9, 0.999)
+    adam_betas: tuple[float, float] | None = None  # None -> the SAE class's default_adam_betas
     adam_eps: float = 1e-8
 
     # Sparsity penalties (JumpReLU: L0, ReLU: L1).
@@ -97,7 +93,7 @@ class TrainConfig:
 
     # Dead latents.
     aux_k: int | None = None  # None -> d // 2
-    aux_coefficient: float | None = None  # None -> 1/32 for TopK/BatchTopK, 0 otherwise
+    aux_coefficient: float | None = None  # None -> the SAE class's default_aux_coefficient
     dead_tokens: int | None = None  # None -> min(10M, total_tokens // 10)
 
     # Initialisation and input scale.
@@ -131,7 +127,7 @@ class TrainConfig:
     def resolve(self, d_model: int) -> TrainConfig:
         """A copy with every None default filled in for activations of width d_model."""
         _check_int("d_model", d_model, minimum=1)
-        arch = self.architecture
+        variant = self.sae_class
         nb = self.nb_concepts or (self.expansion_factor or _DEFAULT_EXPANSION) * d_model
         steps = self.steps or self.total_tokens // self.batch_size
         if steps < 1:
@@ -140,12 +136,12 @@ class TrainConfig:
             )
         total_tokens = steps * self.batch_size
         top_k, k_per_token = self.top_k, self.k_per_token
-        if arch in ("batchtopk", "topk"):
+        rows = variant.rows_per_budget(self.batch_size)
+        if rows is not None:
             if top_k is None:
                 k_per_token = k_per_token or _DEFAULT_K_PER_TOKEN
-                top_k = k_per_token * (self.batch_size if arch == "batchtopk" else 1)
-            per_row = top_k if arch == "topk" else top_k // self.batch_size
-            if per_row > nb or top_k < 1:
+                top_k = k_per_token * rows
+            if top_k // rows > nb or top_k < 1:
                 raise ValueError(f"top_k={top_k} must keep between 1 and nb_concepts={nb} per row")
         scale_eps = 0.001 * math.sqrt(d_model)
         return dataclasses.replace(
@@ -164,16 +160,21 @@ class TrainConfig:
                 if self.warmup_steps is not None
                 else round(self.warmup_fraction * steps)
             ),
-            adam_betas=self.adam_betas or ((0.0, 0.999) if arch == "jumprelu" else (0.9, 0.999)),
+            adam_betas=self.adam_betas or variant.default_adam_betas,
             aux_k=min(self.aux_k or max(d_model // 2, 1), nb),
             aux_coefficient=(
                 self.aux_coefficient
                 if self.aux_coefficient is not None
-                else (1 / 32 if arch in ("batchtopk", "topk") else 0.0)
+                else variant.default_aux_coefficient
             ),
             dead_tokens=self.dead_tokens
             or max(min(10_000_000, total_tokens // 10), self.batch_size),
         )
+
+    @property
+    def sae_class(self) -> type:
+        """The SAE class registered under `architecture`: it declares how it trains."""
+        return SAE_REGISTRY[self.architecture]
 
     @property
     def is_resolved(self) -> bool:
@@ -217,12 +218,20 @@ class TrainConfig:
 
 
 def _validate(c: TrainConfig) -> None:
-    _check_choice("architecture", c.architecture, ARCHITECTURES)
-    _check_choice("kernel", c.kernel, KERNELS)
+    _check_choice("architecture", c.architecture, sorted(SAE_REGISTRY))
+    _check_choice("kernel", c.kernel, list(KERNELS))
     _check_choice("b_dec_init", c.b_dec_init, B_DEC_INITS)
     _check_choice("dtype", c.dtype, DTYPES)
     if c.point is not None and (not isinstance(c.point, str) or not c.point):
         raise ValueError(f"point must be a non-empty hook-point name or None, got {c.point!r}")
+    _validate_counts(c)
+    _validate_run_length(c)
+    _validate_sparsity(c)
+    _validate_rates(c)
+    _validate_switches(c)
+
+
+def _validate_counts(c: TrainConfig) -> None:
     for name in ("nb_concepts", "expansion_factor", "top_k", "k_per_token", "steps"):
         _check_int(name, getattr(c, name), minimum=1, optional=True)
     for name in ("total_tokens", "aux_k", "dead_tokens"):
@@ -233,6 +242,8 @@ def _validate(c: TrainConfig) -> None:
         _check_int(name, getattr(c, name), minimum=0, optional=True)
     _check_int("seed", c.seed, minimum=0)
 
+
+def _validate_run_length(c: TrainConfig) -> None:
     if c.steps is None and c.total_tokens is None:
         raise ValueError("give the run length: steps=... or total_tokens=...")
     if (
@@ -244,25 +255,37 @@ def _validate(c: TrainConfig) -> None:
             f"steps={c.steps} and total_tokens={c.total_tokens} disagree at batch_size="
             f"{c.batch_size}; give only one"
         )
-    if c.top_k is not None and c.k_per_token is not None:
-        expected = c.k_per_token * (c.batch_size if c.architecture == "batchtopk" else 1)
-        if c.top_k != expected:
-            raise ValueError(
-                f"top_k={c.top_k} and k_per_token={c.k_per_token} disagree "
-                f"(expected top_k={expected} for {c.architecture!r}); give only one"
-            )
-    if c.architecture not in ("batchtopk", "topk") and (c.top_k or c.k_per_token):
+
+
+def _validate_sparsity(c: TrainConfig) -> None:
+    """Budget fields only for variants with a top_k budget, target_l0 only for penalised ones."""
+    variant = c.sae_class
+    rows = variant.rows_per_budget(c.batch_size)
+    budgeted = [a for a, cls in sorted(SAE_REGISTRY.items()) if cls.rows_per_budget(1)]
+    penalised = [a for a, cls in sorted(SAE_REGISTRY.items()) if cls.penalty_field]
+    both = rows is not None and c.top_k is not None and c.k_per_token is not None
+    if both and c.top_k != c.k_per_token * rows:
         raise ValueError(
-            f"top_k / k_per_token apply to 'batchtopk' and 'topk', not {c.architecture!r}; "
-            "use l0_coefficient or target_l0 for 'jumprelu', l1_coefficient or target_l0 for 'relu'"
+            f"top_k={c.top_k} and k_per_token={c.k_per_token} disagree "
+            f"(expected top_k={c.k_per_token * rows} for {c.architecture!r}); give only one"
         )
-    if c.target_l0 is not None and c.architecture not in ("jumprelu", "relu"):
+    if rows is None and (c.top_k or c.k_per_token):
         raise ValueError(
-            f"target_l0 applies to 'jumprelu' and 'relu'; {c.architecture!r} fixes L0 with "
+            f"top_k / k_per_token apply to {budgeted}, not {c.architecture!r}; use "
+            f"{variant.penalty_field} or target_l0 for {c.architecture!r}"
+        )
+    if c.target_l0 is not None and variant.penalty_field is None:
+        raise ValueError(
+            f"target_l0 applies to {penalised}; {c.architecture!r} fixes L0 with "
             "top_k / k_per_token"
         )
-
     _check_float("threshold_momentum", c.threshold_momentum, 0.0, 1.0, hi_open=True)
+    for name in ("l0_coefficient", "l1_coefficient", "target_l0_gain"):
+        _check_float(name, getattr(c, name), 0.0, math.inf)
+    _check_float("aux_coefficient", c.aux_coefficient, 0.0, math.inf, optional=True)
+
+
+def _validate_rates(c: TrainConfig) -> None:
     for name in ("bandwidth", "threshold_init", "lr", "target_l0"):
         _check_float(name, getattr(c, name), 0.0, math.inf, lo_open=True, optional=True)
     for name in ("warmup_fraction", "decay_fraction", "sparsity_warmup_fraction"):
@@ -274,9 +297,6 @@ def _validate(c: TrainConfig) -> None:
         )
     _check_float("grad_clip", c.grad_clip, 0.0, math.inf, lo_open=True, optional=True)
     _check_float("adam_eps", c.adam_eps, 0.0, math.inf, lo_open=True)
-    for name in ("l0_coefficient", "l1_coefficient", "target_l0_gain"):
-        _check_float(name, getattr(c, name), 0.0, math.inf)
-    _check_float("aux_coefficient", c.aux_coefficient, 0.0, math.inf, optional=True)
     if c.adam_betas is not None:
         betas = c.adam_betas
         if (
@@ -285,6 +305,9 @@ def _validate(c: TrainConfig) -> None:
             or not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in betas)
         ):
             raise ValueError(f"adam_betas must be two floats in [0, 1), got {betas!r}")
+
+
+def _validate_switches(c: TrainConfig) -> None:
     for name in ("normalize_activations", "compile", "progress", "tensorboard"):
         if not isinstance(getattr(c, name), bool):
             raise TypeError(f"{name} must be a bool, got {getattr(c, name)!r}")
@@ -300,7 +323,7 @@ def _validate(c: TrainConfig) -> None:
         raise TypeError(f"extra must be a dict of SAE constructor arguments, got {c.extra!r}")
 
 
-def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+def _check_choice(name: str, value: object, choices: list[str] | tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
 

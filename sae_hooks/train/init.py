@@ -1,4 +1,8 @@
-"""Initialisation from data: tied encoder, decoder bias at the data's centre."""
+"""Initialisation from data: the decoder bias at the data's centre.
+
+(The encoder is tied by the SAE's own `tie_encoder_to_dictionary_`; variant-specific
+init, such as JumpReLU's thresholds, is the SAE's `init_from_data`.)
+"""
 
 from __future__ import annotations
 
@@ -27,24 +31,6 @@ def geometric_median(
         if step <= tol * y.norm().clamp_min(eps):
             break
     return y.float()
-
-
-@torch.no_grad()
-def tie_encoder_to_dictionary_(sae: nn.Module) -> bool:
-    """W_enc = W_dec^T and b_enc = 0, the init every strong SAE recipe uses.
-
-    Returns False (leaving the encoder as built) for an encoder without a weight of
-    the dictionary's shape, e.g. an MLP encoder.
-    """
-    weight = getattr(sae.encoder, "weight", None)
-    atoms = sae.get_dictionary()
-    if not isinstance(weight, torch.Tensor) or tuple(weight.shape) != tuple(atoms.shape):
-        return False
-    weight.copy_(atoms)
-    bias = getattr(sae.encoder, "bias", None)
-    if isinstance(bias, torch.Tensor):
-        bias.zero_()
-    return True
 
 
 @torch.no_grad()

@@ -6,8 +6,13 @@ the host, so the trainer can accumulate them on device between log steps.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from sae_hooks.distributed import ProcessRank
 
 
 def mse(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
@@ -47,3 +52,19 @@ def aux_k_loss(
     loss = (e - e_hat).pow(2).sum() / (e - e.mean(0)).pow(2).sum().clamp_min(1e-12)
     scale = (dead.sum() / k).clamp(max=1.0)
     return scale * loss
+
+
+@torch.no_grad()
+def aux_k_rank_scale(residual: torch.Tensor, rank: ProcessRank) -> torch.Tensor:
+    """world * D_rank / D_global: turns this rank's AuxK loss into its share of the global one.
+
+    AuxK divides the summed squared error by D = sum ||e - mean(e)||^2 over the
+    batch, a constant for the gradient; with D of the global batch, the mean of
+    the ranks' losses is the single-process loss. One all-reduce of d + 1 values.
+    """
+    e = residual.double()
+    local = (e - e.mean(0)).pow(2).sum()
+    sums = rank.all_reduce_sum_(torch.cat([e.sum(0), e.pow(2).sum().reshape(1)]))
+    n = e.shape[0] * rank.world
+    total = sums[-1] - sums[:-1].pow(2).sum() / n
+    return (rank.world * local / total.clamp_min(1e-12)).float()

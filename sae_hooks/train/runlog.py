@@ -3,16 +3,41 @@
 One JSON object per line in run_dir/log.jsonl, each with "step". On resume the
 lines past the checkpoint's step (written after it, before the interruption) are
 dropped, so the log of a resumed run reads like that of an uninterrupted one.
+`LOG_KEYS` says what each key measures; `read_log` is the one reader (the
+report's curves use it too).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 LOG_FILE = "log.jsonl"
+
+LOG_KEYS: dict[str, str] = {
+    "step": "optimiser steps taken",
+    "tokens": "training rows seen (step * batch_size)",
+    "loss": "training loss, mean of the steps since the last log line",
+    "mse": "reconstruction error ||x - x_hat||^2 (training scale), mean over those steps",
+    "fvu": "FVU of the training batches since the last log line, one mean over all their rows",
+    "l0": "codes per row that the training-mode forward kept (BatchTopK: its batch budget, "
+    "k_per_token on average; JumpReLU / ReLU: the codes above threshold / zero)",
+    "dead_fraction": "share of latents silent for dead_tokens training rows",
+    "dense_fraction": "share of latents firing on more than 10% of the window's rows",
+    "aux_loss": "AuxK loss, mean over the window (0 while no latent is dead)",
+    "lr": "learning rate of the last step",
+    "tokens_per_s": "training throughput over the window",
+    "l0_coefficient / l1_coefficient": "the SAE's sparsity penalty weight (its penalty_field)",
+    "val/fvu": "FVU on val_batches held-out batches in eval mode, counted as eval.json's fvu",
+    "val/mse": "reconstruction error on held-out rows (training scale)",
+    "val/l0": "codes per row in eval mode, counted as eval.json's l0 (BatchTopK: the running "
+    "threshold's codes, which may differ from the training budget)",
+    "val/dead_fraction": "share of latents silent on every held-out row",
+}
+"""What each log.jsonl key measures (the report's panels and the docs read these)."""
 
 
 class RunLog:
@@ -78,10 +103,43 @@ class RunLog:
             self._wandb.finish()
 
 
-def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
-    """Every record of a run's log.jsonl, in order."""
-    path = Path(run_dir) / LOG_FILE
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+class NoLog:
+    """The log of data-parallel ranks other than 0: they compute metrics, write nothing."""
+
+    def write(self, record: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def read_log(run_dir_or_log: str | os.PathLike) -> list[dict[str, Any]]:
+    """The JSON records of a run's log, in order: a run directory or the log file itself.
+
+    A torn last line (a run killed mid-write) is skipped; a bad line anywhere else
+    is an error naming it.
+    """
+    path = Path(run_dir_or_log)
+    if path.is_dir():
+        path = path / LOG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no training log at {path}: pass a run directory holding {LOG_FILE} or the log itself"
+        )
+    records = []
+    lines = path.read_text().splitlines()
+    for n, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            if n == len(lines) - 1:
+                break
+            raise ValueError(f"{path} line {n + 1} is not JSON: {err}") from err
+        if isinstance(record, dict):
+            records.append(record)
+    return records
 
 
 def _step(line: str) -> float:

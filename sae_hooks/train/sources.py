@@ -21,8 +21,6 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-SPLITS = ("train", "val")
-
 
 @runtime_checkable
 class Loader(Protocol):
@@ -337,5 +335,26 @@ def as_source(obj: Any, point: str | None = None) -> RowSource:
 
 
 def _check_split(split: str) -> None:
+    from sae_hooks.store.loader import SPLITS
+
     if split not in SPLITS:
         raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+
+
+def full_batches(loader: Loader, batch_size: int) -> Iterator[torch.Tensor]:
+    """Endless batches of exactly batch_size rows, epoch after epoch.
+
+    A short last batch of an epoch is skipped: a per-batch budget (BatchTopK) must
+    see the same number of rows at every training step.
+    """
+    while True:
+        n = 0
+        for batch in loader:
+            if batch.shape[0] == batch_size:
+                n += 1
+                yield batch
+        if n == 0:
+            raise ValueError(
+                f"the training split yields no full batch of {batch_size} rows; "
+                "lower batch_size or add data"
+            )

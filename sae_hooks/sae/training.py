@@ -1,0 +1,73 @@
+"""What `sae_hooks.train` needs to know about an SAE variant, declared by the variant.
+
+The trainer holds no architecture name: it asks the SAE class for its sparsity
+penalty and the TrainConfig coefficient that weights it, its Adam betas, whether
+AuxK is on by default, how its top_k budget is counted, how it is built from a
+TrainConfig, how its budget splits over data-parallel ranks and how it is
+initialised from data. `SAE` inherits these defaults (those of a plain ReLU SAE
+with an L1 penalty); a variant overrides what differs, so adding one is one file
+in sae/ and its `architecture` name (the registration).
+
+`config` below is a resolved `sae_hooks.train.TrainConfig`, read by field name only
+(sae/ does not import train/).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+if TYPE_CHECKING:
+    from sae_hooks.train.config import TrainConfig
+
+
+class TrainingContract:
+    """Class-level training defaults and hooks; mixed into `SAE`."""
+
+    penalty_field: ClassVar[str | None] = "l1_coefficient"
+    """The TrainConfig field weighting `sparsity_loss` in the training loss (the one
+    `target_l0` adapts, and the log key it is reported under); None for a variant
+    that is sparse by construction and takes no penalty."""
+
+    default_adam_betas: ClassVar[tuple[float, float]] = (0.9, 0.999)
+    """Adam betas when TrainConfig.adam_betas is None."""
+
+    default_aux_coefficient: ClassVar[float] = 0.0
+    """AuxK weight when TrainConfig.aux_coefficient is None: > 0 where a dead latent gets
+    no gradient otherwise (a top-k selection never picks it)."""
+
+    @classmethod
+    def rows_per_budget(cls, batch_size: int) -> int | None:
+        """How many rows one `top_k` budget covers (1: per row, batch_size: per batch),
+        so top_k = k_per_token * rows_per_budget; None when the variant has no top_k."""
+        return None
+
+    @classmethod
+    def train_kwargs(cls, config: TrainConfig) -> dict[str, Any]:
+        """Constructor arguments of this variant taken from TrainConfig fields."""
+        return {}
+
+    @classmethod
+    def from_train_config(cls, config: TrainConfig, d_model: int) -> Any:
+        """A fresh SAE for rows of width d_model; `config.extra` adds constructor arguments."""
+        kwargs = {**config.extra, **cls.train_kwargs(config)}
+        return cls(d_model, config.nb_concepts, device=config.device, **kwargs)
+
+    def train_budget(self, batch_size: int) -> dict[str, int]:
+        """The TrainConfig budget fields (top_k) that describe this built SAE; {} if none."""
+        return {}
+
+    @contextlib.contextmanager
+    def rank_share(self, world: int) -> Iterator[None]:
+        """While active, this replica trains as one of `world` data-parallel ranks, each
+        on batch_size // world rows of every global batch. Nothing changes by default:
+        a per-row budget or a mean-over-rows penalty already scales with the local batch."""
+        yield
+
+    @torch.no_grad()
+    def init_from_data(self, sample: torch.Tensor, config: TrainConfig) -> None:
+        """Variant-specific initialisation from a sample of (normalised) training rows,
+        after the trainer has tied the encoder and set b_dec. Nothing by default."""

@@ -1,0 +1,51 @@
+"""Held-out metrics of the SAE being trained, counted as eval.json counts them.
+
+The SAE runs in eval mode (BatchTopK: its running threshold instead of the batch
+budget) and FVU, MSE, L0 and dead latents come from `sae_hooks.metrics`, the
+classes `evaluate_reconstruction` uses: on the same rows, `val/fvu` and `val/l0`
+are eval.json's `fvu` and `l0`. Rows are in the training scale (x * s with
+input_scale = 1), which leaves FVU and L0 unchanged; `val/mse` is in that scale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from sae_hooks.metrics import FiringStats, SumOfSquares
+
+
+@torch.no_grad()
+def validate(
+    sae: torch.nn.Module,
+    batches: Iterable[torch.Tensor],
+    *,
+    scale: float,
+    max_batches: int,
+    device: torch.device,
+    autocast: bool = False,
+) -> dict[str, float]:
+    """val/fvu, val/mse, val/l0, val/dead_fraction over up to max_batches batches ({} if none)."""
+    squares, firing = SumOfSquares(), FiringStats(sae.nb_concepts, device=device)
+    was_training = sae.training
+    sae.eval()
+    try:
+        for n, batch in enumerate(batches):
+            if n == max_batches:
+                break
+            x = batch.to(device, torch.float32) * scale
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                out = sae(x)
+            squares.update(x, out.x_hat.float())
+            firing.update(out.z)
+    finally:
+        sae.train(was_training)
+    if firing.rows == 0:
+        return {}
+    return {
+        "val/fvu": squares.fvu,
+        "val/mse": squares.mse,
+        "val/l0": firing.l0,
+        "val/dead_fraction": firing.dead_fraction,
+    }
