@@ -265,6 +265,7 @@ def test_tie_encoder_to_dictionary():
         sae.dictionary.weight.mul_(2.0)
     assert sae.tie_encoder_to_dictionary_()
     torch.testing.assert_close(sae.encoder.weight, sae.get_dictionary())
+    assert (sae.encoder.bias == 0).all()
     with pytest.warns(UserWarning, match="nothing was tied"):
         assert not SAE(D, NB, encoder_module="linear_bn").tie_encoder_to_dictionary_()
 
@@ -395,3 +396,19 @@ def test_folded_decoder_bias_gives_the_centred_encoder_and_its_gradients():
     torch.testing.assert_close(folded[0], plain[0], rtol=1e-5, atol=1e-5)
     for a, b in zip(folded[1], plain[1], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_batchtopk_rank_share_splits_the_batch_budget():
+    """Under data parallel each of `world` ranks keeps top_k // world codes of its rows."""
+    sae = BatchTopKSAE(D, NB, top_k=12)
+    assert sae.batch_budget(8, 8 * NB) == 12
+    with sae.rank_share(3):
+        assert sae.batch_budget(8, 8 * NB) == 4
+        codes = sae(torch.randn(8, D)).z
+        assert int((codes != 0).sum()) == 4
+    assert sae.batch_budget(8, 8 * NB) == 12  # restored on exit
+    with pytest.raises(ValueError, match="not divisible by the 5 processes"), sae.rank_share(5):
+        pass
+    per_row = BatchTopKSAE(D, NB, top_k_per_sample=2.0)
+    with per_row.rank_share(5):  # a per-row budget scales with the local batch by itself
+        assert per_row.batch_budget(8, 8 * NB) == 16

@@ -272,3 +272,50 @@ def test_trains_from_a_live_model_through_a_shuffle_buffer(tmp_path):
     assert [r["step"] for r in log if "loss" in r] == [4, 8]
     assert log[-1]["val/l0"] > 0  # held-out documents (index % 10 == 0) validate
     assert sae.input_size == 32
+
+
+def test_validation_counts_as_eval_does_on_the_same_rows(small_rows, tmp_path):
+    """val/fvu and val/l0 in log.jsonl are eval.json's fvu and l0 on the same held-out rows:
+    one mean over all rows (not per batch), codes of the eval-mode (running-threshold) SAE."""
+    from sae_hooks.metrics import FiringStats, SumOfSquares
+
+    config = small_config(val_every=None, val_batches=3, batch_size=48)
+    trainer = Trainer(config, TensorSource(small_rows), tmp_path)
+    sae = trainer.fit()  # raw-scale SAE (input_scale = s), in eval mode
+    val = read_log(tmp_path)[-1]
+    squares, firing = SumOfSquares(), FiringStats(sae.nb_concepts)
+    per_batch_denominator = 0.0
+    loader = trainer.source.loader("val", config.batch_size, seed=config.seed)
+    with torch.no_grad():
+        for _, x in zip(range(config.val_batches), loader):
+            out = sae(x)  # what evaluate_reconstruction does with each batch of rows
+            squares.update(x, out.x_hat)
+            firing.update(out.z)
+            per_batch_denominator += float((x - x.mean(0)).pow(2).sum())
+    assert firing.rows == 3 * 48
+    assert val["val/fvu"] == pytest.approx(squares.fvu, rel=1e-4)
+    assert val["val/l0"] == pytest.approx(firing.l0, rel=1e-6)
+    assert val["val/dead_fraction"] == pytest.approx(firing.dead_fraction)
+    # Centring each batch on its own mean (the old val/fvu) gives another number here.
+    per_batch_fvu = squares.state[1].item() / per_batch_denominator
+    assert val["val/fvu"] != pytest.approx(per_batch_fvu, rel=1e-4)
+
+
+def test_train_fvu_is_one_mean_over_the_window(small_rows, tmp_path, monkeypatch):
+    """The log's train fvu divides by the spread around the mean of all the window's rows."""
+    from sae_hooks.train.window import LogWindow
+
+    seen = []
+    real_add = LogWindow.add
+
+    def add(self, losses, x, x_hat, fires, rows):
+        seen.append((x.clone(), x_hat.clone()))
+        real_add(self, losses, x, x_hat, fires, rows)
+
+    monkeypatch.setattr(LogWindow, "add", add)
+    train(small_config(steps=6, log_every=3, val_every=None), TensorSource(small_rows), tmp_path)
+    first = next(r for r in read_log(tmp_path) if "fvu" in r)
+    x = torch.cat([a for a, _ in seen[:3]])
+    x_hat = torch.cat([b for _, b in seen[:3]])
+    expected = (x - x_hat).double().pow(2).sum() / (x - x.mean(0)).double().pow(2).sum()
+    assert first["fvu"] == pytest.approx(expected.item(), rel=1e-5)

@@ -153,3 +153,25 @@ def test_parallel_gradient_removed_and_rows_renormalised():
         w.mul_(3.0)
     normalize_rows_(w)
     assert torch.allclose(w.norm(dim=-1), torch.ones(5), atol=1e-6)
+
+
+def test_log_window_reads_a_checkpoint_from_before_sum_of_squares():
+    """Checkpoints written before the window kept FVU sums (6 slots: loss, mse, sq_err,
+    sq_dev, l0, aux_loss) still resume: the loss terms carry over, the FVU restarts."""
+    from sae_hooks.train.window import LogWindow
+
+    window = LogWindow(4, torch.device("cpu"))
+    old = {
+        "sums": torch.tensor([6.0, 4.0, 9.0, 9.0, 2.0, 0.5]),
+        "window_fires": torch.tensor([3, 0, 1, 0]),
+    }
+    window.load_state(old, steps=2, rows=8)
+    record = window.record()
+    assert (record["loss"], record["mse"], record["aux_loss"]) == (3.0, 2.0, 0.25)
+    assert record["l0"] == 0.5 and record["dense_fraction"] == 0.5
+    x = torch.tensor([[1.0, 0.0], [3.0, 0.0]])
+    window.add(torch.zeros(3), x, torch.zeros_like(x), torch.zeros(4, dtype=torch.int64), 2)
+    assert window.record()["fvu"] == pytest.approx(10.0 / 2.0)  # only the new rows
+    resumed = LogWindow(4, torch.device("cpu"))
+    resumed.load_state(window.state_tensors(), steps=window.steps, rows=10)
+    assert resumed.record() == window.record()

@@ -8,8 +8,13 @@ from .formats import export_saelens, import_saelens
 from .jump import JumpSAE
 from .kernels import KERNELS
 from .topk import TopKSAE
+from .training import TrainingContract
+
+DEFAULT_ARCHITECTURE = BatchTopKSAE.architecture
+"""The variant TrainConfig trains when none is named."""
 
 __all__ = [
+    "DEFAULT_ARCHITECTURE",
     "ENCODERS",
     "KERNELS",
     "NORMALIZATIONS",
@@ -20,6 +25,7 @@ __all__ = [
     "JumpSAE",
     "SAEOutput",
     "TopKSAE",
+    "TrainingContract",
     "export_saelens",
     "import_saelens",
     "load_sae",

@@ -99,27 +99,7 @@ def export_saelens(sae: SAE, path: str | os.PathLike) -> Path:
 def import_saelens(path: str | os.PathLike, device: str | torch.device = "cpu") -> SAE:
     """Read an SAELens directory (cfg.json + sae_weights.safetensors) into one of our SAEs."""
     path = Path(path)
-    if not path.is_dir():
-        raise ValueError(f"{path} is not a directory with {SAELENS_CONFIG} and {SAELENS_WEIGHTS}")
-    cfg_path = path / SAELENS_CONFIG
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path} has no {SAELENS_CONFIG}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{cfg_path} is not valid JSON: {err}") from err
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{cfg_path} must hold a JSON object")
-    arch = cfg.get("architecture", "standard")
-    if arch not in SAELENS_ARCHITECTURES:
-        raise ValueError(
-            f"unsupported SAELens architecture {arch!r}; supported: {list(SAELENS_ARCHITECTURES)}"
-        )
-    if cfg.get("normalize_activations", "none") not in ("none", None):
-        raise ValueError(
-            f"normalize_activations={cfg['normalize_activations']!r} is not supported; fold the "
-            "normalisation into the weights (SAELens: fold_activation_norm_scaling_factor) first"
-        )
+    cfg, arch = _read_saelens_config(path)
     tensors = read_safetensors(path / SAELENS_WEIGHTS, device)
     w_enc, b_enc, w_dec, b_dec = _required(tensors, arch)
     nb, d = w_dec.shape
@@ -137,18 +117,9 @@ def import_saelens(path: str | os.PathLike, device: str | torch.device = "cpu") 
 
     ours = cfg.get("sae_hooks")
     if isinstance(ours, dict) and isinstance(ours.get("config"), dict):
-        config = ours["config"]
-        expected = _SAELENS_NAME.get(config.get("architecture"))
-        if expected != arch:
-            raise ValueError(
-                f"cfg.json is inconsistent: SAELens architecture {arch!r} but sae_hooks "
-                f"architecture {config.get('architecture')!r}"
-            )
-        sae = SAE_REGISTRY[config["architecture"]].from_config(config, device=device)
-        scale = float(ours.get("input_scale", 1.0))
+        sae, scale = _our_sae(ours, arch, device)
     else:
-        sae = _foreign_sae(cfg, arch, d, nb, w_dec, threshold, device)
-        scale = 1.0
+        sae, scale = _foreign_sae(cfg, arch, d, nb, w_dec, threshold, device), 1.0
     if not isinstance(sae.encoder, LinearEncoder):
         raise ValueError("an SAELens SAE needs the default linear encoder")
 
@@ -175,6 +146,45 @@ def import_saelens(path: str | os.PathLike, device: str | torch.device = "cpu") 
         }
     )
     return sae
+
+
+def _read_saelens_config(path: Path) -> tuple[dict[str, Any], str]:
+    """cfg.json and its SAELens architecture, checked to be one we can import."""
+    if not path.is_dir():
+        raise ValueError(f"{path} is not a directory with {SAELENS_CONFIG} and {SAELENS_WEIGHTS}")
+    cfg_path = path / SAELENS_CONFIG
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} has no {SAELENS_CONFIG}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{cfg_path} is not valid JSON: {err}") from err
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{cfg_path} must hold a JSON object")
+    arch = cfg.get("architecture", "standard")
+    if arch not in SAELENS_ARCHITECTURES:
+        raise ValueError(
+            f"unsupported SAELens architecture {arch!r}; supported: {list(SAELENS_ARCHITECTURES)}"
+        )
+    if cfg.get("normalize_activations", "none") not in ("none", None):
+        raise ValueError(
+            f"normalize_activations={cfg['normalize_activations']!r} is not supported; fold the "
+            "normalisation into the weights (SAELens: fold_activation_norm_scaling_factor) first"
+        )
+    return cfg, arch
+
+
+def _our_sae(ours: dict[str, Any], arch: str, device: str | torch.device) -> tuple[SAE, float]:
+    """The exact variant (and input_scale) an SAE exported by sae-hooks carries along."""
+    config = ours["config"]
+    expected = _SAELENS_NAME.get(config.get("architecture"))
+    if expected != arch:
+        raise ValueError(
+            f"cfg.json is inconsistent: SAELens architecture {arch!r} but sae_hooks "
+            f"architecture {config.get('architecture')!r}"
+        )
+    sae = SAE_REGISTRY[config["architecture"]].from_config(config, device=device)
+    return sae, float(ours.get("input_scale", 1.0))
 
 
 def _required(tensors: dict[str, torch.Tensor], arch: str) -> list[torch.Tensor]:

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sae_hooks.sae import KERNELS, SAE_REGISTRY
+from sae_hooks.sae import DEFAULT_ARCHITECTURE, KERNELS, SAE_REGISTRY
 
 B_DEC_INITS = ("geometric_median", "mean", "zeros")
 DTYPES = ("float32", "bfloat16", "float16", "float64")
@@ -61,7 +61,7 @@ class TrainConfig:
     """Hyper-parameters of one SAE training run (see the module docstring for scales)."""
 
     # What to train.
-    architecture: str = "batchtopk"
+    architecture: str = DEFAULT_ARCHITECTURE
     point: str | None = None  # hook point to read from a store (not needed for in-memory rows)
     nb_concepts: int | None = None  # None -> expansion_factor * d
     expansion_factor: int | None = None  # None -> 8 (ignored when nb_concepts is set)
