@@ -22,6 +22,17 @@ DENSE_FRACTION = 0.1
 """A latent firing on more than this share of rows is "dense"."""
 
 
+def mse(x: Tensor, x_hat: Tensor) -> Tensor:
+    """Squared error summed over d, averaged over rows (0-d tensor, no host sync)."""
+    return (x - x_hat).pow(2).sum(-1).mean()
+
+
+def fvu(x: Tensor, x_hat: Tensor) -> Tensor:
+    """FVU of one set of rows (0-d tensor, no host sync); `SumOfSquares` streams the same
+    quantity over many batches: sum (x - x_hat)^2 / sum (x - mean(x))^2."""
+    return (x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
+
+
 class FiringStats:
     """Streaming per-latent firing counts, for L0, dead and dense fractions."""
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .base import SAE, SAEOutput
-from .kernels import Kernel, get_kernel
+from .kernels import DEFAULT_KERNEL, Kernel, get_kernel
 
 DEFAULT_BANDWIDTH = 1e-3
 INITIAL_THRESHOLD = 1e-3
@@ -134,7 +134,7 @@ class JumpSAE(SAE):
         self,
         input_shape: int | tuple[int, ...],
         nb_concepts: int,
-        kernel: str = "silverman",
+        kernel: str = DEFAULT_KERNEL,
         bandwith: float | None = None,
         encoder_module: str | nn.Module | None = None,
         dictionary_params: dict[str, Any] | None = None,

@@ -73,6 +73,10 @@ KERNELS: dict[str, Kernel] = {
 }
 
 
+DEFAULT_KERNEL = "silverman"
+"""The kernel JumpSAE (and TrainConfig.kernel) use when none is named."""
+
+
 def get_kernel(name: str) -> Kernel:
     if not isinstance(name, str) or name not in KERNELS:
         raise ValueError(f"unknown kernel {name!r}; valid: {sorted(KERNELS)}")

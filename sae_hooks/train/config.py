@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from sae_hooks.sae import DEFAULT_ARCHITECTURE, KERNELS, SAE_REGISTRY
+from sae_hooks.sae.kernels import DEFAULT_KERNEL
 
 B_DEC_INITS = ("geometric_median", "mean", "zeros")
 DTYPES = ("float32", "bfloat16", "float16", "float64")
@@ -68,7 +69,7 @@ class TrainConfig:
     top_k: int | None = None  # the SAE's own meaning: per batch (BatchTopK), per row (TopK)
     k_per_token: int | None = None  # top_k = k_per_token * the SAE's rows_per_budget
     threshold_momentum: float = 0.9  # BatchTopK running-threshold EMA
-    kernel: str = "silverman"  # JumpReLU pseudo-derivative kernel
+    kernel: str = DEFAULT_KERNEL  # JumpReLU pseudo-derivative kernel
     bandwidth: float | None = None  # JumpReLU; None -> 0.001 * sqrt(d)
     threshold_init: float | None = None  # JumpReLU; None -> 0.001 * sqrt(d)
 

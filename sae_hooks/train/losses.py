@@ -1,7 +1,7 @@
-"""Training losses and the reconstruction metrics they are reported with.
+"""Training losses: AuxK, and its share under data parallel.
 
-Shapes: rows in, (N, d). Every function returns a 0-d tensor and never syncs with
-the host, so the trainer can accumulate them on device between log steps.
+Shapes: rows in, (N, d). The reconstruction metrics (mse, fvu) are sae_hooks.metrics',
+re-exported here for `sae_hooks.train.mse` / `fvu`.
 """
 
 from __future__ import annotations
@@ -11,18 +11,12 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from sae_hooks.metrics import fvu, mse
+
 if TYPE_CHECKING:
     from sae_hooks.distributed import ProcessRank
 
-
-def mse(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
-    """Squared error summed over d, averaged over rows."""
-    return (x - x_hat).pow(2).sum(-1).mean()
-
-
-def fvu(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
-    """Fraction of variance unexplained: sum (x - x_hat)^2 / sum (x - mean_batch(x))^2."""
-    return (x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
+__all__ = ["aux_k_loss", "aux_k_rank_scale", "fvu", "mse"]
 
 
 def aux_k_loss(
