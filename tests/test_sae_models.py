@@ -412,3 +412,11 @@ def test_batchtopk_rank_share_splits_the_batch_budget():
     per_row = BatchTopKSAE(D, NB, top_k_per_sample=2.0)
     with per_row.rank_share(5):  # a per-row budget scales with the local batch by itself
         assert per_row.batch_budget(8, 8 * NB) == 16
+
+
+def test_tie_encoder_to_dictionary_ties_a_custom_linear_encoder():
+    """Any encoder whose weight has the dictionary's layout is tied, as the trainer's init needs."""
+    sae = SAE(D, NB, encoder_module=nn.Linear(D, NB))
+    assert sae.tie_encoder_to_dictionary_(warn=False)
+    torch.testing.assert_close(sae.encoder.weight, sae.get_dictionary())
+    assert (sae.encoder.bias == 0).all()

@@ -186,20 +186,24 @@ class SAE(TrainingContract, nn.Module):
     def tie_encoder_to_dictionary_(self, *, warn: bool = True) -> bool:
         """W_enc = W_dec^T and b_enc = 0, the init every strong SAE recipe uses.
 
-        Only the default linear encoder has a W_enc of the dictionary's shape; for
-        another encoder nothing changes and False comes back (with a warning unless
-        warn=False).
+        Applies to an encoder whose `weight` has the dictionary's (nb_concepts, d)
+        layout (the default linear encoder, an nn.Linear); for any other nothing
+        changes and False comes back, with a warning unless warn=False.
         """
-        if not isinstance(self.encoder, LinearEncoder):
+        weight = getattr(self.encoder, "weight", None)
+        atoms = self.get_dictionary()
+        if not isinstance(weight, torch.Tensor) or weight.shape != atoms.shape:
             if warn:
                 warnings.warn(
-                    f"tie_encoder_to_dictionary_: the encoder is {type(self.encoder).__name__}, "
-                    "not the default linear encoder; nothing was tied",
+                    f"tie_encoder_to_dictionary_: the encoder ({type(self.encoder).__name__}) "
+                    f"has no weight of shape {tuple(atoms.shape)}; nothing was tied",
                     stacklevel=2,
                 )
             return False
-        self.encoder.weight.copy_(self.get_dictionary())
-        self.encoder.bias.zero_()
+        weight.copy_(atoms)
+        bias = getattr(self.encoder, "bias", None)
+        if isinstance(bias, torch.Tensor):
+            bias.zero_()
         return True
 
     # -- rows in, rows out ---------------------------------------------------------

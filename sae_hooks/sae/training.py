@@ -23,6 +23,8 @@ import torch
 if TYPE_CHECKING:
     from sae_hooks.train.config import TrainConfig
 
+    from .base import SAE
+
 
 class TrainingContract:
     """Class-level training defaults and hooks; mixed into `SAE`."""
@@ -51,7 +53,7 @@ class TrainingContract:
         return {}
 
     @classmethod
-    def from_train_config(cls, config: TrainConfig, d_model: int) -> Any:
+    def from_train_config(cls, config: TrainConfig, d_model: int) -> SAE:
         """A fresh SAE for rows of width d_model; `config.extra` adds constructor arguments."""
         kwargs = {**config.extra, **cls.train_kwargs(config)}
         return cls(d_model, config.nb_concepts, device=config.device, **kwargs)
