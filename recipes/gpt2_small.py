@@ -18,16 +18,15 @@ right before the word " exception", where the target is log p(" exception").
 from __future__ import annotations
 
 import argparse
-import random
 import re
-from collections.abc import Callable
-from typing import Any
 
-from sae_hooks.cli_args import fail, recipe_parser, train_config
+from sae_hooks.cli_args import recipe_parser, train_config
+from sae_hooks.concepts import next_word_concept
 from sae_hooks.data import load_texts, pydoc_texts, text_batches
-from sae_hooks.eval import token_logprob
+from sae_hooks.data.splits import split_texts
 from sae_hooks.models import load_model
-from sae_hooks.pipeline import Concept, PipelineResult, run_dir_for, run_pipeline, text_examples
+from sae_hooks.pipeline import PipelineResult, run_pipeline
+from sae_hooks.recipe import eval_batch_count, print_summary, recipe_run_dir, user_errors
 
 DEFAULTS = {
     "architecture": "batchtopk",
@@ -52,85 +51,19 @@ def parse(argv: list[str] | None, doc: str = __doc__) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def fits(tokenizer: Any, context_length: int) -> Callable[[str], bool]:
-    """Whether a text has words and fits one context whole after <|endoftext|>, so its
-    last token stays last."""
-    room = context_length - 1
-    return lambda text: bool(text.strip()) and len(tokenizer(text)["input_ids"]) <= room
-
-
-def cut_before_word(texts: list[str], word: str, keep: Callable[[str], bool]) -> list[str]:
-    """Each text that contains `word`, cut right before its first occurrence."""
-    pattern = re.compile(re.escape(word) + r"\b")
-    cut = [t[: m.start()] for t in texts if (m := pattern.search(t))]
-    return [t for t in cut if keep(t)]
-
-
-def cut_at_random(texts: list[str], keep: Callable[[str], bool], seed: int = 0) -> list[str]:
-    """Each text cut right before a random one of its words (a deterministic choice)."""
-    rng = random.Random(seed)
-    out = []
-    for text in texts:
-        spaces = [m.start() for m in re.finditer(" ", text) if m.start() > 0]
-        if spaces:
-            cut = text[: rng.choice(spaces)]
-            if keep(cut):
-                out.append(cut)
-    return out
-
-
-def exceptions_concept(
-    tokenizer: Any, context_length: int, *, n: int, n_random: int, device: str = "cpu"
-) -> Concept:
-    """Python-docs contexts whose next word is " exception" vs contexts cut anywhere else.
-
-    The examples always come from pydoc_data (whatever --data is), so the concept
-    means the same for every corpus; its ablation should lower log p(" exception").
-    """
-    ids = tokenizer(WORD, add_special_tokens=False)["input_ids"]
-    keep = fits(tokenizer, context_length)
-    texts = pydoc_texts()
-    positives = cut_before_word(texts, WORD, keep)[:n]
-    negatives = cut_at_random([t for t in texts if not UNRELATED.search(t)], keep)[:n]
-    first = "" if len(ids) == 1 else f" (its first token of {len(ids)})"
-
-    def examples(texts: list[str]) -> list:
-        batches = text_examples(
-            texts, tokenizer, context_length=context_length, prepend_bos=True
-        )  # like the training contexts
-        return [b.to(device) for b in batches]
-
-    return Concept(
-        name="exceptions",
-        positive=examples(positives),
-        negative=examples(negatives),
-        target=token_logprob(ids[0]),
-        target_name=f"log p({WORD!r}){first} as the next token",
-        n_random=n_random,
-    )
-
-
 def run(argv: list[str] | None, *, family: str, name: str, doc: str) -> PipelineResult:
     """The recipe for a GPT-2 loaded as `family` ("gpt2" or "tl-gpt2")."""
     args = parse(argv, doc)
     device = args.device or "cpu"
     defaults, point = (TINY, TINY_POINT) if args.tiny else (DEFAULTS, POINT)
-    try:
+    ctx = args.context_length
+    with user_errors():  # e.g. no weights, or a context longer than the model's
         config = train_config(args, defaults)
         model, tokenizer = load_model(family, args.model_dir, tiny=args.tiny, device=device)
         texts = load_texts(args.data)[: 200 if args.tiny else None]
-    except (FileNotFoundError, ValueError) as e:
-        fail(str(e))
-    if len(texts) < 10:
-        fail(
-            f"--data {args.data} holds {len(texts)} documents; need at least 10 (a tenth is held out)"
-        )
-    held_out = len(texts) // 10
-    train_texts, eval_texts = texts[:-held_out], texts[-held_out:]
-    ctx = args.context_length
-    # Every context starts with <|endoftext|>, as GPT-2 saw in training; its activation
-    # (an attention sink with an outsized norm) is kept out of the store and the FVU.
-    try:
+        train_texts, eval_texts = split_texts(texts, f"--data {args.data}")
+        # Every context starts with <|endoftext|>, as GPT-2 saw in training; its activation
+        # (an attention sink with an outsized norm) is kept out of the store and the FVU.
         data = text_batches(
             train_texts,
             tokenizer,
@@ -141,21 +74,27 @@ def run(argv: list[str] | None, *, family: str, name: str, doc: str) -> Pipeline
         eval_data = list(
             text_batches(eval_texts, tokenizer, context_length=ctx, batch_size=16, prepend_bos=True)
         )
-    except ValueError as e:  # e.g. a context longer than the model's
-        fail(str(e))
-    eval_data = [b.to(device) for b in eval_data[: args.eval_batches or (2 if args.tiny else 8)]]
-    concept = exceptions_concept(
-        tokenizer, ctx, n=8 if args.tiny else 48, n_random=4 if args.tiny else 8, device=device
+    # The examples always come from pydoc_data (whatever --data is), so the concept means
+    # the same for every corpus; its ablation should lower log p(" exception").
+    concept = next_word_concept(
+        "exceptions",
+        WORD,
+        pydoc_texts(),
+        tokenizer,
+        unrelated=UNRELATED,
+        context_length=ctx,
+        n=8 if args.tiny else 48,
+        n_random=4 if args.tiny else 8,
+        device=device,
     )
-
     tl = family.startswith("tl-")
     return run_pipeline(
         model,
         args.point or point,
         data,
-        eval_data,
+        [b.to(device) for b in eval_data[: eval_batch_count(args)]],
         config,
-        run_dir_for(args.run_name or (f"{name}_tiny" if args.tiny else name), args.cache),
+        recipe_run_dir(args, name),
         concept=concept,
         max_rows=args.max_rows,
         drop_bos=True,
@@ -169,9 +108,7 @@ def run(argv: list[str] | None, *, family: str, name: str, doc: str) -> Pipeline
 
 
 def main(argv: list[str] | None = None) -> None:
-    result = run(argv, family="gpt2", name="gpt2_small", doc=__doc__)
-    print()
-    print(result.summary())
+    print_summary(run(argv, family="gpt2", name="gpt2_small", doc=__doc__))
 
 
 if __name__ == "__main__":

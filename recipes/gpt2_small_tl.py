@@ -20,11 +20,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # also when loaded with runpy
 from gpt2_small import run
 
+from sae_hooks.recipe import print_summary
+
 
 def main(argv: list[str] | None = None) -> None:
-    result = run(argv, family="tl-gpt2", name="gpt2_small_tl", doc=__doc__)
-    print()
-    print(result.summary())
+    print_summary(run(argv, family="tl-gpt2", name="gpt2_small_tl", doc=__doc__))
 
 
 if __name__ == "__main__":

@@ -18,14 +18,13 @@ from __future__ import annotations
 import argparse
 import re
 
-import torch
-
 from sae_hooks.cli_args import recipe_parser, train_config
+from sae_hooks.concepts import Concept, centroid_similarity, text_examples
 from sae_hooks.data import pydoc_texts, text_batches
-from sae_hooks.eval import embedding_similarity, run_model
-from sae_hooks.eval.metrics import mean_pool
+from sae_hooks.data.splits import split_texts
 from sae_hooks.models import check_model_dir, minilm_dir, offline, pydoc_tokenizer, tiny_model
-from sae_hooks.pipeline import Concept, run_dir_for, run_pipeline, text_examples
+from sae_hooks.pipeline import run_pipeline
+from sae_hooks.recipe import eval_batch_count, print_summary, recipe_run_dir
 
 DEFAULTS = {
     "architecture": "batchtopk",
@@ -54,39 +53,31 @@ def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     offline()
     if args.tiny:
-        model, tokenizer, name = tiny_model("minilm"), pydoc_tokenizer(), "minilm_pydoc_tiny"
+        model, tokenizer = tiny_model("minilm"), pydoc_tokenizer()
         texts = pydoc_texts()[:120]
-        defaults = TINY
     else:
         from transformers import AutoModel, AutoTokenizer
 
         path = check_model_dir("minilm", args.model_dir or minilm_dir())
         model = AutoModel.from_pretrained(path, local_files_only=True).eval()
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        texts, name = pydoc_texts(), "minilm_pydoc"
-        defaults = DEFAULTS
-    held_out = len(texts) // 10
-    train_texts, eval_texts = texts[:-held_out], texts[-held_out:]
+        texts = pydoc_texts()
+    train_texts, eval_texts = split_texts(texts)
     ctx = args.context_length
     data = text_batches(
         train_texts, tokenizer, context_length=ctx, batch_size=args.capture_batch_size
     )
     eval_data = list(text_batches(eval_texts, tokenizer, context_length=ctx, batch_size=16))
-    eval_data = eval_data[: args.eval_batches or (2 if args.tiny else 8)]
 
     n_examples = args.concept_examples or (16 if args.tiny else 48)
     positives = [t for t in pydoc_texts() if CONCEPT.search(t)][:n_examples]
     negatives = [t for t in pydoc_texts() if not UNRELATED.search(t)][:n_examples]
     pos = text_examples(positives, tokenizer, context_length=ctx)
-    neg = text_examples(negatives, tokenizer, context_length=ctx)
-    with torch.no_grad():  # the target: closeness to the clean "exceptions" centroid
-        pooled = [mean_pool(run_model(model, b), b["attention_mask"]) for b in pos]
-    centroid = torch.cat(pooled).mean(0)
     concept = Concept(
         name="exceptions",
         positive=pos,
-        negative=neg,
-        target=embedding_similarity(centroid),
+        negative=text_examples(negatives, tokenizer, context_length=ctx),
+        target=centroid_similarity(model, pos),  # closeness to the clean "exceptions" centroid
         target_name="cosine of the sentence embedding to the clean 'exceptions' centroid",
         n_random=args.n_random,
     )
@@ -95,9 +86,9 @@ def main(argv: list[str] | None = None) -> None:
         model,
         args.point,
         data,
-        eval_data,
-        train_config(args, defaults),
-        run_dir_for(args.run_name or name, args.cache),
+        eval_data[: eval_batch_count(args)],
+        train_config(args, TINY if args.tiny else DEFAULTS),
+        recipe_run_dir(args, "minilm_pydoc"),
         concept=concept,
         max_rows=args.max_rows,
         model_name="sentence-transformers/all-MiniLM-L6-v2" if not args.tiny else "tiny-bert",
@@ -106,8 +97,7 @@ def main(argv: list[str] | None = None) -> None:
         tokenizer=tokenizer,
         progress=not args.quiet,
     )
-    print()
-    print(result.summary())
+    print_summary(result)
 
 
 if __name__ == "__main__":

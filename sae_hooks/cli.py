@@ -61,29 +61,22 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from sae_hooks.cli_args import add_train_args
-
-    parser = argparse.ArgumentParser(
-        prog="sae-hooks",
-        description=__doc__,
-        epilog=EPILOG,
+def _command(sub, name: str, text: str, example: str) -> argparse.ArgumentParser:
+    """A subcommand parser whose handler is cmd_<name>."""
+    p = sub.add_parser(
+        name,
+        help=text,
+        description=text,
+        epilog=f"example:\n  {example}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p.set_defaults(handler=globals()[f"cmd_{name}"], parser=p)
+    return p
 
-    def command(name: str, text: str, example: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(
-            name,
-            help=text,
-            description=text,
-            epilog=f"example:\n  {example}",
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        p.set_defaults(handler=globals()[f"cmd_{name}"], parser=p)
-        return p
 
-    p = command(
+def _add_capture(sub) -> None:
+    p = _command(
+        sub,
         "capture",
         "Capture activations at hook points into a zarr store (resumes an interrupted one).",
         "sae-hooks capture --family gpt2 --model-dir models/gpt2 --point resid_post.6 --run gpt2",
@@ -97,7 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", help="float32, float16 or bfloat16")
     p.add_argument("--vit-tokens", default="all", help="ViT: all, cls or patches")
 
-    p = command(
+
+def _add_train(sub) -> None:
+    from sae_hooks.cli_args import add_train_args
+
+    p = _command(
+        sub,
         "train",
         "Train an SAE on a store; resumes from the run's checkpoint.",
         "sae-hooks train --run gpt2 --architecture jumprelu --target-l0 40 --steps 5000",
@@ -107,7 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--point", help="hook point in the store (needed if it holds several)")
     add_train_args(p)
 
-    p = command(
+
+def _sae_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sae", help="SAE directory [default: cache/<run>/train/sae]")
+    p.add_argument("--point", help="hook point [default: the one the SAE was trained on]")
+
+
+def _add_eval(sub) -> None:
+    p = _command(
+        sub,
         "eval",
         "Splice the trained SAE into the model: FVU, L0, dead latents, downstream metrics.",
         "sae-hooks eval --family gpt2 --model-dir models/gpt2 --run gpt2 --max-batches 20",
@@ -115,11 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     _run_args(p)
     _model_args(p)
     _data_args(p)
-    p.add_argument("--sae", help="SAE directory [default: cache/<run>/train/sae]")
-    p.add_argument("--point", help="hook point [default: the one the SAE was trained on]")
+    _sae_args(p)
     p.add_argument("--max-batches", type=int, default=20, help="batches to evaluate")
 
-    p = command(
+
+def _add_ablate(sub) -> None:
+    p = _command(
+        sub,
         "ablate",
         "Ablate the latents that separate positive from negative examples, vs random ones.",
         "sae-hooks ablate --family minilm --run demo --positive pos.txt --negative neg.txt",
@@ -127,8 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     _run_args(p)
     _model_args(p)
     p.add_argument("--context-length", type=int, default=128, help="tokens per example")
-    p.add_argument("--sae", help="SAE directory [default: cache/<run>/train/sae]")
-    p.add_argument("--point", help="hook point [default: the one the SAE was trained on]")
+    _sae_args(p)
     p.add_argument("--positive", help="examples of the concept: a .txt file, one per paragraph")
     p.add_argument("--negative", help="examples without it, same format")
     p.add_argument(
@@ -141,7 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-random", type=int, default=8, help="random control draws")
     p.add_argument("--seed", type=int, default=0, help="seed of the random control")
 
-    p = command(
+
+def _add_inspect(sub) -> None:
+    p = _command(
+        sub,
         "inspect",
         "Summarise a store, an SAE directory or a run directory; or list a model's hook points.",
         "sae-hooks inspect cache/demo/store    |    sae-hooks inspect --family gpt2 --tiny",
@@ -152,13 +162,27 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     p.set_defaults(config=None)
 
+
+def _add_report(sub) -> None:
+    """The report subcommand, when the report package is installed."""
     try:
         from sae_hooks.report.cli import add_report_parser
     except ImportError:
-        pass
-    else:
-        report = add_report_parser(sub)
-        report.set_defaults(handler=cmd_report, parser=report)
+        return
+    report = add_report_parser(sub)
+    report.set_defaults(handler=cmd_report, parser=report)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sae-hooks",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_capture, _add_train, _add_eval, _add_ablate, _add_inspect, _add_report):
+        add(sub)
     return parser
 
 
@@ -270,12 +294,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_ablate(args: argparse.Namespace) -> None:
-    import torch
-
+    from sae_hooks.concepts import centroid_similarity, text_examples
     from sae_hooks.data import load_texts
-    from sae_hooks.eval import class_logit, concept_ablation, embedding_similarity, run_model
-    from sae_hooks.eval.metrics import mean_pool
-    from sae_hooks.pipeline import text_examples
+    from sae_hooks.eval import class_logit, concept_ablation, token_logprob
 
     if not (args.positive and args.negative):
         raise ValueError("--positive and --negative are required: files of example texts")
@@ -287,12 +308,8 @@ def cmd_ablate(args: argparse.Namespace) -> None:
     neg = text_examples(load_texts(args.negative), tokenizer, context_length=args.context_length)
     kind, _, value = args.target.partition(":")
     if kind == "similarity":
-        with torch.no_grad():
-            pooled = [mean_pool(run_model(model, b), b.get("attention_mask")) for b in pos]
-        target = embedding_similarity(torch.cat(pooled).mean(0))
+        target = centroid_similarity(model, pos)
     elif kind == "token" and value.isdigit():
-        from sae_hooks.eval import token_logprob
-
         target = token_logprob(int(value))
     elif kind == "class" and value.isdigit():
         target = class_logit(int(value))

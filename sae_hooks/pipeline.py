@@ -11,7 +11,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,18 +19,26 @@ from typing import Any
 import torch
 from torch import nn
 
+from sae_hooks.concepts import Concept, text_examples
 from sae_hooks.eval import (
     AblationResult,
     ReconstructionResult,
     concept_ablation,
     evaluate_reconstruction,
 )
-from sae_hooks.eval.ablation import Target
 from sae_hooks.sae import load_sae
 from sae_hooks.store import capture_to_store
 from sae_hooks.train import TrainConfig, train
 
 Batches = Iterable[Mapping[str, torch.Tensor]]
+__all__ = [
+    "Concept",
+    "PipelineResult",
+    "cache_dir",
+    "run_dir_for",
+    "run_pipeline",
+    "text_examples",  # kept here for callers from before sae_hooks.concepts
+]
 
 
 def cache_dir() -> Path:
@@ -45,19 +53,6 @@ def run_dir_for(name: str, root: str | os.PathLike | None = None) -> Path:
             f"run name {name!r} must be a plain directory name (no '/', not starting with '.')"
         )
     return Path(root) / name if root is not None else cache_dir() / name
-
-
-@dataclass
-class Concept:
-    """A concept given by examples, and what its ablation should move."""
-
-    name: str
-    positive: Sequence[Mapping[str, torch.Tensor]]
-    negative: Sequence[Mapping[str, torch.Tensor]]
-    target: Target
-    target_name: str
-    m: int = 8
-    n_random: int = 8
 
 
 @dataclass
@@ -137,72 +132,84 @@ def run_pipeline(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
-
-    t0 = time.perf_counter()
-    store = capture_to_store(
-        model,
-        [point],
-        data,
-        str(run_dir / "store"),
-        dtype=store_dtype,
-        max_rows=max_rows,
-        model_name=model_name,
-        source=source,
-        vit_tokens=vit_tokens,
-        drop_bos=drop_bos,
-        progress=progress,
-    )
-    timings["capture"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    config = TrainConfig.from_dict({**config.to_dict(), "point": point, "progress": progress})
-    sae = train(config, store, run_dir / "train")
-    timings["train"] = time.perf_counter() - t0
-    sae = load_sae(run_dir / "train" / "sae").eval()
-    resolved = TrainConfig.from_json(run_dir / "train" / "config.json")
-
-    t0 = time.perf_counter()
-    result = evaluate_reconstruction(
-        model, point, sae, eval_data, drop_bos=drop_bos, progress=progress
-    )
-    (run_dir / "eval.json").write_text(result.to_json())
-    timings["eval"] = time.perf_counter() - t0
-
+    with _timed(timings, "capture"):
+        store = capture_to_store(
+            model,
+            [point],
+            data,
+            str(run_dir / "store"),
+            dtype=store_dtype,
+            max_rows=max_rows,
+            model_name=model_name,
+            source=source,
+            vit_tokens=vit_tokens,
+            drop_bos=drop_bos,
+            progress=progress,
+        )
+    with _timed(timings, "train"):
+        sae, resolved = _train_step(config, store, point, run_dir, progress)
+    with _timed(timings, "eval"):
+        result = evaluate_reconstruction(
+            model, point, sae, eval_data, drop_bos=drop_bos, progress=progress
+        )
+        (run_dir / "eval.json").write_text(result.to_json())
     ablation = None
     if concept is not None:
-        t0 = time.perf_counter()
-        ablation = concept_ablation(
-            model,
-            point,
-            sae,
-            concept.positive,
-            concept.negative,
-            concept.target,
-            m=concept.m,
-            n_random=concept.n_random,
-        )
-        record = {"concept": concept.name, "target": concept.target_name, **ablation.to_dict()}
-        (run_dir / "ablation.json").write_text(json.dumps(record, indent=2))
-        with contextlib.suppress(ImportError):  # the plot needs matplotlib (extra "plots")
-            ablation.plot(run_dir / "ablation.png")
-        timings["ablation"] = time.perf_counter() - t0
+        with _timed(timings, "ablation"):
+            ablation = _ablation_step(model, point, sae, concept, run_dir)
 
-    out = PipelineResult(
-        run_dir=run_dir,
-        rows=store.n_rows,
-        config=resolved,
-        eval=result,
-        ablation=ablation,
-        concept=concept.name if concept else None,
-        target_name=concept.target_name if concept else None,
-        timings=timings,
-    )
+    out = PipelineResult(run_dir, store.n_rows, resolved, result, ablation, timings=timings)
+    if concept is not None:
+        out.concept, out.target_name = concept.name, concept.target_name
     if report:
         out.report = _build_report(
             run_dir, store, point, tokenizer, unembed, ablation, concept, progress
         )
     (run_dir / "summary.txt").write_text(out.summary() + "\n")
     return out
+
+
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], step: str) -> Iterator[None]:
+    """Record the wall-clock seconds of one step under `step` (only when it finishes)."""
+    t0 = time.perf_counter()
+    yield
+    timings[step] = time.perf_counter() - t0
+
+
+def _train_step(
+    config: TrainConfig, store: Any, point: str, run_dir: Path, progress: bool
+) -> tuple[nn.Module, TrainConfig]:
+    """Train (or resume, or skip when finished), then load the saved SAE and its resolved config.
+
+    The SAE comes back from disk, so a run that was already trained evaluates the same
+    weights as one trained just now.
+    """
+    config = TrainConfig.from_dict({**config.to_dict(), "point": point, "progress": progress})
+    train(config, store, run_dir / "train")
+    sae = load_sae(run_dir / "train" / "sae").eval()
+    return sae, TrainConfig.from_json(run_dir / "train" / "config.json")
+
+
+def _ablation_step(
+    model: nn.Module, point: str, sae: nn.Module, concept: Concept, run_dir: Path
+) -> AblationResult:
+    """Ablate the concept's latents; write ablation.json (and ablation.png with matplotlib)."""
+    ablation = concept_ablation(
+        model,
+        point,
+        sae,
+        concept.positive,
+        concept.negative,
+        concept.target,
+        m=concept.m,
+        n_random=concept.n_random,
+    )
+    record = {"concept": concept.name, "target": concept.target_name, **ablation.to_dict()}
+    (run_dir / "ablation.json").write_text(json.dumps(record, indent=2))
+    with contextlib.suppress(ImportError):  # the plot needs matplotlib (extra "plots")
+        ablation.plot(run_dir / "ablation.png")
+    return ablation
 
 
 def _build_report(
@@ -225,29 +232,4 @@ def _build_report(
         ablations=ablations,
         out=run_dir / "report",
         progress=progress,
-    )
-
-
-def text_examples(
-    texts: Sequence[str],
-    tokenizer: Any,
-    *,
-    context_length: int,
-    batch_size: int = 16,
-    prepend_bos: bool = False,
-) -> list[Mapping[str, torch.Tensor]]:
-    """Concept examples: one truncated context per text, in padded batches."""
-    from sae_hooks.data import text_batches
-
-    if not texts:
-        raise ValueError("a concept needs at least one positive and one negative example")
-    return list(
-        text_batches(
-            list(texts),
-            tokenizer,
-            context_length=context_length,
-            batch_size=batch_size,
-            mode="truncate",
-            prepend_bos=prepend_bos,
-        )
     )

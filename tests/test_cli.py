@@ -19,6 +19,7 @@ def run(capsys, *argv):
     return code, out.out, out.err
 
 
+@pytest.mark.slow
 def test_capture_train_eval_ablate_inspect(cache, capsys, tmp_path):
     code, out, err = run(
         capsys,

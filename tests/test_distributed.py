@@ -137,6 +137,7 @@ def test_loader_and_trainer_read_a_sharded_store(tiny_gpt2, data, tmp_path):
     assert sae.input_size == store.d_model(POINTS[1])
 
 
+@pytest.mark.slow
 def test_bad_sharded_requests_are_refused(tiny_gpt2, data, tmp_path):
     where = tmp_path / "s"
     capture_to_store_distributed(
@@ -198,6 +199,7 @@ def launched(tmp_path_factory, tiny_gpt2, tokenizer_dir, texts):
     return root
 
 
+@pytest.mark.slow
 def test_two_process_capture_holds_every_row_once(launched, tiny_gpt2, tokenizer, texts, tmp_path):
     data = make_data(texts[:24], tokenizer)
     single = capture_to_store(tiny_gpt2, POINTS, data, tmp_path / "one", progress=False)
@@ -210,6 +212,7 @@ def test_two_process_capture_holds_every_row_once(launched, tiny_gpt2, tokenizer
     assert not ranks[0] & ranks[1]  # each rank read its own input batches
 
 
+@pytest.mark.slow
 def test_data_parallel_training_equals_one_process(launched, tmp_path):
     """Same global batches, averaged gradients: the 2-process SAE is the 1-process SAE."""
     from safetensors.torch import load_file
@@ -222,6 +225,7 @@ def test_data_parallel_training_equals_one_process(launched, tmp_path):
     assert [r["step"] for r in log if "loss" in r] == [6, 12, 18, 24]  # rank 0 logs, once
 
 
+@pytest.mark.slow
 def test_resume_under_another_world_size(launched, tmp_path):
     """A checkpoint of the 2-process run at step HALF finishes in one process, exactly."""
     import shutil
@@ -238,6 +242,7 @@ def test_resume_under_another_world_size(launched, tmp_path):
         torch.testing.assert_close(value, straight[name], rtol=1e-5, atol=1e-5, msg=name)
 
 
+@pytest.mark.slow
 def test_batchtopk_ranks_stay_identical(launched):
     """Per-rank budgets, averaged threshold: both replicas end bit-identical."""
     from safetensors.torch import load_file

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from torch import nn
+from helpers import IdentitySAE
 
 from sae_hooks import metrics as sae_metrics
 from sae_hooks.eval.ablation import (
@@ -14,26 +14,9 @@ from sae_hooks.eval.ablation import (
 )
 from sae_hooks.eval.reconstruction import Replace, evaluate_reconstruction, model_kind, run_model
 from sae_hooks.hooks import ZeroLatents, splice
-from sae_hooks.sae import SAE, BatchTopKSAE, SAEOutput
+from sae_hooks.sae import SAE, BatchTopKSAE
 
 D = 64
-
-
-class Identity(nn.Module):
-    """A perfect "SAE": the latents are the coordinates themselves."""
-
-    def __init__(self, d: int = D) -> None:
-        super().__init__()
-        self.input_size = self.nb_concepts = d
-
-    def encode(self, x):
-        return x, x
-
-    def decode(self, z):
-        return z
-
-    def forward(self, x):
-        return SAEOutput(x, x, x)
 
 
 def text_batches(tokenizer, texts, padding_side="right"):
@@ -60,7 +43,7 @@ def test_identity_recovers_everything_zero_recovers_nothing(
     tiny_gpt2, tokenizer, texts, padding_side
 ):
     data = text_batches(tokenizer, texts[:8], padding_side)
-    ident = evaluate_reconstruction(tiny_gpt2, "resid_post.1", Identity(), data, progress=False)
+    ident = evaluate_reconstruction(tiny_gpt2, "resid_post.1", IdentitySAE(), data, progress=False)
     assert ident.fvu == pytest.approx(0.0, abs=1e-10)
     assert ident.downstream["loss_recovered"] == pytest.approx(1.0, abs=1e-5)
     assert ident.downstream["kl_clean_spliced"] == pytest.approx(0.0, abs=1e-6)
@@ -77,9 +60,9 @@ def test_ce_ignores_padding(tiny_gpt2, tokenizer, texts):
     """The same documents padded differently give the same clean CE."""
     a = text_batches(tokenizer, texts[:4], "right")
     b = [tokenizer([t], return_tensors="pt", truncation=True, max_length=32) for t in texts[:4]]
-    ra = evaluate_reconstruction(tiny_gpt2, "resid_post.0", Identity(), a, progress=False)
+    ra = evaluate_reconstruction(tiny_gpt2, "resid_post.0", IdentitySAE(), a, progress=False)
     rb = evaluate_reconstruction(
-        tiny_gpt2, "resid_post.0", Identity(), [dict(x) for x in b], progress=False
+        tiny_gpt2, "resid_post.0", IdentitySAE(), [dict(x) for x in b], progress=False
     )
     assert ra.downstream["ce_clean"] == pytest.approx(rb.downstream["ce_clean"], rel=1e-5)
 
@@ -115,11 +98,11 @@ def test_classifier_and_encoder_metrics(tiny_vit, tiny_bert, tokenizer, texts):
         {"pixel_values": torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(i))}
         for i in range(2)
     ]
-    r = evaluate_reconstruction(tiny_vit, "resid_post.2", Identity(), images, progress=False)
+    r = evaluate_reconstruction(tiny_vit, "resid_post.2", IdentitySAE(), images, progress=False)
     assert r.downstream["top1_agreement"] == 1.0 and r.n_rows == 8 * 17
     assert r.downstream["kl_clean_spliced"] == pytest.approx(0.0, abs=1e-6)
     data = text_batches(tokenizer, texts[:8])
-    r = evaluate_reconstruction(tiny_bert, "resid_post.1", Identity(), data, progress=False)
+    r = evaluate_reconstruction(tiny_bert, "resid_post.1", IdentitySAE(), data, progress=False)
     assert r.downstream["cosine"] == pytest.approx(1.0, abs=1e-5)
     assert r.downstream["cosine_recovered"] == pytest.approx(1.0, abs=1e-4)
     assert r.downstream["cosine_zero_ablated"] < 0.99
@@ -161,7 +144,7 @@ def test_concept_ablation_finds_planted_latent(tiny_gpt2, tokenizer, tmp_path):
         b["input_ids"][:, -1] = 7
     target = token_logprob(5)
     res = concept_ablation(
-        model, "resid_pre.0", Identity(), pos, neg, target, m=1, n_random=6, seed=1
+        model, "resid_pre.0", IdentitySAE(), pos, neg, target, m=1, n_random=6, seed=1
     )
     assert res.latents == [0]
     mean, std = res.random_effect
@@ -169,7 +152,7 @@ def test_concept_ablation_finds_planted_latent(tiny_gpt2, tokenizer, tmp_path):
     # Negatives never see the concept token, so ablating its latent leaves them alone.
     assert res.concept_negative == pytest.approx(res.clean_negative, abs=1e-5)
     again = concept_ablation(
-        model, "resid_pre.0", Identity(), pos, neg, target, m=1, n_random=6, seed=1
+        model, "resid_pre.0", IdentitySAE(), pos, neg, target, m=1, n_random=6, seed=1
     )
     assert again.to_dict() == res.to_dict()
     assert "ablate top 1" in res.table()
@@ -187,7 +170,7 @@ def test_concept_ablation_on_encoder(tiny_bert, tokenizer, texts):
     res = concept_ablation(
         tiny_bert,
         "resid_post.1",
-        Identity(),
+        IdentitySAE(),
         data[:1],
         data[1:],
         embedding_similarity(ref),
@@ -197,7 +180,7 @@ def test_concept_ablation_on_encoder(tiny_bert, tokenizer, texts):
     assert len(res.latents) == 3 and len(res.random_positive) == 2
     with pytest.raises(ValueError, match="m must be"):
         concept_ablation(
-            tiny_bert, "resid_post.1", Identity(), data, data, embedding_similarity(ref), m=0
+            tiny_bert, "resid_post.1", IdentitySAE(), data, data, embedding_similarity(ref), m=0
         )
 
 
@@ -206,6 +189,6 @@ def test_drop_bos_leaves_each_first_real_token_out(tiny_gpt2, tokenizer, texts, 
     data = text_batches(tokenizer, texts[:8], padding_side)
     real = sum(int(b["attention_mask"].sum()) for b in data)
     res = evaluate_reconstruction(
-        tiny_gpt2, "resid_post.1", Identity(), data, drop_bos=True, progress=False
+        tiny_gpt2, "resid_post.1", IdentitySAE(), data, drop_bos=True, progress=False
     )
     assert res.n_rows == real - 8

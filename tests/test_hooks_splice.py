@@ -10,6 +10,7 @@ import copy
 
 import pytest
 import torch
+from helpers import IdentitySAE
 from torch import nn
 
 from sae_hooks.hooks import (
@@ -22,16 +23,6 @@ from sae_hooks.hooks import (
 )
 
 D = 64
-
-
-class IdentitySAE(nn.Module):
-    input_size = nb_concepts = D
-
-    def encode(self, x):
-        return x, x
-
-    def decode(self, z):
-        return z
 
 
 class ZeroSAE(IdentitySAE):

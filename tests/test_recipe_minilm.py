@@ -49,6 +49,7 @@ def test_tiny_run_writes_every_artifact(recipe, tmp_path, capsys):
     assert (run / "summary.txt").read_text().strip() in out
 
 
+@pytest.mark.slow
 def test_real_minilm_short_run(recipe, tmp_path, capsys):
     """The real weights: a short run must still reconstruct the embedding well."""
     recipe["main"](

@@ -77,82 +77,21 @@ def test_recipe_runs_end_to_end(tmp_path, capsys, name, kind, keys, architecture
 def test_vit_recipe_reads_image_folders(tmp_path):
     from PIL import Image
 
-    vit = recipe("vit_base")
+    from sae_hooks.data.shapes import BLUE, RED, palette, shapes
+
     folders = {}
-    for name, colors in (
-        ("train", vit["palette"](6)),
-        ("red", [vit["RED"]]),
-        ("blue", [vit["BLUE"]]),
-    ):
+    for name, colors in (("train", palette(6)), ("red", [RED]), ("blue", [BLUE])):
         folders[name] = tmp_path / name
         folders[name].mkdir()
-        for i, image in enumerate(vit["shapes"](24 if name == "train" else 6, 40, colors)):
+        for i, image in enumerate(shapes(24 if name == "train" else 6, 40, colors)):
             Image.fromarray(image.permute(1, 2, 0).numpy()).save(folders[name] / f"{i:02}.png")
     args = ["--images", folders["train"], "--capture-batch-size", 4, "--concept-name", "red"]
     args += ["--concept-positive", folders["red"], "--concept-negative", folders["blue"]]
-    vit["main"]([*FAST, "--cache", str(tmp_path), *map(str, args)])
+    recipe("vit_base")["main"]([*FAST, "--cache", str(tmp_path), *map(str, args)])
     ev = json.loads((tmp_path / "vit_base_tiny" / "eval.json").read_text())
     assert ev["n_rows"] == 4 * 17  # 6 batches: the last is held out; 16 patches + CLS per image
     ab = json.loads((tmp_path / "vit_base_tiny" / "ablation.json").read_text())
     assert ab["concept"] == "red" and len(ab["latents"]) == 8
-
-
-def test_cut_before_word_ends_right_before_it():
-    gpt2 = recipe("gpt2_small")
-    texts = ["It raises an exception here.", "No such word.", " exception at the start", "x"]
-    cut = gpt2["cut_before_word"](texts, " exception", lambda t: len(t) > 0)
-    assert cut == ["It raises an"]
-    assert gpt2["cut_before_word"](["an exceptional case"], " exception", bool) == []
-
-
-def test_cut_at_random_is_a_prefix_cut_at_a_word():
-    gpt2 = recipe("gpt2_small")
-    texts = ["alpha beta gamma delta", "one two three", "single"]
-    cuts = gpt2["cut_at_random"](texts, bool)
-    assert cuts == gpt2["cut_at_random"](texts, bool)  # deterministic
-    assert len(cuts) == 2
-    for cut, text in zip(cuts, texts, strict=False):
-        assert text.startswith(cut) and text[len(cut)] == " "
-
-
-def test_exceptions_concept_targets_the_next_word():
-    from sae_hooks.models import pydoc_tokenizer
-
-    gpt2 = recipe("gpt2_small")
-    tok = pydoc_tokenizer()
-    concept = gpt2["exceptions_concept"](tok, 128, n=4, n_random=2)
-    (word_id,) = tok(" exception", add_special_tokens=False)["input_ids"]
-    logits = torch.zeros(1, 3, tok.vocab_size)
-    logits[0, 1, word_id] = 30.0  # the last real token (position 1) predicts the word
-    inputs = {"attention_mask": torch.tensor([[1, 1, 0]])}
-    assert concept.target(logits, inputs).item() > -1e-6
-    assert sum(b["input_ids"].shape[0] for b in concept.positive) == 4
-    assert concept.n_random == 2 and "exception" in concept.target_name
-
-
-def test_shapes_have_the_requested_colours():
-    vit = recipe("vit_base")
-    red, blue = (vit["shapes"](8, 32, [c]) for c in (vit["RED"], vit["BLUE"]))
-    assert red.shape == (8, 3, 32, 32) and red.dtype == torch.uint8
-    assert (red[:, 0].float().mean() - red[:, 2].float().mean()) > 10
-    assert (blue[:, 2].float().mean() - blue[:, 0].float().mean()) > 10
-    assert torch.equal(red, vit["shapes"](8, 32, [vit["RED"]]))  # deterministic
-    assert len(set(vit["palette"](12))) == 12
-
-
-def test_split_holds_out_every_tenth_batch_and_resumes():
-    from sae_hooks.data import image_batches
-
-    vit = recipe("vit_base")
-    images = image_batches(torch.zeros(25, 3, 8, 8), image_size=8, batch_size=1)
-    kept, held = vit["split"](images, 8)
-    assert [b.doc_offset for b in held] == [9, 19]
-    offsets = [b.doc_offset for b in kept]
-    assert offsets == [i for i in range(25) if i not in (9, 19)]
-    assert [b.doc_offset for b in kept.iter_from(9)] == offsets[9:]
-    assert [b.doc_offset for b in vit["split"](images, 1)[1]] == [9]
-    with pytest.raises(ValueError, match="at least 2 batches"):
-        vit["split"](image_batches(torch.zeros(2, 3, 8, 8), image_size=8, batch_size=4), 8)
 
 
 @pytest.mark.parametrize("how", ["no model dir", "empty model dir"])
@@ -166,6 +105,7 @@ def test_gpt2_without_weights_says_how_to_get_them(tmp_path, capsys, how):
     assert not list(tmp_path.glob("gpt2_small*"))  # failed before creating a run directory
 
 
+@pytest.mark.slow
 def test_missing_weights_exit_cleanly_from_the_command_line(tmp_path):
     env = {**os.environ, "SAE_HOOKS_CACHE": str(tmp_path)}
     out = subprocess.run(

@@ -112,6 +112,7 @@ capture_to_store(tiny_model(), ["resid_post.1", "resid_mid.2"], TokenBatches(0.0
 """
 
 
+@pytest.mark.slow
 def test_sigkill_during_capture_then_resume_keeps_every_row_once(tmp_path):
     path = str(tmp_path / "killed")
     points = ["resid_post.1", "resid_mid.2"]
@@ -190,6 +191,7 @@ trainer.fit()
 """
 
 
+@pytest.mark.slow
 def test_sigkill_during_training_then_resume_equals_uninterrupted_run(tmp_path):
     run_dir = tmp_path / "killed"
     rng = kill_rng("train")

@@ -290,6 +290,7 @@ def test_any_invalid_sae_argument_is_a_clear_error(arch, field, bad):
     dtype=st.sampled_from(["float32", "float16", "bfloat16"]),
     flush_at=st.integers(0, 6),
 )
+@pytest.mark.slow
 def test_store_round_trip_returns_exactly_what_was_written(
     sizes, chunk_rows, shard_chunks, dtype, flush_at
 ):

@@ -5,22 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from helpers import IdentitySAE
 
 from sae_hooks.report import Rows, collect_features
 from sae_hooks.report.features import _Collector
-
-
-class Identity(nn.Module):
-    """An "SAE" whose codes are its (non-negative) input: z = relu(x)."""
-
-    def __init__(self, d: int):
-        super().__init__()
-        self.input_size = self.nb_concepts = d
-        self.scale = nn.Parameter(torch.ones(()))
-
-    def encode(self, x):
-        return x, torch.relu(x * self.scale)
 
 
 def sparse_codes(n=3000, d=40, seed=0):
@@ -36,7 +24,7 @@ def test_pass_matches_brute_force(chunk):
     z = sparse_codes()
     k = 6
     stats = collect_features(
-        Identity(z.shape[1]), Rows.from_tensors(z), k=k, chunk_rows=chunk, progress=False
+        IdentitySAE(z.shape[1]), Rows.from_tensors(z), k=k, chunk_rows=chunk, progress=False
     )
     values, rows = z.topk(k, dim=0)
     torch.testing.assert_close(stats.top_values, values.T)
@@ -85,8 +73,8 @@ def test_store_and_tensors_agree(tmp_path):
             )
     rows = Rows.from_store(open_store(tmp_path / "s"), "p")
     assert rows.chunk_rows == 64 and rows.n_rows == 500
-    a = collect_features(Identity(12), rows, k=4, progress=False)
-    b = collect_features(Identity(12), Rows.from_tensors(z), k=4, progress=False)
+    a = collect_features(IdentitySAE(12), rows, k=4, progress=False)
+    b = collect_features(IdentitySAE(12), Rows.from_tensors(z), k=4, progress=False)
     torch.testing.assert_close(a.top_values, b.top_values)
     assert torch.equal(a.hist_counts, b.hist_counts)
     index = np.array([0, 3, 63, 64, 65, 200, 499])
@@ -96,7 +84,7 @@ def test_store_and_tensors_agree(tmp_path):
 
 def test_bad_inputs_are_clear_errors():
     with pytest.raises(ValueError, match="input_size=5"):
-        collect_features(Identity(5), Rows.from_tensors(torch.zeros(3, 4)), progress=False)
+        collect_features(IdentitySAE(5), Rows.from_tensors(torch.zeros(3, 4)), progress=False)
     with pytest.raises(ValueError, match=r"shape \(n_rows, d_model\)"):
         Rows.from_tensors(torch.zeros(3))
     with pytest.raises(ValueError, match=r"doc_index has shape \(2,\), expected \(3,\)"):
