@@ -368,12 +368,14 @@ def read_safetensors(path: Path, device: str | torch.device = "cpu") -> dict[str
     """Tensors from a safetensors file; pickles and damaged files are clear errors."""
     if not path.is_file():
         raise FileNotFoundError(f"missing weights file {path}")
-    hint = _pickle_hint(path)
-    if hint:
-        raise ValueError(f"{path}{hint}; sae-hooks only reads safetensors and never unpickles")
-    try:
-        return load_file(path, device=str(device))
+    try:  # the safetensors parser never unpickles; the pickle hint only explains a failure
+        return load_file(path, device=str(device))  # (a header of 128 + 256 k bytes starts 0x80)
     except (SafetensorError, OSError, ValueError) as err:
+        hint = _pickle_hint(path)
+        if hint:
+            raise ValueError(
+                f"{path}{hint}; sae-hooks only reads safetensors and never unpickles"
+            ) from None
         raise ValueError(
             f"{path} is not a readable safetensors file (truncated or corrupt?): {err}"
         ) from err
