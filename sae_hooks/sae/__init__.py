@@ -3,10 +3,18 @@
 from .base import SAE, SAE_REGISTRY, SAEOutput, load_sae
 from .batchtopk import BatchTopKSAE
 from .dictionary import NORMALIZATIONS, DictionaryLayer
-from .encoders import ENCODERS, register_encoder
+from .encoders import (
+    ENCODERS,
+    AttentionEncoder,
+    EncoderFactory,
+    MLPEncoder,
+    ResNetEncoder,
+    register_encoder,
+)
 from .formats import export_saelens, import_saelens
-from .jump import JumpSAE
+from .jump import JumpSAE, heaviside, jump_relu
 from .kernels import KERNELS
+from .overcomplete import load_overcomplete_state_dict
 from .topk import TopKSAE
 from .training import TrainingContract
 
@@ -20,14 +28,21 @@ __all__ = [
     "NORMALIZATIONS",
     "SAE",
     "SAE_REGISTRY",
+    "AttentionEncoder",
     "BatchTopKSAE",
     "DictionaryLayer",
+    "EncoderFactory",
     "JumpSAE",
+    "MLPEncoder",
+    "ResNetEncoder",
     "SAEOutput",
     "TopKSAE",
     "TrainingContract",
     "export_saelens",
+    "heaviside",
     "import_saelens",
+    "jump_relu",
+    "load_overcomplete_state_dict",
     "load_sae",
     "register_encoder",
 ]

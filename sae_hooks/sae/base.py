@@ -19,8 +19,16 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .dictionary import DictionaryLayer, _positive_int
-from .encoders import LinearEncoder, build_encoder, split_codes
+from . import shapes
+from .dictionary import DictionaryLayer, _positive_int, dictionary_kwargs
+from .encoders import (
+    TIED_ENCODERS,
+    LinearEncoder,
+    TiedEncoder,
+    build_encoder,
+    legacy_encoder,
+    split_codes,
+)
 from .sparse import MAX_SPARSE_DENSITY, check_sparse_decode, decode_fixed, decode_ragged
 from .training import TrainingContract
 
@@ -43,14 +51,16 @@ class SAEOutput(NamedTuple):
 class SAE(TrainingContract, nn.Module):
     """Sparse autoencoder with ReLU codes: z = ReLU(W_enc (x*s - b_dec) + b_enc).
 
-    input_shape: d, (seq, d) or (d, height, width). Inputs are flattened to rows of
-    d (channels-first images are moved channels-last); any sequence length or image
-    size is accepted, only d is checked. `x_hat` comes back in the input's shape,
-    `z_pre` and `z` stay rows (N, nb_concepts).
+    input_shape: d, (seq, d) or (d, height, width). A row encoder (the default) reads
+    rows of d (channels-first images moved channels-last; any sequence length or
+    image size, only d is checked); a structure encoder (attention, ResNet, or a
+    user's module when input_shape is a tuple) reads (B, seq, d) / (B, d, H, W) and
+    returns one row per token / position (see shapes.py). `x_hat` comes back in the
+    input's shape, `z_pre` and `z` are rows (N, nb_concepts).
     encoder_module: None ("linear"), a name registered in ENCODERS, or an nn.Module
     whose forward returns (pre_codes, codes) or just pre_codes.
     dictionary_params: keyword arguments of DictionaryLayer (normalization,
-    initializer, use_bias).
+    initializer, use_multiplier, device, use_bias).
     `input_scale` (buffer): the encoder sees x * input_scale - b_dec and x_hat is
     divided by it, so an SAE trained on normalised rows runs on raw activations.
     How the trainer treats a variant (penalty, budget, init) is declared through
@@ -83,15 +93,16 @@ class SAE(TrainingContract, nn.Module):
     ) -> None:
         super().__init__()
         self.input_shape = _input_shape(input_shape)
-        self.input_size = (
-            self.input_shape[0] if len(self.input_shape) == 3 else self.input_shape[-1]
-        )
+        self.input_size = shapes.channel_width(self.input_shape)
         self.nb_concepts = _positive_int("nb_concepts", nb_concepts)
-        self.encoder, self._encoder_name = build_encoder(
-            encoder_module, self.input_size, nb_concepts, device
+        tied = isinstance(encoder_module, str) and encoder_module in TIED_ENCODERS
+        self.encoder, self._encoder_name, self._structured = build_encoder(
+            None if tied else encoder_module, self.input_shape, nb_concepts, device
         )
-        params = _dictionary_params(dictionary_params)
-        self.dictionary = DictionaryLayer(nb_concepts, self.input_size, device=device, **params)
+        params = dictionary_kwargs(dictionary_params, device)
+        self.dictionary = DictionaryLayer(self.input_size, nb_concepts, **params)
+        if tied:
+            self.tied(bias=TIED_ENCODERS[encoder_module])
         self.register_buffer("input_scale", torch.ones((), device=device))
 
     # -- the model ---------------------------------------------------------------
@@ -125,11 +136,14 @@ class SAE(TrainingContract, nn.Module):
         bias = self.dictionary.bias
         scale = self.input_scale
         enc = self.encoder
+        if self._structured:
+            return shapes.structured_codes(enc, rows, bias, scale, self.nb_concepts)
         if type(enc) is LinearEncoder and bias is not None:
             # W (x s - b_dec) + b_enc, with b_dec folded into the encoder's bias: b_dec's
             # gradient is then one (n,) @ (n, d) product, where centring the input first
             # makes autograd run a full (rows, n) @ (n, d) matmul for it.
-            pre = F.linear(rows * scale, enc.weight, enc.bias - enc.weight @ bias)
+            b_enc = -(enc.weight @ bias) if enc.bias is None else enc.bias - enc.weight @ bias
+            pre = F.linear(rows * scale, enc.weight, b_enc)
             return pre, F.relu(pre)
         centred = rows * scale if bias is None else torch.addcmul(-bias, rows, scale)
         return split_codes(enc(centred))
@@ -209,43 +223,41 @@ class SAE(TrainingContract, nn.Module):
     # -- rows in, rows out ---------------------------------------------------------
 
     def _to_rows(self, x: torch.Tensor) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"SAE input must be a torch.Tensor, got {type(x).__name__}")
-        d = self.input_size
-        if x.dim() == 2 and x.shape[1] == d:
-            rows = x
-        elif len(self.input_shape) == 3 and x.dim() == 4 and x.shape[1] == d:
-            rows = x.movedim(1, -1).reshape(-1, d)
-        elif len(self.input_shape) < 3 and x.dim() >= 1 and x.shape[-1] == d:
-            rows = x.reshape(-1, d)
-        else:
-            raise ValueError(
-                f"{type(self).__name__} expects input of shape {self._expected_shapes()}, "
-                f"got {tuple(x.shape)}"
-            )
-        weight = self.dictionary.weight
-        if rows.dtype != weight.dtype:
-            if not rows.is_floating_point():
-                raise TypeError(f"SAE input must be floating point, got {rows.dtype}")
-            rows = rows.to(weight.dtype)
-        return rows
+        """What the encoder reads: rows (N, d), or (B, *input_shape) for a structure encoder."""
+        return shapes.encoder_input(
+            x, self.input_shape, self._structured, type(self).__name__, self.dictionary.weight.dtype
+        )
 
     def _from_rows(self, rows: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-        if rows.shape == shape:
-            return rows
-        if len(shape) == 4:
-            b, _, h, w = shape
-            return rows.reshape(b, h, w, self.input_size).movedim(-1, 1)
-        return rows.reshape(shape)
+        return shapes.from_rows(rows, shape, self.input_size)
 
-    def _expected_shapes(self) -> str:
-        d = self.input_size
-        if len(self.input_shape) == 3:
-            _, h, w = self.input_shape
-            return f"(N, {d}) or (B, {d}, H, W) e.g. (B, {d}, {h}, {w})"
-        if len(self.input_shape) == 2:
-            return f"(N, {d}) or (B, T, {d}) e.g. (B, {self.input_shape[0]}, {d})"
-        return f"(N, {d}) or (..., {d})"
+    # -- seed API: tied / untied encoders ------------------------------------------------
+
+    def tied(self, bias: bool = False) -> SAE:
+        """Encode with the dictionary's transpose, pre = (x s - b_dec) @ D^T (+ a bias):
+        the encoder has no weight of its own from now on. Returns self."""
+        self.encoder = TiedEncoder(self.dictionary, bias=bias)
+        self._encoder_name, self._structured = ("tied_bias" if bias else "tied"), False
+        return self
+
+    @torch.no_grad()
+    def untied(self, bias: bool = False, copy_from_dictionary: bool = True) -> SAE:
+        """A linear encoder with its own weight: a copy of the current atoms, or a fresh
+        Xavier-uniform init when copy_from_dictionary=False; a zero bias if bias. Returns self."""
+        atoms = self.get_dictionary()
+        enc = LinearEncoder(self.input_size, self.nb_concepts, device=atoms.device, bias=bias).to(
+            atoms.dtype
+        )
+        if copy_from_dictionary:
+            enc.weight.copy_(atoms)
+        else:
+            nn.init.xavier_uniform_(enc.weight)
+        if enc.bias is not None:
+            enc.bias.zero_()
+        self.encoder = enc
+        self._encoder_name = "linear" if bias else "linear_nobias"
+        self._structured = False
+        return self
 
     # -- persistence ------------------------------------------------------------------
 
@@ -257,12 +269,6 @@ class SAE(TrainingContract, nn.Module):
                 "from config.json; register a factory with register_encoder(name, factory) "
                 "and pass encoder_module=name"
             )
-        norm = self.dictionary.normalization
-        if not isinstance(norm, str):
-            raise ValueError(
-                "a callable dictionary normalization cannot be saved; use one of "
-                "'l2', 'max_l2', 'l1', 'max_l1', 'identity'"
-            )
         shape = self.input_shape[0] if len(self.input_shape) == 1 else list(self.input_shape)
         return {
             "architecture": self.architecture,
@@ -270,7 +276,7 @@ class SAE(TrainingContract, nn.Module):
             "input_shape": shape,
             "nb_concepts": self.nb_concepts,
             "encoder_module": self._encoder_name,
-            "dictionary_params": {"normalization": norm, "use_bias": self.dictionary.use_bias},
+            "dictionary_params": self.dictionary.config(),
             **self._variant_config(),
         }
 
@@ -319,6 +325,12 @@ class SAE(TrainingContract, nn.Module):
 
     def load_weights(self, tensors: dict[str, torch.Tensor]) -> None:
         """Load a state dict strictly, adopting its floating dtype."""
+        legacy = legacy_encoder(self._encoder_name, tensors)
+        if legacy is not None:  # an SAE saved before its encoder name changed meaning
+            device = self.dictionary.weight.device
+            self.encoder, self._encoder_name, self._structured = build_encoder(
+                legacy, self.input_shape, self.nb_concepts, device
+            )
         expected, got = set(self.state_dict()), set(tensors)
         if expected != got:
             raise ValueError(
@@ -370,12 +382,14 @@ def read_safetensors(path: Path, device: str | torch.device = "cpu") -> dict[str
     """Tensors from a safetensors file; pickles and damaged files are clear errors."""
     if not path.is_file():
         raise FileNotFoundError(f"missing weights file {path}")
-    hint = _pickle_hint(path)
-    if hint:
-        raise ValueError(f"{path}{hint}; sae-hooks only reads safetensors and never unpickles")
-    try:
-        return load_file(path, device=str(device))
+    try:  # the safetensors parser never unpickles; the pickle hint only explains a failure
+        return load_file(path, device=str(device))  # (a header of 128 + 256 k bytes starts 0x80)
     except (SafetensorError, OSError, ValueError) as err:
+        hint = _pickle_hint(path)
+        if hint:
+            raise ValueError(
+                f"{path}{hint}; sae-hooks only reads safetensors and never unpickles"
+            ) from None
         raise ValueError(
             f"{path} is not a readable safetensors file (truncated or corrupt?): {err}"
         ) from err
@@ -410,15 +424,3 @@ def _input_shape(shape: object) -> tuple[int, ...]:
         "input_shape must be a positive int d, or a tuple (seq, d) or (d, height, width) "
         f"of positive ints, got {shape!r}"
     )
-
-
-def _dictionary_params(params: object) -> dict[str, Any]:
-    if params is None:
-        return {}
-    if not isinstance(params, dict):
-        raise TypeError(f"dictionary_params must be a dict, got {type(params).__name__}")
-    accepted = {"normalization", "initializer", "use_bias"}
-    unknown = sorted(set(params) - accepted)
-    if unknown:
-        raise ValueError(f"unknown dictionary_params {unknown}; accepted: {sorted(accepted)}")
-    return dict(params)

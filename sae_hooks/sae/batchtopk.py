@@ -30,10 +30,12 @@ class BatchTopKSAE(SAE):
     (overcomplete's default). A budget larger than the batch keeps every positive code.
 
     The batch threshold is the k-th largest code floored at 0, i.e. the smallest kept
-    positive code, or 0 when fewer than k codes are positive. In training with grad
-    enabled (or `encode(x, update_threshold=True)`) the running threshold follows
+    positive code, or 0 when fewer than k codes are positive. Every forward in train
+    mode (grad enabled or not: the seed's meaning) moves the running threshold,
     theta <- m * theta + (1 - m) * t_batch, m = threshold_momentum, starting at the
-    first batch's t_batch. Eval uses z = codes * (codes > theta) and no top-k.
+    first batch's t_batch; opt out with `encode(x, update_threshold=False)` or
+    `with sae.frozen_threshold():`. Eval uses z = codes * (codes >= theta) (ties kept,
+    as in training) and no top-k.
     """
 
     architecture = "batchtopk"
@@ -88,6 +90,7 @@ class BatchTopKSAE(SAE):
             "threshold_initialized", torch.zeros((), dtype=torch.bool, device=device)
         )
         self._threshold_known = False  # host mirror of threshold_initialized: no sync in eval
+        self._threshold_frozen = False
         self.register_load_state_dict_post_hook(_refresh_threshold_flag)
 
     @property
@@ -133,7 +136,7 @@ class BatchTopKSAE(SAE):
     def encode(
         self, x: torch.Tensor, update_threshold: bool | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(z_pre, z). update_threshold: None = only in train mode with grad enabled."""
+        """(z_pre, z). update_threshold: None = in train mode unless frozen_threshold()."""
         pre, codes = self._pre_codes(self._to_rows(x))
         return pre, self._sparsify(pre, codes, update_threshold)
 
@@ -146,14 +149,23 @@ class BatchTopKSAE(SAE):
                     "BatchTopKSAE in eval mode has no running threshold yet: train it on at "
                     "least one batch (train mode), or set sae.running_threshold"
                 )
-            return codes * (codes > self.threshold_ema)
+            return codes * (codes >= self.threshold_ema)
         if codes.numel() == 0:
             return codes
         k = self.batch_budget(codes.shape[0], codes.numel())
         batch_threshold = codes.detach().flatten().topk(k, sorted=False).values.min().clamp_min(0.0)
-        if torch.is_grad_enabled() if update_threshold is None else update_threshold:
+        if not self._threshold_frozen if update_threshold is None else update_threshold:
             self._update_running_threshold(batch_threshold)
         return codes * (codes >= batch_threshold)
+
+    @contextlib.contextmanager
+    def frozen_threshold(self) -> Iterator[BatchTopKSAE]:
+        """Train-mode forwards inside leave the running threshold where it is."""
+        previous, self._threshold_frozen = self._threshold_frozen, True
+        try:
+            yield self
+        finally:
+            self._threshold_frozen = previous
 
     @torch.no_grad()
     def _update_running_threshold(self, batch_threshold: torch.Tensor) -> None:

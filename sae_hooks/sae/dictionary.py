@@ -8,6 +8,7 @@ trainer does, so sparsity penalties cannot be gamed by shrinking codes and growi
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -49,26 +50,37 @@ Initializer = torch.Tensor | Callable[[torch.Tensor], object]
 
 
 class DictionaryLayer(nn.Module):
-    """Atoms (nb_concepts, d) and bias (d,): `decode(z) = z @ get_dictionary() + bias`.
+    """Atoms (nb_concepts, in_dimensions) and bias (in_dimensions,):
+    `decode(z) = z @ get_dictionary() + bias`.
 
-    normalization: 'l2' (unit-norm rows, default), 'max_l2' (norm <= 1), 'l1',
-    'max_l1', 'identity', or a callable mapping the raw (nb_concepts, d) weight to
-    the atoms. initializer: a (nb_concepts, d) tensor, or an in-place init function
-    such as `nn.init.orthogonal_`; by default random unit-norm directions.
+    The signature and positional order are overcomplete's
+    (in_dimensions, nb_concepts, normalization, initializer, use_multiplier, device);
+    `use_bias` (the decoder bias b_dec, absent from overcomplete) is this project's
+    extension and keyword-only.
+    normalization: 'l2' (unit-norm rows, default), 'max_l2' (each row's norm <= 1),
+    'l1', 'max_l1', 'identity', or a callable mapping the raw (nb_concepts,
+    in_dimensions) weight to the atoms. initializer: a (nb_concepts, in_dimensions)
+    tensor, or an in-place init function such as `nn.init.orthogonal_`; by default
+    random unit-norm directions. use_multiplier: learn a scalar m, atoms =
+    normalization(weight) * exp(m) (overcomplete's log-multiplier); without it
+    `multiplier` is a non-persisted zero, so saved files keep their keys.
     """
 
     def __init__(
         self,
+        in_dimensions: int,
         nb_concepts: int,
-        d: int,
         normalization: Normalization = "l2",
         initializer: Initializer | None = None,
-        use_bias: bool = True,
+        use_multiplier: bool = False,
         device: str | torch.device = "cpu",
+        *,
+        use_bias: bool = True,
     ) -> None:
         super().__init__()
+        self.in_dimensions = _positive_int("in_dimensions", in_dimensions)
         self.nb_concepts = _positive_int("nb_concepts", nb_concepts)
-        self.d = _positive_int("d", d)
+        d = self.in_dimensions
         if isinstance(normalization, str):
             if normalization not in NORMALIZATIONS:
                 raise ValueError(
@@ -85,14 +97,16 @@ class DictionaryLayer(nn.Module):
             )
         self.normalization = normalization
         self.use_bias = bool(use_bias)
+        self.use_multiplier = bool(use_multiplier)
+        self.device = device
 
         if initializer is None:
             weight = _l2(torch.randn(nb_concepts, d, device=device))
         elif isinstance(initializer, torch.Tensor):
             if tuple(initializer.shape) != (nb_concepts, d):
                 raise ValueError(
-                    f"dictionary initializer must have shape ({nb_concepts}, {d}), "
-                    f"got {tuple(initializer.shape)}"
+                    f"dictionary initializer must have shape (nb_concepts, in_dimensions) = "
+                    f"({nb_concepts}, {d}), got {tuple(initializer.shape)}"
                 )
             weight = initializer.detach().to(device=device, dtype=torch.float32).clone()
         elif callable(initializer):
@@ -101,11 +115,15 @@ class DictionaryLayer(nn.Module):
                 initializer(weight)
         else:
             raise TypeError(
-                "dictionary initializer must be a (nb_concepts, d) tensor or an in-place "
-                f"init function, got {type(initializer).__name__}"
+                "dictionary initializer must be a (nb_concepts, in_dimensions) tensor or an "
+                f"in-place init function, got {type(initializer).__name__}"
             )
         self.weight = nn.Parameter(weight)
         self.bias = nn.Parameter(torch.zeros(d, device=device)) if self.use_bias else None
+        if self.use_multiplier:
+            self.multiplier = nn.Parameter(torch.zeros((), device=device))
+        else:
+            self.register_buffer("multiplier", torch.zeros((), device=device), persistent=False)
 
         if not isinstance(normalization, str):
             with torch.no_grad():
@@ -117,9 +135,15 @@ class DictionaryLayer(nn.Module):
                     f"got {got}"
                 )
 
+    @property
+    def d(self) -> int:
+        """Alias of in_dimensions (the width of the rows it decodes)."""
+        return self.in_dimensions
+
     def get_dictionary(self) -> torch.Tensor:
-        """The normalised atoms, (nb_concepts, d)."""
-        return self._normalize(self.weight)
+        """The normalised atoms (times exp(multiplier) when learnt), (nb_concepts, d)."""
+        atoms = self._normalize(self.weight)
+        return atoms * self.multiplier.exp() if self.use_multiplier else atoms
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         atoms = self.get_dictionary()
@@ -132,7 +156,51 @@ class DictionaryLayer(nn.Module):
 
     def extra_repr(self) -> str:
         norm = self.normalization if isinstance(self.normalization, str) else "custom"
-        return f"nb_concepts={self.nb_concepts}, d={self.d}, normalization={norm}, bias={self.use_bias}"
+        return (
+            f"in_dimensions={self.in_dimensions}, nb_concepts={self.nb_concepts}, "
+            f"normalization={norm}, bias={self.use_bias}, multiplier={self.use_multiplier}"
+        )
+
+    def config(self) -> dict[str, object]:
+        """The JSON-able keyword arguments that rebuild this layer (saved as dictionary_params)."""
+        if not isinstance(self.normalization, str):
+            raise ValueError(
+                "a callable dictionary normalization cannot be saved; use one of "
+                f"{sorted(NORMALIZATIONS)}"
+            )
+        params: dict[str, object] = {"normalization": self.normalization, "use_bias": self.use_bias}
+        if self.use_multiplier:
+            params["use_multiplier"] = True
+        return params
+
+
+DICTIONARY_PARAMS = ("normalization", "initializer", "use_multiplier", "device", "use_bias")
+"""The keys `dictionary_params` may hold: DictionaryLayer's keyword arguments."""
+
+
+def dictionary_kwargs(params: object, device: str | torch.device) -> dict[str, Any]:
+    """Validate an SAE's `dictionary_params` and add the SAE's device.
+
+    A `device` inside dictionary_params must name the SAE's device: encoder and
+    dictionary live together.
+    """
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise TypeError(f"dictionary_params must be a dict, got {type(params).__name__}")
+    unknown = sorted(set(params) - set(DICTIONARY_PARAMS))
+    if unknown:
+        raise ValueError(
+            f"unknown dictionary_params {unknown}; accepted: {sorted(DICTIONARY_PARAMS)}"
+        )
+    kwargs = dict(params)
+    own = kwargs.pop("device", None)
+    if own is not None and torch.device(own) != torch.device(device):
+        raise ValueError(
+            f"dictionary_params device {own!r} differs from the SAE's device {device!r}; "
+            "pass device= to the SAE instead"
+        )
+    return {**kwargs, "device": device}
 
 
 def _positive_int(name: str, value: object) -> int:

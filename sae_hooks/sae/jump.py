@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .base import SAE, SAEOutput
-from .kernels import DEFAULT_KERNEL, Kernel, get_kernel
+from .kernels import DEFAULT_KERNEL, Kernel, as_kernel, get_kernel
 
 DEFAULT_BANDWIDTH = 1e-3
 INITIAL_THRESHOLD = 1e-3
@@ -108,16 +108,30 @@ class JumpReLUWithL0(_ThresholdSTE):
         return grad_pre, grad_theta, None, None
 
 
-def jump_relu(
-    z_pre: torch.Tensor, threshold: torch.Tensor, kernel: Kernel, bandwidth: float
-) -> torch.Tensor:
-    return JumpReLU.apply(z_pre, threshold, kernel, bandwidth)
+class _SeedHeaviside(Heaviside):
+    """Heaviside whose input gradient is a tensor of zeros rather than None, as
+    overcomplete's public `heaviside` gives (x.grad reads 0, not None)."""
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor):
+        _, grad_theta, _, _ = Heaviside.backward(ctx, grad)
+        grad_x = torch.zeros_like(ctx.saved_tensors[0]) if ctx.needs_input_grad[0] else None
+        return grad_x, grad_theta, None, None
 
 
-def heaviside(
-    z_pre: torch.Tensor, threshold: torch.Tensor, kernel: Kernel, bandwidth: float
-) -> torch.Tensor:
-    return Heaviside.apply(z_pre, threshold, kernel, bandwidth)
+def jump_relu(x: torch.Tensor, threshold: torch.Tensor, kernel_fn: Any, bandwidth: Any):
+    """x * H(x - theta) with the paper's pseudo-derivatives (overcomplete's public
+    function and argument names). kernel_fn: a name in KERNELS, K(u), or an
+    overcomplete-style kernel_fn(x, bandwidth); see kernels.as_kernel."""
+    kernel, width = as_kernel(kernel_fn, bandwidth)
+    return JumpReLU.apply(x, threshold, kernel, width)
+
+
+def heaviside(x: torch.Tensor, threshold: torch.Tensor, kernel_fn: Any, bandwidth: Any):
+    """H(x - theta) = (x > theta) with the kernel pseudo-derivative for theta and a zero
+    gradient for x; arguments as jump_relu."""
+    kernel, width = as_kernel(kernel_fn, bandwidth)
+    return _SeedHeaviside.apply(x, threshold, kernel, width)
 
 
 class JumpSAE(SAE):

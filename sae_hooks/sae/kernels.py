@@ -3,10 +3,15 @@
 Each K is a density in the standardised variable u = (z_pre - theta) / bandwidth and
 integrates to 1; the 1/bandwidth factor belongs to the pseudo-derivative, not to K
 (overcomplete 0.3 divides twice, making threshold gradients 1/bandwidth too large).
+The rectangle is 1 on the closed interval |u| <= 1/2, overcomplete's boundary.
+
+`rectangle_kernel(x, bandwidth)` ... `cauchy_kernel` are overcomplete's two-argument
+spellings: K(x / bandwidth) / bandwidth, the same kernels as densities in x itself.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 
@@ -25,7 +30,7 @@ def _inside(u: torch.Tensor, half_width: float = 1.0) -> torch.Tensor:
 
 
 def rectangle(u: torch.Tensor) -> torch.Tensor:
-    return _inside(u, 0.5)
+    return (u.abs() <= 0.5).to(u.dtype)
 
 
 def gaussian(u: torch.Tensor) -> torch.Tensor:
@@ -81,3 +86,65 @@ def get_kernel(name: str) -> Kernel:
     if not isinstance(name, str) or name not in KERNELS:
         raise ValueError(f"unknown kernel {name!r}; valid: {sorted(KERNELS)}")
     return KERNELS[name]
+
+
+def _in_x(name: str) -> Callable[[torch.Tensor, float], torch.Tensor]:
+    density = KERNELS[name]
+
+    def kernel(x: torch.Tensor, bandwith: float) -> torch.Tensor:
+        return density(x / bandwith) / bandwith
+
+    kernel.__name__ = kernel.__qualname__ = f"{name}_kernel"
+    kernel.__doc__ = f"The {name} kernel as a density in x: K(x / bandwith) / bandwith."
+    return kernel
+
+
+rectangle_kernel = _in_x("rectangle")
+gaussian_kernel = _in_x("gaussian")
+triangular_kernel = _in_x("triangular")
+cosine_kernel = _in_x("cosine")
+epanechnikov_kernel = _in_x("epanechnikov")
+quartic_kernel = _in_x("quartic")
+silverman_kernel = _in_x("silverman")
+cauchy_kernel = _in_x("cauchy")
+
+
+def as_kernel(kernel_fn: object, bandwidth: object) -> tuple[Kernel, float]:
+    """(K of the standardised variable u, bandwidth as a float) from what a caller of
+    jump_relu / heaviside passes: a name in KERNELS, a one-argument K(u), or an
+    overcomplete-style kernel_fn(x, bandwidth) read as a density in x = u * bandwidth.
+    """
+    if isinstance(bandwidth, torch.Tensor) and bandwidth.numel() == 1:
+        bandwidth = float(bandwidth)
+    if (
+        isinstance(bandwidth, bool)
+        or not isinstance(bandwidth, (int, float))
+        or not (0 < bandwidth < math.inf)
+    ):
+        raise ValueError(f"bandwidth must be a positive finite number, got {bandwidth!r}")
+    width = float(bandwidth)
+    if isinstance(kernel_fn, str):
+        return get_kernel(kernel_fn), width
+    if not callable(kernel_fn):
+        raise TypeError(
+            f"kernel_fn must be a name in {sorted(KERNELS)} or a callable, "
+            f"got {type(kernel_fn).__name__}"
+        )
+    if not _needs_bandwidth(kernel_fn):
+        return kernel_fn, width
+    return (lambda u: kernel_fn(u * width, width) * width), width
+
+
+def _needs_bandwidth(fn: Callable) -> bool:
+    """True for a callable that must be given two arguments (x, bandwidth)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return False
+    for args in ((0.0,), (0.0, 0.0)):
+        try:
+            sig.bind(*args)
+        except TypeError:
+            continue
+        return len(args) == 2
+    return False
