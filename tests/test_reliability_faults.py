@@ -347,8 +347,7 @@ def test_bad_settings_leave_nothing_on_disk(tmp_path):
 def test_store_killed_while_being_created_resumes(tmp_path):
     """A kill between creating the group and its arrays leaves a resumable empty store."""
     w = StoreWriter(tmp_path / "s", points=POINTS, d_model=D, chunk_rows=16)
-    w._queue.put(None)  # the process dies before any row is written
-    w._thread.join()
+    w._committer.stop()  # the process dies before any row is written
     arr = tmp_path / "s" / "acts" / POINTS[1]
     for f in sorted(arr.rglob("*"), reverse=True):  # ...and before the last array existed
         f.unlink() if f.is_file() else f.rmdir()

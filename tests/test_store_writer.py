@@ -137,8 +137,7 @@ def test_resume_after_interruption_writes_each_row_once(tmp_path, monkeypatch):
     w = StoreWriter(path, points=POINTS, chunk_rows=16, commit_interval=0)
     for i in range(10):
         w.append(make_batch(i))
-    w._queue.put(None)  # the writer thread dies here: its buffered tail is lost
-    w._thread.join()
+    w._committer.stop()  # the writer thread dies here: its buffered tail is lost
     crashed = open_store(path)
     appended = sum(batch_rows(i) for i in range(10))
     assert 0 < crashed.n_rows < appended and crashed.committed_inputs < 10
@@ -267,7 +266,7 @@ def test_writer_thread_errors_reach_the_caller(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(w, "_write", broken)
+    monkeypatch.setattr(w._committer, "_write", broken)
     with pytest.raises(OSError, match="disk full"):
         for i in range(50):
             w.append(make_batch(i))

@@ -244,12 +244,10 @@ class ModelSource:
                 continue
             inputs = dict(inputs)
             doc_offset = int(inputs.pop("doc_offset", 0))
-            batch = capture_batch(
-                self.model, [self.point], inputs, doc_offset=doc_offset, drop_bos=self.drop_bos
-            )
+            batch = capture_batch(self.model, [self.point], inputs, drop_bos=self.drop_bos)
             rows = batch.acts[self.point].float()
             check_finite(rows, f"activations at {self.point} (input batch {i})")
-            held = batch.doc_index % self.val_every_doc == 0
+            held = (batch.doc_index + doc_offset) % self.val_every_doc == 0
             val = rows[held.to(rows.device)]
             if i >= self._val_next and self._n_val < self.val_rows:
                 take = val[: self.val_rows - self._n_val].cpu()
