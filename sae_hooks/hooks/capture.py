@@ -132,6 +132,21 @@ def capture_batch(
                 f"{point!r} has shape {tuple(act.shape)}, not (batch={batch}, tokens={seq}, d)"
             )
 
+    keep, token_ids, position = _real_tokens(kwargs, args, (batch, seq), drop_bos, vit_tokens)
+    doc_index = torch.arange(batch).unsqueeze(1).expand(batch, seq)
+    return ActivationBatch(
+        acts={p: a[keep.to(a.device)] for p, a in acts.items()},
+        token_ids=token_ids[keep],
+        doc_index=doc_index[keep],
+        position=position[keep].long(),
+    )
+
+
+def _real_tokens(
+    kwargs: dict, args: tuple, shape: tuple[int, int], drop_bos: bool, vit_tokens: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(rows to keep, token ids, positions), each (batch, tokens), for the model inputs."""
+    batch, seq = shape
     if "pixel_values" in kwargs:
         if drop_bos:
             raise ValueError("drop_bos is for text; for images use vit_tokens='patches'")
@@ -150,13 +165,7 @@ def capture_batch(
         if drop_bos:
             keep = keep & (position > 0)
         token_ids = ids
-    doc_index = torch.arange(batch).unsqueeze(1).expand(batch, seq)
-    return ActivationBatch(
-        acts={p: a[keep.to(a.device)] for p, a in acts.items()},
-        token_ids=token_ids[keep],
-        doc_index=doc_index[keep],
-        position=position[keep].long(),
-    )
+    return keep, token_ids, position
 
 
 def as_point_list(points: str | Sequence[str]) -> list[str]:

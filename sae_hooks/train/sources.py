@@ -17,9 +17,12 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable, Iterator
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
+
+if TYPE_CHECKING:
+    from sae_hooks.store import StoreReader
 
 SPLITS = ("train", "val")
 
@@ -131,7 +134,7 @@ class StoreSource:
 
     def __init__(
         self,
-        store: Any,
+        store: StoreReader,
         point: str | None,
         *,
         val_fraction: float = 0.01,
