@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sae_hooks.data import InputBatch, image_batches, pydoc_texts, text_batches
+from sae_hooks.data import InputBatch, InputBatches, image_batches, pydoc_texts, text_batches
 
 
 def real_tokens(batch: InputBatch) -> list[list[int]]:
@@ -142,3 +142,24 @@ def test_image_tensor_source_and_errors(tmp_path):
         image_batches(tmp_path, image_size=16, batch_size=3)
     with pytest.raises(ValueError, match="not a folder"):
         image_batches(tmp_path / "missing", image_size=16, batch_size=3)
+
+
+def test_input_batches_adapt_user_data(texts, tokenizer):
+    """The one adapter: dicts count doc_offset from the batch sizes, pairs keep theirs,
+    InputBatches pass through, and iter_from(k) resumes at batch k either way."""
+    ids = [torch.zeros(n, 3, dtype=torch.long) for n in (2, 3, 1)]
+    dicts = InputBatches([{"input_ids": x} for x in ids])
+    assert [(b.doc_offset, b.index, b.n_docs) for b in dicts] == [(0, 0, 2), (2, 1, 3), (5, 2, 1)]
+    assert [b.doc_offset for b in dicts.iter_from(2)] == [5]
+    pairs = InputBatches([(10 * i, {"input_ids": x}) for i, x in enumerate(ids)])
+    assert [(b.doc_offset, b.index) for b in pairs.iter_from(1)] == [(10, 1), (20, 2)]
+    given = [InputBatch({"input_ids": x}, 7 + i, i) for i, x in enumerate(ids)]
+    assert list(InputBatches(given)) == given  # passed through, not copied
+    assert InputBatches(InputBatches(given)).data is given
+    source = text_batches(texts[:10], tokenizer, context_length=16, batch_size=4)
+    resumed = InputBatches(source).iter_from(1)
+    assert [b.doc_offset for b in resumed] == [b.doc_offset for b in source.iter_from(1)]
+    with pytest.raises(TypeError, match="expected an InputBatch"):
+        list(InputBatches([ids[0]]))
+    with pytest.raises(ValueError, match="doc_offset must be an int >= 0, got -1"):
+        list(InputBatches([(-1, {"input_ids": ids[0]})]))

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import Interrupted
 
 from sae_hooks.data import text_batches
 from sae_hooks.store import (
@@ -76,19 +77,6 @@ def assert_same_rows(a, b):
 @pytest.fixture()
 def data(texts, tokenizer):
     return make_data(texts[:16], tokenizer)
-
-
-class Interrupted:
-    """A data source that dies (Ctrl-C) after `n` batches."""
-
-    def __init__(self, data, n):
-        self.data, self.n = data, n
-
-    def iter_from(self, start):
-        for i, batch in enumerate(self.data.iter_from(start)):
-            if i == self.n:
-                raise KeyboardInterrupt
-            yield batch
 
 
 def test_ranks_as_independent_jobs_on_memory_url(tiny_gpt2, data):

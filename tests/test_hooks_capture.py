@@ -132,7 +132,8 @@ def test_early_stop_skips_later_blocks(points, executed, tiny_gpt2, tokenizer):
     head_calls = []
     handles.append(tiny_gpt2.lm_head.register_forward_pre_hook(lambda *a: head_calls.append(1)))
     try:
-        with capture(tiny_gpt2, points) as acts:
+        with capture(tiny_gpt2, points, stop_early=True) as acts:
+            assert not torch.is_grad_enabled()  # the stopped forward has no graph to keep
             tiny_gpt2(**batch)
             pytest.fail("the forward should have been stopped")
     finally:
@@ -143,11 +144,19 @@ def test_early_stop_skips_later_blocks(points, executed, tiny_gpt2, tokenizer):
     assert set(acts) == set(points)
 
 
-def test_no_stop_runs_the_whole_forward(tiny_gpt2, tokenizer):
+def test_capture_is_safe_by_default(tiny_gpt2, tokenizer):
+    """Without stop_early the block runs as written: the whole forward, the code after
+    the model call, and autograd (the captured copies are detached)."""
     batch = text_batch(tokenizer)
-    with capture(tiny_gpt2, "resid_post.0", stop=False) as acts:
+    after = []
+    with capture(tiny_gpt2, "resid_post.0") as acts:
         out = tiny_gpt2(**batch)
+        after.append(out.logits.requires_grad)
+    assert after == [True]
     assert out.logits.shape[:2] == batch["input_ids"].shape
+    out.logits.sum().backward()
+    assert tiny_gpt2.transformer.h[3].mlp.c_fc.weight.grad is not None
+    tiny_gpt2.zero_grad(set_to_none=True)
     assert acts["resid_post.0"].shape == (*batch["input_ids"].shape, 64)
     assert not acts["resid_post.0"].requires_grad
 
@@ -212,14 +221,14 @@ def test_accelerate_offloaded_model(tiny_gpt2, tokenizer):
 def test_capture_batch_drops_padding(side, drop_bos, tiny_gpt2, tokenizer):
     batch = text_batch(tokenizer, side)
     points = ["resid_post.1", "resid_pre.0"]
-    out = capture_batch(tiny_gpt2, points, batch, doc_offset=10, drop_bos=drop_bos)
+    out = capture_batch(tiny_gpt2, points, batch, drop_bos=drop_bos)
     assert isinstance(out, ActivationBatch)
 
     # Expected rows from the unpadded tokenisation of each document.
     docs = [tokenizer(t)["input_ids"][int(drop_bos) :] for t in TEXTS]
     assert out.n_rows == sum(len(d) for d in docs)
     assert out.token_ids.tolist() == [tok for d in docs for tok in d]
-    assert out.doc_index.tolist() == [10 + i for i, d in enumerate(docs) for _ in d]
+    assert out.doc_index.tolist() == [i for i, d in enumerate(docs) for _ in d]
     start = int(drop_bos)
     assert out.position.tolist() == [p for d in docs for p in range(start, start + len(d))]
     for t in (out.token_ids, out.doc_index, out.position):
@@ -248,12 +257,10 @@ def test_capture_batch_right_padding_equals_unpadded_runs(tiny_llama, tokenizer)
 )
 def test_capture_batch_vit(vit_tokens, positions, tiny_vit):
     pixels = torch.randn(2, 3, 32, 32)
-    out = capture_batch(
-        tiny_vit, "resid_post.3", {"pixel_values": pixels}, doc_offset=4, vit_tokens=vit_tokens
-    )
+    out = capture_batch(tiny_vit, "resid_post.3", {"pixel_values": pixels}, vit_tokens=vit_tokens)
     positions = list(positions)
     assert out.position.tolist() == positions * 2
-    assert out.doc_index.tolist() == [4] * len(positions) + [5] * len(positions)
+    assert out.doc_index.tolist() == [0] * len(positions) + [1] * len(positions)
     assert (out.token_ids == -1).all()
     with torch.no_grad():
         hs = tiny_vit(pixel_values=pixels, output_hidden_states=True).hidden_states
@@ -262,27 +269,20 @@ def test_capture_batch_vit(vit_tokens, positions, tiny_vit):
 
 def test_capture_batch_transformer_lens_tensor(tiny_hooked_transformer, tokenizer):
     ids = text_batch(tokenizer)["input_ids"][:2, :6]
-    out = capture_batch(tiny_hooked_transformer, "resid_mid.1", ids, doc_offset=3)
+    out = capture_batch(tiny_hooked_transformer, "resid_mid.1", ids)
     _, cache = tiny_hooked_transformer.run_with_cache(ids)
     torch.testing.assert_close(
         out.acts["resid_mid.1"], cache["blocks.1.hook_resid_mid"].reshape(-1, 64)
     )
     assert out.token_ids.tolist() == ids.reshape(-1).tolist()
     assert out.position.tolist() == list(range(6)) * 2
-    assert out.doc_index.tolist() == [3] * 6 + [4] * 6
-
-
-def test_capture_batch_ignores_doc_offset_key(tiny_bert, tokenizer):
-    batch = dict(text_batch(tokenizer), doc_offset=7)
-    out = capture_batch(tiny_bert, "resid_post.0", batch, doc_offset=7)
-    assert out.doc_index.min() == 7
+    assert out.doc_index.tolist() == [0] * 6 + [1] * 6
 
 
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
         ({"vit_tokens": "patch"}, ValueError, "vit_tokens must be one of"),
-        ({"doc_offset": -1}, ValueError, "doc_offset"),
         ({"inputs": {"attention_mask": torch.ones(1, 3)}}, ValueError, "input_ids or pixel_values"),
         ({"inputs": [1, 2, 3]}, TypeError, "inputs must be"),
         ({"points": []}, ValueError, "points is empty"),

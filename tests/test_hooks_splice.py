@@ -176,7 +176,7 @@ def test_add_to_latent_adds_its_decoder_direction(tiny_gpt2, inputs):
         expected = sae.decode(sae.encode(x)[1]) + 2.5 * sae.w_dec[5]
     with (
         splice(tiny_gpt2, "resid_post.1", sae, edit=AddToLatents(5, 2.5)),
-        capture(tiny_gpt2, "resid_post.1", stop=False) as spliced,
+        capture(tiny_gpt2, "resid_post.1") as spliced,
     ):
         tiny_gpt2(**inputs)
     torch.testing.assert_close(spliced["resid_post.1"], expected, rtol=1e-5, atol=1e-5)

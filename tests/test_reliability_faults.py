@@ -1,8 +1,9 @@
 """Faults survived: SIGKILL mid-capture and mid-training, full or unwritable disks,
 non-finite activations, exceptions inside hooks. Nothing lost, nothing doubled.
 
-Kill points are random; a failure message names the seed, and SAE_HOOKS_FAULT_SEED
-replays it.
+Kill points are drawn from a seed, fixed by default (SAE_HOOKS_FAULT_SEED picks
+another); every failure report shows it. The child process announces the point it
+reached and waits there; the parent kills it on that announcement (tests/helpers.py).
 """
 
 from __future__ import annotations
@@ -10,17 +11,13 @@ from __future__ import annotations
 import errno
 import os
 import random
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import zarr.storage._local as zarr_local
+from helpers import POINTS, D, kill_on_announcement, make_batch, spawn
 
 from sae_hooks.hooks import ZeroLatents, capture, capture_batch, splice
 from sae_hooks.sae import TopKSAE
@@ -28,9 +25,17 @@ from sae_hooks.store import StoreWriter, capture_to_store, open_store
 from sae_hooks.store import lock as store_lock
 from sae_hooks.train import TensorSource, TrainConfig, Trainer, train
 
-REPO = Path(__file__).resolve().parents[1]
-SEED = int(os.environ.get("SAE_HOOKS_FAULT_SEED", time.time_ns() % 2**31))
+DEFAULT_FAULT_SEED = 20240611
+SEED = int(os.environ.get("SAE_HOOKS_FAULT_SEED", DEFAULT_FAULT_SEED))
 THREADS = 1  # parent and children alike, so float sums agree bit for bit
+
+
+@pytest.fixture(autouse=True)
+def fault_seed_in_report(request):
+    """Every failure report of this module shows the seed that replays it."""
+    request.node.add_report_section(
+        "call", "fault seed", f"SAE_HOOKS_FAULT_SEED={SEED} replays this run"
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -53,18 +58,6 @@ def hook_count(model: torch.nn.Module) -> int:
     )
 
 
-def spawn(script: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=REPO
-    )
-
-
-def sigkill(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, f"the run ended before the kill (seed {SEED})"
-
-
 # ------------------------------------------------------------------ capture, SIGKILL
 
 N_BATCHES = 30
@@ -80,10 +73,7 @@ def tiny_model() -> torch.nn.Module:
 
 
 class TokenBatches:
-    """Deterministic right-padded token batches; `delay` slows a child run to kill it."""
-
-    def __init__(self, delay: float = 0.0, announce: bool = False):
-        self.delay, self.announce = delay, announce
+    """Deterministic right-padded token batches, as (doc_offset, inputs) pairs."""
 
     def iter_from(self, start: int):
         for i in range(start, N_BATCHES):
@@ -91,9 +81,6 @@ class TokenBatches:
             ids = torch.randint(0, 512, (3, 16), generator=g)
             mask = torch.ones_like(ids)
             mask[1, 11:] = 0
-            if self.announce:
-                print(i, flush=True)
-            time.sleep(self.delay)
             yield 3 * i, {"input_ids": ids, "attention_mask": mask}
 
     def __iter__(self):
@@ -101,29 +88,34 @@ class TokenBatches:
 
 
 CAPTURE_SCRIPT = """
-import sys, torch
-sys.path.insert(0, {tests!r})
+import torch
 torch.set_num_threads({threads})
 from test_reliability_faults import TokenBatches, tiny_model
 from sae_hooks.store import StoreWriter, capture_to_store
+from sae_hooks.store.commit import CommitThread
 StoreWriter.__init__.__kwdefaults__["commit_interval"] = 0.0  # many commits to land among
-capture_to_store(tiny_model(), ["resid_post.1", "resid_mid.2"], TokenBatches(0.03, True),
+step, calls = getattr(CommitThread, {step!r}), []
+def stop_at_target(self, *args):  # the writer thread stops mid-protocol, at call {target}
+    calls.append(1)
+    if len(calls) == {target}:
+        announce_and_wait(len(calls))
+    return step(self, *args)
+setattr(CommitThread, {step!r}, stop_at_target)
+capture_to_store(tiny_model(), ["resid_post.1", "resid_mid.2"], TokenBatches(),
                  {path!r}, progress=False, chunk_rows=32)
 """
 
 
 @pytest.mark.slow
 def test_sigkill_during_capture_then_resume_keeps_every_row_once(tmp_path):
+    """Killed just before a data write or just before a commit's attribute write."""
     path = str(tmp_path / "killed")
     points = ["resid_post.1", "resid_mid.2"]
     rng = kill_rng("capture")
-    child = CAPTURE_SCRIPT.format(tests=str(REPO / "tests"), threads=THREADS, path=path)
+    step = rng.choice(["_write", "_commit"])
     target = rng.randrange(1, N_BATCHES - 3)
-    proc = spawn(child)
-    for line in proc.stdout:
-        if int(line) >= target:
-            break
-    sigkill(proc)
+    child = CAPTURE_SCRIPT.format(threads=THREADS, path=path, step=step, target=target)
+    kill_on_announcement(spawn(child), f"(seed {SEED}: {step} call {target})")
     model = tiny_model()
     reference = capture_to_store(
         model, points, TokenBatches(), tmp_path / "whole", progress=False, chunk_rows=32
@@ -176,17 +168,18 @@ def train_rows() -> torch.Tensor:
 
 
 TRAIN_SCRIPT = """
-import sys, time, torch
-sys.path.insert(0, {tests!r})
+import torch
 torch.set_num_threads({threads})
 from test_reliability_faults import TRAIN_CONFIG, train_rows
 from sae_hooks.train import TensorSource, TrainConfig, Trainer
 trainer = Trainer(TrainConfig(**TRAIN_CONFIG), TensorSource(train_rows()), {path!r})
-step = trainer.train_step
-def slow(x):  # a slower step, so the kill can land anywhere; results are unchanged
-    time.sleep(0.01)
+step, calls = trainer.train_step, []
+def stop_at_target(x):  # step {target} of this process never runs: the kill lands before it
+    calls.append(1)
+    if len(calls) == {target}:
+        announce_and_wait(len(calls))
     step(x)
-trainer.train_step = slow
+trainer.train_step = stop_at_target
 trainer.fit()
 """
 
@@ -195,17 +188,11 @@ trainer.fit()
 def test_sigkill_during_training_then_resume_equals_uninterrupted_run(tmp_path):
     run_dir = tmp_path / "killed"
     rng = kill_rng("train")
-    child = TRAIN_SCRIPT.format(tests=str(REPO / "tests"), threads=THREADS, path=str(run_dir))
-    checkpoint = run_dir / "checkpoint" / "state.json"
-    for _ in range(2):  # the second kill hits a resumed run
-        proc = spawn(child)
-        first = checkpoint.stat().st_mtime_ns if checkpoint.exists() else None
-        deadline = time.monotonic() + 30
-        while not (checkpoint.exists() and checkpoint.stat().st_mtime_ns != first):
-            assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint written"
-            time.sleep(0.005)
-        time.sleep(rng.uniform(0.0, 0.3))  # a random step (or checkpoint write) after it
-        sigkill(proc)
+    # 100 steps, a checkpoint every 10: killed after <= 40 steps, resumed from <= 40 and
+    # killed again <= 30 steps later, the run is never finished before its second kill.
+    for target in (rng.randrange(11, 41), rng.randrange(1, 31)):
+        child = TRAIN_SCRIPT.format(threads=THREADS, path=str(run_dir), target=target)
+        kill_on_announcement(spawn(child), f"(seed {SEED}: step {target})")
         assert not (run_dir / "sae").exists(), f"the run finished before the kill (seed {SEED})"
     config = TrainConfig(**TRAIN_CONFIG)
     resumed = train(config, TensorSource(train_rows()), run_dir)
@@ -240,20 +227,6 @@ def test_interrupted_training_never_leaves_a_half_written_checkpoint(tmp_path, m
 
 
 # ------------------------------------------------------------------ full or unwritable disk
-
-POINTS = ["resid_post.1", "resid_post.2"]
-D = {"resid_post.1": 12, "resid_post.2": 8}
-
-
-def make_batch(i: int) -> SimpleNamespace:
-    n = 5 + (i * 7) % 13
-    g = torch.Generator().manual_seed(i)
-    return SimpleNamespace(
-        acts={p: torch.randn(n, d, generator=g) for p, d in D.items()},
-        token_ids=torch.arange(n, dtype=torch.int64) + 1000 * i,
-        doc_index=torch.full((n,), i, dtype=torch.int64),
-        position=torch.arange(n, dtype=torch.int64),
-    )
 
 
 def expected_tokens(n_inputs: int) -> np.ndarray:
@@ -349,8 +322,7 @@ def test_bad_settings_leave_nothing_on_disk(tmp_path):
 def test_store_killed_while_being_created_resumes(tmp_path):
     """A kill between creating the group and its arrays leaves a resumable empty store."""
     w = StoreWriter(tmp_path / "s", points=POINTS, d_model=D, chunk_rows=16)
-    w._queue.put(None)  # the process dies before any row is written
-    w._thread.join()
+    w._committer.stop()  # the process dies before any row is written
     arr = tmp_path / "s" / "acts" / POINTS[1]
     for f in sorted(arr.rglob("*"), reverse=True):  # ...and before the last array existed
         f.unlink() if f.is_file() else f.rmdir()
@@ -387,7 +359,7 @@ def test_nonfinite_rows_are_refused_with_a_count(tmp_path, dtype, bad):
         with pytest.raises(ValueError) as caught:
             w.append(poisoned)
         message = str(caught.value)
-        assert "2 at 'resid_post.2' (first: row 1)" in message and "NaN or inf" in message
+        assert f"2 at {POINTS[1]!r} (first: row 1)" in message and "NaN or inf" in message
         assert str(path) in message
         w.append(make_batch(3))  # the writer goes on with good batches
     store = open_store(path)

@@ -7,6 +7,7 @@ import uuid
 import numpy as np
 import pytest
 import torch
+from helpers import Interrupted
 
 from sae_hooks.data import text_batches
 from sae_hooks.store import capture_to_store, open_store
@@ -32,19 +33,6 @@ def reference(model, data):
         rows = torch.arange(batch.n_docs)[:, None].expand_as(mask)
         docs.append(rows[mask] + batch.doc_offset)
     return {p: torch.cat(v) for p, v in acts.items()}, torch.cat(tokens), torch.cat(docs)
-
-
-class Interrupted:
-    """The data source of a run that dies (Ctrl-C) after `n` batches."""
-
-    def __init__(self, data, n):
-        self.data, self.n = data, n
-
-    def iter_from(self, start):
-        for i, batch in enumerate(self.data.iter_from(start)):
-            if i == self.n:
-                raise KeyboardInterrupt
-            yield batch
 
 
 def test_capture_matches_hidden_states(tiny_gpt2, data, tmp_path):

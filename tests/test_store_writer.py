@@ -4,42 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 import uuid
-from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import zarr
+from helpers import POINTS, D, batch_rows, kill_on_announcement, make_batch, spawn
 
 from sae_hooks.store import StoreLockedError, StoreWriter, open_store
 from sae_hooks.store import lock as store_lock
-
-REPO = Path(__file__).resolve().parents[1]
-POINTS = ["resid_post.1", "blocks.2.hook_resid_post"]
-D = {"resid_post.1": 12, "blocks.2.hook_resid_post": 8}
-
-
-def batch_rows(i: int) -> int:
-    return 5 + (i * 7) % 13  # odd sizes, never chunk-aligned
-
-
-def make_batch(i: int, points=POINTS, d=D, n=None) -> SimpleNamespace:
-    """Input batch i: deterministic rows whose token ids are unique across batches."""
-    n = batch_rows(i) if n is None else n
-    g = torch.Generator().manual_seed(i)
-    acts = {p: torch.randn(n, d[p], generator=g) * (1 + k) for k, p in enumerate(points)}
-    return SimpleNamespace(
-        acts=acts,
-        token_ids=torch.arange(n, dtype=torch.int64) + 1000 * i,
-        doc_index=torch.full((n,), i, dtype=torch.int64),
-        position=torch.arange(n, dtype=torch.int64),
-    )
 
 
 def expected(n_inputs: int, dtype: torch.dtype = torch.float32):
@@ -137,8 +111,7 @@ def test_resume_after_interruption_writes_each_row_once(tmp_path, monkeypatch):
     w = StoreWriter(path, points=POINTS, chunk_rows=16, commit_interval=0)
     for i in range(10):
         w.append(make_batch(i))
-    w._queue.put(None)  # the writer thread dies here: its buffered tail is lost
-    w._thread.join()
+    w._committer.stop()  # the writer thread dies here: its buffered tail is lost
     crashed = open_store(path)
     appended = sum(batch_rows(i) for i in range(10))
     assert 0 < crashed.n_rows < appended and crashed.committed_inputs < 10
@@ -160,30 +133,20 @@ def test_resume_after_interruption_writes_each_row_once(tmp_path, monkeypatch):
 
 
 KILL_SCRIPT = """
-import sys, time
-sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
 from sae_hooks.store import StoreWriter
-from test_store_writer import POINTS, make_batch
+from helpers import POINTS, make_batch
 with StoreWriter({path!r}, points=POINTS, chunk_rows=16, commit_interval=0) as w:
     for i in range(40):
         w.append(make_batch(i))
-        print(i, w.committed_rows, flush=True)
-        time.sleep(0.02)
+        if i >= 12 and w.committed_rows > 0:
+            announce_and_wait(i)  # killed here: batches after 12 are never appended
 """
 
 
 def test_sigkill_mid_write_then_resume_matches_uninterrupted_run(tmp_path):
     path = str(tmp_path / "killed")
-    script = KILL_SCRIPT.format(repo=str(REPO), tests=str(REPO / "tests"), path=path)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 10
-    for line in proc.stdout:
-        i, committed = map(int, line.split())
-        if (i >= 12 and committed > 0) or time.monotonic() > deadline:
-            break
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    reached = kill_on_announcement(spawn(KILL_SCRIPT.format(path=path)))
+    assert int(reached) >= 12
     killed = open_store(path)
     assert 0 < killed.committed_inputs < 40
     with pytest.warns(UserWarning, match="stale writer lock"):
@@ -267,7 +230,7 @@ def test_writer_thread_errors_reach_the_caller(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(w, "_write", broken)
+    monkeypatch.setattr(w._committer, "_write", broken)
     with pytest.raises(OSError, match="disk full"):
         for i in range(50):
             w.append(make_batch(i))

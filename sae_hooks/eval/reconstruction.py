@@ -239,7 +239,7 @@ def evaluate_reconstruction(
             if max_batches is not None and i >= max_batches:
                 break
             inputs = to_device(inputs, model_device(model))
-            with capture(model, point, stop=False) as acts:
+            with capture(model, point) as acts:
                 clean = run_model(model, inputs)
             x = acts[point]
             if x.shape[-1] != d:

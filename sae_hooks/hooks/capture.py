@@ -1,8 +1,11 @@
-"""Read activations out of a forward pass, and stop the pass once they are all read.
+"""Read activations out of a forward pass; optionally stop the pass once they are all read.
 
-The stop is an exception raised by the hook of the last requested point to fire and
-swallowed by the context manager, so "deepest" is whatever the forward actually ran
-last: no table of module orders can get it wrong, and blocks after it never run.
+capture() is an observer by default: the forward runs to its end, code after the
+model call runs, autograd is untouched. With stop_early=True (what capture_batch
+uses) the stop is an exception raised by the hook of the last requested point to
+fire and swallowed by the context manager, so "deepest" is whatever the forward
+actually ran last: no table of module orders can get it wrong, and blocks after it
+never run.
 """
 
 from __future__ import annotations
@@ -29,15 +32,17 @@ def capture(
     model: nn.Module,
     points: str | Sequence[str],
     *,
-    stop: bool = True,
+    stop_early: bool = False,
     dtype: torch.dtype | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Collect the activations at ``points`` during the forward run inside the block.
 
     ``acts[point]`` is a detached copy (cast to ``dtype`` if given) of the activation,
-    usually (B, T, d), left on the device where the model computed it. With ``stop``
-    the forward ends right after the last requested point fires and the block runs
-    without autograd; code after the model call inside the block is skipped then.
+    usually (B, T, d), left on the device where the model computed it. By default the
+    block runs as written: the whole forward, the code after it, gradients as usual.
+    ``stop_early=True`` is the speed path: the forward ends right after the last
+    requested point fires, the block runs without autograd, and code after the model
+    call inside the block is skipped.
     """
     points = as_point_list(points)
     locations = [resolve_point(model, p) for p in points]
@@ -48,7 +53,7 @@ def capture(
         def read(x: torch.Tensor) -> None:
             acts[point] = x.detach().to(dtype=dtype or x.dtype, copy=True)
             pending.discard(point)
-            if stop and not pending:
+            if stop_early and not pending:
                 raise _StopForward
 
         return read
@@ -57,7 +62,7 @@ def capture(
     try:
         for loc in locations:
             handles.append(add_hook(loc, reader(loc.point)))
-        with torch.no_grad() if stop else nullcontext():
+        with torch.no_grad() if stop_early else nullcontext():
             try:
                 yield acts
             except _StopForward:
@@ -94,7 +99,6 @@ def capture_batch(
     points: str | Sequence[str],
     inputs: Mapping[str, torch.Tensor] | torch.Tensor,
     *,
-    doc_offset: int = 0,
     drop_bos: bool = False,
     dtype: torch.dtype | None = None,
     vit_tokens: str = "all",
@@ -104,16 +108,15 @@ def capture_batch(
     ``inputs``: a dict with ``input_ids`` (+ ``attention_mask``) or ``pixel_values``, or a
     tensor of token ids. Pad tokens (attention_mask 0, left or right) are dropped;
     ``drop_bos`` drops each sequence's first real token; ``vit_tokens`` picks the
-    CLS token, the patches, or all tokens of an image.
+    CLS token, the patches, or all tokens of an image. ``doc_index`` is the row's
+    sequence within this batch (0..B-1); the store capture adds the batch's offset.
     """
     points = as_point_list(points)
     if vit_tokens not in VIT_TOKENS:
         raise ValueError(f"vit_tokens must be one of {VIT_TOKENS}, got {vit_tokens!r}")
-    if isinstance(doc_offset, bool) or not isinstance(doc_offset, int) or doc_offset < 0:
-        raise ValueError(f"doc_offset must be an int >= 0, got {doc_offset!r}")
     kwargs, args = model_call_args(model, inputs)
 
-    with capture(model, points, dtype=dtype) as acts:
+    with capture(model, points, stop_early=True, dtype=dtype) as acts:
         model(*args, **kwargs)
 
     first = acts[points[0]]
@@ -129,6 +132,21 @@ def capture_batch(
                 f"{point!r} has shape {tuple(act.shape)}, not (batch={batch}, tokens={seq}, d)"
             )
 
+    keep, token_ids, position = _real_tokens(kwargs, args, (batch, seq), drop_bos, vit_tokens)
+    doc_index = torch.arange(batch).unsqueeze(1).expand(batch, seq)
+    return ActivationBatch(
+        acts={p: a[keep.to(a.device)] for p, a in acts.items()},
+        token_ids=token_ids[keep],
+        doc_index=doc_index[keep],
+        position=position[keep].long(),
+    )
+
+
+def _real_tokens(
+    kwargs: dict, args: tuple, shape: tuple[int, int], drop_bos: bool, vit_tokens: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(rows to keep, token ids, positions), each (batch, tokens), for the model inputs."""
+    batch, seq = shape
     if "pixel_values" in kwargs:
         if drop_bos:
             raise ValueError("drop_bos is for text; for images use vit_tokens='patches'")
@@ -147,13 +165,7 @@ def capture_batch(
         if drop_bos:
             keep = keep & (position > 0)
         token_ids = ids
-    doc_index = (doc_offset + torch.arange(batch)).unsqueeze(1).expand(batch, seq)
-    return ActivationBatch(
-        acts={p: a[keep.to(a.device)] for p, a in acts.items()},
-        token_ids=token_ids[keep],
-        doc_index=doc_index[keep],
-        position=position[keep].long(),
-    )
+    return keep, token_ids, position
 
 
 def as_point_list(points: str | Sequence[str]) -> list[str]:
@@ -176,7 +188,7 @@ def model_call_args(model: nn.Module, inputs) -> tuple[dict, tuple]:
         raise TypeError(
             f"inputs must be a dict of tensors or a tensor of token ids, got {type(inputs).__name__}"
         )
-    kwargs = {k: v for k, v in inputs.items() if k != "doc_offset"}
+    kwargs = dict(inputs)
     if "input_ids" not in kwargs and "pixel_values" not in kwargs:
         raise ValueError(f"inputs need input_ids or pixel_values, got keys {sorted(kwargs)}")
     if "input_ids" in kwargs:

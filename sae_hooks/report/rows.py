@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-DEFAULT_CHUNK_ROWS = 8192
+from sae_hooks.store.interface import StoreReader
+from sae_hooks.store.layout import DEFAULT_CHUNK_ROWS
 
 
 def _int64(name: str, value: Any, n: int) -> np.ndarray:
@@ -40,7 +41,7 @@ class Rows:
     _read: Any  # (start, stop) -> float array (stop - start, d)
 
     @classmethod
-    def from_store(cls, store: Any, point: str, *, max_rows: int | None = None) -> Rows:
+    def from_store(cls, store: StoreReader, point: str, *, max_rows: int | None = None) -> Rows:
         """The first `max_rows` committed rows (all by default) of `point` in a store."""
         n = store.n_rows if max_rows is None else min(_positive("max_rows", max_rows), store.n_rows)
         if n == 0:

@@ -1,11 +1,19 @@
 """zarr v3 activation stores: a background writer, a reader, a shuffling loader,
-and sharded stores (one per capturing rank) read as one."""
+and sharded stores (one per capturing rank) read as one.
+
+Modules, each importing only those above it: layout (format, metadata), interface
+(the StoreReader protocol), lock, commit (writer thread), writer, reader, sharded
+(reads a sharded store), open (open_store), loader, capture, capture_distributed.
+"""
 
 from sae_hooks.store.capture import capture_to_store
+from sae_hooks.store.capture_distributed import capture_to_store_distributed
+from sae_hooks.store.interface import Damage, PointStats, StoreReader
 from sae_hooks.store.loader import ActivationLoader
 from sae_hooks.store.lock import StoreLockedError
-from sae_hooks.store.reader import ActivationStore, Damage, PointStats, open_store
-from sae_hooks.store.sharded import ShardedStore, capture_to_store_distributed
+from sae_hooks.store.open import open_store
+from sae_hooks.store.reader import ActivationStore
+from sae_hooks.store.sharded import ShardedStore
 from sae_hooks.store.writer import StoreWriter
 
 __all__ = [
@@ -15,6 +23,7 @@ __all__ = [
     "PointStats",
     "ShardedStore",
     "StoreLockedError",
+    "StoreReader",
     "StoreWriter",
     "capture_to_store",
     "capture_to_store_distributed",

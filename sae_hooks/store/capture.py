@@ -1,17 +1,19 @@
-"""data -> capture_batch -> StoreWriter: fill a store from a model, resumably."""
+"""InputBatch -> capture_batch -> StoreWriter: fill one store from a model, resumably."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable
 from types import SimpleNamespace
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from sae_hooks.store.layout import DEFAULT_CHUNK_ROWS, META_ARRAYS, check_dtype
-from sae_hooks.store.reader import ActivationStore, load_group, open_store
+from sae_hooks.data.batch import InputBatch, InputBatches
+from sae_hooks.hooks.capture import ActivationBatch, capture_batch
+from sae_hooks.store.layout import DEFAULT_CHUNK_ROWS, META_ARRAYS, check_dtype, load_group
+from sae_hooks.store.reader import ActivationStore
 from sae_hooks.store.writer import StoreWriter
 
 
@@ -28,34 +30,15 @@ def _model_device(model: Any) -> torch.device:
         return torch.device("cpu")
 
 
-def _n_docs(inputs: Mapping) -> int:
-    return next(iter(inputs.values())).shape[0]
-
-
-def _batches(data: Iterable, start: int) -> Iterator[tuple[dict, int]]:
-    """(inputs, doc_offset) from input batch `start` on.
-
-    Accepts InputBatch (sae_hooks.data), (doc_offset, inputs) pairs, or plain input
-    dicts (doc_offset then counts the sequences of the batches before).
-    """
-    batches = data.iter_from(start) if hasattr(data, "iter_from") else iter(data)
-    skip = 0 if hasattr(data, "iter_from") else start
-    running = 0
-    for i, batch in enumerate(batches):
-        if hasattr(batch, "doc_offset") and isinstance(batch, Mapping):
-            inputs, offset = dict(batch), batch.doc_offset
-        elif isinstance(batch, tuple) and len(batch) == 2 and isinstance(batch[1], Mapping):
-            offset, inputs = batch
-        elif isinstance(batch, Mapping):
-            inputs, offset = dict(batch), running
-        else:
-            raise TypeError(
-                f"data yielded {type(batch).__name__}; expected an InputBatch, an input dict "
-                "(input_ids/attention_mask or pixel_values) or a (doc_offset, inputs) pair"
-            )
-        running = offset + _n_docs(inputs)
-        if i >= skip:
-            yield inputs, offset
+def capture_input_batch(
+    model: Any, points: list[str], batch: InputBatch, **capture_kwargs: Any
+) -> ActivationBatch:
+    """capture_batch on one InputBatch, with doc_index counted from its doc_offset."""
+    device = _model_device(model)
+    inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    acts = capture_batch(model, points, inputs, **capture_kwargs)
+    acts.doc_index = acts.doc_index + batch.doc_offset
+    return acts
 
 
 def _head(batch: Any, n: int) -> SimpleNamespace:
@@ -86,20 +69,51 @@ def capture_to_store(
 ) -> ActivationStore:
     """Capture `points` of `model` over `data` into the store at `store`.
 
-    An existing store is resumed (resume=True): its first `committed_inputs` input
-    batches are skipped, so the finished store holds every row exactly once. With
-    max_rows the capture stops at exactly that many rows (the last input batch may be
-    cut). Returns the store, opened for reading.
+    `data` yields InputBatch (sae_hooks.data); dicts and (doc_offset, inputs) pairs
+    are adapted by sae_hooks.data.InputBatches. An existing store is resumed
+    (resume=True): its first `committed_inputs` input batches are skipped, so the
+    finished store holds every row exactly once. With max_rows the capture stops at
+    exactly that many rows (the last input batch may be cut). Returns the store,
+    opened for reading.
     """
-    from sae_hooks.hooks import capture_batch  # lazy: hooks depend on nothing here
-
     points = [points] if isinstance(points, str) else list(points)
     if not points:
         raise ValueError("points is empty; name at least one hook point")
     if max_rows is not None and max_rows < 1:
         raise ValueError(f"max_rows must be >= 1 or None, got {max_rows}")
-    dtype = check_dtype(dtype)
+    batches = InputBatches(data)
     name = model_name or _model_name(model)
+    mode = _writer_mode(store, name, resume, overwrite, storage_options)
+    writer = StoreWriter(
+        store,
+        mode=mode,
+        points=points,
+        dtype=check_dtype(dtype),
+        model=name,
+        source=source or batches.description,
+        chunk_rows=chunk_rows,
+        shard_chunks=shard_chunks,
+        compressors=compressors,
+        storage_options=storage_options,
+    )
+    with writer:
+        fed = _feed(model, points, batches, writer, max_rows, progress, drop_bos, vit_tokens)
+    if fed == 0 and writer.committed_inputs == 0:
+        raise ValueError(
+            f"the data source {type(data).__name__} yielded no input batches: nothing to "
+            f"capture into {store}; give at least one document or image"
+        )
+    return ActivationStore(store, storage_options=storage_options)
+
+
+def _writer_mode(
+    store: str | os.PathLike,
+    name: str,
+    resume: bool,
+    overwrite: bool,
+    storage_options: dict[str, Any] | None,
+) -> str:
+    """create, resume or overwrite, refusing to resume another model's store."""
     try:
         _, attrs = load_group(store, "r", storage_options)
     except FileNotFoundError:
@@ -113,21 +127,21 @@ def capture_to_store(
             f"store {store} was captured from model {attrs['model']!r}, not {name!r}; "
             "pass overwrite=True to replace it or choose another location"
         )
-    mode = "overwrite" if overwrite else "resume" if attrs is not None and resume else "create"
-    writer = StoreWriter(
-        store,
-        mode=mode,
-        points=points,
-        dtype=dtype,
-        model=name,
-        source=source or getattr(data, "description", type(data).__name__),
-        chunk_rows=chunk_rows,
-        shard_chunks=shard_chunks,
-        compressors=compressors,
-        storage_options=storage_options,
-    )
-    device = _model_device(model)
-    rows = writer.committed_rows
+    return "overwrite" if overwrite else "resume" if attrs is not None and resume else "create"
+
+
+def _feed(
+    model: Any,
+    points: list[str],
+    batches: InputBatches,
+    writer: StoreWriter,
+    max_rows: int | None,
+    progress: bool,
+    drop_bos: bool,
+    vit_tokens: str,
+) -> int:
+    """Capture and append input batches from the writer's resume point; the count fed."""
+    rows, fed = writer.committed_rows, 0
     bar = tqdm(
         total=max_rows,
         initial=rows,
@@ -136,31 +150,20 @@ def capture_to_store(
         disable=not progress,
         desc=f"capture {', '.join(points)}",
     )
-    fed = 0
-    with writer, bar:
-        if max_rows is None or rows < max_rows:
-            for inputs, offset in _batches(data, writer.committed_inputs):
-                fed += 1
-                inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
-                acts = capture_batch(
-                    model,
-                    points,
-                    inputs,
-                    doc_offset=offset,
-                    drop_bos=drop_bos,
-                    vit_tokens=vit_tokens,
-                )
-                n = len(acts.token_ids)
-                if max_rows is not None and rows + n >= max_rows:
-                    writer.append(_head(acts, max_rows - rows))
-                    bar.update(max_rows - rows)
-                    break
-                writer.append(acts)
-                rows += n
-                bar.update(n)
-    if fed == 0 and writer.committed_inputs == 0:
-        raise ValueError(
-            f"the data source {type(data).__name__} yielded no input batches: nothing to "
-            f"capture into {store}; give at least one document or image"
-        )
-    return open_store(store, storage_options=storage_options)
+    with bar:
+        if max_rows is not None and rows >= max_rows:
+            return fed
+        for batch in batches.iter_from(writer.committed_inputs):
+            fed += 1
+            acts = capture_input_batch(
+                model, points, batch, drop_bos=drop_bos, vit_tokens=vit_tokens
+            )
+            n = len(acts.token_ids)
+            if max_rows is not None and rows + n >= max_rows:
+                writer.append(_head(acts, max_rows - rows))
+                bar.update(max_rows - rows)
+                break
+            writer.append(acts)
+            rows += n
+            bar.update(n)
+    return fed

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 import zarr
+import zarr.errors
 from zarr.codecs import BloscCodec
 
 SCHEMA_VERSION = 1
@@ -35,6 +36,16 @@ DTYPES: dict[str, tuple[np.dtype, torch.dtype]] = {
     "bfloat16": (np.dtype("uint16"), torch.bfloat16),
 }
 BF16_ENCODING = "bfloat16 bits stored as uint16"
+
+#: The parent group of a sharded store (one store per capturing rank) carries only
+#: this attribute, {"version": 1, "world_size": N}; rank r's store is `rank-000r`.
+SHARDED_ATTR = "sharded_store"
+SHARDED_VERSION = 1
+
+STORE_HELP = (
+    "an activation store is a zarr v3 group written by StoreWriter or capture_to_store, "
+    "with arrays acts/<point>, token_ids, doc_index, position and a 'schema_version' attribute"
+)
 
 
 def check_dtype(dtype: str | torch.dtype) -> str:
@@ -127,3 +138,51 @@ def open_group(
             kwargs["storage_options"] = storage_options
         return zarr.open_group(str(location), **kwargs)
     return zarr.open_group(Path(location).expanduser(), **kwargs)
+
+
+def load_group(
+    location: str | os.PathLike, mode: str = "r", storage_options: dict | None = None
+) -> tuple[zarr.Group, dict[str, Any]]:
+    """Open the group at `location` and validate that it is a store this code can read."""
+    where = describe(location)
+    try:
+        group = open_group(location, mode, storage_options)
+    except (FileNotFoundError, zarr.errors.BaseZarrError) as err:
+        local_junk = not is_url(location) and Path(location).expanduser().exists()
+        if isinstance(err, FileNotFoundError) and not local_junk:
+            raise FileNotFoundError(f"no activation store at {where}: nothing there") from err
+        raise ValueError(f"{where} is not an activation store ({err}); {STORE_HELP}") from err
+    attrs = dict(group.attrs)
+    version = attrs.get("schema_version")
+    if version is None:
+        raise ValueError(f"{where} is a zarr group without 'schema_version'; {STORE_HELP}")
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise ValueError(
+            f"store {where} has schema_version {version!r}, but this sae-hooks reads "
+            f"schema versions up to {SCHEMA_VERSION}; upgrade sae-hooks to read it"
+        )
+    if attrs.get("dtype") not in DTYPES:
+        raise ValueError(
+            f"store {where} holds dtype {attrs.get('dtype')!r}; valid: {', '.join(DTYPES)}"
+        )
+    return group, attrs
+
+
+def rank_location(location: str | os.PathLike, rank: int) -> str | Path:
+    """Where rank `rank` of the sharded store at `location` writes its own store."""
+    name = f"rank-{rank:04d}"
+    if is_url(location):
+        return f"{str(location).rstrip('/')}/{name}"
+    return Path(location).expanduser() / name
+
+
+def sharded_world_size(
+    location: str | os.PathLike, storage_options: dict[str, Any] | None = None
+) -> int | None:
+    """The number of rank stores at `location`, or None if it is not a sharded store."""
+    try:
+        attrs = dict(open_group(location, "r", storage_options).attrs)
+    except (FileNotFoundError, zarr.errors.BaseZarrError):
+        return None
+    meta = attrs.get(SHARDED_ATTR)
+    return int(meta["world_size"]) if isinstance(meta, dict) else None

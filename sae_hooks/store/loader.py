@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from sae_hooks.store.interface import StoreReader
 from sae_hooks.store.layout import storage_to_torch
-from sae_hooks.store.reader import ActivationStore, open_store
-from sae_hooks.store.sharded import ShardedStore
+from sae_hooks.store.open import open_store
 
 SPLITS = ("train", "val")
 _END = object()
@@ -39,7 +39,7 @@ class ActivationLoader:
 
     def __init__(
         self,
-        store: ActivationStore | ShardedStore | str | os.PathLike,
+        store: StoreReader | str | os.PathLike,
         point: str,
         batch_size: int,
         *,
@@ -53,7 +53,6 @@ class ActivationLoader:
         prefetch: int = 2,
         drop_last: bool = True,
     ) -> None:
-        # Anything with the ActivationStore reading interface (a ShardedStore too).
         self.store = open_store(store) if isinstance(store, (str, os.PathLike)) else store
         if point not in self.store.points:
             raise KeyError(f"hook point {point!r} is not in the store; stored: {self.store.points}")

@@ -1,84 +1,28 @@
-"""Read an activation store: committed rows, per-point statistics, integrity check."""
+"""Read one activation store: committed rows, per-point statistics, integrity check."""
 
 from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
 import zarr
-import zarr.errors
 from zarr.codecs import BloscCodec
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
+from sae_hooks.store.interface import Damage, PointStats
 from sae_hooks.store.layout import (
-    DTYPES,
     META_ARRAYS,
-    SCHEMA_VERSION,
     describe,
-    is_url,
-    open_group,
+    load_group,
     storage_to_numpy,
     storage_to_torch,
 )
 
-if TYPE_CHECKING:
-    from sae_hooks.store.sharded import ShardedStore
-
-STORE_HELP = (
-    "an activation store is a zarr v3 group written by StoreWriter or capture_to_store, "
-    "with arrays acts/<point>, token_ids, doc_index, position and a 'schema_version' attribute"
-)
-
-
-class PointStats(NamedTuple):
-    """Running statistics of one hook point over the committed rows (float64 sums)."""
-
-    mean: torch.Tensor  # (d,) float32
-    mean_sq_norm: float  # E ||x||^2
-
-
-@dataclass(frozen=True)
-class Damage:
-    """One unreadable or missing stored chunk (or shard) found by `ActivationStore.verify`."""
-
-    array: str
-    chunk: int
-    rows: tuple[int, int]
-    error: str
-
-
-def load_group(
-    location: str | os.PathLike, mode: str = "r", storage_options: dict | None = None
-) -> tuple[zarr.Group, dict[str, Any]]:
-    """Open the group at `location` and validate that it is a store this code can read."""
-    where = describe(location)
-    try:
-        group = open_group(location, mode, storage_options)
-    except (FileNotFoundError, zarr.errors.BaseZarrError) as err:
-        local_junk = not is_url(location) and Path(location).expanduser().exists()
-        if isinstance(err, FileNotFoundError) and not local_junk:
-            raise FileNotFoundError(f"no activation store at {where}: nothing there") from err
-        raise ValueError(f"{where} is not an activation store ({err}); {STORE_HELP}") from err
-    attrs = dict(group.attrs)
-    version = attrs.get("schema_version")
-    if version is None:
-        raise ValueError(f"{where} is a zarr group without 'schema_version'; {STORE_HELP}")
-    if not isinstance(version, int) or version > SCHEMA_VERSION:
-        raise ValueError(
-            f"store {where} has schema_version {version!r}, but this sae-hooks reads "
-            f"schema versions up to {SCHEMA_VERSION}; upgrade sae-hooks to read it"
-        )
-    if attrs.get("dtype") not in DTYPES:
-        raise ValueError(
-            f"store {where} holds dtype {attrs.get('dtype')!r}; valid: {', '.join(DTYPES)}"
-        )
-    return group, attrs
+__all__ = ["ActivationStore", "Damage", "PointStats"]
 
 
 class ActivationStore:
@@ -235,21 +179,3 @@ def _check_blosc_frame(frame: bytes) -> None:
     cbytes = struct.unpack_from("<I", frame, 12)[0]  # blosc1 header: bytes 12-15 = cbytes
     if cbytes != len(frame):
         raise ValueError(f"blosc frame truncated: header says {cbytes} bytes, stored {len(frame)}")
-
-
-def open_store(
-    location: str | os.PathLike, *, storage_options: dict[str, Any] | None = None
-) -> ActivationStore | ShardedStore:
-    """Open a store at a local path or any fsspec URL for reading.
-
-    A sharded store (one store per capturing rank, see sae_hooks.store.sharded) opens
-    as a ShardedStore: the union of its ranks, with the same reading interface.
-    """
-    try:
-        return ActivationStore(location, storage_options=storage_options)
-    except ValueError:
-        from sae_hooks.store.sharded import ShardedStore, sharded_world_size
-
-        if sharded_world_size(location, storage_options) is None:
-            raise
-        return ShardedStore(location, storage_options=storage_options)

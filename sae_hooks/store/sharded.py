@@ -1,4 +1,4 @@
-"""One store per capturing process, read as one: capture with N ranks, train on the union.
+"""Read the stores of N capturing ranks as one store (written by capture_distributed).
 
 Layout: the parent location is a zarr group whose only attribute is
 `sharded_store = {"version": 1, "world_size": N}`; rank r writes an ordinary
@@ -16,40 +16,22 @@ counts and float64 means, and reads that cross a rank boundary are stitched.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Mapping
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
-import zarr.errors
 
-from sae_hooks.store.capture import capture_to_store
-from sae_hooks.store.layout import describe, is_url, open_group, storage_to_numpy, storage_to_torch
-from sae_hooks.store.reader import ActivationStore, Damage, PointStats
-
-SHARDED_ATTR = "sharded_store"
-SHARDED_VERSION = 1
-
-
-def rank_location(location: str | os.PathLike, rank: int) -> str | Path:
-    """Where rank `rank` of the sharded store at `location` writes its own store."""
-    name = f"rank-{rank:04d}"
-    if is_url(location):
-        return f"{str(location).rstrip('/')}/{name}"
-    return Path(location).expanduser() / name
-
-
-def sharded_world_size(
-    location: str | os.PathLike, storage_options: dict[str, Any] | None = None
-) -> int | None:
-    """The number of rank stores at `location`, or None if it is not a sharded store."""
-    try:
-        attrs = dict(open_group(location, "r", storage_options).attrs)
-    except (FileNotFoundError, zarr.errors.BaseZarrError):
-        return None
-    meta = attrs.get(SHARDED_ATTR)
-    return int(meta["world_size"]) if isinstance(meta, dict) else None
+from sae_hooks.store.interface import Damage, PointStats
+from sae_hooks.store.layout import (
+    SHARDED_ATTR,
+    describe,
+    rank_location,
+    sharded_world_size,
+    storage_to_numpy,
+    storage_to_torch,
+)
+from sae_hooks.store.reader import ActivationStore
 
 
 class ShardedStore:
@@ -204,158 +186,3 @@ class ShardedStore:
                 rows = (d.rows[0] + offset, d.rows[1] + offset)
                 damaged.append(Damage(f"rank-{rank:04d}/{d.array}", d.chunk, rows, d.error))
         return damaged
-
-
-# ------------------------------------------------------------------------- capture
-
-
-def capture_to_store_distributed(
-    model: Any,
-    points: str | list[str],
-    data: Iterable,
-    location: str | os.PathLike,
-    *,
-    rank: int | None = None,
-    world_size: int | None = None,
-    overwrite: bool = False,
-    storage_options: dict[str, Any] | None = None,
-    **capture_kwargs: Any,
-) -> ActivationStore:
-    """This rank's part of a capture into the sharded store at `location`.
-
-    Run it in every process (`accelerate launch --num_processes N script.py`): rank
-    r captures input batches i with i % N == r into `<location>/rank-000r` through
-    capture_to_store (same keyword arguments, same per-rank resume). Rank and world
-    size come from the process group (see sae_hooks.distributed), which also
-    lets the call wait until every rank has finished; or give `rank` and
-    `world_size` to run the ranks as independent jobs (no waiting: open the merged
-    view once all of them are done). Returns this rank's store; the union is
-    `open_store(location)`. Resuming needs the same number of ranks.
-    """
-    if "max_rows" in capture_kwargs:
-        raise TypeError(
-            "capture_to_store_distributed takes no max_rows: a row limit cannot be split "
-            "exactly across ranks; limit the data (number of input batches) instead"
-        )
-    procs = _ranks(rank, world_size)
-    r, world = procs.rank, procs.world
-    if rank is not None or procs.is_main:  # in a process group only rank 0 does it
-        _prepare_parent(location, world, overwrite, storage_options)
-    procs.barrier()
-    store = capture_to_store(
-        model,
-        points,
-        _RankBatches(data, r, world),
-        rank_location(location, r),
-        overwrite=overwrite,
-        storage_options=storage_options,
-        **capture_kwargs,
-    )
-    procs.barrier()
-    return store
-
-
-def _ranks(rank: int | None, world_size: int | None) -> Any:
-    from sae_hooks.distributed import ProcessRank, processes
-
-    if (rank is None) != (world_size is None):
-        raise ValueError("give both rank and world_size, or neither (to use the process group)")
-    if rank is None:
-        return processes()
-    if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int)):
-        raise ValueError(f"world_size must be an int >= 1, got {world_size!r}")
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in [0, {world_size}), got {rank!r}")
-    return _Independent(rank=rank, world=world_size) if world_size > 1 else ProcessRank()
-
-
-def _prepare_parent(
-    location: str | os.PathLike, world: int, overwrite: bool, storage_options: dict | None
-) -> None:
-    """Create the parent group, or check that an existing one has `world` ranks."""
-    meta = {SHARDED_ATTR: {"version": SHARDED_VERSION, "world_size": world}}
-    where = describe(location)
-    try:
-        group = open_group(location, "r+", storage_options)
-    except (FileNotFoundError, zarr.errors.BaseZarrError):
-        group = None
-    if group is not None:
-        attrs = dict(group.attrs)
-        found = attrs.get(SHARDED_ATTR)
-        if isinstance(found, dict) and found.get("world_size") == world:
-            return
-        if isinstance(found, dict) and overwrite:
-            group.attrs.update(meta)  # stale ranks beyond `world` are never read
-            return
-        if isinstance(found, dict):
-            raise ValueError(
-                f"{where} was captured by {found.get('world_size')} ranks, not {world}; resume "
-                f"it with {found.get('world_size')} processes or pass overwrite=True"
-            )
-        if not overwrite:
-            raise ValueError(
-                f"{where} holds something other than a sharded activation store; pass "
-                "overwrite=True to replace it or choose another location"
-            )
-    try:
-        open_group(location, "w" if group is not None else "w-", storage_options, meta)
-    except FileExistsError:  # an independent rank created it meanwhile: check it
-        _prepare_parent(location, world, False, storage_options)
-
-
-class _Independent:
-    """Explicit rank / world without a process group: nothing to wait for."""
-
-    def __init__(self, rank: int, world: int) -> None:
-        self.rank, self.world = rank, world
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        pass
-
-
-class _RankBatches:
-    """Input batches i with i % world == rank, each with its global doc_offset.
-
-    `iter_from(k)` starts at this rank's k-th batch, which is how capture_to_store
-    resumes a rank store from its own `committed_inputs`.
-    """
-
-    def __init__(self, data: Iterable, rank: int, world: int) -> None:
-        self.data, self.rank, self.world = data, rank, world
-        self.description = getattr(data, "description", type(data).__name__)
-
-    def __iter__(self) -> Iterator[Any]:
-        return self.iter_from(0)
-
-    def iter_from(self, k: int) -> Iterator[Any]:
-        first = k * self.world + self.rank
-        if hasattr(self.data, "iter_from"):
-            for i, batch in enumerate(self.data.iter_from(first)):
-                if i % self.world == 0:
-                    yield batch
-            return
-        # A plain iterable: walk it from the start, counting documents for doc_offset.
-        running = 0
-        for i, batch in enumerate(self.data):
-            offset, inputs = _offset_and_inputs(batch, running)
-            running = offset + next(iter(inputs.values())).shape[0]
-            if i >= first and i % self.world == self.rank:
-                yield offset, inputs
-
-
-def _offset_and_inputs(batch: Any, running: int) -> tuple[int, Mapping]:
-    """(doc_offset, inputs) of one batch, in the forms capture_to_store accepts."""
-    if isinstance(batch, Mapping) and hasattr(batch, "doc_offset"):
-        return int(batch.doc_offset), batch
-    if isinstance(batch, tuple) and len(batch) == 2 and isinstance(batch[1], Mapping):
-        return int(batch[0]), batch[1]
-    if isinstance(batch, Mapping):
-        return running, batch
-    raise TypeError(
-        f"data yielded {type(batch).__name__}; expected an InputBatch, an input dict "
-        "(input_ids/attention_mask or pixel_values) or a (doc_offset, inputs) pair"
-    )

@@ -17,9 +17,12 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable, Iterator
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
+
+if TYPE_CHECKING:
+    from sae_hooks.store import StoreReader
 
 
 @runtime_checkable
@@ -129,7 +132,7 @@ class StoreSource:
 
     def __init__(
         self,
-        store: Any,
+        store: StoreReader,
         point: str | None,
         *,
         val_fraction: float = 0.01,
@@ -242,12 +245,10 @@ class ModelSource:
                 continue
             inputs = dict(inputs)
             doc_offset = int(inputs.pop("doc_offset", 0))
-            batch = capture_batch(
-                self.model, [self.point], inputs, doc_offset=doc_offset, drop_bos=self.drop_bos
-            )
+            batch = capture_batch(self.model, [self.point], inputs, drop_bos=self.drop_bos)
             rows = batch.acts[self.point].float()
             check_finite(rows, f"activations at {self.point} (input batch {i})")
-            held = batch.doc_index % self.val_every_doc == 0
+            held = (batch.doc_index + doc_offset) % self.val_every_doc == 0
             val = rows[held.to(rows.device)]
             if i >= self._val_next and self._n_val < self.val_rows:
                 take = val[: self.val_rows - self._n_val].cpu()

@@ -1,0 +1,84 @@
+"""What every store reader offers: the `StoreReader` protocol and the values it returns.
+
+ActivationStore (one store) and ShardedStore (the union of per-rank stores) both
+satisfy it; the loader, the training sources and the report are typed against it,
+so anything that reads rows this way can feed them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+
+class PointStats(NamedTuple):
+    """Running statistics of one hook point over the committed rows (float64 sums)."""
+
+    mean: torch.Tensor  # (d,) float32
+    mean_sq_norm: float  # E ||x||^2
+
+
+@dataclass(frozen=True)
+class Damage:
+    """One unreadable or missing stored chunk (or shard) found by `verify()`."""
+
+    array: str
+    chunk: int
+    rows: tuple[int, int]
+    error: str
+
+
+@runtime_checkable
+class StoreReader(Protocol):
+    """Read-only access to the committed rows of a store, point by point.
+
+    Row ranges are [start, stop) over the committed rows; `stop=None` means all.
+    """
+
+    location: str | os.PathLike
+
+    @property
+    def n_rows(self) -> int: ...
+
+    @property
+    def committed_inputs(self) -> int: ...
+
+    @property
+    def points(self) -> list[str]: ...
+
+    @property
+    def dtype(self) -> str: ...
+
+    @property
+    def model(self) -> str: ...
+
+    @property
+    def source(self) -> str: ...
+
+    def __len__(self) -> int: ...
+
+    def refresh(self) -> None: ...
+
+    def d_model(self, point: str) -> int: ...
+
+    def chunk_rows(self, point: str) -> int: ...
+
+    def stats(self, point: str) -> PointStats: ...
+
+    def read_raw(self, point: str, start: int = 0, stop: int | None = None) -> np.ndarray: ...
+
+    def read(self, point: str, start: int = 0, stop: int | None = None) -> np.ndarray: ...
+
+    def read_tensor(self, point: str, start: int = 0, stop: int | None = None) -> torch.Tensor: ...
+
+    def token_ids(self, start: int = 0, stop: int | None = None) -> np.ndarray: ...
+
+    def doc_index(self, start: int = 0, stop: int | None = None) -> np.ndarray: ...
+
+    def position(self, start: int = 0, stop: int | None = None) -> np.ndarray: ...
+
+    def verify(self) -> list[Damage]: ...
