@@ -66,6 +66,7 @@ SAE.ready = function () {
   var imgs = Array.prototype.slice.call(document.images), left = imgs.length, ok = 0, bad = 0;
   var done = function () {
     document.body.setAttribute("data-images", ok + "/" + bad);
+    document.body.setAttribute("data-ms", Math.round(performance.now()));
     document.body.setAttribute("data-ready", "1");
   };
   if (!left) { done(); return; }

@@ -67,7 +67,7 @@
         d.down.map(function (p) { return SAE.chip(p[0], "down", SAE.fmt(p[1])); }))));
     }
     if (d.cos) root.appendChild(neighbours("nearest by decoder cosine", d.cos, function (v) { return v.toFixed(2); }));
-    if (d.co) root.appendChild(neighbours("fires most with (share of its rows)", d.co, SAE.pct));
+    if (d.co && d.co.length) root.appendChild(neighbours("fires most with (share of its rows)", d.co, SAE.pct));
     var groups = [];
     (d.ex || []).forEach(function (ex) {
       var g = groups.length && groups[groups.length - 1].name === ex.g ? groups[groups.length - 1] : null;
