@@ -84,7 +84,9 @@ def _index_data(d: Dashboard) -> dict[str, Any]:
     }
     for n, a in enumerate(d.ablations):
         for i in a["latents"]:
-            out["ablated"].setdefault(int(i), []).append(f"experiment {n + 1} ({a['concept']})")
+            out["ablated"].setdefault(int(i), []).append(
+                f"experiment {n + 1} ({a.get('concept') or 'unnamed'})"
+            )
     if s is not None:
         out |= {
             "rows": s.n_rows,
