@@ -1,24 +1,16 @@
-"""build_report: a run directory in, run_dir/report/{index.html, training.png} out."""
+"""build_report: a run directory in, run_dir/report/ (index.html, latent.html, ...) out."""
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from sae_hooks.report.curves import LOG_FILE, plot_training
 from sae_hooks.report.dashboard import build_dashboard
-
-
-def _run_point(run_dir: Path) -> str | None:
-    """The hook point the run trained on, from its config.json (None if unknown)."""
-    config = run_dir / "config.json"
-    if not config.is_file():
-        return None
-    point = json.loads(config.read_text()).get("point")
-    return point if isinstance(point, str) else None
+from sae_hooks.report.summary import read_run, run_ablations, train_dir_of
 
 
 def build_report(
@@ -29,42 +21,52 @@ def build_report(
     tokenizer: Any = None,
     unembed: Any = None,
     ablations: Any = None,
+    images: Any = None,
+    sweep: Sequence[Mapping[str, Any]] | None = None,
     out: str | os.PathLike | None = None,
     **dashboard: Any,
 ) -> Path:
     """Write the training curves and the feature dashboard of a run; return index.html.
 
-    run_dir holds log.jsonl and the trained SAE in sae/ (as `train` leaves them).
-    store: the activations to show (ActivationStore or its location); point defaults
-    to the run's own. Without matplotlib the curves are skipped with a warning.
-    Other keywords go to `build_dashboard` (latents, n_latents, n_examples, context,
-    images, max_rows, progress).
+    run_dir: a `train` run directory (log.jsonl, config.json, sae/) or a pipeline run
+    directory (train/ next to eval.json, ablation.json, store/). The header names the
+    run, reads eval.json and the log's warnings. store: the activations to show
+    (ActivationStore or its location; default: the pipeline run's store/); point
+    defaults to the run's own. images: the pixels of an image store (see
+    `build_dashboard`). ablations default to the run's ablation.json. Without
+    matplotlib the curves are skipped with a warning. Other keywords go to
+    `build_dashboard` (latents, n_latents, n_examples, context, max_rows, progress).
     """
     from sae_hooks.sae import load_sae
 
     run = Path(run_dir)
-    if not (run / "sae").is_dir():
-        raise FileNotFoundError(
-            f"{run} has no trained SAE in sae/: pass the run directory that train() wrote"
-        )
-    report = Path(out) if out is not None else run / "report"
+    train = train_dir_of(run)
+    top = train.parent if train.name == "train" else train
+    report = Path(out) if out is not None else top / "report"
     report.mkdir(parents=True, exist_ok=True)
     png = None
-    if (run / LOG_FILE).is_file():
+    if (train / LOG_FILE).is_file():
         try:
-            png = plot_training(run, report / "training.png")
-        except ImportError as err:
+            png = plot_training(train, report / "training.png")
+        except (ImportError, ValueError) as err:
             warnings.warn(f"skipping the training curves: {err}", stacklevel=2)
-    point = point or _run_point(run)
+    sae = load_sae(train / "sae")
+    info = read_run(train, sae.config() if hasattr(sae, "config") else None)
+    if store is None and (top / "store").is_dir():
+        store = top / "store"
+    if ablations is None:
+        ablations = run_ablations(top)
     return build_dashboard(
-        load_sae(run / "sae"),
+        sae,
         store,
         report / "index.html",
-        point=point,
+        point=point or info.point or None,
         tokenizer=tokenizer,
         unembed=unembed,
         ablations=ablations,
+        images=images,
+        sweep=sweep,
         training_png=png,
-        title=f"SAE report: {run.resolve().name}",
+        run=info,
         **dashboard,
     )

@@ -23,16 +23,22 @@ def add_report_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     p = subparsers.add_parser(
         "report",
         help="training curves and an HTML feature dashboard for a run",
-        description="Write RUN_DIR/report/index.html (open it in a browser, no server "
-        "needed) and RUN_DIR/report/training.png.",
+        description="Write RUN_DIR/report/ (open index.html in a browser, no server "
+        "needed): the run at a glance, an index of every latent, a page per latent, "
+        "training.png.",
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by train")
     p.add_argument("--store", help="activation store (path or URL) to compute the dashboard on")
     p.add_argument("--point", help="hook point in the store (default: the run's own)")
     p.add_argument("--tokenizer", help="local tokenizer directory, to show tokens as text")
     p.add_argument("--out", help="output directory (default: RUN_DIR/report)")
+    p.add_argument("--images", help="folder of the images an image store was captured from")
     p.add_argument("--latents", type=_latent_ids, default=[], help="extra latent ids, e.g. 3,17")
-    p.add_argument("--n-latents", type=int, default=48, help="most often firing latents shown")
+    p.add_argument(
+        "--n-latents",
+        type=int,
+        help="examples only for the N most often firing latents (default: all latents)",
+    )
     p.add_argument("--n-examples", type=int, default=8, help="top contexts per latent")
     p.add_argument("--max-rows", type=int, help="scan only the first N rows of the store")
     p.add_argument(
@@ -47,13 +53,14 @@ def add_report_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
 
 
 def run_report(args: argparse.Namespace) -> int:
-    ablations = [json.loads(Path(path).read_text()) for path in args.ablation]
+    ablations = [json.loads(Path(path).read_text()) for path in args.ablation] or None
     index = build_report(
         args.run_dir,
         store=args.store,
         point=args.point,
         tokenizer=args.tokenizer,
         ablations=ablations,
+        images=args.images,
         out=args.out,
         latents=args.latents,
         n_latents=args.n_latents,

@@ -1,9 +1,15 @@
-"""The top examples of each latent, with the latent's activation on the rows around them.
+"""The examples of each latent, with the latent's activation on the rows around them.
 
-A text example is a window of tokens from the same document around the max
-token; an image example is every kept token of that image (its patches and the
-CLS token). Rows are document-major, so a document's rows are contiguous and a
-window is a slice of rows filtered to one `doc_index`.
+Two kinds, as sae_vis and Neuronpedia show them: the top activations, and
+examples from several activation-quantile bins (drawn from the uniform sample
+of firing rows the feature pass kept), so a latent's typical behaviour shows
+next to its extreme one. No context is shown twice: a window overlapping an
+already chosen one, or whose tokens equal a chosen one, is skipped.
+
+A text example is a window of tokens from the same document around its row; an
+image example is every kept token of that image (its patches and the CLS
+token). Rows are document-major, so a window is a slice of rows filtered to one
+`doc_index`.
 """
 
 from __future__ import annotations
@@ -12,15 +18,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from torch import nn
 
-from sae_hooks.report.features import FeatureStats, window_activations
+from sae_hooks.report.features import FeatureStats, encode_rows
 from sae_hooks.report.rows import Rows
+
+TOP = "top"
 
 
 @dataclass
 class Example:
-    """One top-activating row of a latent and its window."""
+    """One activating row of a latent and its window."""
 
     row: int
     doc: int
@@ -29,6 +38,7 @@ class Example:
     acts: np.ndarray  # the latent's activation on each window row
     token_ids: np.ndarray
     positions: np.ndarray
+    group: str = TOP  # "top", or the activation range of its quantile bin
 
     @property
     def center(self) -> int:
@@ -42,6 +52,83 @@ def _window(rows: Rows, r: int, left: int, right: int) -> np.ndarray:
     return span[rows.doc_index[lo:hi] == rows.doc_index[r]]
 
 
+class _Picker:
+    """Chosen windows of one latent; refuses a row already shown or a repeated context."""
+
+    def __init__(self, rows: Rows, left: int, right: int):
+        self.rows, self.left, self.right = rows, left, right
+        self.chosen: list[tuple[int, float, np.ndarray, str]] = []
+        self.seen: set[bytes] = set()
+
+    def offer(self, r: int, v: float, group: str) -> bool:
+        w = _window(self.rows, r, self.left, self.right)
+        if any(c[0] <= w[-1] and w[0] <= c[-1] for _, _, c, _ in self.chosen):
+            return False  # overlaps a chosen window: some of its tokens are shown already
+        key = self.rows.token_ids[w].tobytes() + np.int64(r - w[0]).tobytes()
+        if not self.rows.is_vision and key in self.seen:
+            return False  # the same text (boilerplate) from another document
+        self.seen.add(key)
+        self.chosen.append((r, v, w, group))
+        return True
+
+
+def quantile_bins(values: np.ndarray, n_bins: int) -> list[tuple[float, float]]:
+    """Equal-count activation ranges over a latent's firing sample, lowest first."""
+    v = np.sort(values[values > 0])
+    if v.size == 0 or n_bins <= 0:
+        return []
+    edges = np.quantile(v, np.linspace(0, 1, n_bins + 1))
+    return [(float(edges[i]), float(edges[i + 1])) for i in range(n_bins)]
+
+
+def _pick(
+    rows: Rows, stats: FeatureStats, latent: int, n_top: int, n_bins: int, per_bin: int, lr: tuple
+) -> list[tuple[int, float, np.ndarray, str]]:
+    picker = _Picker(rows, *lr)
+    n = 0
+    for r, v in zip(stats.top_rows[latent].tolist(), stats.top_values[latent].tolist()):
+        if v <= 0 or n == n_top:
+            break
+        n += picker.offer(r, v, TOP)
+    if stats.sample_values is None or per_bin <= 0:
+        return picker.chosen
+    sv = stats.sample_values[latent].numpy()
+    sr = stats.sample_rows[latent].numpy()
+    bins = quantile_bins(sv, n_bins)
+    for b, (lo, hi) in enumerate(bins):
+        label = f"{lo:.3g} – {hi:.3g}"
+        inside = (sv > 0) & (sv >= lo) & ((sv <= hi) if b == len(bins) - 1 else (sv < hi))
+        n = 0
+        for r, v in zip(sr[inside].tolist(), sv[inside].tolist()):  # random order
+            if n == per_bin:
+                break
+            n += picker.offer(int(r), float(v), label)
+    return picker.chosen
+
+
+def pair_activations(
+    sae: nn.Module, rows: Rows, index: np.ndarray, latent: np.ndarray, chunk_rows: int = 2048
+) -> np.ndarray:
+    """z[index[j], latent[j]] for every pair j, encoding each distinct row once.
+
+    Memory is one chunk of codes, never (rows x latents) for all the windows.
+    """
+    out = np.zeros(len(index), np.float32)
+    if len(index) == 0:
+        return out
+    uniq, where = np.unique(index, return_inverse=True)
+    order = np.argsort(where, kind="stable")
+    bounds = np.searchsorted(where[order], np.arange(0, len(uniq) + chunk_rows, chunk_rows))
+    for c, lo in enumerate(range(0, len(uniq), chunk_rows)):
+        z = encode_rows(sae, rows.take(uniq[lo : lo + chunk_rows])).cpu()
+        sel = order[bounds[c] : bounds[c + 1]]
+        if sel.size:
+            r = torch.from_numpy(where[sel] - lo)
+            col = torch.from_numpy(latent[sel].astype(np.int64))
+            out[sel] = z[r, col].numpy()
+    return out
+
+
 def gather_examples(
     sae: nn.Module,
     rows: Rows,
@@ -51,12 +138,13 @@ def gather_examples(
     n_examples: int = 8,
     left: int = 12,
     right: int = 4,
+    n_bins: int = 3,
+    per_bin: int = 3,
 ) -> dict[int, list[Example]]:
-    """latent -> its top examples (only rows where it fires), best first.
+    """latent -> its top examples (best first), then `per_bin` from each of `n_bins`
+    activation-quantile bins (lowest bin first); only rows where it fires.
 
-    Examples are drawn from all k rows the feature pass kept, skipping rows that
-    fall inside a better example's window, so one hot document (or image) does not
-    fill every slot. For images the window is the whole image.
+    For images the window is the whole image.
     """
     if n_examples > stats.top_values.shape[1]:
         raise ValueError(
@@ -65,31 +153,30 @@ def gather_examples(
         )
     if rows.is_vision:
         left = right = int(rows.position.max())
-    picked: dict[int, list[tuple[int, float, np.ndarray]]] = {}
-    for latent in latents:
-        chosen: list[tuple[int, float, np.ndarray]] = []
-        for r, v in zip(stats.top_rows[latent].tolist(), stats.top_values[latent].tolist()):
-            if v <= 0 or len(chosen) == n_examples:
-                break
-            if any(w[0] <= r <= w[-1] for _, _, w in chosen):
-                continue  # already shown, highlighted, inside a better example's window
-            chosen.append((r, v, _window(rows, r, left, right)))
-        picked[latent] = chosen
-    windows = [w for items in picked.values() for _, _, w in items]
-    index = np.unique(np.concatenate(windows)) if windows else np.zeros(0, np.int64)
-    acts = window_activations(sae, rows, index, list(picked)).numpy()
+    picked = {
+        int(i): _pick(rows, stats, int(i), n_examples, n_bins, per_bin, (left, right))
+        for i in latents
+    }
+    windows = [(latent, w) for latent, items in picked.items() for _, _, w, _ in items]
+    index = np.concatenate([w for _, w in windows]) if windows else np.zeros(0, np.int64)
+    owner = np.concatenate([np.full(len(w), i) for i, w in windows]) if windows else index
+    acts = pair_activations(sae, rows, index, owner)
     out: dict[int, list[Example]] = {}
-    for col, (latent, items) in enumerate(picked.items()):
-        out[latent] = [
-            Example(
-                row=r,
-                doc=int(rows.doc_index[r]),
-                value=v,
-                rows=w,
-                acts=acts[np.searchsorted(index, w), col],
-                token_ids=rows.token_ids[w],
-                positions=rows.position[w],
+    at = 0
+    for latent, items in picked.items():
+        out[latent] = []
+        for r, v, w, group in items:
+            out[latent].append(
+                Example(
+                    row=r,
+                    doc=int(rows.doc_index[r]),
+                    value=v,
+                    rows=w,
+                    acts=acts[at : at + len(w)],
+                    token_ids=rows.token_ids[w],
+                    positions=rows.position[w],
+                    group=group,
+                )
             )
-            for r, v, w in items
-        ]
+            at += len(w)
     return out

@@ -1,20 +1,17 @@
-"""A static, self-contained HTML feature dashboard: one file, no server, no network.
+"""A static feature dashboard: a small folder that opens without a server or network.
 
-For each shown latent (the most often firing ones plus any requested): its
-firing density, activation histogram, top-activating contexts with every token
-shaded by activation (or, for images, the patch grid over the image), and, for
-LMs given the unembedding, the tokens its decoder direction promotes and
-suppresses. An index table (sortable, searchable by id) links to every card;
-concept-ablation experiments link to the latents they ablated.
+What is computed here, for EVERY latent: density, max/mean activation, decoder
+norm, histogram, top and activation-quantile examples, logit-lens tokens,
+nearest latents by decoder cosine and by co-firing. `site.write_site` turns it
+into index.html (run header, sortable/searchable index of all latents) and one
+latent.html whose data loads lazily from data/latents/<chunk>.js.
 """
 
 from __future__ import annotations
 
-import html
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from sae_hooks.report import graphics
 from sae_hooks.report.contexts import Example, gather_examples
 from sae_hooks.report.features import FeatureStats, collect_features
-from sae_hooks.report.page import CSS, JS
+from sae_hooks.report.neighbours import cofire_neighbours, decoder_neighbours, decoder_norms
 from sae_hooks.report.rows import Rows
+from sae_hooks.report.summary import RunInfo
 from sae_hooks.report.tokens import TokenText
 
 SOURCE_HELP = (
@@ -38,10 +35,6 @@ _META = ("token_ids", "doc_index", "position")
 
 EXAMPLE_POOL = 4
 """Top rows kept per shown example, so that examples can come from distinct windows."""
-
-
-def esc(text: Any) -> str:
-    return html.escape(str(text), quote=True)
 
 
 def as_rows(source: Any, point: str | None = None, *, max_rows: int | None = None) -> Rows:
@@ -83,13 +76,19 @@ def as_unembed(unembed: Any, d_model: int) -> torch.Tensor:
 
 
 def select_latents(
-    stats: FeatureStats | None, nb_concepts: int, n_latents: int, requested: Iterable[int] = ()
+    stats: FeatureStats | None,
+    nb_concepts: int,
+    n_latents: int | None = None,
+    requested: Iterable[int] = (),
 ) -> list[int]:
-    """The n_latents most often firing latents plus the requested ones, by density."""
+    """Latents given examples: all (n_latents None), else the n_latents most often
+    firing plus the requested ones, by density."""
     requested = [int(i) for i in requested]
     bad = [i for i in requested if not 0 <= i < nb_concepts]
     if bad:
         raise ValueError(f"latent ids {bad} are out of range: the SAE has {nb_concepts} latents")
+    if n_latents is None:
+        return list(range(nb_concepts))
     if stats is None:
         return sorted(set(requested))
     live = int((stats.fire_count > 0).sum())
@@ -116,11 +115,12 @@ def _ablation_dicts(ablations: Any) -> list[dict[str, Any]]:
 
 @dataclass
 class Dashboard:
-    """Everything one page shows, computed; `html()` renders it."""
+    """Everything the report shows, computed; `write(folder)` renders it."""
 
-    title: str
-    sae_info: dict[str, Any]
-    latents: list[int]
+    run: RunInfo
+    nb_concepts: int
+    latents: list[int]  # the latents that have examples / logit tokens computed
+    norms: torch.Tensor
     stats: FeatureStats | None = None
     examples: dict[int, list[Example]] = field(default_factory=dict)
     vision: bool = False
@@ -128,202 +128,44 @@ class Dashboard:
     logits: dict[int, tuple[list[tuple[int, float]], list[tuple[int, float]]]] = field(
         default_factory=dict
     )
+    cosine: tuple[torch.Tensor, torch.Tensor] | None = None
+    cofire: tuple[torch.Tensor, torch.Tensor] | None = None
     ablations: list[dict[str, Any]] = field(default_factory=list)
     images: Any = None
-    training_png: bytes | None = None
+    training_png: str | os.PathLike | None = None
+    sweep: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
-    # ------------------------------------------------------------------ pieces
+    @property
+    def title(self) -> str:
+        return f"SAE report: {self.run.name}"
 
-    def _token(self, token_id: int) -> str:
-        text = self.tokens[token_id] if self.tokens is not None else f"#{token_id}"
-        return esc(text.replace("\n", "↵").replace("\t", "→")) or "∅"
+    def write(self, out: str | os.PathLike, index_name: str = "index.html") -> Path:
+        """Write the folder (index, latent page, data chunks, thumbnails); return the index."""
+        from sae_hooks.report.site import write_site
 
-    def _context(self, ex: Example, peak: float) -> str:
-        spans = []
-        center = ex.center
-        for j, (tid, a) in enumerate(zip(ex.token_ids.tolist(), ex.acts.tolist())):
-            text = self._token(tid)
-            if a > 0 or j == center:
-                cls = ' class="max"' if j == center else ""
-                alpha = min(a / peak, 1.0) if peak > 0 else 0.0
-                spans.append(f'<span style="--a:{alpha:.2f}" title="{a:.3g}"{cls}>{text}</span>')
-            else:
-                spans.append(text)
-        return f'<div class="ctx"><span class="v">{ex.value:.3g}</span>{"".join(spans)}</div>'
+        return write_site(self, Path(out), index_name)
 
-    def _image_uri(self, doc: int) -> str | None:
-        if self.images is None:
-            return None
-        try:
-            image = self.images[doc]
-        except (IndexError, KeyError):
-            return None
-        thumb = graphics.thumbnail(graphics.to_rgb_uint8(image), 128)
-        return graphics.data_uri(graphics.png_bytes(thumb))
 
-    def _patches(self, ex: Example, peak: float) -> str:
-        grid = graphics.patch_grid_svg(
-            ex.positions, ex.acts, peak, center=ex.center, image_uri=self._image_uri(ex.doc)
-        )
-        return grid.replace("</figcaption>", f" · image {ex.doc} · {ex.value:.3g}</figcaption>")
-
-    def _logit_list(self, pairs: list[tuple[int, float]], cls: str) -> str:
-        return "".join(
-            f'<span class="{cls}" title="{v:+.3f}">{self._token(t)}</span>' for t, v in pairs
-        )
-
-    def _card(self, i: int) -> str:
-        parts = [f'<section class="card" id="latent-{i}"><h3><a href="#latent-{i}">Latent {i}</a>']
-        parts += [
-            f'<span class="badge">ablated in experiment {n + 1}</span>'
-            for n, a in enumerate(self.ablations)
-            if i in a["latents"]
-        ]
-        parts.append("</h3>")
-        s = self.stats
-        if s is not None:
-            peak = float(s.max_act[i])
-            parts.append(
-                '<div class="stats"><div>'
-                f"<b>density</b> {float(s.density[i]):.3%} ({int(s.fire_count[i])} of {s.n_rows} rows)<br>"
-                f"<b>max</b> {peak:.4g} · <b>mean when firing</b> {float(s.mean_act[i]):.4g}"
-                "</div>"
-                + graphics.activation_histogram_svg(s.hist_counts[i], float(s.hist_range[i]), peak)
-                + "</div>"
+def _logit_lens(
+    sae: nn.Module, unembed: Any, chosen: list[int], k: int = 8, block: int = 1024
+) -> tuple[dict, list[int]]:
+    """latent -> (promoted, suppressed) (token id, score) lists; all token ids involved."""
+    w_u = as_unembed(unembed, sae.input_size)
+    logits, ids = {}, []
+    for lo in range(0, len(chosen), block):
+        part = chosen[lo : lo + block]
+        with torch.no_grad():
+            scores = sae.get_dictionary()[part].detach().float().cpu() @ w_u
+        kk = min(k, scores.shape[1])
+        up, down = scores.topk(kk, dim=1), scores.topk(kk, dim=1, largest=False)
+        for n, i in enumerate(part):
+            logits[i] = (
+                list(zip(up.indices[n].tolist(), up.values[n].tolist())),
+                list(zip(down.indices[n].tolist(), down.values[n].tolist())),
             )
-            examples = self.examples.get(i, [])
-            if not examples:
-                parts.append('<p class="muted">Never fires on these rows.</p>')
-            elif self.vision:
-                body = "".join(self._patches(ex, peak) for ex in examples)
-                parts.append(f'<div class="patches">{body}</div>')
-            else:
-                parts.append("".join(self._context(ex, peak) for ex in examples))
-        if i in self.logits:
-            up, down = self.logits[i]
-            parts.append(
-                '<p class="logits"><b>promotes</b> '
-                + self._logit_list(up, "up")
-                + "<br><b>suppresses</b> "
-                + self._logit_list(down, "down")
-                + "</p>"
-            )
-        parts.append("</section>")
-        return "".join(parts)
-
-    def _index(self) -> str:
-        s = self.stats
-        head = (
-            '<tr><th data-key="id">latent</th><th data-key="density">density</th>'
-            '<th data-key="max">max</th><th data-key="mean">mean</th><th>top token</th></tr>'
-        )
-        rows = []
-        for i in self.latents:
-            density = float(s.density[i]) if s is not None else 0.0
-            top_max = float(s.max_act[i]) if s is not None else 0.0
-            mean = float(s.mean_act[i]) if s is not None else 0.0
-            ex = self.examples.get(i)
-            top = "" if not ex or self.vision else self._token(int(ex[0].token_ids[ex[0].center]))
-            rows.append(
-                f'<tr data-id="{i}" data-density="{density:.6g}" data-max="{top_max:.6g}" '
-                f'data-mean="{mean:.6g}"><td><a href="#latent-{i}">{i}</a></td>'
-                f"<td>{density:.3%}</td><td>{top_max:.3g}</td><td>{mean:.3g}</td>"
-                f'<td class="text">{top}</td></tr>'
-            )
-        return (
-            '<input id="search" type="search" placeholder="latent id, Enter to jump" '
-            'aria-label="search latents by id"> <span id="shown-count" class="muted"></span>'
-            f'<div id="index-wrap"><table id="index"><thead>{head}</thead>'
-            f"<tbody>{''.join(rows)}</tbody></table></div>"
-        )
-
-    def _ablation(self, n: int, a: dict[str, Any]) -> str:
-        def mean(xs: Sequence[float]) -> float:
-            return float(np.mean(xs)) if len(xs) else float("nan")
-
-        m = a.get("m", len(a["latents"]))
-        rows = [
-            ("clean (SAE + error term)", a.get("clean_positive"), a.get("clean_negative")),
-            (
-                f"ablate top {m} concept latents",
-                a.get("concept_positive"),
-                a.get("concept_negative"),
-            ),
-            (
-                f"ablate {m} random latents (mean of {len(a.get('random_positive', []))})",
-                mean(a.get("random_positive", [])),
-                mean(a.get("random_negative", [])),
-            ),
-        ]
-
-        def num(x: Any) -> str:
-            return "–" if x is None else f"{float(x):.4f}"
-
-        table = "".join(
-            f"<tr><td>{esc(c)}</td><td>{num(p)}</td><td>{num(q)}</td></tr>" for c, p, q in rows
-        )
-        scores = a.get("scores") or [None] * len(a["latents"])
-        links = ", ".join(
-            f'<a href="#latent-{int(i)}">{int(i)}</a>'
-            + ("" if sc is None else f' <span class="muted">({float(sc):+.3g})</span>')
-            for i, sc in zip(a["latents"], scores)
-        )
-        effect = a.get("effect")
-        rand = a.get("random_effect_mean")
-        summary = ""
-        if effect is not None:
-            summary = f"<p>Effect on positives: concept <b>{effect:+.4f}</b>"
-            if rand is not None:
-                summary += f", random {rand:+.4f} ± {a.get('random_effect_std', 0.0):.4f}"
-            summary += "</p>"
-        return (
-            f'<section class="ablation" id="ablation-{n + 1}"><h3>Experiment {n + 1}: '
-            f"ablating {m} latents at <code>{esc(a.get('point', '?'))}</code></h3>"
-            "<table><thead><tr><th>condition</th><th>target on positives</th>"
-            f"<th>target on negatives</th></tr></thead><tbody>{table}</tbody></table>"
-            f"{summary}<p>Ablated latents (score = mean activation on positives minus "
-            f"negatives): {links}</p></section>"
-        )
-
-    def html(self) -> str:
-        info = " · ".join(f"{esc(k)}: <b>{esc(v)}</b>" for k, v in self.sae_info.items())
-        body = [f"<h1>{esc(self.title)}</h1><p class='meta'>{info}</p>"]
-        body += [f'<p class="muted">{esc(note)}</p>' for note in self.notes]
-        if self.training_png is not None:
-            uri = graphics.data_uri(self.training_png)
-            body.append(f'<h2>Training</h2><img class="curves" alt="training curves" src="{uri}">')
-        if self.stats is not None:
-            dead = int((self.stats.fire_count == 0).sum())
-            body.append(
-                "<h2>Firing density</h2>"
-                f"<p>{dead} of {self.stats.nb_concepts} latents never fire on these "
-                f"{self.stats.n_rows} rows.</p>"
-                + graphics.density_histogram_svg(self.stats.density)
-            )
-        if self.ablations:
-            body.append("<h2>Concept ablations</h2>")
-            body += [self._ablation(n, a) for n, a in enumerate(self.ablations)]
-        if self.latents:
-            body.append(f"<h2>Latents</h2>{self._index()}")
-            body += [self._card(i) for i in self.latents]
-        return (
-            '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-            '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{esc(self.title)}</title><style>{CSS}</style></head><body>"
-            + "\n".join(body)
-            + f"<script>{JS}</script></body></html>"
-        )
-
-
-def _sae_info(sae: nn.Module) -> dict[str, Any]:
-    config = sae.config() if hasattr(sae, "config") else {}
-    info = {"architecture": config.get("architecture", type(sae).__name__)}
-    info["latents"] = sae.nb_concepts
-    info["d_model"] = sae.input_size
-    if config.get("top_k") is not None:
-        info["top_k"] = config["top_k"]
-    return info
+        ids += torch.cat([up.indices, down.indices]).flatten().tolist()
+    return logits, ids
 
 
 def make_dashboard(
@@ -335,95 +177,109 @@ def make_dashboard(
     unembed: Any = None,
     ablations: Any = None,
     latents: Iterable[int] = (),
-    n_latents: int = 48,
+    n_latents: int | None = None,
     n_examples: int = 8,
+    n_bins: int = 3,
+    per_bin: int = 3,
     context: tuple[int, int] = (12, 4),
     images: Any = None,
     max_rows: int | None = None,
-    training_png: bytes | str | os.PathLike | None = None,
-    title: str = "SAE feature dashboard",
+    training_png: str | os.PathLike | None = None,
+    run: RunInfo | None = None,
+    sweep: Sequence[Mapping[str, Any]] | None = None,
+    title: str | None = None,
     progress: bool = True,
 ) -> Dashboard:
-    """Compute what the page shows. See `build_dashboard` for the arguments."""
-    if n_latents < 0 or n_examples < 1:
+    """Compute what the report shows. See `build_dashboard` for the arguments."""
+    if (n_latents is not None and n_latents < 0) or n_examples < 1:
         raise ValueError(f"need n_latents >= 0 and n_examples >= 1, got {n_latents}, {n_examples}")
     left, right = context
     if left < 0 or right < 0:
         raise ValueError(f"context is (tokens before, tokens after), both >= 0, got {context}")
     abl = _ablation_dicts(ablations)
     requested = [*latents, *(int(i) for a in abl for i in a["latents"])]
-    info = _sae_info(sae)
+    config = sae.config() if hasattr(sae, "config") else {}
+    run = run or RunInfo(name=title or "SAE", architecture=config.get("architecture", ""))
+    run.architecture = run.architecture or config.get("architecture", type(sae).__name__)
+    run.nb_concepts, run.d_model = sae.nb_concepts, sae.input_size
+    run.point = run.point or point or ""
+    if run.k_per_token is None and config.get("top_k") and "batch" not in run.architecture:
+        run.k_per_token = float(config["top_k"])
     notes = []
     stats, examples, vision, rows = None, {}, False, None
     if source is not None:
         rows = as_rows(source, point, max_rows=max_rows)
         stats = collect_features(sae, rows, k=EXAMPLE_POOL * n_examples, progress=progress)
         vision = rows.is_vision
-        info["rows scanned"] = rows.n_rows
+        if hasattr(source, "model") and not run.model:
+            run.model = source.model
     else:
-        notes.append("No activations given: no densities, histograms or contexts.")
-    if point is not None:
-        info["point"] = point
+        notes.append("No activations given: no densities, histograms or examples.")
     chosen = select_latents(stats, sae.nb_concepts, n_latents, requested)
     if rows is not None and chosen:
         examples = gather_examples(
-            sae, rows, stats, chosen, n_examples=n_examples, left=left, right=right
+            sae,
+            rows,
+            stats,
+            chosen,
+            n_examples=n_examples,
+            left=left,
+            right=right,
+            n_bins=n_bins,
+            per_bin=per_bin,
         )
     tokens = None if vision else TokenText(tokenizer)
     if tokens is not None and examples:
         tokens.prefetch(int(t) for exs in examples.values() for ex in exs for t in ex.token_ids)
     logits = {}
     if unembed is not None and chosen:
-        w_u = as_unembed(unembed, sae.input_size)
-        with torch.no_grad():
-            directions = sae.get_dictionary()[chosen].detach().float().cpu()
-        scores = directions @ w_u
-        k = min(8, scores.shape[1])
-        up, down = scores.topk(k, dim=1), scores.topk(k, dim=1, largest=False)
-        for n, i in enumerate(chosen):
-            logits[i] = (
-                list(zip(up.indices[n].tolist(), up.values[n].tolist())),
-                list(zip(down.indices[n].tolist(), down.values[n].tolist())),
-            )
+        logits, ids = _logit_lens(sae, unembed, chosen)
         if tokens is not None:
-            tokens.prefetch(torch.cat([up.indices, down.indices]).flatten().tolist())
-        elif vision:
+            tokens.prefetch(ids)
+        else:
             notes.append("unembed was given for an image store; logit tokens shown as ids.")
-    if isinstance(training_png, (str, os.PathLike)):
-        training_png = Path(training_png).read_bytes()
-    info["built"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    cofire = None
+    if stats is not None and stats.cofire is not None:
+        cofire = cofire_neighbours(*stats.cofire, sae.nb_concepts)
     return Dashboard(
-        title=title,
-        sae_info=info,
+        run=run,
+        nb_concepts=sae.nb_concepts,
         latents=chosen,
+        norms=decoder_norms(sae),
         stats=stats,
         examples=examples,
         vision=vision,
         tokens=tokens,
         logits=logits,
+        cosine=decoder_neighbours(sae),
+        cofire=cofire,
         ablations=abl,
         images=images,
         training_png=training_png,
+        sweep=[dict(s) for s in sweep or []],
         notes=notes,
     )
 
 
 def build_dashboard(
-    sae: nn.Module, source: Any = None, out: str | os.PathLike = "dashboard.html", **kw: Any
+    sae: nn.Module, source: Any = None, out: str | os.PathLike = "dashboard", **kw: Any
 ) -> Path:
-    """Write the dashboard for `sae` over the rows of `source` to one HTML file.
+    """Write the dashboard for `sae` over the rows of `source`; return its index page.
 
+    out: a folder (index.html inside) or the index page's path (its siblings go next to
+    it: latent.html, ablation.html, assets/, data/, thumbs/).
     source: an ActivationStore or its location (with point=), a Rows, an (n_rows, d)
     tensor, or a mapping with "acts" plus optional "token_ids", "doc_index", "position".
     tokenizer: decodes token ids (HF tokenizer, local dir, mapping or callable).
     unembed: W_U as (d_model, vocab) or lm_head.weight (vocab, d_model).
-    ablations: AblationResult(s) or their to_dict(); their latents get cards too.
-    latents: ids shown besides the n_latents most often firing ones.
-    images: indexable by document index (tensor (n, C, H, W), arrays, PIL images),
-    drawn under the patch grids of an image store.
-    context: tokens shown (before, after) the max token of each text example.
+    ablations: AblationResult(s) or their to_dict() (with "concept"/"target" names).
+    latents / n_latents: examples for every latent by default; n_latents=N limits them to
+    the N most often firing plus `latents` (the index always lists all).
+    images: the pixels of an image store by document index (tensor (N, C, H, W), list
+    of images, ImageBatches or a folder); thumbnails are drawn under the patch grids.
+    context: tokens shown (before, after) each text example's row.
+    run: a RunInfo for the header; sweep: [{"name", "l0", "fvu", ...}] for the frontier.
     """
     path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(make_dashboard(sae, source, **kw).html(), encoding="utf-8")
-    return path
+    folder, name = (path.parent, path.name) if path.suffix == ".html" else (path, "index.html")
+    return make_dashboard(sae, source, **kw).write(folder, name)

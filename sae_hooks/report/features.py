@@ -14,17 +14,20 @@ is exact because the new edges are a subset of the old ones.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from sae_hooks.metrics import DENSE_FRACTION, FiringStats
 from sae_hooks.report.rows import Rows
 
 HIST_BINS = 32
+SAMPLE_SIZE = 48
+"""Firing rows kept per latent uniformly at random, for the activation-quantile examples."""
+COFIRE_ROWS = 20_000
+"""Rows whose firing pattern is kept for the co-occurrence neighbours."""
 
 
 @dataclass
@@ -38,6 +41,9 @@ class FeatureStats:
     top_rows: torch.Tensor  # (L, k) int64 row indices
     hist_counts: torch.Tensor  # (L, bins) int64 over the non-zero activations
     hist_range: torch.Tensor  # (L,) float32: bins span [0, hist_range)
+    sample_values: torch.Tensor | None = None  # (L, S): firing values drawn uniformly at random
+    sample_rows: torch.Tensor | None = None  # (L, S) their rows; value 0 = empty slot
+    cofire: tuple[torch.Tensor, torch.Tensor] | None = None  # (row, latent) of z > 0, first rows
 
     @property
     def nb_concepts(self) -> int:
@@ -45,8 +51,18 @@ class FeatureStats:
 
     @property
     def density(self) -> torch.Tensor:
-        """Fraction of rows on which each latent fires."""
+        """Fraction of rows on which each latent fires (z != 0, as `metrics.FiringStats`)."""
         return self.fire_count.double() / self.n_rows
+
+    @property
+    def dead(self) -> int:
+        """Latents that never fired on these rows (the definition eval.json uses)."""
+        return int((self.fire_count == 0).sum())
+
+    @property
+    def dense(self) -> int:
+        """Latents firing on more than DENSE_FRACTION of the rows (as in eval.json)."""
+        return int((self.density > DENSE_FRACTION).sum())
 
     @property
     def max_act(self) -> torch.Tensor:
@@ -81,53 +97,85 @@ def _pow2_above(x: torch.Tensor) -> torch.Tensor:
     return torch.ldexp(torch.ones_like(x), exponent)
 
 
+class _Keeper:
+    """Per latent, the k entries with the largest keys so far (key = value: top examples;
+    key = a random number: a uniform sample of the firing rows)."""
+
+    def __init__(self, nb_concepts: int, k: int, device: torch.device):
+        self.k = k
+        self.keys = torch.zeros(nb_concepts, k, device=device)
+        self.values = torch.zeros(nb_concepts, k, device=device)
+        self.rows = torch.zeros(nb_concepts, k, dtype=torch.int64, device=device)
+
+    def merge(
+        self, row: torch.Tensor, latent: torch.Tensor, value: torch.Tensor, key: torch.Tensor
+    ) -> None:
+        """Candidates above the current k-th key, ranked per latent with two stable sorts."""
+        keep = key > self.keys[latent, -1]
+        row, latent, value, key = row[keep], latent[keep], value[keep], key[keep]
+        if key.numel() == 0:
+            return
+        order = torch.argsort(key, descending=True, stable=True)
+        order = order[torch.argsort(latent[order], stable=True)]  # by latent, then key desc
+        row, latent, value, key = row[order], latent[order], value[order], key[order]
+        nb = self.keys.shape[0]
+        counts = torch.zeros(nb, dtype=torch.int64, device=latent.device)
+        counts.scatter_add_(0, latent, torch.ones_like(latent))
+        first = torch.cumsum(counts, 0) - counts
+        rank = torch.arange(latent.numel(), device=latent.device) - first[latent]
+        top = rank < self.k
+        fresh = [torch.zeros_like(t) for t in (self.keys, self.values, self.rows)]
+        for t, src in zip(fresh, (key, value, row)):
+            t[latent[top], rank[top]] = src[top]
+        self.keys, pick = torch.cat([self.keys, fresh[0]], 1).topk(self.k, dim=1)
+        self.values = torch.cat([self.values, fresh[1]], 1).gather(1, pick)
+        self.rows = torch.cat([self.rows, fresh[2]], 1).gather(1, pick)
+
+
 class _Collector:
-    def __init__(self, nb_concepts: int, k: int, bins: int, device: torch.device):
+    def __init__(
+        self,
+        nb_concepts: int,
+        k: int,
+        bins: int,
+        device: torch.device,
+        sample: int = SAMPLE_SIZE,
+        cofire_rows: int = COFIRE_ROWS,
+        seed: int = 0,
+    ):
         self.k, self.bins = k, bins
         self.n_rows = 0
-        self.fire_count = torch.zeros(nb_concepts, dtype=torch.int64, device=device)
+        self.firing = FiringStats(nb_concepts, device)  # the same counts as eval.json's
         self.act_sum = torch.zeros(nb_concepts, dtype=torch.float64, device=device)
-        self.top_values = torch.zeros(nb_concepts, k, device=device)
-        self.top_rows = torch.zeros(nb_concepts, k, dtype=torch.int64, device=device)
+        self.top = _Keeper(nb_concepts, k, device)
+        self.sample = _Keeper(nb_concepts, sample, device) if sample else None
         self.hist = torch.zeros(nb_concepts, bins, dtype=torch.int64, device=device)
         self.hist_range = torch.zeros(nb_concepts, device=device)
+        self.cofire_rows = cofire_rows
+        self.cofire: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.gen = torch.Generator(device=device).manual_seed(seed)
 
     def add(self, start: int, z: torch.Tensor) -> None:
         """Fold in one chunk, touching only its non-zero entries after one dense scan."""
         nb = z.shape[1]
         self.n_rows += z.shape[0]
+        self.firing.update(z)
         row, latent = (z > 0).nonzero(as_tuple=True)
         value = z[row, latent]
         ones = torch.ones_like(latent)
-        self.fire_count.scatter_add_(0, latent, ones)  # (scatter_add: ~100x faster than bincount)
         self.act_sum.index_add_(0, latent, value.double())
         chunk_max = torch.zeros(nb, device=z.device).scatter_reduce_(0, latent, value, "amax")
         self._grow_ranges(chunk_max)
         width = self.hist_range[latent] / self.bins
         b = (value / width).long().clamp_(max=self.bins - 1)
         self.hist.view(-1).scatter_add_(0, latent * self.bins + b, ones)
-        self._merge_top(row + start, latent, value)
-
-    def _merge_top(self, row: torch.Tensor, latent: torch.Tensor, value: torch.Tensor) -> None:
-        """Running top k per latent: candidates above the current k-th value, ranked per latent."""
-        keep = value > self.top_values[latent, -1]
-        row, latent, value = row[keep], latent[keep], value[keep]
-        if value.numel() == 0:
-            return
-        order = torch.argsort(value, descending=True, stable=True)
-        order = order[torch.argsort(latent[order], stable=True)]  # by latent, then value desc
-        row, latent, value = row[order], latent[order], value[order]
-        counts = torch.zeros_like(self.fire_count).scatter_add_(0, latent, torch.ones_like(latent))
-        first = torch.cumsum(counts, 0) - counts
-        rank = torch.arange(latent.numel(), device=latent.device) - first[latent]
-        top = rank < self.k
-        new_values = torch.zeros_like(self.top_values)
-        new_rows = torch.zeros_like(self.top_rows)
-        new_values[latent[top], rank[top]] = value[top]
-        new_rows[latent[top], rank[top]] = row[top]
-        values = torch.cat([self.top_values, new_values], 1)
-        self.top_values, pick = values.topk(self.k, dim=1)
-        self.top_rows = torch.cat([self.top_rows, new_rows], 1).gather(1, pick)
+        self.top.merge(row + start, latent, value, value)
+        if self.sample is not None:
+            key = torch.rand(value.shape, generator=self.gen, device=value.device) + 1e-9
+            self.sample.merge(row + start, latent, value, key)
+        if start < self.cofire_rows:
+            keep = row + start < self.cofire_rows
+            self.cofire.append(((row + start)[keep].cpu(), latent[keep].cpu()))
 
     def _grow_ranges(self, chunk_max: torch.Tensor) -> None:
         grow = chunk_max >= self.hist_range
@@ -142,14 +190,23 @@ class _Collector:
         self.hist_range = new_range
 
     def result(self) -> FeatureStats:
+        cofire = None
+        if self.cofire:
+            cofire = (
+                torch.cat([r for r, _ in self.cofire]),
+                torch.cat([c for _, c in self.cofire]),
+            )
         return FeatureStats(
             n_rows=self.n_rows,
-            fire_count=self.fire_count.cpu(),
+            fire_count=self.firing.counts.cpu(),
             act_sum=self.act_sum.cpu(),
-            top_values=self.top_values.cpu(),
-            top_rows=self.top_rows.cpu(),
+            top_values=self.top.values.cpu(),
+            top_rows=self.top.rows.cpu(),
             hist_counts=self.hist.cpu(),
             hist_range=self.hist_range.cpu(),
+            sample_values=None if self.sample is None else self.sample.values.cpu(),
+            sample_rows=None if self.sample is None else self.sample.rows.cpu(),
+            cofire=cofire,
         )
 
 
@@ -177,15 +234,3 @@ def collect_features(
         bar.update(chunk.shape[0])
     bar.close()
     return acc.result()
-
-
-def window_activations(
-    sae: nn.Module, rows: Rows, index: np.ndarray, latents: Sequence[int], chunk_rows: int = 4096
-) -> torch.Tensor:
-    """(len(index), len(latents)): the chosen latents on the rows at sorted unique `index`."""
-    cols = torch.as_tensor(list(latents), dtype=torch.long)
-    out = []
-    for lo in range(0, len(index), chunk_rows):
-        z = encode_rows(sae, rows.take(index[lo : lo + chunk_rows]))
-        out.append(z[:, cols.to(z.device)].cpu())
-    return torch.cat(out) if out else torch.zeros(0, len(cols))

@@ -29,6 +29,8 @@ def make_decoder(tokenizer: Any) -> Decoder | None:
     if isinstance(tokenizer, Mapping):
         table = tokenizer
         return lambda ids: [str(table.get(i, f"#{i}")) for i in ids]
+    if _is_byte_level(tokenizer):
+        return _byte_level_decoder(tokenizer)
     if hasattr(tokenizer, "batch_decode"):
         return _in_context_decoder(tokenizer)
     if callable(tokenizer):
@@ -63,6 +65,46 @@ class TokenText:
         if token_id not in self._cache:
             self.prefetch([token_id])
         return self._cache.get(token_id, f"#{token_id}")
+
+
+def _byte_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character table (bytes_to_unicode)."""
+    keep = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    chars = list(keep)
+    n = 0
+    for b in range(256):
+        if b not in keep:
+            keep.append(b)
+            chars.append(256 + n)
+            n += 1
+    return dict(zip(keep, map(chr, chars)))
+
+
+UNICODE_TO_BYTE = {c: b for b, c in _byte_to_unicode().items()}
+
+
+def _is_byte_level(tok: Any) -> bool:
+    """GPT-2 style byte-level BPE (tokens spelled in bytes_to_unicode, 'Ġ' = a space)."""
+    if hasattr(tok, "byte_encoder"):  # slow GPT2Tokenizer
+        return True
+    backend = getattr(tok, "backend_tokenizer", None)
+    return type(getattr(backend, "decoder", None)).__name__ == "ByteLevel"
+
+
+def byte_level_text(token: str) -> str:
+    """A byte-level token as text: 'Ġthe' -> ' the'; bytes that are not whole UTF-8
+    characters (a split multi-byte character) read as \\xNN instead of '?'/'�'."""
+    if any(c not in UNICODE_TO_BYTE for c in token):
+        return token  # an added/special token, spelled as itself
+    raw = bytes(UNICODE_TO_BYTE[c] for c in token)
+    return raw.decode("utf-8", errors="backslashreplace")
+
+
+def _byte_level_decoder(tok: Any) -> Decoder:
+    def decode(ids: Sequence[int]) -> list[str]:
+        return [byte_level_text(t) for t in tok.convert_ids_to_tokens(list(ids))]
+
+    return decode
 
 
 def _in_context_decoder(tok: Any) -> Decoder:
