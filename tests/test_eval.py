@@ -12,8 +12,9 @@ from sae_hooks.eval.ablation import (
     embedding_similarity,
     token_logprob,
 )
-from sae_hooks.eval.reconstruction import Replace, evaluate_reconstruction, model_kind, run_model
+from sae_hooks.eval.reconstruction import ConstantReconstruction, evaluate_reconstruction
 from sae_hooks.hooks import ZeroLatents, splice
+from sae_hooks.model_outputs import model_kind, run_model
 from sae_hooks.sae import SAE, BatchTopKSAE, SAEOutput
 
 D = 64
@@ -65,7 +66,7 @@ def test_identity_recovers_everything_zero_recovers_nothing(
     assert ident.downstream["loss_recovered"] == pytest.approx(1.0, abs=1e-5)
     assert ident.downstream["kl_clean_spliced"] == pytest.approx(0.0, abs=1e-6)
     res = evaluate_reconstruction(
-        tiny_gpt2, "resid_post.1", Replace(torch.zeros(D)), data, progress=False
+        tiny_gpt2, "resid_post.1", ConstantReconstruction(torch.zeros(D)), data, progress=False
     )
     assert res.downstream["loss_recovered"] == pytest.approx(0.0, abs=1e-5)
     # Pads never count: the rows are exactly the real tokens.
@@ -105,7 +106,9 @@ def test_ablating_every_latent_equals_decoder_bias(tiny_gpt2, tokenizer, texts):
     batch = text_batches(tokenizer, texts[:4])[0]
     with splice(tiny_gpt2, "resid_post.1", sae, edit=ZeroLatents(list(range(128)))):
         ablated = run_model(tiny_gpt2, batch)
-    with splice(tiny_gpt2, "resid_post.1", Replace(sae.dictionary.bias / sae.input_scale)):
+    with splice(
+        tiny_gpt2, "resid_post.1", ConstantReconstruction(sae.dictionary.bias / sae.input_scale)
+    ):
         bias_only = run_model(tiny_gpt2, batch)
     torch.testing.assert_close(ablated, bias_only)
 

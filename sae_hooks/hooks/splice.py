@@ -2,7 +2,7 @@
 
 At each spliced point the activation x (…, d) is flattened to rows, encoded to z,
 optionally edited, decoded and reshaped back, in the SAE's dtype and device and then
-cast back to the model's. With ``error_term`` the output is
+cast back to the model's. The SAE runs in eval mode unless asked otherwise. With ``error_term`` the output is
 ``x + (decode(z_edited) - decode(z))`` — algebraically x_hat_edited + (x - x_hat) but
 exact where nothing is edited, so only the edits move the model.
 """
@@ -10,14 +10,17 @@ exact where nothing is edited, so only the edits move the model.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import nn
 
+from sae_hooks.devices import sae_device_dtype
 from sae_hooks.hooks.backends import add_hook
 from sae_hooks.hooks.points import resolve_point
+from sae_hooks.sae.modes import module_mode
 
 Positions = Sequence[int] | torch.Tensor | None
 
@@ -116,13 +119,19 @@ def splice(
     error_term: bool = False,
     edit: Edits | Mapping[str, Edits] = None,
     record_latents: bool = False,
+    sae_mode: Literal["eval", "train"] = "eval",
 ) -> Iterator[Splice]:
     """Replace the activation at a point (or at each point of a mapping point -> SAE)
     with its SAE reconstruction for every forward inside the block.
 
     ``edit``: one LatentEdit or a list applied in order, for every point, or a mapping
-    point -> edits. Hooks are removed on every exit path.
+    point -> edits. The SAEs run in eval mode (BatchTopK: its running threshold, so a
+    token's codes do not depend on the rest of the batch); ``sae_mode="train"`` runs
+    them in train mode instead, e.g. to fine-tune an SAE end to end through the model.
+    Hooks are removed and each SAE gets its previous mode back on every exit path.
     """
+    if sae_mode not in ("eval", "train"):
+        raise ValueError(f"sae_mode must be 'eval' or 'train', got {sae_mode!r}")
     saes = _sae_mapping(point_or_mapping, sae)
     edits = _edit_mapping(edit, saes)
     locations = [resolve_point(model, p) for p in saes]
@@ -138,8 +147,8 @@ def splice(
                     f"splice {point!r}: the activation has d={d} but the SAE's input_size "
                     f"is {sae.input_size}"
                 )
-            param = next(sae.parameters(), x) if isinstance(sae, nn.Module) else x
-            rows = x.reshape(-1, d).to(device=param.device, dtype=param.dtype)
+            device, dtype = sae_device_dtype(sae, like=x)
+            rows = x.reshape(-1, d).to(device=device, dtype=dtype)
             _, z = sae.encode(rows)
             z_edit = z
             if point_edits:
@@ -158,14 +167,12 @@ def splice(
 
         return run
 
-    handles = []
-    try:
+    with ExitStack() as stack:
+        for each in {id(each): each for each in saes.values()}.values():
+            stack.enter_context(module_mode(each, training=sae_mode == "train"))
         for loc in locations:
-            handles.append(add_hook(loc, splicer(loc.point)))
+            stack.callback(add_hook(loc, splicer(loc.point)).remove)
         yield handle
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def _sae_mapping(point_or_mapping, sae) -> dict[str, nn.Module]:

@@ -7,6 +7,7 @@ from .encoders import ENCODERS, register_encoder
 from .formats import export_saelens, import_saelens
 from .jump import JumpSAE
 from .kernels import KERNELS
+from .modes import eval_mode
 from .topk import TopKSAE
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "JumpSAE",
     "SAEOutput",
     "TopKSAE",
+    "eval_mode",
     "export_saelens",
     "import_saelens",
     "load_sae",

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from sae_hooks.devices import model_device, to_device
 from sae_hooks.store.layout import DEFAULT_CHUNK_ROWS, META_ARRAYS, check_dtype
 from sae_hooks.store.reader import ActivationStore, load_group, open_store
 from sae_hooks.store.writer import StoreWriter
@@ -19,13 +20,6 @@ def _model_name(model: Any) -> str:
     config = getattr(model, "config", None)
     name = getattr(config, "_name_or_path", "") or getattr(config, "model_name", "")
     return str(name or getattr(model, "name_or_path", "") or type(model).__name__)
-
-
-def _model_device(model: Any) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except (AttributeError, StopIteration):
-        return torch.device("cpu")
 
 
 def _n_docs(inputs: Mapping) -> int:
@@ -126,7 +120,7 @@ def capture_to_store(
         compressors=compressors,
         storage_options=storage_options,
     )
-    device = _model_device(model)
+    device = model_device(model)
     rows = writer.committed_rows
     bar = tqdm(
         total=max_rows,
@@ -141,7 +135,7 @@ def capture_to_store(
         if max_rows is None or rows < max_rows:
             for inputs, offset in _batches(data, writer.committed_inputs):
                 fed += 1
-                inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
+                inputs = to_device(inputs, device)
                 acts = capture_batch(
                     model,
                     points,
