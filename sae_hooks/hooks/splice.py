@@ -9,7 +9,7 @@ exact where nothing is edited, so only the edits move the model.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
@@ -137,42 +137,53 @@ def splice(
     locations = [resolve_point(model, p) for p in saes]
     handle = Splice(points=tuple(saes))
 
-    def splicer(point: str):
-        sae, point_edits = saes[point], edits[point]
-
-        def run(x: torch.Tensor) -> torch.Tensor | None:
-            d = x.shape[-1]
-            if d != sae.input_size:
-                raise ValueError(
-                    f"splice {point!r}: the activation has d={d} but the SAE's input_size "
-                    f"is {sae.input_size}"
-                )
-            device, dtype = sae_device_dtype(sae, like=x)
-            rows = x.reshape(-1, d).to(device=device, dtype=dtype)
-            _, z = sae.encode(rows)
-            z_edit = z
-            if point_edits:
-                z_edit = z.reshape(*x.shape[:-1], z.shape[-1])
-                for e in point_edits:
-                    z_edit = e(z_edit)
-                z_edit = z_edit.reshape(z.shape)
-            if record_latents:
-                handle.latents[point] = z_edit.detach().reshape(*x.shape[:-1], z.shape[-1])
-            if error_term:
-                if not point_edits:
-                    return None  # x + (x_hat - x_hat): leave the activation as it is
-                delta = sae.decode(z_edit) - sae.decode(z)
-                return x + delta.reshape(x.shape).to(device=x.device, dtype=x.dtype)
-            return sae.decode(z_edit).reshape(x.shape).to(device=x.device, dtype=x.dtype)
-
-        return run
-
     with ExitStack() as stack:
         for each in {id(each): each for each in saes.values()}.values():
             stack.enter_context(module_mode(each, training=sae_mode == "train"))
         for loc in locations:
-            stack.callback(add_hook(loc, splicer(loc.point)).remove)
+            hook = _splicer(
+                loc.point, saes[loc.point], edits[loc.point], handle, error_term, record_latents
+            )
+            stack.callback(add_hook(loc, hook).remove)
         yield handle
+
+
+def _splicer(
+    point: str,
+    sae: nn.Module,
+    edits: list[LatentEdit],
+    handle: Splice,
+    error_term: bool,
+    record_latents: bool,
+) -> Callable[[torch.Tensor], torch.Tensor | None]:
+    """The hook of one point: x -> the (edited) reconstruction, or None to keep x."""
+
+    def run(x: torch.Tensor) -> torch.Tensor | None:
+        d = x.shape[-1]
+        if d != sae.input_size:
+            raise ValueError(
+                f"splice {point!r}: the activation has d={d} but the SAE's input_size "
+                f"is {sae.input_size}"
+            )
+        device, dtype = sae_device_dtype(sae, like=x)
+        rows = x.reshape(-1, d).to(device=device, dtype=dtype)
+        _, z = sae.encode(rows)
+        z_edit = z
+        if edits:
+            z_edit = z.reshape(*x.shape[:-1], z.shape[-1])
+            for e in edits:
+                z_edit = e(z_edit)
+            z_edit = z_edit.reshape(z.shape)
+        if record_latents:
+            handle.latents[point] = z_edit.detach().reshape(*x.shape[:-1], z.shape[-1])
+        if error_term:
+            if not edits:
+                return None  # x + (x_hat - x_hat): leave the activation as it is
+            delta = sae.decode(z_edit) - sae.decode(z)
+            return x + delta.reshape(x.shape).to(device=x.device, dtype=x.dtype)
+        return sae.decode(z_edit).reshape(x.shape).to(device=x.device, dtype=x.dtype)
+
+    return run
 
 
 def _sae_mapping(point_or_mapping, sae) -> dict[str, nn.Module]:
