@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 from helpers import IdentitySAE
+from torch import nn
 
 from sae_hooks import metrics as sae_metrics
 from sae_hooks.eval.ablation import (
@@ -12,8 +13,9 @@ from sae_hooks.eval.ablation import (
     embedding_similarity,
     token_logprob,
 )
-from sae_hooks.eval.reconstruction import Replace, evaluate_reconstruction, model_kind, run_model
+from sae_hooks.eval.reconstruction import ConstantReconstruction, evaluate_reconstruction
 from sae_hooks.hooks import ZeroLatents, splice
+from sae_hooks.model_outputs import model_kind, run_model
 from sae_hooks.sae import SAE, BatchTopKSAE
 
 D = 64
@@ -48,12 +50,14 @@ def test_identity_recovers_everything_zero_recovers_nothing(
     assert ident.downstream["loss_recovered"] == pytest.approx(1.0, abs=1e-5)
     assert ident.downstream["kl_clean_spliced"] == pytest.approx(0.0, abs=1e-6)
     res = evaluate_reconstruction(
-        tiny_gpt2, "resid_post.1", Replace(torch.zeros(D)), data, progress=False
+        tiny_gpt2, "resid_post.1", ConstantReconstruction(torch.zeros(D)), data, progress=False
     )
     assert res.downstream["loss_recovered"] == pytest.approx(0.0, abs=1e-5)
     # Pads never count: the rows are exactly the real tokens.
     assert ident.n_rows == sum(int(b["attention_mask"].sum()) for b in data)
-    json.loads(ident.to_json())
+    # eval.json and the summary say what L0 counts: eval mode, not training's batch top-k.
+    assert "eval mode" in json.loads(ident.to_json())["l0_measures"]
+    assert "L0 64.00 (eval mode; BatchTopK: codes >= its running threshold)" in ident.summary()
 
 
 def test_ce_ignores_padding(tiny_gpt2, tokenizer, texts):
@@ -88,7 +92,9 @@ def test_ablating_every_latent_equals_decoder_bias(tiny_gpt2, tokenizer, texts):
     batch = text_batches(tokenizer, texts[:4])[0]
     with splice(tiny_gpt2, "resid_post.1", sae, edit=ZeroLatents(list(range(128)))):
         ablated = run_model(tiny_gpt2, batch)
-    with splice(tiny_gpt2, "resid_post.1", Replace(sae.dictionary.bias / sae.input_scale)):
+    with splice(
+        tiny_gpt2, "resid_post.1", ConstantReconstruction(sae.dictionary.bias / sae.input_scale)
+    ):
         bias_only = run_model(tiny_gpt2, batch)
     torch.testing.assert_close(ablated, bias_only)
 
@@ -115,6 +121,54 @@ def test_batchtopk_eval_uses_running_threshold(tiny_gpt2, tokenizer, texts):
             tiny_gpt2, "resid_post.1", sae, text_batches(tokenizer, texts[:4]), progress=False
         )
     assert sae.training  # the mode is restored even when evaluation fails
+
+
+class ModeSpy(IdentitySAE):
+    """An Identity "SAE" in train mode that records the mode of every forward and encode,
+    and holds a submodule its owner keeps in eval mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[bool] = []
+        self.frozen = nn.Linear(1, 1)
+        self.train()
+        self.frozen.eval()
+
+    def encode(self, x):
+        self.seen.append(self.training)
+        return super().encode(x)
+
+    def forward(self, x):
+        self.seen.append(self.training)
+        return super().forward(x)
+
+
+def _splice_once(model, data):
+    spy = ModeSpy()
+    with splice(model, "resid_post.1", spy):
+        run_model(model, data[0])
+    return spy
+
+
+def _evaluate(model, data):
+    spy = ModeSpy()
+    evaluate_reconstruction(model, "resid_post.1", spy, data, progress=False)
+    return spy
+
+
+def _ablate(model, data):
+    spy = ModeSpy()
+    concept_ablation(
+        model, "resid_post.1", spy, data[:1], data[1:], token_logprob(5), m=1, n_random=1
+    )
+    return spy
+
+
+@pytest.mark.parametrize("run", [_splice_once, _evaluate, _ablate])
+def test_inference_runs_in_eval_mode_and_restores_the_mode(run, tiny_gpt2, tokenizer, texts):
+    spy = run(tiny_gpt2, text_batches(tokenizer, texts[:8]))
+    assert spy.seen and not any(spy.seen)  # every forward and encode ran in eval mode
+    assert spy.training and not spy.frozen.training  # each submodule has its own mode back
 
 
 def planted_model(tiny_gpt2, concept_token: int):

@@ -21,6 +21,7 @@ from sae_hooks.hooks import (
     capture,
     splice,
 )
+from sae_hooks.sae import BatchTopKSAE, load_sae
 
 D = 64
 
@@ -276,6 +277,12 @@ def test_hooks_removed_on_every_exit(name, request, inputs):
             ValueError,
             "not spliced",
         ),
+        (
+            ("resid_post.0", IdentitySAE()),
+            {"sae_mode": "inference"},
+            ValueError,
+            "sae_mode must be 'eval' or 'train'",
+        ),
     ],
 )
 def test_bad_arguments(args, kwargs, error, match, tiny_gpt2):
@@ -301,3 +308,37 @@ def test_bad_edits(edit, match, tiny_gpt2, inputs):
         splice(tiny_gpt2, "resid_post.0", IdentitySAE(), edit=edit),
     ):
         run(tiny_gpt2, inputs)
+
+
+def test_loaded_batchtopk_codes_do_not_depend_on_the_batch(tiny_gpt2, tokenizer, tmp_path):
+    """Splicing a loaded BatchTopK SAE gives a sequence the same codes alone or batched
+    with three others: it runs on its running threshold, not the batch's top k."""
+    texts = ["def f(x): return x + 1 if x else -x", "The quick brown fox", "import os", "a b"]
+    batch = tokenizer(texts, return_tensors="pt", padding=True)
+    alone = tokenizer(texts[:1], return_tensors="pt")
+    n = alone["input_ids"].shape[1]
+    assert n == batch["input_ids"].shape[1]  # the first text is the longest: no padding
+    with capture(tiny_gpt2, "resid_post.1") as acts:
+        tiny_gpt2(**batch)
+    torch.manual_seed(0)
+    sae = BatchTopKSAE(D, 256, top_k_per_sample=16)
+    with torch.no_grad():
+        codes = sae.encode(acts["resid_post.1"][batch["attention_mask"].bool()])[1]
+    sae.running_threshold = codes[codes > 0].min()
+    sae.save(tmp_path / "sae")
+    loaded = load_sae(tmp_path / "sae").train()  # as a user might leave it
+
+    def codes_of(inputs, **kwargs):
+        with splice(tiny_gpt2, "resid_post.1", loaded, record_latents=True, **kwargs) as s:
+            run(tiny_gpt2, inputs)
+        assert loaded.training  # the caller's mode is back
+        return s.latents["resid_post.1"][0, :n]
+
+    one, four = codes_of(alone), codes_of(batch)
+    torch.testing.assert_close(one, four, rtol=1e-5, atol=1e-5)
+    assert 0 < (one != 0).sum(-1).float().mean() < 256
+    # Opting in to train mode brings back the batch top-k: 16 codes a row on average over
+    # the whole batch, so this sequence's share moves with its neighbours (16 vs 17.6 here).
+    l0_one = (codes_of(alone, sae_mode="train") != 0).sum(-1).float().mean().item()
+    l0_four = (codes_of(batch, sae_mode="train") != 0).sum(-1).float().mean().item()
+    assert l0_one == pytest.approx(16) and abs(l0_four - l0_one) > 1

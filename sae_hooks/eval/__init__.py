@@ -10,17 +10,16 @@ from sae_hooks.eval.ablation import (
     token_logprob,
 )
 from sae_hooks.eval.reconstruction import (
+    ConstantReconstruction,
     ReconstructionResult,
-    Replace,
     evaluate_reconstruction,
-    model_kind,
-    run_model,
 )
+from sae_hooks.model_outputs import model_kind, run_model
 
 __all__ = [
     "AblationResult",
+    "ConstantReconstruction",
     "ReconstructionResult",
-    "Replace",
     "class_logit",
     "concept_ablation",
     "embedding_similarity",

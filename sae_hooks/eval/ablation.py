@@ -19,9 +19,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from sae_hooks.devices import model_device, sae_device_dtype, to_device
 from sae_hooks.eval import metrics
-from sae_hooks.eval.reconstruction import model_device, run_model, sae_tensor_spec, to_device
 from sae_hooks.hooks import ZeroLatents, capture_batch, splice
+from sae_hooks.model_outputs import run_model
+from sae_hooks.sae.modes import eval_mode
 
 Target = Callable[[Tensor, Mapping[str, Tensor]], Tensor]
 """(model output, inputs) -> one value per document."""
@@ -63,13 +65,15 @@ def embedding_similarity(reference: Tensor) -> Target:
 
 @torch.no_grad()
 def mean_latents(model: nn.Module, point: str, sae: nn.Module, data: Batches) -> Tensor:
-    """(n_docs, nb_concepts): each document's latents averaged over its real tokens."""
-    param = sae_tensor_spec(sae)
+    """(n_docs, nb_concepts): each document's latents averaged over its real tokens, with
+    the SAE in eval mode (its mode is restored after)."""
+    sae_device, sae_dtype = sae_device_dtype(sae)
     pooled = []
     device = model_device(model)
     for inputs in data:
         batch = capture_batch(model, point, to_device(inputs, device))
-        _, z = sae.encode(batch.acts[point].to(device=param.device, dtype=param.dtype))
+        with eval_mode(sae):
+            _, z = sae.encode(batch.acts[point].to(device=sae_device, dtype=sae_dtype))
         docs = batch.doc_index - batch.doc_index.min()
         n = int(docs.max()) + 1
         sums = torch.zeros(n, z.shape[1], device=z.device).index_add_(
@@ -192,23 +196,13 @@ def concept_ablation(
     if n_random < 1:
         raise ValueError(f"n_random must be >= 1, got {n_random}")
     positive, negative = list(positive), list(negative)
-    was_training = sae.training
-    sae.eval()
-    try:
+    with eval_mode(sae):
         pos_z = mean_latents(model, point, sae, positive)
         neg_z = mean_latents(model, point, sae, negative)
         order = rank_concept_latents(pos_z, neg_z)
         top = order[:m].tolist()
         gap = (pos_z.mean(0) - neg_z.mean(0))[order[:m]].tolist()
-
-        active = torch.nonzero(pos_z.amax(0) > 0).flatten()
-        pool = active[~torch.isin(active, order[:m])]
-        if pool.numel() < m:  # too few firing latents: draw from all the others
-            pool = order[m:]
-        gen = torch.Generator().manual_seed(seed)
-        draws = [
-            pool[torch.randperm(pool.numel(), generator=gen)[:m]].tolist() for _ in range(n_random)
-        ]
+        draws = _random_draws(pos_z, order, m, n_random, seed)
 
         def mean_on(data, latents) -> float:
             return _target_values(model, point, sae, data, target, latents).mean().item()
@@ -226,5 +220,16 @@ def concept_ablation(
             random_negative=[mean_on(negative, d) for d in draws],
             seed=seed,
         )
-    finally:
-        sae.train(was_training)
+
+
+def _random_draws(
+    pos_z: Tensor, order: Tensor, m: int, n_random: int, seed: int
+) -> list[list[int]]:
+    """n_random sets of m latents that fire on the positives and are not among the top m
+    of `order` (any of the others when too few fire): the control ablations."""
+    active = torch.nonzero(pos_z.amax(0) > 0).flatten()
+    pool = active[~torch.isin(active, order[:m])]
+    if pool.numel() < m:  # too few firing latents: draw from all the others
+        pool = order[m:]
+    gen = torch.Generator().manual_seed(seed)
+    return [pool[torch.randperm(pool.numel(), generator=gen)[:m]].tolist() for _ in range(n_random)]

@@ -14,68 +14,25 @@ import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from sae_hooks import metrics as sae_metrics
+from sae_hooks.devices import model_device, sae_device_dtype, to_device
 from sae_hooks.eval import metrics
 from sae_hooks.hooks import capture, splice
-from sae_hooks.hooks.capture import model_call_args
-from sae_hooks.hooks.points import is_transformer_lens
+from sae_hooks.model_outputs import ModelKind, model_kind, run_model
 from sae_hooks.sae import SAEOutput
-
-ModelKind = Literal["lm", "classifier", "encoder"]
-KINDS = ("lm", "classifier", "encoder")
+from sae_hooks.sae.modes import eval_mode
 
 
-def model_kind(model: nn.Module) -> ModelKind:
-    """What the model outputs: next-token logits, class logits or hidden states."""
-    if is_transformer_lens(model):
-        return "lm"
-    name = type(model).__name__
-    if "CausalLM" in name or "LMHead" in name:
-        return "lm"
-    if "Classification" in name:
-        return "classifier"
-    return "encoder"
+class ConstantReconstruction(nn.Module):
+    """A stand-in "SAE" whose reconstruction is one fixed vector (zeros or the mean).
 
-
-def run_model(model: nn.Module, inputs: Mapping[str, Tensor]) -> Tensor:
-    """The model's main output: logits (LMs, classifiers) or the last hidden state."""
-    kwargs, args = model_call_args(model, to_device(inputs, model_device(model)))
-    out = model(*args, **kwargs)
-    if isinstance(out, Tensor):
-        return out
-    logits = getattr(out, "logits", None)
-    return logits if logits is not None else out.last_hidden_state
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """Where the model's inputs go: the device of its first parameter."""
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
-def sae_tensor_spec(sae: nn.Module) -> torch.Tensor:
-    """A tensor of the SAE's own device and dtype (its first parameter or buffer), to
-    move activations to; float32 on the CPU for an SAE that holds no tensor."""
-    for t in (*sae.parameters(), *sae.buffers()):
-        if t.is_floating_point():
-            return t
-    return torch.empty(0)
-
-
-def to_device(inputs: Mapping[str, Tensor], device: torch.device) -> dict[str, Tensor]:
-    return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in inputs.items()}
-
-
-class Replace(nn.Module):
-    """A stand-in "SAE" whose reconstruction is a fixed vector (zeros or the mean).
-
-    Lets the ablation baselines go through the very same splice as the SAE.
+    Lets the zero- and mean-ablation baselines go through the very same splice as the SAE.
     """
 
     def __init__(self, value: Tensor) -> None:
@@ -93,9 +50,21 @@ class Replace(nn.Module):
         return SAEOutput(x, x, self.decode(x))
 
 
+L0_MEASURES = (
+    "mean non-zero codes per row with the SAE in eval mode (BatchTopK: codes at or above "
+    "its running threshold, so a row's count does not depend on its batch; training's l0 "
+    "is the per-batch top-k budget)"
+)
+"""What `ReconstructionResult.l0` counts; written next to it in eval.json."""
+
+
 @dataclass
 class ReconstructionResult:
-    """The standard numbers of a spliced SAE; `to_json` for files, `summary` for people."""
+    """The standard numbers of a spliced SAE; `to_json` for files, `summary` for people.
+
+    FVU, L0 and the dead/dense fractions are those of sae_hooks.metrics over the real
+    tokens measured. `l0` is measured in eval mode: see L0_MEASURES.
+    """
 
     point: str
     kind: str
@@ -114,6 +83,7 @@ class ReconstructionResult:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["explained_variance"] = self.explained_variance
+        d["l0_measures"] = L0_MEASURES
         return d
 
     def to_json(self, **kw: Any) -> str:
@@ -123,7 +93,8 @@ class ReconstructionResult:
         lines = [
             f"point {self.point} ({self.kind}): {self.n_rows:,} rows in {self.n_batches} batches",
             f"  FVU {self.fvu:.4f} (explained variance {self.explained_variance:.4f})",
-            f"  L0 {self.l0:.2f}, dead {self.dead_fraction:.2%}, dense {self.dense_fraction:.2%}",
+            f"  L0 {self.l0:.2f} (eval mode; BatchTopK: codes >= its running threshold)",
+            f"  dead {self.dead_fraction:.2%}, dense {self.dense_fraction:.2%}",
         ]
         lines += [f"  {k} {v:.4f}" for k, v in self.downstream.items()]
         return "\n".join(lines)
@@ -192,13 +163,54 @@ class _Downstream:
         return r
 
 
-def _row_mask(inputs: Mapping[str, Tensor], x: Tensor, drop_bos: bool) -> Tensor:
-    """(B, T) bool: the positions whose activations count (real tokens, BOS optionally not)."""
+def _rows(inputs: Mapping[str, Tensor], x: Tensor, d: int, point: str, drop_bos: bool) -> Tensor:
+    """The activation rows that count: real tokens (BOS optionally not), as (N, d)."""
+    if x.shape[-1] != d:
+        raise ValueError(
+            f"evaluate_reconstruction: the activation at {point!r} has d={x.shape[-1]} "
+            f"but the SAE's input_size is {d}"
+        )
+    if x.ndim != 3:
+        return x.reshape(-1, d)
     mask = inputs.get("attention_mask")
     keep = torch.ones(x.shape[:2], dtype=torch.bool) if mask is None else mask.bool()
     if drop_bos:
         keep = keep & (keep.long().cumsum(1) > 1)
-    return keep.to(x.device)
+    return x[keep.to(x.device)]
+
+
+class _Measures:
+    """The running sums of one evaluation: reconstruction (FVU, firing) and downstream."""
+
+    def __init__(self, sae: nn.Module, kind: ModelKind, drop_bos: bool) -> None:
+        self.sae, self.drop_bos = sae, drop_bos
+        self.device, self.dtype = sae_device_dtype(sae)
+        self.firing = sae_metrics.FiringStats(sae.nb_concepts, device=self.device)
+        self.sos = sae_metrics.SumOfSquares()
+        self.downstream = _Downstream(kind)
+        self.zero = ConstantReconstruction(torch.zeros(sae.input_size)).to(self.device)
+
+    def add_batch(
+        self, model: nn.Module, point: str, inputs: Mapping[str, Tensor], mean: Tensor | None
+    ) -> int:
+        """Measure one batch (inputs on the model's device); returns its number of rows."""
+        with capture(model, point) as acts:
+            clean = run_model(model, inputs)
+        rows = _rows(inputs, acts[point], self.sae.input_size, point, self.drop_bos)
+        out = self.sae(rows.to(device=self.device, dtype=self.dtype))
+        self.firing.update(out.z)
+        self.sos.update(rows, out.x_hat)
+        mean = rows.float().mean(0) if mean is None else mean
+        outs = {}
+        for name, stand_in in (
+            ("spliced", self.sae),
+            ("zero", self.zero),
+            ("mean", ConstantReconstruction(mean).to(self.device)),
+        ):
+            with splice(model, point, stand_in):
+                outs[name] = run_model(model, inputs)
+        self.downstream.update(inputs, clean, outs)
+        return rows.shape[0]
 
 
 @torch.no_grad()
@@ -219,57 +231,26 @@ def evaluate_reconstruction(
     `mean_activation` (d,) is the mean-ablation baseline; by default each batch's
     own mean over its real tokens. `drop_bos` leaves each sequence's first real
     token out of FVU and L0, as a store captured with drop_bos does (GPT-2's first
-    position is an attention sink with an outsized norm). The SAE runs in eval mode (BatchTopK uses its
-    running threshold) and is put back in its previous mode afterwards.
+    position is an attention sink with an outsized norm). The SAE runs in eval mode
+    (BatchTopK: its running threshold, so L0 is that of inference, not the batch top-k
+    of training) and gets its previous mode back afterwards.
     """
     kind = model_kind(model)
-    was_training = sae.training
-    sae.eval()
-    param = sae_tensor_spec(sae)
-    firing = sae_metrics.FiringStats(sae.nb_concepts, device=param.device)
-    sos = sae_metrics.SumOfSquares()
-    downstream = _Downstream(kind)
     result = ReconstructionResult(point=point, kind=kind)
-    d = sae.input_size
-    zero = Replace(torch.zeros(d)).to(param.device)
-    try:
-        for i, inputs in enumerate(
-            tqdm(data, desc="eval", disable=not progress, total=max_batches)
-        ):
+    with eval_mode(sae):
+        measures = _Measures(sae, kind, drop_bos)
+        batches = tqdm(data, desc="eval", disable=not progress, total=max_batches)
+        for i, inputs in enumerate(batches):
             if max_batches is not None and i >= max_batches:
                 break
             inputs = to_device(inputs, model_device(model))
-            with capture(model, point) as acts:
-                clean = run_model(model, inputs)
-            x = acts[point]
-            if x.shape[-1] != d:
-                raise ValueError(
-                    f"evaluate_reconstruction: the activation at {point!r} has d={x.shape[-1]} "
-                    f"but the SAE's input_size is {d}"
-                )
-            rows = x[_row_mask(inputs, x, drop_bos)] if x.ndim == 3 else x.reshape(-1, d)
-            out = sae(rows.to(device=param.device, dtype=param.dtype))
-            firing.update(out.z)
-            sos.update(rows, out.x_hat)
-            mean = rows.float().mean(0) if mean_activation is None else mean_activation
-            outs = {}
-            for name, stand_in in (
-                ("spliced", sae),
-                ("zero", zero),
-                ("mean", Replace(mean).to(param.device)),
-            ):
-                with splice(model, point, stand_in):
-                    outs[name] = run_model(model, inputs)
-            downstream.update(inputs, clean, outs)
-            result.n_rows += rows.shape[0]
+            result.n_rows += measures.add_batch(model, point, inputs, mean_activation)
             result.n_batches += 1
-    finally:
-        sae.train(was_training)
     if result.n_batches == 0:
         raise ValueError("evaluate_reconstruction: the data source yielded no batches")
-    result.fvu = sos.fvu
-    result.l0 = firing.l0
-    result.dead_fraction = firing.dead_fraction
-    result.dense_fraction = firing.dense_fraction(dense_above)
-    result.downstream = downstream.result()
+    result.fvu = measures.sos.fvu
+    result.l0 = measures.firing.l0
+    result.dead_fraction = measures.firing.dead_fraction
+    result.dense_fraction = measures.firing.dense_fraction(dense_above)
+    result.downstream = measures.downstream.result()
     return result

@@ -2,22 +2,25 @@
 
 At each spliced point the activation x (…, d) is flattened to rows, encoded to z,
 optionally edited, decoded and reshaped back, in the SAE's dtype and device and then
-cast back to the model's. With ``error_term`` the output is
+cast back to the model's. The SAE runs in eval mode unless asked otherwise. With ``error_term`` the output is
 ``x + (decode(z_edited) - decode(z))`` — algebraically x_hat_edited + (x - x_hat) but
 exact where nothing is edited, so only the edits move the model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import nn
 
+from sae_hooks.devices import sae_device_dtype
 from sae_hooks.hooks.backends import add_hook
 from sae_hooks.hooks.points import resolve_point
+from sae_hooks.sae.modes import module_mode
 
 Positions = Sequence[int] | torch.Tensor | None
 
@@ -116,56 +119,71 @@ def splice(
     error_term: bool = False,
     edit: Edits | Mapping[str, Edits] = None,
     record_latents: bool = False,
+    sae_mode: Literal["eval", "train"] = "eval",
 ) -> Iterator[Splice]:
     """Replace the activation at a point (or at each point of a mapping point -> SAE)
     with its SAE reconstruction for every forward inside the block.
 
     ``edit``: one LatentEdit or a list applied in order, for every point, or a mapping
-    point -> edits. Hooks are removed on every exit path.
+    point -> edits. The SAEs run in eval mode (BatchTopK: its running threshold, so a
+    token's codes do not depend on the rest of the batch); ``sae_mode="train"`` runs
+    them in train mode instead, e.g. to fine-tune an SAE end to end through the model.
+    Hooks are removed and each SAE gets its previous mode back on every exit path.
     """
+    if sae_mode not in ("eval", "train"):
+        raise ValueError(f"sae_mode must be 'eval' or 'train', got {sae_mode!r}")
     saes = _sae_mapping(point_or_mapping, sae)
     edits = _edit_mapping(edit, saes)
     locations = [resolve_point(model, p) for p in saes]
     handle = Splice(points=tuple(saes))
 
-    def splicer(point: str):
-        sae, point_edits = saes[point], edits[point]
-
-        def run(x: torch.Tensor) -> torch.Tensor | None:
-            d = x.shape[-1]
-            if d != sae.input_size:
-                raise ValueError(
-                    f"splice {point!r}: the activation has d={d} but the SAE's input_size "
-                    f"is {sae.input_size}"
-                )
-            param = next(sae.parameters(), x) if isinstance(sae, nn.Module) else x
-            rows = x.reshape(-1, d).to(device=param.device, dtype=param.dtype)
-            _, z = sae.encode(rows)
-            z_edit = z
-            if point_edits:
-                z_edit = z.reshape(*x.shape[:-1], z.shape[-1])
-                for e in point_edits:
-                    z_edit = e(z_edit)
-                z_edit = z_edit.reshape(z.shape)
-            if record_latents:
-                handle.latents[point] = z_edit.detach().reshape(*x.shape[:-1], z.shape[-1])
-            if error_term:
-                if not point_edits:
-                    return None  # x + (x_hat - x_hat): leave the activation as it is
-                delta = sae.decode(z_edit) - sae.decode(z)
-                return x + delta.reshape(x.shape).to(device=x.device, dtype=x.dtype)
-            return sae.decode(z_edit).reshape(x.shape).to(device=x.device, dtype=x.dtype)
-
-        return run
-
-    handles = []
-    try:
+    with ExitStack() as stack:
+        for each in {id(each): each for each in saes.values()}.values():
+            stack.enter_context(module_mode(each, training=sae_mode == "train"))
         for loc in locations:
-            handles.append(add_hook(loc, splicer(loc.point)))
+            hook = _splicer(
+                loc.point, saes[loc.point], edits[loc.point], handle, error_term, record_latents
+            )
+            stack.callback(add_hook(loc, hook).remove)
         yield handle
-    finally:
-        for h in handles:
-            h.remove()
+
+
+def _splicer(
+    point: str,
+    sae: nn.Module,
+    edits: list[LatentEdit],
+    handle: Splice,
+    error_term: bool,
+    record_latents: bool,
+) -> Callable[[torch.Tensor], torch.Tensor | None]:
+    """The hook of one point: x -> the (edited) reconstruction, or None to keep x."""
+
+    def run(x: torch.Tensor) -> torch.Tensor | None:
+        d = x.shape[-1]
+        if d != sae.input_size:
+            raise ValueError(
+                f"splice {point!r}: the activation has d={d} but the SAE's input_size "
+                f"is {sae.input_size}"
+            )
+        device, dtype = sae_device_dtype(sae, like=x)
+        rows = x.reshape(-1, d).to(device=device, dtype=dtype)
+        _, z = sae.encode(rows)
+        z_edit = z
+        if edits:
+            z_edit = z.reshape(*x.shape[:-1], z.shape[-1])
+            for e in edits:
+                z_edit = e(z_edit)
+            z_edit = z_edit.reshape(z.shape)
+        if record_latents:
+            handle.latents[point] = z_edit.detach().reshape(*x.shape[:-1], z.shape[-1])
+        if error_term:
+            if not edits:
+                return None  # x + (x_hat - x_hat): leave the activation as it is
+            delta = sae.decode(z_edit) - sae.decode(z)
+            return x + delta.reshape(x.shape).to(device=x.device, dtype=x.dtype)
+        return sae.decode(z_edit).reshape(x.shape).to(device=x.device, dtype=x.dtype)
+
+    return run
 
 
 def _sae_mapping(point_or_mapping, sae) -> dict[str, nn.Module]:

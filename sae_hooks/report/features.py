@@ -20,8 +20,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from sae_hooks.devices import sae_device_dtype
 from sae_hooks.metrics import DENSE_FRACTION, FiringStats
 from sae_hooks.report.rows import Rows
+from sae_hooks.sae.modes import eval_mode
 
 HIST_BINS = 32
 SAMPLE_SIZE = 48
@@ -74,21 +76,12 @@ class FeatureStats:
         return (self.act_sum / self.fire_count.clamp_min(1)).float()
 
 
-def _sae_device_dtype(sae: nn.Module) -> tuple[torch.device, torch.dtype]:
-    param = next(sae.parameters())
-    return param.device, param.dtype
-
-
 @torch.inference_mode()
 def encode_rows(sae: nn.Module, rows: torch.Tensor) -> torch.Tensor:
     """z for raw activation rows, computed in eval mode (BatchTopK: running threshold)."""
-    device, dtype = _sae_device_dtype(sae)
-    was_training = sae.training
-    sae.eval()
-    try:
+    device, dtype = sae_device_dtype(sae)
+    with eval_mode(sae):
         return sae.encode(rows.to(device=device, dtype=dtype))[1].float()
-    finally:
-        sae.train(was_training)
 
 
 def _pow2_above(x: torch.Tensor) -> torch.Tensor:
@@ -226,7 +219,7 @@ def collect_features(
         )
     if k <= 0 or bins <= 0:
         raise ValueError(f"k and bins must be positive ints, got k={k}, bins={bins}")
-    device, _ = _sae_device_dtype(sae)
+    device, _ = sae_device_dtype(sae)
     acc = _Collector(sae.nb_concepts, k, bins, device)
     bar = tqdm(total=rows.n_rows, disable=not progress, desc="features", unit="row")
     for start, chunk in rows.chunks(chunk_rows):

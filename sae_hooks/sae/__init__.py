@@ -14,6 +14,7 @@ from .encoders import (
 from .formats import export_saelens, import_saelens
 from .jump import JumpSAE, heaviside, jump_relu
 from .kernels import KERNELS
+from .modes import eval_mode
 from .overcomplete import load_overcomplete_state_dict
 from .topk import TopKSAE
 from .training import TrainingContract
@@ -38,6 +39,7 @@ __all__ = [
     "SAEOutput",
     "TopKSAE",
     "TrainingContract",
+    "eval_mode",
     "export_saelens",
     "heaviside",
     "import_saelens",

@@ -375,7 +375,7 @@ def load_sae(path: str | os.PathLike, device: str | torch.device = "cpu") -> SAE
         )
     sae = SAE_REGISTRY[arch].from_config(config, device=device)
     sae.load_weights(read_safetensors(path / WEIGHTS_FILE, device))
-    return sae
+    return sae.eval()  # inference is never silently in train mode (BatchTopK: batch top-k)
 
 
 def read_safetensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:

@@ -145,7 +145,7 @@ def import_saelens(path: str | os.PathLike, device: str | torch.device = "cpu") 
             for k, v in state.items()
         }
     )
-    return sae
+    return sae.eval()  # inference is never silently in train mode (BatchTopK: batch top-k)
 
 
 def _read_saelens_config(path: Path) -> tuple[dict[str, Any], str]:

@@ -11,6 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sae_hooks.data.batch import InputBatch, InputBatches
+from sae_hooks.devices import model_device, to_device
 from sae_hooks.hooks.capture import ActivationBatch, capture_batch
 from sae_hooks.store.layout import DEFAULT_CHUNK_ROWS, META_ARRAYS, check_dtype, load_group
 from sae_hooks.store.reader import ActivationStore
@@ -23,19 +24,11 @@ def _model_name(model: Any) -> str:
     return str(name or getattr(model, "name_or_path", "") or type(model).__name__)
 
 
-def _model_device(model: Any) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except (AttributeError, StopIteration):
-        return torch.device("cpu")
-
-
 def capture_input_batch(
     model: Any, points: list[str], batch: InputBatch, **capture_kwargs: Any
 ) -> ActivationBatch:
     """capture_batch on one InputBatch, with doc_index counted from its doc_offset."""
-    device = _model_device(model)
-    inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    inputs = to_device(dict(batch), model_device(model))
     acts = capture_batch(model, points, inputs, **capture_kwargs)
     acts.doc_index = acts.doc_index + batch.doc_offset
     return acts
