@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from sae_hooks.devices import available_device
 from sae_hooks.distributed import RankSlice, processes, sync_replicas_
 from sae_hooks.sae import SAE, SAE_REGISTRY
 
@@ -75,7 +76,7 @@ class Trainer:
                 f"batch_size={cfg.batch_size} is not divisible by the {rank.world} processes; "
                 "each rank trains on batch_size // world rows of every global batch"
             )
-        self.device = torch.device(rank.device(cfg.device))
+        self.device = available_device(rank.device(cfg.device))
         if rank.is_main:  # one training per run directory; then clear what a kill left
             runlock.acquire(self.run_dir)
         try:
