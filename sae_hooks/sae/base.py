@@ -73,6 +73,11 @@ class SAE(TrainingContract, nn.Module):
     """None: decode only the active latents when the variant's code density is known
     to be at most MAX_SPARSE_DENSITY (TopK, BatchTopK); True / False force it on / off
     where the result cannot differ (see `_decodes_sparsely`). A speed switch only."""
+    check_finite: bool = False
+    """True: encode / forward refuse input holding NaN or inf with a ValueError. Off by
+    default: the check waits for the device once per call. Training never needs it (stores
+    and the train sources refuse non-finite rows), nor does `load_sae` (it refuses
+    non-finite weights); turn it on for activations of unknown origin."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -225,6 +230,11 @@ class SAE(TrainingContract, nn.Module):
 
     def _to_rows(self, x: torch.Tensor) -> torch.Tensor:
         """What the encoder reads: rows (N, d), or (B, *input_shape) for a structure encoder."""
+        if self.check_finite and isinstance(x, torch.Tensor) and not bool(x.isfinite().all()):
+            raise ValueError(
+                f"{type(self).__name__} input holds {int((~x.isfinite()).sum())} NaN or "
+                f"infinite values (check_finite=True); shape {tuple(x.shape)}"
+            )
         return shapes.encoder_input(
             x, self.input_shape, self._structured, type(self).__name__, self.dictionary.weight.dtype
         )
