@@ -404,7 +404,17 @@ def build_sae(config: TrainConfig, d_model: int) -> SAE:
     # The init draws from torch's global RNG: seed it, without disturbing the caller's.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        return SAE_REGISTRY[config.architecture].from_train_config(config, d_model)
+        try:
+            return SAE_REGISTRY[config.architecture].from_train_config(config, d_model)
+        except (RuntimeError, MemoryError) as err:
+            if not isinstance(err, MemoryError) and "alloc" not in str(err).lower():
+                raise
+            size = config.nb_concepts * d_model * getattr(torch, config.dtype).itemsize
+            raise ValueError(
+                f"nb_concepts={config.nb_concepts} x d={d_model}: the SAE's matrices need "
+                f"{2 * size / 1e9:.3g} GB and cannot be allocated on {config.device} "
+                f"({str(err).splitlines()[0]}); lower nb_concepts or expansion_factor"
+            ) from None
 
 
 def _config_for_sae(config: TrainConfig, sae: SAE, d: int) -> TrainConfig:
