@@ -16,6 +16,7 @@ from zarr.core.sync import sync
 from sae_hooks.store.interface import Damage, PointStats
 from sae_hooks.store.layout import (
     META_ARRAYS,
+    check_out,
     describe,
     load_group,
     storage_to_numpy,
@@ -104,13 +105,24 @@ class ActivationStore:
             raise IndexError(f"rows [{start}, {stop}) outside the {self.n_rows} committed rows")
         return start, stop
 
-    def read_raw(self, point: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Rows exactly as stored (bfloat16 as uint16 bits)."""
+    def read_raw(
+        self, point: str, start: int = 0, stop: int | None = None, *, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Rows exactly as stored (bfloat16 as uint16 bits); into `out` when given (no temporary)."""
         start, stop = self._bounds(start, stop)
-        return self._read(f"acts/{point}", self.array(point), start, stop)
+        arr = self.array(point)
+        if out is not None:
+            check_out(out, (stop - start, *arr.shape[1:]), arr.dtype)
+        return self._read(f"acts/{point}", arr, start, stop, out)
 
-    def _read(self, label: str, arr: zarr.Array, start: int, stop: int) -> np.ndarray:
+    def _read(
+        self, label: str, arr: zarr.Array, start: int, stop: int, out: np.ndarray | None = None
+    ) -> np.ndarray:
         try:
+            if out is not None:
+                buffer = default_buffer_prototype().nd_buffer.from_numpy_array(out)
+                arr.get_basic_selection(slice(start, stop), out=buffer)
+                return out
             return arr[start:stop]
         except Exception as err:  # a chunk that does not decode: name it and the way out
             raise ValueError(
