@@ -111,6 +111,9 @@ class ActivationLoader:
         cuts = [self.start, *range((self.start // chunk + 1) * chunk, self.stop, chunk), self.stop]
         self._blocks = list(itertools.pairwise(cuts))
         self.epoch = 0
+        # Scratch buffer pairs kept across epochs: a fresh 100+ MB array costs its
+        # page faults again (measured here: slower than the copy it is filled by).
+        self._scratch_pool: list[list[np.ndarray]] = []
         self._batch = 0  # batches of the current epoch already handed out
 
     def __len__(self) -> int:
@@ -249,9 +252,7 @@ class ActivationLoader:
             plan = self._plan(epoch)
             offsets = np.cumsum([0] + [sum(b - a for a, b in bs) for bs in plan])
             k = int(np.searchsorted(offsets, first * self.batch_size, side="right")) - 1
-            width = self.store.d_model(self.point)
-            cap = max(int(offsets[j + 1] - offsets[j]) for j in range(len(plan)))
-            scratch = [np.empty((cap, width), self._stored_numpy) for _ in range(2)]
+            scratch = self._take_scratch(int(np.diff(offsets).max()))
             with ThreadPoolExecutor(1, thread_name_prefix="ActivationLoader-read") as reader:
                 nxt = reader.submit(self._fill, epoch, k, plan[k], scratch[k % 2])
                 buf, perm = nxt.result()
@@ -278,7 +279,17 @@ class ActivationLoader:
                         lo += take
                     if not put(self._on_host(batch, bits)):
                         return
+            self._scratch_pool.append(scratch)  # only after the reader thread has finished
         except BaseException as err:
             put(err)
             return
         put(_END)
+
+    def _take_scratch(self, rows: int) -> list[np.ndarray]:
+        """Two (rows, d) arrays of the stored dtype: a pooled pair, or a new one."""
+        with contextlib.suppress(IndexError):
+            pair = self._scratch_pool.pop()  # atomic: two iterators never share a pair
+            if len(pair[0]) >= rows:
+                return pair
+        shape = (rows, self.store.d_model(self.point))
+        return [np.empty(shape, self._stored_numpy) for _ in range(2)]
