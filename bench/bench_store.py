@@ -10,9 +10,10 @@ stores).
 
 "plain copy" is the in-memory yardstick of the loader: the same bytes (the
 stored dtype) copied batch by batch into fresh arrays, `np.array(rows[s:s+b])`,
-one thread. The loader's ratio to it is taken round by round.
+one thread. The loader's ratio to it is taken round by round. Writes time the
+first `--write-rows` rows (a fresh store each time, its creation included).
 
-`--train-steps S` (default 8; 0 skips) also times S TopK training steps (768 ->
+`--train-steps S` (default 4; 0 skips) also times S TopK training steps (768 ->
 6144 at d = 768, k = 32) fed by the store's loader against the same S steps fed
 the same batches from a list in memory, interleaved over the rounds, and prints
 the ratio: the data path's cost to training.
@@ -21,6 +22,7 @@ the ratio: the data path's cost to training.
 from __future__ import annotations
 
 import argparse
+import functools
 import shutil
 import sys
 import tempfile
@@ -41,9 +43,19 @@ from sae_hooks.store.layout import to_storage
 GPU_TOKENS_PER_S = 1_500_000  # issue 17's GPU step target: the loader must feed it
 
 
-def write_store(path: Path, x: np.ndarray, dtype: str, batch: int = 2048) -> None:
+#: label -> (stored dtype, compressors): the defaults (bfloat16 gets zstd) and raw bfloat16.
+KINDS = {
+    "float32": ("float32", "auto"),
+    "bfloat16": ("bfloat16", "auto"),
+    "bfloat16 uncompressed": ("bfloat16", None),
+}
+
+
+def write_store(
+    path: Path, x: np.ndarray, dtype: str, compressors: object = "auto", batch: int = 2048
+) -> None:
     shutil.rmtree(path, ignore_errors=True)
-    with StoreWriter(path, points=["p"], dtype=dtype) as w:
+    with StoreWriter(path, points=["p"], dtype=dtype, compressors=compressors) as w:
         for s in range(0, len(x), batch):
             rows = torch.arange(s, min(s + batch, len(x)))
             acts = {"p": torch.from_numpy(x[s : s + batch])}
@@ -62,27 +74,41 @@ def plain_copy(rows: np.ndarray, bs: int) -> Callable[[], None]:
     return run
 
 
-def operations(tmp: Path, x: np.ndarray, bs: int) -> dict[str, Callable[[], object]]:
-    """label -> one timed run; labels are '<operation> | <implementation>'."""
-    ops: dict[str, Callable[[], object]] = {}
-    for dtype in ("float32", "bfloat16"):
-        write_store(tmp / dtype, x, dtype)
-        store = open_store(tmp / dtype)
-        stored = to_storage(x, dtype)
-        ops[f"write {dtype} | store"] = lambda d=dtype: write_store(tmp / f"w_{d}", x, d)
-        ops[f"read all {dtype} | store read_raw"] = lambda s=store: s.read_raw("p")
-        ops[f"shuffled batches {dtype} | store loader, stored dtype"] = lambda s=store: drain(
-            ActivationLoader(s, "p", bs, val_fraction=0.0, dtype=None)
+def operations(
+    tmp: Path, x: np.ndarray, bs: int, write_rows: int
+) -> dict[str, tuple[Callable[[], object], int]]:
+    """label -> (one timed run, rows it handles); labels are '<operation> | <implementation>'.
+
+    One loader per store, drained once a round: a round is one epoch of a loader
+    that lives for the whole run, as in training (its scratch buffers are reused).
+    """
+    ops: dict[str, tuple[Callable[[], object], int]] = {}
+    part = x[:write_rows]
+    for kind, (dtype, compressors) in KINDS.items():
+        path = tmp / kind.replace(" ", "_")
+        write_store(path, x, dtype, compressors)
+        store = open_store(path)
+        keep = ActivationLoader(store, "p", bs, val_fraction=0.0, dtype=None)
+        write = functools.partial(write_store, tmp / "w", part, dtype, compressors)
+        ops[f"write {kind} | store"] = (write, len(part))
+        ops[f"read all {kind} | store read_raw"] = (functools.partial(store.read_raw, "p"), len(x))
+        ops[f"shuffled batches {kind} | store loader, stored dtype"] = (
+            functools.partial(drain, keep),
+            len(x),
         )
         if dtype == "bfloat16":
-            ops["shuffled batches bfloat16 | store loader, widened to float32"] = lambda s=store: (
-                drain(ActivationLoader(s, "p", bs, val_fraction=0.0))
+            wide = ActivationLoader(store, "p", bs, val_fraction=0.0)
+            ops[f"shuffled batches {kind} | store loader, widened to float32"] = (
+                functools.partial(drain, wide),
+                len(x),
             )
-        ops[f"batches {dtype} | plain copy (same bytes, in memory)"] = plain_copy(stored, bs)
-    npy = tmp / "acts.npy"
+        if compressors == "auto":  # one yardstick per dtype
+            copy = plain_copy(to_storage(x, dtype), bs)
+            ops[f"batches {dtype} | plain copy (same bytes, in memory)"] = (copy, len(x))
+    npy, npy_part = tmp / "acts.npy", tmp / "part.npy"
     np.save(npy, x)
-    ops["write float32 | np.save"] = lambda: np.save(npy, x)
-    ops["read all float32 | np.load"] = lambda: np.load(npy)
+    ops["write float32 | np.save"] = (functools.partial(np.save, npy_part, part), len(part))
+    ops["read all float32 | np.load"] = (functools.partial(np.load, npy), len(x))
     mm = np.load(npy, mmap_mode="r")
     perm = np.random.default_rng(1).permutation(len(x))
 
@@ -90,24 +116,24 @@ def operations(tmp: Path, x: np.ndarray, bs: int) -> dict[str, Callable[[], obje
         for s in range(0, len(x) - bs + 1, bs):
             torch.from_numpy(mm[np.sort(perm[s : s + bs])])
 
-    ops["shuffled batches float32 | np.memmap random rows"] = memmap_batches
+    ops["shuffled batches float32 | np.memmap random rows"] = (memmap_batches, len(x))
     return ops
 
 
 def store_table(args: argparse.Namespace, tmp: Path) -> None:
     n, d, bs = args.rows, args.d, args.batch
     x = np.random.default_rng(0).standard_normal((n, d), dtype=np.float32)
-    ops = operations(tmp, x, bs)
-    for fn in ops.values():
-        fn()  # warm-up: page cache, allocator
-    secs: dict[str, list[float]] = {label: [] for label in ops}
+    ops = operations(tmp, x, bs, min(args.write_rows, n))
+    for fn, _ in ops.values():
+        fn()  # warm-up: page cache, allocator, the loaders' scratch buffers
+    rates: dict[str, list[float]] = {label: [] for label in ops}
     loads = []
     for _ in range(args.rounds):
         loads.append(load_average())
-        for label, fn in ops.items():
+        for label, (fn, rows) in ops.items():
             start = time.perf_counter()
             fn()
-            secs[label].append(time.perf_counter() - start)
+            rates[label].append(rows / (time.perf_counter() - start))
     loads.append(load_average())
 
     mb = x.nbytes / 1e6
@@ -117,9 +143,8 @@ def store_table(args: argparse.Namespace, tmp: Path) -> None:
         "| operation | implementation | rows/s (min / median / max) | MB/s float32-equiv. (median) |"
     )
     print("|---|---|---:|---:|")
-    for label, t in secs.items():
+    for label, rows_per_s in rates.items():
         op, impl = label.split(" | ")
-        rows_per_s = [n / s for s in t]
         print(f"| {op} | {impl} | {spread(rows_per_s)} | {mb * np.median(rows_per_s) / n:,.0f} |")
 
     print("\nLoader vs a plain in-memory copy of the same bytes (per round; target >= 0.50):\n")
@@ -127,17 +152,20 @@ def store_table(args: argparse.Namespace, tmp: Path) -> None:
         "| loader | vs plain copy (min / median / max) | rows/s needed | rows/s delivered (median) |"
     )
     print("|---|---:|---:|---:|")
-    for dtype, mode in [
+    for kind, mode in [
         ("float32", "stored dtype"),
         ("bfloat16", "stored dtype"),
         ("bfloat16", "widened to float32"),
+        ("bfloat16 uncompressed", "stored dtype"),
+        ("bfloat16 uncompressed", "widened to float32"),
     ]:
-        t_loader = secs[f"shuffled batches {dtype} | store loader, {mode}"]
-        t_copy = secs[f"batches {dtype} | plain copy (same bytes, in memory)"]
-        ratios = [c / t for c, t in zip(t_copy, t_loader, strict=True)]
-        delivered = np.median([n / t for t in t_loader])
+        dtype = KINDS[kind][0]
+        r_loader = rates[f"shuffled batches {kind} | store loader, {mode}"]
+        r_copy = rates[f"batches {dtype} | plain copy (same bytes, in memory)"]
+        ratios = [a / b for a, b in zip(r_loader, r_copy, strict=True)]
+        delivered = np.median(r_loader)
         print(
-            f"| {dtype}, {mode} | {spread(ratios, '{:.2f}')} | {GPU_TOKENS_PER_S:,} "
+            f"| {kind}, {mode} | {spread(ratios, '{:.2f}')} | {GPU_TOKENS_PER_S:,} "
             f"| {delivered:,.0f} |"
         )
 
@@ -211,7 +239,8 @@ def main() -> None:
     parser.add_argument("--d", type=int, default=768)
     parser.add_argument("--batch", type=int, default=4096, help="loader batch rows")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--train-steps", type=int, default=8, help="0: skip the training table")
+    parser.add_argument("--write-rows", type=int, default=32768, help="rows per timed write")
+    parser.add_argument("--train-steps", type=int, default=4, help="0: skip the training table")
     parser.add_argument("--train-batch", type=int, default=2048)
     parser.add_argument("--train-width", type=int, default=6144)
     args = parser.parse_args()
