@@ -328,3 +328,26 @@ def test_cuda_target_without_cuda_is_a_clear_error(kinds):
     loader = ActivationLoader(kinds["f32"], "p", 16, device="cuda")
     with pytest.raises((RuntimeError, AssertionError), match=r"(?i)cuda"):
         next(iter(loader))
+
+
+def test_chunk_file_fast_path_leaves_absent_and_short_chunks_to_zarr(tmp_path):
+    """read_raw(out=) reads raw chunk files directly, but an absent file (zarr skips
+    all-zero chunks) reads as zarr's fill value and a short one as damage, as without out=."""
+    x = torch.randn(48, 3)
+    x[16:32] = 0  # chunk 1 is all fill value: zarr writes no file for it
+    rows = torch.arange(48)
+    with StoreWriter(tmp_path / "s", points=["p"], chunk_rows=16, dtype="float32") as w:
+        w.append(SimpleNamespace(acts={"p": x}, token_ids=rows, doc_index=rows, position=rows))
+    store = open_store(tmp_path / "s")
+    files = [p.parts[-2:] for p in (tmp_path / "s" / "acts" / "p").rglob("*") if p.is_file()]
+    assert ("1", "0") not in files and ("2", "0") in files
+    out = np.full((48, 3), 7, np.float32)
+    np.testing.assert_array_equal(store.read_raw("p", out=out), x.numpy())
+    chunk2 = next(
+        p for p in (tmp_path / "s" / "acts" / "p").rglob("*") if p.parts[-2:] == ("2", "0")
+    )
+    chunk2.write_bytes(chunk2.read_bytes()[:100])
+    with pytest.raises(ValueError, match="damaged"):
+        store.read_raw("p", 32, 48, out=np.empty((16, 3), np.float32))
+    with pytest.raises(ValueError, match="damaged"):
+        store.read_raw("p", 32, 48)
