@@ -6,6 +6,7 @@ import contextlib
 import os
 import platform
 import re
+import statistics
 from pathlib import Path
 
 import torch
@@ -59,5 +60,15 @@ def machine(device: torch.device) -> str:
         ),
         platform.processor(),
     )
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return f"{model}, {torch.get_num_threads()} threads, load average {load:.1f}"
+    return f"{model}, {torch.get_num_threads()} threads, load average {load_average():.1f}"
+
+
+def load_average() -> float:
+    """The 1-minute load average (NaN where the platform has none)."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+
+def spread(values: list[float], fmt: str = "{:,.0f}") -> str:
+    """`min / median / max` of repeated measurements, each formatted with `fmt`."""
+    lo, mid, hi = min(values), statistics.median(values), max(values)
+    return " / ".join(fmt.format(v) for v in (lo, mid, hi))

@@ -13,9 +13,11 @@ after two, so its capture should cost about 2 / n_layers of the forward.
 capture_to_store writes float32 rows to a zarr store in a temporary folder (page
 cache), store creation included, over --store-batches batches per call.
 
-tokens/s, ms/batch and CPU ms/batch (process CPU time, all threads, the store's
-writer included) are medians; the ratio to the bare forward uses the best timing
-of each method, which other jobs on a shared machine disturb least.
+Methods run interleaved, once per round, so that they share the machine's load.
+tokens/s and the ratio to the bare forward are `min / median / max` over the
+rounds (the ratio taken within each round, against that round's bare forward);
+CPU ms/batch (process CPU time, all threads, the store's writer included) is a
+median. The 1-minute load average over the rounds is printed with the table.
 
 Peak memory while a method runs: the process's peak RSS (VmHWM, reset through
 /proc/self/clear_refs; interpreter and model included); torch.cuda.max_memory_allocated
@@ -38,7 +40,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout
 
-from _common import PeakMemory, machine  # noqa: E402
+from _common import PeakMemory, load_average, machine, spread  # noqa: E402
 
 from sae_hooks.hooks import capture_batch  # noqa: E402
 from sae_hooks.store import capture_to_store  # noqa: E402
@@ -95,7 +97,7 @@ def main() -> None:
     parser.add_argument("--models", default="gpt2,minilm")
     parser.add_argument("--batch", type=int, default=4, help="sequences per batch")
     parser.add_argument("--seq", type=int, default=128, help="tokens per sequence")
-    parser.add_argument("--rounds", type=int, default=5, help="timings per method; median")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timings per method")
     parser.add_argument("--store-batches", type=int, default=8, help="batches per store call")
     args = parser.parse_args()
     names = [m for m in args.models.split(",") if m]
@@ -105,7 +107,7 @@ def main() -> None:
     device = torch.device(args.device)
     tokens = args.batch * args.seq
 
-    rows = []
+    rows, loads = [], []
     tmp = Path(tempfile.mkdtemp(prefix="bench_capture_"))
     try:
         for name, (model, layers) in load_models(names, device, getattr(torch, args.dtype)).items():
@@ -122,6 +124,7 @@ def main() -> None:
             cpu: dict[str, list[float]] = {label: [] for label in runs}
             peaks: dict[str, int] = {}
             for _ in range(args.rounds):  # methods interleaved: they share the machine's load
+                loads.append(load_average())
                 for label, (fn, batches) in runs.items():
                     with PeakMemory(device) as mem:
                         if device.type == "cuda":
@@ -133,14 +136,14 @@ def main() -> None:
                         times[label].append((time.perf_counter() - start) / batches)
                         cpu[label].append((time.process_time() - cpu_start) / batches)
                     peaks[label] = max(peaks.get(label, 0), mem.bytes or 0)
-            base = min(times["bare forward"])
+            base = times["bare forward"]
             for label, secs in times.items():
-                wall, best, cpu_s = (
-                    statistics.median(secs),
-                    min(secs),
-                    statistics.median(cpu[label]),
+                ratios = [t / b for t, b in zip(secs, base, strict=True)]
+                rates = [tokens / t for t in secs]
+                cpu_s = statistics.median(cpu[label])
+                rows.append(
+                    (name, label, rates, statistics.median(secs), ratios, cpu_s, peaks[label])
                 )
-                rows.append((name, label, wall, best, best / base, cpu_s, peaks[label]))
             print(f"done: {name}", file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -149,16 +152,20 @@ def main() -> None:
         f"\n{args.batch} x {args.seq} tokens a batch, {args.device} {args.dtype}; "
         f"torch {torch.__version__}; {machine(device)}"
     )
-    print(f"median (and best) of {args.rounds} timings per method, methods interleaved\n")
+    loads.append(load_average())
     print(
-        "| model | method | tokens/s | ms/batch | best ms/batch | best vs bare forward "
+        f"{args.rounds} interleaved rounds; min / median / max over them; "
+        f"load average {spread(loads, '{:.1f}')}\n"
+    )
+    print(
+        "| model | method | tokens/s | median ms/batch | time vs bare forward "
         "| CPU ms/batch | peak RSS (MiB) |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
-    for name, label, sec, best, ratio, cpu_s, peak in rows:
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for name, label, rates, sec, ratios, cpu_s, peak in rows:
         print(
-            f"| {name} | {label} | {tokens / sec:,.0f} | {sec * 1e3:,.0f} | {best * 1e3:,.0f} | "
-            f"{ratio:.2f}x | {cpu_s * 1e3:,.0f} | {peak / 2**20:,.0f} |"
+            f"| {name} | {label} | {spread(rates)} | {sec * 1e3:,.0f} | "
+            f"{spread(ratios, '{:.2f}x')} | {cpu_s * 1e3:,.0f} | {peak / 2**20:,.0f} |"
         )
 
 

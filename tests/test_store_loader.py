@@ -127,3 +127,227 @@ def test_errors(store):
     loader = ActivationLoader(store, "p", 8, seed=1)
     with pytest.raises(ValueError, match="saved seed=0"):
         loader.load_state_dict(ActivationLoader(store, "p", 8).state_dict())
+
+
+# -- the data path: chunk reads into a buffer, one gather per batch ---------------------
+
+
+def _write(path, ids: range, *, chunk: int, dtype: str = "float32", step: int = 37) -> None:
+    """Rows whose every feature is derived from the row's id (exact in bfloat16 below 256)."""
+    with StoreWriter(path, points=["p"], chunk_rows=chunk, dtype=dtype) as w:
+        for s in range(ids.start, ids.stop, step):
+            rows = torch.arange(s, min(s + step, ids.stop))
+            acts = torch.stack([rows.float(), -rows.float(), rows.float() / 2], 1)
+            w.append(
+                SimpleNamespace(acts={"p": acts}, token_ids=rows, doc_index=rows, position=rows)
+            )
+
+
+@pytest.fixture(scope="module")
+def kinds(tmp_path_factory):
+    """A float32 store, a bfloat16 store, and a 3-rank sharded store of uneven ranks."""
+    from sae_hooks.store.layout import SHARDED_ATTR, open_group, rank_location
+
+    base = tmp_path_factory.mktemp("kinds")
+    _write(base / "f32", range(0, 230), chunk=16)
+    _write(base / "bf16", range(0, 200), chunk=8, dtype="bfloat16")
+    open_group(base / "sh", "w-", attributes={SHARDED_ATTR: {"version": 1, "world_size": 3}})
+    for rank, ids in enumerate([range(0, 70), range(70, 75), range(75, 180)]):
+        _write(rank_location(base / "sh", rank), ids, chunk=12, step=11)
+    return {name: open_store(base / name) for name in ("f32", "bf16", "sh")}
+
+
+def _split_rows(store, split: str, val_fraction: float) -> np.ndarray:
+    n = store.n_rows
+    boundary = n - int(np.ceil(n * val_fraction))
+    lo, hi = (0, boundary) if split == "train" else (boundary, n)
+    return store.read("p", lo, hi)
+
+
+def _sorted(rows: np.ndarray) -> np.ndarray:
+    return rows[np.argsort(rows[:, 0], kind="stable")]
+
+
+try:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+except ImportError:  # pragma: no cover - hypothesis is a test dependency
+    given = None
+
+
+if given is not None:
+
+    @settings(
+        max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    )
+    @given(
+        kind=st.sampled_from(["f32", "bf16", "sh"]),
+        batch=st.integers(1, 70),
+        buffer_chunks=st.integers(1, 5),
+        val_fraction=st.sampled_from([0.0, 0.1, 0.37]),
+        split=st.sampled_from(["train", "val"]),
+        seed=st.integers(0, 3),
+        shuffle=st.booleans(),
+        drop_last=st.booleans(),
+        stop_frac=st.floats(0.0, 1.0),
+    )
+    def test_property_epoch_is_the_split_once_and_resume_is_exact(
+        kinds, kind, batch, buffer_chunks, val_fraction, split, seed, shuffle, drop_last, stop_frac
+    ):
+        """Over an epoch the multiset of rows is the split's rows (all of them unless
+        drop_last drops the tail), and stopping after any batch resumes to the same batches."""
+        store = kinds[kind]
+        want = _split_rows(store, split, val_fraction)
+        kw = dict(
+            split=split,
+            val_fraction=val_fraction,
+            seed=seed,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            buffer_chunks=buffer_chunks,
+        )
+        if len(want) == 0 or (drop_last and len(want) < batch):
+            with pytest.raises(ValueError, match="too few for one batch"):
+                ActivationLoader(store, "p", batch, **kw)
+            return
+        loader = ActivationLoader(store, "p", batch, **kw)
+        batches = list(loader)
+        assert len(batches) == len(loader)
+        got = torch.cat(batches).numpy()
+        assert got.dtype == np.float32 and got.shape[1] == 3
+        if drop_last:
+            assert len(got) == len(want) // batch * batch
+            ids = got[:, 0].astype(np.int64)
+            assert len(np.unique(ids)) == len(ids) and np.isin(ids, want[:, 0]).all()
+            np.testing.assert_array_equal(_sorted(got), want[np.isin(want[:, 0], ids)])
+        else:
+            np.testing.assert_array_equal(_sorted(got), _sorted(want))
+        if not shuffle:
+            np.testing.assert_array_equal(got, want[: len(got)])
+        # resume after any batch, in a fresh loader, gives the remaining batches exactly
+        stop = round(stop_frac * len(batches))
+        first = ActivationLoader(store, "p", batch, **kw)
+        it = iter(first)
+        for _ in range(stop):
+            next(it)
+        it.close()
+        resumed = ActivationLoader(store, "p", batch, **kw)
+        resumed.load_state_dict(first.state_dict())
+        rest = list(resumed)
+        assert len(rest) == len(batches) - stop
+        for a, b in zip(rest, batches[stop:], strict=True):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("kind", ["f32", "bf16", "sh"])
+def test_read_raw_into_out_equals_read_raw(kinds, kind):
+    store = kinds[kind]
+    for a, b in [(0, store.n_rows), (3, 71), (69, 76), (5, 5)]:
+        want = store.read_raw("p", a, b)
+        out = np.full_like(want, 7)
+        assert store.read_raw("p", a, b, out=out) is out
+        np.testing.assert_array_equal(out, want)
+    with pytest.raises(ValueError, match=r"out must be a C-contiguous .* shape \(4, 3\)"):
+        store.read_raw("p", 0, 4, out=np.empty((5, 3), want.dtype))
+    with pytest.raises(ValueError, match="out must be"):
+        store.read_raw("p", 0, 4, out=np.empty((4, 3), np.float64))
+
+
+def test_dtype_none_keeps_bfloat16_and_equals_the_widened_rows(kinds):
+    store = kinds["bf16"]
+    raw = ActivationLoader(store, "p", 32, val_fraction=0.0, dtype=None, seed=2)
+    wide = ActivationLoader(store, "p", 32, val_fraction=0.0, seed=2)
+    a, b = list(raw), list(wide)
+    assert raw.dtype == torch.bfloat16 and all(x.dtype == torch.bfloat16 for x in a)
+    assert all(y.dtype == torch.float32 for y in b)
+    for x, y in zip(a, b, strict=True):
+        assert torch.equal(x.float(), y)
+
+
+def test_a_held_batch_is_never_overwritten(kinds):
+    """Batches are fresh arrays, not views of the reused scratch buffers."""
+    loader = ActivationLoader(kinds["f32"], "p", 16, val_fraction=0.0, buffer_chunks=1)
+    it = iter(loader)
+    first = next(it)
+    snapshot = first.clone()
+    rest = list(it)
+    assert len(rest) == len(loader) - 1
+    assert torch.equal(first, snapshot)
+    assert all(b.untyped_storage().data_ptr() != first.untyped_storage().data_ptr() for b in rest)
+
+
+def test_reader_without_out_falls_back_to_a_copy(kinds):
+    class Plain:
+        """A StoreReader whose read_raw has no out= (a third-party reader)."""
+
+        def __init__(self, store):
+            self._s = store
+
+        def __getattr__(self, name):
+            return getattr(self._s, name)
+
+        def read_raw(self, point, start=0, stop=None):
+            return self._s.read_raw(point, start, stop)
+
+    store = kinds["sh"]
+    plain = ActivationLoader(Plain(store), "p", 20, seed=5)
+    assert not plain._reads_into
+    for x, y in zip(plain, ActivationLoader(store, "p", 20, seed=5), strict=True):
+        assert torch.equal(x, y)
+
+
+def test_pinned_cuda_path_keeps_stored_dtype_until_the_device(kinds, monkeypatch):
+    """The CUDA branch (pinned batches in the stored dtype, converted after the copy),
+    run on the CPU by standing in an ordinary allocation for the pinned one."""
+    from sae_hooks.store import loader as loader_module
+
+    real_empty = torch.empty
+    made = []
+
+    def empty(*args, pin_memory=False, **kw):
+        t = real_empty(*args, **kw)
+        made.append((t.dtype, pin_memory))
+        return t
+
+    store = kinds["bf16"]
+    want = list(ActivationLoader(store, "p", 24, val_fraction=0.0, seed=1))
+    loader = ActivationLoader(store, "p", 24, val_fraction=0.0, seed=1)
+    loader._pin = True  # what a CUDA target sets
+    monkeypatch.setattr(loader_module.torch, "empty", empty)
+    got = list(loader)
+    monkeypatch.undo()
+    assert made and all(m == (torch.bfloat16, True) for m in made)  # bf16 crosses the bus
+    assert all(g.dtype == torch.float32 for g in got)
+    for g, w in zip(got, want, strict=True):
+        assert torch.equal(g, w)
+
+
+def test_cuda_target_without_cuda_is_a_clear_error(kinds):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    loader = ActivationLoader(kinds["f32"], "p", 16, device="cuda")
+    with pytest.raises((RuntimeError, AssertionError), match=r"(?i)cuda"):
+        next(iter(loader))
+
+
+def test_chunk_file_fast_path_leaves_absent_and_short_chunks_to_zarr(tmp_path):
+    """read_raw(out=) reads raw chunk files directly, but an absent file (zarr skips
+    all-zero chunks) reads as zarr's fill value and a short one as damage, as without out=."""
+    x = torch.randn(48, 3)
+    x[16:32] = 0  # chunk 1 is all fill value: zarr writes no file for it
+    rows = torch.arange(48)
+    with StoreWriter(tmp_path / "s", points=["p"], chunk_rows=16, dtype="float32") as w:
+        w.append(SimpleNamespace(acts={"p": x}, token_ids=rows, doc_index=rows, position=rows))
+    store = open_store(tmp_path / "s")
+    files = [p.parts[-2:] for p in (tmp_path / "s" / "acts" / "p").rglob("*") if p.is_file()]
+    assert ("1", "0") not in files and ("2", "0") in files
+    out = np.full((48, 3), 7, np.float32)
+    np.testing.assert_array_equal(store.read_raw("p", out=out), x.numpy())
+    chunk2 = next(
+        p for p in (tmp_path / "s" / "acts" / "p").rglob("*") if p.parts[-2:] == ("2", "0")
+    )
+    chunk2.write_bytes(chunk2.read_bytes()[:100])
+    with pytest.raises(ValueError, match="damaged"):
+        store.read_raw("p", 32, 48, out=np.empty((16, 3), np.float32))
+    with pytest.raises(ValueError, match="damaged"):
+        store.read_raw("p", 32, 48)

@@ -111,6 +111,15 @@ def storage_to_torch(raw: np.ndarray, dtype: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(raw))
 
 
+def check_out(out: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """Refuse an `out=` array that rows of `shape` in stored `dtype` cannot be read into."""
+    if out.shape != tuple(shape) or out.dtype != dtype or not out.flags.c_contiguous:
+        raise ValueError(
+            f"out must be a C-contiguous {np.dtype(dtype)} array of shape {tuple(shape)}, got "
+            f"{out.dtype} {out.shape}{'' if out.flags.c_contiguous else ' (not contiguous)'}"
+        )
+
+
 def is_url(location: str | os.PathLike) -> bool:
     return "://" in str(location)
 

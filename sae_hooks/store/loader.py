@@ -7,6 +7,22 @@ fixed sequence of batches cut from the concatenation of the shuffled buffers, so
 batch i of epoch e is a pure function of (seed, e, i): a resumed loader yields
 exactly the batches an uninterrupted one would have.
 
+What that randomness is, next to a global shuffle: every row still comes once
+per epoch and the chunk order is uniform, but a batch draws its rows from one
+buffer (two where it straddles a boundary), i.e. from `buffer_chunks` chunks of
+`chunk_rows` consecutive, document-major rows, not from the whole split. Rows of
+one document therefore share a buffer and land in the same few batches of an
+epoch; a larger `buffer_chunks` mixes more documents per batch at the cost of
+memory (two buffers are held: one being read, one being cut into batches).
+
+The data path, per buffer: the reader fills a reused scratch array with whole
+chunks (`read_raw(..., out=)`, no temporary), and each batch is one gather of
+its slice of the buffer's permutation into a fresh array (rows stay in the
+stored dtype: bfloat16 travels as bfloat16). A worker thread cuts batches while a
+reader thread fills the next buffer. For a CUDA target the batches are allocated
+in pinned memory, copied with `non_blocking=True` and converted to `dtype` on the
+device; for a CPU target the conversion happens in the worker.
+
 Split: validation is the last `val_fraction` of the committed rows (rounded up),
 training the rows before it. Rows are stored document-major, so the two splits
 share at most the one document that straddles the boundary.
@@ -15,19 +31,21 @@ share at most the one document that straddles the boundary.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import itertools
 import math
 import os
 import queue
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import torch
 
 from sae_hooks.store.interface import StoreReader
-from sae_hooks.store.layout import storage_to_torch
+from sae_hooks.store.layout import DTYPES, storage_to_numpy, storage_to_torch
 from sae_hooks.store.open import open_store
 
 SPLITS = ("train", "val")
@@ -35,7 +53,11 @@ _END = object()
 
 
 class ActivationLoader:
-    """Iterable of (batch_size, d) tensors of one hook point; one `iter()` is one epoch."""
+    """Iterable of (batch_size, d) tensors of one hook point; one `iter()` is one epoch.
+
+    `dtype=None` keeps the stored dtype (bfloat16 for a bfloat16 store). Each batch
+    is a tensor of its own: holding on to one never sees it overwritten.
+    """
 
     def __init__(
         self,
@@ -47,7 +69,7 @@ class ActivationLoader:
         val_fraction: float = 0.01,
         seed: int = 0,
         device: str | torch.device = "cpu",
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | None = torch.float32,
         shuffle: bool = True,
         buffer_chunks: int = 8,
         prefetch: int = 2,
@@ -65,13 +87,16 @@ class ActivationLoader:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if prefetch < 1:
             raise ValueError(f"prefetch must be >= 1, got {prefetch}")
-        if not dtype.is_floating_point:
-            raise TypeError(f"dtype must be a floating torch dtype, got {dtype}")
+        self._stored_numpy, self._stored_torch = DTYPES[self.store.dtype]
+        dtype = self._stored_torch if dtype is None else dtype
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating torch dtype or None, got {dtype}")
         self.point, self.batch_size, self.split = point, batch_size, split
         self.seed, self.shuffle, self.drop_last = seed, shuffle, drop_last
         self.device, self.dtype = torch.device(device), dtype
         self.buffer_chunks, self.prefetch = buffer_chunks, prefetch
         self._pin = self.device.type == "cuda" and torch.cuda.is_available()
+        self._reads_into = "out" in inspect.signature(self.store.read_raw).parameters
 
         n = self.store.n_rows
         boundary = n - math.ceil(n * val_fraction)
@@ -86,6 +111,9 @@ class ActivationLoader:
         cuts = [self.start, *range((self.start // chunk + 1) * chunk, self.stop, chunk), self.stop]
         self._blocks = list(itertools.pairwise(cuts))
         self.epoch = 0
+        # Scratch buffer pairs kept across epochs: a fresh 100+ MB array costs its
+        # page faults again (measured here: slower than the copy it is filled by).
+        self._scratch_pool: list[list[np.ndarray]] = []
         self._batch = 0  # batches of the current epoch already handed out
 
     def __len__(self) -> int:
@@ -141,7 +169,7 @@ class ActivationLoader:
                 if isinstance(batch, BaseException):
                     raise batch
                 self._batch = i + 1
-                yield batch.to(self.device, non_blocking=self._pin)
+                yield batch.to(self.device, non_blocking=self._pin).to(self.dtype)
             self.epoch, self._batch = epoch + 1, 0
         finally:
             stop.set()
@@ -164,15 +192,50 @@ class ActivationLoader:
         step = self.buffer_chunks
         return [blocks[i : i + step] for i in range(0, len(blocks), step)]
 
-    def _load(self, epoch: int, k: int, blocks: list[tuple[int, int]]) -> torch.Tensor:
-        raw = [self.store.read_raw(self.point, a, b) for a, b in blocks]
-        rows = storage_to_torch(np.concatenate(raw), self.store.dtype).to(self.dtype)
+    def _fill(
+        self, epoch: int, k: int, blocks: list[tuple[int, int]], scratch: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Read buffer k's chunks into `scratch` (no temporary) and draw its row permutation."""
+        end = 0
+        for a, b in blocks:
+            self._read_into(a, b, scratch[end : end + b - a])
+            end += b - a
+        perm = None
         if self.shuffle:
-            rng = np.random.default_rng([self.seed, epoch, k])
-            rows = rows[torch.from_numpy(rng.permutation(len(rows)))]
-        return rows
+            perm = np.random.default_rng([self.seed, epoch, k]).permutation(end)
+        return scratch[:end], perm
+
+    def _read_into(self, start: int, stop: int, out: np.ndarray) -> None:
+        if self._reads_into:
+            self.store.read_raw(self.point, start, stop, out=out)
+        else:  # a StoreReader without `out=`: one extra copy
+            np.copyto(out, self.store.read_raw(self.point, start, stop))
+
+    def _new_batch(self, rows: int) -> tuple[torch.Tensor, np.ndarray]:
+        """A fresh batch in the stored dtype (pinned for CUDA) and its numpy view."""
+        shape = (rows, self.store.d_model(self.point))
+        if self._pin:
+            t = torch.empty(shape, dtype=self._stored_torch, pin_memory=True)
+            bits = t.view(torch.int16) if t.dtype == torch.bfloat16 else t
+            return t, bits.numpy().view(self._stored_numpy)
+        arr = np.empty(shape, dtype=self._stored_numpy)
+        return storage_to_torch(arr, self.store.dtype), arr
+
+    def _on_host(self, batch: torch.Tensor, bits: np.ndarray) -> torch.Tensor:
+        """A CPU target gets its dtype here, in the worker; a GPU converts after the copy."""
+        if self._pin or self.device.type != "cpu" or batch.dtype == self.dtype:
+            return batch
+        if self.dtype == torch.float32:  # numpy, single-threaded: no fight over the cores
+            return torch.from_numpy(storage_to_numpy(bits, self.store.dtype))
+        return batch.to(self.dtype)
 
     def _produce(self, epoch: int, first: int, out: queue.Queue, stop: threading.Event) -> None:
+        """Worker: batches first.. of the epoch, each a gather from a pre-read buffer.
+
+        Two scratch buffers alternate: a reader thread fills buffer k+1 while this
+        thread cuts the batches of buffer k, so reading and gathering overlap.
+        """
+
         def put(item: Any) -> bool:
             while not stop.is_set():
                 try:
@@ -182,30 +245,51 @@ class ActivationLoader:
                     continue
             return False
 
+        if first >= len(self):
+            put(_END)
+            return
         try:
             plan = self._plan(epoch)
             offsets = np.cumsum([0] + [sum(b - a for a, b in bs) for bs in plan])
-            pos = first * self.batch_size
-            k = int(np.searchsorted(offsets, pos, side="right")) - 1
-            buf, cursor = None, pos - int(offsets[k])
-            for i in range(first, len(self)):
-                need = min(self.batch_size, self.n_rows - i * self.batch_size)
-                parts = []
-                while need:
-                    if buf is None:
-                        buf = self._load(epoch, k, plan[k])
-                    elif cursor == len(buf):
-                        k, cursor = k + 1, 0
-                        buf = self._load(epoch, k, plan[k])
-                    take = min(need, len(buf) - cursor)
-                    parts.append(buf[cursor : cursor + take])
-                    cursor += take
-                    need -= take
-                # A slice of a freshly permuted buffer: no other batch shares its rows.
-                batch = torch.cat(parts) if len(parts) > 1 else parts[0]
-                if not put(batch.pin_memory() if self._pin else batch):
-                    return
+            k = int(np.searchsorted(offsets, first * self.batch_size, side="right")) - 1
+            scratch = self._take_scratch(int(np.diff(offsets).max()))
+            with ThreadPoolExecutor(1, thread_name_prefix="ActivationLoader-read") as reader:
+                nxt = reader.submit(self._fill, epoch, k, plan[k], scratch[k % 2])
+                buf, perm = nxt.result()
+                if k + 1 < len(plan):
+                    nxt = reader.submit(self._fill, epoch, k + 1, plan[k + 1], scratch[(k + 1) % 2])
+                for i in range(first, len(self)):
+                    lo, hi = i * self.batch_size, min((i + 1) * self.batch_size, self.n_rows)
+                    batch, bits = self._new_batch(hi - lo)
+                    while lo < hi:
+                        if lo == offsets[k + 1]:  # buffer k is spent: its scratch is free
+                            k += 1
+                            buf, perm = nxt.result()
+                            if k + 1 < len(plan):
+                                nxt = reader.submit(
+                                    self._fill, epoch, k + 1, plan[k + 1], scratch[(k + 1) % 2]
+                                )
+                        take = min(hi, int(offsets[k + 1])) - lo
+                        at = lo - int(offsets[k])
+                        dest = bits[lo - i * self.batch_size : lo - i * self.batch_size + take]
+                        if perm is None:
+                            np.copyto(dest, buf[at : at + take])
+                        else:  # one gather: the buffer's permutation, cut into batches
+                            np.take(buf, perm[at : at + take], axis=0, out=dest, mode="clip")
+                        lo += take
+                    if not put(self._on_host(batch, bits)):
+                        return
+            self._scratch_pool.append(scratch)  # only after the reader thread has finished
         except BaseException as err:
             put(err)
             return
         put(_END)
+
+    def _take_scratch(self, rows: int) -> list[np.ndarray]:
+        """Two (rows, d) arrays of the stored dtype: a pooled pair, or a new one."""
+        with contextlib.suppress(IndexError):
+            pair = self._scratch_pool.pop()  # atomic: two iterators never share a pair
+            if len(pair[0]) >= rows:
+                return pair
+        shape = (rows, self.store.d_model(self.point))
+        return [np.empty(shape, self._stored_numpy) for _ in range(2)]

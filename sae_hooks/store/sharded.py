@@ -24,7 +24,9 @@ import torch
 
 from sae_hooks.store.interface import Damage, PointStats
 from sae_hooks.store.layout import (
+    DTYPES,
     SHARDED_ATTR,
+    check_out,
     describe,
     rank_location,
     sharded_world_size,
@@ -158,9 +160,20 @@ class ShardedStore:
         parts = [getattr(s, read)(*args, a, b) for s, a, b in self._pieces(start, stop)]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-    def read_raw(self, point: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+    def read_raw(
+        self, point: str, start: int = 0, stop: int | None = None, *, out: np.ndarray | None = None
+    ) -> np.ndarray:
         """Rows exactly as stored (bfloat16 as uint16 bits), across rank boundaries."""
-        return self._gather("read_raw", point, start=start, stop=stop)
+        if out is None:
+            return self._gather("read_raw", point, start=start, stop=stop)
+        pieces = list(self._pieces(start, stop))
+        rows = sum(b - a for _, a, b in pieces)
+        check_out(out, (rows, self.d_model(point)), DTYPES[self.dtype][0])
+        at = 0
+        for shard, a, b in pieces:
+            shard.read_raw(point, a, b, out=out[at : at + b - a])
+            at += b - a
+        return out
 
     def read(self, point: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         return storage_to_numpy(self.read_raw(point, start, stop), self.dtype)
