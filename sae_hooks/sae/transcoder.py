@@ -6,8 +6,11 @@ linear term W_skip x learnt jointly: y_hat = D z(x) + W_skip x + b_dec.
 Codes are those of a ReLU SAE, z = ReLU(W_enc x s + b_enc), trained with the L1
 penalty (or `target_l0`). Unlike an SAE the encoder does not centre its input on
 b_dec: b_dec lives in the output space, whose width `output_size` may differ.
-`input_scale` s scales both sides (the trainer uses one scale for input and target),
-so a trained transcoder maps raw MLP inputs to raw MLP outputs.
+`input_scale` s scales both sides (the trainer uses one scale for the whole
+[input | target] row) and `output_scale` r rescales the target on top of it, set from
+data so that the target too has E||y s r||^2 = d_out in training: an MLP's output is
+often far smaller than its (normalised) input. A trained transcoder maps raw MLP
+inputs to raw MLP outputs: y_hat = (D z + W_skip x s + b_dec) / (s r).
 
 Training rows are [input | target] (TrainConfig.point and target_point); see
 `training_pair`. Splice with `sae_hooks.hooks.splice_transcoder`, evaluate with
@@ -61,6 +64,7 @@ class Transcoder(SAE):
         if self.output_size != self.input_size:
             params = dictionary_kwargs(dictionary_params, device)
             self.dictionary = DictionaryLayer(self.output_size, self.nb_concepts, **params)
+        self.register_buffer("output_scale", torch.ones((), device=device))
 
     # -- the model -------------------------------------------------------------------
 
@@ -79,7 +83,14 @@ class Transcoder(SAE):
 
     def forward(self, x: torch.Tensor) -> SAEOutput:
         z_pre, z, y = self._forward_rows(self._to_rows(x))
-        return SAEOutput(z_pre, z, (y / self.input_scale).reshape(*x.shape[:-1], self.output_size))
+        return SAEOutput(z_pre, z, self._raw(y).reshape(*x.shape[:-1], self.output_size))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """D z + b_dec in the raw output scale (no skip term: see `predict`)."""
+        return self._raw(self._decode_rows(z, from_forward=False))
+
+    def _raw(self, y: torch.Tensor) -> torch.Tensor:
+        return y / (self.input_scale * self.output_scale)
 
     def predict(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         """The predicted output (N, output_size) for input rows x (raw scale), from codes
@@ -87,7 +98,7 @@ class Transcoder(SAE):
         rows = self._to_rows(x)
         if z is None:
             z = self._encode_rows(rows)[1]
-        return (self._decode_rows(z, from_forward=False) + self._skip(rows)) / self.input_scale
+        return self._raw(self._decode_rows(z, from_forward=False) + self._skip(rows))
 
     def _to_rows(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.input_size:
@@ -108,7 +119,21 @@ class Transcoder(SAE):
                 f"{self.output_size} = {width}, got width {rows.shape[-1]}: train it on a paired "
                 "source (TrainConfig.point and target_point, or an (inputs, targets) tensor pair)"
             )
-        return rows[:, : self.input_size], rows[:, self.input_size :]
+        return rows[:, : self.input_size], rows[:, self.input_size :] * self.output_scale
+
+    @torch.no_grad()
+    def init_from_data(self, sample: torch.Tensor, config: Any) -> None:
+        """output_scale r so that the (already scaled) targets have E||y r||^2 = d_out;
+        b_dec, set by the trainer from the targets at r = 1, is scaled along."""
+        if not getattr(config, "normalize_activations", True):
+            return
+        _, y = self.training_pair(sample)
+        msn = float(y.double().pow(2).sum(-1).mean())
+        if msn > 0:
+            r = (self.output_size / msn) ** 0.5
+            self.output_scale.mul_(r)
+            if self.dictionary.bias is not None:
+                self.dictionary.bias.mul_(r)
 
     @torch.no_grad()
     def tie_encoder_to_dictionary_(self, *, warn: bool = True) -> bool:
