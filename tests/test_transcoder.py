@@ -96,7 +96,7 @@ def test_config_and_sources_refuse_what_does_not_pair():
     with pytest.raises(ValueError, match="target_point='y' applies to"):
         TrainConfig(architecture="batchtopk", target_point="y", steps=1)
     x = torch.randn(10, 4)
-    with pytest.raises(ValueError, match="set TrainConfig.target_point"):
+    with pytest.raises(ValueError, match=r"set TrainConfig\.target_point"):
         as_source((x, x))
     with pytest.raises(ValueError, match="one target row per input row"):
         TensorPairSource(x, x[:5])
