@@ -6,6 +6,11 @@ not in requirements.lock; it runs from the side-by-side venv of bench/README.md)
 Both directions, every architecture: our SAEs exported with `export_saelens` and
 loaded by `sae_lens.SAE.load_from_disk`, and SAELens SAEs written by `save_model`
 and loaded by our `import_saelens`; the reconstructions and codes must agree.
+
+Matryoshka BatchTopK: SAELens (6.x) trains it (MatryoshkaBatchTopKTrainingSAE) but
+has no inference class for it; a trained one is saved as JumpReLU with its shared
+threshold, which is what `export_saelens` writes (the `ours matryoshka_batchtopk`
+row). Transcoders have no export: SAELens's transcoder format is not written here.
 """
 
 from __future__ import annotations
@@ -18,7 +23,15 @@ from pathlib import Path
 
 import torch
 
-from sae_hooks.sae import SAE, BatchTopKSAE, JumpSAE, TopKSAE, export_saelens, import_saelens
+from sae_hooks.sae import (
+    SAE,
+    BatchTopKSAE,
+    JumpSAE,
+    MatryoshkaBatchTopKSAE,
+    TopKSAE,
+    export_saelens,
+    import_saelens,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-4  # relative to the largest reconstructed value
@@ -59,6 +72,9 @@ def ours(root: Path) -> None:
         "topk": TopKSAE(32, 96, top_k=6),
         "batchtopk": BatchTopKSAE(32, 96, top_k=6 * 64),
         "jumprelu": JumpSAE(32, 96, bandwidth=0.1),
+        "matryoshka_batchtopk": MatryoshkaBatchTopKSAE(
+            32, 96, top_k=6 * 64, group_sizes=[16, 32, 48]
+        ),
     }
     for name, sae in saes.items():
         with torch.no_grad():
@@ -66,7 +82,7 @@ def ours(root: Path) -> None:
             sae.input_scale.fill_(1.7)  # folded into the exported weights
             if name == "jumprelu":
                 sae.log_threshold.uniform_(-2.0, 0.0)
-        if name == "batchtopk":
+        if isinstance(sae, BatchTopKSAE):
             sae(torch.randn(64, 32))  # learn a running threshold
         sae.eval()
         path = export_saelens(sae, root / "ours" / name)

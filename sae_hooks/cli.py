@@ -109,6 +109,9 @@ def _add_train(sub) -> None:
 def _sae_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sae", help="SAE directory [default: cache/<run>/train/sae]")
     p.add_argument("--point", help="hook point [default: the one the SAE was trained on]")
+    p.add_argument(
+        "--target-point", help="transcoders: the output point [default: the trained one]"
+    )
 
 
 def _add_eval(sub) -> None:
@@ -272,6 +275,18 @@ def _vocab_size(model) -> int | None:
     return size if isinstance(size, int) else None
 
 
+def _target_point(args: argparse.Namespace) -> str:
+    """A transcoder's output point: --target-point, else the one its run trained on."""
+    sae_dir = Path(args.sae) if args.sae else _run_dir(args) / "train" / "sae"
+    config = sae_dir.parent / "config.json"
+    target = getattr(args, "target_point", None)
+    if target is None and config.is_file():
+        target = json.loads(config.read_text()).get("target_point")
+    if target is None:
+        raise ValueError(f"--target-point is needed: {sae_dir} does not record its output point")
+    return target
+
+
 # -------------------------------------------------------------------------- commands
 
 
@@ -317,9 +332,17 @@ def cmd_eval(args: argparse.Namespace) -> None:
     sae, point = _sae_and_point(args)
     _check_model_matches_store(args, model)
     data = _inputs(args, model, processor)
-    result = evaluate_reconstruction(
-        model, point, sae, data, max_batches=args.max_batches, progress=not args.quiet
-    )
+    if getattr(sae, "paired", False):  # a transcoder: replace the MLP output it predicts
+        from sae_hooks.eval import evaluate_transcoder
+
+        target = _target_point(args)
+        result = evaluate_transcoder(
+            model, point, target, sae, data, max_batches=args.max_batches, progress=not args.quiet
+        )
+    else:
+        result = evaluate_reconstruction(
+            model, point, sae, data, max_batches=args.max_batches, progress=not args.quiet
+        )
     out = _run_dir(args) / "eval.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(result.to_json())

@@ -22,6 +22,7 @@ except ModuleNotFoundError:  # Python 3.10
 # Flag -> TrainConfig field, for the knobs worth a flag; the rest go through --config.
 TRAIN_FLAGS: dict[str, tuple[type, str]] = {
     "architecture": (str, f"SAE variant: {', '.join(sorted(SAE_REGISTRY))}"),
+    "target_point": (str, "transcoders: the point predicted from --point, e.g. mlp_out.3"),
     "nb_concepts": (int, "dictionary size (default: 8 x d_model)"),
     "expansion_factor": (int, "dictionary size as a multiple of d_model"),
     "k_per_token": (int, "TopK/BatchTopK: active latents per token (default 32)"),

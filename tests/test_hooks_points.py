@@ -9,7 +9,7 @@ from torch import nn
 from sae_hooks.hooks import capture, list_hook_points, resolve_point
 from sae_hooks.hooks.points import find_blocks
 
-ALL_KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
+ALL_KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "mlp_in")
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,10 @@ def test_no_blocks_is_a_clear_error():
         ("tiny_llama", ALL_KINDS),
         ("tiny_bert", ALL_KINDS),
         ("tiny_vit", ALL_KINDS),
-        ("tiny_neox", ("resid_pre", "resid_post", "attn_out", "mlp_out")),  # parallel residual
+        (
+            "tiny_neox",
+            ("resid_pre", "resid_post", "attn_out", "mlp_out", "mlp_in"),
+        ),  # parallel residual
         ("tiny_hooked_transformer", ALL_KINDS),
         ("tiny_bridge", ALL_KINDS),
     ],

@@ -14,6 +14,7 @@ from sae_hooks.eval.reconstruction import (
     ReconstructionResult,
     evaluate_reconstruction,
 )
+from sae_hooks.eval.transcoder import evaluate_transcoder
 from sae_hooks.model_outputs import model_kind, run_model
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "concept_ablation",
     "embedding_similarity",
     "evaluate_reconstruction",
+    "evaluate_transcoder",
     "mean_latents",
     "model_kind",
     "rank_concept_latents",

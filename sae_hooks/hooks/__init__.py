@@ -10,6 +10,7 @@ from sae_hooks.hooks.splice import (
     Splice,
     ZeroLatents,
     splice,
+    splice_transcoder,
 )
 
 __all__ = [
@@ -26,4 +27,5 @@ __all__ = [
     "list_hook_points",
     "resolve_point",
     "splice",
+    "splice_transcoder",
 ]

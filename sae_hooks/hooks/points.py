@@ -1,10 +1,15 @@
 """Hook-point names and where they live in a model.
 
 One vocabulary for every backend — ``resid_pre.L``, ``resid_mid.L``, ``resid_post.L``,
-``attn_out.L``, ``mlp_out.L`` (zero-indexed block L) — plus two raw escapes: a module
+``attn_out.L``, ``mlp_out.L``, ``mlp_in.L`` (zero-indexed block L) — plus two raw escapes: a module
 path of a Hugging Face model (the module's output) and any TransformerLens hook name.
 A name resolves to a :class:`HookLocation`: a module, whether the activation is its
 input or its output, and whether a replacement must be written in place.
+
+``mlp_in.L`` is what the MLP reads (a transcoder's input): the input of the MLP module
+in Hugging Face models (pre-LN: ln_2's output; BERT: the input of ``intermediate``),
+and ``blocks.L.ln2.hook_normalized`` in TransformerLens, whose own ``hook_mlp_in`` is
+the residual *before* ln2 and only runs with ``cfg.use_hook_mlp_in``.
 """
 
 from __future__ import annotations
@@ -15,8 +20,10 @@ from typing import Literal
 
 from torch import nn
 
-KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
-_VOCAB = re.compile(r"^(resid_pre|resid_mid|resid_post|attn_out|mlp_out)\.(-?\d+)$")
+KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "mlp_in")
+_VOCAB = re.compile(r"^(resid_pre|resid_mid|resid_post|attn_out|mlp_out|mlp_in)\.(-?\d+)$")
+# TransformerLens names of what the MLP reads, first present wins (see the docstring).
+_TL_MLP_IN = ("blocks.{}.ln2.hook_normalized", "blocks.{}.mlp.hook_in")
 
 # Block lists of the families we know, tried in order before the generic fallback.
 BLOCK_PATHS = (
@@ -130,6 +137,10 @@ def resolve_point(model: nn.Module, point: str) -> HookLocation:
                 f"{n} blocks (0..{n - 1}). Valid points: {describe_points(model)}"
             )
         if is_transformer_lens(model):
+            if kind == "mlp_in":
+                names = [n.format(layer) for n in _TL_MLP_IN]
+                name = next((n for n in names if n in model.hook_dict), names[0])
+                return _resolve_tl(model, point, name)
             return _resolve_tl(model, point, f"blocks.{layer}.hook_{kind}")
         return _resolve_hf_block(model, point, kind, layer)
     if is_transformer_lens(model):
@@ -200,6 +211,8 @@ def _resolve_hf_block(model: nn.Module, point: str, kind: str, layer: int) -> Ho
         # after attention; the sublayer contributions are the dense projections.
         sub = {"resid_mid": "attention", "attn_out": "attention.output.dense"}
         sub["mlp_out"] = "output.dense"
+        if kind == "mlp_in":
+            return at("intermediate", "input")
         return at(sub[kind])
     sandwich = hasattr(block, "pre_feedforward_layernorm")
     if kind == "resid_mid":
@@ -219,6 +232,14 @@ def _resolve_hf_block(model: nn.Module, point: str, kind: str, layer: int) -> Ho
                 f"exists. Hook a module path instead (children: {_children(block)})."
             )
         return at(name, "input", inplace=True)
+    if kind == "mlp_in":
+        name = _first_attr(block, _MLP_NAMES)
+        if name is None:
+            raise ValueError(
+                f"cannot locate {point!r} in {where}: none of {', '.join(_MLP_NAMES)} exists. "
+                f"Hook a module path instead (children: {_children(block)})."
+            )
+        return at(name, "input")
     if sandwich:  # Gemma 2/3: the sublayer's contribution is its post-norm output
         name = "post_attention_layernorm" if kind == "attn_out" else "post_feedforward_layernorm"
     else:

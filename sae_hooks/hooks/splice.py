@@ -168,12 +168,7 @@ def _splicer(
         device, dtype = sae_device_dtype(sae, like=x)
         rows = x.reshape(-1, d).to(device=device, dtype=dtype)
         _, z = sae.encode(rows)
-        z_edit = z
-        if edits:
-            z_edit = z.reshape(*x.shape[:-1], z.shape[-1])
-            for e in edits:
-                z_edit = e(z_edit)
-            z_edit = z_edit.reshape(z.shape)
+        z_edit = _edited(z, x.shape[:-1], edits)
         if record_latents:
             handle.latents[point] = z_edit.detach().reshape(*x.shape[:-1], z.shape[-1])
         if error_term:
@@ -184,6 +179,93 @@ def _splicer(
         return sae.decode(z_edit).reshape(x.shape).to(device=x.device, dtype=x.dtype)
 
     return run
+
+
+def _edited(z: torch.Tensor, lead: torch.Size, edits: list[LatentEdit]) -> torch.Tensor:
+    """Codes z (N, n) after the edits, applied with the activation's leading shape."""
+    if not edits:
+        return z
+    z_edit = z.reshape(*lead, z.shape[-1])
+    for e in edits:
+        z_edit = e(z_edit)
+    return z_edit.reshape(z.shape)
+
+
+@contextmanager
+def splice_transcoder(
+    model: nn.Module,
+    input_point: str,
+    output_point: str,
+    transcoder: nn.Module,
+    *,
+    error_term: bool = False,
+    edit: Edits = None,
+    record_latents: bool = False,
+    sae_mode: Literal["eval", "train"] = "eval",
+) -> Iterator[Splice]:
+    """Replace the activation at `output_point` (an MLP's output, ``mlp_out.L``) with a
+    transcoder's prediction from the activation at `input_point` (``mlp_in.L``) of the
+    same forward, for every forward inside the block.
+
+    ``error_term``: output + (prediction from the edited codes - prediction), i.e.
+    the edited prediction plus the transcoder's error (true output - prediction): the
+    clean forward exactly where nothing is edited. ``edit`` / ``record_latents`` /
+    ``sae_mode`` as in :func:`splice` (latents are recorded under `output_point`).
+    """
+    if sae_mode not in ("eval", "train"):
+        raise ValueError(f"sae_mode must be 'eval' or 'train', got {sae_mode!r}")
+    missing = [
+        a for a in ("encode", "predict", "input_size", "output_size") if not hasattr(transcoder, a)
+    ]
+    if missing:
+        raise TypeError(
+            f"splice_transcoder: {type(transcoder).__name__} is not a transcoder (lacks "
+            f"{', '.join(missing)}); use sae_hooks.sae.Transcoder or SkipTranscoder"
+        )
+    edits = _edit_list(edit)
+    source, target = resolve_point(model, input_point), resolve_point(model, output_point)
+    handle = Splice(points=(output_point,))
+    pending: list[torch.Tensor] = []
+
+    def read(x: torch.Tensor) -> None:
+        if x.shape[-1] != transcoder.input_size:
+            raise ValueError(
+                f"splice_transcoder {input_point!r}: the activation has d={x.shape[-1]} but the "
+                f"transcoder's input_size is {transcoder.input_size}"
+            )
+        pending[:] = [x]
+
+    def write(y: torch.Tensor) -> torch.Tensor | None:
+        if not pending:
+            raise RuntimeError(
+                f"splice_transcoder: {output_point!r} ran before {input_point!r} in this forward; "
+                "the input point must come first (e.g. mlp_in.L -> mlp_out.L)"
+            )
+        x = pending.pop()
+        if x.shape[:-1] != y.shape[:-1] or y.shape[-1] != transcoder.output_size:
+            raise ValueError(
+                f"splice_transcoder: {input_point!r} {tuple(x.shape)} and {output_point!r} "
+                f"{tuple(y.shape)} do not pair up with a transcoder {transcoder.input_size} -> "
+                f"{transcoder.output_size}"
+            )
+        device, dtype = sae_device_dtype(transcoder, like=x)
+        rows = x.reshape(-1, x.shape[-1]).to(device=device, dtype=dtype)
+        _, z = transcoder.encode(rows)
+        z_edit = _edited(z, x.shape[:-1], edits)
+        if record_latents:
+            handle.latents[output_point] = z_edit.detach().reshape(*x.shape[:-1], z.shape[-1])
+        if error_term:
+            if not edits:
+                return None  # y + (prediction - prediction): the MLP's own output
+            delta = transcoder.predict(rows, z_edit) - transcoder.predict(rows, z)
+            return y + delta.reshape(y.shape).to(device=y.device, dtype=y.dtype)
+        return transcoder.predict(rows, z_edit).reshape(y.shape).to(device=y.device, dtype=y.dtype)
+
+    with ExitStack() as stack:
+        stack.enter_context(module_mode(transcoder, training=sae_mode == "train"))
+        stack.callback(add_hook(source, read).remove)
+        stack.callback(add_hook(target, write).remove)
+        yield handle
 
 
 def _sae_mapping(point_or_mapping, sae) -> dict[str, nn.Module]:

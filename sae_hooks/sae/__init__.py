@@ -1,4 +1,5 @@
-"""Sparse autoencoders: ReLU, TopK, BatchTopK and JumpReLU, with safetensors save/load."""
+"""Sparse autoencoders: ReLU, TopK, BatchTopK, JumpReLU, Matryoshka BatchTopK and
+(skip) transcoders, with safetensors save/load."""
 
 from .base import SAE, SAE_REGISTRY, SAEOutput, load_sae
 from .batchtopk import BatchTopKSAE
@@ -14,10 +15,12 @@ from .encoders import (
 from .formats import export_saelens, import_saelens
 from .jump import JumpSAE, heaviside, jump_relu
 from .kernels import KERNELS
+from .matryoshka import MatryoshkaBatchTopKSAE
 from .modes import eval_mode
 from .overcomplete import load_overcomplete_state_dict
 from .topk import TopKSAE
 from .training import TrainingContract
+from .transcoder import SkipTranscoder, Transcoder
 
 DEFAULT_ARCHITECTURE = BatchTopKSAE.architecture
 """The variant TrainConfig trains when none is named."""
@@ -35,10 +38,13 @@ __all__ = [
     "EncoderFactory",
     "JumpSAE",
     "MLPEncoder",
+    "MatryoshkaBatchTopKSAE",
     "ResNetEncoder",
     "SAEOutput",
+    "SkipTranscoder",
     "TopKSAE",
     "TrainingContract",
+    "Transcoder",
     "eval_mode",
     "export_saelens",
     "heaviside",

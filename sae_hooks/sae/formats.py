@@ -38,6 +38,7 @@ _SAELENS_NAME = {
     "topk": "topk",
     "jumprelu": "jumprelu",
     "batchtopk": "jumprelu",
+    "matryoshka_batchtopk": "jumprelu",  # SAELens saves its trained Matryoshka as JumpReLU too
 }
 
 

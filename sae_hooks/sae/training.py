@@ -3,8 +3,9 @@
 The trainer holds no architecture name: it asks the SAE class for its sparsity
 penalty and the TrainConfig coefficient that weights it, its Adam betas, whether
 AuxK is on by default, how its top_k budget is counted, how it is built from a
-TrainConfig, how its budget splits over data-parallel ranks and how it is
-initialised from data. `SAE` inherits these defaults (those of a plain ReLU SAE
+TrainConfig, how its budget splits over data-parallel ranks, how it is
+initialised from data, what a training row holds (the input, or an input and a
+target: transcoders) and its reconstruction loss (Matryoshka: summed over prefixes). `SAE` inherits these defaults (those of a plain ReLU SAE
 with an L1 penalty); a variant overrides what differs, so adding one is one file
 in sae/ and its `architecture` name (the registration).
 
@@ -37,6 +38,10 @@ class TrainingContract:
     default_adam_betas: ClassVar[tuple[float, float]] = (0.9, 0.999)
     """Adam betas when TrainConfig.adam_betas is None."""
 
+    paired: ClassVar[bool] = False
+    """True for a variant that predicts one activation from another (a transcoder): it
+    trains on rows [input | target] (TrainConfig.target_point names the target)."""
+
     default_aux_coefficient: ClassVar[float] = 0.0
     """AuxK weight when TrainConfig.aux_coefficient is None: > 0 where a dead latent gets
     no gradient otherwise (a top-k selection never picks it)."""
@@ -68,6 +73,16 @@ class TrainingContract:
         on batch_size // world rows of every global batch. Nothing changes by default:
         a per-row budget or a mean-over-rows penalty already scales with the local batch."""
         yield
+
+    def training_pair(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(what the SAE reads, what it must reconstruct) of a batch of training rows:
+        (rows, rows) for an SAE; a paired variant splits [input | target]."""
+        return rows, rows
+
+    def reconstruction_loss(self, err: torch.Tensor, out: Any) -> torch.Tensor:
+        """The training loss's reconstruction term from err = target - x_hat (N, d) and
+        the forward's SAEOutput: the squared error summed over d, mean over rows."""
+        return err.pow(2).sum(-1).mean()
 
     @torch.no_grad()
     def init_from_data(self, sample: torch.Tensor, config: TrainConfig) -> None:

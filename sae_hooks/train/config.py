@@ -65,6 +65,9 @@ class TrainConfig:
     # What to train.
     architecture: str = DEFAULT_ARCHITECTURE
     point: str | None = None  # hook point to read from a store (not needed for in-memory rows)
+    target_point: str | None = (
+        None  # paired variants (transcoders): the point predicted from `point`
+    )
     nb_concepts: int | None = None  # None -> expansion_factor * d
     expansion_factor: int | None = None  # None -> 8 (ignored when nb_concepts is set)
     top_k: int | None = None  # the SAE's own meaning: per batch (BatchTopK), per row (TopK)
@@ -226,11 +229,31 @@ def _validate(c: TrainConfig) -> None:
     _check_choice("dtype", c.dtype, DTYPES)
     if c.point is not None and (not isinstance(c.point, str) or not c.point):
         raise ValueError(f"point must be a non-empty hook-point name or None, got {c.point!r}")
+    _validate_target(c)
     _validate_counts(c)
     _validate_run_length(c)
     _validate_sparsity(c)
     _validate_rates(c)
     _validate_switches(c)
+
+
+def _validate_target(c: TrainConfig) -> None:
+    """target_point exactly for the paired variants (transcoders), which need one."""
+    paired = [a for a, cls in sorted(SAE_REGISTRY.items()) if cls.paired]
+    if c.target_point is not None and (not isinstance(c.target_point, str) or not c.target_point):
+        raise ValueError(
+            f"target_point must be a non-empty hook-point name or None, got {c.target_point!r}"
+        )
+    if c.sae_class.paired and c.target_point is None:
+        raise ValueError(
+            f"{c.architecture!r} predicts one activation from another: set target_point (the "
+            "output it predicts, e.g. 'mlp_out.3') and point (its input, e.g. 'mlp_in.3')"
+        )
+    if not c.sae_class.paired and c.target_point is not None:
+        raise ValueError(
+            f"target_point={c.target_point!r} applies to {paired}, not {c.architecture!r}, "
+            "which reconstructs its own input"
+        )
 
 
 def _validate_counts(c: TrainConfig) -> None:

@@ -10,6 +10,8 @@ known without reading data, E||x||^2 for the normalisation.
     StoreSource             zarr store through sae_hooks.store.ActivationLoader
     TensorSource            rows already in memory (small runs, tests, notebooks)
     ModelSource             live capture through a shuffle buffer, nothing on disk
+    TensorPairSource,       (input, target) rows for a transcoder: each batch is
+    StorePairSource         [input | target], d_model is the input's width
 """
 
 from __future__ import annotations
@@ -307,11 +309,120 @@ class _BufferLoader:
         self.inputs_consumed = int(state["inputs_consumed"])
 
 
+# ------------------------------------------------------------------------- pairs
+
+
+class TensorPairSource(TensorSource):
+    """Aligned (input, target) rows in memory, e.g. a layer's MLP input and output.
+
+    Batches are [input | target] (N, d_in + d_out); `d_model` is d_in, and
+    `mean_sq_norm` is the mean of the two points' E||.||^2, so the trainer's scale
+    brings each half to E||s x||^2 = d.
+    """
+
+    def __init__(
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+    ):
+        for name, t in (("inputs", inputs), ("targets", targets)):
+            if not isinstance(t, torch.Tensor) or t.dim() != 2:
+                got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                raise ValueError(f"TensorPairSource {name} must be rows (N, d), got {got}")
+        if inputs.shape[0] != targets.shape[0]:
+            raise ValueError(
+                f"TensorPairSource needs one target row per input row, got {inputs.shape[0]} "
+                f"inputs and {targets.shape[0]} targets"
+            )
+        rows = torch.cat([inputs, targets.to(inputs.dtype)], dim=1)
+        super().__init__(rows, val_fraction=val_fraction, split_seed=split_seed)
+        self.d_model, self.d_target = inputs.shape[1], targets.shape[1]
+        self._msn = float(rows.double().pow(2).sum(-1).mean()) / 2
+
+    def mean_sq_norm(self) -> float | None:
+        return self._msn
+
+
+class StorePairSource:
+    """Two points of one store read in step: [input | target] rows of the same tokens.
+
+    Both points were captured by the same forwards (one `capture_to_store` call with
+    both points), so row i of one is row i of the other; two ActivationLoaders with
+    the same seed, split and chunking shuffle them identically.
+    """
+
+    def __init__(self, store: StoreReader, point: str, target_point: str, **kwargs: Any):
+        self.inputs = StoreSource(store, point, **kwargs)
+        self.targets = StoreSource(store, target_point, **kwargs)
+        if store.chunk_rows(point) != store.chunk_rows(target_point):
+            raise ValueError(
+                f"points {point!r} and {target_point!r} are chunked differently "
+                f"({store.chunk_rows(point)} vs {store.chunk_rows(target_point)} rows); "
+                "capture both in one capture_to_store call with the same widths"
+            )
+        self.d_model, self.d_target = self.inputs.d_model, self.targets.d_model
+
+    def loader(self, split: str, batch_size: int, *, seed: int) -> Loader:
+        return PairedLoader(
+            self.inputs.loader(split, batch_size, seed=seed),
+            self.targets.loader(split, batch_size, seed=seed),
+        )
+
+    def sample(self, n: int, *, seed: int) -> torch.Tensor:
+        return torch.cat([self.inputs.sample(n, seed=seed), self.targets.sample(n, seed=seed)], 1)
+
+    def mean_sq_norm(self) -> float | None:
+        a, b = self.inputs.mean_sq_norm(), self.targets.mean_sq_norm()
+        if a is None or b is None:
+            rows = self.sample(4096, seed=0).double()
+            return float(rows.pow(2).sum(-1).mean()) / 2
+        return (a + b) / 2
+
+
+class PairedLoader:
+    """Two loaders over the same rows in the same order, batches joined column-wise."""
+
+    def __init__(self, inputs: Loader, targets: Loader):
+        self.inputs, self.targets = inputs, targets
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        a, b = iter(self.inputs), iter(self.targets)
+        for x in a:
+            y = next(b)
+            if y.shape[0] != x.shape[0]:
+                raise RuntimeError("paired loaders fell out of step: the two points differ")
+            yield torch.cat([x, y.to(x.dtype)], dim=1)
+        next(b, None)  # let the target loader finish its epoch too
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"inputs": self.inputs.state_dict(), "targets": self.targets.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.inputs.load_state_dict(state["inputs"])
+        self.targets.load_state_dict(state["targets"])
+
+
 # ------------------------------------------------------------------------- dispatch
 
 
-def as_source(obj: Any, point: str | None = None) -> RowSource:
-    """A RowSource for any of the accepted source types (see the module docstring)."""
+def as_source(obj: Any, point: str | None = None, target_point: str | None = None) -> RowSource:
+    """A RowSource for any of the accepted source types (see the module docstring).
+
+    With target_point (transcoders): an (inputs, targets) pair of row tensors, or a
+    store URL / ActivationStore holding both points, or a RowSource of paired rows.
+    """
+    if isinstance(obj, tuple) and len(obj) == 2 and all(isinstance(t, torch.Tensor) for t in obj):
+        if target_point is None:
+            raise ValueError(
+                "an (inputs, targets) pair of tensors trains a transcoder: set "
+                "TrainConfig.target_point (and architecture='transcoder' or 'skip_transcoder')"
+            )
+        return TensorPairSource(*obj)
+    if target_point is not None and not isinstance(obj, RowSource):
+        return _pair_source(obj, point, target_point)
     if isinstance(obj, torch.Tensor):
         return TensorSource(obj)
     if isinstance(obj, RowSource):
@@ -330,6 +441,22 @@ def as_source(obj: Any, point: str | None = None) -> RowSource:
         "a training source must be a store URL, an ActivationStore (with TrainConfig.point), "
         "an ActivationLoader, a (N, d) tensor of rows, or a RowSource such as ModelSource; "
         f"got {type(obj).__name__}"
+    )
+
+
+def _pair_source(obj: Any, point: str | None, target_point: str) -> RowSource:
+    if point is None:
+        raise ValueError("a paired source needs both TrainConfig.point (input) and target_point")
+    if isinstance(obj, (str, os.PathLike)):
+        from sae_hooks.store import open_store
+
+        obj = open_store(obj)
+    if hasattr(obj, "stats") and hasattr(obj, "d_model") and hasattr(obj, "points"):
+        return StorePairSource(obj, point, target_point)
+    raise TypeError(
+        f"with target_point={target_point!r} the source must be an (inputs, targets) pair of "
+        "(N, d) tensors, a store URL or ActivationStore holding both points, or a RowSource "
+        f"of [input | target] rows; got {type(obj).__name__}"
     )
 
 

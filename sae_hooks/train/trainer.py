@@ -65,7 +65,7 @@ class Trainer:
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
         self.run_dir = Path(run_dir)
-        self.source: RowSource = as_source(source, config.point)
+        self.source: RowSource = as_source(source, config.point, config.target_point)
         d = self.source.d_model
         if sae is not None:
             config = _config_for_sae(config, sae, d)
@@ -157,7 +157,7 @@ class Trainer:
         if self._constrained is not None:
             normalize_rows_(self._constrained)
         self.sae.tie_encoder_to_dictionary_(warn=False)
-        init_decoder_bias_(self.sae, sample * scale, cfg.b_dec_init)
+        init_decoder_bias_(self.sae, self.sae.training_pair(sample * scale)[1], cfg.b_dec_init)
         self.sae.init_from_data(sample * scale, cfg)
         return scale
 
@@ -297,9 +297,10 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._autocast):
+            x, target = sae.training_pair(x)
             out = self._forward(x)
-            err = x - out.x_hat.float()
-            mse = err.pow(2).sum(-1).mean()
+            err = target - out.x_hat.float()
+            mse = sae.reconstruction_loss(err, out)
             loss = mse
             if self.coefficient.active:
                 loss = loss + self.coefficient.at(self.step) * sae.sparsity_loss(out).float()
@@ -316,7 +317,7 @@ class Trainer:
             self.dead.update(fires, rows)
             self.coefficient.steer(fires.sum() / rows)
             losses = torch.stack([loss.detach(), mse.detach(), aux.detach()])
-            self.window.add(losses, x, out.x_hat.detach(), fires, rows)
+            self.window.add(losses, target, out.x_hat.detach(), fires, rows)
 
     def _aux_loss(self, residual: torch.Tensor, z_pre: torch.Tensor) -> torch.Tensor:
         """AuxK while some latent is dead (checked every few steps), else a constant 0."""

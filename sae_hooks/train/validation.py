@@ -33,10 +33,10 @@ def validate(
         for n, batch in enumerate(batches):
             if n == max_batches:
                 break
-            x = batch.to(device, torch.float32) * scale
+            x, target = sae.training_pair(batch.to(device, torch.float32) * scale)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 out = sae(x)
-            squares.update(x, out.x_hat.float())
+            squares.update(target, out.x_hat.float())
             firing.update(out.z)
     if firing.rows == 0:
         return {}

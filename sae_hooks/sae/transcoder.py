@@ -1,0 +1,169 @@
+"""Transcoders (Dunefsky, Chlenski & Nanda 2024): an SAE that reads a layer's MLP
+input and predicts its MLP output, y_hat = D z(x) + b_dec, so the MLP can be replaced
+by a sparse map; and skip transcoders (Paulo, Shabalin & Belrose 2025), which add a
+linear term W_skip x learnt jointly: y_hat = D z(x) + W_skip x + b_dec.
+
+Codes are those of a ReLU SAE, z = ReLU(W_enc x s + b_enc), trained with the L1
+penalty (or `target_l0`). Unlike an SAE the encoder does not centre its input on
+b_dec: b_dec lives in the output space, whose width `output_size` may differ.
+`input_scale` s scales both sides (the trainer uses one scale for the whole
+[input | target] row) and `output_scale` r rescales the target on top of it, set from
+data so that the target too has E||y s r||^2 = d_out in training: an MLP's output is
+often far smaller than its (normalised) input. A trained transcoder maps raw MLP
+inputs to raw MLP outputs: y_hat = (D z + W_skip x s + b_dec) / (s r).
+
+Training rows are [input | target] (TrainConfig.point and target_point); see
+`training_pair`. Splice with `sae_hooks.hooks.splice_transcoder`, evaluate with
+`sae_hooks.eval.evaluate_transcoder`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import SAE, SAEOutput
+from .dictionary import DictionaryLayer, _positive_int, dictionary_kwargs
+
+
+class Transcoder(SAE):
+    """x (N, input_size) -> codes z (N, nb_concepts) -> y_hat (N, output_size).
+
+    encode / decode / forward / get_dictionary keep the SAE API (forward's `x_hat` is
+    the predicted output); `predict(x, z)` is the output for input rows x with codes z
+    (edited, for a splice). Only the default linear encoder is supported.
+    """
+
+    architecture = "transcoder"
+    paired = True
+
+    def __init__(
+        self,
+        input_shape: int | tuple[int, ...],
+        nb_concepts: int,
+        output_size: int | None = None,
+        encoder_module: str | nn.Module | None = None,
+        dictionary_params: dict[str, Any] | None = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if encoder_module not in (None, "linear"):
+            raise ValueError(
+                f"a transcoder has the default linear encoder; got encoder_module={encoder_module!r}"
+            )
+        super().__init__(input_shape, nb_concepts, encoder_module, dictionary_params, device)
+        if len(self.input_shape) != 1:
+            raise ValueError(
+                f"a transcoder reads rows: input_shape must be an int d, got {input_shape!r}"
+            )
+        self.output_size = (
+            self.input_size if output_size is None else _positive_int("output_size", output_size)
+        )
+        if self.output_size != self.input_size:
+            params = dictionary_kwargs(dictionary_params, device)
+            self.dictionary = DictionaryLayer(self.output_size, self.nb_concepts, **params)
+        self.register_buffer("output_scale", torch.ones((), device=device))
+
+    # -- the model -------------------------------------------------------------------
+
+    def _pre_codes(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        enc = self.encoder
+        pre = F.linear(rows * self.input_scale, enc.weight, enc.bias)
+        return pre, F.relu(pre)
+
+    def _forward_rows(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        z_pre, z = self._encode_rows(rows)
+        return z_pre, z, self._decode_rows(z) + self._skip(rows)
+
+    def _skip(self, rows: torch.Tensor) -> torch.Tensor | float:
+        """The linear skip term in the training scale; none for a plain transcoder."""
+        return 0.0
+
+    def forward(self, x: torch.Tensor) -> SAEOutput:
+        z_pre, z, y = self._forward_rows(self._to_rows(x))
+        return SAEOutput(z_pre, z, self._raw(y).reshape(*x.shape[:-1], self.output_size))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """D z + b_dec in the raw output scale (no skip term: see `predict`)."""
+        return self._raw(self._decode_rows(z, from_forward=False))
+
+    def _raw(self, y: torch.Tensor) -> torch.Tensor:
+        return y / (self.input_scale * self.output_scale)
+
+    def predict(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        """The predicted output (N, output_size) for input rows x (raw scale), from codes
+        z when given (e.g. edited), else from x's own codes."""
+        rows = self._to_rows(x)
+        if z is None:
+            z = self._encode_rows(rows)[1]
+        return self._raw(self._decode_rows(z, from_forward=False) + self._skip(rows))
+
+    def _to_rows(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.input_size:
+            raise ValueError(
+                f"{type(self).__name__} reads rows of width input_size={self.input_size}, "
+                f"got {tuple(x.shape)}"
+            )
+        return x.reshape(-1, self.input_size).to(self.dictionary.weight.dtype)
+
+    # -- training ----------------------------------------------------------------------
+
+    def training_pair(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[input | target] rows -> (input, target)."""
+        width = self.input_size + self.output_size
+        if rows.shape[-1] != width:
+            raise ValueError(
+                f"a transcoder trains on rows [input | target] of width {self.input_size} + "
+                f"{self.output_size} = {width}, got width {rows.shape[-1]}: train it on a paired "
+                "source (TrainConfig.point and target_point, or an (inputs, targets) tensor pair)"
+            )
+        return rows[:, : self.input_size], rows[:, self.input_size :] * self.output_scale
+
+    @torch.no_grad()
+    def init_from_data(self, sample: torch.Tensor, config: Any) -> None:
+        """output_scale r so that the (already scaled) targets have E||y r||^2 = d_out;
+        b_dec, set by the trainer from the targets at r = 1, is scaled along."""
+        if not getattr(config, "normalize_activations", True):
+            return
+        _, y = self.training_pair(sample)
+        msn = float(y.double().pow(2).sum(-1).mean())
+        if msn > 0:
+            r = (self.output_size / msn) ** 0.5
+            self.output_scale.mul_(r)
+            if self.dictionary.bias is not None:
+                self.dictionary.bias.mul_(r)
+
+    @torch.no_grad()
+    def tie_encoder_to_dictionary_(self, *, warn: bool = True) -> bool:
+        """W_enc = W_dec^T is an SAE's init, meaningless between two spaces: a transcoder
+        keeps its own encoder init (the trainer calls this for every variant)."""
+        return False
+
+    def _variant_config(self) -> dict[str, Any]:
+        return {"output_size": self.output_size}
+
+
+class SkipTranscoder(Transcoder):
+    """A transcoder plus a linear skip connection from input to output, W_skip
+    (output_size, input_size), initialised at zero and trained with the rest."""
+
+    architecture = "skip_transcoder"
+
+    def __init__(
+        self,
+        input_shape: int | tuple[int, ...],
+        nb_concepts: int,
+        output_size: int | None = None,
+        encoder_module: str | nn.Module | None = None,
+        dictionary_params: dict[str, Any] | None = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        super().__init__(
+            input_shape, nb_concepts, output_size, encoder_module, dictionary_params, device
+        )
+        self.W_skip = nn.Parameter(torch.zeros(self.output_size, self.input_size, device=device))
+
+    def _skip(self, rows: torch.Tensor) -> torch.Tensor:
+        return F.linear(rows * self.input_scale, self.W_skip)

@@ -1,0 +1,228 @@
+"""Transcoders and skip transcoders: paired training, recovery of a known sparse map,
+persistence, and replacing an MLP (HF GPT-2 and TransformerLens) with exact clean
+logits under the error term."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sae_hooks.eval import evaluate_transcoder
+from sae_hooks.hooks import ZeroLatents, capture, splice_transcoder
+from sae_hooks.sae import SkipTranscoder, Transcoder, load_sae
+from sae_hooks.store import capture_to_store
+from sae_hooks.train import TrainConfig, read_log, train
+from sae_hooks.train.sources import TensorPairSource, as_source
+
+LAYER = 1
+IN, OUT = f"mlp_in.{LAYER}", f"mlp_out.{LAYER}"
+
+
+def _config(**kw) -> TrainConfig:
+    base = dict(
+        architecture="transcoder",
+        point="x",
+        target_point="y",
+        batch_size=128,
+        lr=3e-3,
+        log_every=50,
+        val_every=0,
+        checkpoint_every=0,
+        progress=False,
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+def _sparse_map(n_rows: int, generator: torch.Generator, d_in=48, d_out=24, n_feat=32):
+    """z sparse >= 0; x = z A (+ noise), y = z D_out: a known sparse linear map x -> y."""
+    on = torch.rand(n_rows, n_feat, generator=generator) < 0.08
+    z = on * (0.5 + torch.rand(n_rows, n_feat, generator=generator))
+    a = F.normalize(torch.randn(n_feat, d_in, generator=generator), dim=-1)
+    d_true = F.normalize(torch.randn(n_feat, d_out, generator=generator), dim=-1)
+    x = z @ a + 0.01 * torch.randn(n_rows, d_in, generator=generator)
+    return x, z @ d_true, d_true
+
+
+def _max_cos(true: torch.Tensor, atoms: torch.Tensor) -> float:
+    """Mean over true directions of the best cosine with any atom."""
+    return float((true @ F.normalize(atoms, dim=-1).T).max(dim=1).values.mean())
+
+
+@pytest.mark.slow
+def test_recovers_a_known_sparse_linear_map_better_than_chance(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    x, y, d_true = _sparse_map(8000, g)
+    config = _config(nb_concepts=64, steps=300, l1_coefficient=0.3, extra={"output_size": 24})
+    tc = train(config, (x, y), tmp_path / "run")
+    assert type(tc) is Transcoder and (tc.input_size, tc.output_size) == (48, 24)
+    learned = _max_cos(d_true, tc.get_dictionary().detach())
+    chance = _max_cos(d_true, torch.randn(64, 24, generator=g))
+    assert learned > 0.8 and learned > chance + 0.25, (learned, chance)  # seed 0: 0.88 vs 0.48
+    log = [r for r in read_log(tmp_path / "run") if "val/fvu" in r]
+    assert log[-1]["val/fvu"] < 0.2  # FVU of the predicted output, held-out rows
+
+
+@pytest.mark.slow
+def test_skip_transcoder_learns_the_linear_part(tmp_path):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4000, 16, generator=g)
+    w = torch.randn(16, 16, generator=g) / 4
+    y = x @ w.T  # purely linear: the skip term alone can explain it
+    config = _config(architecture="skip_transcoder", nb_concepts=32, steps=150, l1_coefficient=1.0)
+    tc = train(config, (x, y), tmp_path / "skip")
+    plain = train(
+        _config(nb_concepts=32, steps=150, l1_coefficient=1.0), (x, y), tmp_path / "plain"
+    )
+    assert type(tc) is SkipTranscoder and tc.W_skip.abs().max() > 0.05
+
+    def fvu(model):
+        with torch.no_grad():
+            pred = model(x).x_hat
+        return float((pred - y).pow(2).sum() / (y - y.mean(0)).pow(2).sum())
+
+    assert fvu(tc) < 0.5 * fvu(plain), (fvu(tc), fvu(plain))
+    loaded = load_sae(tmp_path / "skip" / "sae")
+    assert type(loaded) is SkipTranscoder
+    torch.testing.assert_close(loaded(x).x_hat, tc(x).x_hat)
+    torch.testing.assert_close(loaded.predict(x), tc(x).x_hat)
+
+
+def test_config_and_sources_refuse_what_does_not_pair():
+    with pytest.raises(ValueError, match="set target_point"):
+        TrainConfig(architecture="transcoder", steps=1)
+    with pytest.raises(ValueError, match="target_point='y' applies to"):
+        TrainConfig(architecture="batchtopk", target_point="y", steps=1)
+    x = torch.randn(10, 4)
+    with pytest.raises(ValueError, match=r"set TrainConfig\.target_point"):
+        as_source((x, x))
+    with pytest.raises(ValueError, match="one target row per input row"):
+        TensorPairSource(x, x[:5])
+    with pytest.raises(TypeError, match="with target_point='y'"):
+        as_source(x, "x", "y")
+    tc = Transcoder(4, 8)
+    with pytest.raises(ValueError, match=r"rows \[input \| target\] of width 4 \+ 4 = 8"):
+        tc.training_pair(x)
+    with pytest.raises(ValueError, match="linear encoder"):
+        Transcoder(4, 8, encoder_module="mlp")
+
+
+def test_pair_source_scale_brings_each_half_to_width():
+    x, y = 3 * torch.randn(500, 8), 0.5 * torch.randn(500, 8)
+    source = TensorPairSource(x, y)
+    assert source.d_model == 8 and source.d_target == 8
+    expected = (x.pow(2).sum(-1).mean() + y.pow(2).sum(-1).mean()) / 2
+    assert source.mean_sq_norm() == pytest.approx(float(expected), rel=1e-5)
+    batch = next(iter(source.loader("train", 16, seed=0)))
+    assert batch.shape == (16, 16)
+
+
+def test_mlp_in_is_the_input_the_mlp_reads(tiny_gpt2, tiny_hooked_transformer):
+    ids = torch.randint(0, tiny_gpt2.config.vocab_size, (2, 8))
+    block = tiny_gpt2.transformer.h[LAYER]
+    with torch.no_grad(), capture(tiny_gpt2, [IN, OUT, f"resid_mid.{LAYER}"]) as acts:
+        tiny_gpt2(ids)
+    torch.testing.assert_close(acts[IN], block.ln_2(acts[f"resid_mid.{LAYER}"]))
+    torch.testing.assert_close(block.mlp(acts[IN]), acts[OUT])
+    tl = tiny_hooked_transformer
+    with torch.no_grad(), capture(tl, [IN, OUT]) as acts:
+        tl(ids % tl.cfg.d_vocab)
+    mlp = tl.blocks[LAYER].mlp
+    torch.testing.assert_close(mlp(acts[IN]), acts[OUT])
+
+
+@pytest.fixture(scope="module")
+def gpt2_transcoder(tiny_gpt2, tmp_path_factory):
+    """A transcoder of GPT-2 block 1's MLP, trained from one store holding both points."""
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("transcoder")
+    data = [{"input_ids": torch.randint(0, tiny_gpt2.config.vocab_size, (8, 32))} for _ in range(6)]
+    store = capture_to_store(tiny_gpt2, [IN, OUT], data, root / "store", progress=False)
+    assert set(store.points) == {IN, OUT}
+    config = TrainConfig(
+        architecture="transcoder",
+        point=IN,
+        target_point=OUT,
+        nb_concepts=128,
+        steps=60,
+        batch_size=64,
+        lr=2e-3,
+        l1_coefficient=0.5,
+        log_every=20,
+        val_every=0,
+        checkpoint_every=0,
+        progress=False,
+    )
+    train(config, str(root / "store"), root / "run")
+    saved = json.loads((root / "run" / "config.json").read_text())
+    assert (saved["point"], saved["target_point"]) == (IN, OUT)
+    log = [r for r in read_log(root / "run") if "fvu" in r]
+    assert log[-1]["fvu"] < log[0]["fvu"]
+    return load_sae(root / "run" / "sae")
+
+
+def test_gpt2_splice_replaces_the_mlp_and_error_term_is_exact(tiny_gpt2, gpt2_transcoder):
+    tc = gpt2_transcoder
+    assert type(tc) is Transcoder and not tc.training
+    ids = torch.randint(0, tiny_gpt2.config.vocab_size, (3, 16))
+    with torch.no_grad():
+        with capture(tiny_gpt2, [IN, OUT]) as acts:
+            clean = tiny_gpt2(ids).logits
+        with splice_transcoder(tiny_gpt2, IN, OUT, tc, error_term=True) as handle:
+            exact = tiny_gpt2(ids).logits
+        assert handle.latents == {}
+        torch.testing.assert_close(exact, clean, rtol=0, atol=0)
+
+        with splice_transcoder(tiny_gpt2, IN, OUT, tc), capture(tiny_gpt2, OUT) as replaced:
+            spliced = tiny_gpt2(ids).logits
+        expected = tc.predict(acts[IN].reshape(-1, tc.input_size)).reshape(acts[OUT].shape)
+        assert not torch.allclose(spliced, clean)
+        torch.testing.assert_close(replaced[OUT], expected)
+
+        edit = ZeroLatents(list(range(tc.nb_concepts)))
+        with (
+            splice_transcoder(
+                tiny_gpt2, IN, OUT, tc, error_term=True, edit=edit, record_latents=True
+            ) as handle,
+            capture(tiny_gpt2, OUT) as edited,
+        ):
+            tiny_gpt2(ids)
+        assert handle.latents[OUT].shape == (3, 16, tc.nb_concepts)
+        assert bool((handle.latents[OUT] == 0).all())
+        # every code ablated: the MLP output loses exactly the decoded part of the prediction
+        rows = acts[IN].reshape(-1, tc.input_size)
+        codes = tc.encode(rows)[1]
+        lost = (tc.predict(rows, codes) - tc.predict(rows, torch.zeros_like(codes))).reshape(
+            acts[OUT].shape
+        )
+        torch.testing.assert_close(edited[OUT], acts[OUT] - lost, rtol=1e-5, atol=1e-5)
+
+
+def test_evaluate_transcoder_reports_fvu_l0_and_loss_recovered(tiny_gpt2, gpt2_transcoder):
+    data = [{"input_ids": torch.randint(0, tiny_gpt2.config.vocab_size, (4, 16))} for _ in range(2)]
+    result = evaluate_transcoder(tiny_gpt2, IN, OUT, gpt2_transcoder, data, progress=False)
+    assert result.point == f"{IN}->{OUT}" and result.n_rows == 128 and result.n_batches == 2
+    assert 0 <= result.fvu < 1.5 and 0 < result.l0 <= gpt2_transcoder.nb_concepts
+    down = result.downstream
+    assert down["kl_clean_spliced"] >= 0 and "loss_recovered" in down
+    assert down["ce_spliced"] != down["ce_clean"]
+
+
+def test_transformer_lens_splice_with_error_term_is_exact(tiny_hooked_transformer):
+    tl = tiny_hooked_transformer
+    torch.manual_seed(0)
+    tc = Transcoder(tl.cfg.d_model, 32).eval()
+    ids = torch.randint(0, tl.cfg.d_vocab, (2, 12))
+    with torch.no_grad():
+        with capture(tl, [IN, OUT]) as acts:
+            clean = tl(ids)
+        with splice_transcoder(tl, IN, OUT, tc, error_term=True):
+            exact = tl(ids)
+        with splice_transcoder(tl, IN, OUT, tc), capture(tl, OUT) as replaced:
+            spliced = tl(ids)
+    torch.testing.assert_close(exact, clean, rtol=0, atol=0)
+    assert not torch.allclose(spliced, clean)
+    expected = tc.predict(acts[IN].reshape(-1, tc.input_size)).reshape(acts[OUT].shape)
+    torch.testing.assert_close(replaced[OUT], expected)
