@@ -72,4 +72,29 @@ class TrainingContract:
     @torch.no_grad()
     def init_from_data(self, sample: torch.Tensor, config: TrainConfig) -> None:
         """Variant-specific initialisation from a sample of (normalised) training rows,
-        after the trainer has tied the encoder and set b_dec. Nothing by default."""
+        after the trainer has tied the encoder and set b_dec.
+
+        A penalised variant (a ReLU SAE) with a linear encoder bias starts at its target
+        L0: b_enc is lowered so that latent i fires on target_l0 / nb_concepts of the
+        sample (its pre-codes' matching quantile becomes 0), instead of on about half the
+        rows, which the penalty then takes hundreds of steps to undo. Nothing otherwise
+        (no target_l0, no penalty, or no encoder bias)."""
+        bias = getattr(self.encoder, "bias", None)
+        target = getattr(config, "target_l0", None)
+        if self.penalty_field is None or target is None or not isinstance(bias, torch.Tensor):
+            return
+        bias.sub_(firing_quantiles(self, sample, target).to(bias.dtype))
+
+
+INIT_CHUNK_ROWS = 4096
+
+
+@torch.no_grad()
+def firing_quantiles(sae: SAE, sample: torch.Tensor, l0: float) -> torch.Tensor:
+    """(nb_concepts,) the value each latent's pre-code exceeds on l0 / nb_concepts of the
+    sample's rows: where to put a threshold (or a bias) so that, on this sample, the SAE
+    fires `l0` latents per row on average, spread evenly over the latents."""
+    rows = sample.reshape(-1, sample.shape[-1]).float()
+    pre = torch.cat([sae.encode(chunk)[0].float() for chunk in rows.split(INIT_CHUNK_ROWS)])
+    density = min(max(l0 / sae.nb_concepts, 1.0 / pre.shape[0]), 1.0)
+    return torch.quantile(pre, 1.0 - density, dim=0)

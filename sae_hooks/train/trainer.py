@@ -39,11 +39,12 @@ from sae_hooks.sae import SAE, SAE_REGISTRY
 
 from . import checkpoint
 from .coefficient import SparsityCoefficient
+from .diagnostics import run_warnings, warn_all
 from .config import RESUME_FREE_FIELDS, TrainConfig
 from .constraints import constrained_weight, normalize_rows_, remove_parallel_gradient_
 from .init import init_decoder_bias_
 from .losses import aux_k_loss, aux_k_rank_scale
-from .runlog import NoLog, RunLog
+from .runlog import NoLog, RunLog, read_log
 from .schedule import lr_factor
 from .sources import Loader, RowSource, as_source, full_batches
 from .validation import validate
@@ -225,6 +226,7 @@ class Trainer:
             self.sae.eval()
             if main:
                 self.sae.save(self.run_dir / "sae")
+                self._report_warnings()
         self.log.close()
         self.rank.barrier()  # the saved files exist for every rank once fit returns
         return self.sae
@@ -326,6 +328,13 @@ class Trainer:
         self.window.reset()
         self._tic, self._tic_step = now, self.step
         return {k: round(record[k], 4) for k in ("loss", "fvu", "l0")}
+
+    def _report_warnings(self) -> None:
+        """Log and emit what the finished run missed (diagnostics.run_warnings)."""
+        found = run_warnings(read_log(self.run_dir), self.config.to_dict())
+        if found:
+            self.log.write({"step": self.step, "warnings": found})
+            warn_all(found)
 
     def _log_validation(self) -> None:
         if self.rank.is_main:  # the ranks hold the same SAE: one of them validates
