@@ -39,9 +39,9 @@ from sae_hooks.sae import SAE, SAE_REGISTRY
 
 from . import checkpoint
 from .coefficient import SparsityCoefficient
-from .diagnostics import run_warnings, warn_all
 from .config import RESUME_FREE_FIELDS, TrainConfig
 from .constraints import constrained_weight, normalize_rows_, remove_parallel_gradient_
+from .diagnostics import run_warnings, warn_all
 from .init import init_decoder_bias_
 from .losses import aux_k_loss, aux_k_rank_scale
 from .runlog import NoLog, RunLog, read_log
