@@ -16,6 +16,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from sae_hooks.cli_bench import add_bench_synthetic
+
 EPILOG = """examples:
   sae-hooks capture --family minilm --point resid_post.3 --run demo
   sae-hooks train --run demo --architecture batchtopk --k-per-token 32 --total-tokens 500000
@@ -183,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_capture, _add_train, _add_eval, _add_ablate, _add_inspect, _add_report):
         add(sub)
+    add_bench_synthetic(sub)
     return parser
 
 

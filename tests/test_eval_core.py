@@ -28,8 +28,11 @@ CATEGORIES = {
 
 def _batches(tokenizer, texts):
     return [
-        dict(tokenizer(texts[i : i + 4], return_tensors="pt", padding=True, truncation=True,
-                       max_length=32))
+        dict(
+            tokenizer(
+                texts[i : i + 4], return_tensors="pt", padding=True, truncation=True, max_length=32
+            )
+        )
         for i in range(0, 8, 4)
     ]
 

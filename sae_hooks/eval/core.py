@@ -176,7 +176,9 @@ class _Downstream:
             return {
                 "model_behavior_preservation": behaviour,
                 "model_performance_preservation": _nulls(
-                    "ce_loss_score", "ce_loss_with_ablation", "ce_loss_with_sae",
+                    "ce_loss_score",
+                    "ce_loss_with_ablation",
+                    "ce_loss_with_sae",
                     "ce_loss_without_sae",
                 ),
             }
@@ -268,7 +270,9 @@ def core_eval_json(
     details: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The SAEBench core-eval output object around the metric categories."""
-    clean = json.loads(json.dumps(metrics_by_category, default=float), parse_constant=lambda _: None)
+    clean = json.loads(
+        json.dumps(metrics_by_category, default=float), parse_constant=lambda _: None
+    )
     return {
         "eval_type_id": EVAL_TYPE_ID_CORE,
         "eval_config": dict(eval_config or {}),

@@ -231,3 +231,99 @@ def _fvu(sae: torch.nn.Module, x: Tensor) -> float:
     with eval_mode(sae):
         x_hat = sae(x.to(_device(sae))).x_hat.float().cpu()
     return float(fvu(x, x_hat))
+
+
+# --------------------------------------------------------------------- the benchmark
+
+
+def sparsity_fields(architecture: str, l0: float) -> dict[str, float | int]:
+    """The TrainConfig field that asks `architecture` for `l0` codes per row: k_per_token
+    for a variant with a top-k budget, target_l0 for a penalised one, nothing otherwise."""
+    from sae_hooks.sae import SAE_REGISTRY
+
+    cls = SAE_REGISTRY[architecture]
+    if cls.rows_per_budget(1) is not None:
+        return {"k_per_token": max(1, round(l0))}
+    if cls.penalty_field is not None:
+        return {"target_l0": float(l0)}
+    return {}
+
+
+def train_on_synthetic(
+    architecture: str,
+    features: SyntheticFeatures,
+    run_dir: str,
+    *,
+    l0: float,
+    steps: int = 600,
+    batch_size: int = 512,
+    rows: int = 200_000,
+    seed: int = 0,
+    **overrides: object,
+) -> torch.nn.Module:
+    """Train `architecture` at its DEFAULT settings (only the sparsity target, run length
+    and batch size given) on rows drawn from `features`."""
+    from sae_hooks.train import TrainConfig, train
+
+    x, _ = features.sample(rows, seed=features.seed + 1 + seed)
+    config = TrainConfig(
+        architecture=architecture,
+        steps=steps,
+        batch_size=batch_size,
+        seed=seed,
+        progress=False,
+        log_every=max(steps // 10, 1),
+        val_every=0,
+        checkpoint_every=0,
+        **{**sparsity_fields(architecture, l0), **overrides},
+    )
+    return train(config, x, run_dir)
+
+
+def run_benchmark(
+    architectures: list[str],
+    out_dir: str,
+    *,
+    steps: int = 1000,
+    batch_size: int = 512,
+    seed: int = 0,
+    features: SyntheticFeatures | None = None,
+) -> list[dict[str, object]]:
+    """Train each variant on the SynthSAEBench-style features (skew, hierarchy,
+    correlation) and measure recovery on fresh rows; one result row per variant."""
+    import time
+    from pathlib import Path
+
+    features = features or benchmark_features(seed=seed)
+    _, codes = features.sample(20_000, seed=999)
+    l0 = float((codes > 0).sum(-1).float().mean())
+    results: list[dict[str, object]] = []
+    for arch in architectures:
+        t0 = time.perf_counter()
+        sae = train_on_synthetic(
+            arch,
+            features,
+            str(Path(out_dir) / arch),
+            l0=l0,
+            steps=steps,
+            batch_size=batch_size,
+            seed=seed,
+        )
+        row: dict[str, object] = {"architecture": arch, "true_l0": l0}
+        row.update(recovery(features, sae))
+        row["seconds"] = time.perf_counter() - t0
+        results.append(row)
+    return results
+
+
+BENCH_COLUMNS = ("mmcs", "mcc", "f1", "absorption", "parent_recall", "l0", "fvu")
+
+
+def format_benchmark(results: list[dict[str, object]]) -> str:
+    """A Markdown table of the benchmark rows (the one docs/evaluation.md records)."""
+    head = "| variant | " + " | ".join(BENCH_COLUMNS) + " | s |"
+    lines = [head, "|" + "---|" * (len(BENCH_COLUMNS) + 2)]
+    for r in results:
+        cells = [f"{float(r[c]):.3f}" for c in BENCH_COLUMNS]
+        lines.append(f"| {r['architecture']} | " + " | ".join(cells) + f" | {r['seconds']:.0f} |")
+    return "\n".join(lines)
