@@ -41,6 +41,11 @@ class TrainingContract:
     """AuxK weight when TrainConfig.aux_coefficient is None: > 0 where a dead latent gets
     no gradient otherwise (a top-k selection never picks it)."""
 
+    synthetic_opt_out: ClassVar[str | None] = None
+    """Why this variant cannot take the default-settings recovery test on synthetic rows
+    (tests/test_train_defaults.py), e.g. "a transcoder needs paired input / output
+    data"; None (the default) takes the test."""
+
     @classmethod
     def rows_per_budget(cls, batch_size: int) -> int | None:
         """How many rows one `top_k` budget covers (1: per row, batch_size: per batch),

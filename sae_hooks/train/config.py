@@ -93,7 +93,7 @@ class TrainConfig:
     l1_coefficient: float = 5.0
     sparsity_warmup_fraction: float = 0.05
     target_l0: float | None = None
-    target_l0_gain: float = 0.01
+    target_l0_gain: float = 0.05  # 0.01 took ~500 steps to undo a 10x-off start (issue 20)
 
     # Dead latents.
     aux_k: int | None = None  # None -> d // 2

@@ -21,8 +21,10 @@ The checks, on the log's last records:
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 L0_TOLERANCE = 0.25
@@ -106,3 +108,15 @@ def warn_all(messages: Sequence[str]) -> None:
     """Emit each message as a RunWarning (shown once per message by Python's filters)."""
     for message in messages:
         warnings.warn(message, RunWarning, stacklevel=3)
+
+
+def logged_warnings(run_dir: str | os.PathLike) -> list[str]:
+    """The warnings a finished run logged (its log.jsonl records with "warnings"), in
+    order, each once; [] when the run has no log."""
+    from .runlog import LOG_FILE, read_log
+
+    path = Path(run_dir)
+    if not (path / LOG_FILE).is_file():
+        return []
+    found = [w for r in read_log(path) for w in (r.get("warnings") or [])]
+    return list(dict.fromkeys(str(w) for w in found))
