@@ -210,10 +210,14 @@ class JumpSAE(SAE):
         sample, L0 being config.target_l0 (else DEFAULT_INIT_L0), so training starts
         at its target L0 instead of firing on almost everything (a fixed 0.001*sqrt(d)
         left L0 at ~200 of 512 for 600 steps: Adam moves log theta by ~lr per step).
-        An explicit config.threshold_init sets every threshold to that value instead.
+        An explicit config.threshold_init sets every threshold to that value instead (a
+        structure encoder, which reads whole sequences, gets 0.001 * sqrt(d)).
         """
-        if getattr(config, "threshold_init", None) is not None:
-            self.log_threshold.fill_(math.log(config.threshold_init))
+        fixed = getattr(config, "threshold_init", None)
+        if fixed is None and self._structured:  # a sequence encoder: no per-row pre-codes
+            fixed = INITIAL_THRESHOLD * math.sqrt(self.input_size)
+        if fixed is not None:
+            self.log_threshold.fill_(math.log(fixed))
             return
         target = getattr(config, "target_l0", None) or DEFAULT_INIT_L0
         self.log_threshold.copy_(data_thresholds(self, sample, target).log())

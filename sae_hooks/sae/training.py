@@ -86,7 +86,10 @@ class TrainingContract:
         (no target_l0, no penalty, or no encoder bias)."""
         bias = getattr(self.encoder, "bias", None)
         target = getattr(config, "target_l0", None)
-        if self.penalty_field is None or target is None or not isinstance(bias, torch.Tensor):
+        structured = getattr(self, "_structured", False)  # its encoder reads sequences
+        if self.penalty_field is None or target is None or structured:
+            return
+        if not isinstance(bias, torch.Tensor):
             return
         bias.sub_(firing_quantiles(self, sample, target).to(bias.dtype))
 
