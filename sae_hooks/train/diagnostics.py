@@ -1,8 +1,8 @@
 """Did the run reach what it was asked for? Warnings read from a finished run's log.
 
 A run that misses its sparsity target, leaves many latents dead or dense, or is
-still improving steeply when it stops says so: the trainer appends one log record
-{"step": ..., "warnings": [...]} (which the dashboard and `log_warnings` show),
+still improving steeply when it stops says so: the trainer adds "warnings": [...] to
+the run's final (validation) log record (which the dashboard and `log_warnings` show),
 emits each as a Python warning (the CLI prints them), and summary.txt lists them.
 
 The checks, on the log's last records:

@@ -226,7 +226,6 @@ class Trainer:
             self.sae.eval()
             if main:
                 self.sae.save(self.run_dir / "sae")
-                self._report_warnings()
         self.log.close()
         self.rank.barrier()  # the saved files exist for every rank once fit returns
         return self.sae
@@ -329,16 +328,15 @@ class Trainer:
         self._tic, self._tic_step = now, self.step
         return {k: round(record[k], 4) for k in ("loss", "fvu", "l0")}
 
-    def _report_warnings(self) -> None:
-        """Log and emit what the finished run missed (diagnostics.run_warnings)."""
-        found = run_warnings(read_log(self.run_dir), self.config.to_dict())
-        if found:
-            self.log.write({"step": self.step, "warnings": found})
-            warn_all(found)
-
     def _log_validation(self) -> None:
         if self.rank.is_main:  # the ranks hold the same SAE: one of them validates
-            self.log.write({"step": self.step, **self.validate()})
+            record = {"step": self.step, **self.validate()}
+            if self.step == self.config.steps:  # the final record says what the run missed
+                found = run_warnings([*read_log(self.run_dir), record], self.config.to_dict())
+                if found:
+                    record["warnings"] = found
+                    warn_all(found)
+            self.log.write(record)
 
     def validate(self) -> dict[str, float]:
         """FVU, MSE, L0 and dead fraction on held-out rows in eval mode (see validation.py)."""
