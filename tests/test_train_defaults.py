@@ -22,6 +22,8 @@ TARGET_L0 = 4.0
 STEPS = 600
 
 KNOWN_MISSES = {
+    "batchtopk": "L0 on target; recovery 0.79 at 600 steps, batch 512 (the issue measured "
+    "0.924 at 600 and 0.989 at 1,500 steps): BatchTopK converges slower than TopK here",
     "jumprelu": "L0 starts at the target (data-initialised thresholds) but falls to ~1 "
     "within 100 steps and ends near 2.5; the dictionary is ~0.67 recovered in 600 steps "
     "(issue 20.1 not done for JumpReLU; see docs/evaluation.md)",
