@@ -13,8 +13,11 @@ import argparse
 import dataclasses
 import json
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
+
+from sae_hooks.cli_bench import add_bench_synthetic
 
 EPILOG = """examples:
   sae-hooks capture --family minilm --point resid_post.3 --run demo
@@ -186,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_capture, _add_train, _add_eval, _add_ablate, _add_inspect, _add_report):
         add(sub)
+    add_bench_synthetic(sub)
     return parser
 
 
@@ -315,18 +319,24 @@ def cmd_train(args: argparse.Namespace) -> None:
     from sae_hooks.cli_args import train_config
     from sae_hooks.store import open_store
     from sae_hooks.train import train
+    from sae_hooks.train.diagnostics import RunWarning, logged_warnings
 
     run_dir = _run_dir(args)
     config = train_config(args, {"point": args.point, "progress": not args.quiet})  # fail fast
     store = open_store(args.store or str(run_dir / "store"))
     if config.point is None and len(store.points) == 1:  # record the point in the run's config
         config = dataclasses.replace(config, point=store.points[0])
-    train(config, store, run_dir / "train")
+    with warnings.catch_warnings():  # printed once below, without a traceback line
+        warnings.simplefilter("ignore", RunWarning)
+        train(config, store, run_dir / "train")
+    for w in logged_warnings(run_dir / "train"):
+        print(f"warning: {w}")
     print(f"SAE saved to {run_dir / 'train' / 'sae'}; log in {run_dir / 'train' / 'log.jsonl'}")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from sae_hooks.eval import evaluate_reconstruction
+    from sae_hooks.eval.core import evaluate_core, write_core_eval
 
     model, processor = _load_model(args)
     sae, point = _sae_and_point(args)
@@ -346,6 +356,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
     out = _run_dir(args) / "eval.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(result.to_json())
+    write_core_eval(
+        out.parent, evaluate_core(model, point, sae, data, max_batches=args.max_batches)
+    )
     print(result.summary())
     print(f"written to {out}")
 

@@ -26,9 +26,11 @@ from sae_hooks.eval import (
     concept_ablation,
     evaluate_reconstruction,
 )
+from sae_hooks.eval.core import evaluate_core, write_core_eval
 from sae_hooks.sae import load_sae
 from sae_hooks.store import capture_to_store
 from sae_hooks.train import TrainConfig, train
+from sae_hooks.train.diagnostics import logged_warnings
 
 Batches = Iterable[Mapping[str, torch.Tensor]]
 __all__ = [
@@ -103,6 +105,7 @@ class PipelineResult:
                 f"Concept ablation: {self.concept!r}; target: {self.target_name}",
                 self.ablation.table(),
             ]
+        lines += [f"warning: {w}" for w in logged_warnings(self.run_dir / "train")]
         if self.report is not None:
             lines += ["", f"dashboard: {self.report}"]
         return "\n".join(lines)
@@ -153,6 +156,8 @@ def run_pipeline(
             model, point, sae, eval_data, drop_bos=drop_bos, progress=progress
         )
         (run_dir / "eval.json").write_text(result.to_json())
+        core = evaluate_core(model, point, sae, eval_data, drop_bos=drop_bos)
+        write_core_eval(run_dir, core, sae_cfg=resolved.to_dict())
     ablation = None
     if concept is not None:
         with _timed(timings, "ablation"):

@@ -15,6 +15,7 @@ from torch import nn
 
 from .base import SAE, SAEOutput
 from .kernels import DEFAULT_KERNEL, Kernel, as_kernel, get_kernel
+from .training import firing_quantiles
 
 DEFAULT_BANDWIDTH = 1e-3
 INITIAL_THRESHOLD = 1e-3
@@ -203,8 +204,37 @@ class JumpSAE(SAE):
 
     @torch.no_grad()
     def init_from_data(self, sample: torch.Tensor, config: Any) -> None:
-        """Every threshold starts at config.threshold_init."""
-        self.log_threshold.fill_(math.log(config.threshold_init))
+        """Thresholds at which every latent fires on the target share of the sample.
+
+        theta_i = the (1 - L0 / nb_concepts) quantile of latent i's pre-codes on the
+        sample, L0 being config.target_l0 (else DEFAULT_INIT_L0), so training starts
+        at its target L0 instead of firing on almost everything (a fixed 0.001*sqrt(d)
+        left L0 at ~200 of 512 for 600 steps: Adam moves log theta by ~lr per step).
+        An explicit config.threshold_init sets every threshold to that value instead (a
+        structure encoder, which reads whole sequences, gets 0.001 * sqrt(d)).
+        """
+        fixed = getattr(config, "threshold_init", None)
+        if fixed is None and self._structured:  # a sequence encoder: no per-row pre-codes
+            fixed = INITIAL_THRESHOLD * math.sqrt(self.input_size)
+        if fixed is not None:
+            self.log_threshold.fill_(math.log(fixed))
+            return
+        target = getattr(config, "target_l0", None) or DEFAULT_INIT_L0
+        self.log_threshold.copy_(data_thresholds(self, sample, target).log())
+
+
+DEFAULT_INIT_L0 = 32
+"""The L0 the thresholds start at when no target_l0 is given (k_per_token's default)."""
+
+
+@torch.no_grad()
+def data_thresholds(sae: SAE, sample: torch.Tensor, l0: float) -> torch.Tensor:
+    """(nb_concepts,) per-latent thresholds at which `sae` fires on l0 / nb_concepts of
+    the sample's rows, floored at a small positive value (theta > 0 is the
+    parametrisation's domain)."""
+    theta = firing_quantiles(sae, sample, l0)
+    floor = max(float(theta.abs().mean()) * 1e-3, 1e-6)
+    return theta.clamp_min(floor)
 
 
 def _bandwidth(bandwith: float | None, bandwidth: float | None) -> float:

@@ -46,6 +46,11 @@ class TrainingContract:
     """AuxK weight when TrainConfig.aux_coefficient is None: > 0 where a dead latent gets
     no gradient otherwise (a top-k selection never picks it)."""
 
+    synthetic_opt_out: ClassVar[str | None] = None
+    """Why this variant cannot take the default-settings recovery test on synthetic rows
+    (tests/test_train_defaults.py), e.g. "a transcoder needs paired input / output
+    data"; None (the default) takes the test."""
+
     @classmethod
     def rows_per_budget(cls, batch_size: int) -> int | None:
         """How many rows one `top_k` budget covers (1: per row, batch_size: per batch),
@@ -87,4 +92,32 @@ class TrainingContract:
     @torch.no_grad()
     def init_from_data(self, sample: torch.Tensor, config: TrainConfig) -> None:
         """Variant-specific initialisation from a sample of (normalised) training rows,
-        after the trainer has tied the encoder and set b_dec. Nothing by default."""
+        after the trainer has tied the encoder and set b_dec.
+
+        A penalised variant (a ReLU SAE) with a linear encoder bias starts at its target
+        L0: b_enc is lowered so that latent i fires on target_l0 / nb_concepts of the
+        sample (its pre-codes' matching quantile becomes 0), instead of on about half the
+        rows, which the penalty then takes hundreds of steps to undo. Nothing otherwise
+        (no target_l0, no penalty, or no encoder bias)."""
+        bias = getattr(self.encoder, "bias", None)
+        target = getattr(config, "target_l0", None)
+        structured = getattr(self, "_structured", False)  # its encoder reads sequences
+        if self.penalty_field is None or target is None or structured:
+            return
+        if not isinstance(bias, torch.Tensor):
+            return
+        bias.sub_(firing_quantiles(self, sample, target).to(bias.dtype))
+
+
+INIT_CHUNK_ROWS = 4096
+
+
+@torch.no_grad()
+def firing_quantiles(sae: SAE, sample: torch.Tensor, l0: float) -> torch.Tensor:
+    """(nb_concepts,) the value each latent's pre-code exceeds on l0 / nb_concepts of the
+    sample's rows: where to put a threshold (or a bias) so that, on this sample, the SAE
+    fires `l0` latents per row on average, spread evenly over the latents."""
+    rows = sample.reshape(-1, sample.shape[-1]).float()
+    pre = torch.cat([sae.encode(chunk)[0].float() for chunk in rows.split(INIT_CHUNK_ROWS)])
+    density = min(max(l0 / sae.nb_concepts, 1.0 / pre.shape[0]), 1.0)
+    return torch.quantile(pre, 1.0 - density, dim=0)

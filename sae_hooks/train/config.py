@@ -9,8 +9,11 @@ rows scaled to E||x||^2 = d, so one coordinate is O(1) and the reconstruction
 loss (summed over d, averaged over rows) is d times the per-coordinate MSE. The
 defaults below are stated for that scale:
 
-- `bandwidth` / `threshold_init` (JumpReLU): the paper's 0.001 at E||x||^2 = 1,
-  rescaled by sqrt(d) to 0.001 * sqrt(d).
+- `bandwidth` (JumpReLU): the paper's 0.001 at E||x||^2 = 1, rescaled by sqrt(d)
+  to 0.001 * sqrt(d). `threshold_init` None (the default) sets each threshold from
+  the data: the quantile of its latent's pre-codes on the init sample at which it
+  fires on target_l0 / nb_concepts of the rows (JumpSAE.init_from_data); a number
+  sets every threshold to it.
 - `l0_coefficient`, `l1_coefficient`: trade-offs against the summed MSE; data
   dependent. `target_l0` replaces hand tuning for JumpReLU and ReLU: the
   coefficient is then adapted by a multiplicative integral controller,
@@ -75,7 +78,7 @@ class TrainConfig:
     threshold_momentum: float = 0.9  # BatchTopK running-threshold EMA
     kernel: str = DEFAULT_KERNEL  # JumpReLU pseudo-derivative kernel
     bandwidth: float | None = None  # JumpReLU; None -> 0.001 * sqrt(d)
-    threshold_init: float | None = None  # JumpReLU; None -> 0.001 * sqrt(d)
+    threshold_init: float | None = None  # JumpReLU; None -> from data (target_l0 quantiles)
 
     # How long, how fast.
     batch_size: int = 4096
@@ -94,7 +97,7 @@ class TrainConfig:
     l1_coefficient: float = 5.0
     sparsity_warmup_fraction: float = 0.05
     target_l0: float | None = None
-    target_l0_gain: float = 0.01
+    target_l0_gain: float = 0.05  # 0.01 took ~500 steps to undo a 10x-off start (issue 20)
 
     # Dead latents.
     aux_k: int | None = None  # None -> d // 2
@@ -156,7 +159,6 @@ class TrainConfig:
             top_k=top_k,
             k_per_token=k_per_token,
             bandwidth=self.bandwidth or scale_eps,
-            threshold_init=self.threshold_init or scale_eps,
             steps=steps,
             total_tokens=total_tokens,
             lr=self.lr or 2e-4 / math.sqrt(nb / 2**14),

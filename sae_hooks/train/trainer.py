@@ -41,9 +41,10 @@ from . import checkpoint, runlock
 from .coefficient import SparsityCoefficient
 from .config import RESUME_FREE_FIELDS, TrainConfig
 from .constraints import constrained_weight, normalize_rows_, remove_parallel_gradient_
+from .diagnostics import run_warnings, warn_all
 from .init import init_decoder_bias_
 from .losses import aux_k_loss, aux_k_rank_scale
-from .runlog import NoLog, RunLog
+from .runlog import NoLog, RunLog, read_log
 from .schedule import lr_factor
 from .sources import Loader, RowSource, as_source, full_batches
 from .validation import validate
@@ -369,7 +370,13 @@ class Trainer:
 
     def _log_validation(self) -> None:
         if self.rank.is_main:  # the ranks hold the same SAE: one of them validates
-            self.log.write({"step": self.step, **self.validate()})
+            record = {"step": self.step, **self.validate()}
+            if self.step == self.config.steps:  # the final record says what the run missed
+                found = run_warnings([*read_log(self.run_dir), record], self.config.to_dict())
+                if found:
+                    record["warnings"] = found
+                    warn_all(found)
+            self.log.write(record)
 
     def validate(self) -> dict[str, float]:
         """FVU, MSE, L0 and dead fraction on held-out rows in eval mode (see validation.py)."""
