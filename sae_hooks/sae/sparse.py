@@ -10,7 +10,10 @@ Two layouts:
 - fixed: every row keeps exactly k latents (TopK), known from the top-k indices,
   so there is no host sync and no scan of z;
 - ragged: rows keep different counts (BatchTopK, a threshold, an edited code);
-  the support comes from `z.nonzero()`, one host sync.
+  `decode_pairs` takes the support as flat (row, latent, value) triples sorted by
+  row (BatchTopK's training forward has them from its sorted top-k indices, no
+  host sync); `decode_ragged` finds them with `z.nonzero()`, one host sync, for
+  codes that come without them (eval, `decode(z)`).
 
 Either is exact up to float summation order. The gradient reaches the atoms and
 the non-zero codes (the gathered values), not the zero ones: SAE._decodes_sparsely
@@ -30,6 +33,10 @@ import torch.nn.functional as F
 
 MAX_SPARSE_DENSITY = 0.05
 """Share of non-zero codes above which TopK / BatchTopK decode densely (see above)."""
+
+MAX_SPARSE_GRAD_DENSITY = 0.05
+"""Share of kept codes above which the encoder's gradient is computed densely
+(sparse_encoder.py; the crossover is measured by `bench_train.py --encoder`)."""
 
 
 def decode_fixed(
@@ -57,18 +64,32 @@ def decode_ragged(
             f"decode_ragged needs codes of shape (N, {atoms.shape[0]}), got {tuple(z.shape)}"
         )
     rows, cols = z.nonzero(as_tuple=True)  # row-major, so each row's entries are contiguous
-    counts = torch.bincount(rows, minlength=z.shape[0])
-    offsets = counts.cumsum(0) - counts
+    return decode_pairs(rows, cols, z[rows, cols], atoms, bias, n_rows=z.shape[0])
+
+
+def decode_pairs(
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    values: torch.Tensor,
+    atoms: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    n_rows: int,
+) -> torch.Tensor:
+    """Rows (n_rows, d) from flat (row, latent, value) triples sorted by row; a row
+    with no triple decodes to the bias. Row offsets from searchsorted: no host sync."""
+    offsets = torch.searchsorted(rows, torch.arange(n_rows, device=rows.device, dtype=rows.dtype))
     out = F.embedding_bag(
-        cols, atoms, offsets, per_sample_weights=z[rows, cols].to(atoms.dtype), mode="sum"
+        cols, atoms, offsets, per_sample_weights=values.to(atoms.dtype), mode="sum"
     )
     return out if bias is None else out + bias
 
 
-def check_sparse_decode(value: object) -> bool | None:
-    """Validate the `sparse_decode` switch: None (by density), True or False."""
+def check_sparse_decode(value: object, name: str = "sparse_decode") -> bool | None:
+    """Validate a sparse-path switch (sparse_decode, sparse_encoder_grad): None (by
+    code density), True or False."""
     if value is not None and not isinstance(value, bool):
         raise TypeError(
-            f"sparse_decode must be None (decide by code density), True or False, got {value!r}"
+            f"{name} must be None (decide by code density), True or False, got {value!r}"
         )
     return value

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from sae_hooks.distributed import RankSlice, processes, sync_replicas_
 from sae_hooks.sae import SAE, SAE_REGISTRY
+from sae_hooks.sae.sparse_encoder import fire_counts
 
 from . import checkpoint
 from .coefficient import SparsityCoefficient
@@ -267,8 +268,7 @@ class Trainer:
             aux = self._aux_loss(err.detach(), out.z_pre)
             loss = loss + cfg.aux_coefficient * aux
         loss.backward()
-        with torch.no_grad():
-            fires = (out.z.detach() != 0).sum(0)
+        fires = fire_counts(out.z)  # from the kept support where the forward recorded it
         if self.rank.distributed:
             fires = sync_replicas_(sae, fires, self.rank)
         self._optimizer_step()
