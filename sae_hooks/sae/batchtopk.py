@@ -18,6 +18,7 @@ from torch import nn
 
 from .base import SAE, SAEOutput
 from .dictionary import _positive_int
+from .sparse import sort_indices
 from .sparse_encoder import attach_support, gather_pre_codes
 from .topk import default_top_k
 
@@ -179,11 +180,11 @@ class BatchTopKSAE(SAE):
         # the encoder its sparse gradient, with no host sync.
         values, flat = self._batch_top_k(pre.detach())
         self._maybe_update_threshold(values, None)
-        flat = flat.sort().values
+        flat = sort_indices(flat)[0]
         n = self.nb_concepts
         flat_rows, cols = flat.div(n, rounding_mode="floor"), flat.remainder(n)
         kept = F.relu(gather_pre_codes(pre, flat_rows, cols))
-        z = torch.zeros_like(pre).flatten().scatter(0, flat, kept).view_as(pre)
+        z = torch.zeros_like(pre).flatten().scatter_(0, flat, kept).view_as(pre)
         attach_support(z, cols, kept)
         return pre, z, self._decode_rows(z, (flat_rows, cols, kept))
 

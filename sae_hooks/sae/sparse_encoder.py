@@ -26,34 +26,15 @@ dies with the forward's own output (nothing is cached on the module).
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from .sparse import latent_grad, row_offsets
+
 _GATHER = "_sae_sparse_gather"
 _SUPPORT = "_sae_sparse_support"
-
-
-def row_offsets(rows: torch.Tensor, n_rows: int) -> torch.Tensor:
-    """Start of each row's run in `rows` (sorted ascending), (n_rows,); no host sync."""
-    targets = torch.arange(n_rows, device=rows.device, dtype=rows.dtype)
-    return torch.searchsorted(rows, targets)
-
-
-def latent_grad(
-    n: int, rows: torch.Tensor, cols: torch.Tensor, grad: torch.Tensor, x: torch.Tensor
-) -> torch.Tensor:
-    """sum over pairs m of grad_m x[rows_m] into row cols_m of an (n, d) matrix."""
-    cols_sorted, order = cols.sort(stable=True)
-    crow = torch.searchsorted(cols_sorted, torch.arange(n + 1, device=cols.device))
-    with warnings.catch_warnings():  # torch calls every CSR construction beta
-        warnings.simplefilter("ignore", UserWarning)
-        matrix = torch.sparse_csr_tensor(
-            crow, rows[order], grad[order].to(x.dtype), (n, x.shape[0]), check_invariants=False
-        )
-    return matrix @ x
 
 
 class SparsePreCodes(torch.autograd.Function):

@@ -68,7 +68,7 @@ class TopKSAE(SAE):
         flat_rows, cols = fixed_support(indices)
         values = F.relu(gather_pre_codes(pre, flat_rows, cols)).view_as(indices)
         z = attach_support(
-            torch.zeros_like(pre).scatter(-1, indices, values), cols, values.view(-1)
+            torch.zeros_like(pre).scatter_(-1, indices, values), cols, values.view(-1)
         )
         return pre, z, self._decode_rows(z, (indices, values))
 

@@ -110,7 +110,11 @@ class Trainer:
         self.sae.to(self.device, dtype=getattr(torch, cfg.dtype))
         self.sae.train()
         self.optimizer = torch.optim.Adam(
-            self.sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps
+            self.sae.parameters(),
+            lr=cfg.lr,
+            betas=cfg.adam_betas,
+            eps=cfg.adam_eps,
+            fused=_fused_adam(self.device, self.sae),
         )
         self.loader: Loader = self.source.loader("train", cfg.batch_size, seed=cfg.seed)
         if self.rank.distributed:
@@ -366,6 +370,13 @@ def build_sae(config: TrainConfig, d_model: int) -> SAE:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         return SAE_REGISTRY[config.architecture].from_train_config(config, d_model)
+
+
+def _fused_adam(device: torch.device, sae: SAE) -> bool | None:
+    """One fused kernel per Adam step (torch >= 2.4 on CPU and CUDA): on CPU the
+    for-loop Adam made ~10 passes over each (n, d) weight, a third of a sparse step."""
+    floating = all(p.is_floating_point() for p in sae.parameters())
+    return True if device.type in ("cpu", "cuda") and floating else None
 
 
 def _config_for_sae(config: TrainConfig, sae: SAE, d: int) -> TrainConfig:
