@@ -60,8 +60,16 @@ def time_steps(step, x: torch.Tensor, n: int, device: torch.device) -> tuple[flo
 # ---------------------------------------------------------------- the two sides
 
 
-def ours_step(variant: str, args: argparse.Namespace, run_dir: Path, dense: bool = False):
-    """Our Trainer's step for `variant`, built as `train()` builds it."""
+def ours_step(
+    variant: str,
+    args: argparse.Namespace,
+    run_dir: Path,
+    dense: bool = False,
+    x: torch.Tensor | None = None,
+):
+    """Our Trainer's step for `variant`, built as `train()` builds it. dense: both
+    sparse paths off (decoder and encoder gradient). x: a batch that JumpReLU's
+    thresholds are set on so that it keeps k codes per row, its target L0."""
     sys.path.insert(0, str(ROOT))
     from sae_hooks.train import TrainConfig, Trainer
 
@@ -83,7 +91,95 @@ def ours_step(variant: str, args: argparse.Namespace, run_dir: Path, dense: bool
     trainer = Trainer(config, torch.randn(2 * args.batch, args.d), run_dir)
     if dense:
         trainer.sae.sparse_decode = False
+        trainer.sae.sparse_encoder_grad = False
+    if variant == "jumprelu" and x is not None:
+        at_target_l0_(trainer.sae, x * trainer.scale, args.k)
     return trainer.train_step  # the body of Trainer.fit's loop, without data loading
+
+
+@torch.no_grad()
+def at_target_l0_(sae: torch.nn.Module, x: torch.Tensor, k: int) -> None:
+    """Each JumpReLU threshold at its latent's (1 - k/n) quantile of pre-codes on x:
+    k codes per row on average, the L0 a trained JumpReLU SAE is steered to."""
+    pre = sae.encode(x)[0]
+    rank = max(1, round(pre.shape[0] * (1 - k / pre.shape[1])))
+    theta = pre.kthvalue(rank, dim=0).values.clamp_min(1e-3)
+    sae.log_threshold.copy_(theta.log())
+
+
+def ratio_table(args: argparse.Namespace, variants: list[str], device: torch.device) -> None:
+    """Step time / encoder forward matmul time, interleaved (matmul, step, matmul, ...).
+
+    The encoder's forward matmul (rows x d) @ (d x n) is the irreducible work of a
+    step; each round times one matmul and one step back to back, and the ratio is
+    taken within the round, so load spells hit both. Also the step's peak memory
+    growth in (rows x n) fp32 matrices (peak RSS on CPU, max_memory_allocated on
+    CUDA, above what was resident before the step).
+    """
+    import torch.nn.functional as F
+
+    widths = [int(v) for v in args.widths.split(",")] if args.widths else [args.nb]
+    ks = [int(v) for v in args.ks.split(",")] if args.ks else [args.k]
+    print(machine(device))
+    print(
+        f"\nstep / encoder forward matmul, {args.d} -> n, {args.batch} rows, "
+        f"{args.rounds} interleaved rounds of {args.steps} steps; fp32 unless CUDA (bf16 autocast)"
+    )
+    print(
+        "\n| variant | path | n | k | ratio min | median | max | step ms (median) "
+        "| peak (rows x n) matrices | load avg |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    x = torch.randn(args.batch, args.d, device=device)
+    for nb in widths:
+        weight = torch.randn(nb, args.d, device=device) / args.d**0.5
+        for k in ks:
+            size = argparse.Namespace(**{**vars(args), "nb": nb, "k": k})
+            paths = ["sparse", "dense"] if args.dense else ["sparse"]
+            for variant in variants:
+                for path in paths:
+                    with tempfile.TemporaryDirectory(prefix="bench_ratio_") as tmp:
+                        step = ours_step(variant, size, Path(tmp), path == "dense", x)
+                        _ratio_row(step, weight, x, variant, path, size, device, F)
+                        del step
+
+
+def _ratio_row(step, weight, x, variant, path, args, device, F) -> None:
+    def matmul(rows: torch.Tensor) -> None:
+        with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+            F.linear(rows, weight)
+
+    step(x)  # warm-up: Adam state, allocator
+    matmul(x)
+    ratios, steps, peaks, loads = [], [], [], []
+    for _ in range(args.rounds):
+        base = _resident(device)
+        with PeakMemory(device) as mem:
+            step_s = time_steps(step, x, args.steps, device)[0]
+        if mem.bytes is not None and base is not None:
+            peaks.append((mem.bytes - base) / (x.shape[0] * args.nb * 4))
+        mm_s = time_steps(matmul, x, args.steps, device)[0]
+        ratios.append(step_s / mm_s)
+        steps.append(step_s / args.steps)
+        loads.append(os.getloadavg()[0])
+    ratios.sort()
+    peak = f"{max(peaks):.2f}" if peaks else "-"
+    print(
+        f"| {variant} | {path} | {args.nb} | {args.k} | {ratios[0]:.2f} "
+        f"| {statistics.median(ratios):.2f} | {ratios[-1]:.2f} "
+        f"| {statistics.median(steps) * 1e3:,.0f} | {peak} "
+        f"| {min(loads):.1f}-{max(loads):.1f} |",
+        flush=True,
+    )
+
+
+def _resident(device: torch.device) -> int | None:
+    """Bytes in use now: CUDA allocations, or the process's RSS."""
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device)
+    text = Path("/proc/self/status").read_text()
+    line = next((v for v in text.splitlines() if v.startswith("VmRSS:")), None)
+    return None if line is None else int(line.split()[1]) * 1024
 
 
 def saelens_step(variant: str, args: argparse.Namespace):
@@ -230,7 +326,16 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--rounds", type=int, default=3, help="timings per side; median")
     parser.add_argument("--steps", type=int, default=2, help="steps per timing")
-    parser.add_argument("--dense", action="store_true", help="also time our dense decoder")
+    parser.add_argument(
+        "--dense", action="store_true", help="also time our dense paths (decoder, encoder grad)"
+    )
+    parser.add_argument(
+        "--ratio",
+        action="store_true",
+        help="step / encoder forward matmul per variant, interleaved, and peak memory",
+    )
+    parser.add_argument("--widths", default=None, help="--ratio: latents n, e.g. 3072,6144")
+    parser.add_argument("--ks", default=None, help="--ratio: k per token, e.g. 8,32,128")
     parser.add_argument("--saelens-python", default=None, help="python of the SAELens venv")
     parser.add_argument("--no-saelens", action="store_true")
     parser.add_argument(
@@ -250,6 +355,8 @@ def main() -> None:
     if args.decoder:
         print(machine(device))
         return decoder_table(args, device)
+    if args.ratio:
+        return ratio_table(args, variants, device)
 
     python = None if args.no_saelens else find_saelens_python(args.saelens_python)
     lens = None

@@ -179,12 +179,15 @@ def test_batchtopk_threshold_updates_in_train_mode_unless_told_not_to():
     torch.testing.assert_close(sae.running_threshold, torch.tensor(3.0))
 
 
-def test_batchtopk_ties_are_kept():
+def test_batchtopk_keeps_exactly_its_budget_through_ties():
     sae = _batchtopk(top_k=3)
     x = torch.tensor([[3.0, 2.0, 2.0, 1.0], [2.0, 0.5, 0.0, -1.0]])
-    _, z = sae.encode(x)
-    torch.testing.assert_close(z, torch.tensor([[3.0, 2.0, 2.0, 0.0], [2.0, 0.0, 0.0, 0.0]]))
-    torch.testing.assert_close(sae.running_threshold, torch.tensor(2.0))
+    for grad in (False, True):  # the encode path and the training forward
+        with torch.set_grad_enabled(grad):
+            z = sae.encode(x)[1] if not grad else sae(x).z
+        assert (z != 0).sum() == 3  # three 2.0s tie for the last two places: two kept
+        assert z[0, 0] == 3.0 and sorted(z[z != 0].tolist()) == [2.0, 2.0, 3.0]
+        torch.testing.assert_close(sae.running_threshold, torch.tensor(2.0))
 
 
 def test_batchtopk_with_fewer_positive_codes_than_top_k_keeps_them_all():

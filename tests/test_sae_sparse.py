@@ -134,11 +134,12 @@ def test_density_decides_the_path(monkeypatch):
 
     spy("decode_fixed", base.decode_fixed)
     spy("decode_ragged", base.decode_ragged)
+    spy("decode_pairs", base.decode_pairs)
     x = torch.randn(ROWS, D)
 
     TopKSAE(D, NB, top_k=K)(x)  # TopK decodes from its top-k indices: no scan of z
-    BatchTopKSAE(D, NB, top_k_per_sample=K)(x)  # BatchTopK's rows vary: ragged
-    assert calls == ["decode_fixed", "decode_ragged"]
+    BatchTopKSAE(D, NB, top_k_per_sample=K)(x)  # rows vary: pairs from its sorted top-k
+    assert calls == ["decode_fixed", "decode_pairs"]
 
     calls.clear()
     dense_k = int(MAX_SPARSE_DENSITY * NB) + 1

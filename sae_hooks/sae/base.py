@@ -30,7 +30,15 @@ from .encoders import (
     legacy_encoder,
     split_codes,
 )
-from .sparse import MAX_SPARSE_DENSITY, check_sparse_decode, decode_fixed, decode_ragged
+from .sparse import (
+    MAX_SPARSE_DENSITY,
+    MAX_SPARSE_GRAD_DENSITY,
+    check_sparse_decode,
+    decode_fixed,
+    decode_pairs,
+    decode_ragged,
+)
+from .sparse_encoder import attach_gather
 from .training import TrainingContract
 
 CONFIG_FILE = "config.json"
@@ -78,6 +86,11 @@ class SAE(TrainingContract, nn.Module):
     default: the check waits for the device once per call. Training never needs it (stores
     and the train sources refuse non-finite rows), nor does `load_sae` (it refuses
     non-finite weights); turn it on for activations of unknown origin."""
+    sparse_encoder_grad: bool | None = None
+    """The encoder's twin of sparse_decode: None: back-propagate into the linear encoder
+    through the kept codes only (sae/sparse_encoder.py) when the variant's code density
+    is at most MAX_SPARSE_GRAD_DENSITY; True / False force it on / off. Variants that
+    select codes (TopK, BatchTopK, JumpReLU) use it; a speed switch only."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -144,10 +157,12 @@ class SAE(TrainingContract, nn.Module):
         enc = self.encoder
         if self._structured:
             return shapes.structured_codes(enc, rows, bias, scale, self.nb_concepts)
-        if type(enc) is LinearEncoder and bias is not None:
+        if type(enc) is LinearEncoder and bias is not None and not _autocasting(rows):
             # W (x s - b_dec) + b_enc, with b_dec folded into the encoder's bias: b_dec's
             # gradient is then one (n,) @ (n, d) product, where centring the input first
-            # makes autograd run a full (rows, n) @ (n, d) matmul for it.
+            # makes autograd run a full (rows, n) @ (n, d) matmul for it. Under autocast
+            # the input is centred instead (below): a large activation mean would cancel
+            # between W x and W b_dec after their rounding to bf16.
             b_enc = -(enc.weight @ bias) if enc.bias is None else enc.bias - enc.weight @ bias
             pre = F.linear(rows * scale, enc.weight, b_enc)
             return pre, F.relu(pre)
@@ -156,6 +171,30 @@ class SAE(TrainingContract, nn.Module):
 
     def _sparsify(self, pre: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         return codes
+
+    def _sparse_pre_codes(self, rows: torch.Tensor) -> torch.Tensor | None:
+        """Dense pre-codes (N, n) whose kept entries the variant reads with
+        `sparse_encoder.gather_pre_codes`, so that the encoder's gradient is computed
+        from them alone; None where that path does not apply (another encoder, a
+        structured input, no gradient wanted, or a density above the cut-off).
+
+        The input is centred in fp32 before the matmul (exact under bf16 autocast);
+        b_dec's gradient then comes from the sparse input gradient (M x d work).
+        """
+        enc, bias = self.encoder, self.dictionary.bias
+        if self._structured or type(enc) is not LinearEncoder or not torch.is_grad_enabled():
+            return None
+        forced = check_sparse_decode(self.sparse_encoder_grad, "sparse_encoder_grad")
+        if forced is False or rows.dim() != 2 or rows.shape[0] == 0:
+            return None
+        if forced is None:
+            density = self._code_density(rows.new_empty(()).expand(len(rows), self.nb_concepts))
+            if density is None or density > MAX_SPARSE_GRAD_DENSITY:
+                return None
+        scaled = rows.float() * self.input_scale
+        centred = scaled if bias is None else scaled - bias
+        pre = F.linear(centred, enc.weight, enc.bias)
+        return attach_gather(pre, centred, enc.weight, enc.bias)
 
     # -- decoding, dense or sparse ---------------------------------------------------
 
@@ -168,14 +207,17 @@ class SAE(TrainingContract, nn.Module):
     def _decode_rows(
         self,
         z: torch.Tensor,
-        support: tuple[torch.Tensor, torch.Tensor] | None = None,
+        support: tuple[torch.Tensor, ...] | None = None,
         *,
         from_forward: bool = True,
     ) -> torch.Tensor:
-        """z @ atoms + b_dec; support = (indices, values), k per row, when the caller knows it."""
+        """z @ atoms + b_dec; support, when the caller knows it: (indices, values), k per
+        row (N, k) each, or (rows, cols, values), flat and row-major."""
         if not self._decodes_sparsely(z, from_forward):
             return self.dictionary.decode(z)
         atoms, bias = self.get_dictionary(), self.dictionary.bias
+        if support is not None and len(support) == 3:
+            return decode_pairs(*support, atoms, bias, n_rows=z.shape[0])
         if support is not None:
             return decode_fixed(*support, atoms, bias)
         rows = decode_ragged(z.reshape(-1, z.shape[-1]), atoms, bias)
@@ -363,6 +405,10 @@ class SAE(TrainingContract, nn.Module):
 
 
 SAE_REGISTRY[SAE.architecture] = SAE
+
+
+def _autocasting(rows: torch.Tensor) -> bool:
+    return torch.is_autocast_enabled(rows.device.type)
 
 
 def load_sae(path: str | os.PathLike, device: str | torch.device = "cpu") -> SAE:

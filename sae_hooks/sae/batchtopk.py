@@ -13,10 +13,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .base import SAE, SAEOutput
 from .dictionary import _positive_int
+from .sparse import sort_indices
+from .sparse_encoder import attach_support, gather_pre_codes
 from .topk import default_top_k
 
 
@@ -24,7 +27,8 @@ class BatchTopKSAE(SAE):
     """BatchTopK SAE.
 
     top_k counts codes for the ENTIRE batch (the seed's meaning): training keeps the
-    top_k largest codes of the flattened batch, `codes >= kth_largest` (ties kept).
+    top_k largest codes of the flattened batch, exactly top_k of them (a tie at the
+    budget's edge, common under bf16, is broken by the top-k, not kept whole).
     `top_k_per_sample=k` is the peers' spelling: k * B codes for a batch of B rows
     (may be fractional). Give one of the two; with neither, top_k = nb_concepts // 10
     (overcomplete's default). A budget larger than the batch keeps every positive code.
@@ -152,11 +156,37 @@ class BatchTopKSAE(SAE):
             return codes * (codes >= self.threshold_ema)
         if codes.numel() == 0:
             return codes
+        values, flat = self._batch_top_k(codes.detach())
+        self._maybe_update_threshold(values, update_threshold)
+        kept = codes.flatten().gather(0, flat)
+        return torch.zeros_like(codes).flatten().scatter(0, flat, kept).view_as(codes)
+
+    def _batch_top_k(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(values, flat indices) of the batch budget's largest codes, exactly the budget."""
         k = self.batch_budget(codes.shape[0], codes.numel())
-        batch_threshold = codes.detach().flatten().topk(k, sorted=False).values.min().clamp_min(0.0)
-        if not self._threshold_frozen if update_threshold is None else update_threshold:
-            self._update_running_threshold(batch_threshold)
-        return codes * (codes >= batch_threshold)
+        return codes.flatten().topk(k, sorted=False)
+
+    def _maybe_update_threshold(self, values: torch.Tensor, update: bool | None) -> None:
+        """The batch threshold is the smallest kept code floored at 0 (see the class)."""
+        if not self._threshold_frozen if update is None else update:
+            self._update_running_threshold(values.min().clamp_min(0.0))
+
+    def _forward_rows(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        pre = self._sparse_pre_codes(rows) if self.training else None
+        if pre is None:
+            return super()._forward_rows(rows)
+        # The budget's largest pre-codes, then ReLU (as top-k of ReLU(pre), one pass
+        # fewer); the kept pairs sorted row-major give the decoder its row offsets and
+        # the encoder its sparse gradient, with no host sync.
+        values, flat = self._batch_top_k(pre.detach())
+        self._maybe_update_threshold(values, None)
+        flat = sort_indices(flat)[0]
+        n = self.nb_concepts
+        flat_rows, cols = flat.div(n, rounding_mode="floor"), flat.remainder(n)
+        kept = F.relu(gather_pre_codes(pre, flat_rows, cols))
+        z = torch.zeros_like(pre).flatten().scatter_(0, flat, kept).view_as(pre)
+        attach_support(z, cols, kept)
+        return pre, z, self._decode_rows(z, (flat_rows, cols, kept))
 
     @contextlib.contextmanager
     def frozen_threshold(self) -> Iterator[BatchTopKSAE]:

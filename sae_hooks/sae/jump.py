@@ -17,6 +17,7 @@ from .base import SAE, SAEOutput
 from .kernels import DEFAULT_KERNEL, Kernel, as_kernel, get_kernel
 from .training import firing_quantiles
 
+_ACTIVE = "_sae_jump_active"
 DEFAULT_BANDWIDTH = 1e-3
 INITIAL_THRESHOLD = 1e-3
 
@@ -176,19 +177,20 @@ class JumpSAE(SAE):
 
     def _sparsify(self, pre: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         if not torch.is_grad_enabled():
-            self._active = None
             return pre * (pre > self.threshold)
         z, active = JumpReLUWithL0.apply(pre, self.threshold, self.kernel_fn, self.bandwidth)
-        self._active = (pre, active)  # for sparsity_loss of this very forward
+        # For sparsity_loss of this very forward. Kept on the output z, not on the
+        # module: both (rows, n) tensors and their history go when the output does.
+        setattr(z, _ACTIVE, (pre, active))
         return z
 
     def sparsity_loss(self, out: SAEOutput) -> torch.Tensor:
         """L0 per row, averaged: sum_i H(z_pre_i - theta_i) with the kernel STE.
 
-        On the output of the latest forward it reuses that forward's Heaviside, so
-        the backward evaluates the kernel once for the codes and the L0 together.
+        On the output of a forward it reuses that forward's Heaviside, so the
+        backward evaluates the kernel once for the codes and the L0 together.
         """
-        cached = getattr(self, "_active", None)
+        cached = getattr(out.z, _ACTIVE, None)
         if cached is not None and cached[0] is out.z_pre:
             active = cached[1]
         else:

@@ -10,7 +10,10 @@ Two layouts:
 - fixed: every row keeps exactly k latents (TopK), known from the top-k indices,
   so there is no host sync and no scan of z;
 - ragged: rows keep different counts (BatchTopK, a threshold, an edited code);
-  the support comes from `z.nonzero()`, one host sync.
+  `decode_pairs` takes the support as flat (row, latent, value) triples sorted by
+  row (BatchTopK's training forward has them from its sorted top-k indices, no
+  host sync); `decode_ragged` finds them with `z.nonzero()`, one host sync, for
+  codes that come without them (eval, `decode(z)`).
 
 Either is exact up to float summation order. The gradient reaches the atoms and
 the non-zero codes (the gathered values), not the zero ones: SAE._decodes_sparsely
@@ -25,11 +28,19 @@ machines, where embedding_bag's backward (a parallel sort) degrades first.
 
 from __future__ import annotations
 
+import warnings
+from typing import Any
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 MAX_SPARSE_DENSITY = 0.05
 """Share of non-zero codes above which TopK / BatchTopK decode densely (see above)."""
+
+MAX_SPARSE_GRAD_DENSITY = 0.05
+"""Share of kept codes above which the encoder's gradient is computed densely
+(sparse_encoder.py; the crossover is measured by `bench_train.py --encoder`)."""
 
 
 def decode_fixed(
@@ -44,7 +55,10 @@ def decode_fixed(
             "decode_fixed needs indices and values of the same shape (N, k), got "
             f"{tuple(indices.shape)} and {tuple(values.shape)}"
         )
-    out = F.embedding_bag(indices, atoms, per_sample_weights=values.to(atoms.dtype), mode="sum")
+    n_rows, k = indices.shape
+    rows = torch.arange(n_rows, device=indices.device).repeat_interleave(k)
+    offsets = torch.arange(0, n_rows * k, k, device=indices.device)
+    out = SparseDecode.apply(rows, indices.reshape(-1), values.reshape(-1), atoms, offsets)
     return out if bias is None else out + bias
 
 
@@ -57,18 +71,94 @@ def decode_ragged(
             f"decode_ragged needs codes of shape (N, {atoms.shape[0]}), got {tuple(z.shape)}"
         )
     rows, cols = z.nonzero(as_tuple=True)  # row-major, so each row's entries are contiguous
-    counts = torch.bincount(rows, minlength=z.shape[0])
-    offsets = counts.cumsum(0) - counts
-    out = F.embedding_bag(
-        cols, atoms, offsets, per_sample_weights=z[rows, cols].to(atoms.dtype), mode="sum"
-    )
+    return decode_pairs(rows, cols, z[rows, cols], atoms, bias, n_rows=z.shape[0])
+
+
+def decode_pairs(
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    values: torch.Tensor,
+    atoms: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    n_rows: int,
+) -> torch.Tensor:
+    """Rows (n_rows, d) from flat (row, latent, value) triples sorted by row; a row
+    with no triple decodes to the bias. Row offsets from searchsorted: no host sync."""
+    out = SparseDecode.apply(rows, cols, values, atoms, row_offsets(rows, n_rows))
     return out if bias is None else out + bias
 
 
-def check_sparse_decode(value: object) -> bool | None:
-    """Validate the `sparse_decode` switch: None (by density), True or False."""
+def row_offsets(rows: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """Start of each row's run in `rows` (sorted ascending), (n_rows,); no host sync."""
+    targets = torch.arange(n_rows, device=rows.device, dtype=rows.dtype)
+    return torch.searchsorted(rows, targets)
+
+
+def sort_indices(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sorted, order) of a 1-d integer tensor. On CPU numpy's serial sort: torch's
+    parallel sort of 65k indices took 1 ms alone and 100-400 ms on 2 cores shared
+    with other jobs (bench/bench_train.py --ratio profiles)."""
+    if values.device.type != "cpu":
+        return values.sort()
+    order = torch.from_numpy(np.argsort(values.numpy(), kind="stable"))
+    return values[order], order
+
+
+def latent_grad(
+    n: int, rows: torch.Tensor, cols: torch.Tensor, grad: torch.Tensor, x: torch.Tensor
+) -> torch.Tensor:
+    """sum over pairs m of grad_m x[rows_m] into row cols_m of an (n, d) matrix."""
+    cols_sorted, order = sort_indices(cols)
+    crow = torch.searchsorted(cols_sorted, torch.arange(n + 1, device=cols.device))
+    with warnings.catch_warnings():  # torch calls every CSR construction beta
+        warnings.simplefilter("ignore", UserWarning)
+        matrix = torch.sparse_csr_tensor(
+            crow, rows[order], grad[order].to(x.dtype), (n, x.shape[0]), check_invariants=False
+        )
+    return matrix @ x
+
+
+class SparseDecode(torch.autograd.Function):
+    """sum over pairs m of values_m atoms[cols_m] into row rows_m (pairs sorted by row).
+
+    Forward: embedding_bag. Backward: the values' gradient is embedding_bag's own
+    per-sample-weights backward (a gather-dot, M x d); the atoms' gradient is a
+    (n, rows) CSR matmul (`latent_grad`), where embedding_bag's backward runs a
+    parallel stable sort that degrades badly on a shared CPU.
+    """
+
+    @staticmethod
+    def forward(rows, cols, values, atoms, offsets):
+        return F.embedding_bag(
+            cols, atoms, offsets, per_sample_weights=values.to(atoms.dtype), mode="sum"
+        )
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
+        rows, cols, values, atoms, offsets = inputs
+        ctx.save_for_backward(rows, cols, values, atoms, offsets)
+        ctx.values_dtype = values.dtype
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor):
+        rows, cols, values, atoms, offsets = ctx.saved_tensors
+        grad_values = grad_atoms = None
+        grad = grad.to(atoms.dtype)
+        if ctx.needs_input_grad[2]:
+            grad_values = torch.ops.aten._embedding_bag_per_sample_weights_backward(
+                grad, atoms, cols, offsets, rows, 0
+            ).to(ctx.values_dtype)
+        if ctx.needs_input_grad[3]:
+            grad_atoms = latent_grad(atoms.shape[0], rows, cols, values.to(atoms.dtype), grad)
+        return None, None, grad_values, grad_atoms, None
+
+
+def check_sparse_decode(value: object, name: str = "sparse_decode") -> bool | None:
+    """Validate a sparse-path switch (sparse_decode, sparse_encoder_grad): None (by
+    code density), True or False."""
     if value is not None and not isinstance(value, bool):
         raise TypeError(
-            f"sparse_decode must be None (decide by code density), True or False, got {value!r}"
+            f"{name} must be None (decide by code density), True or False, got {value!r}"
         )
     return value

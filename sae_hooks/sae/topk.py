@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .base import SAE, SAEOutput
+from .sparse_encoder import attach_support, fixed_support, gather_pre_codes
 
 
 def default_top_k(nb_concepts: int) -> int:
@@ -55,9 +57,20 @@ class TopKSAE(SAE):
         return torch.zeros_like(codes).scatter(-1, indices, values), (indices, values)
 
     def _forward_rows(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        pre, codes = self._pre_codes(rows)
-        z, support = self._keep_top_k(codes)
-        return pre, z, self._decode_rows(z, support)
+        pre = self._sparse_pre_codes(rows)
+        if pre is None:
+            pre, codes = self._pre_codes(rows)
+            z, support = self._keep_top_k(codes)
+            return pre, z, self._decode_rows(z, support)
+        # The k largest pre-codes, then ReLU: the same codes as top-k of ReLU(pre), one
+        # (rows, n) pass fewer; gradient reaches the encoder through the k kept only.
+        indices = pre.detach().topk(self.top_k, dim=-1, sorted=False).indices
+        flat_rows, cols = fixed_support(indices)
+        values = F.relu(gather_pre_codes(pre, flat_rows, cols)).view_as(indices)
+        z = attach_support(
+            torch.zeros_like(pre).scatter_(-1, indices, values), cols, values.view(-1)
+        )
+        return pre, z, self._decode_rows(z, (indices, values))
 
     def _code_density(self, z: torch.Tensor) -> float:
         return self.top_k / self.nb_concepts

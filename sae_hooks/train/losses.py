@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from sae_hooks.metrics import fvu, mse
+from sae_hooks.sae.sparse_encoder import fixed_support, gather_pre_codes
 
 if TYPE_CHECKING:
     from sae_hooks.distributed import ProcessRank
@@ -34,10 +35,18 @@ def aux_k_loss(
     are masked to 0 before the top-k, so they never win) reconstruct e; the loss is
     ||e - e_hat||^2 / ||e - mean(e)||^2, scaled by min(n_dead / k_aux, 1), which is
     0 when nothing is dead.
+
+    The selection runs without gradient; the k_aux chosen pre-codes are then read
+    with `gather_pre_codes`, so an SAE forward with a sparse encoder gradient
+    back-propagates AuxK through those pairs only (sae/sparse_encoder.py).
     """
     k = min(k_aux, z_pre.shape[-1])
-    candidates = torch.where(dead, F.relu(z_pre), 0.0)
-    values, indices = candidates.topk(k, dim=-1, sorted=False)
+    with torch.no_grad():
+        candidates = torch.where(dead, z_pre.detach(), 0.0).clamp_min_(0.0)
+        indices = candidates.topk(k, dim=-1, sorted=False).indices
+    rows, cols = fixed_support(indices)
+    picked = gather_pre_codes(z_pre, rows, cols).view_as(indices)
+    values = F.relu(picked) * dead[indices]  # a live latent picked as a 0 contributes 0
     # embedding_bag gathers k atoms per row without a dense (N, n) @ (n, d) decode.
     e_hat = F.embedding_bag(
         indices, dictionary, per_sample_weights=values.to(dictionary.dtype), mode="sum"

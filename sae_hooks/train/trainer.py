@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from sae_hooks.devices import available_device
 from sae_hooks.distributed import RankSlice, processes, sync_replicas_
 from sae_hooks.sae import SAE, SAE_REGISTRY
+from sae_hooks.sae.sparse_encoder import fire_counts
 
 from . import checkpoint, runlock
 from .coefficient import SparsityCoefficient
@@ -127,7 +128,11 @@ class Trainer:
         self.sae.to(self.device, dtype=getattr(torch, cfg.dtype))
         self.sae.train()
         self.optimizer = torch.optim.Adam(
-            self.sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps
+            self.sae.parameters(),
+            lr=cfg.lr,
+            betas=cfg.adam_betas,
+            eps=cfg.adam_eps,
+            fused=_fused_adam(self.device, self.sae),
         )
         self.loader: Loader = self.source.loader("train", cfg.batch_size, seed=cfg.seed)
         if self.rank.distributed:
@@ -308,8 +313,7 @@ class Trainer:
             aux = self._aux_loss(err.detach(), out.z_pre)
             loss = loss + cfg.aux_coefficient * aux
         loss.backward()
-        with torch.no_grad():
-            fires = (out.z.detach() != 0).sum(0)
+        fires = fire_counts(out.z)  # from the kept support where the forward recorded it
         if self.rank.distributed:
             fires = sync_replicas_(sae, fires, self.rank)
         self._optimizer_step()
@@ -423,6 +427,13 @@ def build_sae(config: TrainConfig, d_model: int) -> SAE:
                 f"{2 * size / 1e9:.3g} GB and cannot be allocated on {config.device} "
                 f"({str(err).splitlines()[0]}); lower nb_concepts or expansion_factor"
             ) from None
+
+
+def _fused_adam(device: torch.device, sae: SAE) -> bool | None:
+    """One fused kernel per Adam step (torch >= 2.4 on CPU and CUDA): on CPU the
+    for-loop Adam made ~10 passes over each (n, d) weight, a third of a sparse step."""
+    floating = all(p.is_floating_point() for p in sae.parameters())
+    return True if device.type in ("cpu", "cuda") and floating else None
 
 
 def _config_for_sae(config: TrainConfig, sae: SAE, d: int) -> TrainConfig:

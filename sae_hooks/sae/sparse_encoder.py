@@ -1,0 +1,117 @@
+"""The encoder's backward pass over the kept codes only.
+
+A top-k style selection passes gradient to k of a row's n pre-codes, so the
+encoder's weight gradient has k non-zero terms per row: sum over the kept
+(row r, latent j) pairs of g_rj x_r, added into row j of dW. Autograd through a
+dense `F.linear` computes it as a (n, rows) @ (rows, d) matmul of a mostly-zero
+gradient, as costly as the forward; here it is a sparse (n, rows) CSR matrix of
+the M kept gradients times x, M x d multiply-adds.
+
+`SparsePreCodes` gives the kept pre-codes (M,) as a differentiable function of
+(x, W, b) whose backward is:
+- dW = CSR(g at (j, r)) @ x, the kept pairs sorted by latent;
+- db = index_add of g over the latents (the bias includes the folded b_dec);
+- dx = embedding_bag(latents, W, row offsets, per_sample_weights=g), pairs
+  sorted by row (only when x needs a gradient; training rows do not).
+The values themselves are read from the dense pre-codes of the forward matmul.
+Gradients equal the dense path's up to float summation order
+(tests/test_sae_sparse.py). No host sync: offsets come from `searchsorted`.
+
+`z_pre` keeps its ordinary dense autograd history for callers who differentiate
+it; `gather_pre_codes(z_pre, rows, cols)` reads kept pre-codes through the sparse
+backward when the forward attached one to z_pre (AuxK uses it), and through
+plain indexing otherwise. A tensor attribute, so the sparse context lives and
+dies with the forward's own output (nothing is cached on the module).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .sparse import latent_grad, row_offsets
+
+_GATHER = "_sae_sparse_gather"
+_SUPPORT = "_sae_sparse_support"
+
+
+class SparsePreCodes(torch.autograd.Function):
+    """pre[rows, cols] of pre = x W^T + b, with a backward over the M pairs only."""
+
+    @staticmethod
+    def forward(
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        pre: torch.Tensor,
+        rows: torch.Tensor,
+        cols: torch.Tensor,
+    ) -> torch.Tensor:
+        return pre.detach()[rows, cols]
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
+        x, weight, bias, _, rows, cols = inputs
+        ctx.save_for_backward(x, weight, rows, cols)
+        ctx.has_bias = bias is not None
+        ctx.bias_dtype = None if bias is None else bias.dtype
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor):
+        x, weight, rows, cols = ctx.saved_tensors
+        grad_x = grad_w = grad_b = None
+        g = grad.float() if grad.dtype in (torch.float16, torch.bfloat16) else grad
+        if ctx.needs_input_grad[0]:
+            offsets = row_offsets(rows, x.shape[0])
+            grad_x = F.embedding_bag(
+                cols, weight, offsets, per_sample_weights=g.to(weight.dtype), mode="sum"
+            ).to(x.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_w = latent_grad(weight.shape[0], rows, cols, g, x.to(weight.dtype))
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = torch.zeros(weight.shape[0], dtype=ctx.bias_dtype, device=g.device)
+            grad_b.index_add_(0, cols, g.to(ctx.bias_dtype))
+        return grad_x, grad_w, grad_b, None, None, None
+
+
+def attach_gather(
+    pre: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """Mark pre (the dense pre-codes, with their own autograd history) as readable
+    through SparsePreCodes; returns pre."""
+    setattr(pre, _GATHER, (x, weight, bias))
+    return pre
+
+
+def gather_pre_codes(pre: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """pre[rows, cols]; through the sparse backward when the forward attached it."""
+    source = getattr(pre, _GATHER, None)
+    if source is None or not torch.is_grad_enabled():
+        return pre[rows, cols]
+    return SparsePreCodes.apply(*source, pre, rows, cols)
+
+
+def attach_support(z: torch.Tensor, cols: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Record on the dense codes z which latents were kept (cols, values), for fire counts."""
+    setattr(z, _SUPPORT, (cols, values))
+    return z
+
+
+def fire_counts(z: torch.Tensor) -> torch.Tensor:
+    """Per-latent count of non-zero codes (n,) int64, from the kept support when the
+    forward recorded it (M index_adds, no (rows, n) pass), else from z itself."""
+    support = getattr(z, _SUPPORT, None)
+    if support is None:
+        return (z.detach().reshape(-1, z.shape[-1]) != 0).sum(0)
+    cols, values = support
+    counts = torch.zeros(z.shape[-1], dtype=torch.int64, device=z.device)
+    return counts.index_add_(0, cols, (values.detach() != 0).to(torch.int64))
+
+
+def fixed_support(indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, cols) flat, row-major, of k indices per row (N, k)."""
+    n_rows, k = indices.shape
+    rows = torch.arange(n_rows, device=indices.device).repeat_interleave(k)
+    return rows, indices.reshape(-1)
