@@ -197,3 +197,38 @@ def test_refuses_configs_that_cannot_share_batches(store, tmp_path):
     b = dataclasses.replace(BASE, point=POINTS[1], batch_size=32, seed=3, steps=2)
     out = train_many([dataclasses.replace(a, steps=2), b], open_store(store), tmp_path / "ok")
     assert len(out) == 2
+
+
+def test_live_capture_runs_one_forward_for_every_point(tmp_path):
+    """2 points x 2 SAEs from a live model: each SAE equals train() on a ModelSource of its
+    point, and the sweep runs (within one start-up forward) as many forwards as one SAE."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from sae_hooks.train import ModelSource, MultiPointSource
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(
+        GPT2Config(vocab_size=128, n_positions=32, n_embd=32, n_layer=3, n_head=2)
+    )
+    model.eval()
+    ids = torch.randint(0, 128, (40, 32), generator=torch.Generator().manual_seed(0))
+    data = [
+        {"input_ids": ids[i : i + 4], "attention_mask": torch.ones(4, 32), "doc_offset": i}
+        for i in range(0, 40, 4)
+    ]
+    options = dict(buffer_rows=256, val_every_doc=10)
+    points = ["resid_post.0", "resid_post.1"]
+    base = dataclasses.replace(BASE, steps=6, batch_size=64, checkpoint_every=None)
+    sweep = Sweep(base, {"point": points, "nb_concepts": [32, 64]})
+
+    source = MultiPointSource(model, points, data, **options)
+    saes = train_many(sweep, source, tmp_path / "many")
+    one = MultiPointSource(model, points, data, **options)
+    solo = Sweep(base, {"point": points[:1], "nb_concepts": [32]})
+    train_many(solo, one, tmp_path / "one")
+    assert source.forwards <= one.forwards + 1
+    for cfg, name in zip(sweep.configs(), sweep.names()):
+        alone = train(cfg, ModelSource(model, cfg.point, data, **options), tmp_path / name)
+        same_sae(saes[name], alone)
+    with pytest.raises(ValueError, match="is not captured"):
+        source.for_point("resid_post.2")

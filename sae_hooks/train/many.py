@@ -320,7 +320,14 @@ class SharedModelSource(ModelSource):
 
     def __init__(self, owner: MultiPointSource, point: str, **options: Any) -> None:
         self._owner = owner
+        self._samples: dict[int, torch.Tensor] = {}
         super().__init__(owner.model, point, owner.data, **options)
+
+    def sample(self, n: int, *, seed: int) -> torch.Tensor:
+        """ModelSource's sample (the first n training rows, whatever the seed), read once."""
+        if n not in self._samples:
+            self._samples[n] = super().sample(n, seed=seed)
+        return self._samples[n]
 
     def _captures(self, skip: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for i, inputs in enumerate(self.data):
