@@ -78,10 +78,19 @@ def train_many(
         Trainer(cfg, sources[cfg.point], run_dir / name, resume=resume)
         for cfg, name in zip(configs, names, strict=True)
     ]
-    _write_summary(run_dir, names, trainers, final=False)
+    store = _location(source)
+    _write_summary(run_dir, names, trainers, store, final=False)
     _Lockstep(trainers).run(until_step)
-    _write_summary(run_dir, names, trainers, final=True)
+    _write_summary(run_dir, names, trainers, store, final=True)
     return {name: t.sae for name, t in zip(names, trainers, strict=True)}
+
+
+def _location(source: Any) -> str | None:
+    """The store's location for sweep.json (absolute when local), None for other sources."""
+    if not isinstance(source, (str, os.PathLike)):
+        return None
+    text = os.fspath(source)
+    return text if "://" in text else str(Path(text).resolve())
 
 
 def check_shareable(configs: Sequence[TrainConfig]) -> None:
@@ -232,8 +241,11 @@ def sync_all_(trainers: Sequence[Trainer], pending: Sequence[PendingStep], rank:
 # --------------------------------------------------------------------------- summary
 
 
-def _write_summary(run_dir: Path, names: list[str], trainers: list[Trainer], final: bool) -> None:
-    """run_dir/sweep.json: every SAE's name, config and (once trained) last metrics."""
+def _write_summary(
+    run_dir: Path, names: list[str], trainers: list[Trainer], store: str | None, final: bool
+) -> None:
+    """run_dir/sweep.json: the store (when given by location), every SAE's name, config,
+    step and (once trained) the latest value of each logged metric."""
     if not processes().is_main:
         return
     from .runlog import read_log
@@ -245,7 +257,7 @@ def _write_summary(run_dir: Path, names: list[str], trainers: list[Trainer], fin
             entry["metrics"] = last_metrics(read_log(t.run_dir))
         entries.append(entry)
     run_dir.mkdir(parents=True, exist_ok=True)
-    text = json.dumps({"saes": entries}, indent=2, sort_keys=True, default=str)
+    text = json.dumps({"store": store, "saes": entries}, indent=2, sort_keys=True, default=str)
     tmp = run_dir / (SWEEP_FILE + ".tmp")
     tmp.write_text(text + "\n")
     tmp.replace(run_dir / SWEEP_FILE)
