@@ -17,11 +17,9 @@ from typing import Any
 
 from sae_hooks.train.many import SWEEP_FILE, read_sweep
 
-PANELS = (
-    ("fvu", "FVU"),
-    ("loss_recovered", "loss recovered"),
-    ("kl", "KL(clean || spliced)"),
-)
+PANELS = (("fvu", "FVU"), ("recovered", None), ("kl", "KL(clean || spliced)"))
+# What "recovered" is, per model kind: the eval's downstream key.
+RECOVERED = ("loss_recovered", "cosine_recovered", "top1_agreement")
 _CONFIG_COLUMNS = ("point", "architecture", "nb_concepts", "k_per_token", "target_l0", "lr")
 
 
@@ -30,7 +28,10 @@ def is_sweep(run_dir: str | os.PathLike) -> bool:
 
 
 def sweep_rows(sweep_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """[{"name", "point", ..., "seed", "step", "l0", "fvu", "loss_recovered", "kl", ...}]."""
+    """[{"name", "point", ..., "seed", "step", "l0", "fvu", "recovered", "kl", ...}].
+
+    "recovered" is the eval's loss_recovered (LMs), cosine_recovered (encoders) or
+    top1_agreement (classifiers), named by "recovered_is"."""
     root = Path(sweep_dir)
     rows = []
     for entry in read_sweep(root):
@@ -41,13 +42,14 @@ def sweep_rows(sweep_dir: str | os.PathLike) -> list[dict[str, Any]]:
         row["l0"] = metrics.get("val/l0", metrics.get("l0"))
         row["fvu"] = metrics.get("val/fvu", metrics.get("fvu"))
         row["dead_fraction"] = metrics.get("val/dead_fraction", metrics.get("dead_fraction"))
-        row.update(loss_recovered=None, kl=None, measured="validation")
+        row.update(recovered=None, recovered_is=None, kl=None, measured="validation")
         eval_file = root / entry["name"] / "eval.json"
         if eval_file.is_file():
             ev = json.loads(eval_file.read_text())
             down = ev.get("downstream", {})
             row.update(l0=ev.get("l0"), fvu=ev.get("fvu"), dead_fraction=ev.get("dead_fraction"))
-            row["loss_recovered"] = down.get("loss_recovered", down.get("cosine_recovered"))
+            key = next((k for k in RECOVERED if k in down), None)
+            row.update(recovered=down.get(key), recovered_is=key)
             row["kl"] = down.get("kl_clean_spliced")
             row["measured"] = "eval"
         rows.append({k: _round(v) for k, v in row.items()})
@@ -59,7 +61,7 @@ def _round(value: Any) -> Any:
 
 
 def plot_frontier(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path | None:
-    """L0 vs FVU (and vs loss recovered / KL where measured), one labelled point per SAE,
+    """L0 vs FVU (and vs loss / cosine recovered and KL where measured), one labelled point per SAE,
     one colour per hook point. None when no row has both L0 and FVU."""
     from matplotlib.figure import Figure
 
@@ -70,6 +72,8 @@ def plot_frontier(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Pa
     ]
     if not panels or panels[0][0] != "fvu":
         return None
+    named = next((r["recovered_is"] for r in rows if r.get("recovered_is")), "recovered")
+    panels = [(key, label or named.replace("_", " ")) for key, label in panels]
     fig = Figure(figsize=(5.2 * len(panels), 3.8), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     points = list(dict.fromkeys(r.get("point") for r in rows))
