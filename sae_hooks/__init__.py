@@ -55,7 +55,7 @@ from sae_hooks.store import (
     capture_to_store,
     open_store,
 )
-from sae_hooks.train import TrainConfig, Trainer
+from sae_hooks.train import Sweep, TrainConfig, Trainer, train_many
 
 __version__ = "0.1.0"
 
@@ -79,6 +79,7 @@ __all__ = [
     "SAEOutput",
     "ScaleLatents",
     "StoreWriter",
+    "Sweep",
     "TopKSAE",
     "TrainConfig",
     "Trainer",
@@ -100,4 +101,5 @@ __all__ = [
     "resolve_point",
     "splice",
     "token_logprob",
+    "train_many",
 ]

@@ -190,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (_add_capture, _add_train, _add_eval, _add_ablate, _add_inspect, _add_report):
         add(sub)
     add_bench_synthetic(sub)
+    from sae_hooks.cli_sweep import add_sweep_parser  # `sweep`: a grid of SAEs (cli_sweep.py)
+
+    add_sweep_parser(sub)
     return parser
 
 

@@ -15,6 +15,7 @@ from sae_hooks.eval.reconstruction import (
     evaluate_reconstruction,
 )
 from sae_hooks.eval.transcoder import evaluate_transcoder
+from sae_hooks.eval.sweep import evaluate_many, evaluate_sweep
 from sae_hooks.model_outputs import model_kind, run_model
 
 __all__ = [
@@ -24,8 +25,10 @@ __all__ = [
     "class_logit",
     "concept_ablation",
     "embedding_similarity",
+    "evaluate_many",
     "evaluate_reconstruction",
     "evaluate_transcoder",
+    "evaluate_sweep",
     "mean_latents",
     "model_kind",
     "rank_concept_latents",

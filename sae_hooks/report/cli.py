@@ -32,6 +32,7 @@ def add_report_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     p.add_argument("--point", help="hook point in the store (default: the run's own)")
     p.add_argument("--tokenizer", help="local tokenizer directory, to show tokens as text")
     p.add_argument("--out", help="output directory (default: RUN_DIR/report)")
+    p.add_argument("--sae", help="sweep runs: the SAE whose dashboard to build (default: first)")
     p.add_argument("--images", help="folder of the images an image store was captured from")
     p.add_argument("--latents", type=_latent_ids, default=[], help="extra latent ids, e.g. 3,17")
     p.add_argument(
@@ -66,9 +67,17 @@ def _read_ablation(path: str) -> dict:
 
 
 def run_report(args: argparse.Namespace) -> int:
+    from sae_hooks.report.frontier import is_sweep, sweep_for_report
+
     ablations = [_read_ablation(path) for path in args.ablation] or None
+    run_dir, sweep = args.run_dir, None
+    if is_sweep(run_dir):  # a train_many directory: one dashboard plus the frontier
+        run_dir, sweep, args.out, args.store = sweep_for_report(
+            run_dir, getattr(args, "sae", None), args.out, args.store
+        )
     index = build_report(
-        args.run_dir,
+        run_dir,
+        sweep=sweep,
         store=args.store,
         point=args.point,
         tokenizer=args.tokenizer,

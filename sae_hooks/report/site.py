@@ -185,24 +185,14 @@ def _ablation_view(a: dict[str, Any]) -> dict[str, Any]:
 
 
 def _sweep_png(sweep: list[dict[str, Any]], path: Path) -> str | None:
-    """L0 vs FVU, one labelled point per SAE (needs matplotlib)."""
-    points = [r for r in sweep if r.get("l0") is not None and r.get("fvu") is not None]
-    if not points:
-        return None
+    """The frontier plot (report/frontier.py); None without matplotlib or L0/FVU values."""
     try:
-        from matplotlib.figure import Figure
+        from sae_hooks.report.frontier import plot_frontier
+
+        out = plot_frontier(sweep, path)
     except ImportError:
         return None
-    fig = Figure(figsize=(5, 3.4), layout="constrained")
-    ax = fig.subplots()
-    ax.plot([r["l0"] for r in points], [r["fvu"] for r in points], "o")
-    for r in points:
-        ax.annotate(str(r.get("name", "")), (r["l0"], r["fvu"]), fontsize=8)
-    ax.set_xlabel("L0 (active latents per token)")
-    ax.set_ylabel("FVU")
-    ax.grid(alpha=0.3)
-    fig.savefig(path, dpi=100)
-    return path.name
+    return out.name if out is not None else None
 
 
 def write_site(d: Dashboard, folder: Path, index_name: str = "index.html") -> Path:

@@ -3,13 +3,17 @@
 from .config import TrainConfig
 from .init import geometric_median
 from .losses import aux_k_loss, fvu, mse
+from .many import MultiPointSource, read_sweep, train_many
 from .runlog import read_log
 from .sources import ModelSource, StoreSource, TensorSource
+from .sweep import Sweep
 from .trainer import Trainer, build_sae, train
 
 __all__ = [
     "ModelSource",
+    "MultiPointSource",
     "StoreSource",
+    "Sweep",
     "TensorSource",
     "TrainConfig",
     "Trainer",
@@ -19,5 +23,7 @@ __all__ = [
     "geometric_median",
     "mse",
     "read_log",
+    "read_sweep",
     "train",
+    "train_many",
 ]

@@ -115,6 +115,7 @@ class TrainConfig:
     val_batches: int = 4
     checkpoint_every: int | None = 1000  # None or 0: only at the end
     seed: int = 0
+    data_seed: int | None = None  # order of the training batches; None -> seed
     device: str = "cpu"
     dtype: str = "float32"  # parameter dtype
     autocast: bool | None = None  # None -> bf16 autocast on CUDA, off elsewhere
@@ -182,6 +183,12 @@ class TrainConfig:
     def sae_class(self) -> type:
         """The SAE class registered under `architecture`: it declares how it trains."""
         return SAE_REGISTRY[self.architecture]
+
+    @property
+    def batch_seed(self) -> int:
+        """The seed of the training batches' order: data_seed, else seed. SAEs that share
+        it (and batch_size) on one point see the same batches, so train_many can share them."""
+        return self.seed if self.data_seed is None else self.data_seed
 
     @property
     def is_resolved(self) -> bool:
@@ -268,6 +275,7 @@ def _validate_counts(c: TrainConfig) -> None:
     for name in ("warmup_steps", "val_every", "checkpoint_every"):
         _check_int(name, getattr(c, name), minimum=0, optional=True)
     _check_int("seed", c.seed, minimum=0)
+    _check_int("data_seed", c.data_seed, minimum=0, optional=True)
 
 
 def _validate_run_length(c: TrainConfig) -> None:

@@ -249,13 +249,19 @@ class ModelSource:
             rows = batch.acts[self.point].float()
             check_finite(rows, f"activations at {self.point} (input batch {i})")
             held = (batch.doc_index + doc_offset) % self.val_every_doc == 0
-            val = rows[held.to(rows.device)]
-            if i >= self._val_next and self._n_val < self.val_rows:
-                take = val[: self.val_rows - self._n_val].cpu()
-                self._val.append(take)
-                self._n_val += take.shape[0]
-                self._val_next = i + 1
-            yield rows[~held.to(rows.device)], val
+            yield self._split_held(i, rows, held)
+
+    def _split_held(
+        self, i: int, rows: torch.Tensor, held: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(train rows, held-out rows) of input batch i; keeps held-out rows for "val"."""
+        val = rows[held.to(rows.device)]
+        if i >= self._val_next and self._n_val < self.val_rows:
+            take = val[: self.val_rows - self._n_val].cpu()
+            self._val.append(take)
+            self._n_val += take.shape[0]
+            self._val_next = i + 1
+        return rows[~held.to(rows.device)], val
 
     def loader(self, split: str, batch_size: int, *, seed: int) -> Loader:
         _check_split(split)

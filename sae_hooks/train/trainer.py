@@ -52,6 +52,20 @@ from .validation import validate
 from .window import DeadLatents, LogWindow
 
 
+@dataclasses.dataclass
+class PendingStep:
+    """What `Trainer.backward` leaves for `Trainer.apply`: the rows the SAE reconstructs
+    (a transcoder's target), the reconstruction, the per-latent fire counts (all-reduced
+    in between under data parallel), the losses."""
+
+    x: torch.Tensor
+    x_hat: torch.Tensor
+    fires: torch.Tensor
+    loss: torch.Tensor
+    mse: torch.Tensor
+    aux: torch.Tensor
+
+
 class Trainer:
     """Trains one SAE on one source; `fit()` runs (or resumes) to the configured end."""
 
@@ -134,7 +148,7 @@ class Trainer:
             eps=cfg.adam_eps,
             fused=_fused_adam(self.device, self.sae),
         )
-        self.loader: Loader = self.source.loader("train", cfg.batch_size, seed=cfg.seed)
+        self.loader: Loader = self.source.loader("train", cfg.batch_size, seed=cfg.batch_seed)
         if self.rank.distributed:
             self.loader = RankSlice(self.loader, self.rank)
         self._constrained = constrained_weight(self.sae)
@@ -242,62 +256,93 @@ class Trainer:
         so both it and the returned module run on raw activations.
         """
         main = self.rank.is_main
-        if main:
-            runlock.acquire(self.run_dir)  # again: a fit after an earlier fit released it
         try:
-            self._fit(until_step)
+            stop = self.config.steps if until_step is None else min(until_step, self.config.steps)
+            batches = self.start_fit()
+            bar = self.progress_bar()
+            with self.sae.rank_share(self.rank.world):
+                try:
+                    while self.step < stop:
+                        x = next(batches).to(self.device, torch.float32, non_blocking=True)
+                        self.train_step(x * self.scale)
+                        self.after_step(bar)
+                    self.end_loop()
+                finally:
+                    bar.close()
+            return self.finish_fit()
         finally:
-            if main:
+            if main:  # also when training fails: a dead run holds no lock
                 runlock.release(self.run_dir)
+
+    # The pieces of `fit`, public so that `train_many` can drive several Trainers from
+    # one shared batch stream: start_fit, then per step train_step + after_step, then
+    # end_loop and finish_fit (start_fit takes the run directory's lock, finish_fit frees it).
+
+    def start_fit(self) -> Iterator[torch.Tensor]:
+        """Hold the run directory, put the SAE in training mode, record config.json; the
+        batch stream of `loader`."""
+        if self.rank.is_main:
+            runlock.acquire(self.run_dir)  # again: a fit after an earlier fit released it
+        self.sae.input_scale.fill_(1.0)
+        self.sae.train()
+        if self.rank.is_main:
+            self.config.to_json(self.run_dir / "config.json")
+        self._tic, self._tic_step = time.perf_counter(), self.step
+        return full_batches(self.loader, self.config.batch_size // self.rank.world)
+
+    def progress_bar(self, desc: str = "train") -> tqdm:
+        cfg = self.config
+        show = cfg.progress and self.rank.is_main
+        return tqdm(total=cfg.steps, initial=self.step, disable=not show, desc=desc)
+
+    def after_step(self, bar: tqdm | None = None) -> None:
+        """Count the step just taken; dead check, log, validation, checkpoint when due."""
+        cfg = self.config
+        self.step += 1
+        if bar is not None:
+            bar.update(1)
+        if self.step % self._dead_check_every == 0 and cfg.aux_coefficient > 0:
+            self.aux_active = self.dead.any()
+        if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+            postfix = self._log_train()
+            if bar is not None:
+                bar.set_postfix(postfix, refresh=False)
+        if cfg.val_every and self.step % cfg.val_every == 0 and self.step < cfg.steps:
+            self._log_validation()
+        if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+            self.save_checkpoint()
+
+    def end_loop(self) -> None:
+        """Final validation (at the end of the run) and a checkpoint at the stop step."""
+        if self.step == self.config.steps and not self.log.has(self.step, "val/fvu"):
+            self._log_validation()  # once: a rerun of a finished run adds no line
+        self.save_checkpoint()
+
+    def finish_fit(self) -> SAE:
+        """At the end of the run, save the SAE with input_scale set; close the log."""
+        if self.step == self.config.steps:
+            self.sae.input_scale.fill_(self.scale)
+            self.sae.eval()
+            if self.rank.is_main:
+                self.sae.save(self.run_dir / "sae")
+        self.log.close()
+        if self.rank.is_main:
+            runlock.release(self.run_dir)
         self.rank.barrier()  # the saved files exist for every rank once fit returns
         return self.sae
 
-    def _fit(self, until_step: int | None) -> None:
-        cfg = self.config
-        stop = cfg.steps if until_step is None else min(until_step, cfg.steps)
-        main = self.rank.is_main
-        self.sae.input_scale.fill_(1.0)
-        self.sae.train()
-        if main:
-            cfg.to_json(self.run_dir / "config.json")
-        batches = full_batches(self.loader, cfg.batch_size // self.rank.world)
-        bar = tqdm(
-            total=cfg.steps, initial=self.step, disable=not (cfg.progress and main), desc="train"
-        )
-        self._tic, self._tic_step = time.perf_counter(), self.step
-        with self.sae.rank_share(self.rank.world):
-            self._loop(stop, batches, bar)
-        if self.step == cfg.steps:
-            self.sae.input_scale.fill_(self.scale)
-            self.sae.eval()
-            if main:
-                self.sae.save(self.run_dir / "sae")
-        self.log.close()
-
-    def _loop(self, stop: int, batches: Iterator[torch.Tensor], bar: tqdm) -> None:
-        cfg = self.config
-        try:
-            while self.step < stop:
-                x = next(batches).to(self.device, torch.float32, non_blocking=True) * self.scale
-                self.train_step(x)
-                self.step += 1
-                bar.update(1)
-                if self.step % self._dead_check_every == 0 and cfg.aux_coefficient > 0:
-                    self.aux_active = self.dead.any()
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                    bar.set_postfix(self._log_train(), refresh=False)
-                if cfg.val_every and self.step % cfg.val_every == 0 and self.step < cfg.steps:
-                    self._log_validation()
-                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
-                    self.save_checkpoint()
-            if self.step == cfg.steps and not self.log.has(self.step, "val/fvu"):
-                self._log_validation()  # once: a rerun of a finished run adds no line
-            self.save_checkpoint()
-        finally:
-            bar.close()
-
     def train_step(self, x: torch.Tensor) -> None:
         """One optimiser step on this rank's rows x (already scaled)."""
+        pending = self.backward(x)
+        if self.rank.distributed:
+            pending.fires = sync_replicas_(self.sae, pending.fires, self.rank)
+        self.apply(pending)
+
+    def backward(self, x: torch.Tensor) -> PendingStep:
+        """Forward and backward on x (already scaled): gradients set, not yet applied.
+
+        Data parallel: the caller all-reduces the gradients and `fires` (train_step does
+        it for this SAE alone, train_many once for all its SAEs) before `apply`."""
         cfg, sae = self.config, self.sae
         lr = cfg.lr * lr_factor(self.step, cfg.steps, cfg.warmup_steps, cfg.decay_fraction)
         for group in self.optimizer.param_groups:
@@ -314,15 +359,20 @@ class Trainer:
             loss = loss + cfg.aux_coefficient * aux
         loss.backward()
         fires = fire_counts(out.z)  # from the kept support where the forward recorded it
-        if self.rank.distributed:
-            fires = sync_replicas_(sae, fires, self.rank)
+        return PendingStep(
+            target, out.x_hat.detach(), fires, loss.detach(), mse.detach(), aux.detach()
+        )
+
+    def apply(self, pending: PendingStep) -> None:
+        """The optimiser step and the on-device statistics of a `backward` (synced)."""
         self._optimizer_step()
         with torch.no_grad():
+            x, fires = pending.x, pending.fires
             rows = x.shape[0] * self.rank.world
             self.dead.update(fires, rows)
             self.coefficient.steer(fires.sum() / rows)
-            losses = torch.stack([loss.detach(), mse.detach(), aux.detach()])
-            self.window.add(losses, target, out.x_hat.detach(), fires, rows)
+            losses = torch.stack([pending.loss, pending.mse, pending.aux])
+            self.window.add(losses, x, pending.x_hat, fires, rows)
 
     def _aux_loss(self, residual: torch.Tensor, z_pre: torch.Tensor) -> torch.Tensor:
         """AuxK while some latent is dead (checked every few steps), else a constant 0."""

@@ -1,0 +1,94 @@
+"""`sae-hooks sweep CONFIG.toml`, evaluate_sweep and the frontier of `sae-hooks report`."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from sae_hooks.cli import main
+from sae_hooks.data import text_batches
+from sae_hooks.store import capture_to_store
+
+POINTS = ["resid_post.0", "resid_post.1"]
+
+CONFIG = """
+[model]
+family = "gpt2"
+[data]
+source = "pydoc"
+[capture]
+point = ["resid_post.0", "resid_post.1"]
+
+[sweep]
+point = ["resid_post.0", "resid_post.1"]
+nb_concepts = [64, 128]
+k_per_token = [4]
+seed = [0]
+
+[train]
+batch_size = 64
+steps = 6
+log_every = 3
+val_every = 0
+checkpoint_every = 0
+init_rows = 128
+"""
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, tiny_gpt2, tokenizer, texts):
+    path = tmp_path_factory.mktemp("sweep-cli") / "store"
+    data = text_batches(texts[:24], tokenizer, context_length=32, batch_size=4)
+    capture_to_store(tiny_gpt2, POINTS, data, path, progress=False)
+    return path
+
+
+def test_sweep_trains_the_grid_and_report_draws_the_frontier(
+    store, tmp_path, tiny_gpt2, tokenizer, texts
+):
+    from sae_hooks.eval import evaluate_sweep
+    from sae_hooks.report.frontier import sweep_rows
+
+    config = tmp_path / "run.toml"
+    config.write_text(CONFIG)
+    out = tmp_path / "sweep"
+    assert main(["sweep", str(config), "--store", str(store), "--out", str(out), "--quiet"]) == 0
+    summary = json.loads((out / "sweep.json").read_text())
+    names = [s["name"] for s in summary["saes"]]
+    assert names == [f"{p}-batchtopk-n{n}-k4-s0" for p in POINTS for n in (64, 128)]
+    assert summary["store"] == str(store.resolve())
+    for s in summary["saes"]:
+        assert (out / s["name"] / "sae").is_dir() and s["metrics"]["step"] == 6
+
+    held_out = text_batches(texts[40:56], tokenizer, context_length=32, batch_size=4)
+    results = evaluate_sweep(tiny_gpt2, out, held_out, progress=False)
+    assert set(results) == set(names)
+    rows = sweep_rows(out)
+    assert all(r["measured"] == "eval" and r["kl"] is not None for r in rows)
+    assert [r["fvu"] for r in rows] == [round(results[n].fvu, 5) for n in names]
+
+    assert main(["report", str(out), "--sae", names[1], "--n-latents", "4"]) == 0
+    report = out / "report"
+    html = (report / "index.html").read_text()
+    assert all(name in html for name in names)  # the table: one row per SAE
+    assert (report / "sweep.png").stat().st_size > 0
+    assert (report / "sweep.md").read_text().count("\n") == 2 + len(names)
+
+
+@pytest.mark.parametrize(
+    "table, message",
+    [
+        ("[train]\nsteps = 2\n", "has no \\[sweep\\] table"),
+        ("[sweep]\nseed = 0\n", "must be lists"),
+        ("[sweep]\nwidth = [1]\n", "unknown axes \\['width'\\]"),
+        ("[sweep]\nseed = [0]\n[train]\nsteps = 2\nbogus = 1\n", "unknown keys \\['bogus'\\]"),
+    ],
+)
+def test_bad_sweep_configs_are_refused(table, message, tmp_path, capsys, store):
+    config = tmp_path / "bad.toml"
+    config.write_text(table)
+    assert main(["sweep", str(config), "--store", str(store), "--out", str(tmp_path / "o")]) == 2
+
+    assert re.search(message, capsys.readouterr().err)
