@@ -14,8 +14,8 @@ from sae_hooks.eval.reconstruction import (
     ReconstructionResult,
     evaluate_reconstruction,
 )
-from sae_hooks.eval.transcoder import evaluate_transcoder
 from sae_hooks.eval.sweep import evaluate_many, evaluate_sweep
+from sae_hooks.eval.transcoder import evaluate_transcoder
 from sae_hooks.model_outputs import model_kind, run_model
 
 __all__ = [
@@ -27,8 +27,8 @@ __all__ = [
     "embedding_similarity",
     "evaluate_many",
     "evaluate_reconstruction",
-    "evaluate_transcoder",
     "evaluate_sweep",
+    "evaluate_transcoder",
     "mean_latents",
     "model_kind",
     "rank_concept_latents",
