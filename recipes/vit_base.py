@@ -24,8 +24,8 @@ import argparse
 from sae_hooks.cli_args import fail, recipe_parser, train_config
 from sae_hooks.concepts import top_class_concept
 from sae_hooks.data import image_batches
-from sae_hooks.data.shapes import BLUE, RED, palette, shape_batches
 from sae_hooks.data.splits import split_batches
+from sae_hooks.data.synthetic_images import BLUE, RED, palette, shape_batches
 from sae_hooks.models import load_model
 from sae_hooks.pipeline import run_pipeline
 from sae_hooks.recipe import eval_batch_count, print_summary, recipe_run_dir, user_errors

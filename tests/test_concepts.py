@@ -88,7 +88,7 @@ def test_centroid_similarity_is_one_on_the_centroid(tiny_bert, tokenizer, texts)
 
 
 def test_top_class_concept_targets_the_positives_top_class(tiny_vit):
-    from sae_hooks.data.shapes import RED, shape_batches
+    from sae_hooks.data.synthetic_images import RED, shape_batches
 
     pos = list(shape_batches(4, [RED], image_size=32, batch_size=4))
     concept = top_class_concept(tiny_vit, "red", pos, pos, n_random=3)

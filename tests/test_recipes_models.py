@@ -77,7 +77,7 @@ def test_recipe_runs_end_to_end(tmp_path, capsys, name, kind, keys, architecture
 def test_vit_recipe_reads_image_folders(tmp_path):
     from PIL import Image
 
-    from sae_hooks.data.shapes import BLUE, RED, palette, shapes
+    from sae_hooks.data.synthetic_images import BLUE, RED, palette, shapes
 
     folders = {}
     for name, colors in (("train", palette(6)), ("red", [RED]), ("blue", [BLUE])):

@@ -76,8 +76,8 @@ def labelled_shapes(
     n: int, image_size: int, *, n_colors: int = 4, batch_size: int = 16, processor=None
 ):
     """(model-input batches of n synthetic shape images, colour label per image, colour
-    names): sae_hooks.data.shapes, image i in colour i % n_colors."""
-    from sae_hooks.data.shapes import palette, shape_batches
+    names): sae_hooks.data.synthetic_images, image i in colour i % n_colors."""
+    from sae_hooks.data.synthetic_images import palette, shape_batches
 
     colors = palette(n_colors)
     batches = shape_batches(

@@ -1,10 +1,10 @@
-"""Synthetic shapes (sae_hooks.data.shapes): the offline images of the ViT recipe and tests."""
+"""Synthetic shapes (sae_hooks.data.synthetic_images): the offline images of the ViT recipe and tests."""
 
 from __future__ import annotations
 
 import torch
 
-from sae_hooks.data.shapes import BLUE, RED, palette, shape_batches, shapes
+from sae_hooks.data.synthetic_images import BLUE, RED, palette, shape_batches, shapes
 
 
 def test_shapes_have_the_requested_colours():
