@@ -47,7 +47,9 @@ def read_toml(path: str | Path) -> dict[str, dict[str, Any]]:
         raise ValueError(f"config file {path} is not valid TOML: {e}") from None
     unknown = sorted(set(data) - set(TABLES))
     if unknown:
-        raise ValueError(f"config file {path}: unknown tables {unknown}; valid tables: {list(TABLES)}")
+        raise ValueError(
+            f"config file {path}: unknown tables {unknown}; valid tables: {list(TABLES)}"
+        )
     for name, table in data.items():
         if not isinstance(table, dict):
             raise ValueError(f"config file {path}: [{name}] must be a table of key = value")
@@ -164,14 +166,18 @@ def sae_extra_keys(architecture: str) -> set[str] | None:
         if init is None:
             continue
         params = inspect.signature(init).parameters.values()
-        names |= {p.name for p in params if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD}
+        names |= {
+            p.name for p in params if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD
+        }
         if not any(p.kind is p.VAR_KEYWORD for p in params):
             return names - {"self"}
     return None
 
 
 def check_table(
-    where: str, table: dict[str, Any], flags: dict[str, tuple[Any, tuple | None]],
+    where: str,
+    table: dict[str, Any],
+    flags: dict[str, tuple[Any, tuple | None]],
     fields: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A table's values checked against flag types (and TrainConfig fields); dest -> value."""

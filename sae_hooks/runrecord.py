@@ -64,7 +64,9 @@ class RunRecord:
         c = self.corpus
         if c:
             data = c.get("data") or c.get("source") or "?"
-            field_ = f", field {c['text_field']!r}" if c.get("text_field") not in (None, "text") else ""
+            field_ = (
+                f", field {c['text_field']!r}" if c.get("text_field") not in (None, "text") else ""
+            )
             lines.append(f"corpus: {data}{field_}; {c.get('split', 'split not recorded')}")
         return "\n".join(lines)
 

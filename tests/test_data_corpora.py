@@ -21,7 +21,9 @@ def test_streams_and_dicts_give_the_same_batches_as_a_list(tokenizer):
     streamed = _ids((d for d in DOCS), tokenizer)
     dicts = _ids([{"body": d} for d in DOCS], tokenizer, text_field="body")
     assert len(expected) == len(streamed) == len(dicts) > 1
-    assert all(torch.equal(a, b) and torch.equal(a, c) for a, b, c in zip(expected, streamed, dicts))
+    assert all(
+        torch.equal(a, b) and torch.equal(a, c) for a, b, c in zip(expected, streamed, dicts)
+    )
 
 
 def test_huggingface_datasets_map_style_and_streaming(tokenizer):
