@@ -42,7 +42,7 @@ def test_record_is_found_from_inner_directories_and_keeps_points(tmp_path):
     assert find_run_dir(tmp_path / "train" / "sae") == tmp_path
     assert read_run_record(tmp_path / "train").points == ["resid_post.1", "resid_post.2"]
     (tmp_path / "run.json").write_text("{not json")
-    with pytest.raises(ValueError, match="run.json is not valid JSON"):
+    with pytest.raises(ValueError, match=r"run\.json is not valid JSON"):
         read_run_record(tmp_path)
 
 

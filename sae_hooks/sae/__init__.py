@@ -11,7 +11,7 @@ from .encoders import (
     ResNetEncoder,
     register_encoder,
 )
-from .formats import export_saelens, import_saelens
+from .formats import export_saelens, import_saelens, saelens_metadata
 from .jump import JumpSAE, heaviside, jump_relu
 from .kernels import KERNELS
 from .modes import eval_mode
@@ -47,4 +47,5 @@ __all__ = [
     "load_overcomplete_state_dict",
     "load_sae",
     "register_encoder",
+    "saelens_metadata",
 ]
