@@ -184,6 +184,27 @@ def _add_ablate(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random control")
 
 
+def _add_export(sub) -> None:
+    p = _command(
+        sub,
+        "export",
+        "Write a run's SAE for other tools: SAELens, the Hugging Face layout, Neuronpedia JSON.",
+        "sae-hooks export --run demo --format saelens --out exported/demo",
+    )
+    _run_args(p)
+    _sae_args(p)
+    p.add_argument(
+        "--format",
+        choices=("saelens", "hf", "neuronpedia"),
+        default="hf",
+        help="saelens: cfg.json + sae_weights.safetensors; hf: save_pretrained's layout; "
+        "neuronpedia: latent activations + explanation inputs [default: %(default)s]",
+    )
+    p.add_argument("--out", help="output directory [default: cache/<run>/export-<format>]")
+    p.add_argument("--push-to-hub", metavar="REPO", help="hf: also upload to this Hub repo")
+    p.add_argument("--n-examples", type=int, default=16, help="neuronpedia: contexts per latent")
+
+
 def _add_inspect(sub) -> None:
     p = _command(
         sub,
@@ -222,7 +243,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"sae-hooks {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_capture, _add_train, _add_eval, _add_ablate, _add_inspect, _add_report):
+    for add in (
+        _add_capture,
+        _add_train,
+        _add_eval,
+        _add_ablate,
+        _add_export,
+        _add_inspect,
+        _add_report,
+    ):
         add(sub)
     return parser
 
@@ -566,6 +595,47 @@ def cmd_ablate(args: argparse.Namespace) -> None:
     out.write_text(json.dumps({"target": args.target, **result.to_dict()}, indent=2))
     print(result.table())
     print(f"written to {out}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    """The SAE of a run in another tool's format; the hook point and model from the run."""
+    from sae_hooks.runrecord import load_tokenizer, read_run_record
+
+    sae, point = _sae_and_point(args)
+    run = _run_dir(args)
+    record = read_run_record(Path(args.sae) if args.sae else run)
+    model_name = record.model.get("hub_id") or record.model.get("name") if record else None
+    out = Path(args.out) if args.out else run / f"export-{args.format}"
+    if args.format == "saelens":
+        from sae_hooks.sae import export_saelens
+
+        export_saelens(sae, out, point=point, model_name=model_name)
+    elif args.format == "hf":
+        from sae_hooks.hub import push_to_hub, save_pretrained
+
+        save_pretrained(sae, out, point=point, model_name=model_name, repo_id=args.push_to_hub)
+        if args.push_to_hub:
+            push_to_hub(sae, args.push_to_hub, point=point, model_name=model_name)
+            print(f"uploaded to https://huggingface.co/{args.push_to_hub}")
+    else:
+        from sae_hooks.neuronpedia import export_neuronpedia
+
+        if not (run / "store").is_dir():
+            raise FileNotFoundError(
+                f"neuronpedia export reads the run's store: none at {run}/store"
+            )
+        export_neuronpedia(
+            sae,
+            str(run / "store"),
+            out,
+            point=point,
+            tokenizer=load_tokenizer(record) if record else None,
+            model_id=model_name or "",
+            sae_id=f"{point}-{args.name}",
+            n_examples=args.n_examples,
+            progress=not args.quiet,
+        )
+    print(f"{args.format} export written to {out}")
 
 
 def cmd_report(args: argparse.Namespace) -> None:

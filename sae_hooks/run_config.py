@@ -29,7 +29,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 SHARED_TABLES = ("model", "data")
-COMMAND_TABLES = ("capture", "train", "eval", "ablate", "inspect", "report")
+COMMAND_TABLES = ("capture", "train", "eval", "ablate", "export", "inspect", "report")
 TABLES = (*SHARED_TABLES, *COMMAND_TABLES, "sweep")
 _NOT_KEYS = {"help", "config", "handler", "parser", "command"}
 

@@ -58,6 +58,15 @@ def test_later_commands_need_only_the_run(cache, capsys, tmp_path):
     code, _, err = run(capsys, "eval", "--run", "t", "--family", "minilm", "--quiet")
     assert code == 2 and "differs from the run's model gpt2" in err
 
+    code, _, err = run(capsys, "export", "--run", "t", "--format", "saelens")
+    assert code == 0, err
+    cfg = json.loads((cache / "t/export-saelens/cfg.json").read_text())
+    assert cfg["metadata"] == {"hook_name": "blocks.1.hook_resid_post", "model_name": "tiny-gpt2"}
+    argv = ["export", "--run", "t", "--format", "neuronpedia", "--n-examples", "2", "--quiet"]
+    code, _, err = run(capsys, *argv)
+    assert code == 0, err
+    assert (cache / "t/export-neuronpedia/explanations.jsonl").read_text().count("<<") > 0
+
     code, out, _ = run(capsys, "inspect", cache / "t")
     assert code == 0 and out.startswith("run directory")
     assert "model: gpt2" in out and "SAE train/: TopKSAE" in out and "1,500 rows" in out
