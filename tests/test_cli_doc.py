@@ -31,7 +31,7 @@ def doc_script() -> str:
     script = "\n".join(blocks)
     for pattern, repl in SMALLER:
         script = re.sub(pattern, repl, script)
-    return "set -euo pipefail\nsae-hooks() { \"$PYTHON\" -m sae_hooks \"$@\"; }\n" + script
+    return 'set -euo pipefail\nsae-hooks() { "$PYTHON" -m sae_hooks "$@"; }\n' + script
 
 
 def test_the_doc_has_the_whole_walkthrough():
