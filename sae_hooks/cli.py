@@ -769,8 +769,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except (Interrupted, KeyboardInterrupt) as e:
         where = f" at {e}" if isinstance(e, Interrupted) else ""
+        again = "resume" if args.command in ("capture", "train") else "start it again"
         print(
-            f"\nsae-hooks {args.command}: interrupted{where}; rerun the same command to resume",
+            f"\nsae-hooks {args.command}: interrupted{where}; rerun the same command to {again}",
             file=sys.stderr,
         )
         return 130
