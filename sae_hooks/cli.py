@@ -302,10 +302,12 @@ def _load_model(args: argparse.Namespace):
     from sae_hooks.models import load_model
 
     if not args.family:
-        raise ValueError(
-            "--family is required (one of minilm, gpt2, vit, tl-gpt2): this run has no "
-            "run.json to read it from"
+        hint = (
+            ""
+            if args.command in ("capture", "inspect")
+            else (": the run has no run.json to read it from (capture it first, or pass --family)")
         )
+        raise ValueError(f"--family is required (one of minilm, gpt2, vit, tl-gpt2){hint}")
     return load_model(
         args.family,
         args.model_dir,
@@ -486,6 +488,11 @@ def cmd_train(args: argparse.Namespace) -> None:
     out = run_dir / args.name
     config = train_config(args, {"point": args.point, "progress": not args.quiet})  # fail fast
     _check_optional_loggers(config)
+    if args.store is None and not (run_dir / "store").exists():
+        raise FileNotFoundError(
+            f"no activation store at {run_dir / 'store'}: capture one first "
+            f"(sae-hooks capture --run {args.run} --family ... --point ...) or give --store PATH"
+        )
     store = open_store(args.store or str(run_dir / "store"))
     if config.point is None and len(store.points) == 1:  # record the point in the run's config
         config = dataclasses.replace(config, point=store.points[0])

@@ -242,10 +242,10 @@ def command_values(
             checked[name] = check_table(
                 where, table, flag_types(parsers[name]), fields if name == "train" else None
             )
-    own = flag_types(parsers[command]) if command in parsers else {}
     values: dict[str, Any] = {}
-    for name in SHARED_TABLES:
-        values.update({k: v for k, v in checked.get(name, {}).items() if k in own})
+    for name in SHARED_TABLES:  # only into the command's own [model] / [data] flags
+        mine = _shared_keys(name, {command: parsers[command]}) if command in parsers else set()
+        values.update({k: v for k, v in checked.get(name, {}).items() if k in mine})
     table = checked.get(command, {})
     train_values: dict[str, Any] = {}
     if command == "train":  # TrainConfig fields go to the config, the rest to flags

@@ -125,7 +125,7 @@ def test_overwrite_names_and_refusals(cache, capsys):
 def test_one_toml_for_every_subcommand(cache, capsys, tmp_path):
     toml = tmp_path / "run.toml"
     toml.write_text(
-        "[model]\nfamily = 'gpt2'\ntiny = true\n[data]\ncontext_length = 32\n"
+        "[model]\nfamily = 'gpt2'\ntiny = true\n[data]\ncontext_length = 32\nbatch_size = 16\n"
         "[capture]\npoint = ['resid_post.0']\nmax_rows = 300\nquiet = true\n"
         "[train]\narchitecture = 'topk'\nk_per_token = 4\nnb_concepts = 64\nbatch_size = 64\n"
         "steps = 4\nquiet = true\nadam_betas = [0.9, 0.99]\n"
@@ -138,6 +138,7 @@ def test_one_toml_for_every_subcommand(cache, capsys, tmp_path):
     assert code == 0, err
     config = json.loads((cache / "c/train/config.json").read_text())
     assert config["adam_betas"] == [0.9, 0.99] and config["steps"] == 4
+    assert config["batch_size"] == 64  # [data] batch_size is the capture's, not training's
     code, _, err = run(capsys, "eval", "--run", "c", "--config", toml)
     assert code == 0, err
 
