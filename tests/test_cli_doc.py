@@ -51,7 +51,7 @@ def test_walkthrough_runs(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "cache/demo/run.json").is_file()
-    assert (tmp_path / "cache/demo/relu/sae").is_dir()
+    assert (tmp_path / "cache/demo/k32/sae").is_dir()
     assert (tmp_path / "cache/demo/report/index.html").is_file()
     assert (tmp_path / "cache/demo/export-neuronpedia/sae.json").is_file()
     assert (tmp_path / "cache/fromfile/eval.json").is_file()
