@@ -26,7 +26,13 @@ from sae_hooks.data import load_texts, pydoc_texts, text_batches
 from sae_hooks.data.splits import split_texts
 from sae_hooks.models import load_model
 from sae_hooks.pipeline import PipelineResult, run_pipeline
-from sae_hooks.recipe import eval_batch_count, print_summary, recipe_run_dir, user_errors
+from sae_hooks.recipe import (
+    eval_batch_count,
+    print_summary,
+    recipe_corpus,
+    recipe_run_dir,
+    user_errors,
+)
 
 DEFAULTS = {
     "architecture": "batchtopk",
@@ -104,6 +110,7 @@ def run(argv: list[str] | None, *, family: str, name: str, doc: str) -> Pipeline
         tokenizer=tokenizer,
         unembed=model.W_U if tl else model.lm_head.weight,
         progress=not args.quiet,
+        corpus=recipe_corpus(args.data, context_length=ctx),
     )
 
 

@@ -24,7 +24,7 @@ from sae_hooks.data import pydoc_texts, text_batches
 from sae_hooks.data.splits import split_texts
 from sae_hooks.models import check_model_dir, minilm_dir, offline, pydoc_tokenizer, tiny_model
 from sae_hooks.pipeline import run_pipeline
-from sae_hooks.recipe import eval_batch_count, print_summary, recipe_run_dir
+from sae_hooks.recipe import eval_batch_count, print_summary, recipe_corpus, recipe_run_dir
 
 DEFAULTS = {
     "architecture": "batchtopk",
@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> None:
         report=not args.no_report,
         tokenizer=tokenizer,
         progress=not args.quiet,
+        corpus=recipe_corpus("pydoc", context_length=args.context_length),
     )
     print_summary(result)
 

@@ -28,7 +28,13 @@ from sae_hooks.data.splits import split_batches
 from sae_hooks.data.synthetic_images import BLUE, RED, palette, shape_batches
 from sae_hooks.models import load_model
 from sae_hooks.pipeline import run_pipeline
-from sae_hooks.recipe import eval_batch_count, print_summary, recipe_run_dir, user_errors
+from sae_hooks.recipe import (
+    eval_batch_count,
+    print_summary,
+    recipe_corpus,
+    recipe_run_dir,
+    user_errors,
+)
 
 DEFAULTS = {
     "architecture": "jumprelu",
@@ -105,6 +111,7 @@ def main(argv: list[str] | None = None) -> None:
         vit_tokens=args.vit_tokens,
         report=not args.no_report,
         progress=not args.quiet,
+        corpus=recipe_corpus(args.images or "synthetic shapes"),
     )
     print_summary(result)
 

@@ -8,16 +8,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 from sae_hooks.sae import KERNELS, SAE_REGISTRY
 from sae_hooks.train import TrainConfig
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
 
 # Flag -> TrainConfig field, for the knobs worth a flag; the rest go through --config.
 TRAIN_FLAGS: dict[str, tuple[type, str]] = {
@@ -40,6 +34,7 @@ TRAIN_FLAGS: dict[str, tuple[type, str]] = {
     "device": (str, "torch device, e.g. cpu, cuda, cuda:1"),
     "log_every": (int, "steps between metric lines in log.jsonl"),
     "checkpoint_every": (int, "steps between checkpoints"),
+    "wandb_project": (str, "also log to this Weights & Biases project (needs wandb)"),
 }
 
 
@@ -56,6 +51,13 @@ def add_train_args(parser: argparse.ArgumentParser, defaults: dict[str, Any] | N
         group.add_argument(
             "--" + name.replace("_", "-"), type=kind, default=None, help=text + shown
         )
+    group.add_argument(
+        "--tensorboard",
+        action="store_const",
+        const=True,
+        default=None,
+        help="also log to <run>/tensorboard (needs the extra: pip install 'sae-hooks[tensorboard]')",
+    )
 
 
 def recipe_parser(
@@ -83,7 +85,11 @@ def train_config(args: argparse.Namespace, defaults: dict[str, Any] | None = Non
     values = dict(defaults or {})
     overrides = dict(getattr(args, "_file_train", {}))
     overrides.update(
-        {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k, None) is not None}
+        {
+            k: getattr(args, k)
+            for k in (*TRAIN_FLAGS, "tensorboard")
+            if getattr(args, k, None) is not None
+        }
     )
     if overrides.keys() & {"steps", "total_tokens"}:  # one run length replaces the other
         values.pop("steps", None)
@@ -93,66 +99,6 @@ def train_config(args: argparse.Namespace, defaults: dict[str, Any] | None = Non
             values.pop(key, None)
     values.update(overrides)
     return TrainConfig.from_dict(values)
-
-
-def load_config_file(path: str | Path, sections: tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    """A TOML file of tables named after the steps; unknown tables are an error."""
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"config file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ValueError(f"config file {path} is not valid TOML: {e}") from None
-    unknown = sorted(set(data) - set(sections))
-    if unknown:
-        raise ValueError(
-            f"config file {path}: unknown tables {unknown}; valid tables: {list(sections)}"
-        )
-    for name, table in data.items():
-        if not isinstance(table, dict):
-            raise ValueError(f"config file {path}: [{name}] must be a table of key = value")
-    return data
-
-
-def apply_file_section(
-    parser: argparse.ArgumentParser, args: argparse.Namespace, table: dict[str, Any], where: str
-) -> None:
-    """Fill flags that were not given on the command line from a config-file table."""
-    dests = {a.dest for a in parser._actions}
-    unknown = sorted(k for k in table if k.replace("-", "_") not in dests)
-    if unknown:
-        valid = sorted(d for d in dests if d not in ("help", "config"))
-        raise ValueError(f"{where}: unknown keys {unknown}; valid keys: {valid}")
-    actions = {a.dest: a for a in parser._actions}
-    for key, value in table.items():
-        dest = key.replace("-", "_")
-        _check_file_value(actions[dest], key, value, where)
-        if getattr(args, dest, None) in (None, parser.get_default(dest)):
-            setattr(args, dest, value)
-
-
-def _check_file_value(action: argparse.Action, key: str, value: Any, where: str) -> None:
-    """A config-file value must have the type its flag parses to (TOML has real types)."""
-    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
-        kinds: tuple[type, ...] = (bool,)
-    elif action.type in (int, float):
-        kinds = (int,) if action.type is int else (int, float)
-    else:
-        kinds = (str,)
-    values = (
-        value if isinstance(action, argparse._AppendAction) and isinstance(value, list) else [value]
-    )
-    bad = [
-        v for v in values if not isinstance(v, kinds) or (bool not in kinds and isinstance(v, bool))
-    ]
-    if bad:
-        names = " or ".join(k.__name__ for k in kinds)
-        raise ValueError(
-            f"{where}: {key} must be a {names} (like --{action.dest.replace('_', '-')}), got {value!r}"
-        )
-    if action.choices is not None and any(v not in action.choices for v in values):
-        raise ValueError(f"{where}: {key} must be one of {list(action.choices)}, got {value!r}")
 
 
 def fail(message: str) -> None:

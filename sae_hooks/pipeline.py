@@ -27,6 +27,7 @@ from sae_hooks.eval import (
     evaluate_reconstruction,
 )
 from sae_hooks.eval.core import evaluate_core, write_core_eval
+from sae_hooks.runrecord import RunRecord, infer_model_record, tokenizer_record, write_run_record
 from sae_hooks.sae import load_sae
 from sae_hooks.store import capture_to_store
 from sae_hooks.train import TrainConfig, train
@@ -130,10 +131,21 @@ def run_pipeline(
     tokenizer: Any = None,
     unembed: torch.Tensor | None = None,
     progress: bool = True,
+    record: RunRecord | None = None,
+    corpus: Mapping[str, Any] | None = None,
 ) -> PipelineResult:
-    """Capture `point` over `data`, train an SAE on it, evaluate it spliced, ablate a concept."""
+    """Capture `point` over `data`, train an SAE on it, evaluate it spliced, ablate a concept.
+
+    run_dir/run.json records the model, tokenizer, point and corpus (`record`, else
+    inferred from the model and tokenizer objects, with `corpus` such as {"data": "pydoc",
+    "context_length": 128, "split": ...}) so the CLI's eval/ablate/report need only run_dir.
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    write_run_record(
+        run_dir,
+        record or _inferred_record(model, tokenizer, point, model_name, source, corpus, drop_bos),
+    )
     timings: dict[str, float] = {}
     with _timed(timings, "capture"):
         store = capture_to_store(
@@ -161,7 +173,7 @@ def run_pipeline(
     ablation = None
     if concept is not None:
         with _timed(timings, "ablation"):
-            ablation = _ablation_step(model, point, sae, concept, run_dir)
+            ablation = _ablation_step(model, point, sae, concept, run_dir, progress)
 
     out = PipelineResult(run_dir, store.n_rows, resolved, result, ablation, timings=timings)
     if concept is not None:
@@ -196,8 +208,27 @@ def _train_step(
     return sae, TrainConfig.from_json(run_dir / "train" / "config.json")
 
 
+def _inferred_record(model, tokenizer, point, model_name, source, corpus, drop_bos) -> RunRecord:
+    """What run.json can say about a run made from objects rather than names."""
+    mrec = infer_model_record(model, tokenizer, model_name)
+    info = {"source": source, **dict(corpus or {})}
+    info.setdefault("prepend_bos", drop_bos)
+    return RunRecord(
+        model=mrec,
+        tokenizer=tokenizer_record(tokenizer, mrec.get("model_dir")),
+        points=[point],
+        corpus=info,
+        created_by="sae_hooks.pipeline.run_pipeline",
+    )
+
+
 def _ablation_step(
-    model: nn.Module, point: str, sae: nn.Module, concept: Concept, run_dir: Path
+    model: nn.Module,
+    point: str,
+    sae: nn.Module,
+    concept: Concept,
+    run_dir: Path,
+    progress: bool = False,
 ) -> AblationResult:
     """Ablate the concept's latents; write ablation.json (and ablation.png with matplotlib)."""
     ablation = concept_ablation(
@@ -209,6 +240,7 @@ def _ablation_step(
         concept.target,
         m=concept.m,
         n_random=concept.n_random,
+        progress=progress,
     )
     record = {"concept": concept.name, "target": concept.target_name, **ablation.to_dict()}
     (run_dir / "ablation.json").write_text(json.dumps(record, indent=2))

@@ -14,11 +14,18 @@ from pathlib import Path
 
 from sae_hooks.cli_args import fail
 from sae_hooks.pipeline import PipelineResult, run_dir_for
+from sae_hooks.runrecord import SPLIT_TRAIN
 
 
 def recipe_run_dir(args: argparse.Namespace, name: str) -> Path:
     """cache/<--run-name>, else cache/<name> (cache/<name>_tiny with --tiny)."""
     return run_dir_for(args.run_name or (f"{name}_tiny" if args.tiny else name), args.cache)
+
+
+def recipe_corpus(data: str, **more: object) -> dict[str, object]:
+    """run.json's corpus entry for a recipe: its --data, split as every recipe splits it
+    (sae_hooks.data.splits), plus e.g. context_length and text_field."""
+    return {"data": data, "split": SPLIT_TRAIN, **more}
 
 
 def eval_batch_count(args: argparse.Namespace) -> int:

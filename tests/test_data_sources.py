@@ -82,7 +82,7 @@ def test_text_errors(texts, tokenizer):
         text_batches([], tokenizer, context_length=8, batch_size=2)
     with pytest.raises(ValueError, match="document 1 is ''"):
         text_batches(["a b", ""], tokenizer, context_length=8, batch_size=2)
-    with pytest.raises(TypeError, match="sequence of strings"):
+    with pytest.raises(TypeError, match="a single string; give documents"):
         text_batches("one string", tokenizer, context_length=8, batch_size=2)
     with pytest.raises(ValueError, match=r"exceeds the tokenizer's model_max_length \(64\)"):
         text_batches(texts, tokenizer, context_length=65, batch_size=2)

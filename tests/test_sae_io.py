@@ -191,10 +191,12 @@ def test_saelens_round_trip_is_exact(variant, tmp_path):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-def _saelens_forward(tensors, arch, x, k=None, apply_b_dec=True):
-    """SAELens 6 inference, written out from its source."""
+def _saelens_forward(tensors, arch, x, k=None, apply_b_dec=True, rescale=False):
+    """SAELens 6 inference, written out from its source (rescale: rescale_acts_by_decoder_norm)."""
     sae_in = x - tensors["b_dec"] if apply_b_dec else x
     pre = sae_in @ tensors["W_enc"] + tensors["b_enc"]
+    norm = tensors["W_dec"].norm(dim=-1) if rescale else torch.ones(())
+    pre = pre * norm  # rescale_acts_by_decoder_norm
     if arch == "standard":
         acts = torch.relu(pre)
     elif arch == "topk":
@@ -202,7 +204,7 @@ def _saelens_forward(tensors, arch, x, k=None, apply_b_dec=True):
         acts = torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
     else:
         acts = torch.relu(pre) * (pre > tensors["threshold"])
-    return acts, acts @ tensors["W_dec"] + tensors["b_dec"]
+    return acts, (acts / norm) @ tensors["W_dec"] + tensors["b_dec"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -221,8 +223,8 @@ def test_exported_files_run_like_saelens(variant, tmp_path):
 
 
 @pytest.mark.parametrize("arch", ["standard", "topk", "jumprelu"])
-@pytest.mark.parametrize("apply_b_dec", [True, False])
-def test_import_foreign_saelens_files(arch, apply_b_dec, tmp_path):
+@pytest.mark.parametrize(("apply_b_dec", "rescale"), [(True, False), (False, False), (True, True)])
+def test_import_foreign_saelens_files(arch, apply_b_dec, rescale, tmp_path):
     torch.manual_seed(0)
     tensors = {
         "W_enc": torch.randn(D, NB) * 0.3,
@@ -238,12 +240,16 @@ def test_import_foreign_saelens_files(arch, apply_b_dec, tmp_path):
         "d_in": D,
         "d_sae": NB,
         "apply_b_dec_to_input": apply_b_dec,
+        "rescale_acts_by_decoder_norm": rescale,
         "k": 5,
     }
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     sae = import_saelens(tmp_path).eval()
     x = torch.randn(64, D)
-    acts, x_hat = _saelens_forward(tensors, arch, x, k=5, apply_b_dec=apply_b_dec)
+    acts, x_hat = _saelens_forward(tensors, arch, x, k=5, apply_b_dec=apply_b_dec, rescale=rescale)
+    if rescale:  # without the fold, the codes would be off by the decoder norms
+        plain, _ = _saelens_forward(tensors, arch, x, k=5, apply_b_dec=apply_b_dec)
+        assert not torch.allclose(plain, acts, rtol=1e-2, atol=1e-2)
     out = sae(x)
     torch.testing.assert_close(out.z, acts, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out.x_hat, x_hat, rtol=1e-5, atol=1e-5)
@@ -264,3 +270,51 @@ def test_saelens_errors(tmp_path):
         (tmp_path / "c" / "cfg.json").write_text(json.dumps({**cfg, key: value}))
         with pytest.raises(ValueError, match=message):
             import_saelens(tmp_path / "c")
+
+
+def test_saelens_refuses_what_it_cannot_represent(tmp_path):
+    export_saelens(SAE(D, NB), tmp_path)
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    for extra, message in [
+        ({"metadata": {"hook_head_index": 3}}, "hook_head_index=3"),
+        ({"hook_head_index": 0}, "hook_head_index=0"),
+        ({"reshape_activations": "hook_z"}, "reshape_activations='hook_z'"),
+        ({"rescale_acts_by_decoder_norm": "yes"}, "rescale_acts_by_decoder_norm must be true"),
+    ]:
+        (tmp_path / "cfg.json").write_text(json.dumps({**cfg, **extra}))
+        with pytest.raises(ValueError, match=message):
+            import_saelens(tmp_path)
+    from safetensors.torch import load_file
+
+    tensors = load_file(tmp_path / "sae_weights.safetensors")
+    tensors["W_dec"][3] = 0
+    save_file(tensors, tmp_path / "sae_weights.safetensors")
+    (tmp_path / "cfg.json").write_text(json.dumps({**cfg, "rescale_acts_by_decoder_norm": True}))
+    with pytest.raises(ValueError, match="1 W_dec rows have norm 0"):
+        import_saelens(tmp_path)
+
+
+def test_hook_name_and_model_name_round_trip(tmp_path):
+    from sae_hooks.hooks import resolve_point
+    from sae_hooks.models import tiny_model
+    from sae_hooks.sae import saelens_metadata
+
+    export_saelens(SAE(D, NB), tmp_path / "a", point="resid_post.2", model_name="gpt2")
+    cfg = json.loads((tmp_path / "a" / "cfg.json").read_text())
+    assert cfg["metadata"] == {"hook_name": "blocks.2.hook_resid_post", "model_name": "gpt2"}
+    assert cfg["hook_name"] == "blocks.2.hook_resid_post"  # SAELens < 6
+    meta = saelens_metadata(tmp_path / "a")
+    assert meta == {
+        "model_name": "gpt2",
+        "hook_name": "blocks.2.hook_resid_post",
+        "point": "resid_post.2",
+    }
+    # A file SAELens wrote (no sae_hooks key): its hook name maps to our vocabulary ...
+    del cfg["sae_hooks"]
+    cfg["metadata"]["hook_name"] = "blocks.1.hook_mlp_out"
+    (tmp_path / "a" / "cfg.json").write_text(json.dumps(cfg))
+    assert saelens_metadata(tmp_path / "a")["point"] == "mlp_out.1"
+    # ... and SAELens's names resolve on Hugging Face models as well.
+    model = tiny_model("gpt2")
+    theirs = resolve_point(model, "blocks.1.hook_mlp_out")
+    assert theirs.module is resolve_point(model, "mlp_out.1").module

@@ -12,10 +12,11 @@ order; in "truncate" mode that is the document index.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,12 +53,14 @@ class TextBatches:
     from documents; `iter_from(k)` (or start_batch=k) resumes at batch k.
 
     max_length: the model's context (e.g. config.n_positions), checked like the
-    tokenizer's model_max_length.
+    tokenizer's model_max_length. texts: anything `as_documents` reads (lists of
+    strings or dicts, a `datasets.Dataset`, generators and IterableDatasets, which are
+    read lazily and once); dicts give their `text_field`.
     """
 
     def __init__(
         self,
-        texts: Sequence[str],
+        texts: Sequence[str] | Iterable[Any],
         tokenizer: Any,
         *,
         context_length: int,
@@ -66,14 +69,14 @@ class TextBatches:
         prepend_bos: bool = False,
         max_length: int | None = None,
         start_batch: int = 0,
+        text_field: str = "text",
     ) -> None:
-        if isinstance(texts, str) or not isinstance(texts, Sequence):
-            raise TypeError("texts must be a sequence of strings (a list of documents)")
-        if len(texts) == 0:
-            raise ValueError("the data source is empty: texts has no documents")
-        for i, t in enumerate(texts):
-            if not isinstance(t, str) or not t:
-                raise ValueError(f"document {i} is {t!r}; every document must be a non-empty str")
+        texts = as_documents(texts, text_field)
+        if isinstance(texts, Sequence):
+            if len(texts) == 0:
+                raise ValueError("the data source is empty: texts has no documents")
+            for i, t in enumerate(texts):
+                _check_document(i, t)
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
         if batch_size < 1 or start_batch < 0:
@@ -109,21 +112,38 @@ class TextBatches:
             batch_size,
             start_batch,
         )
-        self.description = (
-            f"text: {len(texts)} documents, {mode} to {context_length} tokens, batch {batch_size}"
-        )
+        n = f"{len(texts)} documents" if isinstance(texts, Sequence) else "streamed documents"
+        self.description = f"text: {n}, {mode} to {context_length} tokens, batch {batch_size}"
 
     def __len__(self) -> int:
-        if self.mode != "truncate":
-            raise TypeError("the number of 'chunk' batches is known only after tokenizing")
+        if self.mode != "truncate" or not isinstance(self.texts, Sequence):
+            raise TypeError("the number of batches is known only after tokenizing")
         return max(0, math.ceil(len(self.texts) / self.batch_size) - self.start_batch)
 
     def __iter__(self) -> Iterator[InputBatch]:
         return self.iter_from(self.start_batch)
 
+    def _groups(self, first_doc: int) -> Iterator[list[str]]:
+        """Documents from `first_doc` on, _TOKENIZE_GROUP at a time (a stream is read once)."""
+        if isinstance(self.texts, Sequence):
+            for g in range(first_doc, len(self.texts), _TOKENIZE_GROUP):
+                yield list(self.texts[g : g + _TOKENIZE_GROUP])
+            return
+        stream = enumerate(self.texts)
+        seen = False
+        while group := list(itertools.islice(stream, _TOKENIZE_GROUP)):
+            seen = True
+            docs = [_check_document(i, t) for i, t in group if i >= first_doc]
+            if docs:
+                yield docs
+        if not seen:
+            raise ValueError(
+                "the data source is empty: the stream yielded no documents (a generator is "
+                "read once; pass a list or a dataset to iterate again)"
+            )
+
     def _contexts(self, first_doc: int) -> Iterator[list[int]]:
-        for g in range(first_doc, len(self.texts), _TOKENIZE_GROUP):
-            group = list(self.texts[g : g + _TOKENIZE_GROUP])
+        for group in self._groups(first_doc):
             # Whole documents, split below: their length is not the model's input length.
             encoded = self.tokenizer(group, add_special_tokens=False, verbose=False)
             for ids in encoded["input_ids"]:
@@ -136,7 +156,9 @@ class TextBatches:
         the skipped documents (no model work) to count their contexts."""
         skip = batch * self.batch_size
         first_doc = skip if self.mode == "truncate" else 0
-        contexts = self._contexts(min(first_doc, len(self.texts)))
+        if isinstance(self.texts, Sequence):
+            first_doc = min(first_doc, len(self.texts))
+        contexts = self._contexts(first_doc)
         if self.mode == "chunk":
             for _ in zip(range(skip), contexts):
                 pass
@@ -163,35 +185,129 @@ class TextBatches:
 text_batches = TextBatches  # the functional spelling of the same constructor
 
 
-def load_texts(spec: str | os.PathLike) -> list[str]:
+def _check_document(i: int, text: Any) -> str:
+    if not isinstance(text, str) or not text:
+        raise ValueError(f"document {i} is {text!r}; every document must be a non-empty str")
+    return text
+
+
+class _Column(Sequence):
+    """One text column of a map-style dataset (Hugging Face `datasets.Dataset` or any
+    sequence of dicts), read row by row without copying the corpus."""
+
+    def __init__(self, rows: Any, field: str) -> None:
+        self.rows, self.field = rows, field
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return _field(self.rows[index], self.field, index)
+
+
+def _field(row: Any, field: str, index: int) -> Any:
+    if isinstance(row, str):
+        return row
+    if isinstance(row, Mapping):
+        if field not in row:
+            raise ValueError(
+                f"document {index} has no {field!r} field (fields: {sorted(row)}); "
+                "choose one with text_field= / --text-field"
+            )
+        return row[field]
+    return row
+
+
+def as_documents(source: Any, text_field: str = "text") -> Sequence[str] | Iterable[str]:
+    """Documents from a list of strings, a sequence of dicts or a Hugging Face
+    `datasets.Dataset` (its `text_field` column), or any iterable of either, including
+    generators and `datasets.IterableDataset` streams (read lazily, once)."""
+    if isinstance(source, (str, bytes)):
+        raise TypeError(
+            "texts is a single string; give documents: a list of strings, a dataset, or an "
+            "iterable of strings or dicts (load_texts reads files)"
+        )
+    if isinstance(source, Sequence) and (len(source) == 0 or isinstance(source[0], str)):
+        return source
+    if hasattr(source, "__len__") and hasattr(source, "__getitem__"):
+        return _Column(source, text_field)  # datasets.Dataset, list of dicts
+    if isinstance(source, Iterable):
+        return (_field(row, text_field, i) for i, row in enumerate(source))
+    raise TypeError(
+        f"cannot read documents from {type(source).__name__}; give a list of strings, a "
+        "dataset, or an iterable of strings or dicts"
+    )
+
+
+DATASET_SUFFIXES = (".parquet", ".csv", ".arrow", ".json")
+
+
+def load_texts(spec: str | os.PathLike, text_field: str = "text") -> list[str]:
     """Documents from "pydoc" (CPython's bundled docs), a .txt file (paragraphs split on
-    blank lines), a .jsonl file (its "text" fields) or a directory of .txt files."""
+    blank lines), a .jsonl file (its `text_field` values), a directory of .txt files, a
+    dataset saved with `datasets` (save_to_disk) or a .parquet/.csv/.arrow/.json file
+    (read with Hugging Face `datasets` when it is installed)."""
     if str(spec) == "pydoc":
         return pydoc_texts()
     path = Path(spec).expanduser()
-    if path.is_dir():
+    if path.is_dir() and any((path / n).is_file() for n in ("dataset_info.json", "state.json")):
+        docs = list(_Column(_hf_dataset(path, None), text_field))
+    elif path.is_dir():
         files = sorted(path.rglob("*.txt"))
         if not files:
-            raise ValueError(f"{path} holds no .txt files")
-        docs = [f.read_text(encoding="utf-8") for f in files]
+            raise ValueError(f"{path} holds no .txt files (nor a dataset saved with save_to_disk)")
+        docs = [_read_text(f) for f in files]
     elif path.suffix == ".jsonl" and path.is_file():
-        lines = path.read_text(encoding="utf-8").splitlines()
         docs = []
-        for i, line in enumerate(lines, 1):
+        for i, line in enumerate(_read_text(path).splitlines(), 1):
             if line.strip():
                 try:
-                    docs.append(json.loads(line)["text"])
+                    row = json.loads(line)
+                    value = row[text_field]
                 except (json.JSONDecodeError, KeyError, TypeError):
                     raise ValueError(
-                        f'{path}:{i}: each line must be a JSON object with a "text" field'
+                        f"{path}:{i}: each line must be a JSON object with a {text_field!r} "
+                        "field (choose the field with --text-field)"
                     ) from None
+                if not isinstance(value, str):
+                    raise ValueError(f"{path}:{i}: {text_field!r} is {value!r}, not a string")
+                docs.append(value)
+    elif path.suffix in DATASET_SUFFIXES and path.is_file():
+        docs = list(_Column(_hf_dataset(path, path.suffix.lstrip(".")), text_field))
     elif path.is_file():
-        docs = [p.strip() for p in path.read_text(encoding="utf-8").split("\n\n")]
+        docs = [p.strip() for p in _read_text(path).split("\n\n")]
     else:
         raise FileNotFoundError(
-            f"no text data at {path}; give 'pydoc', a .txt or .jsonl file, or a directory of .txt files"
+            f"no text data at {path}; give 'pydoc', a .txt or .jsonl file, a directory of "
+            ".txt files, or a dataset (save_to_disk directory, .parquet, .csv)"
         )
-    docs = [d for d in docs if d.strip()]
+    docs = [d for d in docs if isinstance(d, str) and d.strip()]
     if not docs:
         raise ValueError(f"{path} holds no text")
     return docs
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text") from None
+
+
+def _hf_dataset(path: Path, kind: str | None) -> Any:
+    """A local dataset through Hugging Face `datasets` (never the network)."""
+    try:
+        import datasets
+    except ImportError:
+        raise ValueError(
+            f"{path} is a dataset file; reading it needs the `datasets` package (pip install datasets)"
+        ) from None
+    if kind is None:
+        loaded = datasets.load_from_disk(str(path))
+    else:
+        loaded = datasets.load_dataset(kind, data_files=str(path), split="train")
+    if isinstance(loaded, datasets.DatasetDict):
+        loaded = loaded["train"] if "train" in loaded else next(iter(loaded.values()))
+    return loaded

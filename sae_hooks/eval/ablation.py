@@ -194,23 +194,32 @@ def concept_ablation(
     m: int = 5,
     n_random: int = 8,
     seed: int = 0,
+    progress: bool = False,
 ) -> AblationResult:
-    """Ablate the m latents that best separate positives from negatives, and m random ones."""
+    """Ablate the m latents that best separate positives from negatives, and m random ones.
+
+    progress: a bar over the passes (2 to rank, 4 + 2 * n_random to measure)."""
+    from tqdm.auto import tqdm
+
     if m <= 0 or m > sae.nb_concepts:
         raise ValueError(f"m must be in 1..{sae.nb_concepts} (the SAE's latents), got {m}")
     if n_random < 1:
         raise ValueError(f"n_random must be >= 1, got {n_random}")
     positive, negative = list(positive), list(negative)
-    with eval_mode(sae):
+    bar = tqdm(total=6 + 2 * n_random, desc="ablation", unit="pass", disable=not progress)
+    with eval_mode(sae), bar:
         pos_z = mean_latents(model, point, sae, positive)
         neg_z = mean_latents(model, point, sae, negative)
+        bar.update(2)
         order = rank_concept_latents(pos_z, neg_z)
         top = order[:m].tolist()
         gap = (pos_z.mean(0) - neg_z.mean(0))[order[:m]].tolist()
         draws = _random_draws(pos_z, order, m, n_random, seed)
 
         def mean_on(data, latents) -> float:
-            return _target_values(model, point, sae, data, target, latents).mean().item()
+            value = _target_values(model, point, sae, data, target, latents).mean().item()
+            bar.update(1)
+            return value
 
         return AblationResult(
             point=point,

@@ -14,6 +14,7 @@ the residual *before* ln2 and only runs with ``cfg.use_hook_mlp_in``.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -24,6 +25,23 @@ KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "mlp_in"
 _VOCAB = re.compile(r"^(resid_pre|resid_mid|resid_post|attn_out|mlp_out|mlp_in)\.(-?\d+)$")
 # TransformerLens names of what the MLP reads, first present wins (see the docstring).
 _TL_MLP_IN = ("blocks.{}.ln2.hook_normalized", "blocks.{}.mlp.hook_in")
+_TL_NAME = re.compile(r"^blocks\.(\d+)\.hook_(resid_pre|resid_mid|resid_post|attn_out|mlp_out)$")
+
+
+def point_from_hook_name(name: str) -> str | None:
+    """``blocks.L.hook_resid_post`` (TransformerLens / SAELens) -> ``resid_post.L``; None for
+    names outside the shared vocabulary."""
+    match = _TL_NAME.match(name)
+    return f"{match.group(2)}.{match.group(1)}" if match else None
+
+
+def hook_name_of_point(point: str) -> str | None:
+    """``resid_post.L`` -> ``blocks.L.hook_resid_post``; a TL name stays itself; None otherwise."""
+    match = _VOCAB.match(point)
+    if match:
+        return f"blocks.{match.group(2)}.hook_{match.group(1)}"
+    return point if _TL_NAME.match(point) else None
+
 
 # Block lists of the families we know, tried in order before the generic fallback.
 BLOCK_PATHS = (
@@ -127,6 +145,9 @@ def resolve_point(model: nn.Module, point: str) -> HookLocation:
     """The location of ``point`` in ``model``; ValueError listing valid names if none."""
     if not isinstance(point, str):
         raise TypeError(f"a hook point is a str, got {type(point).__name__}: {point!r}")
+    mapped = None if is_transformer_lens(model) else point_from_hook_name(point)
+    if mapped:  # SAELens / TransformerLens names work on Hugging Face models too
+        return dataclasses.replace(resolve_point(model, mapped), point=point)
     match = _VOCAB.match(point)
     if match:
         kind, layer = match.group(1), int(match.group(2))

@@ -88,6 +88,7 @@ def run_report(args: argparse.Namespace) -> int:
         n_latents=args.n_latents,
         n_examples=args.n_examples,
         max_rows=args.max_rows,
+        progress=not getattr(args, "quiet", False),
     )
     print(f"report written to {index}")
     return 0

@@ -12,7 +12,7 @@ from .encoders import (
     ResNetEncoder,
     register_encoder,
 )
-from .formats import export_saelens, import_saelens
+from .formats import export_saelens, import_saelens, saelens_metadata
 from .jump import JumpSAE, heaviside, jump_relu
 from .kernels import KERNELS
 from .matryoshka import MatryoshkaBatchTopKSAE
@@ -53,4 +53,5 @@ __all__ = [
     "load_overcomplete_state_dict",
     "load_sae",
     "register_encoder",
+    "saelens_metadata",
 ]

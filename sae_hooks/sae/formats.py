@@ -9,6 +9,16 @@ threshold broadcast to every latent; export does the same. Our input_scale is fo
 into the weights (W_enc * s, W_dec / s, b_dec / s) so the files run on raw activations,
 and our own config rides along under the "sae_hooks" key (SAELens ignores unknown
 keys), so that import restores the exact variant and its input_scale.
+
+Where the activations come from: export writes SAELens's `metadata.hook_name` /
+`metadata.model_name` (and the same keys at the top level, for SAELens < 6) from our
+hook point (`resid_post.6` -> `blocks.6.hook_resid_post`); `saelens_metadata` reads
+them back, mapped to our vocabulary (which also resolves on Hugging Face models).
+`rescale_acts_by_decoder_norm: true` (SAELens's default for TopK/BatchTopK training)
+computes acts = act(n * pre) and decodes acts / n with n = |W_dec rows|; import folds
+it (W_enc and b_enc times n, W_dec rows over n), which leaves codes and outputs equal.
+Settings with no equivalent here are refused by name (hook_head_index,
+reshape_activations, normalize_activations).
 """
 
 from __future__ import annotations
@@ -22,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from sae_hooks.hooks.points import hook_name_of_point, point_from_hook_name
 
 from .base import SAE, SAE_REGISTRY, read_safetensors
 from .batchtopk import BatchTopKSAE
@@ -43,8 +55,18 @@ _SAELENS_NAME = {
 
 
 @torch.no_grad()
-def export_saelens(sae: SAE, path: str | os.PathLike) -> Path:
-    """Write `sae` as an SAELens inference SAE; returns the directory."""
+def export_saelens(
+    sae: SAE,
+    path: str | os.PathLike,
+    *,
+    point: str | None = None,
+    model_name: str | None = None,
+    hook_name: str | None = None,
+) -> Path:
+    """Write `sae` as an SAELens inference SAE; returns the directory.
+
+    point (ours, e.g. "resid_post.6") or hook_name (SAELens's, e.g.
+    "blocks.6.hook_resid_post") and model_name say where SAELens should hook it."""
     from safetensors.torch import save_file
 
     if not isinstance(sae.encoder, LinearEncoder):
@@ -85,10 +107,17 @@ def export_saelens(sae: SAE, path: str | os.PathLike) -> Path:
         normalize_activations="none",
         reshape_activations="none",
     )
+    hook_name = hook_name or (hook_name_of_point(point) or point if point else None)
+    if hook_name or model_name:
+        where = {"hook_name": hook_name, "model_name": model_name, "hook_head_index": None}
+        cfg["metadata"] = {k: v for k, v in where.items() if v is not None}
+        cfg.update(cfg["metadata"])  # SAELens < 6 read them at the top level
     with contextlib.suppress(
         ValueError
     ):  # a custom normalisation: SAELens still gets exact weights
         cfg["sae_hooks"] = {"config": sae.config(), "input_scale": float(scale)}
+        if point:
+            cfg["sae_hooks"]["point"] = point
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous() for k, v in tensors.items()}, path / SAELENS_WEIGHTS)
@@ -112,6 +141,8 @@ def import_saelens(path: str | os.PathLike, device: str | torch.device = "cpu") 
     for key, size in (("d_in", d), ("d_sae", nb)):
         if key in cfg and cfg[key] != size:
             raise ValueError(f"cfg.json says {key}={cfg[key]} but the weights have {size}")
+    if cfg.get("rescale_acts_by_decoder_norm"):
+        w_enc, b_enc, w_dec = _fold_decoder_norm(w_enc, b_enc, w_dec)
     if not cfg.get("apply_b_dec_to_input", True):
         b_enc = b_enc + b_dec @ w_enc  # we always centre the encoder's input on b_dec
     threshold = tensors.get("threshold")
@@ -167,12 +198,62 @@ def _read_saelens_config(path: Path) -> tuple[dict[str, Any], str]:
         raise ValueError(
             f"unsupported SAELens architecture {arch!r}; supported: {list(SAELENS_ARCHITECTURES)}"
         )
+    _refuse_unrepresentable(cfg, cfg_path)
     if cfg.get("normalize_activations", "none") not in ("none", None):
         raise ValueError(
             f"normalize_activations={cfg['normalize_activations']!r} is not supported; fold the "
             "normalisation into the weights (SAELens: fold_activation_norm_scaling_factor) first"
         )
     return cfg, arch
+
+
+def _refuse_unrepresentable(cfg: dict[str, Any], where: Path) -> None:
+    """SAELens settings that change what the SAE computes and have no equivalent here."""
+    meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+    head = cfg.get("hook_head_index", meta.get("hook_head_index"))
+    if head is not None:
+        raise ValueError(
+            f"{where}: hook_head_index={head!r} (an SAE on one attention head) is not supported; "
+            "sae-hooks SAEs read whole hook-point activations"
+        )
+    reshape = cfg.get("reshape_activations", "none")
+    if reshape not in ("none", None):
+        raise ValueError(
+            f"{where}: reshape_activations={reshape!r} is not supported (only 'none'): the SAE "
+            "would read per-head activations reshaped by SAELens"
+        )
+    for key in ("rescale_acts_by_decoder_norm", "apply_b_dec_to_input"):
+        if key in cfg and not isinstance(cfg[key], bool):
+            raise ValueError(f"{where}: {key} must be true or false, got {cfg[key]!r}")
+
+
+def _fold_decoder_norm(
+    w_enc: torch.Tensor, b_enc: torch.Tensor, w_dec: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """rescale_acts_by_decoder_norm folded into the weights: same codes, same outputs."""
+    norm = w_dec.norm(dim=-1)
+    if bool((norm == 0).any()) or not bool(torch.isfinite(norm).all()):
+        bad = int(((norm == 0) | ~torch.isfinite(norm)).sum())
+        raise ValueError(
+            f"rescale_acts_by_decoder_norm: {bad} W_dec rows have norm 0 or non-finite; "
+            "their codes are undefined and cannot be folded"
+        )
+    return w_enc * norm, b_enc * norm, w_dec / norm[:, None]
+
+
+def saelens_metadata(path: str | os.PathLike) -> dict[str, str | None]:
+    """model_name, hook_name and our hook point (hook_name mapped to e.g. resid_post.6,
+    valid on Hugging Face and TransformerLens models alike) of an SAELens directory."""
+    cfg, _ = _read_saelens_config(Path(path))
+    meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+    hook = meta.get("hook_name") or cfg.get("hook_name")
+    ours = cfg.get("sae_hooks") if isinstance(cfg.get("sae_hooks"), dict) else {}
+    point = ours.get("point") or (point_from_hook_name(hook) or hook if hook else None)
+    return {
+        "model_name": meta.get("model_name") or cfg.get("model_name"),
+        "hook_name": hook,
+        "point": point,
+    }
 
 
 def _our_sae(ours: dict[str, Any], arch: str, device: str | torch.device) -> tuple[SAE, float]:

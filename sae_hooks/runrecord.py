@@ -1,0 +1,186 @@
+"""run.json: what made a run directory, so later commands need only the directory.
+
+Every run directory (CLI capture, `run_pipeline`, the recipes, a sweep) holds one
+run.json at its root:
+
+    {"format": 1,
+     "model": {"family": "minilm", "model_dir": "/abs/path" | null, "hub_id": null,
+               "revision": null, "tiny": false, "name": "..."},
+     "tokenizer": "/abs/path" | "pydoc-bpe" | null,
+     "points": ["resid_post.3"],
+     "corpus": {"data": "pydoc", "text_field": "text", "context_length": 128,
+                "split": "train: all documents but the held-out last tenth", ...},
+     "created_by": "sae-hooks capture"}
+
+"pydoc-bpe" is the offline tokenizer of the --tiny models (`models.pydoc_tokenizer`),
+which is rebuilt identically on demand. eval, ablate, report and inspect read this file
+to load the model, the tokenizer and the held-out part of the corpus by themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+RUN_RECORD = "run.json"
+PYDOC_TOKENIZER = "pydoc-bpe"
+FORMAT = 1
+SPLIT_TRAIN = "train: all documents but the held-out last tenth (sae_hooks.data.splits)"
+SPLIT_ALL = "all: the whole corpus (no held-out part)"
+
+
+@dataclass
+class RunRecord:
+    """The model, tokenizer, hook points and corpus a run directory was made from."""
+
+    model: dict[str, Any] = field(default_factory=dict)
+    tokenizer: str | None = None
+    points: list[str] = field(default_factory=list)
+    corpus: dict[str, Any] = field(default_factory=dict)
+    created_by: str = ""
+    format: int = FORMAT
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = RUN_RECORD) -> RunRecord:
+        if not isinstance(data, dict):
+            raise ValueError(f"{where} must hold a JSON object")
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)
+
+    def summary(self) -> str:
+        """Two or three lines for `inspect`."""
+        m = self.model
+        where = m.get("model_dir") or m.get("hub_id") or ("random init" if m.get("tiny") else "?")
+        rev = f" @ {m['revision']}" if m.get("revision") else ""
+        lines = [f"model: {m.get('family') or m.get('name') or '?'} ({where}{rev})"]
+        lines.append(f"tokenizer: {self.tokenizer or 'none recorded'}")
+        lines.append(f"hook points: {', '.join(self.points) or 'none'}")
+        c = self.corpus
+        if c:
+            data = c.get("data") or c.get("source") or "?"
+            field_ = (
+                f", field {c['text_field']!r}" if c.get("text_field") not in (None, "text") else ""
+            )
+            lines.append(f"corpus: {data}{field_}; {c.get('split', 'split not recorded')}")
+        return "\n".join(lines)
+
+
+def model_record(
+    family: str | None,
+    model_dir: str | os.PathLike | None = None,
+    *,
+    tiny: bool = False,
+    revision: str | None = None,
+    hub_id: str | None = None,
+    name: str | None = None,
+) -> dict[str, Any]:
+    """The "model" entry: a local directory is made absolute so the record survives a cd."""
+    if model_dir is None and family == "minilm" and not tiny:
+        from sae_hooks.models import minilm_dir
+
+        model_dir = minilm_dir()
+    local = str(Path(model_dir).expanduser().resolve()) if model_dir is not None else None
+    if revision is None and local is not None:
+        revision = _snapshot_revision(Path(local))
+    return {
+        "family": family,
+        "model_dir": local,
+        "hub_id": hub_id,
+        "revision": revision,
+        "tiny": bool(tiny),
+        "name": name or (f"tiny-{family}" if tiny else (hub_id or family)),
+    }
+
+
+def _snapshot_revision(path: Path) -> str | None:
+    """A Hugging Face cache snapshot directory (.../snapshots/<commit>) names its revision."""
+    return path.name if path.parent.name == "snapshots" else None
+
+
+def tokenizer_record(tokenizer: Any, model_dir: str | None = None) -> str | None:
+    """Where the tokenizer can be loaded from again: a directory, "pydoc-bpe" or None."""
+    if tokenizer is None:
+        return None
+    where = str(getattr(tokenizer, "name_or_path", "") or "")
+    if "sae-hooks-tokenizer-" in where:  # models.pydoc_tokenizer's temporary directory
+        return PYDOC_TOKENIZER
+    if where and Path(where).is_dir():
+        return str(Path(where).resolve())
+    return model_dir
+
+
+def find_run_dir(path: str | os.PathLike, levels: int = 3) -> Path | None:
+    """The run directory holding `path` (itself, or up to `levels` parents) by its run.json."""
+    p = Path(path).expanduser()
+    for candidate in [p, *list(p.parents)[:levels]]:
+        if (candidate / RUN_RECORD).is_file():
+            return candidate
+    return None
+
+
+def read_run_record(path: str | os.PathLike) -> RunRecord | None:
+    """The record of the run holding `path` (a run, store, train or SAE directory), or None."""
+    run = find_run_dir(path)
+    if run is None:
+        return None
+    where = run / RUN_RECORD
+    try:
+        data = json.loads(where.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{where} is not valid JSON: {err}") from None
+    return RunRecord.from_dict(data, str(where))
+
+
+def write_run_record(run_dir: str | os.PathLike, record: RunRecord) -> Path:
+    """Write run_dir/run.json; hook points already recorded there are kept (capture adds)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    where = run_dir / RUN_RECORD
+    if where.is_file():
+        try:
+            old = RunRecord.from_dict(json.loads(where.read_text(encoding="utf-8")))
+        except (ValueError, json.JSONDecodeError, UnicodeDecodeError):
+            old = None
+        if old is not None:
+            record.points = [*old.points, *(p for p in record.points if p not in old.points)]
+    where.write_text(json.dumps(record.to_dict(), indent=2) + "\n")
+    return where
+
+
+def load_tokenizer(record: RunRecord) -> Any:
+    """The recorded tokenizer (an object or a directory the report can open), or None."""
+    if record.tokenizer == PYDOC_TOKENIZER:
+        from sae_hooks.models import pydoc_tokenizer
+
+        return pydoc_tokenizer()
+    if record.tokenizer and Path(record.tokenizer).is_dir():
+        return record.tokenizer
+    return None
+
+
+def infer_model_record(model: Any, tokenizer: Any = None, name: str | None = None) -> dict:
+    """A best-effort model entry for a model object (the API pipeline): family from its
+    class, local directory from config._name_or_path; random-init when there is none."""
+    cls = type(model).__name__
+    family = {
+        "GPT2LMHeadModel": "gpt2",
+        "BertModel": "minilm",
+        "ViTForImageClassification": "vit",
+        "HookedTransformer": "tl-gpt2",
+    }.get(cls)
+    where = str(getattr(getattr(model, "config", None), "_name_or_path", "") or "")
+    local = where if where and Path(where).is_dir() else None
+    hub = where if where and local is None else None
+    tiny = not where
+    rec = model_record(family, local, tiny=tiny, hub_id=hub, name=name) if family else None
+    if rec is None:
+        rec = {"family": None, "model_dir": local, "hub_id": hub, "revision": None}
+        rec.update(tiny=tiny, name=name or cls)
+    rec["class"] = cls
+    return rec
