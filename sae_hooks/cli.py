@@ -370,7 +370,7 @@ def _sae_and_point(args: argparse.Namespace):
     from sae_hooks.sae import load_sae
 
     sae_dir = _sae_dir(args)
-    if not sae_dir.is_dir():
+    if not sae_dir.exists():  # a file is load_sae's to name (a pickle, say)
         raise FileNotFoundError(
             f"no SAE at {sae_dir}; train one with `sae-hooks train --run {args.run}"
             + (f" --name {args.name}`" if args.name != DEFAULT_NAME else "`")

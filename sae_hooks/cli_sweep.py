@@ -56,16 +56,11 @@ def add_sweep_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
 
 def read_sweep_config(path: str | Path, train_flags: set[str] = frozenset()) -> dict[str, Any]:
     """{"axes", "train", "store", "out"} from a TOML file with a [sweep] table."""
-    from sae_hooks.cli_args import tomllib
+    from sae_hooks.run_config import read_toml
     from sae_hooks.train import TrainConfig
 
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"sweep config {path} does not exist") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ValueError(f"sweep config {path} is not valid TOML: {e}") from None
+    data = read_toml(path)  # the run.toml reader: a sweep file is a run.toml with [sweep]
     table = data.get(SWEEP_TABLE)
     if not isinstance(table, dict) or not table:
         raise ValueError(

@@ -124,22 +124,25 @@ def test_train_flags(case, cache, capsys):
 
 
 TOML_CASES = {
-    "store-int": ("store = 5", "store must be a str (like --store), got 5"),
-    "point-int": ("point = 5", "point must be a non-empty hook-point name or None, got 5"),
-    "quiet-str": ('quiet = "yes"', "quiet must be a bool"),
-    "extra-evil": ("extra = {evil = 1}", "extra has ['evil'], which TopKSAE"),
+    "store-int": ("store = 5", "[train] store: expected str, got 5 (int)"),
+    "point-int": ("point = 5", "[train] point: expected str, got 5 (int)"),
+    "quiet-str": ('quiet = "yes"', "[train] quiet: expected bool, got 'yes' (str)"),
+    "extra-evil": ("extra = {evil = 1}", "[train] extra: topk SAEs take no argument ['evil']"),
     "extra-top-k": ("extra = {top_k = 3}", "extra sets ['top_k']"),
-    "extra-not-table": ('extra = "x"', "extra must be a dict"),
-    "compile-str": ('compile = "yes"', "compile must be a bool, got 'yes'"),
-    "batch-size-str": ('batch_size = "32"', "batch_size must be an int >= 1, got '32'"),
-    "nb-concepts-float": ("nb_concepts = 1e12", "nb_concepts must be an int >= 1"),
-    "adam-betas-str": ('adam_betas = "x"', "adam_betas must be two floats"),
-    "adam-betas-three": ("adam_betas = [0.9, 0.99, 0.5]", "adam_betas must be two floats"),
+    "extra-not-table": ('extra = "x"', "[train] extra: expected dict, got 'x' (str)"),
+    "compile-str": ('compile = "yes"', "[train] compile: expected bool, got 'yes' (str)"),
+    "batch-size-str": ('batch_size = "32"', "[train] batch_size: expected int, got '32' (str)"),
+    "nb-concepts-float": (
+        "nb_concepts = 1e12",
+        "[train] nb_concepts: expected int, got 1000000000000.0",
+    ),
+    "adam-betas-str": ('adam_betas = "x"', "[train] adam_betas: expected tuple of float, got 'x'"),
+    "adam-betas-three": ("adam_betas = [0.9, 0.99, 0.5]", "adam_betas: expected tuple of float"),
     "dtype": ('dtype = "int8"', "dtype must be one of"),
     "b-dec-init": ('b_dec_init = "median"', "b_dec_init must be one of"),
     "device-cuda": ('device = "cuda"', "'cuda' is not available"),
     "warmup-fraction": ("warmup_fraction = 2.0", "warmup_fraction must be a number in"),
-    "unknown-key": ("evil = 1", "unknown keys ['evil']"),
+    "unknown-key": ("evil = 1", "[train]: unknown key 'evil'; valid keys:"),
 }
 
 
@@ -281,10 +284,10 @@ MODEL_CASES = {
     "eval-train-config-garbled": (["eval", *EVAL], "not a JSON object"),
     "ablate-token-out-of-vocab": (
         ["ablate", *ABLATE, "--target", "token:99999"],
-        "token 99999 is outside the model's vocabulary of 512 tokens (0..511)",
+        "--target token:99999: the vocabulary has ids 0..511",
     ),
     "ablate-target-unknown": (["ablate", *ABLATE, "--target", "logit:3"], "is not valid"),
-    "ablate-target-token-word": (["ablate", *ABLATE, "--target", "token:the"], "is not valid"),
+    "ablate-target-token-word": (["ablate", *ABLATE, "--target", "token:the"], "give one token"),
     "ablate-point": (["ablate", *ABLATE, "--point", "resid_post.2"], "differs from"),
     "ablate-family": (
         ["ablate", *ABLATE[:1], "minilm", *ABLATE[2:]],
