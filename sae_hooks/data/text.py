@@ -12,6 +12,7 @@ order; in "truncate" mode that is the document index.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -113,6 +114,27 @@ class TextBatches:
             f"text: {len(texts)} documents, {mode} to {context_length} tokens, batch {batch_size}"
         )
 
+    def fingerprint(self) -> dict[str, Any]:
+        """What decides these batches' tokens, for a store to check on resume: the
+        tokenizer (name and a hash of its vocabulary), context length, batch size, mode,
+        and the documents (their count and a hash of up to 1024 spread over them)."""
+        tok = self.tokenizer
+        vocab = tok.get_vocab() if hasattr(tok, "get_vocab") else {}
+        step = max(1, len(self.texts) // 1024)
+        docs = hashlib.sha256()
+        for t in self.texts[::step]:
+            docs.update(hashlib.sha256(t.encode("utf-8", "surrogatepass")).digest())
+        return {
+            "tokenizer": str(getattr(tok, "name_or_path", "") or type(tok).__name__),
+            "vocab": hashlib.sha256(json.dumps(sorted(vocab.items())).encode()).hexdigest()[:16],
+            "context_length": self.context_length,
+            "batch_size": self.batch_size,
+            "mode": self.mode,
+            "special_tokens": [self.prefix, self.suffix],
+            "documents": len(self.texts),
+            "documents_hash": docs.hexdigest()[:16],
+        }
+
     def __len__(self) -> int:
         if self.mode != "truncate":
             raise TypeError("the number of 'chunk' batches is known only after tokenizing")
@@ -173,20 +195,14 @@ def load_texts(spec: str | os.PathLike) -> list[str]:
         files = sorted(path.rglob("*.txt"))
         if not files:
             raise ValueError(f"{path} holds no .txt files")
-        docs = [f.read_text(encoding="utf-8") for f in files]
+        docs = [_read_utf8(f) for f in files]
     elif path.suffix == ".jsonl" and path.is_file():
-        lines = path.read_text(encoding="utf-8").splitlines()
-        docs = []
-        for i, line in enumerate(lines, 1):
-            if line.strip():
-                try:
-                    docs.append(json.loads(line)["text"])
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    raise ValueError(
-                        f'{path}:{i}: each line must be a JSON object with a "text" field'
-                    ) from None
+        docs = [
+            _jsonl_text(path, i, line) for i, line in enumerate(_read_utf8(path).splitlines(), 1)
+        ]
+        docs = [d for d in docs if d is not None]
     elif path.is_file():
-        docs = [p.strip() for p in path.read_text(encoding="utf-8").split("\n\n")]
+        docs = [p.strip() for p in _read_utf8(path).split("\n\n")]
     else:
         raise FileNotFoundError(
             f"no text data at {path}; give 'pydoc', a .txt or .jsonl file, or a directory of .txt files"
@@ -195,3 +211,32 @@ def load_texts(spec: str | os.PathLike) -> list[str]:
     if not docs:
         raise ValueError(f"{path} holds no text")
     return docs
+
+
+def _read_utf8(path: Path) -> str:
+    """A text file's contents; a file that is not UTF-8 is named with the offending byte."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        bad = err.object[err.start : err.start + 1].hex()
+        raise ValueError(
+            f"{path} is not UTF-8 text (byte 0x{bad} at offset {err.start}); "
+            "convert it, e.g. iconv -f latin1 -t utf-8"
+        ) from None
+
+
+def _jsonl_text(path: Path, lineno: int, line: str) -> str | None:
+    """The "text" string of one .jsonl line (None for a blank line)."""
+    if not line.strip():
+        return None
+    try:
+        text = json.loads(line)["text"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise ValueError(
+            f'{path}:{lineno}: each line must be a JSON object with a "text" field'
+        ) from None
+    if not isinstance(text, str):
+        raise ValueError(
+            f'{path}:{lineno}: "text" must be a string, got {type(text).__name__} {text!r}'
+        )
+    return text

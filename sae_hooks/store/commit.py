@@ -85,9 +85,7 @@ class CommitThread:
         self._buffered = 0
         # Appends not yet committed: (end row, sum of rows, sum of squared norms, whether
         # it completes its input batch).
-        self._pending: deque[tuple[int, dict[str, np.ndarray], dict[str, float], bool]] = (
-            deque()
-        )
+        self._pending: deque[tuple[int, dict[str, np.ndarray], dict[str, float], bool]] = deque()
         self.queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self.error: BaseException | None = None
         self._last_commit = time.monotonic()

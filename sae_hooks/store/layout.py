@@ -236,7 +236,7 @@ def sharded_world_size(
     """The number of rank stores at `location`, or None if it is not a sharded store."""
     try:
         attrs = dict(open_group(location, "r", storage_options).attrs)
-    except (FileNotFoundError, zarr.errors.BaseZarrError):
+    except (FileNotFoundError, zarr.errors.BaseZarrError, ValueError):
         return None
     meta = attrs.get(SHARDED_ATTR)
     return int(meta["world_size"]) if isinstance(meta, dict) else None
