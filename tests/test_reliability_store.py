@@ -17,12 +17,13 @@ from helpers import POINTS, D, make_batch
 from sae_hooks.data import load_texts, text_batches
 from sae_hooks.hooks import capture_batch
 from sae_hooks.store import (
+    StoreDamagedError,
     StoreLockedError,
+    StoreMismatchError,
     StoreWriter,
     capture_to_store,
     open_store,
 )
-from sae_hooks.store.interface import StoreDamagedError, StoreMismatchError
 
 CAPTURE_POINTS = ["resid_post.1", "resid_mid.2"]
 
