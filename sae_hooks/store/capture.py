@@ -212,11 +212,9 @@ def _fingerprint(
 ) -> dict[str, Any]:
     """What defines the rows of this capture (see sae_hooks.store.fingerprint)."""
     described = getattr(batches.data, "fingerprint", None)
-    description = getattr(batches.data, "description", None)  # a wrapper may have none
     return {
         "model_class": type(model).__name__,
         "model_weights": model_hash(model),
-        **({"source": description} if isinstance(description, str) else {}),
         "first_batch": inputs_hash(first.inputs),
         "first_doc_offset": first.doc_offset,
         "drop_bos": bool(drop_bos),

@@ -2,7 +2,11 @@
 
 A resume appends rows after the committed ones, so it must produce the rows an
 uninterrupted capture would have: the same model weights, tokenizer, context
-length, batch size, data and capture settings. The fingerprint is a flat dict of
+length, batch size, data and capture settings. The data source describes itself
+through a `fingerprint()` method (TextBatches: tokenizer, vocabulary hash, context
+length, batch size, mode, documents); any source adds a hash of its input batch 0.
+A wrapper's description is not compared: wrapping a source (an interruptible
+adapter, a rank split) must not block its resume. The fingerprint is a flat dict of
 JSON values kept in the store's `fingerprint` attribute; a resume whose
 fingerprint differs in any field both sides record is refused, naming the fields.
 
