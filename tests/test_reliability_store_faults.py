@@ -32,7 +32,7 @@ from sae_hooks.store import open_store
 
 DEFAULT_FAULT_SEED = 20240611
 SEED = int(os.environ.get("SAE_HOOKS_FAULT_SEED", DEFAULT_FAULT_SEED))
-TRIALS = 14
+TRIALS = 10
 POINTS = ["resid_post.1", "resid_mid.2"]
 STEPS = ("write", "swap", "mkdir")
 

@@ -91,8 +91,13 @@ def held(where: str) -> None:
     _open_here.add(where)
 
 
+def forget(where: str) -> None:
+    """This process no longer holds `where` (its writer failed while opening)."""
+    _open_here.discard(where)
+
+
 def release(group: zarr.Group, where: str) -> None:
     """Forget the hold first: even if the attribute write fails (full disk), this process
     may reopen the store, whose lock then names a holder that is known to be gone."""
-    _open_here.discard(where)
+    forget(where)
     group.update_attributes({LOCK_ATTR: None})

@@ -176,6 +176,16 @@ class StoreWriter:
             )
             self._open_new(location, mode, storage_options, attrs)
             lock.held(self.where)
+        try:
+            self._start(attrs, mode, compressors, commit_interval, queue_size)
+        except BaseException:
+            lock.forget(self.where)  # a later writer of this process may take the store
+            raise
+
+    def _start(
+        self, attrs: dict, mode: str, compressors: Any, commit_interval: float, queue_size: int
+    ) -> None:
+        """Open (or create) the arrays and start the writer thread."""
         self.dtype: str = attrs["dtype"]
         self.points: list[str] = list(attrs["points"])
         self.d_model: dict[str, int] = dict(attrs["d_model"])
