@@ -196,10 +196,12 @@ def _run_dir(args: argparse.Namespace) -> Path:
 
 
 def _load_model(args: argparse.Namespace):
+    from sae_hooks.devices import available_device
     from sae_hooks.models import load_model
 
     if not args.family:
         raise ValueError("--family is required: one of minilm, gpt2, vit, tl-gpt2")
+    available_device(args.device)
     return load_model(
         args.family,
         args.model_dir,
@@ -229,14 +231,45 @@ def _sae_and_point(args: argparse.Namespace):
 
     sae_dir = Path(args.sae) if args.sae else _run_dir(args) / "train" / "sae"
     sae = load_sae(sae_dir, device=getattr(args, "device", "cpu")).eval()
-    point = args.point
-    if point is None:
-        config = sae_dir.parent / "config.json"
-        if config.is_file():
-            point = json.loads(config.read_text()).get("point")
+    config = sae_dir.parent / "config.json"
+    trained_on = None
+    if config.is_file():
+        try:
+            trained_on = json.loads(config.read_text()).get("point")
+        except (ValueError, AttributeError):
+            raise ValueError(f"{config} is not a JSON object (a damaged training config)") from None
+    point = args.point or trained_on
     if point is None:
         raise ValueError(f"--point is needed: {sae_dir} does not record its hook point")
+    if trained_on is not None and point != trained_on:
+        raise ValueError(
+            f"--point {point} differs from {trained_on!r}, the point the SAE at {sae_dir} was "
+            f"trained on ({config}); drop --point or give {trained_on}"
+        )
     return sae, point
+
+
+def _check_model_matches_store(args: argparse.Namespace, model) -> None:
+    """The run's own SAE must meet the model its store was captured from (--family, --model-dir)."""
+    from sae_hooks.store import open_store
+    from sae_hooks.store.capture import _model_name
+
+    store_dir = _run_dir(args) / "store"
+    if args.sae or not (store_dir / "zarr.json").is_file():
+        return
+    captured, given = open_store(str(store_dir)).model, _model_name(model)
+    if captured and captured != given:
+        raise ValueError(
+            f"--family {args.family} loads model {given!r}, but the SAE of run {args.run!r} was "
+            f"trained on activations of {captured!r} ({store_dir}); give the --family and "
+            "--model-dir of the capture"
+        )
+
+
+def _vocab_size(model) -> int | None:
+    config = getattr(model, "config", None) or getattr(model, "cfg", None)
+    size = getattr(config, "vocab_size", None) or getattr(config, "d_vocab", None)
+    return size if isinstance(size, int) else None
 
 
 # -------------------------------------------------------------------------- commands
@@ -282,6 +315,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     model, processor = _load_model(args)
     sae, point = _sae_and_point(args)
+    _check_model_matches_store(args, model)
     data = _inputs(args, model, processor)
     result = evaluate_reconstruction(
         model, point, sae, data, max_batches=args.max_batches, progress=not args.quiet
@@ -304,12 +338,19 @@ def cmd_ablate(args: argparse.Namespace) -> None:
         raise ValueError("ablate from the CLI takes texts; for images use concept_ablation()")
     model, tokenizer = _load_model(args)
     sae, point = _sae_and_point(args)
+    _check_model_matches_store(args, model)
     pos = text_examples(load_texts(args.positive), tokenizer, context_length=args.context_length)
     neg = text_examples(load_texts(args.negative), tokenizer, context_length=args.context_length)
     kind, _, value = args.target.partition(":")
     if kind == "similarity":
         target = centroid_similarity(model, pos)
     elif kind == "token" and value.isdigit():
+        vocab = _vocab_size(model)
+        if vocab is not None and int(value) >= vocab:
+            raise ValueError(
+                f"--target {args.target}: token {value} is outside the model's vocabulary "
+                f"of {vocab} tokens (0..{vocab - 1})"
+            )
         target = token_logprob(int(value))
     elif kind == "class" and value.isdigit():
         target = class_logit(int(value))
@@ -400,7 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 table = {k: v for k, v in table.items() if k not in fields}
             apply_file_section(sub, args, table, f"{args.config} [{args.command}]")
         args.handler(args)
-    except (ValueError, OSError, StoreLockedError, RuntimeError) as e:
+    except (ValueError, TypeError, OSError, StoreLockedError, RuntimeError) as e:
         print(f"sae-hooks {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -123,10 +123,35 @@ def apply_file_section(
     if unknown:
         valid = sorted(d for d in dests if d not in ("help", "config"))
         raise ValueError(f"{where}: unknown keys {unknown}; valid keys: {valid}")
+    actions = {a.dest: a for a in parser._actions}
     for key, value in table.items():
         dest = key.replace("-", "_")
+        _check_file_value(actions[dest], key, value, where)
         if getattr(args, dest, None) in (None, parser.get_default(dest)):
             setattr(args, dest, value)
+
+
+def _check_file_value(action: argparse.Action, key: str, value: Any, where: str) -> None:
+    """A config-file value must have the type its flag parses to (TOML has real types)."""
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        kinds: tuple[type, ...] = (bool,)
+    elif action.type in (int, float):
+        kinds = (int,) if action.type is int else (int, float)
+    else:
+        kinds = (str,)
+    values = (
+        value if isinstance(action, argparse._AppendAction) and isinstance(value, list) else [value]
+    )
+    bad = [
+        v for v in values if not isinstance(v, kinds) or (bool not in kinds and isinstance(v, bool))
+    ]
+    if bad:
+        names = " or ".join(k.__name__ for k in kinds)
+        raise ValueError(
+            f"{where}: {key} must be a {names} (like --{action.dest.replace('_', '-')}), got {value!r}"
+        )
+    if action.choices is not None and any(v not in action.choices for v in values):
+        raise ValueError(f"{where}: {key} must be one of {list(action.choices)}, got {value!r}")
 
 
 def fail(message: str) -> None:

@@ -36,3 +36,36 @@ def sae_device_dtype(sae: Any, like: Tensor | None = None) -> tuple[torch.device
     if like is not None:
         return like.device, like.dtype
     return torch.device("cpu"), torch.float32
+
+
+class DeviceUnavailableError(ValueError):
+    """A device this torch build or this machine cannot run on."""
+
+
+def available_device(device: str | torch.device) -> torch.device:
+    """`device` as a torch.device, refused up front when this torch cannot use it
+    (CUDA on a CPU-only build or a machine without a GPU, a GPU index past the last)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise DeviceUnavailableError(
+            f"{device!r} is not a torch device ({err}); use e.g. 'cpu', 'cuda', 'cuda:1', 'mps'"
+        ) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "is built without CUDA" if torch.version.cuda is None else "sees no GPU"
+            raise DeviceUnavailableError(
+                f"device {str(device)!r} is not available: this torch {torch.__version__} {why}; "
+                "use --device cpu (device='cpu')"
+            )
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise DeviceUnavailableError(
+                f"device {str(device)!r} is not available: this machine has {count} GPU(s), "
+                f"cuda:0..cuda:{count - 1}"
+            )
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceUnavailableError(
+            f"device {str(device)!r} is not available on this machine; use 'cpu'"
+        )
+    return dev

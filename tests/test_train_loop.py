@@ -319,3 +319,27 @@ def test_train_fvu_is_one_mean_over_the_window(small_rows, tmp_path, monkeypatch
     x_hat = torch.cat([b for _, b in seen[:3]])
     expected = (x - x_hat).double().pow(2).sum() / (x - x.mean(0)).double().pow(2).sum()
     assert first["fvu"] == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_model_source_holds_out_documents_by_their_index_in_the_source():
+    """An InputBatch's doc_offset decides which documents are held out, not the batch's
+    own numbering: with val_every_doc=3 and batches of 4, documents 0, 3 and 6 validate."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from sae_hooks.data import InputBatch
+    from sae_hooks.train import ModelSource
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(
+        GPT2Config(vocab_size=64, n_positions=8, n_embd=16, n_layer=2, n_head=2)
+    ).eval()
+    ids = torch.arange(8 * 8).reshape(8, 8) % 64
+    data = [
+        InputBatch({"input_ids": ids[i : i + 4], "attention_mask": torch.ones(4, 8)}, i, i // 4)
+        for i in (0, 4)
+    ]
+    source = ModelSource(model, "resid_post.0", data, val_every_doc=3)
+    val = torch.cat([v for _, v in source._captures(0)])
+    with torch.no_grad():
+        hidden = model(input_ids=ids, output_hidden_states=True).hidden_states[1]
+    torch.testing.assert_close(val, hidden[[0, 3, 6]].reshape(-1, 16))

@@ -42,6 +42,11 @@ def token_logprob(token_id: int) -> Target:
         else:  # works for left and right padding: the last position with mask 1
             m = mask.to(logits.device)
             last = (m * torch.arange(t, device=m.device)).argmax(1)
+        if not 0 <= token_id < logits.shape[-1]:
+            raise ValueError(
+                f"token_logprob({token_id}): the model's vocabulary has {logits.shape[-1]} "
+                f"tokens (0..{logits.shape[-1] - 1})"
+            )
         logp = torch.log_softmax(logits[torch.arange(b, device=logits.device), last].float(), -1)
         return logp[:, token_id]
 

@@ -52,8 +52,21 @@ def add_report_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     return p
 
 
+def _read_ablation(path: str) -> dict:
+    """One --ablation file: a JSON object, or an error naming the file."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--ablation {path}: no such file") from None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"--ablation {path} is not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"--ablation {path} must hold a JSON object (AblationResult.to_json())")
+    return data
+
+
 def run_report(args: argparse.Namespace) -> int:
-    ablations = [json.loads(Path(path).read_text()) for path in args.ablation] or None
+    ablations = [_read_ablation(path) for path in args.ablation] or None
     index = build_report(
         args.run_dir,
         store=args.store,

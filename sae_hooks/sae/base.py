@@ -10,12 +10,13 @@ import inspect
 import json
 import os
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -72,6 +73,11 @@ class SAE(TrainingContract, nn.Module):
     """None: decode only the active latents when the variant's code density is known
     to be at most MAX_SPARSE_DENSITY (TopK, BatchTopK); True / False force it on / off
     where the result cannot differ (see `_decodes_sparsely`). A speed switch only."""
+    check_finite: bool = False
+    """True: encode / forward refuse input holding NaN or inf with a ValueError. Off by
+    default: the check waits for the device once per call. Training never needs it (stores
+    and the train sources refuse non-finite rows), nor does `load_sae` (it refuses
+    non-finite weights); turn it on for activations of unknown origin."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -224,6 +230,11 @@ class SAE(TrainingContract, nn.Module):
 
     def _to_rows(self, x: torch.Tensor) -> torch.Tensor:
         """What the encoder reads: rows (N, d), or (B, *input_shape) for a structure encoder."""
+        if self.check_finite and isinstance(x, torch.Tensor) and not bool(x.isfinite().all()):
+            raise ValueError(
+                f"{type(self).__name__} input holds {int((~x.isfinite()).sum())} NaN or "
+                f"infinite values (check_finite=True); shape {tuple(x.shape)}"
+            )
         return shapes.encoder_input(
             x, self.input_shape, self._structured, type(self).__name__, self.dictionary.weight.dtype
         )
@@ -325,18 +336,7 @@ class SAE(TrainingContract, nn.Module):
 
     def load_weights(self, tensors: dict[str, torch.Tensor]) -> None:
         """Load a state dict strictly, adopting its floating dtype."""
-        legacy = legacy_encoder(self._encoder_name, tensors)
-        if legacy is not None:  # an SAE saved before its encoder name changed meaning
-            device = self.dictionary.weight.device
-            self.encoder, self._encoder_name, self._structured = build_encoder(
-                legacy, self.input_shape, self.nb_concepts, device
-            )
-        expected, got = set(self.state_dict()), set(tensors)
-        if expected != got:
-            raise ValueError(
-                f"weights do not match {type(self).__name__}: missing {sorted(expected - got)}, "
-                f"unexpected {sorted(got - expected)}"
-            )
+        self._match_layout(tensors)
         weight = tensors.get("dictionary.weight")
         if weight is not None and weight.is_floating_point():
             self.to(weight.dtype)
@@ -344,6 +344,22 @@ class SAE(TrainingContract, nn.Module):
             self.load_state_dict(tensors, strict=True)
         except RuntimeError as err:
             raise ValueError(f"weights do not fit {type(self).__name__}: {err}") from err
+
+    def _match_layout(self, names: Iterable[str]) -> None:
+        """Adopt the encoder layout the tensor names were saved with; the names must match."""
+        names = set(names)
+        legacy = legacy_encoder(self._encoder_name, names)
+        if legacy is not None:  # an SAE saved before its encoder name changed meaning
+            device = self.dictionary.weight.device
+            self.encoder, self._encoder_name, self._structured = build_encoder(
+                legacy, self.input_shape, self.nb_concepts, device
+            )
+        expected = set(self.state_dict())
+        if expected != names:
+            raise ValueError(
+                f"weights do not match {type(self).__name__}: missing {sorted(expected - names)}, "
+                f"unexpected {sorted(names - expected)}"
+            )
 
 
 SAE_REGISTRY[SAE.architecture] = SAE
@@ -373,8 +389,15 @@ def load_sae(path: str | os.PathLike, device: str | torch.device = "cpu") -> SAE
         raise ValueError(
             f"unknown SAE architecture {arch!r} in {config_path}; known: {sorted(SAE_REGISTRY)}"
         )
+    weights = path / WEIGHTS_FILE
+    # Sizes first, from the header alone: a config.json claiming 10**12 latents must not
+    # allocate anything before the weights file contradicts it.
+    skeleton = SAE_REGISTRY[arch].from_config(config, device="meta")
+    check_header(skeleton, read_safetensors_header(weights), weights)
     sae = SAE_REGISTRY[arch].from_config(config, device=device)
-    sae.load_weights(read_safetensors(path / WEIGHTS_FILE, device))
+    tensors = read_safetensors(weights, device)
+    check_finite(tensors, weights)
+    sae.load_weights(tensors)
     return sae.eval()  # inference is never silently in train mode (BatchTopK: batch top-k)
 
 
@@ -385,14 +408,74 @@ def read_safetensors(path: Path, device: str | torch.device = "cpu") -> dict[str
     try:  # the safetensors parser never unpickles; the pickle hint only explains a failure
         return load_file(path, device=str(device))  # (a header of 128 + 256 k bytes starts 0x80)
     except (SafetensorError, OSError, ValueError) as err:
-        hint = _pickle_hint(path)
-        if hint:
-            raise ValueError(
-                f"{path}{hint}; sae-hooks only reads safetensors and never unpickles"
-            ) from None
+        raise _unreadable(path, err) from None
+
+
+def read_safetensors_header(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    """name -> (shape, safetensors dtype such as "F32") from the header, reading no tensor."""
+    if not path.is_file():
+        raise FileNotFoundError(f"missing weights file {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {
+                k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype())
+                for k in f.keys()  # noqa: SIM118 - safe_open has no __iter__
+            }
+    except (SafetensorError, OSError, ValueError) as err:
+        raise _unreadable(path, err) from None
+
+
+def _unreadable(path: Path, err: Exception) -> ValueError:
+    hint = _pickle_hint(path)
+    if hint:
+        return ValueError(
+            f"{path} is not a safetensors file{hint}; sae-hooks only reads safetensors "
+            "and never unpickles"
+        )
+    return ValueError(f"{path} is not a readable safetensors file (truncated or corrupt?): {err}")
+
+
+_FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
+
+
+def check_header(skeleton: SAE, header: dict[str, tuple[tuple[int, ...], str]], path: Path) -> None:
+    """The file's tensor names, shapes and dtypes must be those `skeleton` (on the meta
+    device: nothing allocated) expects; floating tensors must be stored as floats."""
+    try:
+        skeleton._match_layout(header)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    wrong, not_float = [], []
+    for name, tensor in skeleton.state_dict().items():
+        shape, dtype = header[name]
+        if tuple(tensor.shape) != shape:
+            wrong.append(f"{name} is {list(shape)} in the file, {list(tensor.shape)} by the config")
+        if tensor.is_floating_point() and dtype not in _FLOAT_DTYPES:
+            not_float.append(f"{name} ({dtype})")
+    if wrong:
         raise ValueError(
-            f"{path} is not a readable safetensors file (truncated or corrupt?): {err}"
-        ) from err
+            f"the weights do not fit the config: {path} does not match "
+            f"{path.parent / CONFIG_FILE}: {'; '.join(wrong)}"
+        )
+    if not_float:
+        raise ValueError(
+            f"{path} stores {', '.join(not_float)}; SAE weights must be floating point "
+            f"(one of {', '.join(_FLOAT_DTYPES)})"
+        )
+
+
+def check_finite(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse NaN / inf weights, buffers and thresholds (one pass at load, never per step)."""
+    bad = [
+        f"{name} ({int((~torch.isfinite(t)).sum())} of {t.numel()})"
+        for name, t in tensors.items()
+        if t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
+    if bad:
+        raise ValueError(
+            f"{path} holds NaN or infinite values in {', '.join(bad)}; the SAE is damaged "
+            "(a diverged training?) and cannot be used"
+        )
 
 
 def _pickle_hint(path: Path) -> str:

@@ -81,44 +81,13 @@ class DictionaryLayer(nn.Module):
         self.in_dimensions = _positive_int("in_dimensions", in_dimensions)
         self.nb_concepts = _positive_int("nb_concepts", nb_concepts)
         d = self.in_dimensions
-        if isinstance(normalization, str):
-            if normalization not in NORMALIZATIONS:
-                raise ValueError(
-                    f"unknown dictionary normalization {normalization!r}; "
-                    f"valid: {sorted(NORMALIZATIONS)} or a callable"
-                )
-            self._normalize = NORMALIZATIONS[normalization]
-        elif callable(normalization):
-            self._normalize = normalization
-        else:
-            raise TypeError(
-                f"normalization must be a name in {sorted(NORMALIZATIONS)} or a callable, "
-                f"got {type(normalization).__name__}"
-            )
+        self._normalize = _normalization(normalization)
         self.normalization = normalization
         self.use_bias = bool(use_bias)
         self.use_multiplier = bool(use_multiplier)
         self.device = device
 
-        if initializer is None:
-            weight = _l2(torch.randn(nb_concepts, d, device=device))
-        elif isinstance(initializer, torch.Tensor):
-            if tuple(initializer.shape) != (nb_concepts, d):
-                raise ValueError(
-                    f"dictionary initializer must have shape (nb_concepts, in_dimensions) = "
-                    f"({nb_concepts}, {d}), got {tuple(initializer.shape)}"
-                )
-            weight = initializer.detach().to(device=device, dtype=torch.float32).clone()
-        elif callable(initializer):
-            weight = torch.empty(nb_concepts, d, device=device)
-            with torch.no_grad():
-                initializer(weight)
-        else:
-            raise TypeError(
-                "dictionary initializer must be a (nb_concepts, in_dimensions) tensor or an "
-                f"in-place init function, got {type(initializer).__name__}"
-            )
-        self.weight = nn.Parameter(weight)
+        self.weight = nn.Parameter(_initial_weight(initializer, nb_concepts, d, device))
         self.bias = nn.Parameter(torch.zeros(d, device=device)) if self.use_bias else None
         if self.use_multiplier:
             self.multiplier = nn.Parameter(torch.zeros((), device=device))
@@ -126,14 +95,17 @@ class DictionaryLayer(nn.Module):
             self.register_buffer("multiplier", torch.zeros((), device=device), persistent=False)
 
         if not isinstance(normalization, str):
-            with torch.no_grad():
-                out = self._normalize(self.weight)
-            if not isinstance(out, torch.Tensor) or out.shape != self.weight.shape:
-                got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-                raise ValueError(
-                    f"custom normalization must return a tensor of shape {(nb_concepts, d)}, "
-                    f"got {got}"
-                )
+            self._check_custom_normalization()
+
+    @torch.no_grad()
+    def _check_custom_normalization(self) -> None:
+        out = self._normalize(self.weight)
+        if not isinstance(out, torch.Tensor) or out.shape != self.weight.shape:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(
+                "custom normalization must return a tensor of shape "
+                f"{tuple(self.weight.shape)}, got {got}"
+            )
 
     @property
     def d(self) -> int:
@@ -207,3 +179,42 @@ def _positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return value
+
+
+def _normalization(normalization: Normalization) -> Callable[[torch.Tensor], torch.Tensor]:
+    if isinstance(normalization, str):
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(
+                f"unknown dictionary normalization {normalization!r}; "
+                f"valid: {sorted(NORMALIZATIONS)} or a callable"
+            )
+        return NORMALIZATIONS[normalization]
+    if callable(normalization):
+        return normalization
+    raise TypeError(
+        f"normalization must be a name in {sorted(NORMALIZATIONS)} or a callable, "
+        f"got {type(normalization).__name__}"
+    )
+
+
+def _initial_weight(
+    initializer: Initializer | None, nb_concepts: int, d: int, device: str | torch.device
+) -> torch.Tensor:
+    if initializer is None:
+        return _l2(torch.randn(nb_concepts, d, device=device))
+    if isinstance(initializer, torch.Tensor):
+        if tuple(initializer.shape) != (nb_concepts, d):
+            raise ValueError(
+                f"dictionary initializer must have shape (nb_concepts, in_dimensions) = "
+                f"({nb_concepts}, {d}), got {tuple(initializer.shape)}"
+            )
+        return initializer.detach().to(device=device, dtype=torch.float32).clone()
+    if callable(initializer):
+        weight = torch.empty(nb_concepts, d, device=device)
+        with torch.no_grad():
+            initializer(weight)
+        return weight
+    raise TypeError(
+        "dictionary initializer must be a (nb_concepts, in_dimensions) tensor or an "
+        f"in-place init function, got {type(initializer).__name__}"
+    )

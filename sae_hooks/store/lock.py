@@ -3,6 +3,8 @@
 An attribute (not a lock file) works on every fsspec backend. Two writers racing
 to start within the same instant are not excluded, which is acceptable for the
 failure it guards against: a second capture started by mistake on a live store.
+`check_lock` judges any holder record (pid, host, since): training run
+directories use it for their lock file (sae_hooks/train/runlock.py).
 """
 
 from __future__ import annotations
@@ -23,7 +25,11 @@ LOCK_ATTR = "writer"
 _open_here: set[str] = set()
 
 
-class StoreLockedError(RuntimeError):
+class LockedError(RuntimeError):
+    """Another live process holds this store or run directory."""
+
+
+class StoreLockedError(LockedError):
     """Another live process is writing this store."""
 
 
@@ -46,14 +52,27 @@ def holder_record() -> dict[str, Any]:
     return {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
 
 
-def check_lock(attrs: dict[str, Any], where: str) -> None:
-    """Raise if a live writer holds the store; warn and allow if its holder died."""
+def check_lock(
+    attrs: dict[str, Any],
+    where: str,
+    *,
+    error: type[LockedError] = StoreLockedError,
+    what: str = "store",
+    unlock: str = f"delete the '{LOCK_ATTR}' attribute of the store's group",
+) -> None:
+    """Raise `error` if a live process holds `where`; warn and allow if its holder died.
+
+    attrs[LOCK_ATTR] is the holder record; `what` names the thing locked and `unlock`
+    says how to free it by hand when its holder died on another host.
+    """
     holder = attrs.get(LOCK_ATTR)
     if not holder:
         return
     pid, host = holder.get("pid"), holder.get("host")
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("since", 0)))
-    mine = host == socket.gethostname() and pid == os.getpid() and pid_alive(pid)
+    # Stores only: a run directory's lock (train/runlock.py) has no in-process registry.
+    mine = what == "store" and host == socket.gethostname() and pid == os.getpid()
+    mine = mine and pid_alive(pid)
     if mine and where in _open_here:
         raise StoreLockedError(
             f"store {where} is already open for writing in this process (pid {pid}); "
@@ -68,15 +87,15 @@ def check_lock(attrs: dict[str, Any], where: str) -> None:
         return
     if host == socket.gethostname() and isinstance(pid, int) and not pid_alive(pid):
         warnings.warn(
-            f"breaking the stale writer lock on {where}: pid {pid} on {host} (since {since}) "
+            f"breaking the stale writer lock on {what} {where}: pid {pid} on {host} (since {since}) "
             "is no longer running",
             stacklevel=3,
         )
         return
-    raise StoreLockedError(
-        f"store {where} is being written by pid {pid} on host {host} since {since}; "
-        "only one writer may hold a store. Wait for it to finish; if that process is dead "
-        f"on another host, delete the '{LOCK_ATTR}' attribute of the store's group"
+    raise error(
+        f"{what} {where} is being written by pid {pid} on host {host} since {since}; "
+        f"only one writer may hold a {what}. Wait for it to finish; if that process is dead "
+        f"on another host, {unlock}"
     )
 
 

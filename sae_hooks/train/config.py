@@ -36,6 +36,7 @@ revived, so the default is min(10M, total_tokens // 10) (at least one batch).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 from dataclasses import dataclass, field
@@ -320,8 +321,30 @@ def _validate_switches(c: TrainConfig) -> None:
         )
     if c.wandb_project is not None and not isinstance(c.wandb_project, str):
         raise TypeError(f"wandb_project must be a str or None, got {c.wandb_project!r}")
+    _validate_extra(c)
+
+
+def _validate_extra(c: TrainConfig) -> None:
+    """`extra` holds constructor arguments of the SAE class that no TrainConfig field sets."""
     if not isinstance(c.extra, dict):
         raise TypeError(f"extra must be a dict of SAE constructor arguments, got {c.extra!r}")
+    variant = c.sae_class
+    params = inspect.signature(variant.__init__).parameters
+    by_config = {"input_shape", "nb_concepts", "device"} | set(variant.train_kwargs(c))
+    valid = sorted(set(params) - {"self"} - by_config)
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    unknown = sorted(k for k in c.extra if k not in params and not takes_any)
+    if unknown:
+        raise ValueError(
+            f"extra has {unknown}, which {variant.__name__} ({c.architecture!r}) does not take; "
+            f"valid extra keys: {valid}"
+        )
+    shadowed = sorted(k for k in c.extra if k in by_config)
+    if shadowed:
+        raise ValueError(
+            f"extra sets {shadowed}, which TrainConfig sets itself for {c.architecture!r} "
+            f"(they would be ignored): use the TrainConfig fields; valid extra keys: {valid}"
+        )
 
 
 def _check_choice(name: str, value: object, choices: list[str] | tuple[str, ...]) -> None:

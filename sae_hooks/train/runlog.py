@@ -52,6 +52,7 @@ class RunLog:
     ):
         self.path = run_dir / LOG_FILE
         run_dir.mkdir(parents=True, exist_ok=True)
+        self._keys: dict[int, set[str]] = {}  # step -> keys logged at it (for `has`)
         if resume_step is None:
             self.path.write_text("")
         elif self.path.exists():
@@ -59,6 +60,8 @@ class RunLog:
                 line for line in self.path.read_text().splitlines() if _step(line) <= resume_step
             ]
             self.path.write_text("".join(line + "\n" for line in kept))
+            for line in kept:
+                self._remember(_record(line))
         self._file = open(self.path, "a")  # noqa: SIM115 - closed in close()
         self._tb = self._wandb = None
         if tensorboard:
@@ -78,8 +81,17 @@ class RunLog:
                 project=wandb_project, dir=str(run_dir), config=config, resume="allow"
             )
 
+    def has(self, step: int, key: str) -> bool:
+        """Whether a line at `step` holding `key` is in the log (written or kept on resume)."""
+        return key in self._keys.get(step, ())
+
+    def _remember(self, record: dict[str, Any] | None) -> None:
+        if record is not None and isinstance(record.get("step"), int):
+            self._keys.setdefault(record["step"], set()).update(record)
+
     def write(self, record: dict[str, Any]) -> None:
         step = record["step"]
+        self._remember(record)
         if self._file.closed:  # a Trainer fitted again after an early stop
             self._file = open(self.path, "a")  # noqa: SIM115
         clean = {
@@ -105,6 +117,9 @@ class RunLog:
 
 class NoLog:
     """The log of data-parallel ranks other than 0: they compute metrics, write nothing."""
+
+    def has(self, step: int, key: str) -> bool:
+        return False
 
     def write(self, record: dict[str, Any]) -> None:
         pass
@@ -143,7 +158,13 @@ def read_log(run_dir_or_log: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 def _step(line: str) -> float:
+    step = (_record(line) or {}).get("step")
+    return step if isinstance(step, (int, float)) else math.inf  # a torn last line: drop it
+
+
+def _record(line: str) -> dict[str, Any] | None:
     try:
-        return json.loads(line)["step"]
-    except (ValueError, KeyError, TypeError):
-        return math.inf  # a torn last line: drop it
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None

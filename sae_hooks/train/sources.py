@@ -238,14 +238,12 @@ class ModelSource:
 
     def _captures(self, skip: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(train rows, val rows) per input batch, after skipping `skip` batches."""
+        from sae_hooks.data import InputBatches
         from sae_hooks.hooks import capture_batch
 
-        for i, inputs in enumerate(self.data):
-            if i < skip:
-                continue
-            inputs = dict(inputs)
-            doc_offset = int(inputs.pop("doc_offset", 0))
-            batch = capture_batch(self.model, [self.point], inputs, drop_bos=self.drop_bos)
+        for i, inputs in enumerate(InputBatches(self.data).iter_from(skip), start=skip):
+            doc_offset = inputs.doc_offset
+            batch = capture_batch(self.model, [self.point], dict(inputs), drop_bos=self.drop_bos)
             rows = batch.acts[self.point].float()
             check_finite(rows, f"activations at {self.point} (input batch {i})")
             held = (batch.doc_index + doc_offset) % self.val_every_doc == 0

@@ -24,7 +24,6 @@ and what each measures are listed in runlog.LOG_KEYS.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Iterator
@@ -34,10 +33,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from sae_hooks.devices import available_device
 from sae_hooks.distributed import RankSlice, processes, sync_replicas_
 from sae_hooks.sae import SAE, SAE_REGISTRY
 
-from . import checkpoint
+from . import checkpoint, runlock
 from .coefficient import SparsityCoefficient
 from .config import RESUME_FREE_FIELDS, TrainConfig
 from .constraints import constrained_weight, normalize_rows_, remove_parallel_gradient_
@@ -76,7 +76,23 @@ class Trainer:
                 f"batch_size={cfg.batch_size} is not divisible by the {rank.world} processes; "
                 "each rank trains on batch_size // world rows of every global batch"
             )
-        self.device = torch.device(rank.device(cfg.device))
+        self.device = available_device(rank.device(cfg.device))
+        if rank.is_main:  # one training per run directory; then clear what a kill left
+            runlock.acquire(self.run_dir)
+        try:
+            self._start(sae, resume, d)
+        except BaseException:
+            if rank.is_main:
+                runlock.release(self.run_dir)
+            raise
+
+    # ------------------------------------------------------------------ set-up
+
+    def _start(self, sae: SAE | None, resume: bool, d: int) -> None:
+        """Find or create the run's state: checkpoint restored, or a fresh initialised SAE."""
+        cfg, rank = self.config, self.rank
+        if rank.is_main:
+            checkpoint.remove_temporaries(self.run_dir)
         found = checkpoint.find(self.run_dir)
         checkpoint.check_every_rank_sees(found, rank, self.device, self.run_dir)
         if found is not None and not resume:
@@ -84,6 +100,9 @@ class Trainer:
                 f"{self.run_dir} already holds a checkpoint; pass resume=True to continue it "
                 "or choose another run_dir"
             )
+        state = checkpoint.read_state(found) if found is not None else None
+        if state is not None:
+            self._check_resumable(found, state)
         self._build(sae if sae is not None else build_sae(cfg, d))
         if found is not None:
             self._restore(found)
@@ -99,8 +118,6 @@ class Trainer:
                 wandb_project=cfg.wandb_project,
                 config=cfg.to_dict(),
             )
-
-    # ------------------------------------------------------------------ set-up
 
     def _build(self, sae: SAE) -> None:
         """The SAE on its device, its optimiser, the loader and the on-device statistics."""
@@ -152,8 +169,18 @@ class Trainer:
             self.rank.broadcast_(tensor)
         self.scale = self.rank.broadcast_object(self.scale)
 
-    def _restore(self, path: Path) -> None:
-        saved = TrainConfig.from_dict(json.loads((path / "state.json").read_text())["config"])
+    def _check_resumable(self, path: Path, state: dict[str, Any]) -> None:
+        """The checkpoint's config must be this one (bar RESUME_FREE_FIELDS), its step in range."""
+        file = path / checkpoint.STATE_FILE
+        try:
+            saved = TrainConfig.from_dict(state["config"])
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{file} holds an invalid training config: {err}") from None
+        if not 0 <= state["step"] <= self.config.steps:
+            raise ValueError(
+                f"{file} is at step {state['step']}, outside this run's 0..{self.config.steps} "
+                f"steps; the checkpoint is damaged or from another run: delete {path} to restart"
+            )
         diff = sorted(
             k
             for k, v in saved.to_dict().items()
@@ -164,6 +191,8 @@ class Trainer:
                 f"cannot resume {path}: the config differs in {diff}; "
                 f"only {sorted(RESUME_FREE_FIELDS)} may change between runs"
             )
+
+    def _restore(self, path: Path) -> None:
         tensors, state = checkpoint.load(
             path, sae=self.sae, optimizer=self.optimizer, device=self.device
         )
@@ -206,6 +235,18 @@ class Trainer:
         At the end of the run the SAE is saved to run_dir/sae with input_scale set,
         so both it and the returned module run on raw activations.
         """
+        main = self.rank.is_main
+        if main:
+            runlock.acquire(self.run_dir)  # again: a fit after an earlier fit released it
+        try:
+            self._fit(until_step)
+        finally:
+            if main:
+                runlock.release(self.run_dir)
+        self.rank.barrier()  # the saved files exist for every rank once fit returns
+        return self.sae
+
+    def _fit(self, until_step: int | None) -> None:
         cfg = self.config
         stop = cfg.steps if until_step is None else min(until_step, cfg.steps)
         main = self.rank.is_main
@@ -226,8 +267,6 @@ class Trainer:
             if main:
                 self.sae.save(self.run_dir / "sae")
         self.log.close()
-        self.rank.barrier()  # the saved files exist for every rank once fit returns
-        return self.sae
 
     def _loop(self, stop: int, batches: Iterator[torch.Tensor], bar: tqdm) -> None:
         cfg = self.config
@@ -245,8 +284,8 @@ class Trainer:
                     self._log_validation()
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     self.save_checkpoint()
-            if self.step == cfg.steps:
-                self._log_validation()
+            if self.step == cfg.steps and not self.log.has(self.step, "val/fvu"):
+                self._log_validation()  # once: a rerun of a finished run adds no line
             self.save_checkpoint()
         finally:
             bar.close()
@@ -365,7 +404,17 @@ def build_sae(config: TrainConfig, d_model: int) -> SAE:
     # The init draws from torch's global RNG: seed it, without disturbing the caller's.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        return SAE_REGISTRY[config.architecture].from_train_config(config, d_model)
+        try:
+            return SAE_REGISTRY[config.architecture].from_train_config(config, d_model)
+        except (RuntimeError, MemoryError) as err:
+            if not isinstance(err, MemoryError) and "alloc" not in str(err).lower():
+                raise
+            size = config.nb_concepts * d_model * getattr(torch, config.dtype).itemsize
+            raise ValueError(
+                f"nb_concepts={config.nb_concepts} x d={d_model}: the SAE's matrices need "
+                f"{2 * size / 1e9:.3g} GB and cannot be allocated on {config.device} "
+                f"({str(err).splitlines()[0]}); lower nb_concepts or expansion_factor"
+            ) from None
 
 
 def _config_for_sae(config: TrainConfig, sae: SAE, d: int) -> TrainConfig:

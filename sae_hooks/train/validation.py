@@ -14,6 +14,7 @@ from collections.abc import Iterable
 import torch
 
 from sae_hooks.metrics import FiringStats, SumOfSquares
+from sae_hooks.sae.modes import eval_mode
 
 
 @torch.no_grad()
@@ -28,9 +29,7 @@ def validate(
 ) -> dict[str, float]:
     """val/fvu, val/mse, val/l0, val/dead_fraction over up to max_batches batches ({} if none)."""
     squares, firing = SumOfSquares(), FiringStats(sae.nb_concepts, device=device)
-    was_training = sae.training
-    sae.eval()
-    try:
+    with eval_mode(sae):
         for n, batch in enumerate(batches):
             if n == max_batches:
                 break
@@ -39,8 +38,6 @@ def validate(
                 out = sae(x)
             squares.update(x, out.x_hat.float())
             firing.update(out.z)
-    finally:
-        sae.train(was_training)
     if firing.rows == 0:
         return {}
     return {
