@@ -330,24 +330,29 @@ def test_cuda_target_without_cuda_is_a_clear_error(kinds):
         next(iter(loader))
 
 
-def test_chunk_file_fast_path_leaves_absent_and_short_chunks_to_zarr(tmp_path):
-    """read_raw(out=) reads raw chunk files directly, but an absent file (zarr skips
-    all-zero chunks) reads as zarr's fill value and a short one as damage, as without out=."""
+def test_chunk_file_fast_path_reads_exactly_and_refuses_absent_and_short_chunks(tmp_path):
+    """read_raw(out=) reads raw chunk files directly; an all-zero chunk is stored and reads
+    back as zeros, while a deleted chunk or a short file is damage, as without out=."""
     x = torch.randn(48, 3)
-    x[16:32] = 0  # chunk 1 is all fill value: zarr writes no file for it
+    x[16:32] = 0  # all zero: written all the same (a missing chunk must never read as zeros)
     rows = torch.arange(48)
     with StoreWriter(tmp_path / "s", points=["p"], chunk_rows=16, dtype="float32") as w:
         w.append(SimpleNamespace(acts={"p": x}, token_ids=rows, doc_index=rows, position=rows))
     store = open_store(tmp_path / "s")
-    files = [p.parts[-2:] for p in (tmp_path / "s" / "acts" / "p").rglob("*") if p.is_file()]
-    assert ("1", "0") not in files and ("2", "0") in files
+    chunks = {
+        p.parts[-2]: p
+        for p in (tmp_path / "s" / "acts" / "p").rglob("*")
+        if p.is_file() and p.parts[-3] == "c"  # acts/p/c/<row chunk>/0
+    }
+    assert set(chunks) == {"0", "1", "2"}
     out = np.full((48, 3), 7, np.float32)
     np.testing.assert_array_equal(store.read_raw("p", out=out), x.numpy())
-    chunk2 = next(
-        p for p in (tmp_path / "s" / "acts" / "p").rglob("*") if p.parts[-2:] == ("2", "0")
-    )
-    chunk2.write_bytes(chunk2.read_bytes()[:100])
+    chunks["2"].write_bytes(chunks["2"].read_bytes()[:100])
     with pytest.raises(ValueError, match="damaged"):
         store.read_raw("p", 32, 48, out=np.empty((16, 3), np.float32))
     with pytest.raises(ValueError, match="damaged"):
         store.read_raw("p", 32, 48)
+    chunks["1"].unlink()
+    fresh = open_store(tmp_path / "s")
+    with pytest.raises(ValueError, match="missing"):
+        fresh.read_raw("p", 16, 32, out=np.empty((16, 3), np.float32))

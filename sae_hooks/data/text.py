@@ -12,6 +12,7 @@ order; in "truncate" mode that is the document index.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import math
@@ -114,6 +115,27 @@ class TextBatches:
         )
         n = f"{len(texts)} documents" if isinstance(texts, Sequence) else "streamed documents"
         self.description = f"text: {n}, {mode} to {context_length} tokens, batch {batch_size}"
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What decides these batches' tokens, for a store to check on resume: the
+        tokenizer (name and a hash of its vocabulary), context length, batch size, mode,
+        and the documents (their count and a hash of up to 1024 spread over them)."""
+        tok = self.tokenizer
+        vocab = tok.get_vocab() if hasattr(tok, "get_vocab") else {}
+        step = max(1, len(self.texts) // 1024)
+        docs = hashlib.sha256()
+        for t in self.texts[::step]:
+            docs.update(hashlib.sha256(t.encode("utf-8", "surrogatepass")).digest())
+        return {
+            "tokenizer": str(getattr(tok, "name_or_path", "") or type(tok).__name__),
+            "vocab": hashlib.sha256(json.dumps(sorted(vocab.items())).encode()).hexdigest()[:16],
+            "context_length": self.context_length,
+            "batch_size": self.batch_size,
+            "mode": self.mode,
+            "special_tokens": [self.prefix, self.suffix],
+            "documents": len(self.texts),
+            "documents_hash": docs.hexdigest()[:16],
+        }
 
     def __len__(self) -> int:
         if self.mode != "truncate" or not isinstance(self.texts, Sequence):
@@ -272,7 +294,10 @@ def load_texts(spec: str | os.PathLike, text_field: str = "text") -> list[str]:
                         "field (choose the field with --text-field)"
                     ) from None
                 if not isinstance(value, str):
-                    raise ValueError(f"{path}:{i}: {text_field!r} is {value!r}, not a string")
+                    raise ValueError(
+                        f"{path}:{i}: {text_field!r} must be a string, "
+                        f"got {type(value).__name__} {value!r}"
+                    )
                 docs.append(value)
     elif path.suffix in DATASET_SUFFIXES and path.is_file():
         docs = list(_Column(_hf_dataset(path, path.suffix.lstrip(".")), text_field))
@@ -290,10 +315,15 @@ def load_texts(spec: str | os.PathLike, text_field: str = "text") -> list[str]:
 
 
 def _read_text(path: Path) -> str:
+    """A text file's contents; a file that is not UTF-8 is named with the offending byte."""
     try:
         return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ValueError(f"{path} is not UTF-8 text") from None
+    except UnicodeDecodeError as err:
+        bad = err.object[err.start : err.start + 1].hex()
+        raise ValueError(
+            f"{path} is not UTF-8 text (byte 0x{bad} at offset {err.start}); "
+            "convert it, e.g. iconv -f latin1 -t utf-8"
+        ) from None
 
 
 def _hf_dataset(path: Path, kind: str | None) -> Any:

@@ -204,6 +204,11 @@ def check_token_ids(model: nn.Module, ids: object, mask: object = None) -> None:
     if not isinstance(ids, torch.Tensor) or ids.is_floating_point() or ids.dtype == torch.bool:
         what = ids.dtype if isinstance(ids, torch.Tensor) else type(ids).__name__
         raise TypeError(f"input_ids must be an integer tensor of token ids, got {what}")
+    if ids.ndim == 0 or ids.numel() == 0:
+        raise ValueError(
+            f"input_ids of shape {tuple(ids.shape)} hold no tokens; give (batch, seq) token "
+            "ids with batch >= 1 and seq >= 1"
+        )
     if isinstance(mask, torch.Tensor) and mask.shape != ids.shape:
         raise ValueError(
             f"attention_mask has shape {tuple(mask.shape)} but input_ids {tuple(ids.shape)}; "

@@ -2,13 +2,19 @@
 and sharded stores (one per capturing rank) read as one.
 
 Modules, each importing only those above it: layout (format, metadata), interface
-(the StoreReader protocol), lock, commit (writer thread), writer, reader, sharded
+(the StoreReader protocol, the typed errors), lock, fingerprint, commit (writer thread), writer, reader, sharded
 (reads a sharded store), open (open_store), loader, capture, capture_distributed.
 """
 
 from sae_hooks.store.capture import capture_to_store
 from sae_hooks.store.capture_distributed import capture_to_store_distributed
-from sae_hooks.store.interface import Damage, PointStats, StoreReader
+from sae_hooks.store.interface import (
+    Damage,
+    PointStats,
+    StoreDamagedError,
+    StoreMismatchError,
+    StoreReader,
+)
 from sae_hooks.store.loader import ActivationLoader
 from sae_hooks.store.lock import StoreLockedError
 from sae_hooks.store.open import open_store
@@ -22,7 +28,9 @@ __all__ = [
     "Damage",
     "PointStats",
     "ShardedStore",
+    "StoreDamagedError",
     "StoreLockedError",
+    "StoreMismatchError",
     "StoreReader",
     "StoreWriter",
     "capture_to_store",

@@ -1,9 +1,20 @@
-"""InputBatch -> capture_batch -> StoreWriter: fill one store from a model, resumably."""
+"""InputBatch -> capture_batch -> StoreWriter: fill one store from a model, resumably.
+
+Before anything is written, the points are resolved on the model, the first input
+batch to capture is captured (so bad points and bad inputs leave nothing on disk,
+and the store is created knowing every point's width), and on resume the
+fingerprint of what defines the rows (sae_hooks.store.fingerprint) is compared
+with the store's. A store this call created is removed again if it fails before
+committing a row.
+"""
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import Iterable
+import shutil
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -13,7 +24,18 @@ from tqdm.auto import tqdm
 from sae_hooks.data.batch import InputBatch, InputBatches
 from sae_hooks.devices import model_device, to_device
 from sae_hooks.hooks.capture import ActivationBatch, capture_batch
-from sae_hooks.store.layout import DEFAULT_CHUNK_ROWS, META_ARRAYS, check_dtype, load_group
+from sae_hooks.hooks.points import resolve_point
+from sae_hooks.store.fingerprint import FINGERPRINT_ATTR, compare, inputs_hash, model_hash
+from sae_hooks.store.layout import (
+    DEFAULT_CHUNK_ROWS,
+    META_ARRAYS,
+    check_dtype,
+    check_location,
+    describe,
+    is_url,
+    load_group,
+    open_group,
+)
 from sae_hooks.store.reader import ActivationStore
 from sae_hooks.store.writer import StoreWriter
 
@@ -34,10 +56,12 @@ def capture_input_batch(
     return acts
 
 
-def _head(batch: Any, n: int) -> SimpleNamespace:
-    """The first n rows of an ActivationBatch-like object."""
-    fields = {m: getattr(batch, m)[:n] for m in META_ARRAYS}
-    return SimpleNamespace(acts={p: x[:n] for p, x in batch.acts.items()}, **fields)
+def _rows(batch: Any, lo: int, hi: int) -> Any:
+    """Rows [lo, hi) of an ActivationBatch-like object (itself when that is all of it)."""
+    if lo == 0 and hi == len(batch.token_ids):
+        return batch
+    fields = {m: getattr(batch, m)[lo:hi] for m in META_ARRAYS}
+    return SimpleNamespace(acts={p: x[lo:hi] for p, x in batch.acts.items()}, **fields)
 
 
 def capture_to_store(
@@ -65,76 +89,165 @@ def capture_to_store(
     `data` yields InputBatch (sae_hooks.data); dicts and (doc_offset, inputs) pairs
     are adapted by sae_hooks.data.InputBatches. An existing store is resumed
     (resume=True): its first `committed_inputs` input batches are skipped, so the
-    finished store holds every row exactly once. With max_rows the capture stops at
-    exactly that many rows (the last input batch may be cut). Returns the store,
-    opened for reading.
+    finished store holds every row exactly once. A resume must capture rows the
+    same way (model weights, tokenizer, context length, batch size, data, drop_bos,
+    vit_tokens): a different fingerprint is refused with StoreMismatchError naming
+    the fields. With max_rows the capture stops at exactly that many rows; the
+    last input batch may be cut, and a later call with a larger (or no) max_rows
+    continues inside that batch, so the store equals an uninterrupted capture row
+    for row. Returns the store, opened for reading.
     """
+    check_location(store)
     points = [points] if isinstance(points, str) else list(points)
     if not points:
         raise ValueError("points is empty; name at least one hook point")
-    if max_rows is not None and max_rows < 1:
+    if max_rows is not None and (isinstance(max_rows, bool) or max_rows < 1):
         raise ValueError(f"max_rows must be >= 1 or None, got {max_rows}")
+    for point in points:  # a mistyped point fails here, before anything is on disk
+        resolve_point(model, point)
     batches = InputBatches(data)
     name = model_name or _model_name(model)
-    mode = _writer_mode(store, name, resume, overwrite, storage_options)
-    writer = StoreWriter(
-        store,
-        mode=mode,
-        points=points,
-        dtype=check_dtype(dtype),
-        model=name,
-        source=source or batches.description,
-        chunk_rows=chunk_rows,
-        shard_chunks=shard_chunks,
-        compressors=compressors,
-        storage_options=storage_options,
-    )
-    with writer:
-        fed = _feed(model, points, batches, writer, max_rows, progress, drop_bos, vit_tokens)
-    if fed == 0 and writer.committed_inputs == 0:
+    attrs = _existing_store(store, name, resume, overwrite, storage_options)
+    mode = "overwrite" if overwrite else "resume" if attrs is not None else "create"
+    state = attrs if mode == "resume" else {}
+    done_inputs = int(state.get("committed_inputs", 0))
+    first, todo = _batches_from(batches, done_inputs)
+    if first is None:
         raise ValueError(
             f"the data source {type(data).__name__} yielded no input batches: nothing to "
             f"capture into {store}; give at least one document or image"
         )
+    source = source or batches.description
+    fingerprint = _fingerprint(model, batches, first, drop_bos, vit_tokens)
+    if mode == "resume":
+        compare(state.get(FINGERPRINT_ATTR), fingerprint, describe(store))
+    rows = int(state.get("committed_rows", 0))
+    nxt = next(todo, None) if max_rows is None or rows < max_rows else None
+    if nxt is None:  # nothing left to capture: the store is complete
+        return ActivationStore(store, storage_options=storage_options)
+    options = {"drop_bos": drop_bos, "vit_tokens": vit_tokens}
+    acts = capture_input_batch(model, points, nxt, **options)  # bad input: nothing on disk
+    writer = StoreWriter(
+        store,
+        mode=mode,
+        points=points,
+        d_model={p: int(x.shape[-1]) for p, x in acts.acts.items()},
+        dtype=check_dtype(dtype),
+        model=name,
+        source=source,
+        chunk_rows=chunk_rows,
+        shard_chunks=shard_chunks,
+        compressors=compressors,
+        storage_options=storage_options,
+        fingerprint=fingerprint if mode != "resume" else None,
+    )
+    captured = itertools.chain(
+        [(nxt, acts)],
+        ((b, capture_input_batch(model, points, b, **options)) for b in todo),
+    )
+    try:
+        with writer:
+            skip = int(state.get("partial_input_rows", 0))
+            _feed(points, captured, writer, max_rows, progress, skip)
+    except BaseException:
+        if mode != "resume" and writer.committed_rows == 0:
+            _remove_new_store(store, storage_options)
+        raise
     return ActivationStore(store, storage_options=storage_options)
 
 
-def _writer_mode(
+def _existing_store(
     store: str | os.PathLike,
     name: str,
     resume: bool,
     overwrite: bool,
     storage_options: dict[str, Any] | None,
-) -> str:
-    """create, resume or overwrite, refusing to resume another model's store."""
+) -> dict[str, Any] | None:
+    """The attributes of the store to resume, or None to create one; refuses to resume
+    another model's store and to replace something that is not a store unless told."""
     try:
         _, attrs = load_group(store, "r", storage_options)
-    except FileNotFoundError:
-        attrs = None
+    except FileNotFoundError:  # nothing there, or a folder left by a killed creation
+        return None
     except ValueError:  # something that is not a store: replace it only when told to
         if not overwrite:
             raise
-        attrs = None
-    if attrs is not None and resume and not overwrite and attrs.get("model") not in ("", name):
+        return None
+    if overwrite:
+        return None
+    if not resume:
+        raise FileExistsError(
+            f"an activation store already exists at {describe(store)}; pass resume=True to "
+            "continue it (mode='resume') or overwrite=True (mode='overwrite') to replace it"
+        )
+    if attrs.get("model") not in ("", name):
         raise ValueError(
             f"store {store} was captured from model {attrs['model']!r}, not {name!r}; "
             "pass overwrite=True to replace it or choose another location"
         )
-    return "overwrite" if overwrite else "resume" if attrs is not None and resume else "create"
+    return attrs
+
+
+def _batches_from(
+    batches: InputBatches, start: int
+) -> tuple[InputBatch | None, Iterator[InputBatch]]:
+    """(input batch 0, for the fingerprint; an iterator of the batches from `start` on).
+
+    A resumable source is asked twice (cheap: no model work); any other is walked once.
+    """
+    if start and hasattr(batches.data, "iter_from"):
+        return next(iter(batches.iter_from(0)), None), iter(batches.iter_from(start))
+    walk = iter(batches.iter_from(0))
+    first = next(walk, None)
+    rest = itertools.chain([first] if first is not None else [], walk)
+    return first, (b for b in rest if b.index >= start)
+
+
+def _fingerprint(
+    model: Any,
+    batches: InputBatches,
+    first: InputBatch,
+    drop_bos: bool,
+    vit_tokens: str,
+) -> dict[str, Any]:
+    """What defines the rows of this capture (see sae_hooks.store.fingerprint)."""
+    described = getattr(batches.data, "fingerprint", None)
+    return {
+        "model_class": type(model).__name__,
+        "model_weights": model_hash(model),
+        "first_batch": inputs_hash(first.inputs),
+        "first_doc_offset": first.doc_offset,
+        "drop_bos": bool(drop_bos),
+        "vit_tokens": vit_tokens,
+        **(described() if callable(described) else {}),
+    }
+
+
+def _remove_new_store(store: str | os.PathLike, storage_options: dict[str, Any] | None) -> None:
+    """Delete a store this call created and filled with nothing (a failed first batch)."""
+    if not is_url(store):
+        shutil.rmtree(Path(store).expanduser(), ignore_errors=True)
+        return
+    try:
+        from zarr.core.sync import sync
+
+        group = open_group(store, "r+", storage_options)
+        sync(group.store_path.store.delete_dir(group.store_path.path))
+    except Exception:  # best effort: an empty store left behind resumes anyway
+        pass
 
 
 def _feed(
-    model: Any,
     points: list[str],
-    batches: InputBatches,
+    captured: Iterator[tuple[InputBatch, ActivationBatch]],
     writer: StoreWriter,
     max_rows: int | None,
     progress: bool,
-    drop_bos: bool,
-    vit_tokens: str,
-) -> int:
-    """Capture and append input batches from the writer's resume point; the count fed."""
-    rows, fed = writer.committed_rows, 0
+    skip: int,
+) -> None:
+    """Append captured input batches; the first one from row `skip` (the rows a cut at
+    max_rows already stored), the last one cut at `max_rows`."""
+    rows = writer.committed_rows
     bar = tqdm(
         total=max_rows,
         initial=rows,
@@ -144,19 +257,18 @@ def _feed(
         desc=f"capture {', '.join(points)}",
     )
     with bar:
-        if max_rows is not None and rows >= max_rows:
-            return fed
-        for batch in batches.iter_from(writer.committed_inputs):
-            fed += 1
-            acts = capture_input_batch(
-                model, points, batch, drop_bos=drop_bos, vit_tokens=vit_tokens
-            )
+        for batch, acts in captured:
             n = len(acts.token_ids)
-            if max_rows is not None and rows + n >= max_rows:
-                writer.append(_head(acts, max_rows - rows))
-                bar.update(max_rows - rows)
+            if skip > n:
+                raise ValueError(
+                    f"store {writer.where} holds {skip} rows of input batch {batch.index}, "
+                    f"which now has only {n}: the data changed; pass overwrite=True to "
+                    "capture again"
+                )
+            hi = n if max_rows is None else min(n, skip + max_rows - rows)
+            writer.append(_rows(acts, skip, hi), completes_input=hi == n)
+            rows += hi - skip
+            bar.update(hi - skip)
+            skip = 0
+            if max_rows is not None and rows >= max_rows:
                 break
-            writer.append(acts)
-            rows += n
-            bar.update(n)
-    return fed

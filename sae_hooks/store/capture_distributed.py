@@ -151,6 +151,11 @@ class _RankBatches:
     def __iter__(self) -> Iterator[InputBatch]:
         return self.iter_from(0)
 
+    def fingerprint(self) -> dict[str, Any]:
+        """The data's own fingerprint (sae_hooks.store.fingerprint) plus the rank split."""
+        inner = getattr(self.data.data, "fingerprint", None)
+        return {**(inner() if callable(inner) else {}), "rank": self.rank, "world": self.world}
+
     def iter_from(self, k: int) -> Iterator[InputBatch]:
         first = k * self.world + self.rank
         for i, batch in enumerate(self.data.iter_from(first)):

@@ -14,6 +14,11 @@ that straddles a chunk, or batches awaiting the next commit) are garbage that a
 resume overwrites; readers never see them. Arrays grow geometrically while
 writing (a resize is a metadata write) and are cut to `committed_rows` on close.
 
+A capture cut at max_rows appends the head of an input batch marked as not
+completing it: that commit records `partial_input_rows`, the rows of input batch
+`committed_inputs` already stored, and a continued capture appends that batch's
+remaining rows, so the store equals an uninterrupted capture row for row.
+
 On resume the first write starts mid-chunk; zarr rewrites that partial region
 (read-modify-write of one chunk), after which writes are aligned again.
 """
@@ -41,6 +46,7 @@ class Rows:
 
     data: dict[str, np.ndarray]  # "acts/<point>" and META_ARRAYS -> rows
     n: int
+    completes_input: bool = True  # False: the head of an input batch (cut at max_rows)
 
 
 def now() -> str:
@@ -69,6 +75,7 @@ class CommitThread:
         self.commit_interval, self.dtype = commit_interval, attrs["dtype"]
         self.committed_rows = int(attrs["committed_rows"])
         self.committed_inputs = int(attrs["committed_inputs"])
+        self.partial_input_rows = int(attrs.get("partial_input_rows", 0))
         stats = attrs["stats"]
         self._sums = {p: np.asarray(s["mean"], np.float64) * s["count"] for p, s in stats.items()}
         self._sq = {p: s["mean_sq_norm"] * s["count"] for p, s in stats.items()}
@@ -76,8 +83,9 @@ class CommitThread:
         self._written = self.committed_rows
         self._buffer: list[Rows] = []
         self._buffered = 0
-        # Input batches not yet committed: (end row, sum of rows, sum of squared norms).
-        self._pending: deque[tuple[int, dict[str, np.ndarray], dict[str, float]]] = deque()
+        # Appends not yet committed: (end row, sum of rows, sum of squared norms, whether
+        # it completes its input batch).
+        self._pending: deque[tuple[int, dict[str, np.ndarray], dict[str, float], bool]] = deque()
         self.queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self.error: BaseException | None = None
         self._last_commit = time.monotonic()
@@ -135,7 +143,8 @@ class CommitThread:
             sq_norms[key[5:]] = float(np.einsum("ij,ij->i", x, x, dtype=np.float64).sum())
         self._buffer.append(rows)
         self._buffered += rows.n
-        self._pending.append((self._written + self._buffered, sums, sq_norms))
+        end = self._written + self._buffered
+        self._pending.append((end, sums, sq_norms, rows.completes_input))
         boundary = (self._written // self._unit + 1) * self._unit
         while self._written + self._buffered >= boundary:
             self._write(boundary - self._written)
@@ -173,16 +182,20 @@ class CommitThread:
         The in-memory counts change only once the attribute write succeeded, so after
         a failed write (full disk) they still describe what is on disk.
         """
-        done, end = 0, self.committed_rows
+        done, taken, end = 0, 0, self.committed_rows
+        partial = self.partial_input_rows
         sums, sq = dict(self._sums), dict(self._sq)
         while self._pending and self._pending[0][0] <= self._written:
-            end, batch_sums, batch_sq = self._pending.popleft()
+            start = end
+            end, batch_sums, batch_sq, completes = self._pending.popleft()
             for p in batch_sums:
                 sums[p] = sums.get(p, 0.0) + batch_sums[p]
                 sq[p] = sq.get(p, 0.0) + batch_sq[p]
-            done += 1
+            done += completes
+            partial = 0 if completes else partial + end - start
+            taken += 1
         self._last_commit = time.monotonic()
-        if not done:
+        if not taken:
             return
         stats = {
             p: {
@@ -198,9 +211,11 @@ class CommitThread:
             {
                 "committed_rows": end,
                 "committed_inputs": self.committed_inputs + done,
+                "partial_input_rows": partial,
                 "stats": stats,
                 "updated": now(),
             }
         )
         self.committed_rows, self.committed_inputs = end, self.committed_inputs + done
+        self.partial_input_rows = partial
         self._sums, self._sq = sums, sq

@@ -32,6 +32,28 @@ class Damage:
     error: str
 
 
+class StoreDamagedError(ValueError):
+    """Committed rows of a store cannot be read as written (a chunk missing or corrupt).
+
+    `store`, `array` and `rows` ([start, stop) of the read) say where; never zeros.
+    """
+
+    def __init__(self, message: str, *, store: str, array: str, rows: tuple[int, int]) -> None:
+        super().__init__(message)
+        self.store, self.array, self.rows = store, array, rows
+
+
+class StoreMismatchError(ValueError):
+    """A resume would append rows unlike the store's: another model, data or settings.
+
+    `fields` maps each differing fingerprint field to (stored, now).
+    """
+
+    def __init__(self, message: str, *, fields: dict[str, tuple[object, object]]) -> None:
+        super().__init__(message)
+        self.fields = fields
+
+
 @runtime_checkable
 class StoreReader(Protocol):
     """Read-only access to the committed rows of a store, point by point.

@@ -149,18 +149,53 @@ def open_group(
     return zarr.open_group(Path(location).expanduser(), **kwargs)
 
 
+def check_location(location: object) -> None:
+    """A store location is a path or a URL string: refuse anything else by name."""
+    if not isinstance(location, (str, os.PathLike)):
+        raise TypeError(
+            f"a store location must be a path or a URL string, got {type(location).__name__} "
+            f"{location!r}"
+        )
+
+
+#: zarr's local store writes `<name>.<uuid>.partial` and renames it into place.
+PARTIAL_SUFFIX = ".partial"
+
+
+def is_unborn(location: str | os.PathLike) -> bool:
+    """Whether `location` is a local folder a store creation left before its zarr.json.
+
+    A kill between creating the folder and renaming the group's zarr.json into place
+    leaves an empty folder, or one holding only zarr's `*.partial` temporary files.
+    Nothing of a store is there, so it may be replaced without losing data.
+    """
+    if is_url(location):
+        return False
+    path = Path(location).expanduser()
+    if not path.is_dir() or (path / "zarr.json").exists():
+        return False
+    return all(f.is_dir() or f.name.endswith(PARTIAL_SUFFIX) for f in path.rglob("*"))
+
+
 def load_group(
     location: str | os.PathLike, mode: str = "r", storage_options: dict | None = None
 ) -> tuple[zarr.Group, dict[str, Any]]:
     """Open the group at `location` and validate that it is a store this code can read."""
+    check_location(location)
     where = describe(location)
     try:
         group = open_group(location, mode, storage_options)
-    except (FileNotFoundError, zarr.errors.BaseZarrError) as err:
+    except (FileNotFoundError, zarr.errors.BaseZarrError, ValueError) as err:
         local_junk = not is_url(location) and Path(location).expanduser().exists()
         if isinstance(err, FileNotFoundError) and not local_junk:
             raise FileNotFoundError(f"no activation store at {where}: nothing there") from err
-        raise ValueError(f"{where} is not an activation store ({err}); {STORE_HELP}") from err
+        if is_unborn(location):
+            raise FileNotFoundError(
+                f"no activation store at {where}: only the folder of a store whose creation "
+                "was interrupted (no zarr.json); capturing there again replaces it"
+            ) from err
+        what = "its zarr.json is not valid JSON" if isinstance(err, ValueError) else str(err)
+        raise ValueError(f"{where} is not an activation store ({what}); {STORE_HELP}") from err
     attrs = dict(group.attrs)
     version = attrs.get("schema_version")
     if version is None:
@@ -174,7 +209,26 @@ def load_group(
         raise ValueError(
             f"store {where} holds dtype {attrs.get('dtype')!r}; valid: {', '.join(DTYPES)}"
         )
+    check_attributes(attrs, where)
     return group, attrs
+
+
+def check_attributes(attrs: dict[str, Any], where: str) -> None:
+    """Refuse attributes no writer of this code could have left (hand edits, corruption)."""
+    for key in ("committed_rows", "committed_inputs", "partial_input_rows"):
+        value = attrs.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(
+                f"store {where} has {key}={value!r} in its zarr.json; it must be an int >= 0. "
+                "The store is damaged: capture it again with overwrite=True"
+            )
+    points, d_model = attrs.get("points", []), attrs.get("d_model", {})
+    if not isinstance(points, list) or not all(isinstance(p, str) for p in points):
+        raise ValueError(f"store {where} has points={points!r}; it must be a list of names")
+    if not isinstance(d_model, dict) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in d_model.values()
+    ):
+        raise ValueError(f"store {where} has d_model={d_model!r}; it must map points to ints >= 1")
 
 
 def rank_location(location: str | os.PathLike, rank: int) -> str | Path:
@@ -191,7 +245,7 @@ def sharded_world_size(
     """The number of rank stores at `location`, or None if it is not a sharded store."""
     try:
         attrs = dict(open_group(location, "r", storage_options).attrs)
-    except (FileNotFoundError, zarr.errors.BaseZarrError):
+    except (FileNotFoundError, zarr.errors.BaseZarrError, ValueError):
         return None
     meta = attrs.get(SHARDED_ATTR)
     return int(meta["world_size"]) if isinstance(meta, dict) else None

@@ -19,6 +19,11 @@ import zarr
 
 LOCK_ATTR = "writer"
 
+#: Stores a StoreWriter of this process holds open right now (their `describe()` names).
+#: A lock naming this process but absent here was left by a writer of this process that
+#: failed to release it (a full disk): it is stale, and the same process may take it.
+_open_here: set[str] = set()
+
 
 class LockedError(RuntimeError):
     """Another live process holds this store or run directory."""
@@ -65,6 +70,21 @@ def check_lock(
         return
     pid, host = holder.get("pid"), holder.get("host")
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("since", 0)))
+    # Stores only: a run directory's lock (train/runlock.py) has no in-process registry.
+    mine = what == "store" and host == socket.gethostname() and pid == os.getpid()
+    mine = mine and pid_alive(pid)
+    if mine and where in _open_here:
+        raise StoreLockedError(
+            f"store {where} is already open for writing in this process (pid {pid}); "
+            "close that StoreWriter (or let its capture finish) before opening another"
+        )
+    if mine:
+        warnings.warn(
+            f"taking over the stale writer lock on {where}: an earlier writer of this process "
+            f"(pid {pid}, since {since}) failed before it could release it",
+            stacklevel=3,
+        )
+        return
     if host == socket.gethostname() and isinstance(pid, int) and not pid_alive(pid):
         warnings.warn(
             f"breaking the stale writer lock on {what} {where}: pid {pid} on {host} (since {since}) "
@@ -82,7 +102,21 @@ def check_lock(
 def acquire(group: zarr.Group, where: str) -> None:
     check_lock(dict(group.attrs), where)
     group.update_attributes({LOCK_ATTR: holder_record()})
+    held(where)
 
 
-def release(group: zarr.Group) -> None:
+def held(where: str) -> None:
+    """Note that a writer of this process holds `where` (its lock attribute is written)."""
+    _open_here.add(where)
+
+
+def forget(where: str) -> None:
+    """This process no longer holds `where` (its writer failed while opening)."""
+    _open_here.discard(where)
+
+
+def release(group: zarr.Group, where: str) -> None:
+    """Forget the hold first: even if the attribute write fails (full disk), this process
+    may reopen the store, whose lock then names a holder that is known to be gone."""
+    forget(where)
     group.update_attributes({LOCK_ATTR: None})

@@ -1,4 +1,10 @@
-"""Read one activation store: committed rows, per-point statistics, integrity check."""
+"""Read one activation store: committed rows, per-point statistics, integrity check.
+
+Reads never return zarr's fill value for data that should be there: the stored
+units (chunks, or shards) covering a read are checked against a listing of the
+array's stored keys, taken once per array and refreshed only when a unit seems
+missing, so a deleted chunk raises StoreDamagedError instead of reading as zeros.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +21,9 @@ from zarr.codecs.bytes import Endian
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from sae_hooks.store.interface import Damage, PointStats
+from sae_hooks.store.interface import Damage, PointStats, StoreDamagedError
 from sae_hooks.store.layout import (
+    DTYPES,
     META_ARRAYS,
     check_out,
     describe,
@@ -26,7 +33,9 @@ from sae_hooks.store.layout import (
     storage_to_torch,
 )
 
-__all__ = ["ActivationStore", "Damage", "PointStats"]
+__all__ = ["ActivationStore", "Damage", "PointStats", "StoreDamagedError"]
+
+VERIFY_HINT = "store.verify() lists every damaged chunk; capture again with overwrite=True"
 
 
 class ActivationStore:
@@ -43,6 +52,7 @@ class ActivationStore:
         """Re-read the attributes, e.g. to see rows a running capture committed since."""
         self._group, self.attrs = load_group(self.location, "r", self._storage_options)
         self._arrays: dict[str, zarr.Array] = {}
+        self._stored_units: dict[str, set[int]] = {}  # array key -> unit indices on disk
 
     def __repr__(self) -> str:
         return (
@@ -83,7 +93,13 @@ class ActivationStore:
         return point
 
     def d_model(self, point: str) -> int:
-        return int(self.attrs["d_model"][self._check_point(point)])
+        d = self.attrs.get("d_model", {}).get(self._check_point(point))
+        if d is None:
+            raise ValueError(
+                f"store {describe(self.location)} has no rows for {point!r} yet, so its width "
+                "is not known; capture into it first"
+            )
+        return int(d)
 
     def stats(self, point: str) -> PointStats:
         s = self.attrs.get("stats", {}).get(self._check_point(point))
@@ -91,16 +107,71 @@ class ActivationStore:
             raise ValueError(f"store has no committed rows for {point!r}, so no statistics yet")
         return PointStats(torch.tensor(s["mean"], dtype=torch.float32), float(s["mean_sq_norm"]))
 
+    def _damaged(self, key: str, rows: tuple[int, int], what: str) -> StoreDamagedError:
+        where = describe(self.location)
+        return StoreDamagedError(
+            f"store {where}: rows [{rows[0]}, {rows[1]}) of {key} cannot be read: {what}; "
+            + VERIFY_HINT,
+            store=where,
+            array=key,
+            rows=rows,
+        )
+
     def array(self, name: str) -> zarr.Array:
-        """The zarr array `acts/<point>` (give the point) or a row-metadata array."""
+        """The zarr array `acts/<point>` (give the point) or a row-metadata array.
+
+        Checked against the attributes: it must hold the committed rows, at the width
+        `d_model` says. Missing while no row is committed, it raises KeyError.
+        """
         key = name if name in META_ARRAYS else f"acts/{self._check_point(name)}"
-        if key not in self._arrays:
-            self._arrays[key] = self._group[key]
-        return self._arrays[key]
+        if key in self._arrays:
+            return self._arrays[key]
+        try:
+            arr = self._group[key]
+        except KeyError:
+            if self.n_rows == 0:
+                raise
+            raise self._damaged(key, (0, self.n_rows), "the array is missing") from None
+        except Exception as err:  # a garbled array zarr.json
+            raise self._damaged(
+                key, (0, self.n_rows), f"its metadata ({key}/zarr.json) is unreadable ({err})"
+            ) from err
+        if arr.shape[0] < self.n_rows:
+            raise self._damaged(
+                key,
+                (arr.shape[0], self.n_rows),
+                f"committed_rows={self.n_rows} but the array holds {arr.shape[0]} rows",
+            )
+        if key != name and arr.shape[1:] != (self.d_model(name),):
+            raise self._damaged(
+                key,
+                (0, self.n_rows),
+                f"the attribute d_model={self.d_model(name)} disagrees with the array's "
+                f"rows of width {arr.shape[1:]}",
+            )
+        self._arrays[key] = arr
+        return arr
 
     def chunk_rows(self, point: str) -> int:
         """Rows per stored chunk: the unit of efficient reads."""
+        if self.n_rows == 0 and not self._has_array(point):
+            return int(self.attrs.get("chunk_rows") or 1)
         return int(self.array(point).chunks[0])
+
+    def _has_array(self, name: str) -> bool:
+        key = name if name in META_ARRAYS else f"acts/{self._check_point(name)}"
+        try:
+            self.array(name)
+        except KeyError:
+            return key in self._arrays
+        return True
+
+    def _empty(self, name: str) -> np.ndarray:
+        """Zero rows of `name` (a store before its first batch reads as empty)."""
+        if name in META_ARRAYS:
+            return np.empty((0,), np.int64)
+        d = self.attrs.get("d_model", {}).get(name, 0)
+        return np.empty((0, d), DTYPES[self.dtype][0])
 
     def _bounds(self, start: int, stop: int | None) -> tuple[int, int]:
         stop = self.n_rows if stop is None else stop
@@ -113,14 +184,16 @@ class ActivationStore:
     ) -> np.ndarray:
         """Rows exactly as stored (bfloat16 as uint16 bits); into `out` when given (no temporary)."""
         start, stop = self._bounds(start, stop)
-        arr = self.array(point)
+        return self._read(self._check_point(point), start, stop, out)
+
+    def _read(self, name: str, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        if start == stop and self.n_rows == 0 and not self._has_array(name):
+            return self._empty(name) if out is None else out
+        arr = self.array(name)
+        label = name if name in META_ARRAYS else f"acts/{name}"
         if out is not None:
             check_out(out, (stop - start, *arr.shape[1:]), arr.dtype)
-        return self._read(f"acts/{point}", arr, start, stop, out)
-
-    def _read(
-        self, label: str, arr: zarr.Array, start: int, stop: int, out: np.ndarray | None = None
-    ) -> np.ndarray:
+        self._check_stored(label, arr, start, stop)  # also before the chunk-file fast path
         try:
             if out is not None:
                 if not self._read_chunk_files(arr, start, stop, out):
@@ -129,10 +202,8 @@ class ActivationStore:
                 return out
             return arr[start:stop]
         except Exception as err:  # a chunk that does not decode: name it and the way out
-            raise ValueError(
-                f"store {describe(self.location)}: rows [{start}, {stop}) of {label} cannot be "
-                f"read, a stored chunk is damaged ({type(err).__name__}: {err}); "
-                "store.verify() lists the damaged chunks; capture again with overwrite=True"
+            raise self._damaged(
+                label, (start, stop), f"a stored chunk is damaged ({type(err).__name__}: {err})"
             ) from err
 
     def _read_chunk_files(self, arr: zarr.Array, start: int, stop: int, out: np.ndarray) -> bool:
@@ -177,6 +248,25 @@ class ActivationStore:
                     done += got
         return True
 
+    def _check_stored(self, label: str, arr: zarr.Array, start: int, stop: int) -> None:
+        """Raise if a stored unit under rows [start, stop) is missing (it would read as
+        the fill value). One listing per array; a unit not in it is looked up again."""
+        if start == stop:
+            return
+        unit = arr.metadata.chunk_grid.chunk_shape[0]
+        needed = range(start // unit, (stop - 1) // unit + 1)
+        stored = self._stored_units.get(label)
+        if stored is not None and all(i in stored for i in needed):
+            return
+        stored = self._stored_units[label] = _stored_units(arr)
+        missing = [i for i in needed if i not in stored]
+        if missing:
+            i = missing[0]
+            rows = (i * unit, min((i + 1) * unit, self.n_rows))
+            raise self._damaged(
+                label, rows, f"its stored chunk {i} (rows {rows[0]}..{rows[1]}) is missing"
+            )
+
     def read(self, point: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Rows as numpy; bfloat16 is widened exactly to float32 (numpy has no bfloat16)."""
         return storage_to_numpy(self.read_raw(point, start, stop), self.dtype)
@@ -187,7 +277,7 @@ class ActivationStore:
 
     def _meta(self, name: str, start: int, stop: int | None) -> np.ndarray:
         start, stop = self._bounds(start, stop)
-        return self._read(name, self.array(name), start, stop)
+        return self._read(name, start, stop)
 
     def token_ids(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         return self._meta("token_ids", start, stop)
@@ -208,8 +298,14 @@ class ActivationStore:
         an uncompressed chunk of the right size cannot be seen.
         """
         damaged: list[Damage] = []
+        if self.n_rows == 0:
+            return damaged  # nothing committed: nothing to be damaged
         for name in [*self.points, *META_ARRAYS]:
-            arr = self.array(name)
+            try:
+                arr = self.array(name)
+            except StoreDamagedError as err:
+                damaged.append(Damage(err.array, 0, err.rows, str(err)))
+                continue
             unit = arr.metadata.chunk_grid.chunk_shape[0]  # the shard when sharded
             store, prefix = arr.store_path.store, arr.store_path.path
             blosc = any(isinstance(c, BloscCodec) for c in arr.metadata.codecs)
@@ -228,6 +324,24 @@ class ActivationStore:
                 except Exception as err:  # any decode failure is damage to report
                     damaged.append(Damage(label, i, (start, stop), f"{type(err).__name__}: {err}"))
         return damaged
+
+
+def _stored_units(arr: zarr.Array) -> set[int]:
+    """Row indices of the stored units (chunks or shards) of `arr`, from one listing."""
+    store, prefix = arr.store_path.store, arr.store_path.path.rstrip("/")
+
+    async def keys() -> list[str]:
+        return [k async for k in store.list_prefix(f"{prefix}/" if prefix else "")]
+
+    found = set()
+    for key in sync(keys()):
+        tail = key[len(prefix) :].lstrip("/")
+        if tail == "zarr.json":
+            continue
+        parts = tail.replace(".", "/").split("/")
+        if len(parts) >= 2 and parts[0] == "c" and parts[1].isdigit():
+            found.add(int(parts[1]))
+    return found
 
 
 def _check_blosc_frame(frame: bytes) -> None:

@@ -20,6 +20,7 @@ import zarr
 
 from sae_hooks.store import lock
 from sae_hooks.store.commit import CommitThread, Rows, now
+from sae_hooks.store.fingerprint import FINGERPRINT_ATTR, compare
 from sae_hooks.store.layout import (
     BF16_ENCODING,
     DEFAULT_CHUNK_ROWS,
@@ -27,9 +28,11 @@ from sae_hooks.store.layout import (
     META_ARRAYS,
     SCHEMA_VERSION,
     check_dtype,
+    check_location,
     compressors_for,
     default_compressors,
     describe,
+    is_unborn,
     load_group,
     nonfinite_rows,
     open_group,
@@ -37,6 +40,10 @@ from sae_hooks.store.layout import (
 )
 
 MODES = ("create", "resume", "overwrite")
+
+#: zarr skips writing a chunk equal to its fill value; readers treat a missing chunk of
+#: committed rows as damage, so every chunk is written (an all-zero one included).
+WRITE_EVERY_CHUNK = {"write_empty_chunks": True}
 
 
 def _explain(err: OSError, text: str) -> OSError:
@@ -55,6 +62,15 @@ def _int64_rows(batch: Any, name: str, n: int) -> np.ndarray:
     if arr.shape != (n,):
         raise ValueError(f"batch.{name} has shape {arr.shape}, expected ({n},) (one per row)")
     return arr.astype(np.int64, copy=False)
+
+
+def _point_list(points: Any) -> list[str] | None:
+    """None, one point name, or a list of names: anything else is refused by name."""
+    if points is None or isinstance(points, str):
+        return None if points is None else [points]
+    if not isinstance(points, (list, tuple)) or not all(isinstance(p, str) for p in points):
+        raise TypeError(f"points must be a str or a list of str, got {points!r}")
+    return list(points)
 
 
 def _check_settings(
@@ -79,10 +95,13 @@ def _new_attrs(
     source: str,
     chunk_rows: int,
     shard_chunks: int | None,
+    fingerprint: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """The attributes of a store about to be created (written with its group, at once)."""
     d = {p: d_model for p in points or []} if isinstance(d_model, int) else d_model
+    extra = {FINGERPRINT_ATTR: dict(fingerprint)} if fingerprint is not None else {}
     return {
+        **extra,
         "schema_version": SCHEMA_VERSION,
         "model": model,
         "source": source,
@@ -93,6 +112,7 @@ def _new_attrs(
         "shard_rows": chunk_rows * shard_chunks if shard_chunks else None,
         "committed_rows": 0,
         "committed_inputs": 0,
+        "partial_input_rows": 0,
         "stats": {},
         "created": now(),
         "updated": now(),
@@ -113,7 +133,10 @@ class StoreWriter:
 
     mode: "create" (fails if a store exists), "overwrite", or "resume" (continue an
     interrupted or finished store from its last commit; `committed_inputs` tells the
-    caller which input batch to feed next). Use as a context manager or call close().
+    caller which input batch to feed next, `partial_input_rows` how many of its rows
+    are already stored). A folder left by a creation killed before its zarr.json is
+    replaced in any mode. `fingerprint` (see sae_hooks.store.fingerprint) is recorded
+    at creation and compared on resume. Use as a context manager or call close().
     """
 
     def __init__(
@@ -132,17 +155,37 @@ class StoreWriter:
         queue_size: int = 4,
         commit_interval: float = 1.0,
         storage_options: dict[str, Any] | None = None,
+        fingerprint: dict[str, Any] | None = None,
     ) -> None:
+        check_location(location)
+        points = _point_list(points)
         _check_settings(mode, chunk_rows, queue_size, shard_chunks, commit_interval)
         self.commit_interval = commit_interval
         self.where = describe(location)
+        if mode == "resume" and is_unborn(location):
+            mode = "overwrite"  # nothing of a store there: create it afresh
         if mode == "resume":
             self._group, attrs = load_group(location, "r+", storage_options)
             self._check_matches(attrs, points, d_model, dtype)
+            if fingerprint is not None:
+                compare(attrs.get(FINGERPRINT_ATTR), fingerprint, self.where)
             lock.acquire(self._group, self.where)
         else:
-            attrs = _new_attrs(points, d_model, dtype, model, source, chunk_rows, shard_chunks)
+            attrs = _new_attrs(
+                points, d_model, dtype, model, source, chunk_rows, shard_chunks, fingerprint
+            )
             self._open_new(location, mode, storage_options, attrs)
+            lock.held(self.where)
+        try:
+            self._start(attrs, mode, compressors, commit_interval, queue_size)
+        except BaseException:
+            lock.forget(self.where)  # a later writer of this process may take the store
+            raise
+
+    def _start(
+        self, attrs: dict, mode: str, compressors: Any, commit_interval: float, queue_size: int
+    ) -> None:
+        """Open (or create) the arrays and start the writer thread."""
         self.dtype: str = attrs["dtype"]
         self.points: list[str] = list(attrs["points"])
         self.d_model: dict[str, int] = dict(attrs["d_model"])
@@ -176,6 +219,11 @@ class StoreWriter:
         """Input batches wholly committed: a resumed capture feeds the next one."""
         return self._committer.committed_inputs
 
+    @property
+    def partial_input_rows(self) -> int:
+        """Rows of input batch `committed_inputs` already committed (a cut at max_rows)."""
+        return self._committer.partial_input_rows
+
     # -- opening -------------------------------------------------------------------
 
     def _open_new(
@@ -185,6 +233,8 @@ class StoreWriter:
             _, old = load_group(location, "r", storage_options)
         except (FileNotFoundError, ValueError):
             old = None
+        if old is None and is_unborn(location):
+            mode = "overwrite"  # a folder left by a killed creation: nothing to keep
         if old is not None and mode == "create":
             raise FileExistsError(
                 f"an activation store already exists at {self.where}; pass mode='resume' "
@@ -234,6 +284,7 @@ class StoreWriter:
                     dtype=storage,
                     compressors=self._compressors,
                     fill_value=0,
+                    config=WRITE_EVERY_CHUNK,
                     overwrite=True,
                     attributes={"encoding": BF16_ENCODING} if self.dtype == "bfloat16" else {},
                 )
@@ -249,6 +300,7 @@ class StoreWriter:
                     dtype="int64",
                     compressors=compressors_for("zstd", "int64"),
                     fill_value=-2,
+                    config=WRITE_EVERY_CHUNK,
                     overwrite=True,
                 )
             else:
@@ -259,8 +311,13 @@ class StoreWriter:
 
     # -- caller side ---------------------------------------------------------------
 
-    def append(self, batch: Any) -> None:
-        """Queue one input batch's rows; blocks only while the queue is full."""
+    def append(self, batch: Any, *, completes_input: bool = True) -> None:
+        """Queue one input batch's rows; blocks only while the queue is full.
+
+        completes_input=False: these rows are the head of an input batch (a capture cut
+        at max_rows); the commit records them in `partial_input_rows` and the next
+        append (the batch's remaining rows) completes it.
+        """
         self._check_open()
         acts = getattr(batch, "acts", None)
         if not isinstance(acts, dict) or not acts:
@@ -291,7 +348,7 @@ class StoreWriter:
         self._refuse_nonfinite(data, n)
         for m in META_ARRAYS:
             data[m] = _int64_rows(batch, m, n)
-        self._committer.put(Rows(data, n), self._raise_if_failed)
+        self._committer.put(Rows(data, n, completes_input), self._raise_if_failed)
         self.rows_appended += n
 
     def _refuse_nonfinite(self, data: dict[str, np.ndarray], n: int) -> None:
@@ -361,12 +418,23 @@ class StoreWriter:
                 if self._committer.error is None:  # drop the spare capacity grown while writing
                     for arr in self._arrays.values():
                         arr.resize((self.committed_rows, *arr.shape[1:]))
-                lock.release(self._group)
-            except Exception as err:  # keep the writer thread's error, if any
-                if self._committer.error is None:
-                    raise
-                warnings.warn(f"could not release the lock on {self.where}: {err}", stacklevel=2)
+            finally:
+                self._release_lock()
         self._raise_if_failed()
+
+    def _release_lock(self) -> None:
+        """Release even after a failure; if the disk cannot take the write, this process
+        still forgets its hold, so a resume from it takes the lock over (lock.py)."""
+        try:
+            lock.release(self._group, self.where)
+        except Exception as err:  # keep the writer thread's error, if any
+            if self._committer.error is None:
+                raise
+            warnings.warn(
+                f"could not release the lock on {self.where} ({err}); a resume from this "
+                "process takes it over, another process sees it as held until this one ends",
+                stacklevel=3,
+            )
 
     def __enter__(self) -> StoreWriter:
         return self
