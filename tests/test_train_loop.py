@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import sae_hooks.train.trainer as trainer_module
+import sae_hooks.train.losses as losses_module
 from sae_hooks.sae import load_sae
 from sae_hooks.train import TensorSource, TrainConfig, Trainer, fvu, read_log, train
 
@@ -162,8 +162,8 @@ def _count_aux_calls(monkeypatch):
         calls.append(1)
         return real(*args, **kwargs)
 
-    real = trainer_module.aux_k_loss
-    monkeypatch.setattr(trainer_module, "aux_k_loss", counting)
+    real = losses_module.aux_k_loss
+    monkeypatch.setattr(losses_module, "aux_k_loss", counting)
     return calls
 
 

@@ -6,8 +6,19 @@ init, such as JumpReLU's thresholds, is the SAE's `init_from_data`.)
 
 from __future__ import annotations
 
+import math
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
+
+from .constraints import normalize_rows_
+
+if TYPE_CHECKING:
+    from sae_hooks.sae import SAE
+
+    from .config import TrainConfig
+    from .sources import RowSource
 
 
 @torch.no_grad()
@@ -49,3 +60,30 @@ def init_decoder_bias_(sae: nn.Module, sample: torch.Tensor, method: str) -> Non
         raise ValueError(
             f"b_dec_init must be 'geometric_median', 'mean' or 'zeros', got {method!r}"
         )
+
+
+@torch.no_grad()
+def initialise_from_data(
+    sae: SAE,
+    source: RowSource,
+    cfg: TrainConfig,
+    constrained: torch.Tensor | None,
+    device: torch.device,
+) -> float:
+    """Input scale from stats or a sample; data-dependent init of the SAE. The scale.
+
+    The scale makes E||s x||^2 = d so one lr and init fit every model's activations.
+    """
+    sample = source.sample(cfg.init_rows, seed=cfg.seed).to(device, torch.float32)
+    scale = 1.0
+    if cfg.normalize_activations:
+        msn = source.mean_sq_norm() or float(sample.pow(2).sum(-1).mean())
+        if not msn > 0:
+            raise ValueError("cannot normalise activations: their mean squared norm is 0")
+        scale = math.sqrt(source.d_model / msn)
+    if constrained is not None:
+        normalize_rows_(constrained)
+    sae.tie_encoder_to_dictionary_(warn=False)
+    init_decoder_bias_(sae, sae.training_pair(sample * scale)[1], cfg.b_dec_init)
+    sae.init_from_data(sample * scale, cfg)
+    return scale

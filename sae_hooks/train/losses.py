@@ -16,8 +16,11 @@ from sae_hooks.sae.sparse_encoder import fixed_support, gather_pre_codes
 
 if TYPE_CHECKING:
     from sae_hooks.distributed import ProcessRank
+    from sae_hooks.sae import SAE
 
-__all__ = ["aux_k_loss", "aux_k_rank_scale", "fvu", "mse"]
+    from .window import DeadLatents
+
+__all__ = ["aux_k_loss", "aux_k_rank_scale", "fvu", "mse", "trainer_aux_loss"]
 
 
 def aux_k_loss(
@@ -71,3 +74,27 @@ def aux_k_rank_scale(residual: torch.Tensor, rank: ProcessRank) -> torch.Tensor:
     n = e.shape[0] * rank.world
     total = sums[-1] - sums[:-1].pow(2).sum() / n
     return (rank.world * local / total.clamp_min(1e-12)).float()
+
+
+def trainer_aux_loss(
+    residual: torch.Tensor,
+    z_pre: torch.Tensor,
+    *,
+    active: bool,
+    dead: DeadLatents,
+    sae: SAE,
+    k_aux: int,
+    rank: ProcessRank,
+    device: torch.device,
+) -> torch.Tensor:
+    """AuxK while some latent is dead (the trainer checks every few steps), else a constant 0.
+
+    The mask and dictionary are only read when active, so a run with no dead latent
+    pays nothing; under data parallel the loss is this rank's share of the global one.
+    """
+    if not active:
+        return torch.zeros((), device=device)
+    aux = aux_k_loss(residual, z_pre, dead.mask(), sae.get_dictionary(), k_aux)
+    if rank.distributed:
+        aux = aux * aux_k_rank_scale(residual, rank)
+    return aux

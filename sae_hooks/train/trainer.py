@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,16 +37,16 @@ from sae_hooks.distributed import RankSlice, processes, sync_replicas_
 from sae_hooks.sae import SAE, SAE_REGISTRY
 from sae_hooks.sae.sparse_encoder import fire_counts
 
-from . import checkpoint, runlock
+from . import checkpoint, runlock, trainer_state
 from .coefficient import SparsityCoefficient
-from .config import RESUME_FREE_FIELDS, TrainConfig
+from .config import TrainConfig
 from .constraints import constrained_weight, normalize_rows_, remove_parallel_gradient_
-from .diagnostics import run_warnings, warn_all
-from .init import init_decoder_bias_
-from .losses import aux_k_loss, aux_k_rank_scale
-from .runlog import NoLog, RunLog, read_log
+from .init import initialise_from_data
+from .losses import trainer_aux_loss
+from .runlog import NoLog, RunLog
 from .schedule import lr_factor
 from .sources import Loader, RowSource, as_source, full_batches
+from .step_metrics import StepMetrics
 from .validation import validate
 from .window import DeadLatents, LogWindow
 
@@ -118,12 +117,14 @@ class Trainer:
             )
         state = checkpoint.read_state(found) if found is not None else None
         if state is not None:
-            self._check_resumable(found, state)
+            trainer_state.check_resumable(cfg, found, state)
         self._build(sae if sae is not None else build_sae(cfg, d))
         if found is not None:
-            self._restore(found)
+            trainer_state.restore(self, found)
         else:
-            self.scale = self._initialise()
+            self.scale = initialise_from_data(
+                self.sae, self.source, cfg, self._constrained, self.device
+            )
             self._broadcast_initial_state()
         self.log: RunLog | NoLog = NoLog()
         if rank.is_main:
@@ -162,24 +163,7 @@ class Trainer:
         self.coefficient = SparsityCoefficient(cfg, self.device)
         self.step = 0
         self.aux_active = False
-
-    @torch.no_grad()
-    def _initialise(self) -> float:
-        """Input scale from stats or a sample; data-dependent init of the SAE."""
-        cfg = self.config
-        sample = self.source.sample(cfg.init_rows, seed=cfg.seed).to(self.device, torch.float32)
-        scale = 1.0
-        if cfg.normalize_activations:
-            msn = self.source.mean_sq_norm() or float(sample.pow(2).sum(-1).mean())
-            if not msn > 0:
-                raise ValueError("cannot normalise activations: their mean squared norm is 0")
-            scale = math.sqrt(self.source.d_model / msn)
-        if self._constrained is not None:
-            normalize_rows_(self._constrained)
-        self.sae.tie_encoder_to_dictionary_(warn=False)
-        init_decoder_bias_(self.sae, self.sae.training_pair(sample * scale)[1], cfg.b_dec_init)
-        self.sae.init_from_data(sample * scale, cfg)
-        return scale
+        self.metrics = StepMetrics(self)
 
     def _broadcast_initial_state(self) -> None:
         """Every rank starts from rank 0's SAE, whatever its own sample gave."""
@@ -189,63 +173,11 @@ class Trainer:
             self.rank.broadcast_(tensor)
         self.scale = self.rank.broadcast_object(self.scale)
 
-    def _check_resumable(self, path: Path, state: dict[str, Any]) -> None:
-        """The checkpoint's config must be this one (bar RESUME_FREE_FIELDS), its step in range."""
-        file = path / checkpoint.STATE_FILE
-        try:
-            saved = TrainConfig.from_dict(state["config"])
-        except (ValueError, TypeError) as err:
-            raise ValueError(f"{file} holds an invalid training config: {err}") from None
-        if not 0 <= state["step"] <= self.config.steps:
-            raise ValueError(
-                f"{file} is at step {state['step']}, outside this run's 0..{self.config.steps} "
-                f"steps; the checkpoint is damaged or from another run: delete {path} to restart"
-            )
-        diff = sorted(
-            k
-            for k, v in saved.to_dict().items()
-            if k not in RESUME_FREE_FIELDS and self.config.to_dict()[k] != v
-        )
-        if diff:
-            raise ValueError(
-                f"cannot resume {path}: the config differs in {diff}; "
-                f"only {sorted(RESUME_FREE_FIELDS)} may change between runs"
-            )
-
-    def _restore(self, path: Path) -> None:
-        tensors, state = checkpoint.load(
-            path, sae=self.sae, optimizer=self.optimizer, device=self.device
-        )
-        self.dead.since_fired = tensors["since_fired"]
-        self.coefficient.value = tensors["coefficient"]
-        steps = state["window_steps"]
-        self.window.load_state(tensors, steps, steps * self.config.batch_size)
-        self.step, self.scale = state["step"], state["scale"]
-        self.aux_active = state["aux_active"]
-        self.loader.load_state_dict(state["loader"])
-
     def save_checkpoint(self) -> Path:
         """Write a checkpoint (rank 0 only: the ranks hold identical state)."""
         if not self.rank.is_main:
             return self.run_dir / checkpoint.CHECKPOINT
-        return checkpoint.save(
-            self.run_dir,
-            sae=self.sae,
-            optimizer=self.optimizer,
-            tensors={
-                "since_fired": self.dead.since_fired,
-                "coefficient": self.coefficient.value,
-                **self.window.state_tensors(),
-            },
-            state={
-                "step": self.step,
-                "scale": self.scale,
-                "aux_active": self.aux_active,
-                "window_steps": self.window.steps,
-                "loader": self.loader.state_dict(),
-                "config": self.config.to_dict(),
-            },
-        )
+        return trainer_state.save(self)
 
     # ------------------------------------------------------------------ the loop
 
@@ -287,7 +219,7 @@ class Trainer:
         self.sae.train()
         if self.rank.is_main:
             self.config.to_json(self.run_dir / "config.json")
-        self._tic, self._tic_step = time.perf_counter(), self.step
+        self.metrics.restart()
         return full_batches(self.loader, self.config.batch_size // self.rank.world)
 
     def progress_bar(self, desc: str = "train") -> tqdm:
@@ -304,18 +236,18 @@ class Trainer:
         if self.step % self._dead_check_every == 0 and cfg.aux_coefficient > 0:
             self.aux_active = self.dead.any()
         if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-            postfix = self._log_train()
+            postfix = self.metrics.log_train()
             if bar is not None:
                 bar.set_postfix(postfix, refresh=False)
         if cfg.val_every and self.step % cfg.val_every == 0 and self.step < cfg.steps:
-            self._log_validation()
+            self.metrics.log_validation()
         if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
             self.save_checkpoint()
 
     def end_loop(self) -> None:
         """Final validation (at the end of the run) and a checkpoint at the stop step."""
         if self.step == self.config.steps and not self.log.has(self.step, "val/fvu"):
-            self._log_validation()  # once: a rerun of a finished run adds no line
+            self.metrics.log_validation()  # once: a rerun of a finished run adds no line
         self.save_checkpoint()
 
     def finish_fit(self) -> SAE:
@@ -355,7 +287,16 @@ class Trainer:
             loss = mse
             if self.coefficient.active:
                 loss = loss + self.coefficient.at(self.step) * sae.sparsity_loss(out).float()
-            aux = self._aux_loss(err.detach(), out.z_pre)
+            aux = trainer_aux_loss(
+                err.detach(),
+                out.z_pre,
+                active=self.aux_active,
+                dead=self.dead,
+                sae=sae,
+                k_aux=cfg.aux_k,
+                rank=self.rank,
+                device=self.device,
+            )
             loss = loss + cfg.aux_coefficient * aux
         loss.backward()
         fires = fire_counts(out.z)  # from the kept support where the forward recorded it
@@ -374,17 +315,6 @@ class Trainer:
             losses = torch.stack([pending.loss, pending.mse, pending.aux])
             self.window.add(losses, x, pending.x_hat, fires, rows)
 
-    def _aux_loss(self, residual: torch.Tensor, z_pre: torch.Tensor) -> torch.Tensor:
-        """AuxK while some latent is dead (checked every few steps), else a constant 0."""
-        if not self.aux_active:
-            return torch.zeros((), device=self.device)
-        aux = aux_k_loss(
-            residual, z_pre, self.dead.mask(), self.sae.get_dictionary(), self.config.aux_k
-        )
-        if self.rank.distributed:
-            aux = aux * aux_k_rank_scale(residual, self.rank)
-        return aux
-
     def _optimizer_step(self) -> None:
         """Clip, step, and keep the decoder rows on the unit sphere."""
         if self._constrained is not None:
@@ -396,41 +326,6 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self._constrained is not None:
             normalize_rows_(self._constrained)
-
-    # ------------------------------------------------------------------ metrics
-
-    def _log_train(self) -> dict[str, float]:
-        cfg = self.config
-        self.window.all_reduce(self.rank)
-        record = self.window.record()
-        if not math.isfinite(record["loss"]):
-            raise FloatingPointError(
-                f"the training loss became {record['loss']} between steps {self._tic_step} and "
-                f"{self.step}; the last checkpoint in {self.run_dir} is from before it. Lower "
-                "lr, or check the activations for overflow"
-            )
-        now = time.perf_counter()
-        record.update(
-            dead_fraction=self.dead.fraction(),
-            lr=cfg.lr * lr_factor(self.step - 1, cfg.steps, cfg.warmup_steps, cfg.decay_fraction),
-            tokens_per_s=(self.step - self._tic_step) * cfg.batch_size / (now - self._tic),
-        )
-        if self.coefficient.active:
-            record[self.coefficient.field] = float(self.coefficient.at(self.step - 1))
-        self.log.write({"step": self.step, "tokens": self.step * cfg.batch_size, **record})
-        self.window.reset()
-        self._tic, self._tic_step = now, self.step
-        return {k: round(record[k], 4) for k in ("loss", "fvu", "l0")}
-
-    def _log_validation(self) -> None:
-        if self.rank.is_main:  # the ranks hold the same SAE: one of them validates
-            record = {"step": self.step, **self.validate()}
-            if self.step == self.config.steps:  # the final record says what the run missed
-                found = run_warnings([*read_log(self.run_dir), record], self.config.to_dict())
-                if found:
-                    record["warnings"] = found
-                    warn_all(found)
-            self.log.write(record)
 
     def validate(self) -> dict[str, float]:
         """FVU, MSE, L0 and dead fraction on held-out rows in eval mode (see validation.py)."""
