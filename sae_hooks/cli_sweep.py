@@ -106,7 +106,8 @@ def _train_flags() -> set[str]:
 
 
 def run_sweep(args: argparse.Namespace) -> None:
-    from sae_hooks.cli import _run_dir
+    from sae_hooks.cli import _run_dir, _use_record
+    from sae_hooks.runrecord import write_run_record
     from sae_hooks.store import open_store
     from sae_hooks.train import Sweep, TrainConfig, train_many
 
@@ -114,6 +115,9 @@ def run_sweep(args: argparse.Namespace) -> None:
     run_dir = _run_dir(args)
     store_at = args.store or spec["store"] or str(run_dir / "store")
     out = Path(args.out or spec["out"] or run_dir / "sweep")
+    _use_record(args, run_dir)  # the run's model and corpus, for the eval and the report
+    if args.record is not None and run_dir.resolve() not in out.resolve().parents:
+        write_run_record(out, args.record)  # a sweep kept elsewhere still says what made it
     base = {"progress": not args.quiet, **spec["train"]}
     if "point" not in spec["axes"] and "point" not in base:
         points = open_store(store_at).points
@@ -130,11 +134,12 @@ def run_sweep(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace, out: Path) -> None:
-    from sae_hooks.cli import _inputs, _load_model
+    from sae_hooks.cli import _defaults, _inputs, _load_model
     from sae_hooks.eval import evaluate_sweep
 
+    _defaults(args)
     model, processor = _load_model(args)
-    data = _inputs(args, model, processor)
+    data = _inputs(args, model, processor, "held-out", args.eval_batches)  # never train rows
     results = evaluate_sweep(
         model, out, data, max_batches=args.eval_batches, progress=not args.quiet
     )

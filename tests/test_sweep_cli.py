@@ -92,3 +92,25 @@ def test_bad_sweep_configs_are_refused(table, message, tmp_path, capsys, store):
     assert main(["sweep", str(config), "--store", str(store), "--out", str(tmp_path / "o")]) == 2
 
     assert re.search(message, capsys.readouterr().err)
+
+
+@pytest.mark.slow
+def test_sweep_of_a_cli_run_evaluates_on_its_held_out_documents(tmp_path, monkeypatch, capsys):
+    """A sweep over a CLI run's store takes the model from the run's run.json and evaluates
+    every SAE on the held-out tenth of its corpus, with no --family."""
+    monkeypatch.setenv("SAE_HOOKS_CACHE", str(tmp_path / "cache"))
+    capture = ["capture", "--family", "gpt2", "--tiny", "--point", "resid_post.1", "--run", "r"]
+    assert main([*capture, "--max-rows", "2000", "--quiet"]) == 0
+    config = tmp_path / "sweep.toml"
+    config.write_text(
+        "[sweep]\nnb_concepts = [32, 64]\n[train]\nk_per_token = 4\nbatch_size = 64\n"
+        "steps = 3\nval_every = 0\ncheckpoint_every = 0\ninit_rows = 128\n"
+    )
+    capsys.readouterr()
+    assert main(["sweep", str(config), "--run", "r", "--quiet", "--eval-batches", "2"]) == 0
+    printed = capsys.readouterr().out
+    sweep = tmp_path / "cache" / "r" / "sweep"
+    for n in (32, 64):
+        name = f"resid_post.1-batchtopk-n{n}-k4-s0"
+        assert re.search(rf"{re.escape(name)}: FVU \d", printed)
+        assert (sweep / name / "eval.json").is_file()
