@@ -1,23 +1,22 @@
 """The SAE base class (a plain ReLU SAE), its output type, and safetensors save/load.
 
 Variants override one step, `_sparsify(pre_codes, codes) -> z`; everything else
-(reshaping to rows, centring and scaling the input, decoding, persistence) lives here.
+(reshaping to rows, centring and scaling the input, decoding) lives here, save / load
+in the SAEPersistence mixin (persistence.py) and `load_sae` below.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import warnings
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from . import shapes
@@ -27,9 +26,10 @@ from .encoders import (
     LinearEncoder,
     TiedEncoder,
     build_encoder,
-    legacy_encoder,
     split_codes,
 )
+from .persistence import CONFIG_FILE, WEIGHTS_FILE, SAEPersistence
+from .persistence import FORMAT_VERSION as FORMAT_VERSION  # re-exported: base's old name
 from .sparse import (
     MAX_SPARSE_DENSITY,
     MAX_SPARSE_GRAD_DENSITY,
@@ -40,10 +40,6 @@ from .sparse import (
 )
 from .sparse_encoder import attach_gather
 from .training import TrainingContract
-
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-FORMAT_VERSION = 1
 
 SAE_REGISTRY: dict[str, type[SAE]] = {}
 """architecture name -> class; filled by every SAE subclass that sets `architecture`."""
@@ -57,7 +53,7 @@ class SAEOutput(NamedTuple):
     x_hat: torch.Tensor
 
 
-class SAE(TrainingContract, nn.Module):
+class SAE(SAEPersistence, TrainingContract, nn.Module):
     """Sparse autoencoder with ReLU codes: z = ReLU(W_enc (x*s - b_dec) + b_enc).
 
     input_shape: d, (seq, d) or (d, height, width). A row encoder (the default) reads
@@ -73,7 +69,8 @@ class SAE(TrainingContract, nn.Module):
     `input_scale` (buffer): the encoder sees x * input_scale - b_dec and x_hat is
     divided by it, so an SAE trained on normalised rows runs on raw activations.
     How the trainer treats a variant (penalty, budget, init) is declared through
-    `TrainingContract` (sae/training.py).
+    `TrainingContract` (sae/training.py); config / save / from_config / load_weights
+    come from `SAEPersistence` (sae/persistence.py).
     """
 
     architecture: ClassVar[str] = "relu"
@@ -312,97 +309,6 @@ class SAE(TrainingContract, nn.Module):
         self._structured = False
         return self
 
-    # -- persistence ------------------------------------------------------------------
-
-    def config(self) -> dict[str, Any]:
-        """JSON-able constructor arguments plus "architecture"; enough for `load_sae`."""
-        if self._encoder_name is None:
-            raise ValueError(
-                f"a custom encoder module ({type(self.encoder).__name__}) cannot be rebuilt "
-                "from config.json; register a factory with register_encoder(name, factory) "
-                "and pass encoder_module=name"
-            )
-        shape = self.input_shape[0] if len(self.input_shape) == 1 else list(self.input_shape)
-        return {
-            "architecture": self.architecture,
-            "format_version": FORMAT_VERSION,
-            "input_shape": shape,
-            "nb_concepts": self.nb_concepts,
-            "encoder_module": self._encoder_name,
-            "dictionary_params": self.dictionary.config(),
-            **self._variant_config(),
-        }
-
-    def _variant_config(self) -> dict[str, Any]:
-        return {}
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write `path/config.json` and `path/model.safetensors` (no pickle)."""
-        config = self.config()
-        path = Path(path)
-        if path.exists() and not path.is_dir():
-            raise ValueError(f"{path} exists and is not a directory")
-        path.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-        _atomic_write(path / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, {"format": "pt"}))
-        text = json.dumps(config, indent=2) + "\n"
-        _atomic_write(path / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
-        return path
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any], device: str | torch.device = "cpu") -> SAE:
-        """A freshly initialised SAE of the architecture and size `config` describes."""
-        if not isinstance(config, dict):
-            raise ValueError(f"an SAE config must be a JSON object, got {type(config).__name__}")
-        config = dict(config)
-        arch = config.pop("architecture", None)
-        if arch != cls.architecture:
-            raise ValueError(f"config architecture {arch!r} does not match {cls.__name__}")
-        version = config.pop("format_version", None)
-        if version != FORMAT_VERSION:
-            raise ValueError(
-                f"unsupported SAE format_version {version!r}; this sae-hooks reads {FORMAT_VERSION}"
-            )
-        accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "device"}
-        unknown = sorted(set(config) - accepted)
-        if unknown:
-            raise ValueError(
-                f"unknown keys {unknown} in {arch!r} config; accepted: {sorted(accepted)}"
-            )
-        missing = sorted({"input_shape", "nb_concepts"} - set(config))
-        if missing:
-            raise ValueError(f"{arch!r} config lacks required keys {missing}")
-        if isinstance(config["input_shape"], list):
-            config["input_shape"] = tuple(config["input_shape"])
-        return cls(**config, device=device)
-
-    def load_weights(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Load a state dict strictly, adopting its floating dtype."""
-        self._match_layout(tensors)
-        weight = tensors.get("dictionary.weight")
-        if weight is not None and weight.is_floating_point():
-            self.to(weight.dtype)
-        try:
-            self.load_state_dict(tensors, strict=True)
-        except RuntimeError as err:
-            raise ValueError(f"weights do not fit {type(self).__name__}: {err}") from err
-
-    def _match_layout(self, names: Iterable[str]) -> None:
-        """Adopt the encoder layout the tensor names were saved with; the names must match."""
-        names = set(names)
-        legacy = legacy_encoder(self._encoder_name, names)
-        if legacy is not None:  # an SAE saved before its encoder name changed meaning
-            device = self.dictionary.weight.device
-            self.encoder, self._encoder_name, self._structured = build_encoder(
-                legacy, self.input_shape, self.nb_concepts, device
-            )
-        expected = set(self.state_dict())
-        if expected != names:
-            raise ValueError(
-                f"weights do not match {type(self).__name__}: missing {sorted(expected - names)}, "
-                f"unexpected {sorted(names - expected)}"
-            )
-
 
 SAE_REGISTRY[SAE.architecture] = SAE
 
@@ -532,12 +438,6 @@ def _pickle_hint(path: Path) -> str:
     if head == b"PK\x03\x04":
         return " (it looks like a torch.save zip archive, which holds a pickle)"
     return ""
-
-
-def _atomic_write(target: Path, write) -> None:
-    tmp = target.with_name(target.name + ".tmp")
-    write(str(tmp))
-    os.replace(tmp, target)
 
 
 def _input_shape(shape: object) -> tuple[int, ...]:

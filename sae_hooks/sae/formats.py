@@ -69,6 +69,23 @@ def export_saelens(
     "blocks.6.hook_resid_post") and model_name say where SAELens should hook it."""
     from safetensors.torch import save_file
 
+    tensors, cfg = _saelens_weights(sae)
+    _add_location(cfg, point, model_name, hook_name)
+    with contextlib.suppress(
+        ValueError
+    ):  # a custom normalisation: SAELens still gets exact weights
+        cfg["sae_hooks"] = {"config": sae.config(), "input_scale": float(sae.input_scale)}
+        if point:
+            cfg["sae_hooks"]["point"] = point
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, path / SAELENS_WEIGHTS)
+    (path / SAELENS_CONFIG).write_text(json.dumps(cfg, indent=2) + "\n")
+    return path
+
+
+def _saelens_weights(sae: SAE) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """SAELens's tensors (input_scale folded in) and the cfg.json keys they imply."""
     if not isinstance(sae.encoder, LinearEncoder):
         raise ValueError(
             f"SAELens SAEs have a linear encoder; this one is {type(sae.encoder).__name__}"
@@ -83,21 +100,7 @@ def export_saelens(
         "W_dec": atoms / scale,
         "b_dec": b_dec / scale,
     }
-    cfg: dict[str, Any] = {}
-    if isinstance(sae, BatchTopKSAE):
-        if sae.running_threshold is None:
-            raise ValueError("a BatchTopKSAE exports with its running threshold; train it first")
-        cfg["architecture"] = "jumprelu"
-        tensors["threshold"] = sae.running_threshold.to(atoms.dtype).expand(nb)
-    elif isinstance(sae, JumpSAE):
-        cfg["architecture"] = "jumprelu"
-        tensors["threshold"] = sae.threshold
-    elif isinstance(sae, TopKSAE):
-        cfg.update(architecture="topk", k=sae.top_k)
-    elif type(sae) is SAE:
-        cfg["architecture"] = "standard"
-    else:
-        raise ValueError(f"no SAELens architecture for {type(sae).__name__}")
+    cfg = _saelens_architecture(sae, tensors, nb, atoms.dtype)
     cfg.update(
         d_in=d,
         d_sae=nb,
@@ -107,22 +110,40 @@ def export_saelens(
         normalize_activations="none",
         reshape_activations="none",
     )
+    return tensors, cfg
+
+
+def _saelens_architecture(
+    sae: SAE, tensors: dict[str, torch.Tensor], nb: int, dtype: torch.dtype
+) -> dict[str, Any]:
+    """SAELens's architecture keys for `sae`; adds the threshold tensor a JumpReLU needs."""
+    cfg: dict[str, Any] = {}
+    if isinstance(sae, BatchTopKSAE):
+        if sae.running_threshold is None:
+            raise ValueError("a BatchTopKSAE exports with its running threshold; train it first")
+        cfg["architecture"] = "jumprelu"
+        tensors["threshold"] = sae.running_threshold.to(dtype).expand(nb)
+    elif isinstance(sae, JumpSAE):
+        cfg["architecture"] = "jumprelu"
+        tensors["threshold"] = sae.threshold
+    elif isinstance(sae, TopKSAE):
+        cfg.update(architecture="topk", k=sae.top_k)
+    elif type(sae) is SAE:
+        cfg["architecture"] = "standard"
+    else:
+        raise ValueError(f"no SAELens architecture for {type(sae).__name__}")
+    return cfg
+
+
+def _add_location(
+    cfg: dict[str, Any], point: str | None, model_name: str | None, hook_name: str | None
+) -> None:
+    """Where SAELens hooks the SAE: metadata (SAELens 6) and the top level (SAELens < 6)."""
     hook_name = hook_name or (hook_name_of_point(point) or point if point else None)
     if hook_name or model_name:
         where = {"hook_name": hook_name, "model_name": model_name, "hook_head_index": None}
         cfg["metadata"] = {k: v for k, v in where.items() if v is not None}
         cfg.update(cfg["metadata"])  # SAELens < 6 read them at the top level
-    with contextlib.suppress(
-        ValueError
-    ):  # a custom normalisation: SAELens still gets exact weights
-        cfg["sae_hooks"] = {"config": sae.config(), "input_scale": float(scale)}
-        if point:
-            cfg["sae_hooks"]["point"] = point
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, path / SAELENS_WEIGHTS)
-    (path / SAELENS_CONFIG).write_text(json.dumps(cfg, indent=2) + "\n")
-    return path
 
 
 @torch.no_grad()

@@ -128,6 +128,64 @@ def _pick_compressors(compressors: Any, dtype: str) -> Any:
     return compressors
 
 
+def _check_matches(where: str, attrs: dict, points: Any, d_model: Any, dtype: Any) -> None:
+    """A resumed store must be continued with the settings it was started with."""
+    if dtype is not None and check_dtype(dtype) != attrs["dtype"]:
+        raise ValueError(f"store {where} holds {attrs['dtype']}, cannot resume it as {dtype}")
+    if points is not None and attrs["points"] and list(points) != attrs["points"]:
+        raise ValueError(
+            f"store {where} holds points {attrs['points']}, cannot resume with {points}"
+        )
+    stored = attrs["d_model"]
+    if isinstance(d_model, int):
+        d_model = dict.fromkeys(stored, d_model)
+    for p, d in (d_model or {}).items():
+        if p in stored and stored[p] != d:
+            raise ValueError(
+                f"d_model mismatch for {p!r}: store {where} holds d_model={stored[p]}, got {d}"
+            )
+
+
+def _storage_rows(
+    acts: dict, points: list[str], d_model: dict[str, int], dtype: str
+) -> tuple[dict[str, np.ndarray], int]:
+    """Each point's rows checked for shape and converted for storage; (data, rows)."""
+    n = None
+    data: dict[str, np.ndarray] = {}
+    for p in points:
+        x = acts[p]
+        if x.ndim != 2 or x.shape[1] != d_model[p]:
+            raise ValueError(
+                f"d_model mismatch for {p!r}: batch rows have shape {tuple(x.shape)}, "
+                f"the store holds (n, {d_model[p]})"
+            )
+        if n is not None and x.shape[0] != n:
+            raise ValueError(f"acts[{p!r}] has {x.shape[0]} rows, other points have {n}")
+        n = x.shape[0]
+        data[f"acts/{p}"] = to_storage(x, dtype)
+    return data, n
+
+
+def _refuse_nonfinite(
+    data: dict[str, np.ndarray], n: int, points: list[str], dtype: str, where: str
+) -> None:
+    """NaN or inf rows would poison the statistics and any SAE trained on them."""
+    counts = {}
+    for p in points:
+        bad = nonfinite_rows(data[f"acts/{p}"], dtype)
+        if bad.any():
+            counts[p] = (int(bad.sum()), int(bad.argmax()))
+    if not counts:
+        return
+    found = "; ".join(f"{c} at {p!r} (first: row {i})" for p, (c, i) in counts.items())
+    overflow = " (float16 holds at most +-65504)" if dtype == "float16" else ""
+    raise ValueError(
+        f"refused an input batch of {n} rows holding NaN or inf{overflow}: {found}. "
+        f"Nothing of it was queued; the store at {where} keeps every batch "
+        "appended before. Activations must be finite: check the model's dtype and inputs"
+    )
+
+
 class StoreWriter:
     """Append `ActivationBatch`-like objects (`acts`, `token_ids`, `doc_index`, `position`).
 
@@ -166,7 +224,7 @@ class StoreWriter:
             mode = "overwrite"  # nothing of a store there: create it afresh
         if mode == "resume":
             self._group, attrs = load_group(location, "r+", storage_options)
-            self._check_matches(attrs, points, d_model, dtype)
+            _check_matches(self.where, attrs, points, d_model, dtype)
             if fingerprint is not None:
                 compare(attrs.get(FINGERPRINT_ATTR), fingerprint, self.where)
             lock.acquire(self._group, self.where)
@@ -250,26 +308,6 @@ class StoreWriter:
             text = f"cannot create an activation store at {self.where}: {err.strerror or err}"
             raise _explain(err, text) from err
 
-    def _check_matches(self, attrs: dict, points: Any, d_model: Any, dtype: Any) -> None:
-        """A resumed store must be continued with the settings it was started with."""
-        if dtype is not None and check_dtype(dtype) != attrs["dtype"]:
-            raise ValueError(
-                f"store {self.where} holds {attrs['dtype']}, cannot resume it as {dtype}"
-            )
-        if points is not None and attrs["points"] and list(points) != attrs["points"]:
-            raise ValueError(
-                f"store {self.where} holds points {attrs['points']}, cannot resume with {points}"
-            )
-        stored = attrs["d_model"]
-        if isinstance(d_model, int):
-            d_model = dict.fromkeys(stored, d_model)
-        for p, d in (d_model or {}).items():
-            if p in stored and stored[p] != d:
-                raise ValueError(
-                    f"d_model mismatch for {p!r}: store {self.where} holds d_model="
-                    f"{stored[p]}, got {d}"
-                )
-
     def _open_arrays(self, create: bool, keep_rows: int = 0) -> None:
         storage = DTYPES[self.dtype][0]
         for p in self.points:
@@ -332,41 +370,12 @@ class StoreWriter:
                 f"batch points {sorted(acts)} differ from the store's {self.points} "
                 f"(missing {sorted(missing)}, unexpected {sorted(extra)})"
             )
-        n = None
-        data: dict[str, np.ndarray] = {}
-        for p in self.points:
-            x = acts[p]
-            if x.ndim != 2 or x.shape[1] != self.d_model[p]:
-                raise ValueError(
-                    f"d_model mismatch for {p!r}: batch rows have shape {tuple(x.shape)}, "
-                    f"the store holds (n, {self.d_model[p]})"
-                )
-            if n is not None and x.shape[0] != n:
-                raise ValueError(f"acts[{p!r}] has {x.shape[0]} rows, other points have {n}")
-            n = x.shape[0]
-            data[f"acts/{p}"] = to_storage(x, self.dtype)
-        self._refuse_nonfinite(data, n)
+        data, n = _storage_rows(acts, self.points, self.d_model, self.dtype)
+        _refuse_nonfinite(data, n, self.points, self.dtype, self.where)
         for m in META_ARRAYS:
             data[m] = _int64_rows(batch, m, n)
         self._committer.put(Rows(data, n, completes_input), self._raise_if_failed)
         self.rows_appended += n
-
-    def _refuse_nonfinite(self, data: dict[str, np.ndarray], n: int) -> None:
-        """NaN or inf rows would poison the statistics and any SAE trained on them."""
-        counts = {}
-        for p in self.points:
-            bad = nonfinite_rows(data[f"acts/{p}"], self.dtype)
-            if bad.any():
-                counts[p] = (int(bad.sum()), int(bad.argmax()))
-        if not counts:
-            return
-        found = "; ".join(f"{c} at {p!r} (first: row {i})" for p, (c, i) in counts.items())
-        overflow = " (float16 holds at most +-65504)" if self.dtype == "float16" else ""
-        raise ValueError(
-            f"refused an input batch of {n} rows holding NaN or inf{overflow}: {found}. "
-            f"Nothing of it was queued; the store at {self.where} keeps every batch "
-            "appended before. Activations must be finite: check the model's dtype and inputs"
-        )
 
     def _init_points(self, acts: dict) -> None:
         if self.points and set(self.points) != set(acts):
