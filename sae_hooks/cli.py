@@ -439,15 +439,7 @@ def _output(args: argparse.Namespace, filename: str) -> Path:
 
 
 def cmd_capture(args: argparse.Namespace) -> None:
-    from sae_hooks.runrecord import (
-        SPLIT_ALL,
-        SPLIT_TRAIN,
-        RunRecord,
-        model_record,
-        tokenizer_record,
-        write_run_record,
-    )
-    from sae_hooks.store import capture_to_store
+    from sae_hooks.runrecord import write_run_record
 
     if not args.point:
         raise ValueError("--point is required (e.g. resid_post.3); `sae-hooks inspect` lists them")
@@ -458,8 +450,19 @@ def cmd_capture(args: argparse.Namespace) -> None:
     if args.overwrite and Path(store).exists():
         print(f"--overwrite: replacing the store at {store}")
     data = _inputs(args, model, processor, args.split)
+    result = _capture_with_cli_errors(args, model, data, store)
+    if args.store is None or Path(store).resolve().parent == run.resolve():
+        write_run_record(run, _capture_record(args, processor, result))
+    print(f"{result.n_rows:,} rows of {', '.join(result.points)} in {store}")
+
+
+def _capture_with_cli_errors(args: argparse.Namespace, model, data, store: str):
+    """Run the capture, rewording the library's resume/overwrite errors in terms of CLI
+    flags and turning Ctrl-C into an :class:`Interrupted` that says how far it got."""
+    from sae_hooks.store import capture_to_store
+
     try:
-        result = capture_to_store(
+        return capture_to_store(
             model,
             args.point,
             data,
@@ -481,6 +484,19 @@ def cmd_capture(args: argparse.Namespace) -> None:
         raise
     except KeyboardInterrupt:
         raise Interrupted(_rows_in(store)) from None
+
+
+def _capture_record(args: argparse.Namespace, processor, result):
+    """The run record of a capture: which model, tokenizer, points and corpus made the
+    store, so later steps (train, eval) can check they read the same thing."""
+    from sae_hooks.runrecord import (
+        SPLIT_ALL,
+        SPLIT_TRAIN,
+        RunRecord,
+        model_record,
+        tokenizer_record,
+    )
+
     mrec = model_record(args.family, args.model_dir, tiny=args.tiny)
     corpus = {
         "data": args.data if args.data == "pydoc" else str(Path(args.data).resolve()),
@@ -491,16 +507,13 @@ def cmd_capture(args: argparse.Namespace) -> None:
     }
     if args.family == "vit":
         corpus = {"data": str(Path(args.data).resolve()), "split": corpus["split"]}
-    record = RunRecord(
+    return RunRecord(
         model=mrec,
         tokenizer=tokenizer_record(processor, mrec["model_dir"]),
         points=list(result.points),
         corpus=corpus,
         created_by="sae-hooks capture",
     )
-    if args.store is None or Path(store).resolve().parent == run.resolve():
-        write_run_record(run, record)
-    print(f"{result.n_rows:,} rows of {', '.join(result.points)} in {store}")
 
 
 class Interrupted(Exception):

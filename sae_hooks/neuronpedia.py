@@ -52,7 +52,6 @@ def export_neuronpedia(
 ) -> Path:
     """Write `out/` (see the module docstring) from `sae` run over the rows of `store`."""
     from sae_hooks.hooks.points import hook_name_of_point
-    from sae_hooks.report.contexts import gather_examples
     from sae_hooks.report.features import collect_features
     from sae_hooks.report.rows import Rows
     from sae_hooks.report.tokens import TokenText
@@ -67,43 +66,16 @@ def export_neuronpedia(
     stats = collect_features(sae, rows, k=n_examples, progress=progress)
     firing = [int(i) for i in (stats.fire_count > 0).nonzero().flatten()]
     chosen = firing if latents is None else [int(i) for i in latents if int(i) in set(firing)]
-    text = TokenText(tokenizer)
     out = Path(out)
     (out / "features").mkdir(parents=True, exist_ok=True)
+    text = TokenText(tokenizer)
+    ids = {"modelId": model_id, "saeId": sae_id}
+    gather = {"n_examples": n_examples, "left": left, "right": right}
     batches: list[str] = []
     with (out / "explanations.jsonl").open("w", encoding="utf-8") as explain:
         for b, start in enumerate(range(0, len(chosen), FEATURES_PER_BATCH)):
             part = chosen[start : start + FEATURES_PER_BATCH]
-            examples = gather_examples(
-                sae, rows, stats, part, n_examples=n_examples, left=left, right=right
-            )
-            features = []
-            for latent in part:
-                acts = [_activation(e, text) for e in examples[latent]]
-                features.append(
-                    {
-                        "index": latent,
-                        "density": float(stats.density[latent]),
-                        "maxActApprox": float(stats.max_act[latent]),
-                        "meanAct": float(stats.mean_act[latent]),
-                        "activations": acts,
-                    }
-                )
-                record = {
-                    "index": latent,
-                    "modelId": model_id,
-                    "saeId": sae_id,
-                    "explanation": None,
-                    "examples": [
-                        {"text": _marked(a), "maxValue": a["maxValue"]}
-                        for a in acts
-                        if a["group"] == "top"
-                    ],
-                }
-                explain.write(json.dumps(record) + "\n")
-            name = f"features/batch-{b:04d}.json"
-            (out / name).write_text(json.dumps(features))
-            batches.append(name)
+            batches.append(_write_batch(out, b, part, sae, rows, stats, text, explain, ids, gather))
     header = {
         "format": FORMAT,
         "modelId": model_id,
@@ -119,6 +91,50 @@ def export_neuronpedia(
     }
     (out / "sae.json").write_text(json.dumps(header, indent=2) + "\n")
     return out
+
+
+def _write_batch(
+    out: Path,
+    b: int,
+    part: list[int],
+    sae: nn.Module,
+    rows: Any,
+    stats: Any,
+    text: Any,
+    explain: Any,
+    ids: dict[str, str],
+    gather: dict[str, int],
+) -> str:
+    """Write one ``features/batch-NNNN.json`` and its lines of explanations.jsonl; batches
+    bound how many latents' examples are gathered (and held in memory) at once.
+    Returns the batch file's name relative to `out`."""
+    from sae_hooks.report.contexts import gather_examples
+
+    examples = gather_examples(sae, rows, stats, part, **gather)
+    features = []
+    for latent in part:
+        acts = [_activation(e, text) for e in examples[latent]]
+        features.append(
+            {
+                "index": latent,
+                "density": float(stats.density[latent]),
+                "maxActApprox": float(stats.max_act[latent]),
+                "meanAct": float(stats.mean_act[latent]),
+                "activations": acts,
+            }
+        )
+        record = {
+            "index": latent,
+            **ids,
+            "explanation": None,
+            "examples": [
+                {"text": _marked(a), "maxValue": a["maxValue"]} for a in acts if a["group"] == "top"
+            ],
+        }
+        explain.write(json.dumps(record) + "\n")
+    name = f"features/batch-{b:04d}.json"
+    (out / name).write_text(json.dumps(features))
+    return name
 
 
 def _activation(example: Any, text: Any) -> dict[str, Any]:

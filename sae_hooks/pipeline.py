@@ -164,26 +164,61 @@ def run_pipeline(
     with _timed(timings, "train"):
         sae, resolved = _train_step(config, store, point, run_dir, progress)
     with _timed(timings, "eval"):
-        result = evaluate_reconstruction(
-            model, point, sae, eval_data, drop_bos=drop_bos, progress=progress
-        )
-        (run_dir / "eval.json").write_text(result.to_json())
-        core = evaluate_core(model, point, sae, eval_data, drop_bos=drop_bos)
-        write_core_eval(run_dir, core, sae_cfg=resolved.to_dict())
-    ablation = None
-    if concept is not None:
-        with _timed(timings, "ablation"):
-            ablation = _ablation_step(model, point, sae, concept, run_dir, progress)
-
+        result = _eval_step(model, point, sae, resolved, eval_data, run_dir, drop_bos, progress)
+    ablation = _maybe_ablate(model, point, sae, concept, run_dir, progress, timings)
     out = PipelineResult(run_dir, store.n_rows, resolved, result, ablation, timings=timings)
+    return _finish(out, store, point, concept, report, tokenizer, unembed, progress)
+
+
+def _finish(
+    out: PipelineResult,
+    store: Any,
+    point: str,
+    concept: Concept | None,
+    report: bool,
+    tokenizer: Any,
+    unembed: torch.Tensor | None,
+    progress: bool,
+) -> PipelineResult:
+    """Name the ablated concept, build the dashboard (if `report`), then write
+    run_dir/summary.txt last, so the summary on disk matches the one returned."""
     if concept is not None:
         out.concept, out.target_name = concept.name, concept.target_name
     if report:
         out.report = _build_report(
-            run_dir, store, point, tokenizer, unembed, ablation, concept, progress
+            out.run_dir, store, point, tokenizer, unembed, out.ablation, concept, progress
         )
-    (run_dir / "summary.txt").write_text(out.summary() + "\n")
+    (out.run_dir / "summary.txt").write_text(out.summary() + "\n")
     return out
+
+
+def _maybe_ablate(
+    model: nn.Module,
+    point: str,
+    sae: nn.Module,
+    concept: Concept | None,
+    run_dir: Path,
+    progress: bool,
+    timings: dict[str, float],
+) -> AblationResult | None:
+    """The ablation step, timed, only when a concept is given: the timings then list
+    only the steps that ran."""
+    if concept is None:
+        return None
+    with _timed(timings, "ablation"):
+        return _ablation_step(model, point, sae, concept, run_dir, progress)
+
+
+def _eval_step(model, point, sae, resolved, eval_data, run_dir, drop_bos, progress):
+    """Both evaluations of the spliced SAE, written to run_dir (eval.json and the core
+    eval) so the CLI's report can read them without rerunning the model."""
+    result = evaluate_reconstruction(
+        model, point, sae, eval_data, drop_bos=drop_bos, progress=progress
+    )
+    (run_dir / "eval.json").write_text(result.to_json())
+    core = evaluate_core(model, point, sae, eval_data, drop_bos=drop_bos)
+    write_core_eval(run_dir, core, sae_cfg=resolved.to_dict())
+    return result
 
 
 @contextlib.contextmanager

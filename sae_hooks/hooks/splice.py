@@ -214,14 +214,7 @@ def splice_transcoder(
     """
     if sae_mode not in ("eval", "train"):
         raise ValueError(f"sae_mode must be 'eval' or 'train', got {sae_mode!r}")
-    missing = [
-        a for a in ("encode", "predict", "input_size", "output_size") if not hasattr(transcoder, a)
-    ]
-    if missing:
-        raise TypeError(
-            f"splice_transcoder: {type(transcoder).__name__} is not a transcoder (lacks "
-            f"{', '.join(missing)}); use sae_hooks.sae.Transcoder or SkipTranscoder"
-        )
+    _check_transcoder(transcoder)
     edits = _edit_list(edit)
     source, target = resolve_point(model, input_point), resolve_point(model, output_point)
     handle = Splice(points=(output_point,))
@@ -248,24 +241,53 @@ def splice_transcoder(
                 f"{tuple(y.shape)} do not pair up with a transcoder {transcoder.input_size} -> "
                 f"{transcoder.output_size}"
             )
-        device, dtype = sae_device_dtype(transcoder, like=x)
-        rows = x.reshape(-1, x.shape[-1]).to(device=device, dtype=dtype)
-        _, z = transcoder.encode(rows)
-        z_edit = _edited(z, x.shape[:-1], edits)
-        if record_latents:
-            handle.latents[output_point] = z_edit.detach().reshape(*x.shape[:-1], z.shape[-1])
-        if error_term:
-            if not edits:
-                return None  # y + (prediction - prediction): the MLP's own output
-            delta = transcoder.predict(rows, z_edit) - transcoder.predict(rows, z)
-            return y + delta.reshape(y.shape).to(device=y.device, dtype=y.dtype)
-        return transcoder.predict(rows, z_edit).reshape(y.shape).to(device=y.device, dtype=y.dtype)
+        latents = handle.latents if record_latents else None
+        return _transcoded(transcoder, x, y, edits, error_term, latents, output_point)
 
     with ExitStack() as stack:
         stack.enter_context(module_mode(transcoder, training=sae_mode == "train"))
         stack.callback(add_hook(source, read).remove)
         stack.callback(add_hook(target, write).remove)
         yield handle
+
+
+def _check_transcoder(transcoder: nn.Module) -> None:
+    """Fail at splice time, naming what is missing, rather than mid-forward when an SAE
+    (which has no ``predict``) is passed where a transcoder is meant."""
+    missing = [
+        a for a in ("encode", "predict", "input_size", "output_size") if not hasattr(transcoder, a)
+    ]
+    if missing:
+        raise TypeError(
+            f"splice_transcoder: {type(transcoder).__name__} is not a transcoder (lacks "
+            f"{', '.join(missing)}); use sae_hooks.sae.Transcoder or SkipTranscoder"
+        )
+
+
+def _transcoded(
+    transcoder: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    edits: list[LatentEdit],
+    error_term: bool,
+    latents: dict[str, torch.Tensor] | None,
+    point: str,
+) -> torch.Tensor | None:
+    """The replacement for output `y` given input `x` of the same forward, kept apart from
+    the hook so the error-term arithmetic reads on its own; None keeps `y` unchanged.
+    Records the (edited) codes into `latents` under `point` when given."""
+    device, dtype = sae_device_dtype(transcoder, like=x)
+    rows = x.reshape(-1, x.shape[-1]).to(device=device, dtype=dtype)
+    _, z = transcoder.encode(rows)
+    z_edit = _edited(z, x.shape[:-1], edits)
+    if latents is not None:
+        latents[point] = z_edit.detach().reshape(*x.shape[:-1], z.shape[-1])
+    if error_term:
+        if not edits:
+            return None  # y + (prediction - prediction): the MLP's own output
+        delta = transcoder.predict(rows, z_edit) - transcoder.predict(rows, z)
+        return y + delta.reshape(y.shape).to(device=y.device, dtype=y.dtype)
+    return transcoder.predict(rows, z_edit).reshape(y.shape).to(device=y.device, dtype=y.dtype)
 
 
 def _sae_mapping(point_or_mapping, sae) -> dict[str, nn.Module]:

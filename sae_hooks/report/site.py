@@ -195,14 +195,10 @@ def _sweep_png(sweep: list[dict[str, Any]], path: Path) -> str | None:
     return out.name if out is not None else None
 
 
-def write_site(d: Dashboard, folder: Path, index_name: str = "index.html") -> Path:
-    """Write every file of the report into `folder`; return the index page."""
-    folder.mkdir(parents=True, exist_ok=True)
-    assets = folder / "assets"
-    assets.mkdir(exist_ok=True)
-    for f in resources.files("sae_hooks.report").joinpath("assets").iterdir():
-        if f.name.endswith((".js", ".css")):
-            (assets / f.name).write_text(f.read_text(encoding="utf-8"), encoding="utf-8")
+def _write_data(d: Dashboard, folder: Path) -> None:
+    """Write data/ (index, tokens, per-latent chunks) and any image thumbnails: the pages
+    load these lazily, so the HTML stays small however many latents there are. The
+    latent chunks are cleared first, so a rerun with fewer latents leaves none stale."""
     data = folder / "data"
     shutil.rmtree(data / "latents", ignore_errors=True)
     (data / "latents").mkdir(parents=True)
@@ -221,6 +217,17 @@ def write_site(d: Dashboard, folder: Path, index_name: str = "index.html") -> Pa
         chunk = {i: _latent_data(d, i, thumbs) for i in range(c, min(c + CHUNK, d.nb_concepts))}
         text = f"{PREFIX}SAE.chunk({c // CHUNK},{_json(chunk)});\n"
         (data / "latents" / f"{c // CHUNK}.js").write_text(text, encoding="utf-8")
+
+
+def write_site(d: Dashboard, folder: Path, index_name: str = "index.html") -> Path:
+    """Write every file of the report into `folder`; return the index page."""
+    folder.mkdir(parents=True, exist_ok=True)
+    assets = folder / "assets"
+    assets.mkdir(exist_ok=True)
+    for f in resources.files("sae_hooks.report").joinpath("assets").iterdir():
+        if f.name.endswith((".js", ".css")):
+            (assets / f.name).write_text(f.read_text(encoding="utf-8"), encoding="utf-8")
+    _write_data(d, folder)
     env = environment()
     abl = [_ablation_view(a) for a in d.ablations]
     s = d.stats
