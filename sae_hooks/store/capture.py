@@ -84,43 +84,18 @@ def capture_to_store(
     compressors: Any = "auto",
     storage_options: dict[str, Any] | None = None,
 ) -> ActivationStore:
-    """Capture `points` of `model` over `data` into the store at `store`.
+    """Capture `points` of `model` over `data` into `store`; the store, opened for reading.
 
-    `data` yields InputBatch (sae_hooks.data); dicts and (doc_offset, inputs) pairs
-    are adapted by sae_hooks.data.InputBatches. An existing store is resumed
-    (resume=True): its first `committed_inputs` input batches are skipped, so the
-    finished store holds every row exactly once. A resume must capture rows the
-    same way (model weights, tokenizer, context length, batch size, data, drop_bos,
-    vit_tokens): a different fingerprint is refused with StoreMismatchError naming
-    the fields. With max_rows the capture stops at exactly that many rows; the
-    last input batch may be cut, and a later call with a larger (or no) max_rows
-    continues inside that batch, so the store equals an uninterrupted capture row
-    for row. Returns the store, opened for reading.
-    """
-    check_location(store)
-    points = [points] if isinstance(points, str) else list(points)
-    if not points:
-        raise ValueError("points is empty; name at least one hook point")
-    if max_rows is not None and (isinstance(max_rows, bool) or max_rows < 1):
-        raise ValueError(f"max_rows must be >= 1 or None, got {max_rows}")
-    for point in points:  # a mistyped point fails here, before anything is on disk
-        resolve_point(model, point)
+    A resume skips the committed input batches and refuses, with StoreMismatchError, to
+    capture rows differently (model, tokenizer, context, batch size, data, drop_bos,
+    vit_tokens); after a max_rows cut it continues inside the cut batch."""
+    points = _checked_request(model, points, store, max_rows)
     batches = InputBatches(data)
     name = model_name or _model_name(model)
     attrs = _existing_store(store, name, resume, overwrite, storage_options)
     mode = "overwrite" if overwrite else "resume" if attrs is not None else "create"
     state = attrs if mode == "resume" else {}
-    done_inputs = int(state.get("committed_inputs", 0))
-    first, todo = _batches_from(batches, done_inputs)
-    if first is None:
-        raise ValueError(
-            f"the data source {type(data).__name__} yielded no input batches: nothing to "
-            f"capture into {store}; give at least one document or image"
-        )
-    source = source or batches.description
-    fingerprint = _fingerprint(model, batches, first, drop_bos, vit_tokens)
-    if mode == "resume":
-        compare(state.get(FINGERPRINT_ATTR), fingerprint, describe(store))
+    fingerprint, todo = _resume_plan(model, batches, store, state, drop_bos, vit_tokens)
     rows = int(state.get("committed_rows", 0))
     nxt = next(todo, None) if max_rows is None or rows < max_rows else None
     if nxt is None:  # nothing left to capture: the store is complete
@@ -134,26 +109,77 @@ def capture_to_store(
         d_model={p: int(x.shape[-1]) for p, x in acts.acts.items()},
         dtype=check_dtype(dtype),
         model=name,
-        source=source,
+        source=source or batches.description,
+        fingerprint=fingerprint if mode != "resume" else None,
         chunk_rows=chunk_rows,
         shard_chunks=shard_chunks,
         compressors=compressors,
         storage_options=storage_options,
-        fingerprint=fingerprint if mode != "resume" else None,
     )
     captured = itertools.chain(
         [(nxt, acts)],
         ((b, capture_input_batch(model, points, b, **options)) for b in todo),
     )
+    skip = int(state.get("partial_input_rows", 0))
+    feed = lambda: _feed(points, captured, writer, max_rows, progress, skip)  # noqa: E731
+    _write_or_remove(writer, mode, feed, store, storage_options)
+    return ActivationStore(store, storage_options=storage_options)
+
+
+def _resume_plan(
+    model: Any,
+    batches: InputBatches,
+    store: str | os.PathLike,
+    state: dict[str, Any],
+    drop_bos: bool,
+    vit_tokens: str,
+) -> tuple[dict[str, Any], Iterator[InputBatch]]:
+    """(this capture's fingerprint, the input batches still to capture); a resume whose
+    fingerprint differs from the store's is refused, naming the fields."""
+    first, todo = _batches_from(batches, int(state.get("committed_inputs", 0)))
+    if first is None:
+        raise ValueError(
+            f"the data source {type(batches.data).__name__} yielded no input batches: "
+            f"nothing to capture into {store}; give at least one document or image"
+        )
+    fingerprint = _fingerprint(model, batches, first, drop_bos, vit_tokens)
+    if state:
+        compare(state.get(FINGERPRINT_ATTR), fingerprint, describe(store))
+    return fingerprint, todo
+
+
+def _checked_request(
+    model: Any, points: str | list[str], store: str | os.PathLike, max_rows: int | None
+) -> list[str]:
+    """The points as a list, checked with the store location and max_rows before anything
+    is on disk: a mistyped point or a bad limit leaves nothing behind."""
+    check_location(store)
+    points = [points] if isinstance(points, str) else list(points)
+    if not points:
+        raise ValueError("points is empty; name at least one hook point")
+    if max_rows is not None and (isinstance(max_rows, bool) or max_rows < 1):
+        raise ValueError(f"max_rows must be >= 1 or None, got {max_rows}")
+    for point in points:
+        resolve_point(model, point)
+    return points
+
+
+def _write_or_remove(
+    writer: StoreWriter,
+    mode: str,
+    feed: Any,
+    store: str | os.PathLike,
+    storage_options: dict[str, Any] | None,
+) -> None:
+    """Run `feed` inside the writer; a store this call created and never committed to is
+    removed on failure, so a failed capture leaves nothing on disk."""
     try:
         with writer:
-            skip = int(state.get("partial_input_rows", 0))
-            _feed(points, captured, writer, max_rows, progress, skip)
+            feed()
     except BaseException:
         if mode != "resume" and writer.committed_rows == 0:
             _remove_new_store(store, storage_options)
         raise
-    return ActivationStore(store, storage_options=storage_options)
 
 
 def _existing_store(
