@@ -168,6 +168,72 @@ def _logit_lens(
     return logits, ids
 
 
+def _run_info(sae: nn.Module, run: RunInfo | None, title: str | None, point: str | None) -> RunInfo:
+    """The header's facts: the run's own (from its files) completed from the SAE's config."""
+    config = sae.config() if hasattr(sae, "config") else {}
+    run = run or RunInfo(name=title or "SAE", architecture=config.get("architecture", ""))
+    run.architecture = run.architecture or config.get("architecture", type(sae).__name__)
+    run.nb_concepts, run.d_model = sae.nb_concepts, sae.input_size
+    run.point = run.point or point or ""
+    if run.k_per_token is None and config.get("top_k") and "batch" not in run.architecture:
+        run.k_per_token = float(config["top_k"])  # TopK's k is per token already
+    return run
+
+
+def _checked_sizes(
+    n_latents: int | None, n_examples: int, context: tuple[int, int]
+) -> tuple[int, int]:
+    """(tokens before, tokens after) of an example, once the sizes asked for are valid."""
+    if (n_latents is not None and n_latents < 0) or n_examples < 1:
+        raise ValueError(f"need n_latents >= 0 and n_examples >= 1, got {n_latents}, {n_examples}")
+    left, right = context
+    if left < 0 or right < 0:
+        raise ValueError(f"context is (tokens before, tokens after), both >= 0, got {context}")
+    return left, right
+
+
+def _pass_over_rows(
+    sae: nn.Module,
+    source: Any,
+    point: str | None,
+    max_rows: int | None,
+    n_examples: int,
+    run: RunInfo,
+    notes: list[str],
+    progress: bool,
+) -> tuple[Any, Any]:
+    """(rows, their feature statistics) from one streaming pass; (None, None) without rows."""
+    if source is None:
+        notes.append("No activations given: no densities, histograms or examples.")
+        return None, None
+    rows = as_rows(source, point, max_rows=max_rows)
+    stats = collect_features(sae, rows, k=EXAMPLE_POOL * n_examples, progress=progress)
+    if hasattr(source, "model") and not run.model:
+        run.model = source.model
+    return rows, stats
+
+
+def _prefetched_logits(
+    sae: nn.Module,
+    unembed: Any,
+    chosen: list[int],
+    examples: dict,
+    tokens: TokenText | None,
+    notes: list[str],
+) -> dict:
+    """Logit-lens tokens of the chosen latents, with every token shown decoded in one batch."""
+    if tokens is not None and examples:
+        tokens.prefetch(int(t) for exs in examples.values() for ex in exs for t in ex.token_ids)
+    if unembed is None or not chosen:
+        return {}
+    logits, ids = _logit_lens(sae, unembed, chosen)
+    if tokens is not None:
+        tokens.prefetch(ids)
+    else:
+        notes.append("unembed was given for an image store; logit tokens shown as ids.")
+    return logits
+
+
 def make_dashboard(
     sae: nn.Module,
     source: Any = None,
@@ -191,53 +257,21 @@ def make_dashboard(
     progress: bool = True,
 ) -> Dashboard:
     """Compute what the report shows. See `build_dashboard` for the arguments."""
-    if (n_latents is not None and n_latents < 0) or n_examples < 1:
-        raise ValueError(f"need n_latents >= 0 and n_examples >= 1, got {n_latents}, {n_examples}")
-    left, right = context
-    if left < 0 or right < 0:
-        raise ValueError(f"context is (tokens before, tokens after), both >= 0, got {context}")
+    left, right = _checked_sizes(n_latents, n_examples, context)
     abl = _ablation_dicts(ablations)
     requested = [*latents, *(int(i) for a in abl for i in a["latents"])]
-    config = sae.config() if hasattr(sae, "config") else {}
-    run = run or RunInfo(name=title or "SAE", architecture=config.get("architecture", ""))
-    run.architecture = run.architecture or config.get("architecture", type(sae).__name__)
-    run.nb_concepts, run.d_model = sae.nb_concepts, sae.input_size
-    run.point = run.point or point or ""
-    if run.k_per_token is None and config.get("top_k") and "batch" not in run.architecture:
-        run.k_per_token = float(config["top_k"])
-    notes = []
-    stats, examples, vision, rows = None, {}, False, None
-    if source is not None:
-        rows = as_rows(source, point, max_rows=max_rows)
-        stats = collect_features(sae, rows, k=EXAMPLE_POOL * n_examples, progress=progress)
-        vision = rows.is_vision
-        if hasattr(source, "model") and not run.model:
-            run.model = source.model
-    else:
-        notes.append("No activations given: no densities, histograms or examples.")
+    run = _run_info(sae, run, title, point)
+    notes: list[str] = []
+    rows, stats = _pass_over_rows(sae, source, point, max_rows, n_examples, run, notes, progress)
     chosen = select_latents(stats, sae.nb_concepts, n_latents, requested)
+    vision, examples = rows is not None and rows.is_vision, {}
     if rows is not None and chosen:
         examples = gather_examples(
-            sae,
-            rows,
-            stats,
-            chosen,
-            n_examples=n_examples,
-            left=left,
-            right=right,
-            n_bins=n_bins,
-            per_bin=per_bin,
-        )
+            sae, rows, stats, chosen, n_examples=n_examples, left=left, right=right,
+            n_bins=n_bins, per_bin=per_bin,
+        )  # fmt: skip
     tokens = None if vision else TokenText(tokenizer)
-    if tokens is not None and examples:
-        tokens.prefetch(int(t) for exs in examples.values() for ex in exs for t in ex.token_ids)
-    logits = {}
-    if unembed is not None and chosen:
-        logits, ids = _logit_lens(sae, unembed, chosen)
-        if tokens is not None:
-            tokens.prefetch(ids)
-        else:
-            notes.append("unembed was given for an image store; logit tokens shown as ids.")
+    logits = _prefetched_logits(sae, unembed, chosen, examples, tokens, notes)
     cofire = None
     if stats is not None and stats.cofire is not None:
         cofire = cofire_neighbours(*stats.cofire, sae.nb_concepts)
