@@ -281,6 +281,7 @@ def _use_record(args: argparse.Namespace, where: Path) -> None:
 
     record = read_run_record(where)
     args.record = record
+    args.family_given = args.family is not None
     if record is None:
         return
     model = record.model
@@ -401,6 +402,8 @@ def _check_model_matches_store(args: argparse.Namespace, model) -> None:
     from sae_hooks.store.capture import _model_name
 
     store_dir = _run_dir(args) / "store"
+    if getattr(args, "record", None) is not None and not getattr(args, "family_given", True):
+        return  # the model came from the run's own run.json
     if args.sae or not (store_dir / "zarr.json").is_file():
         return
     captured, given = open_store(str(store_dir)).model, _model_name(model)

@@ -22,6 +22,8 @@ TARGET_L0 = 4.0
 STEPS = 600
 
 KNOWN_MISSES = {
+    "matryoshka_batchtopk": "L0 on target; recovery 0.65 at 600 steps (its nested losses "
+    "favour the first groups; BatchTopK itself reaches 0.79 here)",
     "batchtopk": "L0 on target; recovery 0.79 at 600 steps, batch 512 (the issue measured "
     "0.924 at 600 and 0.989 at 1,500 steps): BatchTopK converges slower than TopK here",
     "jumprelu": "L0 starts at the target (data-initialised thresholds) but falls to ~1 "
@@ -64,7 +66,10 @@ def test_explicit_threshold_init_still_wins(features):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", sorted(SAE_REGISTRY))
+@pytest.mark.parametrize(
+    "arch",  # the library's variants (not toy ones that other test modules register)
+    sorted(a for a, cls in SAE_REGISTRY.items() if cls.__module__.startswith("sae_hooks.")),
+)
 def test_default_config_recovers_the_dictionary(arch, features, tmp_path):
     reason = SAE_REGISTRY[arch].synthetic_opt_out
     if reason:

@@ -38,6 +38,10 @@ class Transcoder(SAE):
     """
 
     architecture = "transcoder"
+    synthetic_opt_out = (
+        "it predicts a target from paired data, not a reconstruction; "
+        "tests/test_transcoder.py checks it recovers a known sparse map"
+    )
     paired = True
 
     def __init__(
