@@ -22,9 +22,15 @@ from sae_hooks.cli_args import recipe_parser, train_config
 from sae_hooks.concepts import Concept, centroid_similarity, text_examples
 from sae_hooks.data import pydoc_texts, text_batches
 from sae_hooks.data.splits import split_texts
-from sae_hooks.models import check_model_dir, minilm_dir, offline, pydoc_tokenizer, tiny_model
+from sae_hooks.models import offline
 from sae_hooks.pipeline import run_pipeline
-from sae_hooks.recipe import eval_batch_count, print_summary, recipe_corpus, recipe_run_dir
+from sae_hooks.recipe import (
+    eval_batch_count,
+    minilm_and_pydoc,
+    print_summary,
+    recipe_corpus,
+    recipe_run_dir,
+)
 
 DEFAULTS = {
     "architecture": "batchtopk",
@@ -52,16 +58,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     offline()
-    if args.tiny:
-        model, tokenizer = tiny_model("minilm"), pydoc_tokenizer()
-        texts = pydoc_texts()[:120]
-    else:
-        from transformers import AutoModel, AutoTokenizer
-
-        path = check_model_dir("minilm", args.model_dir or minilm_dir())
-        model = AutoModel.from_pretrained(path, local_files_only=True).eval()
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        texts = pydoc_texts()
+    model, tokenizer, texts = minilm_and_pydoc(args.tiny, args.model_dir)
     train_texts, eval_texts = split_texts(texts)
     ctx = args.context_length
     data = text_batches(

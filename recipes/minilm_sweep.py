@@ -22,9 +22,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sae_hooks.data import pydoc_texts, text_batches
+from sae_hooks.data import text_batches
 from sae_hooks.data.splits import split_texts
-from sae_hooks.models import check_model_dir, minilm_dir, offline, pydoc_tokenizer, tiny_model
+from sae_hooks.models import offline
+from sae_hooks.recipe import minilm_and_pydoc
 
 POINTS = ["resid_post.1", "resid_post.3"]
 FULL = {"widths": [1536, 3072], "k": [16, 32], "batch_size": 1024, "total_tokens": 400_000}
@@ -58,16 +59,7 @@ def main(argv: list[str] | None = None) -> Path:
     args = parse(argv)
     offline()
     sizes = TINY if args.tiny else FULL
-    if args.tiny:
-        model, tokenizer = tiny_model("minilm"), pydoc_tokenizer()
-        texts = pydoc_texts()[:120]
-    else:
-        from transformers import AutoModel, AutoTokenizer
-
-        path = check_model_dir("minilm", args.model_dir or minilm_dir())
-        model = AutoModel.from_pretrained(path, local_files_only=True).eval()
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        texts = pydoc_texts()
+    model, tokenizer, texts = minilm_and_pydoc(args.tiny, args.model_dir)
     run = run_dir_for(
         args.run_name or ("minilm_sweep_tiny" if args.tiny else "minilm_sweep"), args.cache
     )

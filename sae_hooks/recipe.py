@@ -11,10 +11,26 @@ import argparse
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from sae_hooks.cli_args import fail
 from sae_hooks.pipeline import PipelineResult, run_dir_for
 from sae_hooks.runrecord import SPLIT_TRAIN
+
+
+def minilm_and_pydoc(tiny: bool, model_dir: str | None = None) -> tuple[Any, Any, list[str]]:
+    """(model, tokenizer, texts) of the offline default: the bundled all-MiniLM-L6-v2
+    (or --model-dir) on CPython's docs; --tiny: a random-init MiniLM on 120 paragraphs."""
+    from sae_hooks.data import pydoc_texts
+    from sae_hooks.models import check_model_dir, minilm_dir, pydoc_tokenizer, tiny_model
+
+    if tiny:
+        return tiny_model("minilm"), pydoc_tokenizer(), pydoc_texts()[:120]
+    from transformers import AutoModel, AutoTokenizer
+
+    path = check_model_dir("minilm", model_dir or minilm_dir())
+    model = AutoModel.from_pretrained(path, local_files_only=True).eval()
+    return model, AutoTokenizer.from_pretrained(path, local_files_only=True), pydoc_texts()
 
 
 def recipe_run_dir(args: argparse.Namespace, name: str) -> Path:
