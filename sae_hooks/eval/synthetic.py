@@ -266,16 +266,20 @@ def train_on_synthetic(
     from sae_hooks.train import TrainConfig, train
 
     x, _ = features.sample(rows, seed=features.seed + 1 + seed)
+    fields = {
+        "log_every": max(steps // 10, 1),
+        "val_every": 0,
+        "checkpoint_every": 0,
+        **sparsity_fields(architecture, l0),
+        **overrides,  # any field, including those above
+    }
     config = TrainConfig(
         architecture=architecture,
         steps=steps,
         batch_size=batch_size,
         seed=seed,
         progress=False,
-        log_every=max(steps // 10, 1),
-        val_every=0,
-        checkpoint_every=0,
-        **{**sparsity_fields(architecture, l0), **overrides},
+        **fields,
     )
     return train(config, x, run_dir)
 

@@ -35,6 +35,12 @@ class TrainingContract:
     `target_l0` adapts, and the log key it is reported under); None for a variant
     that is sparse by construction and takes no penalty."""
 
+    penalty_can_reward: ClassVar[bool] = False
+    """True where, under target_l0, the penalty weight may turn negative (a bounded
+    reward for firing) because the variant's own loss can settle below the target L0
+    with no penalty at all (JumpReLU: its reconstruction gradient raises thresholds that
+    admit interference); False keeps the multiplicative, positive controller."""
+
     default_adam_betas: ClassVar[tuple[float, float]] = (0.9, 0.999)
     """Adam betas when TrainConfig.adam_betas is None."""
 
@@ -45,6 +51,11 @@ class TrainingContract:
     default_aux_coefficient: ClassVar[float] = 0.0
     """AuxK weight when TrainConfig.aux_coefficient is None: > 0 where a dead latent gets
     no gradient otherwise (a top-k selection never picks it)."""
+
+    default_row_topk_warmup: ClassVar[float] = 0.0
+    """TrainConfig.row_topk_warmup when it is None: the fraction of the run during which
+    a batch-budget variant keeps each row's own share of the budget (TopK selection)
+    before the batch budget takes over (see `step_phase`); 0 for every other variant."""
 
     synthetic_opt_out: ClassVar[str | None] = None
     """Why this variant cannot take the default-settings recovery test on synthetic rows
@@ -77,6 +88,12 @@ class TrainingContract:
         """While active, this replica trains as one of `world` data-parallel ranks, each
         on batch_size // world rows of every global batch. Nothing changes by default:
         a per-row budget or a mean-over-rows penalty already scales with the local batch."""
+        yield
+
+    @contextlib.contextmanager
+    def step_phase(self, step: int, config: TrainConfig) -> Iterator[None]:
+        """While active, the SAE trains as at `step` of the run `config` describes (the
+        trainer wraps every step's forward in it). Nothing changes by default."""
         yield
 
     def training_pair(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,6 +14,9 @@ import torch
 from .config import TrainConfig
 from .schedule import coefficient_factor
 
+REWARD_SCALE = 1.0
+"""Near lambda = 0 a penalty that may reward moves by gain * REWARD_SCALE * its start."""
+
 
 class SparsityCoefficient:
     """`at(step)` is the penalty weight of that step; `value` the (checkpointed) base weight."""
@@ -23,6 +26,8 @@ class SparsityCoefficient:
         self.field: str | None = config.sae_class.penalty_field
         base = getattr(config, self.field) if self.field is not None else 0.0
         self.value = torch.tensor(float(base), device=device)
+        self.base = float(base)
+        self.can_reward = bool(config.sae_class.penalty_can_reward)
 
     @property
     def active(self) -> bool:
@@ -42,4 +47,12 @@ class SparsityCoefficient:
         if target is None:
             return
         error = torch.log(l0.clamp_min(1e-2) / target).clamp(-1.0, 1.0)
-        self.value *= torch.exp(self.config.target_l0_gain * error)
+        gain = self.config.target_l0_gain
+        if not self.can_reward:
+            self.value *= torch.exp(gain * error)
+            return
+        # Dual ascent on the constraint L0 = target: steps proportional to |lambda| far
+        # from 0 (as the multiplicative rule), of the starting weight's scale near it,
+        # so lambda can cross 0 into a bounded reward for firing.
+        step = gain * error * self.value.abs().clamp_min(REWARD_SCALE * self.base)
+        self.value.copy_((self.value + step).clamp_min(-self.base))

@@ -281,7 +281,8 @@ class Trainer:
             group["lr"] = lr
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._autocast):
             x, target = sae.training_pair(x)
-            out = self._forward(x)
+            with sae.step_phase(self.step, cfg):
+                out = self._forward(x)
             err = target - out.x_hat.float()
             mse = sae.reconstruction_loss(err, out)
             loss = mse

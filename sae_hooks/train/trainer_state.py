@@ -34,9 +34,12 @@ def check_resumable(config: TrainConfig, path: Path, state: dict[str, Any]) -> N
         if k not in RESUME_FREE_FIELDS and config.to_dict()[k] != v
     )
     if diff:
+        saved_values = {k: saved.to_dict()[k] for k in diff}
         raise ValueError(
             f"cannot resume {path}: the config differs in {diff}; "
-            f"only {sorted(RESUME_FREE_FIELDS)} may change between runs"
+            f"only {sorted(RESUME_FREE_FIELDS)} may change between runs. The checkpoint "
+            f"has {saved_values} (a default that changed between versions resolves "
+            "differently: pass these values to resume)"
         )
 
 
