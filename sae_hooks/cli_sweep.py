@@ -130,7 +130,34 @@ def run_sweep(args: argparse.Namespace) -> None:
     train_many(sweep, store_at, out, until_step=args.until_step)
     if args.family and args.until_step is None:
         _evaluate(args, out)
+    if args.until_step is None:
+        _seed_noise(sweep, out)
     print(f"SAEs in {out}/<name>/sae; metrics in {out}/sweep.json; `sae-hooks report {out}`")
+
+
+# What the seed report prints of each group (all of it goes to seed_report.json).
+SEED_REPORT_KEYS = ("val/fvu", "val/l0", "val/dead_fraction", "fvu", "l0", "dead_fraction")
+
+
+def _seed_noise(sweep: Any, out: Path) -> None:
+    """With two or more seeds on the axis: mean +- std over seeds of every metric, and
+    how alike the seeds' decoders are against a random-dictionary null."""
+    from sae_hooks.eval.seeds import (
+        format_seed_report,
+        sweep_seed_reports,
+        write_sweep_seed_reports,
+    )
+
+    if len(sweep.axes.get("seed", [])) < 2:
+        return
+    reports = sweep_seed_reports(out, sweep.configs(), sweep.names())
+    if not reports:
+        return
+    path = write_sweep_seed_reports(reports, out)
+    for label, report in reports.items():
+        keys = [k for k in report["metrics"] if k in SEED_REPORT_KEYS or k.startswith("eval/")]
+        print(f"{label}: " + format_seed_report(report, keys=keys))
+    print(f"seed noise of every metric in {path}")
 
 
 def _evaluate(args: argparse.Namespace, out: Path) -> None:

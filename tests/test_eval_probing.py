@@ -21,6 +21,7 @@ def test_one_sparse_probe_finds_the_labelled_latent():
     got = sparse_probing(acts, codes, labels, ks=(1, 5))
     assert got["sae_top_1_test_accuracy"] == pytest.approx(1.0)
     assert got["llm_test_accuracy"] < 0.75  # the raw activations here hold no label
+    assert 0.4 < got["majority_test_accuracy"] < 0.65  # balanced labels: about a half
     with pytest.raises(ValueError, match="one row per item"):
         sparse_probing(acts[:10], codes, labels)
 

@@ -114,3 +114,24 @@ def test_sweep_of_a_cli_run_evaluates_on_its_held_out_documents(tmp_path, monkey
         name = f"resid_post.1-batchtopk-n{n}-k4-s0"
         assert re.search(rf"{re.escape(name)}: FVU \d", printed)
         assert (sweep / name / "eval.json").is_file()
+
+
+def test_a_sweep_over_seeds_reports_the_seed_noise(store, tmp_path, capsys):
+    config = tmp_path / "run.toml"
+    config.write_text(
+        CONFIG.replace('point = ["resid_post.0", "resid_post.1"]\nnb', 'point = ["resid_post.1"]\nnb')
+        .replace("nb_concepts = [64, 128]", "nb_concepts = [64]")
+        .replace("seed = [0]", "seed = [0, 1, 2]")
+    )
+    out = tmp_path / "sweep"
+    assert main(["sweep", str(config), "--store", str(store), "--out", str(out), "--quiet"]) == 0
+    reports = json.loads((out / "seed_report.json").read_text())
+    assert list(reports) == ["resid_post.1-batchtopk-n64-k4"]
+    report = reports["resid_post.1-batchtopk-n64-k4"]
+    assert report["seeds"] == 3 and report["runs"][-1].endswith("-s2")
+    fvu = report["metrics"]["val/fvu"]
+    assert fvu["n"] == 3 and fvu["std"] > 0  # three different inits, three FVUs
+    rep = report["decoder_reproducibility"]
+    assert 0 < rep["null"]["mean"] < rep["matched_max_cosine"]["mean"] <= 1
+    printed = capsys.readouterr().out
+    assert "val/fvu" in printed and "random-dictionary null" in printed

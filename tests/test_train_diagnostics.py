@@ -41,3 +41,10 @@ def test_targets_and_edges():
     assert run_warnings(_log(l0=50), {"steps": 100}) == []  # no target, no L0 check
     assert fvu_drop([{"step": 100, "fvu": 0.1}], 100) is None  # one record: unknown
     assert fvu_drop(_log(fvus=(0.5, 0.3, 0.2, 0.1)), 100) == pytest.approx(0.5)
+
+
+def test_dead_latents_are_judged_over_the_training_window_not_the_validation_rows():
+    rare_but_alive = [*_log()[:-1], {"step": 100, "val/l0": 4.0, "val/dead_fraction": 0.3}]
+    assert run_warnings(rare_but_alive, CONFIG) == []
+    no_training_figure = [{"step": 100, "val/l0": 4.0, "val/dead_fraction": 0.3}]
+    assert "30% of the latents are dead" in run_warnings(no_training_figure, CONFIG)[0]

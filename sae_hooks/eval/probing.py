@@ -147,7 +147,9 @@ def sparse_probing(
     acts: Tensor, codes: Tensor, labels: Tensor, *, ks: Sequence[int] = KS, seed: int = 0
 ) -> dict[str, float]:
     """SAEBench-named accuracies, mean over one-vs-rest classes: llm_test_accuracy (all raw
-    activations), sae_test_accuracy (all latents), sae_top_{k}_test_accuracy."""
+    activations), sae_test_accuracy (all latents), sae_top_{k}_test_accuracy; and
+    majority_test_accuracy, always predicting the larger side (one-vs-rest classes are
+    unbalanced: a probe is only as good as its margin over this)."""
     if not (acts.shape[0] == codes.shape[0] == labels.shape[0]):
         raise ValueError(
             f"acts, codes and labels must have one row per item, got {acts.shape[0]}, "
@@ -160,7 +162,9 @@ def sparse_probing(
     sums: dict[str, float] = {}
     for c in classes.tolist():
         y = labels == c
+        share = float(y[te].float().mean())
         results = {
+            "majority_test_accuracy": max(share, 1.0 - share),  # the floor a probe must beat
             "llm_test_accuracy": _fit_accuracy(acts[tr], y[tr], acts[te], y[te]),
             "sae_test_accuracy": _fit_accuracy(codes[tr], y[tr], codes[te], y[te]),
         }

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -162,3 +163,42 @@ def format_seed_report(report: Mapping[str, Any], keys: Sequence[str] | None = N
         f"(random-dictionary null {null['mean']:.3f})"
     )
     return "\n".join(lines)
+
+
+SEED_REPORT_FILE = "seed_report.json"
+
+
+def sweep_seed_reports(
+    sweep_dir: str | Path, configs: Sequence[Any], names: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """A `seed_report` per group of a sweep's SAEs that differ only in their seed, keyed
+    by the group's name (the SAEs' name without "-s<seed>"); groups of one are left
+    out. configs / names: the sweep's `Sweep.configs()` and `Sweep.names()`."""
+    groups: dict[str, list[str]] = {}
+    for config, name in zip(configs, names, strict=True):
+        rest = {k: v for k, v in config.to_dict().items() if k != "seed"}
+        groups.setdefault(json.dumps(rest, sort_keys=True, default=str), []).append(name)
+    reports = {}
+    for members in groups.values():
+        if len(members) > 1:
+            label = re.sub(r"-s\d+$", "", members[0])
+            runs = [Path(sweep_dir) / m for m in members]
+            reports[label] = {**seed_report(runs), "runs": list(members)}
+    return reports
+
+
+def write_sweep_seed_reports(reports: Mapping[str, Any], sweep_dir: str | Path) -> Path:
+    """`seed_report.json` in the sweep directory (JSON: NaN written as null)."""
+    path = Path(sweep_dir) / SEED_REPORT_FILE
+    path.write_text(json.dumps(_json_safe(reports), indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
