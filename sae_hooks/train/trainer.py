@@ -185,7 +185,9 @@ class Trainer:
         """Train to `until_step` (default: the end), checkpoint, and return the SAE.
 
         At the end of the run the SAE is saved to run_dir/sae with input_scale set,
-        so both it and the returned module run on raw activations.
+        so both it and the returned module run on raw activations. Stopped earlier
+        (until_step), the module returned is the training state: train mode, and
+        input_scale 1 (it reads rows already scaled); fit again to finish the run.
         """
         main = self.rank.is_main
         try:
