@@ -19,7 +19,7 @@ from torch import nn
 from .base import SAE, SAEOutput
 from .dictionary import _positive_int
 from .sparse import sort_indices
-from .sparse_encoder import attach_support, gather_pre_codes
+from .sparse_encoder import attach_support, batch_top_k, gather_pre_codes
 from .topk import default_top_k
 
 
@@ -164,7 +164,7 @@ class BatchTopKSAE(SAE):
     def _batch_top_k(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(values, flat indices) of the batch budget's largest codes, exactly the budget."""
         k = self.batch_budget(codes.shape[0], codes.numel())
-        return codes.flatten().topk(k, sorted=False)
+        return batch_top_k(codes.reshape(-1, codes.shape[-1]), k)
 
     def _maybe_update_threshold(self, values: torch.Tensor, update: bool | None) -> None:
         """The batch threshold is the smallest kept code floored at 0 (see the class)."""
