@@ -124,3 +124,44 @@ def test_the_projection_is_the_tangent_projection():
     remove_parallel_gradient_(weight)
     torch.testing.assert_close(weight.grad, expected)
     assert (weight.grad * unit).sum(-1).abs().max() < 1e-5
+
+
+def test_a_jumprelu_trainer_step_on_its_sparse_path_matches_the_dense_path(tmp_path):
+    """At a low L0 JumpReLU trains through its support (sae/jump.py); Adam gets the
+    dense path's gradients, with the L0 loss, AuxK, the projection and clipping."""
+    trainers = []
+    for sparse in (True, False):
+        torch.manual_seed(0)
+        config = TrainConfig(
+            architecture="jumprelu",
+            nb_concepts=NB,
+            target_l0=K,
+            kernel="rectangle",  # support: 0.05 around theta
+            bandwidth=0.1,  # theta's gradient amplifies float32 rounding by 1 / bandwidth
+            batch_size=32,
+            steps=10,
+            lr=1e-2,
+            dead_tokens=1,
+            aux_coefficient=0.5,
+            grad_clip=0.05,
+            log_every=100,
+            val_every=0,
+            checkpoint_every=None,
+            progress=False,
+        )
+        rows = torch.randn(256, D, generator=torch.Generator().manual_seed(2))
+        trainer = Trainer(config, TensorSource(rows), tmp_path / str(sparse))
+        trainer.sae.sparse_encoder_grad = None if sparse else False
+        trainer.aux_active = True
+        trainer.dead.since_fired[::3] = 10
+        trainers.append(trainer)
+    outputs = []
+    real = trainers[0].sae.forward
+    trainers[0].sae.forward = lambda x: outputs.append(real(x)) or outputs[-1]
+    seen_sparse, seen_dense = adam_gradients(trainers)
+    assert outputs and all(hasattr(o.z, "_sae_sparse_support") for o in outputs)
+    for f, s in zip(seen_sparse, seen_dense):
+        assert s["log_threshold"].abs().sum() > 0
+        for name in s:
+            assert_close(f[name], s[name], f"jumprelu {name}")
+    torch.testing.assert_close(trainers[0].window.firing.counts, trainers[1].window.firing.counts)

@@ -14,7 +14,9 @@ import torch
 from torch import nn
 
 from .base import SAE, SAEOutput
-from .kernels import DEFAULT_KERNEL, Kernel, as_kernel, get_kernel
+from .kernels import DEFAULT_KERNEL, KERNEL_SUPPORT, KERNELS, Kernel, as_kernel, get_kernel
+from .sparse import MAX_SPARSE_DENSITY, MAX_SPARSE_GRAD_DENSITY, check_sparse_decode, decode_pairs
+from .sparse_encoder import attach_support, gather_pre_codes
 from .training import firing_quantiles
 
 _ACTIVE = "_sae_jump_active"
@@ -180,9 +182,59 @@ class JumpSAE(SAE):
             return pre * (pre > self.threshold)
         z, active = JumpReLUWithL0.apply(pre, self.threshold, self.kernel_fn, self.bandwidth)
         # For sparsity_loss of this very forward. Kept on the output z, not on the
-        # module: both (rows, n) tensors and their history go when the output does.
-        setattr(z, _ACTIVE, (pre, active))
+        # module: the (rows, n) tensors and their history go when the output does.
+        setattr(z, _ACTIVE, (pre, active.sum(dim=-1).mean()))
         return z
+
+    def _forward_rows(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """With a gradient, through the codes' support when it is sparse.
+
+        The backward needs a code where it is kept (z_pre > theta: the encoder's and the
+        decoder's gradients) or within the kernel's reach of its threshold (theta's
+        gradient, which reads d loss / d z there, zero code or not): z_pre >= theta - r,
+        r = the kernel's support in pre-code units. Those pairs go through the sparse
+        encoder backward and the sparse decoder, and JumpReLU runs on them alone; a
+        pair outside has a zero gradient for every parameter (K is exactly 0 there).
+        The support is counted after the matmul (one host sync on CUDA); above the
+        cut-off, or for a kernel with unbounded support, the dense path runs.
+        """
+        radius = self._kernel_radius()
+        pre = None if radius is None else self._sparse_pre_codes(rows, measured=True)
+        if pre is None:
+            return super()._forward_rows(rows)
+        theta = self.threshold
+        with torch.no_grad():
+            reach = (theta.detach() - radius).to(pre.dtype)
+            flat_rows, cols = (pre.detach() >= reach).nonzero(as_tuple=True)
+        forced = self.sparse_encoder_grad
+        if forced is None and cols.numel() > MAX_SPARSE_GRAD_DENSITY * pre.numel():
+            z = self._sparsify(pre, pre)
+            return pre, z, self._decode_rows(z)
+        z_vals, active = JumpReLUWithL0.apply(
+            gather_pre_codes(pre, flat_rows, cols),
+            theta.index_select(0, cols),
+            self.kernel_fn,
+            self.bandwidth,
+        )
+        n_rows, n = pre.shape
+        flat = flat_rows * n + cols
+        z = torch.zeros_like(pre).flatten().scatter(0, flat, z_vals).view_as(pre)
+        setattr(z, _ACTIVE, (pre, active.sum() / n_rows))
+        attach_support(z, cols, z_vals)
+        if check_sparse_decode(self.sparse_decode) is False or (
+            self.sparse_decode is None and cols.numel() > MAX_SPARSE_DENSITY * pre.numel()
+        ):
+            return pre, z, self.dictionary.decode(z)
+        atoms, bias = self.get_dictionary(), self.dictionary.bias
+        return pre, z, decode_pairs(flat_rows, cols, z_vals, atoms, bias, n_rows=n_rows)
+
+    def _kernel_radius(self) -> float | None:
+        """The kernel's support in pre-code units, with a margin; None when unbounded
+        or unknown (a custom kernel)."""
+        if KERNELS.get(self.kernel) is not self.kernel_fn:
+            return None
+        support = KERNEL_SUPPORT.get(self.kernel)
+        return None if support is None else support * self.bandwidth * (1.0 + 1e-3)
 
     def sparsity_loss(self, out: SAEOutput) -> torch.Tensor:
         """L0 per row, averaged: sum_i H(z_pre_i - theta_i) with the kernel STE.
@@ -192,9 +244,8 @@ class JumpSAE(SAE):
         """
         cached = getattr(out.z, _ACTIVE, None)
         if cached is not None and cached[0] is out.z_pre:
-            active = cached[1]
-        else:
-            active = Heaviside.apply(out.z_pre, self.threshold, self.kernel_fn, self.bandwidth)
+            return cached[1]
+        active = Heaviside.apply(out.z_pre, self.threshold, self.kernel_fn, self.bandwidth)
         return active.sum(dim=-1).mean()
 
     def _variant_config(self) -> dict[str, Any]:
