@@ -144,13 +144,19 @@ def ratio_table(args: argparse.Namespace, variants: list[str], device: torch.dev
                         del step
 
 
+WARM_UP_STEPS = 3
+"""Untimed steps before a ratio row: with one, the first row of a run measured up to 2x
+slower than the same variant run second (fresh memory faulting in)."""
+
+
 def _ratio_row(step, weight, x, variant, path, args, device, F) -> None:
     def matmul(rows: torch.Tensor) -> None:
         with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
             F.linear(rows, weight)
 
-    step(x)  # warm-up: Adam state, allocator
-    matmul(x)
+    for _ in range(WARM_UP_STEPS):  # Adam state, the allocator's pools, page faults
+        step(x)
+        matmul(x)
     ratios, steps, peaks, loads = [], [], [], []
     for _ in range(args.rounds):
         base = _resident(device)

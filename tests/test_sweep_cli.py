@@ -119,7 +119,9 @@ def test_sweep_of_a_cli_run_evaluates_on_its_held_out_documents(tmp_path, monkey
 def test_a_sweep_over_seeds_reports_the_seed_noise(store, tmp_path, capsys):
     config = tmp_path / "run.toml"
     config.write_text(
-        CONFIG.replace('point = ["resid_post.0", "resid_post.1"]\nnb', 'point = ["resid_post.1"]\nnb')
+        CONFIG.replace(
+            'point = ["resid_post.0", "resid_post.1"]\nnb', 'point = ["resid_post.1"]\nnb'
+        )
         .replace("nb_concepts = [64, 128]", "nb_concepts = [64]")
         .replace("seed = [0]", "seed = [0, 1, 2]")
     )

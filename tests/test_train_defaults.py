@@ -169,3 +169,20 @@ def test_a_penalty_that_may_reward_crosses_zero_and_one_that_may_not_stays_posit
             assert value == pytest.approx(-start)  # the bounded reward
         else:
             assert 0 < value < 1e-3 * start
+
+
+def test_jumprelu_warmup_gradients_match_the_dense_path():
+    config = _resolved("jumprelu")
+    x = torch.randn(64, 16)
+    grads = []
+    for sparse in (None, False):
+        torch.manual_seed(0)
+        sae = build_sae(config, 16)
+        sae.sparse_encoder_grad = sparse
+        with sae.step_phase(0, config):
+            out = sae(x)
+        ((x - out.x_hat).pow(2).sum(-1).mean()).backward()
+        grads.append({n: p.grad.clone() for n, p in sae.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-5)

@@ -169,11 +169,15 @@ class SAE(SAEPersistence, TrainingContract, nn.Module):
     def _sparsify(self, pre: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         return codes
 
-    def _sparse_pre_codes(self, rows: torch.Tensor) -> torch.Tensor | None:
+    def _sparse_pre_codes(
+        self, rows: torch.Tensor, *, measured: bool = False
+    ) -> torch.Tensor | None:
         """Dense pre-codes (N, n) whose kept entries the variant reads with
         `sparse_encoder.gather_pre_codes`, so that the encoder's gradient is computed
         from them alone; None where that path does not apply (another encoder, a
         structured input, no gradient wanted, or a density above the cut-off).
+        measured: the variant counts its support after the matmul and falls back to
+        the dense path itself (JumpReLU), so no density by construction is needed.
 
         The input is centred in fp32 before the matmul (exact under bf16 autocast);
         b_dec's gradient then comes from the sparse input gradient (M x d work).
@@ -184,11 +188,11 @@ class SAE(SAEPersistence, TrainingContract, nn.Module):
         forced = check_sparse_decode(self.sparse_encoder_grad, "sparse_encoder_grad")
         if forced is False or rows.dim() != 2 or rows.shape[0] == 0:
             return None
-        if forced is None:
+        if forced is None and not measured:
             density = self._code_density(rows.new_empty(()).expand(len(rows), self.nb_concepts))
             if density is None or density > MAX_SPARSE_GRAD_DENSITY:
                 return None
-        scaled = rows.float() * self.input_scale
+        scaled = rows.to(torch.promote_types(rows.dtype, torch.float32)) * self.input_scale
         centred = scaled if bias is None else scaled - bias
         pre = F.linear(centred, enc.weight, enc.bias)
         return attach_gather(pre, centred, enc.weight, enc.bias)

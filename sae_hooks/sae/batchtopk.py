@@ -19,7 +19,7 @@ from torch import nn
 from .base import SAE, SAEOutput
 from .dictionary import _positive_int
 from .sparse import sort_indices
-from .sparse_encoder import attach_support, gather_pre_codes
+from .sparse_encoder import attach_support, batch_top_k, gather_pre_codes
 from .topk import default_top_k
 
 
@@ -190,7 +190,7 @@ class BatchTopKSAE(SAE):
             self._per_row_rows = n_rows
             rows = torch.arange(n_rows, device=codes.device).unsqueeze(-1) * n
             return values.flatten(), (rows + cols).flatten()
-        return codes.flatten().topk(k, sorted=False)
+        return batch_top_k(codes.reshape(-1, codes.shape[-1]), k)
 
     def _maybe_update_threshold(self, values: torch.Tensor, update: bool | None) -> None:
         """The batch threshold is the smallest kept code floored at 0 (see the class); in

@@ -7,7 +7,8 @@ trainer does, so sparsity penalties cannot be gamed by shrinking codes and growi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -114,8 +115,28 @@ class DictionaryLayer(nn.Module):
 
     def get_dictionary(self) -> torch.Tensor:
         """The normalised atoms (times exp(multiplier) when learnt), (nb_concepts, d)."""
-        atoms = self._normalize(self.weight)
+        unit = self._rows_kept_unit and self.normalization == "l2"
+        atoms = self.weight if unit else self._normalize(self.weight)
         return atoms * self.multiplier.exp() if self.use_multiplier else atoms
+
+    _rows_kept_unit = False
+
+    @contextlib.contextmanager
+    def rows_kept_unit(self) -> Iterator[DictionaryLayer]:
+        """Inside, 'l2' atoms are the raw rows themselves, not weight / |weight|.
+
+        For a trainer that renormalises the raw rows to unit norm after every step and
+        projects their gradient onto the sphere's tangent space (train/constraints.py):
+        at |w| = 1, w / |w| = w and the normalisation's backward is that projection,
+        (I - w w^T) g, so skipping both gives the same atoms and, once projected, the
+        same gradient, without ~6 passes over the (nb_concepts, d) weight per step.
+        The caller guarantees the unit rows; outside the context nothing is assumed.
+        """
+        previous, self._rows_kept_unit = self._rows_kept_unit, True
+        try:
+            yield self
+        finally:
+            self._rows_kept_unit = previous
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         atoms = self.get_dictionary()

@@ -17,7 +17,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import SAE, SAEOutput
-from .kernels import DEFAULT_KERNEL, Kernel, as_kernel, get_kernel
+from .kernels import DEFAULT_KERNEL, KERNEL_SUPPORT, KERNELS, Kernel, as_kernel, get_kernel
+from .sparse import (
+    MAX_SPARSE_DENSITY,
+    MAX_SPARSE_GRAD_DENSITY,
+    check_sparse_decode,
+    decode_fixed,
+    decode_pairs,
+)
+from .sparse_encoder import attach_support, fixed_support, gather_pre_codes
 from .training import firing_quantiles
 
 _ACTIVE = "_sae_jump_active"
@@ -212,14 +220,91 @@ class JumpSAE(SAE):
             z = torch.zeros_like(pre).scatter(-1, indices, F.relu(values))
             setattr(z, _WARM, True)
             return z
-        if self._rethreshold_l0 is not None:
-            with torch.no_grad():
-                self.log_threshold.copy_(_batch_threshold(pre, self._rethreshold_l0).log())
+        self._maybe_rethreshold(pre)
         z, active = JumpReLUWithL0.apply(pre, self.threshold, self.kernel_fn, self.bandwidth)
         # For sparsity_loss of this very forward. Kept on the output z, not on the
-        # module: both (rows, n) tensors and their history go when the output does.
-        setattr(z, _ACTIVE, (pre, active))
+        # module: the (rows, n) tensors and their history go when the output does.
+        setattr(z, _ACTIVE, (pre, active.sum(dim=-1).mean()))
         return z
+
+    def _forward_rows(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """With a gradient, through the codes' support when it is sparse.
+
+        The backward needs a code where it is kept (z_pre > theta: the encoder's and the
+        decoder's gradients) or within the kernel's reach of its threshold (theta's
+        gradient, which reads d loss / d z there, zero code or not): z_pre >= theta - r,
+        r = the kernel's support in pre-code units. Those pairs go through the sparse
+        encoder backward and the sparse decoder, and JumpReLU runs on them alone; a
+        pair outside has a zero gradient for every parameter (K is exactly 0 there).
+        The support is counted after the matmul (one host sync on CUDA); above the
+        cut-off, or for a kernel with unbounded support, the dense path runs.
+        """
+        if self._warm_k is not None:
+            return self._forward_warm(rows)
+        radius = self._kernel_radius()
+        pre = None if radius is None else self._sparse_pre_codes(rows, measured=True)
+        if pre is None:
+            return super()._forward_rows(rows)
+        self._maybe_rethreshold(pre)
+        theta = self.threshold
+        with torch.no_grad():
+            reach = (theta.detach() - radius).to(pre.dtype)
+            flat_rows, cols = (pre.detach() >= reach).nonzero(as_tuple=True)
+        forced = self.sparse_encoder_grad
+        if forced is None and cols.numel() > MAX_SPARSE_GRAD_DENSITY * pre.numel():
+            z = self._sparsify(pre, pre)
+            return pre, z, self._decode_rows(z)
+        z_vals, active = JumpReLUWithL0.apply(
+            gather_pre_codes(pre, flat_rows, cols),
+            theta.index_select(0, cols),
+            self.kernel_fn,
+            self.bandwidth,
+        )
+        n_rows, n = pre.shape
+        flat = flat_rows * n + cols
+        z = torch.zeros_like(pre).flatten().scatter(0, flat, z_vals).view_as(pre)
+        setattr(z, _ACTIVE, (pre, active.sum() / n_rows))
+        attach_support(z, cols, z_vals)
+        if check_sparse_decode(self.sparse_decode) is False or (
+            self.sparse_decode is None and cols.numel() > MAX_SPARSE_DENSITY * pre.numel()
+        ):
+            return pre, z, self.dictionary.decode(z)
+        atoms, bias = self.get_dictionary(), self.dictionary.bias
+        return pre, z, decode_pairs(flat_rows, cols, z_vals, atoms, bias, n_rows=n_rows)
+
+    def _forward_warm(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The warm-up's selection (`step_phase`): each row's _warm_k largest pre-codes
+        after ReLU, TopK's sparse path where the density allows, no threshold."""
+        k = min(self._warm_k, self.nb_concepts)
+        sparse = k <= MAX_SPARSE_GRAD_DENSITY * self.nb_concepts
+        pre = self._sparse_pre_codes(rows, measured=True) if sparse else None
+        if pre is None:
+            return super()._forward_rows(rows)  # dense: _sparsify's warm-up branch
+        indices = pre.detach().topk(k, dim=-1, sorted=False).indices
+        flat_rows, cols = fixed_support(indices)
+        values = F.relu(gather_pre_codes(pre, flat_rows, cols)).view_as(indices)
+        z = torch.zeros_like(pre).scatter_(-1, indices, values)
+        attach_support(z, cols, values.view(-1))
+        setattr(z, _WARM, True)
+        if check_sparse_decode(self.sparse_decode) is False:
+            return pre, z, self.dictionary.decode(z)
+        return pre, z, decode_fixed(indices, values, self.get_dictionary(), self.dictionary.bias)
+
+    @torch.no_grad()
+    def _maybe_rethreshold(self, pre: torch.Tensor) -> None:
+        """At the first step after the warm-up (`step_phase`), every threshold at the
+        batch's target_l0 codes a row; once per forward."""
+        if self._rethreshold_l0 is not None:
+            self.log_threshold.copy_(_batch_threshold(pre, self._rethreshold_l0).log())
+            self._rethreshold_l0 = None
+
+    def _kernel_radius(self) -> float | None:
+        """The kernel's support in pre-code units, with a margin; None when unbounded
+        or unknown (a custom kernel)."""
+        if KERNELS.get(self.kernel) is not self.kernel_fn:
+            return None
+        support = KERNEL_SUPPORT.get(self.kernel)
+        return None if support is None else support * self.bandwidth * (1.0 + 1e-3)
 
     def sparsity_loss(self, out: SAEOutput) -> torch.Tensor:
         """L0 per row, averaged: sum_i H(z_pre_i - theta_i) with the kernel STE.
@@ -231,9 +316,8 @@ class JumpSAE(SAE):
             return out.z.new_zeros(())
         cached = getattr(out.z, _ACTIVE, None)
         if cached is not None and cached[0] is out.z_pre:
-            active = cached[1]
-        else:
-            active = Heaviside.apply(out.z_pre, self.threshold, self.kernel_fn, self.bandwidth)
+            return cached[1]
+        active = Heaviside.apply(out.z_pre, self.threshold, self.kernel_fn, self.bandwidth)
         return active.sum(dim=-1).mean()
 
     def _variant_config(self) -> dict[str, Any]:

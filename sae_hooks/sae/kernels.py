@@ -24,6 +24,12 @@ Kernel = Callable[[torch.Tensor], torch.Tensor]
 # made the backward pass ~100x slower on CPU.
 _FAR = 40.0
 
+# Silverman's tail decays only as e^-(|u| / sqrt 2): cut at e^-40 it reaches 57
+# bandwidths, and at the default bandwidth a third of a layer's pre-codes sit within
+# that of their threshold, so a JumpReLU backward could not be sparse. Cut at e^-14
+# instead: the tail beyond holds sqrt(2) e^-14 < 1.2e-6 of the kernel's unit mass.
+_SILVERMAN_CUT = 14.0
+
 
 def _inside(u: torch.Tensor, half_width: float = 1.0) -> torch.Tensor:
     return (u.abs() < half_width).to(u.dtype)
@@ -56,8 +62,8 @@ def quartic(u: torch.Tensor) -> torch.Tensor:
 
 def silverman(u: torch.Tensor) -> torch.Tensor:
     # In place on temporaries: it runs on every (rows, n) code of a JumpReLU backward.
-    a = u.abs().mul_(1.0 / math.sqrt(2.0)).clamp_max_(_FAR)
-    far = a == _FAR
+    a = u.abs().mul_(1.0 / math.sqrt(2.0)).clamp_max_(_SILVERMAN_CUT)
+    far = a == _SILVERMAN_CUT
     out = torch.exp(a.neg()).mul_(0.5).mul_(a.add_(math.pi / 4.0).sin_())
     return out.masked_fill_(far, 0.0)
 
@@ -76,6 +82,20 @@ KERNELS: dict[str, Kernel] = {
     "silverman": silverman,
     "cauchy": cauchy,
 }
+
+
+KERNEL_SUPPORT: dict[str, float | None] = {
+    "rectangle": 0.5,
+    "gaussian": math.sqrt(2.0 * _FAR),
+    "triangular": 1.0,
+    "cosine": 1.0,
+    "epanechnikov": 1.0,
+    "quartic": 1.0,
+    "silverman": _SILVERMAN_CUT * math.sqrt(2.0),
+    "cauchy": None,
+}
+"""|u| beyond which each kernel above is exactly 0 (None: nowhere). A JumpReLU backward
+needs the codes within this many bandwidths of their threshold, no others."""
 
 
 DEFAULT_KERNEL = "silverman"

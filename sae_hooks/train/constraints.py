@@ -11,9 +11,16 @@ the parallel gradient component is removed before the step and the rows
 renormalised after it. Other normalisations ('max_l2', 'l1', 'max_l1', custom)
 are inequality or non-Euclidean constraints that the forward enforces; they are
 left alone.
+
+Since the rows are unit norm at every forward of training, the trainer runs its
+forward inside `unit_rows_forward`: the 'l2' atoms are then the raw rows (no
+normalisation and no normalisation backward), and `remove_parallel_gradient_`
+does the projection that backward would have done.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 from torch import nn
@@ -32,15 +39,32 @@ def constrained_weight(sae: nn.Module) -> torch.Tensor | None:
     return dictionary.weight
 
 
+def unit_rows_forward(sae: nn.Module) -> contextlib.AbstractContextManager:
+    """A context for the training forward when the SAE's dictionary rows are kept at unit
+    norm (`normalize_rows_` after every step, at init and in every checkpoint): the
+    dictionary then skips its 'l2' normalisation (DictionaryLayer.rows_kept_unit)."""
+    dictionary = getattr(sae, "dictionary", None)
+    if constrained_weight(sae) is None or not hasattr(dictionary, "rows_kept_unit"):
+        return contextlib.nullcontext()
+    return dictionary.rows_kept_unit()
+
+
 @torch.no_grad()
 def remove_parallel_gradient_(weight: torch.Tensor) -> None:
-    """Project each row's gradient onto the tangent space of the unit sphere at that row."""
+    """Project each row's gradient onto the tangent space of the unit sphere at that row:
+    g - (g . w) w / |w|^2, three passes over the weight (two row dots and one addcmul)."""
     if weight.grad is None:
         return
-    unit = weight / weight.norm(dim=-1, keepdim=True).clamp_min(_EPS)
-    weight.grad.sub_((weight.grad * unit).sum(-1, keepdim=True) * unit)
+    grad = weight.grad
+    sq_norm = _row_dot(weight, weight).clamp_min_(_EPS * _EPS)
+    grad.addcmul_(weight, _row_dot(grad, weight).div_(sq_norm), value=-1.0)
 
 
 @torch.no_grad()
 def normalize_rows_(weight: torch.Tensor) -> None:
     weight.div_(weight.norm(dim=-1, keepdim=True).clamp_min(_EPS))
+
+
+def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(rows, 1) for (rows, d) a and b: each row of a dotted with the same row of b, one pass, no temporary."""
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1, 1)

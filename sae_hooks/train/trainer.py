@@ -40,7 +40,12 @@ from sae_hooks.sae.sparse_encoder import fire_counts
 from . import checkpoint, runlock, trainer_state
 from .coefficient import SparsityCoefficient
 from .config import TrainConfig
-from .constraints import constrained_weight, normalize_rows_, remove_parallel_gradient_
+from .constraints import (
+    constrained_weight,
+    normalize_rows_,
+    remove_parallel_gradient_,
+    unit_rows_forward,
+)
 from .init import initialise_from_data
 from .losses import trainer_aux_loss
 from .runlog import NoLog, RunLog
@@ -281,7 +286,11 @@ class Trainer:
         lr = cfg.lr * lr_factor(self.step, cfg.steps, cfg.warmup_steps, cfg.decay_fraction)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._autocast):
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._autocast)
+        # The rows are unit norm here (normalised at init, after every step, in every
+        # checkpoint): the dictionary skips its normalisation, `_optimizer_step`'s
+        # projection gives the gradient that normalisation's backward would have.
+        with autocast, unit_rows_forward(sae):
             x, target = sae.training_pair(x)
             with sae.step_phase(self.step, cfg):
                 out = self._forward(x)

@@ -1,0 +1,91 @@
+"""JumpReLU's sparse training path (the support z_pre >= theta - kernel reach) gives
+the dense path's values and gradients: encoder, decoder, b_dec, thresholds, input;
+with the L0 loss, AuxK and a whole Trainer step."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from sae_hooks.sae import JumpSAE
+from sae_hooks.sae.sparse_encoder import fire_counts
+from sae_hooks.train.losses import aux_k_loss
+
+D, NB, ROWS, L0 = 16, 256, 48, 4
+
+
+def make(kernel: str, bandwidth: float) -> JumpSAE:
+    torch.manual_seed(0)
+    sae = JumpSAE(D, NB, kernel=kernel, bandwidth=bandwidth)
+    with torch.no_grad():
+        sae.dictionary.bias.normal_(std=0.3)
+        sae.encoder.bias.normal_(std=0.3)
+        sae.input_scale.fill_(1.3)
+        pre = sae.encode(torch.randn(512, D))[0]
+        theta = pre.quantile(1 - L0 / NB, dim=0).clamp_min(1e-3)  # L0 about 4 of 256
+        sae.log_threshold.copy_(theta.log())
+    return sae
+
+
+def grads(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.grad for name, p in module.named_parameters() if p.grad is not None}
+
+
+def assert_close(a: torch.Tensor, b: torch.Tensor, msg: str = "") -> None:
+    scale = b.abs().max().item()
+    err = (a - b).abs().max().item()
+    assert err <= 1e-9 * scale + 1e-12, f"{msg}: max error {err} at scale {scale}"
+
+
+@pytest.mark.parametrize("decode", [None, False], ids=["sparse-decode", "dense-decode"])
+@pytest.mark.parametrize(
+    ("kernel", "bandwidth"), [("silverman", 1e-3), ("rectangle", 0.2), ("gaussian", 0.01)]
+)
+def test_values_and_gradients_match_the_dense_path(kernel, bandwidth, decode):
+    # float64: u = (z_pre - theta) / bandwidth amplifies the pre-codes' float32
+    # rounding (folded vs centred bias) by 1 / bandwidth in theta's gradient
+    sparse = make(kernel, bandwidth).double()
+    dense = copy.deepcopy(sparse)
+    sparse.sparse_encoder_grad, dense.sparse_encoder_grad = None, False
+    sparse.sparse_decode = decode
+    x = torch.randn(ROWS, D, dtype=torch.float64)
+    dead = torch.rand(NB, generator=torch.Generator().manual_seed(1)) < 0.3
+    outs, x_grads = [], []
+    for sae in (sparse, dense):
+        xi = x.clone().requires_grad_()
+        out = sae(xi)
+        residual = (xi - out.x_hat).detach()
+        loss = (
+            (xi - out.x_hat).pow(2).sum(-1).mean()
+            + 0.1 * sae.sparsity_loss(out)
+            + (out.z * torch.linspace(0, 1, NB, dtype=torch.float64)).sum()
+            + aux_k_loss(residual, out.z_pre, dead, sae.get_dictionary(), 8)
+        )
+        loss.backward()
+        outs.append(out)
+        x_grads.append(xi.grad)
+    assert hasattr(outs[0].z, "_sae_sparse_support")  # the sparse path ran
+    assert not hasattr(outs[1].z, "_sae_sparse_support")
+    assert 0 < (outs[0].z != 0).sum() < 0.05 * ROWS * NB
+    for a, b in zip(outs[0], outs[1]):
+        assert_close(a, b)
+    g_sparse, g_dense = grads(sparse), grads(dense)
+    assert set(g_sparse) == set(g_dense) == {n for n, _ in sparse.named_parameters()}
+    assert g_dense["log_threshold"].abs().sum() > 0
+    for name in g_dense:
+        assert_close(g_sparse[name], g_dense[name], name)
+    assert_close(x_grads[0], x_grads[1], "x")
+    torch.testing.assert_close(fire_counts(outs[0].z), (outs[1].z != 0).sum(0))
+
+
+def test_a_dense_support_or_an_unbounded_kernel_takes_the_dense_path():
+    low = make("silverman", 1e-3)
+    with torch.no_grad():
+        low.log_threshold.fill_(-10.0)  # fires on half the codes
+    assert not hasattr(low(torch.randn(ROWS, D)).z, "_sae_sparse_support")
+    cauchy = make("cauchy", 1e-3)  # K > 0 everywhere: every code carries a gradient
+    assert not hasattr(cauchy(torch.randn(ROWS, D)).z, "_sae_sparse_support")
+    with torch.no_grad():  # no gradient wanted: the plain dense eval forward
+        assert not hasattr(make("silverman", 1e-3)(torch.randn(ROWS, D)).z, "_sae_sparse_support")

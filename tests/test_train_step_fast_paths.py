@@ -1,0 +1,169 @@
+"""The training step's fast paths give the gradients Adam would get without them.
+
+- The dictionary's 'l2' normalisation is skipped inside the trainer's forward
+  (rows kept at unit norm, sae/dictionary.py `rows_kept_unit`): after the trainer's
+  tangent projection the gradients equal those through the normalisation.
+- The projection itself (train/constraints.py) equals the textbook g - (g.u) u.
+Every variant, AuxK on, the decoder-norm constraint and clipping included.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+from sae_hooks.train import TensorSource, TrainConfig, Trainer
+from sae_hooks.train import trainer as trainer_module
+from sae_hooks.train.constraints import remove_parallel_gradient_
+
+D, NB, K = 16, 256, 4
+VARIANTS = ["topk", "batchtopk", "jumprelu", "relu"]
+
+
+def _trainer(variant: str, run_dir, *, sparse: bool | None = None) -> Trainer:
+    torch.manual_seed(0)
+    config = TrainConfig(
+        architecture=variant,
+        nb_concepts=NB,
+        k_per_token=K if variant in ("topk", "batchtopk") else None,
+        batch_size=32,
+        steps=10,
+        lr=1e-2,
+        dead_tokens=1,
+        aux_coefficient=0.5,
+        grad_clip=0.05,  # small: clipping is active
+        row_topk_warmup=0.0,  # the variants' own selection from the first step
+        log_every=100,
+        val_every=0,
+        checkpoint_every=None,
+        progress=False,
+    )
+    rows = torch.randn(256, D, generator=torch.Generator().manual_seed(2))
+    trainer = Trainer(config, TensorSource(rows), run_dir)
+    if sparse is not None:
+        trainer.sae.sparse_encoder_grad = trainer.sae.sparse_decode = sparse
+    trainer.aux_active = True
+    trainer.dead.since_fired[::3] = 10  # a third of the latents dead: AuxK on
+    return trainer
+
+
+def adam_gradients(trainers: list[Trainer], steps: int = 3) -> list[list[dict]]:
+    """The gradients each trainer hands Adam over `steps` steps, every step taken from
+    the first trainer's weights (compared before Adam: its first step is lr * sign(g))."""
+    seen: list[list[dict[str, torch.Tensor]]] = [[] for _ in trainers]
+    for trainer, log in zip(trainers, seen):
+        step = trainer.optimizer.step
+
+        def recording(*args, trainer=trainer, log=log, step=step, **kwargs):
+            log.append({n: p.grad.clone() for n, p in trainer.sae.named_parameters()})
+            return step(*args, **kwargs)
+
+        trainer.optimizer.step = recording
+    batches = torch.randn(steps, 32, D, generator=torch.Generator().manual_seed(3))
+    for x in batches:
+        for other in trainers[1:]:
+            with torch.no_grad():
+                for p, q in zip(other.sae.parameters(), trainers[0].sae.parameters()):
+                    p.copy_(q)
+                for a, b in zip(other.sae.buffers(), trainers[0].sae.buffers()):
+                    a.copy_(b)
+        for trainer in trainers:
+            trainer.train_step(x)
+    return seen
+
+
+def assert_close(a: torch.Tensor, b: torch.Tensor, msg: str = "") -> None:
+    scale = b.abs().max().item()
+    err = (a - b).abs().max().item()
+    assert err <= 1e-5 * scale + 1e-6, f"{msg}: max error {err} at scale {scale}"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_skipping_the_normalisation_gives_the_same_adam_gradients(variant, tmp_path, monkeypatch):
+    fast = _trainer(variant, tmp_path / "fast")
+    slow = _trainer(variant, tmp_path / "slow")
+    calls = []
+    real = trainer_module.unit_rows_forward
+
+    def only_fast(sae):
+        calls.append(sae is fast.sae)
+        return real(sae) if sae is fast.sae else contextlib.nullcontext()
+
+    monkeypatch.setattr(trainer_module, "unit_rows_forward", only_fast)
+    seen_fast, seen_slow = adam_gradients([fast, slow])
+    assert calls and any(calls) and not all(calls)
+    for f, s in zip(seen_fast, seen_slow):
+        assert set(f) == set(s)
+        assert s["dictionary.weight"].abs().sum() > 0
+        for name in s:
+            assert_close(f[name], s[name], f"{variant} {name}")
+    assert fast.window.losses[2] > 0  # AuxK was on
+    rows = fast.sae.dictionary.weight.norm(dim=-1)
+    torch.testing.assert_close(rows, torch.ones_like(rows))
+
+
+def test_the_dictionary_normalises_outside_the_trainer_forward():
+    from sae_hooks.sae import TopKSAE
+
+    sae = TopKSAE(D, NB, top_k=K)
+    with torch.no_grad():
+        sae.dictionary.weight.mul_(3.0)
+    with sae.dictionary.rows_kept_unit():
+        assert torch.equal(sae.get_dictionary(), sae.dictionary.weight)
+    atoms = sae.get_dictionary()
+    torch.testing.assert_close(atoms.norm(dim=-1), torch.ones(NB))
+
+
+def test_the_projection_is_the_tangent_projection():
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(NB, D) * torch.rand(NB, 1) * 3)
+    weight.grad = torch.randn(NB, D)
+    unit = weight.detach() / weight.detach().norm(dim=-1, keepdim=True)
+    expected = weight.grad - (weight.grad * unit).sum(-1, keepdim=True) * unit
+    remove_parallel_gradient_(weight)
+    torch.testing.assert_close(weight.grad, expected)
+    assert (weight.grad * unit).sum(-1).abs().max() < 1e-5
+
+
+def test_a_jumprelu_trainer_step_on_its_sparse_path_matches_the_dense_path(tmp_path):
+    """At a low L0 JumpReLU trains through its support (sae/jump.py); Adam gets the
+    dense path's gradients, with the L0 loss, AuxK, the projection and clipping."""
+    trainers = []
+    for sparse in (True, False):
+        torch.manual_seed(0)
+        config = TrainConfig(
+            architecture="jumprelu",
+            nb_concepts=NB,
+            target_l0=K,
+            kernel="rectangle",  # support: 0.05 around theta
+            bandwidth=0.1,  # theta's gradient amplifies float32 rounding by 1 / bandwidth
+            batch_size=32,
+            steps=10,
+            lr=1e-2,
+            dead_tokens=1,
+            aux_coefficient=0.5,
+            grad_clip=0.05,
+            row_topk_warmup=0.0,  # JumpReLU's own path from the first step
+            log_every=100,
+            val_every=0,
+            checkpoint_every=None,
+            progress=False,
+        )
+        rows = torch.randn(256, D, generator=torch.Generator().manual_seed(2))
+        trainer = Trainer(config, TensorSource(rows), tmp_path / str(sparse))
+        trainer.sae.sparse_encoder_grad = None if sparse else False
+        trainer.aux_active = True
+        trainer.dead.since_fired[::3] = 10
+        trainers.append(trainer)
+    outputs = []
+    real = trainers[0].sae.forward
+    trainers[0].sae.forward = lambda x: outputs.append(real(x)) or outputs[-1]
+    seen_sparse, seen_dense = adam_gradients(trainers)
+    assert outputs and all(hasattr(o.z, "_sae_sparse_support") for o in outputs)
+    for f, s in zip(seen_sparse, seen_dense):
+        assert s["log_threshold"].abs().sum() > 0
+        for name in s:
+            assert_close(f[name], s[name], f"jumprelu {name}")
+    torch.testing.assert_close(trainers[0].window.firing.counts, trainers[1].window.firing.counts)
