@@ -22,12 +22,14 @@ def add_bench_synthetic(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    takes = sorted(a for a, cls in SAE_REGISTRY.items() if not cls.synthetic_opt_out)
     p.add_argument(
         "--architectures",
         nargs="+",
-        default=sorted(SAE_REGISTRY),
-        choices=sorted(SAE_REGISTRY),
-        help="variants to train (default: every registered one)",
+        default=takes,
+        choices=takes,
+        help="variants to train (default: every registered one that reconstructs its input; "
+        "transcoders need paired data)",
     )
     p.add_argument("--steps", type=int, default=1000, help="training steps per variant")
     p.add_argument("--batch-size", type=int, default=512, help="rows per step")
