@@ -80,6 +80,8 @@ def test_short_runs_get_a_larger_default_lr():
     short = TrainConfig(steps=SHORT_RUN_STEPS // 4, nb_concepts=2**14).resolve(768)
     assert short.lr == pytest.approx(4e-4)  # sqrt(4) times the width rule
     assert TrainConfig(steps=10, lr=1e-5).resolve(64).lr == 1e-5  # an explicit lr wins
+    tiny = TrainConfig(steps=10, nb_concepts=2**14).resolve(768)
+    assert tiny.lr == pytest.approx(8e-4)  # capped at 4x: sqrt(750) would be 27x
     assert default_lr(512, 600) == pytest.approx(2e-4 * 32**0.5 * (7500 / 600) ** 0.5)
 
 

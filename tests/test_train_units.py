@@ -62,7 +62,7 @@ def test_resolve_fills_defaults():
     c = TrainConfig(total_tokens=4096 * 100).resolve(d_model=768)
     assert c.nb_concepts == 8 * 768 and c.steps == 100
     assert c.top_k == 32 * 4096  # BatchTopK: per batch
-    assert c.lr == pytest.approx(2e-4 / math.sqrt(6144 / 2**14))
+    assert c.lr == pytest.approx(4 * 2e-4 / math.sqrt(6144 / 2**14))  # a short run: 4x
     assert c.aux_k == 384 and c.aux_coefficient == pytest.approx(1 / 32)
     assert c.dead_tokens == 4096 * 10  # a tenth of a short run
     assert c.adam_betas == (0.9, 0.999)

@@ -239,11 +239,14 @@ class TrainConfig:
 
 SHORT_RUN_STEPS = 7500
 """Runs shorter than this get a larger default lr (see `default_lr`)."""
+MAX_SHORT_RUN_FACTOR = 4.0
+"""At most this times the width rule (reached below ~470 steps: a smoke test of a few
+steps is not meant to move far)."""
 
 
 def default_lr(nb_concepts: int, steps: int) -> float:
     """Gao et al.'s width rule, 2e-4 / sqrt(n / 2**14), raised by sqrt(SHORT_RUN_STEPS /
-    steps) for runs shorter than SHORT_RUN_STEPS.
+    steps) (at most MAX_SHORT_RUN_FACTOR) for runs shorter than SHORT_RUN_STEPS.
 
     The width rule was fitted to runs of many thousand steps. Adam moves a weight by
     about lr a step, so a short run at that rate cannot turn a random dictionary into
@@ -252,7 +255,7 @@ def default_lr(nb_concepts: int, steps: int) -> float:
     the rate (what this gives at 600 steps) recovers 0.97-0.99 with every variant
     (docs/evaluation.md). Long runs keep the width rule unchanged."""
     width_rule = 2e-4 / math.sqrt(nb_concepts / 2**14)
-    return width_rule * max(1.0, math.sqrt(SHORT_RUN_STEPS / steps))
+    return width_rule * min(MAX_SHORT_RUN_FACTOR, max(1.0, math.sqrt(SHORT_RUN_STEPS / steps)))
 
 
 def _validate(c: TrainConfig) -> None:
