@@ -154,7 +154,9 @@ def kinds(tmp_path_factory):
     open_group(base / "sh", "w-", attributes={SHARDED_ATTR: {"version": 1, "world_size": 3}})
     for rank, ids in enumerate([range(0, 70), range(70, 75), range(75, 180)]):
         _write(rank_location(base / "sh", rank), ids, chunk=12, step=11)
-    return {name: open_store(base / name) for name in ("f32", "bf16", "sh")}
+    # 1024 rows x 3 float32 = 12 KiB chunk files, whole pages: read through the row map
+    _write(base / "f32map", range(0, 2600), chunk=1024, step=300)
+    return {name: open_store(base / name) for name in ("f32", "bf16", "sh", "f32map")}
 
 
 def _split_rows(store, split: str, val_fraction: float) -> np.ndarray:
@@ -181,7 +183,7 @@ if given is not None:
         max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
     )
     @given(
-        kind=st.sampled_from(["f32", "bf16", "sh"]),
+        kind=st.sampled_from(["f32", "bf16", "sh", "f32map"]),
         batch=st.integers(1, 70),
         buffer_chunks=st.integers(1, 5),
         val_fraction=st.sampled_from([0.0, 0.1, 0.37]),
@@ -356,3 +358,50 @@ def test_chunk_file_fast_path_reads_exactly_and_refuses_absent_and_short_chunks(
     fresh = open_store(tmp_path / "s")
     with pytest.raises(ValueError, match="missing"):
         fresh.read_raw("p", 16, 32, out=np.empty((16, 3), np.float32))
+
+
+# -- mapped chunk files: the gather reads the page cache directly --------------------
+
+
+def test_row_map_only_where_chunk_files_are_raw_whole_pages(kinds, tmp_path):
+    mapped = kinds["f32map"].row_map("p")
+    assert mapped is not None and not mapped.flags.writeable
+    np.testing.assert_array_equal(mapped, kinds["f32map"].read_raw("p"))
+    assert kinds["f32"].row_map("p") is None  # 16 x 3 float32 chunk files: not whole pages
+    _write(tmp_path / "z", range(0, 2048), chunk=1024)
+    assert open_store(tmp_path / "z").row_map("p") is not None
+    with StoreWriter(tmp_path / "c", points=["p"], chunk_rows=1024, compressors="lz4") as w:
+        rows = torch.arange(2048)
+        w.append(
+            SimpleNamespace(
+                acts={"p": torch.randn(2048, 3)}, token_ids=rows, doc_index=rows, position=rows
+            )
+        )
+    assert open_store(tmp_path / "c").row_map("p") is None  # compressed chunks
+
+
+def test_row_map_refuses_a_short_chunk_file_and_names_a_missing_one(tmp_path):
+    _write(tmp_path / "s", range(0, 3000), chunk=1024, step=500)
+    chunk = tmp_path / "s" / "acts" / "p" / "c" / "1" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:4096])
+    assert open_store(tmp_path / "s").row_map("p") is None  # never mapped past a file's end
+    chunk.unlink()
+    with pytest.raises(ValueError, match="missing"):
+        open_store(tmp_path / "s").row_map("p")
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_mapped_loader_gives_the_batches_of_the_read_path(kinds, monkeypatch, shuffle):
+    """The same plan cut either way: batches equal, so resume across versions is exact."""
+    store = kinds["f32map"]
+    kw = dict(seed=4, buffer_chunks=2, shuffle=shuffle, drop_last=False)
+    mapped = ActivationLoader(store, "p", 96, **kw)
+    assert mapped._mapped() is not None
+    got = list(mapped)
+    monkeypatch.setattr(type(store), "row_map", lambda self, point: None)
+    read = ActivationLoader(store, "p", 96, **kw)
+    assert read._mapped() is None
+    want = list(read)
+    assert len(got) == len(want) == len(mapped)
+    for a, b in zip(got, want, strict=True):
+        assert torch.equal(a, b)

@@ -205,6 +205,19 @@ class ActivationLoader:
             perm = np.random.default_rng([self.seed, epoch, k]).permutation(end)
         return scratch[:end], perm
 
+    def _index(
+        self, epoch: int, k: int, blocks: list[tuple[int, int]], rows: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Buffer k over mapped rows: nothing to read, only the rows' indices in batch order.
+
+        The same rows in the same order as `_fill` (the same permutation), so a batch
+        is identical whichever path cuts it.
+        """
+        order = np.concatenate([np.arange(a, b) for a, b in blocks])
+        if self.shuffle:
+            order = order[np.random.default_rng([self.seed, epoch, k]).permutation(len(order))]
+        return rows, order
+
     def _read_into(self, start: int, stop: int, out: np.ndarray) -> None:
         if self._reads_into:
             self.store.read_raw(self.point, start, stop, out=out)
@@ -252,12 +265,18 @@ class ActivationLoader:
             plan = self._plan(epoch)
             offsets = np.cumsum([0] + [sum(b - a for a, b in bs) for bs in plan])
             k = int(np.searchsorted(offsets, first * self.batch_size, side="right")) - 1
-            scratch = self._take_scratch(int(np.diff(offsets).max()))
+            mapped = self._mapped()
+            if mapped is None:
+                scratch = self._take_scratch(int(np.diff(offsets).max()))
+                fill = lambda k: (self._fill, epoch, k, plan[k], scratch[k % 2])  # noqa: E731
+            else:  # rows straight from the page cache: no scratch, no read
+                scratch = None
+                fill = lambda k: (self._index, epoch, k, plan[k], mapped)  # noqa: E731
             with ThreadPoolExecutor(1, thread_name_prefix="ActivationLoader-read") as reader:
-                nxt = reader.submit(self._fill, epoch, k, plan[k], scratch[k % 2])
+                nxt = reader.submit(*fill(k))
                 buf, perm = nxt.result()
                 if k + 1 < len(plan):
-                    nxt = reader.submit(self._fill, epoch, k + 1, plan[k + 1], scratch[(k + 1) % 2])
+                    nxt = reader.submit(*fill(k + 1))
                 for i in range(first, len(self)):
                     lo, hi = i * self.batch_size, min((i + 1) * self.batch_size, self.n_rows)
                     batch, bits = self._new_batch(hi - lo)
@@ -266,9 +285,7 @@ class ActivationLoader:
                             k += 1
                             buf, perm = nxt.result()
                             if k + 1 < len(plan):
-                                nxt = reader.submit(
-                                    self._fill, epoch, k + 1, plan[k + 1], scratch[(k + 1) % 2]
-                                )
+                                nxt = reader.submit(*fill(k + 1))
                         take = min(hi, int(offsets[k + 1])) - lo
                         at = lo - int(offsets[k])
                         dest = bits[lo - i * self.batch_size : lo - i * self.batch_size + take]
@@ -279,11 +296,19 @@ class ActivationLoader:
                         lo += take
                     if not put(self._on_host(batch, bits)):
                         return
-            self._scratch_pool.append(scratch)  # only after the reader thread has finished
+            if scratch is not None:  # only after the reader thread has finished
+                self._scratch_pool.append(scratch)
         except BaseException as err:
             put(err)
             return
         put(_END)
+
+    def _mapped(self) -> np.ndarray | None:
+        """The point's rows mapped over the page cache, when the store offers that (else None):
+        loader rows must lie inside the map, i.e. it was made after they were committed."""
+        row_map = getattr(self.store, "row_map", None)
+        mapped = row_map(self.point) if row_map is not None else None
+        return mapped if mapped is not None and len(mapped) >= self.stop else None
 
     def _take_scratch(self, rows: int) -> list[np.ndarray]:
         """Two (rows, d) arrays of the stored dtype: a pooled pair, or a new one."""
