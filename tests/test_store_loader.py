@@ -405,3 +405,29 @@ def test_mapped_loader_gives_the_batches_of_the_read_path(kinds, monkeypatch, sh
     assert len(got) == len(want) == len(mapped)
     for a, b in zip(got, want, strict=True):
         assert torch.equal(a, b)
+
+
+def test_bfloat16_default_codec_is_lz4_bitshuffle_and_zstd_stores_still_load(tmp_path):
+    """New bfloat16 stores get the faster codec; a store of the old default reads the same."""
+    from zarr.codecs import BloscCodec
+
+    x = torch.randn(600, 8).bfloat16()
+    rows = torch.arange(600)
+    for name, compressors in [("new", "auto"), ("old", "zstd")]:
+        with StoreWriter(
+            tmp_path / name, dtype="bfloat16", chunk_rows=128, compressors=compressors
+        ) as w:
+            w.append(SimpleNamespace(acts={"p": x}, token_ids=rows, doc_index=rows, position=rows))
+    (new_codec,) = open_store(tmp_path / "new").array("p").metadata.codecs[1:]
+    (old_codec,) = open_store(tmp_path / "old").array("p").metadata.codecs[1:]
+    assert isinstance(new_codec, BloscCodec) and new_codec.cname.value == "lz4"
+    assert new_codec.shuffle.value == "bitshuffle"
+    assert old_codec.cname.value == "zstd"
+    batches = {
+        name: list(ActivationLoader(tmp_path / name, "p", 50, val_fraction=0.0, seed=1))
+        for name in ("new", "old")
+    }
+    for a, b in zip(batches["new"], batches["old"], strict=True):
+        assert torch.equal(a, b)
+    got = torch.cat(batches["new"])
+    assert torch.equal(got.sort(0).values, x.float().sort(0).values)  # every row, once

@@ -49,6 +49,8 @@ from sae_hooks.store.layout import DTYPES, storage_to_numpy, storage_to_torch
 from sae_hooks.store.open import open_store
 
 SPLITS = ("train", "val")
+#: Chunks of a buffer read (decompressed) at once: zarr's codecs release the GIL.
+READ_THREADS = min(4, os.cpu_count() or 1)
 _END = object()
 
 
@@ -196,10 +198,20 @@ class ActivationLoader:
         self, epoch: int, k: int, blocks: list[tuple[int, int]], scratch: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Read buffer k's chunks into `scratch` (no temporary) and draw its row permutation."""
-        end = 0
-        for a, b in blocks:
-            self._read_into(a, b, scratch[end : end + b - a])
-            end += b - a
+        ends = np.cumsum([0] + [b - a for a, b in blocks])
+        end = int(ends[-1])
+        dests = [scratch[lo:hi] for lo, hi in itertools.pairwise(ends)]
+        if len(blocks) > 1 and READ_THREADS > 1:  # decompression releases the GIL
+            with ThreadPoolExecutor(
+                READ_THREADS, thread_name_prefix="ActivationLoader-chunk"
+            ) as ex:
+                for done in [
+                    ex.submit(self._read_into, a, b, o) for (a, b), o in zip(blocks, dests)
+                ]:
+                    done.result()
+        else:
+            for (a, b), o in zip(blocks, dests, strict=True):
+                self._read_into(a, b, o)
         perm = None
         if self.shuffle:
             perm = np.random.default_rng([self.seed, epoch, k]).permutation(end)
