@@ -431,3 +431,32 @@ def test_bfloat16_default_codec_is_lz4_bitshuffle_and_zstd_stores_still_load(tmp
         assert torch.equal(a, b)
     got = torch.cat(batches["new"])
     assert torch.equal(got.sort(0).values, x.float().sort(0).values)  # every row, once
+
+
+@pytest.mark.parametrize("threads", [0, 1, 3])
+def test_gather_in_parts_equals_one_take(monkeypatch, threads):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sae_hooks.store import loader as loader_module
+
+    monkeypatch.setattr(loader_module, "GATHER_THREADS", threads)
+    monkeypatch.setattr(loader_module, "GATHER_PART_ROWS", 4)
+    src = np.arange(200 * 3, dtype=np.float32).reshape(200, 3)
+    idx = np.random.default_rng(0).permutation(200)[:37]
+    dest = np.zeros((37, 3), np.float32)
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        loader_module._gather(src, idx, dest, pool)
+    np.testing.assert_array_equal(dest, src[idx])
+
+
+def test_large_batches_cut_in_parallel_parts_equal_the_read_path(kinds, monkeypatch):
+    store = kinds["f32map"]
+    monkeypatch.setattr("sae_hooks.store.loader.GATHER_THREADS", 2)
+    got = list(ActivationLoader(store, "p", 1100, seed=9, drop_last=False))
+    monkeypatch.setattr(type(store), "row_map", lambda self, point: None)
+    want = list(ActivationLoader(store, "p", 1100, seed=9, drop_last=False))
+    assert [len(b) for b in got] == [1100, 1100, 374]
+    for a, b in zip(got, want, strict=True):
+        assert torch.equal(a, b)
+    ids = torch.cat(got)[:, 0].long().sort().values
+    assert torch.equal(ids, torch.arange(2574))  # val_fraction 0.01 of 2600 rows: 26 held out

@@ -51,6 +51,10 @@ from sae_hooks.store.open import open_store
 SPLITS = ("train", "val")
 #: Chunks of a buffer read (decompressed) at once: zarr's codecs release the GIL.
 READ_THREADS = min(4, os.cpu_count() or 1)
+#: Threads beside the worker that share a batch's gather (np.take releases the GIL):
+#: a random row gather is bound by memory latency, not bandwidth, so parts overlap.
+GATHER_THREADS = min(3, (os.cpu_count() or 1) - 1)
+GATHER_PART_ROWS = 512  # below this a part is not worth a thread's hand-off
 _END = object()
 
 
@@ -284,7 +288,12 @@ class ActivationLoader:
             else:  # rows straight from the page cache: no scratch, no read
                 scratch = None
                 fill = lambda k: (self._index, epoch, k, plan[k], mapped)  # noqa: E731
-            with ThreadPoolExecutor(1, thread_name_prefix="ActivationLoader-read") as reader:
+            with (
+                ThreadPoolExecutor(1, thread_name_prefix="ActivationLoader-read") as reader,
+                ThreadPoolExecutor(
+                    max(1, GATHER_THREADS), thread_name_prefix="ActivationLoader-gather"
+                ) as pool,
+            ):
                 nxt = reader.submit(*fill(k))
                 buf, perm = nxt.result()
                 if k + 1 < len(plan):
@@ -304,7 +313,7 @@ class ActivationLoader:
                         if perm is None:
                             np.copyto(dest, buf[at : at + take])
                         else:  # one gather: the buffer's permutation, cut into batches
-                            np.take(buf, perm[at : at + take], axis=0, out=dest, mode="clip")
+                            _gather(buf, perm[at : at + take], dest, pool)
                         lo += take
                     if not put(self._on_host(batch, bits)):
                         return
@@ -330,3 +339,17 @@ class ActivationLoader:
                 return pair
         shape = (rows, self.store.d_model(self.point))
         return [np.empty(shape, self._stored_numpy) for _ in range(2)]
+
+
+def _gather(src: np.ndarray, idx: np.ndarray, dest: np.ndarray, pool: ThreadPoolExecutor) -> None:
+    """`np.take(src, idx, axis=0, out=dest)`, cut into parts run on `pool` and here."""
+    parts = min(GATHER_THREADS + 1, len(idx) // GATHER_PART_ROWS)
+    if parts < 2:
+        np.take(src, idx, axis=0, out=dest, mode="clip")
+        return
+    cuts = [len(idx) * j // parts for j in range(parts + 1)]
+    pieces = [(idx[a:b], dest[a:b]) for a, b in itertools.pairwise(cuts)]
+    others = [pool.submit(np.take, src, i, 0, d, "clip") for i, d in pieces[1:]]
+    np.take(src, pieces[0][0], axis=0, out=pieces[0][1], mode="clip")
+    for done in others:
+        done.result()
