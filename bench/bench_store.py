@@ -158,11 +158,11 @@ def store_table(args: argparse.Namespace, tmp: Path) -> None:
         op, impl = label.split(" | ")
         print(f"| {op} | {impl} | {spread(rows_per_s)} | {mb * np.median(rows_per_s) / n:,.0f} |")
 
-    print("\n| store | codec | acts on disk (MB) | vs uncompressed |")
+    print("\n| store | codec | acts on disk (MB) | shrink vs raw rows |")
     print("|---|---|---:|---:|")
     for kind, size in SIZES.items():
         raw = n * d * (4 if KINDS[kind][0] == "float32" else 2)
-        print(f"| {kind} | {CODECS[kind]} | {size / 1e6:,.1f} | {raw / size:.2f}x smaller |")
+        print(f"| {kind} | {CODECS[kind]} | {size / 1e6:,.1f} | {raw / size:.2f}x |")
 
     print("\nLoader vs a plain in-memory copy of the same bytes (per round; target >= 0.50):\n")
     print(
