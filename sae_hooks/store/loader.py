@@ -177,11 +177,8 @@ class ActivationLoader:
                 self._batch = i + 1
                 yield batch.to(self.device, non_blocking=self._pin).to(self.dtype)
             self.epoch, self._batch = epoch + 1, 0
-        finally:
+        finally:  # the worker sees `stop` within one put timeout; nothing to drain
             stop.set()
-            while worker.is_alive():
-                with contextlib.suppress(queue.Empty):
-                    out.get(timeout=0.05)
             worker.join()
 
     def batches(self) -> Iterator[torch.Tensor]:
