@@ -72,7 +72,8 @@ def default_compressors(dtype: str) -> list[BloscCodec] | None:
     chosen to save space) earns a codec by default; pass compressors= to choose.
     Its codec is lz4 + bit shuffle since issue 17's loader work: on 131k x 768
     Gaussian bfloat16 rows (bench/bench_store.py, 2 busy cores) it kept 1.25x of
-    zstd's 1.29x shrink, wrote 1.6x and fed the shuffled loader 2-3x as fast.
+    zstd's 1.29x shrink, wrote 1.2-1.6x and fed the shuffled loader 1.6-2.2x as
+    fast (three runs; docs/benchmarks.md).
     Stores written with zstd (the earlier default) read as before: zarr's
     metadata names each array's codec.
     """

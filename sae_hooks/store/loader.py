@@ -15,13 +15,16 @@ one document therefore share a buffer and land in the same few batches of an
 epoch; a larger `buffer_chunks` mixes more documents per batch at the cost of
 memory (two buffers are held: one being read, one being cut into batches).
 
-The data path, per buffer: the reader fills a reused scratch array with whole
-chunks (`read_raw(..., out=)`, no temporary), and each batch is one gather of
-its slice of the buffer's permutation into a fresh array (rows stay in the
-stored dtype: bfloat16 travels as bfloat16). A worker thread cuts batches while a
-reader thread fills the next buffer. For a CUDA target the batches are allocated
-in pinned memory, copied with `non_blocking=True` and converted to `dtype` on the
-device; for a CPU target the conversion happens in the worker.
+The data path: where the store maps its chunk files (`row_map`: uncompressed,
+local), each batch is one gather of its rows straight from the page cache into
+a fresh array, the rows' only copy. Otherwise, per buffer, a reader thread fills
+a reused scratch array with whole chunks (`read_raw(..., out=)`, no temporary;
+a few chunks at once, decompression releases the GIL) while the worker cuts the
+previous buffer's batches, each one gather of its slice of the buffer's
+permutation. Either way the gather is split over a few threads, and rows stay
+in the stored dtype (bfloat16 travels as bfloat16). For a CUDA target the
+batches are allocated in pinned memory, copied with `non_blocking=True` and
+converted to `dtype` on the device; for a CPU target the worker converts.
 
 Split: validation is the last `val_fraction` of the committed rows (rounded up),
 training the rows before it. Rows are stored document-major, so the two splits
