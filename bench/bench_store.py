@@ -41,13 +41,23 @@ from sae_hooks.store import ActivationLoader, StoreWriter, open_store
 from sae_hooks.store.layout import to_storage
 
 GPU_TOKENS_PER_S = 1_500_000  # issue 17's GPU step target: the loader must feed it
+SIZES: dict[str, int] = {}  # kind -> bytes of its acts/ arrays on disk
 
 
-#: label -> (stored dtype, compressors): the defaults (bfloat16 gets zstd) and raw bfloat16.
+#: label -> (stored dtype, compressors): the defaults (bfloat16 gets lz4 + bit shuffle),
+#: bfloat16 with zstd (the default before issue 17) and raw bfloat16.
 KINDS = {
     "float32": ("float32", "auto"),
     "bfloat16": ("bfloat16", "auto"),
+    "bfloat16 zstd": ("bfloat16", "zstd"),
     "bfloat16 uncompressed": ("bfloat16", None),
+}
+#: what each kind's store is, for the tables
+CODECS = {
+    "float32": "none (default)",
+    "bfloat16": "blosc lz4 + bit shuffle (default)",
+    "bfloat16 zstd": "blosc zstd(1) + byte shuffle (default before issue 17)",
+    "bfloat16 uncompressed": "none",
 }
 
 
@@ -87,6 +97,7 @@ def operations(
     for kind, (dtype, compressors) in KINDS.items():
         path = tmp / kind.replace(" ", "_")
         write_store(path, x, dtype, compressors)
+        SIZES[kind] = sum(f.stat().st_size for f in (path / "acts").rglob("*") if f.is_file())
         store = open_store(path)
         keep = ActivationLoader(store, "p", bs, val_fraction=0.0, dtype=None)
         write = functools.partial(write_store, tmp / "w", part, dtype, compressors)
@@ -96,7 +107,7 @@ def operations(
             functools.partial(drain, keep),
             len(x),
         )
-        if dtype == "bfloat16":
+        if dtype == "bfloat16" and compressors != "zstd":
             wide = ActivationLoader(store, "p", bs, val_fraction=0.0)
             ops[f"shuffled batches {kind} | store loader, widened to float32"] = (
                 functools.partial(drain, wide),
@@ -147,6 +158,12 @@ def store_table(args: argparse.Namespace, tmp: Path) -> None:
         op, impl = label.split(" | ")
         print(f"| {op} | {impl} | {spread(rows_per_s)} | {mb * np.median(rows_per_s) / n:,.0f} |")
 
+    print("\n| store | codec | acts on disk (MB) | shrink vs raw rows |")
+    print("|---|---|---:|---:|")
+    for kind, size in SIZES.items():
+        raw = n * d * (4 if KINDS[kind][0] == "float32" else 2)
+        print(f"| {kind} | {CODECS[kind]} | {size / 1e6:,.1f} | {raw / size:.2f}x |")
+
     print("\nLoader vs a plain in-memory copy of the same bytes (per round; target >= 0.50):\n")
     print(
         "| loader | vs plain copy (min / median / max) | rows/s needed | rows/s delivered (median) |"
@@ -156,6 +173,7 @@ def store_table(args: argparse.Namespace, tmp: Path) -> None:
         ("float32", "stored dtype"),
         ("bfloat16", "stored dtype"),
         ("bfloat16", "widened to float32"),
+        ("bfloat16 zstd", "stored dtype"),
         ("bfloat16 uncompressed", "stored dtype"),
         ("bfloat16 uncompressed", "widened to float32"),
     ]:

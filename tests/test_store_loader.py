@@ -154,7 +154,9 @@ def kinds(tmp_path_factory):
     open_group(base / "sh", "w-", attributes={SHARDED_ATTR: {"version": 1, "world_size": 3}})
     for rank, ids in enumerate([range(0, 70), range(70, 75), range(75, 180)]):
         _write(rank_location(base / "sh", rank), ids, chunk=12, step=11)
-    return {name: open_store(base / name) for name in ("f32", "bf16", "sh")}
+    # 1024 rows x 3 float32 = 12 KiB chunk files, whole pages: read through the row map
+    _write(base / "f32map", range(0, 2600), chunk=1024, step=300)
+    return {name: open_store(base / name) for name in ("f32", "bf16", "sh", "f32map")}
 
 
 def _split_rows(store, split: str, val_fraction: float) -> np.ndarray:
@@ -181,7 +183,7 @@ if given is not None:
         max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
     )
     @given(
-        kind=st.sampled_from(["f32", "bf16", "sh"]),
+        kind=st.sampled_from(["f32", "bf16", "sh", "f32map"]),
         batch=st.integers(1, 70),
         buffer_chunks=st.integers(1, 5),
         val_fraction=st.sampled_from([0.0, 0.1, 0.37]),
@@ -356,3 +358,105 @@ def test_chunk_file_fast_path_reads_exactly_and_refuses_absent_and_short_chunks(
     fresh = open_store(tmp_path / "s")
     with pytest.raises(ValueError, match="missing"):
         fresh.read_raw("p", 16, 32, out=np.empty((16, 3), np.float32))
+
+
+# -- mapped chunk files: the gather reads the page cache directly --------------------
+
+
+def test_row_map_only_where_chunk_files_are_raw_whole_pages(kinds, tmp_path):
+    mapped = kinds["f32map"].row_map("p")
+    assert mapped is not None and not mapped.flags.writeable
+    np.testing.assert_array_equal(mapped, kinds["f32map"].read_raw("p"))
+    assert kinds["f32"].row_map("p") is None  # 16 x 3 float32 chunk files: not whole pages
+    _write(tmp_path / "z", range(0, 2048), chunk=1024)
+    assert open_store(tmp_path / "z").row_map("p") is not None
+    with StoreWriter(tmp_path / "c", points=["p"], chunk_rows=1024, compressors="lz4") as w:
+        rows = torch.arange(2048)
+        w.append(
+            SimpleNamespace(
+                acts={"p": torch.randn(2048, 3)}, token_ids=rows, doc_index=rows, position=rows
+            )
+        )
+    assert open_store(tmp_path / "c").row_map("p") is None  # compressed chunks
+
+
+def test_row_map_refuses_a_short_chunk_file_and_names_a_missing_one(tmp_path):
+    _write(tmp_path / "s", range(0, 3000), chunk=1024, step=500)
+    chunk = tmp_path / "s" / "acts" / "p" / "c" / "1" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:4096])
+    assert open_store(tmp_path / "s").row_map("p") is None  # never mapped past a file's end
+    chunk.unlink()
+    with pytest.raises(ValueError, match="missing"):
+        open_store(tmp_path / "s").row_map("p")
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_mapped_loader_gives_the_batches_of_the_read_path(kinds, monkeypatch, shuffle):
+    """The same plan cut either way: batches equal, so resume across versions is exact."""
+    store = kinds["f32map"]
+    kw = dict(seed=4, buffer_chunks=2, shuffle=shuffle, drop_last=False)
+    mapped = ActivationLoader(store, "p", 96, **kw)
+    assert mapped._mapped() is not None
+    got = list(mapped)
+    monkeypatch.setattr(type(store), "row_map", lambda self, point: None)
+    read = ActivationLoader(store, "p", 96, **kw)
+    assert read._mapped() is None
+    want = list(read)
+    assert len(got) == len(want) == len(mapped)
+    for a, b in zip(got, want, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_bfloat16_default_codec_is_lz4_bitshuffle_and_zstd_stores_still_load(tmp_path):
+    """New bfloat16 stores get the faster codec; a store of the old default reads the same."""
+    from zarr.codecs import BloscCodec
+
+    x = torch.randn(600, 8).bfloat16()
+    rows = torch.arange(600)
+    for name, compressors in [("new", "auto"), ("old", "zstd")]:
+        with StoreWriter(
+            tmp_path / name, dtype="bfloat16", chunk_rows=128, compressors=compressors
+        ) as w:
+            w.append(SimpleNamespace(acts={"p": x}, token_ids=rows, doc_index=rows, position=rows))
+    (new_codec,) = open_store(tmp_path / "new").array("p").metadata.codecs[1:]
+    (old_codec,) = open_store(tmp_path / "old").array("p").metadata.codecs[1:]
+    assert isinstance(new_codec, BloscCodec) and new_codec.cname.value == "lz4"
+    assert new_codec.shuffle.value == "bitshuffle"
+    assert old_codec.cname.value == "zstd"
+    batches = {
+        name: list(ActivationLoader(tmp_path / name, "p", 50, val_fraction=0.0, seed=1))
+        for name in ("new", "old")
+    }
+    for a, b in zip(batches["new"], batches["old"], strict=True):
+        assert torch.equal(a, b)
+    got = torch.cat(batches["new"])
+    assert torch.equal(got.sort(0).values, x.float().sort(0).values)  # every row, once
+
+
+@pytest.mark.parametrize("threads", [0, 1, 3])
+def test_gather_in_parts_equals_one_take(monkeypatch, threads):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sae_hooks.store import loader as loader_module
+
+    monkeypatch.setattr(loader_module, "GATHER_THREADS", threads)
+    monkeypatch.setattr(loader_module, "GATHER_PART_ROWS", 4)
+    src = np.arange(200 * 3, dtype=np.float32).reshape(200, 3)
+    idx = np.random.default_rng(0).permutation(200)[:37]
+    dest = np.zeros((37, 3), np.float32)
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        loader_module._gather(src, idx, dest, pool)
+    np.testing.assert_array_equal(dest, src[idx])
+
+
+def test_large_batches_cut_in_parallel_parts_equal_the_read_path(kinds, monkeypatch):
+    store = kinds["f32map"]
+    monkeypatch.setattr("sae_hooks.store.loader.GATHER_THREADS", 2)
+    got = list(ActivationLoader(store, "p", 1100, seed=9, drop_last=False))
+    monkeypatch.setattr(type(store), "row_map", lambda self, point: None)
+    want = list(ActivationLoader(store, "p", 1100, seed=9, drop_last=False))
+    assert [len(b) for b in got] == [1100, 1100, 374]
+    for a, b in zip(got, want, strict=True):
+        assert torch.equal(a, b)
+    ids = torch.cat(got)[:, 0].long().sort().values
+    assert torch.equal(ids, torch.arange(2574))  # val_fraction 0.01 of 2600 rows: 26 held out

@@ -15,13 +15,16 @@ one document therefore share a buffer and land in the same few batches of an
 epoch; a larger `buffer_chunks` mixes more documents per batch at the cost of
 memory (two buffers are held: one being read, one being cut into batches).
 
-The data path, per buffer: the reader fills a reused scratch array with whole
-chunks (`read_raw(..., out=)`, no temporary), and each batch is one gather of
-its slice of the buffer's permutation into a fresh array (rows stay in the
-stored dtype: bfloat16 travels as bfloat16). A worker thread cuts batches while a
-reader thread fills the next buffer. For a CUDA target the batches are allocated
-in pinned memory, copied with `non_blocking=True` and converted to `dtype` on the
-device; for a CPU target the conversion happens in the worker.
+The data path: where the store maps its chunk files (`row_map`: uncompressed,
+local), each batch is one gather of its rows straight from the page cache into
+a fresh array, the rows' only copy. Otherwise, per buffer, a reader thread fills
+a reused scratch array with whole chunks (`read_raw(..., out=)`, no temporary;
+a few chunks at once, decompression releases the GIL) while the worker cuts the
+previous buffer's batches, each one gather of its slice of the buffer's
+permutation. Either way the gather is split over a few threads, and rows stay
+in the stored dtype (bfloat16 travels as bfloat16). For a CUDA target the
+batches are allocated in pinned memory, copied with `non_blocking=True` and
+converted to `dtype` on the device; for a CPU target the worker converts.
 
 Split: validation is the last `val_fraction` of the committed rows (rounded up),
 training the rows before it. Rows are stored document-major, so the two splits
@@ -49,6 +52,12 @@ from sae_hooks.store.layout import DTYPES, storage_to_numpy, storage_to_torch
 from sae_hooks.store.open import open_store
 
 SPLITS = ("train", "val")
+#: Chunks of a buffer read (decompressed) at once: zarr's codecs release the GIL.
+READ_THREADS = min(4, os.cpu_count() or 1)
+#: Threads beside the worker that share a batch's gather (np.take releases the GIL):
+#: a random row gather is bound by memory latency, not bandwidth, so parts overlap.
+GATHER_THREADS = min(3, (os.cpu_count() or 1) - 1)
+GATHER_PART_ROWS = 512  # below this a part is not worth a thread's hand-off
 _END = object()
 
 
@@ -171,11 +180,8 @@ class ActivationLoader:
                 self._batch = i + 1
                 yield batch.to(self.device, non_blocking=self._pin).to(self.dtype)
             self.epoch, self._batch = epoch + 1, 0
-        finally:
+        finally:  # the worker sees `stop` within one put timeout; nothing to drain
             stop.set()
-            while worker.is_alive():
-                with contextlib.suppress(queue.Empty):
-                    out.get(timeout=0.05)
             worker.join()
 
     def batches(self) -> Iterator[torch.Tensor]:
@@ -196,14 +202,37 @@ class ActivationLoader:
         self, epoch: int, k: int, blocks: list[tuple[int, int]], scratch: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Read buffer k's chunks into `scratch` (no temporary) and draw its row permutation."""
-        end = 0
-        for a, b in blocks:
-            self._read_into(a, b, scratch[end : end + b - a])
-            end += b - a
+        ends = np.cumsum([0] + [b - a for a, b in blocks])
+        end = int(ends[-1])
+        dests = [scratch[lo:hi] for lo, hi in itertools.pairwise(ends)]
+        if len(blocks) > 1 and READ_THREADS > 1:  # decompression releases the GIL
+            with ThreadPoolExecutor(
+                READ_THREADS, thread_name_prefix="ActivationLoader-chunk"
+            ) as ex:
+                for done in [
+                    ex.submit(self._read_into, a, b, o) for (a, b), o in zip(blocks, dests)
+                ]:
+                    done.result()
+        else:
+            for (a, b), o in zip(blocks, dests, strict=True):
+                self._read_into(a, b, o)
         perm = None
         if self.shuffle:
             perm = np.random.default_rng([self.seed, epoch, k]).permutation(end)
         return scratch[:end], perm
+
+    def _index(
+        self, epoch: int, k: int, blocks: list[tuple[int, int]], rows: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Buffer k over mapped rows: nothing to read, only the rows' indices in batch order.
+
+        The same rows in the same order as `_fill` (the same permutation), so a batch
+        is identical whichever path cuts it.
+        """
+        order = np.concatenate([np.arange(a, b) for a, b in blocks])
+        if self.shuffle:
+            order = order[np.random.default_rng([self.seed, epoch, k]).permutation(len(order))]
+        return rows, order
 
     def _read_into(self, start: int, stop: int, out: np.ndarray) -> None:
         if self._reads_into:
@@ -252,12 +281,23 @@ class ActivationLoader:
             plan = self._plan(epoch)
             offsets = np.cumsum([0] + [sum(b - a for a, b in bs) for bs in plan])
             k = int(np.searchsorted(offsets, first * self.batch_size, side="right")) - 1
-            scratch = self._take_scratch(int(np.diff(offsets).max()))
-            with ThreadPoolExecutor(1, thread_name_prefix="ActivationLoader-read") as reader:
-                nxt = reader.submit(self._fill, epoch, k, plan[k], scratch[k % 2])
+            mapped = self._mapped()
+            if mapped is None:
+                scratch = self._take_scratch(int(np.diff(offsets).max()))
+                fill = lambda k: (self._fill, epoch, k, plan[k], scratch[k % 2])  # noqa: E731
+            else:  # rows straight from the page cache: no scratch, no read
+                scratch = None
+                fill = lambda k: (self._index, epoch, k, plan[k], mapped)  # noqa: E731
+            with (
+                ThreadPoolExecutor(1, thread_name_prefix="ActivationLoader-read") as reader,
+                ThreadPoolExecutor(
+                    max(1, GATHER_THREADS), thread_name_prefix="ActivationLoader-gather"
+                ) as pool,
+            ):
+                nxt = reader.submit(*fill(k))
                 buf, perm = nxt.result()
                 if k + 1 < len(plan):
-                    nxt = reader.submit(self._fill, epoch, k + 1, plan[k + 1], scratch[(k + 1) % 2])
+                    nxt = reader.submit(*fill(k + 1))
                 for i in range(first, len(self)):
                     lo, hi = i * self.batch_size, min((i + 1) * self.batch_size, self.n_rows)
                     batch, bits = self._new_batch(hi - lo)
@@ -266,24 +306,30 @@ class ActivationLoader:
                             k += 1
                             buf, perm = nxt.result()
                             if k + 1 < len(plan):
-                                nxt = reader.submit(
-                                    self._fill, epoch, k + 1, plan[k + 1], scratch[(k + 1) % 2]
-                                )
+                                nxt = reader.submit(*fill(k + 1))
                         take = min(hi, int(offsets[k + 1])) - lo
                         at = lo - int(offsets[k])
                         dest = bits[lo - i * self.batch_size : lo - i * self.batch_size + take]
                         if perm is None:
                             np.copyto(dest, buf[at : at + take])
                         else:  # one gather: the buffer's permutation, cut into batches
-                            np.take(buf, perm[at : at + take], axis=0, out=dest, mode="clip")
+                            _gather(buf, perm[at : at + take], dest, pool)
                         lo += take
                     if not put(self._on_host(batch, bits)):
                         return
-            self._scratch_pool.append(scratch)  # only after the reader thread has finished
+            if scratch is not None:  # only after the reader thread has finished
+                self._scratch_pool.append(scratch)
         except BaseException as err:
             put(err)
             return
         put(_END)
+
+    def _mapped(self) -> np.ndarray | None:
+        """The point's rows mapped over the page cache, when the store offers that (else None):
+        loader rows must lie inside the map, i.e. it was made after they were committed."""
+        row_map = getattr(self.store, "row_map", None)
+        mapped = row_map(self.point) if row_map is not None else None
+        return mapped if mapped is not None and len(mapped) >= self.stop else None
 
     def _take_scratch(self, rows: int) -> list[np.ndarray]:
         """Two (rows, d) arrays of the stored dtype: a pooled pair, or a new one."""
@@ -293,3 +339,17 @@ class ActivationLoader:
                 return pair
         shape = (rows, self.store.d_model(self.point))
         return [np.empty(shape, self._stored_numpy) for _ in range(2)]
+
+
+def _gather(src: np.ndarray, idx: np.ndarray, dest: np.ndarray, pool: ThreadPoolExecutor) -> None:
+    """`np.take(src, idx, axis=0, out=dest)`, cut into parts run on `pool` and here."""
+    parts = min(GATHER_THREADS + 1, len(idx) // GATHER_PART_ROWS)
+    if parts < 2:
+        np.take(src, idx, axis=0, out=dest, mode="clip")
+        return
+    cuts = [len(idx) * j // parts for j in range(parts + 1)]
+    pieces = [(idx[a:b], dest[a:b]) for a, b in itertools.pairwise(cuts)]
+    others = [pool.submit(np.take, src, i, 0, d, "clip") for i, d in pieces[1:]]
+    np.take(src, pieces[0][0], axis=0, out=pieces[0][1], mode="clip")
+    for done in others:
+        done.result()

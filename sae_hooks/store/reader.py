@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import struct
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,7 @@ from sae_hooks.store.layout import (
     storage_to_numpy,
     storage_to_torch,
 )
+from sae_hooks.store.mapped import map_files
 
 __all__ = ["ActivationStore", "Damage", "PointStats", "StoreDamagedError"]
 
@@ -53,6 +55,7 @@ class ActivationStore:
         self._group, self.attrs = load_group(self.location, "r", self._storage_options)
         self._arrays: dict[str, zarr.Array] = {}
         self._stored_units: dict[str, set[int]] = {}  # array key -> unit indices on disk
+        self._row_maps: dict[str, np.ndarray] = {}  # point -> its committed rows, mapped
 
     def __repr__(self) -> str:
         return (
@@ -206,14 +209,9 @@ class ActivationStore:
                 label, (start, stop), f"a stored chunk is damaged ({type(err).__name__}: {err})"
             ) from err
 
-    def _read_chunk_files(self, arr: zarr.Array, start: int, stop: int, out: np.ndarray) -> bool:
-        """Uncompressed, unsharded chunks on a local disk: read the files straight into `out`.
-
-        Skips zarr's intermediate bytes object and its copy, about half of a read's
-        cost (bench/bench_store.py). Returns False, having promised nothing, for any
-        other layout or when a chunk file is absent: zarr's path owns fill values and
-        G1-style damage checks.
-        """
+    def _chunk_file(self, arr: zarr.Array) -> Callable[[int], str] | None:
+        """Chunk index -> file path, for uncompressed, unsharded chunks on a local disk
+        in this machine's byte order (a chunk file is then the rows' raw bytes); else None."""
         codecs, store = arr.metadata.codecs, arr.store_path.store
         chunk = arr.metadata.chunk_grid.chunk_shape
         if (
@@ -224,15 +222,32 @@ class ActivationStore:
             or (arr.dtype.itemsize > 1 and codecs[0].endian != Endian(sys.byteorder))
             or tuple(chunk[1:]) != tuple(arr.shape[1:])
         ):
+            return None
+        folder = os.path.join(store.root, arr.store_path.path)
+
+        def path(i: int) -> str:
+            return os.path.join(folder, arr.metadata.encode_chunk_key((i,) + (0,) * (arr.ndim - 1)))
+
+        return path
+
+    def _read_chunk_files(self, arr: zarr.Array, start: int, stop: int, out: np.ndarray) -> bool:
+        """Uncompressed, unsharded chunks on a local disk: read the files straight into `out`.
+
+        Skips zarr's intermediate bytes object and its copy, about half of a read's
+        cost (bench/bench_store.py). Returns False, having promised nothing, for any
+        other layout or when a chunk file is absent: zarr's path owns fill values and
+        G1-style damage checks.
+        """
+        chunk_file = self._chunk_file(arr)
+        if chunk_file is None:
             return False
         if stop <= start:
             return True
-        rows, row_bytes = chunk[0], out[0].nbytes
+        rows, row_bytes = arr.metadata.chunk_grid.chunk_shape[0], out[0].nbytes
         pieces = []
         for i in range(start // rows, -(-stop // rows)):
             lo, hi = max(start, i * rows), min(stop, (i + 1) * rows)
-            key = arr.metadata.encode_chunk_key((i,) + (0,) * (arr.ndim - 1))
-            path = os.path.join(store.root, arr.store_path.path, key)
+            path = chunk_file(i)
             if not os.path.isfile(path):
                 return False
             pieces.append((path, (lo - i * rows) * row_bytes, out[lo - start : hi - start]))
@@ -247,6 +262,35 @@ class ActivationStore:
                         return False  # a short chunk file: let zarr report it
                     done += got
         return True
+
+    def row_map(self, point: str) -> np.ndarray | None:
+        """The committed rows of `point` as a read-only array over the chunk files, or None.
+
+        Memory-mapped (`sae_hooks.store.mapped`): indexing it reads the page cache
+        directly, so a gather from it is the rows' only copy. Only for layouts whose
+        chunk files are the raw rows (uncompressed, unsharded, local, full-size
+        files); None for any other, and callers read with `read_raw` instead. The
+        map covers the rows committed when it is made; `refresh()` forgets it.
+        """
+        n = self.n_rows
+        if n == 0:
+            return None
+        cached = self._row_maps.get(point)
+        if cached is not None and len(cached) == n:
+            return cached
+        arr = self.array(point)
+        chunk_file = self._chunk_file(arr)
+        if chunk_file is None:
+            return None
+        self._check_stored(f"acts/{point}", arr, 0, n)  # a missing chunk raises, as a read does
+        rows = arr.metadata.chunk_grid.chunk_shape[0]
+        row_bytes = arr.dtype.itemsize * int(np.prod(arr.shape[1:]))
+        paths = [chunk_file(i) for i in range(-(-n // rows))]
+        mapped = map_files(paths, rows * row_bytes, arr.dtype, tuple(arr.shape[1:]))
+        if mapped is None:
+            return None
+        self._row_maps[point] = mapped[:n]
+        return mapped[:n]
 
     def _check_stored(self, label: str, arr: zarr.Array, start: int, stop: int) -> None:
         """Raise if a stored unit under rows [start, stop) is missing (it would read as
