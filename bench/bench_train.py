@@ -82,6 +82,7 @@ def ours_step(
         steps=1000,
         device=args.device,
         b_dec_init="mean",
+        row_topk_warmup=0.0,  # each variant's own selection, not the warm-up's TopK
         init_rows=args.batch,
         log_every=10**6,
         val_every=0,
@@ -92,19 +93,23 @@ def ours_step(
     if dense:
         trainer.sae.sparse_decode = False
         trainer.sae.sparse_encoder_grad = False
-    if variant == "jumprelu" and x is not None:
+    if variant in ("jumprelu", "relu") and x is not None:
         at_target_l0_(trainer.sae, x * trainer.scale, args.k)
     return trainer.train_step  # the body of Trainer.fit's loop, without data loading
 
 
 @torch.no_grad()
 def at_target_l0_(sae: torch.nn.Module, x: torch.Tensor, k: int) -> None:
-    """Each JumpReLU threshold at its latent's (1 - k/n) quantile of pre-codes on x:
-    k codes per row on average, the L0 a trained JumpReLU SAE is steered to."""
+    """k codes per row on average, the L0 a trained JumpReLU / ReLU SAE is steered to:
+    each JumpReLU threshold at its latent's (1 - k/n) quantile of pre-codes on x, or
+    each ReLU encoder bias lowered by that quantile."""
     pre = sae.encode(x)[0]
     rank = max(1, round(pre.shape[0] * (1 - k / pre.shape[1])))
-    theta = pre.kthvalue(rank, dim=0).values.clamp_min(1e-3)
-    sae.log_threshold.copy_(theta.log())
+    quantile = pre.kthvalue(rank, dim=0).values
+    if hasattr(sae, "log_threshold"):
+        sae.log_threshold.copy_(quantile.clamp_min(1e-3).log())
+    else:
+        sae.encoder.bias.sub_(quantile)
 
 
 def ratio_table(args: argparse.Namespace, variants: list[str], device: torch.device) -> None:
@@ -381,7 +386,9 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
             for variant in variants:
-                sides = {"sae-hooks": ours_step(variant, args, Path(tmp) / variant)}
+                # JumpReLU / ReLU at k codes a row, as trained ones run (SAELens's
+                # forward and backward are dense whatever its codes)
+                sides = {"sae-hooks": ours_step(variant, args, Path(tmp) / variant, x=x)}
                 if args.dense and variant in ("topk", "batchtopk"):
                     sides["sae-hooks, dense decode"] = ours_step(
                         variant, args, Path(tmp) / f"{variant}-dense", dense=True

@@ -38,7 +38,7 @@ from .sparse import (
     decode_pairs,
     decode_ragged,
 )
-from .sparse_encoder import attach_gather
+from .sparse_encoder import attach_gather, attach_support, gather_pre_codes
 from .training import TrainingContract
 
 SAE_REGISTRY: dict[str, type[SAE]] = {}
@@ -202,8 +202,44 @@ class SAE(SAEPersistence, TrainingContract, nn.Module):
     def _forward_rows(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(z_pre, z, x_hat before dividing by input_scale); TopK overrides it to decode
         from the top-k indices it already has."""
+        sparse = self._relu_through_support(rows)
+        if sparse is not None:
+            return sparse
         z_pre, z = self._encode_rows(rows)
         return z_pre, z, self._decode_rows(z)
+
+    def _relu_through_support(
+        self, rows: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """A ReLU SAE with a gradient, through its positive codes when they are few.
+
+        ReLU passes gradient only where z_pre > 0, so those pairs alone go through the
+        sparse encoder backward and the sparse decoder (a trained ReLU SAE fires a few
+        dozen of thousands of latents); the positive codes are counted after the matmul
+        (one host sync on CUDA). None (the dense path) for a variant with its own
+        selection, another encoder, or above MAX_SPARSE_GRAD_DENSITY of the codes."""
+        if type(self)._sparsify is not SAE._sparsify:
+            return None
+        pre = self._sparse_pre_codes(rows, measured=True)
+        if pre is None:
+            return None
+        with torch.no_grad():
+            positive = pre.detach() > 0
+            dense = int(positive.sum()) > MAX_SPARSE_GRAD_DENSITY * pre.numel()
+        if dense and self.sparse_encoder_grad is None:  # counted first: no huge nonzero
+            z = F.relu(pre)
+            return pre, z, self._decode_rows(z)
+        flat_rows, cols = positive.nonzero(as_tuple=True)
+        values = gather_pre_codes(pre, flat_rows, cols)  # all > 0: ReLU is the identity
+        n_rows, n = pre.shape
+        z = torch.zeros_like(pre).flatten().scatter(0, flat_rows * n + cols, values)
+        z = attach_support(z.view_as(pre), cols, values)
+        if check_sparse_decode(self.sparse_decode) is False or (
+            self.sparse_decode is None and cols.numel() > MAX_SPARSE_DENSITY * pre.numel()
+        ):
+            return pre, z, self.dictionary.decode(z)
+        atoms, bias = self.get_dictionary(), self.dictionary.bias
+        return pre, z, decode_pairs(flat_rows, cols, values, atoms, bias, n_rows=n_rows)
 
     def _decode_rows(
         self,
