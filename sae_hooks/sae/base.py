@@ -38,7 +38,7 @@ from .sparse import (
     decode_pairs,
     decode_ragged,
 )
-from .sparse_encoder import attach_gather, attach_support, gather_pre_codes
+from .sparse_encoder import attach_gather, attach_support, gather_pre_codes, kept_support
 from .training import TrainingContract
 
 SAE_REGISTRY: dict[str, type[SAE]] = {}
@@ -140,8 +140,13 @@ class SAE(SAEPersistence, TrainingContract, nn.Module):
         return self.dictionary.get_dictionary()
 
     def sparsity_loss(self, out: SAEOutput) -> torch.Tensor:
-        """L1 of the codes weighted by their atoms' norms, summed over latents, mean over rows."""
+        """L1 of the codes weighted by their atoms' norms, summed over latents, mean over rows
+        (over the kept codes alone when the forward recorded them: no (rows, n) pass)."""
         norms = self.get_dictionary().norm(dim=-1)
+        support = kept_support(out.z)
+        if support is not None:
+            cols, values = support
+            return (values * norms.index_select(0, cols)).sum() / max(out.z.shape[0], 1)
         return (out.z * norms).sum(dim=-1).mean()
 
     def _encode_rows(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

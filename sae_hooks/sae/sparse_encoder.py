@@ -100,10 +100,16 @@ def attach_support(z: torch.Tensor, cols: torch.Tensor, values: torch.Tensor) ->
     return z
 
 
+def kept_support(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(cols, values) that the forward recorded on z (values with their autograd
+    history), or None when z came from a dense path."""
+    return getattr(z, _SUPPORT, None)
+
+
 def fire_counts(z: torch.Tensor) -> torch.Tensor:
     """Per-latent count of non-zero codes (n,) int64, from the kept support when the
     forward recorded it (M index_adds, no (rows, n) pass), else from z itself."""
-    support = getattr(z, _SUPPORT, None)
+    support = kept_support(z)
     if support is None:
         return (z.detach().reshape(-1, z.shape[-1]) != 0).sum(0)
     cols, values = support
