@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import os
 import struct
-import sys
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 import zarr
-from zarr.codecs import BloscCodec, BytesCodec
-from zarr.codecs.bytes import Endian
+from zarr.codecs import BloscCodec
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
+from sae_hooks.store.chunk_files import raw_chunk_files, read_raw_rows
 from sae_hooks.store.interface import Damage, PointStats, StoreDamagedError
 from sae_hooks.store.layout import (
     DTYPES,
@@ -210,58 +209,13 @@ class ActivationStore:
             ) from err
 
     def _chunk_file(self, arr: zarr.Array) -> Callable[[int], str] | None:
-        """Chunk index -> file path, for uncompressed, unsharded chunks on a local disk
-        in this machine's byte order (a chunk file is then the rows' raw bytes); else None."""
-        codecs, store = arr.metadata.codecs, arr.store_path.store
-        chunk = arr.metadata.chunk_grid.chunk_shape
-        if (
-            is_url(self.location)
-            or not hasattr(store, "root")
-            or len(codecs) != 1
-            or not isinstance(codecs[0], BytesCodec)
-            or (arr.dtype.itemsize > 1 and codecs[0].endian != Endian(sys.byteorder))
-            or tuple(chunk[1:]) != tuple(arr.shape[1:])
-        ):
-            return None
-        folder = os.path.join(store.root, arr.store_path.path)
-
-        def path(i: int) -> str:
-            return os.path.join(folder, arr.metadata.encode_chunk_key((i,) + (0,) * (arr.ndim - 1)))
-
-        return path
+        """Chunk index -> file path where a chunk file is the rows' raw bytes; else None."""
+        return None if is_url(self.location) else raw_chunk_files(arr)
 
     def _read_chunk_files(self, arr: zarr.Array, start: int, stop: int, out: np.ndarray) -> bool:
-        """Uncompressed, unsharded chunks on a local disk: read the files straight into `out`.
-
-        Skips zarr's intermediate bytes object and its copy, about half of a read's
-        cost (bench/bench_store.py). Returns False, having promised nothing, for any
-        other layout or when a chunk file is absent: zarr's path owns fill values and
-        G1-style damage checks.
-        """
+        """Raw chunk files read straight into `out` (see `chunk_files.read_raw_rows`)."""
         chunk_file = self._chunk_file(arr)
-        if chunk_file is None:
-            return False
-        if stop <= start:
-            return True
-        rows, row_bytes = arr.metadata.chunk_grid.chunk_shape[0], out[0].nbytes
-        pieces = []
-        for i in range(start // rows, -(-stop // rows)):
-            lo, hi = max(start, i * rows), min(stop, (i + 1) * rows)
-            path = chunk_file(i)
-            if not os.path.isfile(path):
-                return False
-            pieces.append((path, (lo - i * rows) * row_bytes, out[lo - start : hi - start]))
-        for path, offset, dest in pieces:
-            view = memoryview(dest).cast("B")
-            with open(path, "rb", buffering=0) as f:
-                f.seek(offset)
-                done = 0
-                while done < len(view):
-                    got = f.readinto(view[done:])
-                    if not got:
-                        return False  # a short chunk file: let zarr report it
-                    done += got
-        return True
+        return chunk_file is not None and read_raw_rows(arr, chunk_file, start, stop, out)
 
     def row_map(self, point: str) -> np.ndarray | None:
         """The committed rows of `point` as a read-only array over the chunk files, or None.
