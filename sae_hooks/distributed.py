@@ -54,6 +54,17 @@ class ProcessRank:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Every rank's `tensor` (same shape on every rank) concatenated along dim 0, in
+        rank order; `tensor` itself when the process is alone."""
+        if not self.distributed:
+            return tensor
+        out = tensor.new_zeros((self.world, *tensor.shape))
+        out[self.rank] = tensor
+        return (
+            self.all_reduce_sum_(out).flatten(0, 1) if tensor.dim() else self.all_reduce_sum_(out)
+        )
+
     def broadcast_(self, tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
         """Overwrite `tensor` with rank `src`'s, in place."""
         if self.distributed:

@@ -140,7 +140,7 @@ class BatchTopKSAE(SAE):
             self._ranks = ranks
 
     @contextlib.contextmanager
-    def step_phase(self, step: int, config: Any) -> Iterator[None]:
+    def step_phase(self, step: int, config: Any, gather: Any = None) -> Iterator[None]:
         """For the first `config.row_topk_warmup` of the run every row keeps its own share
         of the budget (the TopK selection, budget / rows codes each), then the batch does.
 

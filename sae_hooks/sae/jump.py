@@ -180,6 +180,7 @@ class JumpSAE(SAE):
         )
         self._warm_k: int | None = None  # per-row top-k selection in training (step_phase)
         self._rethreshold_l0: float | None = None  # thresholds from this batch (step_phase)
+        self._gather: Any = None  # every data-parallel rank's tensor (step_phase)
 
     @property
     def bandwith(self) -> float:
@@ -192,7 +193,7 @@ class JumpSAE(SAE):
         return self.log_threshold.exp()
 
     @contextlib.contextmanager
-    def step_phase(self, step: int, config: Any) -> Iterator[None]:
+    def step_phase(self, step: int, config: Any, gather: Any = None) -> Iterator[None]:
         """The first `config.row_topk_warmup` of the run selects each row's target_l0
         largest codes (TopK, no threshold, no penalty); the first step after it sets
         every threshold from that batch's pre-codes so that L0 = target_l0, and the
@@ -204,13 +205,14 @@ class JumpSAE(SAE):
         after 600 steps on the synthetic rows of docs/evaluation.md)."""
         warm_steps = round(config.row_topk_warmup * config.steps)
         l0 = config.target_l0 or DEFAULT_INIT_L0
-        saved = self._warm_k, self._rethreshold_l0
+        saved = self._warm_k, self._rethreshold_l0, self._gather
         self._warm_k = max(1, round(l0)) if step < warm_steps else None
         self._rethreshold_l0 = l0 if 0 < warm_steps == step else None
+        self._gather = gather
         try:
             yield
         finally:
-            self._warm_k, self._rethreshold_l0 = saved
+            self._warm_k, self._rethreshold_l0, self._gather = saved
 
     def _sparsify(self, pre: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         if not torch.is_grad_enabled():
@@ -295,7 +297,8 @@ class JumpSAE(SAE):
         """At the first step after the warm-up (`step_phase`), every threshold at the
         batch's target_l0 codes a row; once per forward."""
         if self._rethreshold_l0 is not None:
-            self.log_threshold.copy_(_batch_threshold(pre, self._rethreshold_l0).log())
+            theta = _batch_threshold(pre, self._rethreshold_l0, self._gather)
+            self.log_threshold.copy_(theta.log())
             self._rethreshold_l0 = None
 
     def _kernel_radius(self) -> float | None:
@@ -361,14 +364,20 @@ def data_thresholds(sae: SAE, sample: torch.Tensor, l0: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _batch_threshold(pre: torch.Tensor, l0: float) -> torch.Tensor:
+def _batch_threshold(pre: torch.Tensor, l0: float, gather: Any = None) -> torch.Tensor:
     """One threshold for every latent: the batch's (l0 * rows)-th largest pre-code, at
     which the batch fires l0 codes per row (BatchTopK's inference rule). Per-latent
     quantiles would assume every latent fires equally often; after a TopK warm-up the
-    learnt features do not (on the synthetic rows they doubled the FVU)."""
-    pre = pre.detach().float()
-    k = min(max(round(l0 * pre.shape[0]), 1), pre.numel())
-    t = pre.flatten().topk(k, sorted=False).values.min()
+    learnt features do not (on the synthetic rows they doubled the FVU).
+
+    gather (data parallel): the global batch's threshold, the same on every rank: the
+    global top-K lies in the union of each rank's top-K, so only those are gathered."""
+    pre = pre.detach().float().flatten(0, -2)
+    gather = gather or (lambda t: t)
+    rows = int(gather(torch.tensor([pre.shape[0]], device=pre.device)).sum())
+    k = max(round(l0 * rows), 1)  # of the global batch
+    top = gather(pre.flatten().topk(min(k, pre.numel()), sorted=False).values)
+    t = top.topk(min(k, top.numel()), sorted=False).values.min()
     return _positive(t.expand(pre.shape[-1]))
 
 

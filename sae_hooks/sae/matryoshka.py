@@ -48,6 +48,11 @@ class MatryoshkaBatchTopKSAE(BatchTopKSAE):
     """
 
     architecture = "matryoshka_batchtopk"
+    # No per-row warm-up (BatchTopK's is 0.5): it undoes what the nested losses are
+    # for. On 4 frequent parents with rare children (tests/test_sae_matryoshka.py) the
+    # 4-atom first group found the parents at 0.99 mean max-cosine without it and at
+    # 0.64-0.84 with a warm-up of 0.25-0.5 of 200-600 steps (docs/evaluation.md).
+    default_row_topk_warmup = 0.0
 
     def __init__(
         self,

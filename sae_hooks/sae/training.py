@@ -16,7 +16,7 @@ in sae/ and its `architecture` name (the registration).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -25,6 +25,10 @@ if TYPE_CHECKING:
     from sae_hooks.train.config import TrainConfig
 
     from .base import SAE
+
+
+Gather = Callable[[torch.Tensor], torch.Tensor]
+"""Every data-parallel rank's tensor concatenated along dim 0 (`ProcessRank.all_gather`)."""
 
 
 class TrainingContract:
@@ -91,9 +95,14 @@ class TrainingContract:
         yield
 
     @contextlib.contextmanager
-    def step_phase(self, step: int, config: TrainConfig) -> Iterator[None]:
+    def step_phase(
+        self, step: int, config: TrainConfig, gather: Gather | None = None
+    ) -> Iterator[None]:
         """While active, the SAE trains as at `step` of the run `config` describes (the
-        trainer wraps every step's forward in it). Nothing changes by default."""
+        trainer wraps every step's forward in it). gather: every data-parallel rank's
+        tensor concatenated (the identity alone), for a value that the SAE sets from
+        its rows at a phase change and that must agree on every rank. Nothing changes
+        by default."""
         yield
 
     def training_pair(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

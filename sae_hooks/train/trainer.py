@@ -292,7 +292,7 @@ class Trainer:
         # projection gives the gradient that normalisation's backward would have.
         with autocast, unit_rows_forward(sae):
             x, target = sae.training_pair(x)
-            with sae.step_phase(self.step, cfg):
+            with sae.step_phase(self.step, cfg, self.rank.all_gather):
                 out = self._forward(x)
             err = target - out.x_hat.float()
             mse = sae.reconstruction_loss(err, out)
