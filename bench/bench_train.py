@@ -424,12 +424,17 @@ def main() -> None:
         f"torch {torch.__version__}"
         f"{', SAELens ' + lens.info['version'] if lens else ''}; {machine(device)}"
     )
-    print(f"median of {args.rounds} timings of {args.steps} steps each\n")
     print(
-        "| variant | implementation | tokens/s | ms/step | vs SAELens | CPU ms/step "
-        "| vs SAELens (CPU) | peak memory (MiB) |"
+        f"median of {args.rounds} timings of {args.steps} steps each; 'vs SAELens, per round': "
+        "min / median / max of the wall-time ratio within each round; load average "
+        f"{os.getloadavg()[0]:.1f} at the end\n"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| variant | implementation | tokens/s | ms/step | vs SAELens | vs SAELens, per round "
+        "| CPU ms/step | vs SAELens (CPU) | peak memory (MiB) |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    timings_of = {(variant, name): timings for variant, name, timings, _ in rows}
     per_step = {
         (variant, name): [statistics.median(t[i] for t in timings) / args.steps for i in (0, 1)]
         for variant, name, timings, _ in rows
@@ -438,10 +443,15 @@ def main() -> None:
         wall, cpu = per_step[variant, name]
         lens = per_step.get((variant, "SAELens"))
         vs = [f"{lens[i] / t:.2f}x" if lens else "-" for i, t in enumerate((wall, cpu))]
+        theirs = timings_of.get((variant, "SAELens"))
+        rounds = "-"
+        if theirs and name != "SAELens":
+            ratios = sorted(t[0] / o[0] for t, o in zip(theirs, timings_of[variant, name]))
+            rounds = f"{ratios[0]:.2f} / {statistics.median(ratios):.2f} / {ratios[-1]:.2f}"
         mib = "-" if peak is None else f"{peak / 2**20:,.0f}"
         print(
             f"| {variant} | {name} | {args.batch / wall:,.0f} | {wall * 1e3:,.0f} | {vs[0]} "
-            f"| {cpu * 1e3:,.0f} | {vs[1]} | {mib} |"
+            f"| {rounds} | {cpu * 1e3:,.0f} | {vs[1]} | {mib} |"
         )
 
 
