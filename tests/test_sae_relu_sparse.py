@@ -59,3 +59,19 @@ def test_dense_codes_a_selecting_variant_or_no_gradient_take_the_dense_path():
     forced = sparse_relu()
     forced.sparse_encoder_grad = False
     assert not hasattr(forced(torch.randn(ROWS, D)).z, "_sae_sparse_support")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_latent_grad_is_the_dense_product(dtype):
+    """The atoms' / encoder's gradient of the sparse paths: sum over pairs of g x[row]
+    into row col, written by addmm with beta = 0 into uninitialised memory on CPU."""
+    from sae_hooks.sae.sparse import latent_grad
+
+    gen = torch.Generator().manual_seed(0)
+    rows = torch.arange(40).repeat_interleave(3)
+    cols = torch.randint(0, 50, (120,), generator=gen)
+    grad = torch.randn(120, generator=gen, dtype=dtype)
+    x = torch.randn(40, 8, generator=gen, dtype=dtype)
+    dense = torch.zeros(50, 40, dtype=dtype).index_put_((cols, rows), grad, accumulate=True)
+    for _ in range(3):  # fresh allocations each time: none may leak into the result
+        torch.testing.assert_close(latent_grad(50, rows, cols, grad, x), dense @ x)

@@ -116,7 +116,13 @@ def latent_grad(
         matrix = torch.sparse_csr_tensor(
             crow, rows[order], grad[order].to(x.dtype), (n, x.shape[0]), check_invariants=False
         )
-    return matrix @ x
+    if x.device.type != "cpu":
+        return matrix @ x
+    # On CPU `matrix @ x` zero-fills a result, accumulates into it and copies it out
+    # (18 ms here at 6144 x 768, 65k pairs); addmm with beta = 0 writes the product
+    # straight into uninitialised memory (6 ms), which beta = 0 never reads.
+    out = torch.empty(n, x.shape[1], dtype=x.dtype, device=x.device)
+    return torch.addmm(out, matrix, x, beta=0, out=out)
 
 
 class SparseDecode(torch.autograd.Function):
