@@ -126,3 +126,34 @@ class IdentitySAE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> SAEOutput:
         return SAEOutput(x, x, x)
+
+
+# -- the gradients a Trainer hands Adam --------------------------------------------------
+
+
+def adam_gradients(
+    trainers: list, batches: torch.Tensor, *, buffers: bool = True
+) -> list[list[dict[str, torch.Tensor]]]:
+    """Per trainer, the gradients it hands Adam at each batch, every step taken from the
+    first trainer's weights (and buffers, unless buffers=False). Compared before Adam:
+    its first step is lr * sign(g), which turns float noise in ~0 gradients into steps."""
+    seen: list[list[dict[str, torch.Tensor]]] = [[] for _ in trainers]
+    for trainer, log in zip(trainers, seen):
+        step = trainer.optimizer.step
+
+        def recording(*args, trainer=trainer, log=log, step=step, **kwargs):
+            log.append({n: p.grad.clone() for n, p in trainer.sae.named_parameters()})
+            return step(*args, **kwargs)
+
+        trainer.optimizer.step = recording
+    for x in batches:
+        for other in trainers[1:]:
+            with torch.no_grad():
+                for p, q in zip(other.sae.parameters(), trainers[0].sae.parameters()):
+                    p.copy_(q)
+                if buffers:
+                    for a, b in zip(other.sae.buffers(), trainers[0].sae.buffers()):
+                        a.copy_(b)
+        for trainer in trainers:
+            trainer.train_step(x)
+    return seen

@@ -10,6 +10,7 @@ import weakref
 
 import pytest
 import torch
+from helpers import adam_gradients
 
 from sae_hooks.sae import BatchTopKSAE, JumpSAE, TopKSAE, sparse_encoder
 from sae_hooks.sae.sparse_encoder import fire_counts
@@ -122,21 +123,7 @@ def test_a_trainer_step_matches_the_dense_path(variant, tmp_path):
     noise of gradients that are ~0 into steps of lr.)"""
     trainers = [_trainer(variant, tmp_path, sparse) for sparse in (True, False)]
     batches = torch.randn(3, 32, D, generator=torch.Generator().manual_seed(3))
-    seen: list[list[dict[str, torch.Tensor]]] = [[], []]
-    for trainer, log in zip(trainers, seen):
-        step = trainer.optimizer.step
-
-        def recording(*args, trainer=trainer, log=log, step=step, **kwargs):
-            log.append({n: p.grad.clone() for n, p in trainer.sae.named_parameters()})
-            return step(*args, **kwargs)
-
-        trainer.optimizer.step = recording
-    for x in batches:
-        with torch.no_grad():  # every step from the same weights
-            for p, q in zip(trainers[1].sae.parameters(), trainers[0].sae.parameters()):
-                p.copy_(q)
-        for trainer in trainers:
-            trainer.train_step(x)
+    seen = adam_gradients(trainers, batches, buffers=False)  # buffers follow on their own
     for sparse, dense in zip(*seen):
         for name in dense:
             assert_close(sparse[name], dense[name], name)

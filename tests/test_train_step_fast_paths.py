@@ -13,6 +13,7 @@ import contextlib
 
 import pytest
 import torch
+from helpers import adam_gradients as recorded_gradients
 
 from sae_hooks.train import TensorSource, TrainConfig, Trainer
 from sae_hooks.train import trainer as trainer_module
@@ -50,28 +51,8 @@ def _trainer(variant: str, run_dir, *, sparse: bool | None = None) -> Trainer:
 
 
 def adam_gradients(trainers: list[Trainer], steps: int = 3) -> list[list[dict]]:
-    """The gradients each trainer hands Adam over `steps` steps, every step taken from
-    the first trainer's weights (compared before Adam: its first step is lr * sign(g))."""
-    seen: list[list[dict[str, torch.Tensor]]] = [[] for _ in trainers]
-    for trainer, log in zip(trainers, seen):
-        step = trainer.optimizer.step
-
-        def recording(*args, trainer=trainer, log=log, step=step, **kwargs):
-            log.append({n: p.grad.clone() for n, p in trainer.sae.named_parameters()})
-            return step(*args, **kwargs)
-
-        trainer.optimizer.step = recording
     batches = torch.randn(steps, 32, D, generator=torch.Generator().manual_seed(3))
-    for x in batches:
-        for other in trainers[1:]:
-            with torch.no_grad():
-                for p, q in zip(other.sae.parameters(), trainers[0].sae.parameters()):
-                    p.copy_(q)
-                for a, b in zip(other.sae.buffers(), trainers[0].sae.buffers()):
-                    a.copy_(b)
-        for trainer in trainers:
-            trainer.train_step(x)
-    return seen
+    return recorded_gradients(trainers, batches)
 
 
 def assert_close(a: torch.Tensor, b: torch.Tensor, msg: str = "") -> None:

@@ -236,15 +236,23 @@ class SAE(SAEPersistence, TrainingContract, nn.Module):
             return pre, z, self._decode_rows(z)
         flat_rows, cols = positive.nonzero(as_tuple=True)
         values = gather_pre_codes(pre, flat_rows, cols)  # all > 0: ReLU is the identity
+        return pre, *self._codes_from_pairs(pre, flat_rows, cols, values)
+
+    def _codes_from_pairs(
+        self, pre: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z, x_hat) from the kept (row, col, value) pairs of a measured support: the
+        dense codes with their support recorded, and the pairs decoded sparsely unless
+        sparse_decode is False or (by default) they exceed MAX_SPARSE_DENSITY."""
         n_rows, n = pre.shape
-        z = torch.zeros_like(pre).flatten().scatter(0, flat_rows * n + cols, values)
-        z = attach_support(z.view_as(pre), cols, values)
+        z = torch.zeros_like(pre).flatten().scatter(0, rows * n + cols, values).view_as(pre)
+        attach_support(z, cols, values)
         if check_sparse_decode(self.sparse_decode) is False or (
             self.sparse_decode is None and cols.numel() > MAX_SPARSE_DENSITY * pre.numel()
         ):
-            return pre, z, self.dictionary.decode(z)
+            return z, self.dictionary.decode(z)
         atoms, bias = self.get_dictionary(), self.dictionary.bias
-        return pre, z, decode_pairs(flat_rows, cols, values, atoms, bias, n_rows=n_rows)
+        return z, decode_pairs(rows, cols, values, atoms, bias, n_rows=n_rows)
 
     def _decode_rows(
         self,

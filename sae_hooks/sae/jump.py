@@ -19,11 +19,9 @@ from torch import nn
 from .base import SAE, SAEOutput
 from .kernels import DEFAULT_KERNEL, KERNEL_SUPPORT, KERNELS, Kernel, as_kernel, get_kernel
 from .sparse import (
-    MAX_SPARSE_DENSITY,
     MAX_SPARSE_GRAD_DENSITY,
     check_sparse_decode,
     decode_fixed,
-    decode_pairs,
 )
 from .sparse_encoder import attach_support, fixed_support, gather_pre_codes
 from .training import firing_quantiles
@@ -262,17 +260,9 @@ class JumpSAE(SAE):
             self.kernel_fn,
             self.bandwidth,
         )
-        n_rows, n = pre.shape
-        flat = flat_rows * n + cols
-        z = torch.zeros_like(pre).flatten().scatter(0, flat, z_vals).view_as(pre)
-        setattr(z, _ACTIVE, (pre, active.sum() / n_rows))
-        attach_support(z, cols, z_vals)
-        if check_sparse_decode(self.sparse_decode) is False or (
-            self.sparse_decode is None and cols.numel() > MAX_SPARSE_DENSITY * pre.numel()
-        ):
-            return pre, z, self.dictionary.decode(z)
-        atoms, bias = self.get_dictionary(), self.dictionary.bias
-        return pre, z, decode_pairs(flat_rows, cols, z_vals, atoms, bias, n_rows=n_rows)
+        z, x_hat = self._codes_from_pairs(pre, flat_rows, cols, z_vals)
+        setattr(z, _ACTIVE, (pre, active.sum() / pre.shape[0]))
+        return pre, z, x_hat
 
     def _forward_warm(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The warm-up's selection (`step_phase`): each row's _warm_k largest pre-codes
