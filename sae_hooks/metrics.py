@@ -43,8 +43,9 @@ class FiringStats:
 
     def update(self, z: Tensor) -> None:
         fired = z.reshape(-1, z.shape[-1]) != 0
-        self.counts += fired.sum(0)
-        self.active += fired.sum()
+        counts = fired.sum(0)
+        self.counts += counts
+        self.active += counts.sum()  # not fired.sum(): a second pass over (rows, n)
         self.rows += fired.shape[0]
 
     def add_counts(self, counts: Tensor, rows: int) -> None:

@@ -148,3 +148,24 @@ def test_a_jumprelu_trainer_step_on_its_sparse_path_matches_the_dense_path(tmp_p
         for name in s:
             assert_close(f[name], s[name], f"jumprelu {name}")
     torch.testing.assert_close(trainers[0].window.firing.counts, trainers[1].window.firing.counts)
+
+
+@pytest.mark.parametrize("variant", [*VARIANTS, "matryoshka_batchtopk"])
+def test_the_trainer_forward_returns_sparse_codes_equal_to_the_dense_ones(variant, tmp_path):
+    """Inside `sparse_codes` (the trainer's forward) z is a sparse tensor of the same codes,
+    with the same fire counts; Matryoshka, whose prefix losses slice z, keeps it dense."""
+    from sae_hooks.sae.sparse_encoder import fire_counts
+
+    trainer = _trainer(variant, tmp_path, sparse=True)
+    sae, x = trainer.sae, torch.randn(32, D, generator=torch.Generator().manual_seed(5))
+    dense_out = sae(x)
+    with sae.sparse_codes():
+        out = sae(x)
+    assert out.z.layout == (torch.strided if variant.startswith("matryoshka") else torch.sparse_coo)
+    assert dense_out.z.layout == torch.strided
+    torch.testing.assert_close(out.z.detach().to_dense(), dense_out.z.detach())
+    torch.testing.assert_close(out.x_hat, dense_out.x_hat)
+    assert torch.equal(fire_counts(out.z), fire_counts(dense_out.z))
+    assert fire_counts(out.z).sum() > 0
+    assert sae.sparsity_loss(out).layout == torch.strided
+    torch.testing.assert_close(sae.sparsity_loss(out), sae.sparsity_loss(dense_out))

@@ -19,7 +19,7 @@ from torch import nn
 from .base import SAE, SAEOutput
 from .dictionary import _positive_int
 from .sparse import sort_indices
-from .sparse_encoder import attach_support, batch_top_k, gather_pre_codes
+from .sparse_encoder import batch_top_k, gather_pre_codes, support_codes
 from .topk import default_top_k
 
 
@@ -218,8 +218,8 @@ class BatchTopKSAE(SAE):
         n = self.nb_concepts
         flat_rows, cols = flat.div(n, rounding_mode="floor"), flat.remainder(n)
         kept = F.relu(gather_pre_codes(pre, flat_rows, cols))
-        z = torch.zeros_like(pre).flatten().scatter_(0, flat, kept).view_as(pre)
-        attach_support(z, cols, kept)
+        sparse = self._sparse_codes and self._decodes_sparsely(pre, True)
+        z = support_codes(pre, flat_rows, cols, kept, sparse=sparse)
         return pre, z, self._decode_rows(z, (flat_rows, cols, kept))
 
     @contextlib.contextmanager
@@ -247,7 +247,7 @@ class BatchTopKSAE(SAE):
 
     def sparsity_loss(self, out: SAEOutput) -> torch.Tensor:
         """Zero: sparsity is enforced by construction."""
-        return out.z.new_zeros(())
+        return out.x_hat.new_zeros(())
 
     def _variant_config(self) -> dict[str, Any]:
         budget = (

@@ -23,7 +23,7 @@ from .sparse import (
     check_sparse_decode,
     decode_fixed,
 )
-from .sparse_encoder import attach_support, fixed_support, gather_pre_codes
+from .sparse_encoder import fixed_support, gather_pre_codes, support_codes
 from .training import firing_quantiles
 
 _ACTIVE = "_sae_jump_active"
@@ -275,10 +275,12 @@ class JumpSAE(SAE):
         indices = pre.detach().topk(k, dim=-1, sorted=False).indices
         flat_rows, cols = fixed_support(indices)
         values = F.relu(gather_pre_codes(pre, flat_rows, cols)).view_as(indices)
-        z = torch.zeros_like(pre).scatter_(-1, indices, values)
-        attach_support(z, cols, values.view(-1))
+        sparse_decode = check_sparse_decode(self.sparse_decode) is not False
+        z = support_codes(
+            pre, flat_rows, cols, values.view(-1), sparse=self._sparse_codes and sparse_decode
+        )
         setattr(z, _WARM, True)
-        if check_sparse_decode(self.sparse_decode) is False:
+        if not sparse_decode:
             return pre, z, self.dictionary.decode(z)
         return pre, z, decode_fixed(indices, values, self.get_dictionary(), self.dictionary.bias)
 
@@ -306,7 +308,7 @@ class JumpSAE(SAE):
         backward evaluates the kernel once for the codes and the L0 together.
         """
         if getattr(out.z, _WARM, False):
-            return out.z.new_zeros(())
+            return out.x_hat.new_zeros(())
         cached = getattr(out.z, _ACTIVE, None)
         if cached is not None and cached[0] is out.z_pre:
             return cached[1]

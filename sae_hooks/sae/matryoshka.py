@@ -48,6 +48,7 @@ class MatryoshkaBatchTopKSAE(BatchTopKSAE):
     """
 
     architecture = "matryoshka_batchtopk"
+    dense_codes_in_loss = True  # the prefix losses slice z by latent group
     # No per-row warm-up (BatchTopK's is 0.5): it undoes what the nested losses are
     # for. On 4 frequent parents with rare children (tests/test_sae_matryoshka.py) the
     # 4-atom first group found the parents at 0.99 mean max-cosine without it and at

@@ -100,6 +100,32 @@ def attach_support(z: torch.Tensor, cols: torch.Tensor, values: torch.Tensor) ->
     return z
 
 
+def support_codes(
+    pre: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    values: torch.Tensor,
+    *,
+    sparse: bool = False,
+) -> torch.Tensor:
+    """The codes z (pre's shape) holding `values` at the kept (rows, cols) pairs and 0
+    elsewhere, with (cols, values) recorded (`attach_support`).
+
+    Dense by default. sparse: a sparse COO tensor of the same codes instead, for a
+    forward whose caller reads only the support (the trainer's, inside
+    `SAE.sparse_codes`): the dense (N, n) codes cost a zero fill and a scatter over
+    rows x n, and a (rows x n) matrix of memory until the step ends.
+    """
+    if sparse:
+        z = torch.sparse_coo_tensor(
+            torch.stack([rows, cols]), values, pre.shape, check_invariants=False
+        )
+    else:
+        n = pre.shape[-1]
+        z = torch.zeros_like(pre).flatten().scatter(0, rows * n + cols, values).view_as(pre)
+    return attach_support(z, cols, values)
+
+
 def kept_support(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(cols, values) that the forward recorded on z (values with their autograd
     history), or None when z came from a dense path."""

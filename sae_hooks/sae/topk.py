@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import SAE, SAEOutput
-from .sparse_encoder import attach_support, fixed_support, gather_pre_codes
+from .sparse_encoder import fixed_support, gather_pre_codes, support_codes
 
 
 def default_top_k(nb_concepts: int) -> int:
@@ -67,9 +67,8 @@ class TopKSAE(SAE):
         indices = pre.detach().topk(self.top_k, dim=-1, sorted=False).indices
         flat_rows, cols = fixed_support(indices)
         values = F.relu(gather_pre_codes(pre, flat_rows, cols)).view_as(indices)
-        z = attach_support(
-            torch.zeros_like(pre).scatter_(-1, indices, values), cols, values.view(-1)
-        )
+        sparse = self._sparse_codes and self._decodes_sparsely(pre, True)
+        z = support_codes(pre, flat_rows, cols, values.view(-1), sparse=sparse)
         return pre, z, self._decode_rows(z, (indices, values))
 
     def _code_density(self, z: torch.Tensor) -> float:
@@ -77,7 +76,7 @@ class TopKSAE(SAE):
 
     def sparsity_loss(self, out: SAEOutput) -> torch.Tensor:
         """Zero: sparsity is enforced by construction."""
-        return out.z.new_zeros(())
+        return out.x_hat.new_zeros(())
 
     def _variant_config(self) -> dict[str, Any]:
         return {"top_k": self.top_k}

@@ -66,6 +66,27 @@ class TrainingContract:
     (tests/test_train_defaults.py), e.g. "a transcoder needs paired input / output
     data"; None (the default) takes the test."""
 
+    dense_codes_in_loss: ClassVar[bool] = False
+    """True where `reconstruction_loss` or `sparsity_loss` reads the codes z as a dense
+    (N, n) matrix (Matryoshka's prefix losses); such a variant's training forward keeps
+    dense codes inside `sparse_codes`."""
+
+    _sparse_codes: bool = False
+
+    @contextlib.contextmanager
+    def sparse_codes(self) -> Iterator[None]:
+        """While active, a forward that selects its codes through a kept support and
+        decodes that support returns z as a sparse COO tensor of the same codes, the
+        support recorded on it (`sparse_encoder.support_codes`). The trainer's forward
+        runs inside: its losses and fire counts read the support alone, and dense codes
+        would cost a zero fill, a scatter and a (rows x n) matrix of memory a step."""
+        previous = self._sparse_codes
+        self._sparse_codes = not self.dense_codes_in_loss
+        try:
+            yield
+        finally:
+            self._sparse_codes = previous
+
     @classmethod
     def rows_per_budget(cls, batch_size: int) -> int | None:
         """How many rows one `top_k` budget covers (1: per row, batch_size: per batch),

@@ -290,7 +290,7 @@ class Trainer:
         # The rows are unit norm here (normalised at init, after every step, in every
         # checkpoint): the dictionary skips its normalisation, `_optimizer_step`'s
         # projection gives the gradient that normalisation's backward would have.
-        with autocast, unit_rows_forward(sae):
+        with autocast, unit_rows_forward(sae), sae.sparse_codes():
             x, target = sae.training_pair(x)
             with sae.step_phase(self.step, cfg, self.rank.all_gather):
                 out = self._forward(x)
