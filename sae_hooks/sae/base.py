@@ -185,7 +185,7 @@ class SAE(SAEPersistence, TrainingContract, nn.Module):
         the dense path itself (JumpReLU), so no density by construction is needed.
 
         The input is centred in fp32 before the matmul (exact under bf16 autocast);
-        b_dec's gradient then comes from the sparse input gradient (M x d work).
+        b_dec's gradient is then -(per-latent sums of the kept gradients) @ W_enc.
         """
         enc, bias = self.encoder, self.dictionary.bias
         if self._structured or type(enc) is not LinearEncoder or not torch.is_grad_enabled():
@@ -200,7 +200,7 @@ class SAE(SAEPersistence, TrainingContract, nn.Module):
         scaled = rows.to(torch.promote_types(rows.dtype, torch.float32)) * self.input_scale
         centred = scaled if bias is None else scaled - bias
         pre = F.linear(centred, enc.weight, enc.bias)
-        return attach_gather(pre, centred, enc.weight, enc.bias)
+        return attach_gather(pre, scaled, enc.weight, enc.bias, centre=bias)
 
     # -- decoding, dense or sparse ---------------------------------------------------
 

@@ -10,7 +10,9 @@ the M kept gradients times x, M x d multiply-adds.
 `SparsePreCodes` gives the kept pre-codes (M,) as a differentiable function of
 (x, W, b) whose backward is:
 - dW = CSR(g at (j, r)) @ x, the kept pairs sorted by latent;
-- db = index_add of g over the latents (the bias includes the folded b_dec);
+- db = index_add of g over the latents;
+- d centre = -db @ W, (n,) @ (n, d): the input is centred on b_dec before the
+  matmul, and the sum over rows of a (rows, d) input gradient is that product;
 - dx = embedding_bag(latents, W, row offsets, per_sample_weights=g), pairs
   sorted by row (only when x needs a gradient; training rows do not).
 The values themselves are read from the dense pre-codes of the forward matmul.
@@ -32,57 +34,68 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .sparse import latent_grad, row_offsets
+from .sparse import latent_grad, pairs_of, row_offsets
 
 _GATHER = "_sae_sparse_gather"
 _SUPPORT = "_sae_sparse_support"
 
 
 class SparsePreCodes(torch.autograd.Function):
-    """pre[rows, cols] of pre = x W^T + b, with a backward over the M pairs only."""
+    """pre[rows, cols] of pre = (x - centre) W^T + b, with a backward over the M pairs only."""
 
     @staticmethod
     def forward(
         x: torch.Tensor,
+        centre: torch.Tensor | None,
         weight: torch.Tensor,
         bias: torch.Tensor | None,
         pre: torch.Tensor,
         rows: torch.Tensor,
         cols: torch.Tensor,
     ) -> torch.Tensor:
-        return pre.detach()[rows, cols]
+        return pairs_of(pre.detach(), rows, cols)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
-        x, weight, bias, _, rows, cols = inputs
-        ctx.save_for_backward(x, weight, rows, cols)
-        ctx.has_bias = bias is not None
+        x, centre, weight, bias, _, rows, cols = inputs
+        ctx.save_for_backward(x, centre, weight, rows, cols)
         ctx.bias_dtype = None if bias is None else bias.dtype
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor):
-        x, weight, rows, cols = ctx.saved_tensors
-        grad_x = grad_w = grad_b = None
+        x, centre, weight, rows, cols = ctx.saved_tensors
+        grad_x = grad_centre = grad_w = grad_b = None
+        needs_x, needs_centre, needs_w, needs_b = ctx.needs_input_grad[:4]
         g = grad.float() if grad.dtype in (torch.float16, torch.bfloat16) else grad
-        if ctx.needs_input_grad[0]:
+        if needs_x:
             offsets = row_offsets(rows, x.shape[0])
             grad_x = F.embedding_bag(
                 cols, weight, offsets, per_sample_weights=g.to(weight.dtype), mode="sum"
             ).to(x.dtype)
-        if ctx.needs_input_grad[1]:
-            grad_w = latent_grad(weight.shape[0], rows, cols, g, x.to(weight.dtype))
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = torch.zeros(weight.shape[0], dtype=ctx.bias_dtype, device=g.device)
-            grad_b.index_add_(0, cols, g.to(ctx.bias_dtype))
-        return grad_x, grad_w, grad_b, None, None, None
+        if needs_w:
+            centred = x if centre is None else x - centre
+            grad_w = latent_grad(weight.shape[0], rows, cols, g, centred.to(weight.dtype))
+        if needs_b or needs_centre:
+            per_latent = torch.zeros(weight.shape[0], dtype=g.dtype, device=g.device)
+            per_latent.index_add_(0, cols, g)
+            if needs_b:
+                grad_b = per_latent.to(ctx.bias_dtype)
+            if needs_centre:  # -sum over pairs of g W[col]: (n,) @ (n, d), no (rows, d) term
+                grad_centre = -(per_latent.to(weight.dtype) @ weight).to(centre.dtype)
+        return grad_x, grad_centre, grad_w, grad_b, None, None, None
 
 
 def attach_gather(
-    pre: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    pre: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    centre: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mark pre (the dense pre-codes, with their own autograd history) as readable
-    through SparsePreCodes; returns pre."""
-    setattr(pre, _GATHER, (x, weight, bias))
+    """Mark pre = (x - centre) W^T + b (the dense pre-codes, with their own autograd
+    history) as readable through SparsePreCodes; returns pre. The centre (the decoder
+    bias) gets its gradient from the per-latent sums of the kept gradients."""
+    setattr(pre, _GATHER, (x, centre, weight, bias))
     return pre
 
 
@@ -90,7 +103,7 @@ def gather_pre_codes(pre: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) 
     """pre[rows, cols]; through the sparse backward when the forward attached it."""
     source = getattr(pre, _GATHER, None)
     if source is None or not torch.is_grad_enabled():
-        return pre[rows, cols]
+        return pairs_of(pre, rows, cols)
     return SparsePreCodes.apply(*source, pre, rows, cols)
 
 
@@ -176,7 +189,11 @@ def batch_top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
             cand_values, cand_cols = scores.topk(m, dim=-1, sorted=False)
             values, pos = cand_values.flatten().topk(k, sorted=False)
             if bool((cand_values.amin(-1) < values.min()).all()):
-                flat = pos.div(m, rounding_mode="floor").mul_(n).add_(cand_cols.flatten()[pos])
+                flat = (
+                    pos.div(m, rounding_mode="floor")
+                    .mul_(n)
+                    .add_(cand_cols.flatten().index_select(0, pos))
+                )
                 return values, flat
             m *= 4
     return scores.flatten().topk(k, sorted=False)

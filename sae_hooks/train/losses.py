@@ -49,7 +49,8 @@ def aux_k_loss(
         indices = candidates.topk(k, dim=-1, sorted=False).indices
     rows, cols = fixed_support(indices)
     picked = gather_pre_codes(z_pre, rows, cols).view_as(indices)
-    values = F.relu(picked) * dead[indices]  # a live latent picked as a 0 contributes 0
+    was_dead = dead.index_select(0, indices.reshape(-1)).view_as(indices)
+    values = F.relu(picked) * was_dead  # a live latent picked as a 0 contributes 0
     # embedding_bag gathers k atoms per row without a dense (N, n) @ (n, d) decode.
     e_hat = F.embedding_bag(
         indices, dictionary, per_sample_weights=values.to(dictionary.dtype), mode="sum"
