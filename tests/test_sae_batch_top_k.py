@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sae_hooks.sae import sparse_encoder
+from sae_hooks.sae import sparse
 from sae_hooks.sae.sparse_encoder import batch_top_k
 
 
@@ -51,7 +51,7 @@ def test_a_skewed_batch_falls_back_instead_of_missing_codes(monkeypatch):
 def test_other_devices_take_the_flat_top_k(monkeypatch):
     """Off CPU the exactness check would wait for the device: no candidates there."""
     scores = torch.randn(8, 64)
-    monkeypatch.setattr(sparse_encoder, "HOST_DEVICES", ())  # CPU treated as a device
+    monkeypatch.setattr(sparse, "HOST_DEVICES", ())  # CPU treated as a device
     monkeypatch.setattr(torch.Tensor, "__bool__", None)  # any flag read would fail
     _, flat = batch_top_k(scores, 5)
     ref = scores.flatten().topk(5)

@@ -9,7 +9,8 @@ import torch
 
 import sae_hooks.sae.base as base
 from sae_hooks.sae import SAE, BatchTopKSAE, JumpSAE, TopKSAE
-from sae_hooks.sae.sparse import MAX_SPARSE_DENSITY, decode_fixed, decode_ragged
+from sae_hooks.sae import sparse as sparse_module
+from sae_hooks.sae.sparse import MAX_SPARSE_DENSITY, decode_fixed, decode_pairs, decode_ragged
 
 D, NB, K, ROWS = 16, 256, 4, 24  # density K / NB = 1/64, below MAX_SPARSE_DENSITY
 
@@ -179,3 +180,32 @@ def test_bad_inputs_are_named():
         decode_fixed(torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 4), atoms)
     with pytest.raises(ValueError, match=rf"codes of shape \(N, {NB}\)"):
         decode_ragged(torch.ones(2, NB + 1), atoms)
+
+
+@pytest.mark.parametrize("host", [True, False])
+def test_pairs_at_zero_decode_and_differentiate_like_the_dense_codes(host, monkeypatch):
+    """JumpReLU's support carries codes at 0 (near their threshold); on the host they are
+    dropped from the sums (`nonzero_pairs`), elsewhere kept: the same x_hat and the
+    same gradients for every value (the zeros' included) and every atom either way."""
+    if not host:
+        monkeypatch.setattr(sparse_module, "HOST_DEVICES", ())
+    torch.manual_seed(0)
+    n_rows, n, d = 6, 40, 8
+    dense = torch.zeros(n_rows, n, dtype=torch.float64)
+    rows = torch.arange(n_rows).repeat_interleave(5)
+    cols = torch.stack([torch.randperm(n)[:5] for _ in range(n_rows)]).reshape(-1)
+    values = torch.randn(rows.numel(), dtype=torch.float64)
+    values[::3] = 0.0  # a third of the pairs at zero
+    values.requires_grad_(True)
+    atoms = torch.randn(n, d, dtype=torch.float64, requires_grad=True)
+    out = decode_pairs(rows, cols, values, atoms, n_rows=n_rows)
+    dense = dense.index_put((rows, cols), values.detach()).requires_grad_(True)
+    ref_atoms = atoms.detach().clone().requires_grad_(True)
+    ref = dense @ ref_atoms
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(out)
+    (out * g).sum().backward()
+    (ref * g).sum().backward()
+    torch.testing.assert_close(values.grad, dense.grad[rows, cols])
+    assert values.grad[::3].abs().sum() > 0  # the zeros get their gradient too
+    torch.testing.assert_close(atoms.grad, ref_atoms.grad)

@@ -12,7 +12,8 @@ import pytest
 import torch
 from helpers import adam_gradients
 
-from sae_hooks.sae import BatchTopKSAE, JumpSAE, TopKSAE, sparse_encoder
+from sae_hooks.sae import BatchTopKSAE, JumpSAE, TopKSAE
+from sae_hooks.sae import sparse as sparse_module
 from sae_hooks.sae.sparse_encoder import fire_counts
 from sae_hooks.train import TensorSource, TrainConfig, Trainer
 from sae_hooks.train.losses import aux_k_loss
@@ -145,8 +146,8 @@ def test_fire_counts_come_from_the_support_and_match_a_dense_count(variant):
 def test_a_training_step_makes_no_host_sync(variant, tmp_path, monkeypatch):
     """On CUDA each of these waits for the device; none may run in train_step. (CPU
     stands in for a device: BatchTopK's candidate check reads a flag on host tensors
-    only, `sparse_encoder.HOST_DEVICES`.)"""
-    monkeypatch.setattr(sparse_encoder, "HOST_DEVICES", ())
+    only, `sparse.HOST_DEVICES`.)"""
+    monkeypatch.setattr(sparse_module, "HOST_DEVICES", ())
     trainer = _trainer(variant, tmp_path, sparse=True)
     x = torch.randn(32, D)
     trainer.train_step(x)  # warm-up (Adam state)

@@ -38,6 +38,11 @@ import torch.nn.functional as F
 MAX_SPARSE_DENSITY = 0.05
 """Share of non-zero codes above which TopK / BatchTopK decode densely (see above)."""
 
+HOST_DEVICES = ("cpu",)
+"""Devices whose tensors the host reads without waiting for a device: there the sparse
+paths may branch on a value (`sparse_encoder.batch_top_k`'s candidate check,
+`nonzero_pairs`' compaction); elsewhere they never do, so a step makes no host sync."""
+
 MAX_SPARSE_GRAD_DENSITY = 0.05
 """Share of kept codes above which the encoder's gradient is computed densely
 (sparse_encoder.py; the crossover is measured by `bench_train.py --encoder`)."""
@@ -113,10 +118,27 @@ def sort_indices(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return values.index_select(0, order), order
 
 
+def nonzero_pairs(
+    rows: torch.Tensor, cols: torch.Tensor, weights: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """On CPU, the pairs whose weight is not 0 (a 0 adds nothing to a weighted sum);
+    elsewhere all of them, since the kept count would make the host wait for the device.
+    JumpReLU's support holds ~4 pairs at 0 (codes within the kernel's reach of their
+    threshold, kept for theta's gradient) for every code above its threshold."""
+    if weights.device.type not in HOST_DEVICES or weights.dim() != 1:
+        return rows, cols, weights
+    keep = weights != 0
+    if bool(keep.all()):
+        return rows, cols, weights
+    at = keep.nonzero().squeeze(1)
+    return rows.index_select(0, at), cols.index_select(0, at), weights.index_select(0, at)
+
+
 def latent_grad(
     n: int, rows: torch.Tensor, cols: torch.Tensor, grad: torch.Tensor, x: torch.Tensor
 ) -> torch.Tensor:
     """sum over pairs m of grad_m x[rows_m] into row cols_m of an (n, d) matrix."""
+    rows, cols, grad = nonzero_pairs(rows, cols, grad)
     cols_sorted, order = sort_indices(cols)
     crow = torch.searchsorted(cols_sorted, torch.arange(n + 1, device=cols.device))
     with warnings.catch_warnings():  # torch calls every CSR construction beta
@@ -148,8 +170,11 @@ class SparseDecode(torch.autograd.Function):
 
     @staticmethod
     def forward(rows, cols, values, atoms, offsets):
+        kept_rows, kept_cols, kept = nonzero_pairs(rows, cols, values)
+        if kept is not values:
+            offsets = row_offsets(kept_rows, offsets.numel())
         return F.embedding_bag(
-            cols, atoms, offsets, per_sample_weights=values.to(atoms.dtype), mode="sum"
+            kept_cols, atoms, offsets, per_sample_weights=kept.to(atoms.dtype), mode="sum"
         )
 
     @staticmethod

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from . import sparse
 from .sparse import latent_grad, pairs_of, row_offsets
 
 _GATHER = "_sae_sparse_gather"
@@ -166,10 +167,6 @@ def fixed_support(indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 BATCH_TOP_K_CANDIDATES = 4
 """Per-row candidates of `batch_top_k`, as a multiple of the budget's mean per row."""
 
-HOST_DEVICES = ("cpu",)
-"""Devices whose tensors the host reads without waiting for a device: `batch_top_k`
-checks its candidates there, and takes one flat top-k elsewhere (no sync)."""
-
 
 def batch_top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(values, flat indices) of the k largest entries of scores (rows, n), exactly k.
@@ -184,7 +181,7 @@ def batch_top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
     """
     n_rows, n = scores.shape
     m = BATCH_TOP_K_CANDIDATES * math.ceil(k / max(n_rows, 1))
-    if scores.device.type in HOST_DEVICES:
+    if scores.device.type in sparse.HOST_DEVICES:
         while 2 * m <= n:
             cand_values, cand_cols = scores.topk(m, dim=-1, sorted=False)
             values, pos = cand_values.flatten().topk(k, sorted=False)
