@@ -1,4 +1,4 @@
-"""Training-step throughput: sae-hooks' Trainer vs SAELens's SAETrainer, side by side.
+"""Training-step throughput: sae-hooks' Trainer vs SAELens and sparsify, side by side.
 
 One command: `.venv/bin/python bench/bench_train.py` (CPU-sized: 768 -> 6144, 2048
 rows a step, k = 32 per token). `--gpu-size` is GPT-2 width (768 -> 24576, 8192 rows
@@ -8,10 +8,15 @@ Each side runs the step its users run: our `Trainer.train_step` (forward, MSE +
 the variant's sparsity loss, backward, decoder-gradient projection, grad clip,
 Adam, row renormalisation, fire statistics) and SAELens's `SAETrainer.step`
 (forward, its losses, backward, grad clip, Adam, LR / coefficient schedulers,
-fire statistics). bf16 autocast on CUDA for both, fp32 on CPU. Rows are random
-normal, fed from memory. SAELens runs in its own interpreter (see bench/README.md
-for the venv), kept alive and driven over stdin/stdout so that the two sides
-alternate round by round and share whatever load the machine has.
+fire statistics) and, for TopK (the only one of our variants it has), EleutherAI
+sparsify's step as the body of its Trainer.fit loop runs it (`sparsify_step`:
+fused TopK encoder, FVU, backward, gradient projection, SignSGD in a schedule-free
+wrapper, unit decoder rows, fire statistics). bf16 autocast on CUDA for all, fp32
+on CPU. Rows are random normal, fed from memory. SAELens and sparsify run in the
+bench venv (see bench/README.md), each in a worker process of this script kept
+alive and driven over stdin/stdout, so that the sides alternate round by round and
+share whatever load the machine has. `--no-saelens` / `--no-sparsify` leave a side
+out; a side whose package does not import there is left out with a printed note.
 
 Peak memory during the timed steps: torch.cuda.max_memory_allocated on CUDA; on
 CPU the process's peak RSS (VmHWM, reset through /proc/self/clear_refs), which
@@ -21,6 +26,7 @@ includes the interpreter and whatever the allocator kept from earlier variants.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -28,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import typing
 from pathlib import Path
 
 import torch
@@ -41,6 +48,8 @@ SAELENS_ARCH = {
     "topk": "topk",
     "relu": "standard",
 }
+SIDES = ("saelens", "sparsify")
+"""The comparison sides, each run by a worker process of this script in the bench venv."""
 DEFAULT_SAELENS_PYTHON = ("/work/venv-bench/bin/python", str(ROOT / ".venv-bench/bin/python"))
 
 
@@ -222,6 +231,65 @@ def saelens_step(variant: str, args: argparse.Namespace):
     return trainer.step
 
 
+SPARSIFY_ACTIVATION = {"topk": "topk"}
+"""Our variants that sparsify has, and its activation for each. sparsify 1.3.3's
+SparseCoderConfig.activation is "topk" or "groupmax" (a max per group of n / k latents,
+none of ours); it has no BatchTopK, JumpReLU, ReLU or Matryoshka (`multi_topk` is an
+extra loss on the 4k largest codes, off by default, not a variant)."""
+
+
+def sparsify_step(variant: str, args: argparse.Namespace):
+    """sparsify's training step for a TopK SparseCoder, built as its Trainer builds it
+    and run as the body of its `fit` loop runs it (sparsify/trainer.py, 1.3.3) with the
+    defaults of its TrainConfig: FVU loss, AuxK off (auxk_alpha = 0), the "signum"
+    optimiser (SignSGD in a ScheduleFreeWrapper, momentum 0.95, no scheduler,
+    lr = 5e-3 / sqrt(n / 2**14)), no grad clipping, one micro-batch."""
+    from schedulefree import ScheduleFreeWrapper
+    from sparsify import SparseCoder, SparseCoderConfig, TrainConfig
+    from sparsify.sign_sgd import SignSGD
+
+    cfg = TrainConfig(
+        SparseCoderConfig(activation=SPARSIFY_ACTIVATION[variant], num_latents=args.nb, k=args.k)
+    )
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    sae = SparseCoder(args.d, cfg.sae, device, dtype=torch.float32)
+    lr = cfg.lr or 5e-3 / (sae.num_latents / 2**14) ** 0.5
+    optimizer = ScheduleFreeWrapper(
+        SignSGD([{"params": sae.parameters(), "lr": lr}]), momentum=0.95
+    )
+    optimizer.train()
+    since_fired = torch.zeros(sae.num_latents, device=device, dtype=torch.long)
+    did_fire = torch.zeros(sae.num_latents, device=device, dtype=torch.bool)
+    state = {"step": 0, "fvu": 0.0}
+
+    def step(x: torch.Tensor) -> None:
+        # the forward hook of Trainer.fit: b_dec at the first batch's mean, unit decoder
+        # rows, FVU against the batch's variance, fire mask, the logged FVU (a float(),
+        # a host sync every step), backward
+        if state["step"] == 0:
+            sae.b_dec.data = x.mean(0).to(sae.dtype)
+        sae.set_decoder_norm_to_unit_norm()
+        dead = since_fired > cfg.dead_feature_threshold if cfg.auxk_alpha > 0 else None
+        total_variance = (x - x.mean(0)).pow(2).sum()
+        out = sae(x=x, y=x, dead_mask=dead, total_variance=total_variance)
+        did_fire[out.latent_indices.flatten()] = True
+        state["fvu"] += float(out.fvu.detach())
+        loss = out.fvu + cfg.auxk_alpha * out.auxk_loss + out.multi_topk_fvu / 8
+        loss.div(cfg.grad_acc_steps * cfg.micro_acc_steps).backward()
+        # then fit's optimiser step: gradient projection, step, zero_grad, dead counts
+        sae.remove_gradient_parallel_to_decoder_directions()
+        optimizer.step()
+        optimizer.zero_grad()
+        with torch.no_grad():
+            since_fired.add_(x.shape[0])
+            since_fired[did_fire] = 0
+            did_fire.zero_()
+        state["step"] += 1
+
+    return step
+
+
 def decoder_table(args: argparse.Namespace, device: torch.device) -> None:
     """Forward + backward of the decoder alone, dense vs sparse, over code densities.
 
@@ -261,11 +329,14 @@ def decoder_table(args: argparse.Namespace, device: torch.device) -> None:
         print(f"| {k} | {k / args.nb:.4f} | {' | '.join(cells)} |")
 
 
-class SAELensWorker:
-    """The SAELens side in its own interpreter, one JSON request / reply per line."""
+class SideWorker:
+    """One comparison side (SAELens or sparsify) in its own interpreter, one JSON request /
+    reply per line. `info` is its first reply: versions, or `error` when the package
+    does not import there."""
 
-    def __init__(self, python: str, args: argparse.Namespace) -> None:
-        cmd = [python, __file__, "--worker", *_size_flags(args)]
+    def __init__(self, python: str, side: str, args: argparse.Namespace) -> None:
+        cmd = [python, __file__, f"--worker={side}", *_size_flags(args)]
+        self.side = side
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
         )
@@ -274,7 +345,7 @@ class SAELensWorker:
     def _read(self) -> dict:
         line = self.proc.stdout.readline()
         if not line:
-            raise RuntimeError(f"the SAELens worker exited (code {self.proc.wait()})")
+            raise RuntimeError(f"the {self.side} worker exited (code {self.proc.wait()})")
         return json.loads(line)
 
     def ask(self, **request: object) -> dict:
@@ -286,21 +357,48 @@ class SAELensWorker:
         self.proc.wait(timeout=30)
 
 
-def worker(args: argparse.Namespace) -> None:
-    """Serve `build` / `time` requests for the SAELens side on stdin/stdout."""
-    import sae_lens
+def _side_info(side: str) -> dict:
+    """Import the side's package (ImportError when it is not installed) and describe it."""
+    info = {"torch": torch.__version__}
+    if side == "saelens":
+        import sae_lens
 
+        return {**info, "version": sae_lens.__version__}
+    # sparsify prints which decoder it picked (Triton or eager) on stdout at import;
+    # stdout is this worker's reply channel
+    with contextlib.redirect_stdout(sys.stderr):
+        import sparsify
+        from sparsify.config import SparseCoderConfig
+        from sparsify.utils import decoder_impl
+    activations = typing.get_args(SparseCoderConfig.__dataclass_fields__["activation"].type)
+    return {
+        **info,
+        "version": sparsify.__version__,
+        "decoder": decoder_impl.__name__,  # triton_decode on CUDA with Triton, else eager
+        "activations": list(activations),
+    }
+
+
+def worker(args: argparse.Namespace) -> None:
+    """Serve `build` / `time` requests for one comparison side on stdin/stdout."""
     device = torch.device(args.device)
-    reply = {"version": sae_lens.__version__, "torch": torch.__version__}
-    print(json.dumps(reply), flush=True)
+    try:
+        info = _side_info(args.worker)
+    except ImportError as err:
+        print(json.dumps({"error": f"{type(err).__name__}: {err}"}), flush=True)
+        return
+    if args.worker == "sparsify":
+        torch.set_float32_matmul_precision("high")  # as sparsify's Trainer.fit sets it
+    build = {"saelens": saelens_step, "sparsify": sparsify_step}[args.worker]
+    print(json.dumps(info), flush=True)
     step, x = None, None
     for line in sys.stdin:
         request = json.loads(line)
         if request["op"] == "build":
             step = x = None
-            step = saelens_step(request["variant"], args)
+            step = build(request["variant"], args)
             x = torch.randn(args.batch, args.d, device=device)
-            step(x)  # warm-up: allocates the Adam state and the autograd buffers
+            step(x)  # warm-up: allocates the optimiser state and the autograd buffers
             reply = {}
         else:
             with PeakMemory(device) as mem:
@@ -347,12 +445,20 @@ def main() -> None:
     )
     parser.add_argument("--widths", default=None, help="--ratio: latents n, e.g. 3072,6144")
     parser.add_argument("--ks", default=None, help="--ratio: k per token, e.g. 8,32,128")
-    parser.add_argument("--saelens-python", default=None, help="python of the SAELens venv")
+    parser.add_argument(
+        "--saelens-python", default=None, help="python of the bench venv (SAELens, sparsify)"
+    )
+    parser.add_argument(
+        "--sparsify-python", default=None, help="python with eai-sparsify (default: the above)"
+    )
     parser.add_argument("--no-saelens", action="store_true")
+    parser.add_argument("--no-sparsify", action="store_true")
     parser.add_argument(
         "--decoder", action="store_true", help="time the decoder alone, dense vs sparse"
     )
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--worker", nargs="?", const="saelens", choices=SIDES, help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     args.nb = args.nb or (24576 if args.gpu_size else 6144)
     args.batch = args.batch or (8192 if args.gpu_size else 2048)
@@ -369,90 +475,167 @@ def main() -> None:
     if args.ratio:
         return ratio_table(args, variants, device)
 
-    python = None if args.no_saelens else find_saelens_python(args.saelens_python)
-    lens = None
-    if python is None and not args.no_saelens:
-        print(
-            "SAELens venv not found (tried --saelens-python, $SAELENS_PYTHON, "
-            f"{', '.join(DEFAULT_SAELENS_PYTHON)}); timing sae-hooks only. "
-            "See bench/README.md to create it.",
-            file=sys.stderr,
-        )
-    elif python is not None:
-        lens = SAELensWorker(python, args)
-
-    rows: list[tuple[str, str, list[tuple[float, float]], int | None]] = []
-    x = torch.randn(args.batch, args.d, device=device)
+    sides, notes = start_sides(args, variants)
     try:
-        with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
-            for variant in variants:
-                # JumpReLU / ReLU at k codes a row, as trained ones run (SAELens's
-                # forward and backward are dense whatever its codes)
-                sides = {"sae-hooks": ours_step(variant, args, Path(tmp) / variant, x=x)}
-                if args.dense and variant in ("topk", "batchtopk"):
-                    sides["sae-hooks, dense decode"] = ours_step(
-                        variant, args, Path(tmp) / f"{variant}-dense", dense=True
-                    )
-                for step in sides.values():
-                    step(x)  # warm-up
-                if lens is not None:
-                    lens.ask(op="build", variant=variant)
-                times: dict[str, list[tuple[float, float]]] = {n: [] for n in [*sides, "SAELens"]}
-                peaks: dict[str, int | None] = {}
-                for _ in range(args.rounds):
-                    for name, step in sides.items():
-                        with PeakMemory(device) as mem:
-                            times[name].append(time_steps(step, x, args.steps, device))
-                        peaks[name] = max(peaks.get(name) or 0, mem.bytes or 0) or None
-                    if lens is not None:
-                        reply = lens.ask(op="time", steps=args.steps)
-                        times["SAELens"].append(tuple(reply["seconds"]))
-                        peaks["SAELens"] = max(peaks.get("SAELens") or 0, reply["peak_bytes"] or 0)
-                for name, secs in times.items():
-                    if secs:
-                        rows.append((variant, name, secs, peaks.get(name)))
-                del sides
-                print(f"done: {variant}", file=sys.stderr, flush=True)
+        rows = run_rounds(args, variants, device, sides)
     finally:
-        if lens is not None:
-            lens.close()
+        for side in sides.values():
+            side.close()
+    print_table(args, device, sides, notes, rows)
 
+
+Row = tuple[str, str, list[tuple[float, float]], int | None]
+"""(variant, implementation, [(wall, CPU) seconds per timing], peak bytes)."""
+
+
+def start_sides(
+    args: argparse.Namespace, variants: list[str]
+) -> tuple[dict[str, SideWorker], list[str]]:
+    """The comparison sides that can run, by display name, and a note for each one that
+    cannot (no venv, package not importable, variant it lacks)."""
+    sides: dict[str, SideWorker] = {}
+    notes: list[str] = []
+    wanted = {  # name: (worker side, skipped, interpreter asked for)
+        "SAELens": ("saelens", args.no_saelens, args.saelens_python),
+        "sparsify": ("sparsify", args.no_sparsify, args.sparsify_python or args.saelens_python),
+    }
+    for name, (side, skipped, explicit) in wanted.items():
+        if skipped:
+            continue
+        python = find_saelens_python(explicit)
+        flags = "--saelens-python" if side == "saelens" else "--sparsify-python, --saelens-python"
+        if python is None:
+            notes.append(
+                f"{name}: no bench venv (tried {flags}, $SAELENS_PYTHON, "
+                f"{', '.join(DEFAULT_SAELENS_PYTHON)}); no {name} rows. "
+                "See bench/README.md to create it."
+            )
+            continue
+        worker_ = SideWorker(python, side, args)
+        if "error" in worker_.info:
+            worker_.close()
+            notes.append(
+                f"{name}: not importable in {python} ({worker_.info['error']}); no {name} rows. "
+                "See bench/README.md for the install line."
+            )
+            continue
+        sides[name] = worker_
+    lacking = [v for v in variants if v not in SPARSIFY_ACTIVATION]
+    if "sparsify" in sides and lacking:
+        activations = ", ".join(sides["sparsify"].info["activations"])
+        notes.append(
+            f"sparsify {sides['sparsify'].info['version']} has no {', '.join(lacking)} "
+            f"(its activations: {activations}): no sparsify row for "
+            f"{'it' if len(lacking) == 1 else 'them'}."
+        )
+    for note in notes:
+        print(note, file=sys.stderr, flush=True)
+    return sides, notes
+
+
+def _has(name: str, variant: str) -> bool:
+    return name != "sparsify" or variant in SPARSIFY_ACTIVATION
+
+
+def run_rounds(
+    args: argparse.Namespace,
+    variants: list[str],
+    device: torch.device,
+    sides: dict[str, SideWorker],
+) -> list[Row]:
+    """Per variant: build every side, then rounds of (ours, SAELens, sparsify), so that all
+    sides see the same machine load."""
+    rows: list[Row] = []
+    x = torch.randn(args.batch, args.d, device=device)
+    with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
+        for variant in variants:
+            # JumpReLU / ReLU at k codes a row, as trained ones run (SAELens's
+            # forward and backward are dense whatever its codes)
+            ours = {"sae-hooks": ours_step(variant, args, Path(tmp) / variant, x=x)}
+            if args.dense and variant in ("topk", "batchtopk"):
+                ours["sae-hooks, dense decode"] = ours_step(
+                    variant, args, Path(tmp) / f"{variant}-dense", dense=True
+                )
+            for step in ours.values():
+                step(x)  # warm-up
+            theirs = {n: side for n, side in sides.items() if _has(n, variant)}
+            for side in theirs.values():
+                side.ask(op="build", variant=variant)
+            times: dict[str, list[tuple[float, float]]] = {n: [] for n in [*ours, *theirs]}
+            peaks: dict[str, int] = {}
+            for _ in range(args.rounds):
+                for name, step in ours.items():
+                    with PeakMemory(device) as mem:
+                        times[name].append(time_steps(step, x, args.steps, device))
+                    peaks[name] = max(peaks.get(name, 0), mem.bytes or 0)
+                for name, side in theirs.items():
+                    reply = side.ask(op="time", steps=args.steps)
+                    times[name].append(tuple(reply["seconds"]))
+                    peaks[name] = max(peaks.get(name, 0), reply["peak_bytes"] or 0)
+            rows += [(variant, n, secs, peaks.get(n) or None) for n, secs in times.items()]
+            del ours
+            print(f"done: {variant}", file=sys.stderr, flush=True)
+    return rows
+
+
+def print_table(
+    args: argparse.Namespace,
+    device: torch.device,
+    sides: dict[str, SideWorker],
+    notes: list[str],
+    rows: list[Row],
+) -> None:
+    """The markdown table: one row per (variant, implementation), ratios against
+    SAELens, and against sparsify when it ran."""
+    versions = "".join(
+        f", {name} {side.info['version']}"
+        + (f" ({side.info['decoder']} decoder)" if "decoder" in side.info else "")
+        for name, side in sides.items()
+    )
     print(
         f"\n{args.d} -> {args.nb}, {args.batch} tokens a step, k = {args.k} per token "
         f"(TopK, BatchTopK), {args.device}"
         f"{' bf16 autocast' if device.type == 'cuda' else ' fp32'}; "
-        f"torch {torch.__version__}"
-        f"{', SAELens ' + lens.info['version'] if lens else ''}; {machine(device)}"
+        f"torch {torch.__version__}{versions}; {machine(device)}"
     )
     print(
-        f"median of {args.rounds} timings of {args.steps} steps each; 'vs SAELens, per round': "
+        f"median of {args.rounds} timings of {args.steps} steps each; 'vs X, per round': "
         "min / median / max of the wall-time ratio within each round; load average "
-        f"{os.getloadavg()[0]:.1f} at the end\n"
+        f"{os.getloadavg()[0]:.1f} at the end"
     )
-    print(
-        "| variant | implementation | tokens/s | ms/step | vs SAELens | vs SAELens, per round "
-        "| CPU ms/step | vs SAELens (CPU) | peak memory (MiB) |"
-    )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for note in notes:
+        print(f"note: {note}")
+    refs = ["SAELens", *(["sparsify"] if "sparsify" in sides else [])]
+    header = "| variant | implementation | tokens/s | ms/step "
+    header += "".join(f"| vs {ref} | vs {ref}, per round " for ref in refs)
+    header += "| CPU ms/step | vs SAELens (CPU) | peak memory (MiB) |"
+    print(f"\n{header}")
+    print("|---|---|" + "---:|" * (header.count("|") - 3))
     timings_of = {(variant, name): timings for variant, name, timings, _ in rows}
     per_step = {
-        (variant, name): [statistics.median(t[i] for t in timings) / args.steps for i in (0, 1)]
-        for variant, name, timings, _ in rows
+        key: [statistics.median(t[i] for t in timings) / args.steps for i in (0, 1)]
+        for key, timings in timings_of.items()
     }
     for variant, name, _, peak in rows:
         wall, cpu = per_step[variant, name]
+        cells = [f"{args.batch / wall:,.0f}", f"{wall * 1e3:,.0f}"]
+        for ref in refs:
+            theirs = per_step.get((variant, ref))
+            cells.append(f"{theirs[0] / wall:.2f}x" if theirs else "-")
+            cells.append(_per_round(timings_of, variant, name, ref))
         lens = per_step.get((variant, "SAELens"))
-        vs = [f"{lens[i] / t:.2f}x" if lens else "-" for i, t in enumerate((wall, cpu))]
-        theirs = timings_of.get((variant, "SAELens"))
-        rounds = "-"
-        if theirs and name != "SAELens":
-            ratios = sorted(t[0] / o[0] for t, o in zip(theirs, timings_of[variant, name]))
-            rounds = f"{ratios[0]:.2f} / {statistics.median(ratios):.2f} / {ratios[-1]:.2f}"
-        mib = "-" if peak is None else f"{peak / 2**20:,.0f}"
-        print(
-            f"| {variant} | {name} | {args.batch / wall:,.0f} | {wall * 1e3:,.0f} | {vs[0]} "
-            f"| {rounds} | {cpu * 1e3:,.0f} | {vs[1]} | {mib} |"
-        )
+        cells += [f"{cpu * 1e3:,.0f}", f"{lens[1] / cpu:.2f}x" if lens else "-"]
+        cells.append("-" if peak is None else f"{peak / 2**20:,.0f}")
+        print(f"| {variant} | {name} | {' | '.join(cells)} |")
+
+
+def _per_round(timings_of: dict, variant: str, name: str, ref: str) -> str:
+    """min / median / max over rounds of ref's wall time / name's, within each round."""
+    theirs = timings_of.get((variant, ref))
+    if not theirs or name == ref:
+        return "-"
+    ratios = sorted(t[0] / o[0] for t, o in zip(theirs, timings_of[variant, name]))
+    return f"{ratios[0]:.2f} / {statistics.median(ratios):.2f} / {ratios[-1]:.2f}"
 
 
 if __name__ == "__main__":
