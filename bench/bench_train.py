@@ -38,7 +38,7 @@ import typing
 from pathlib import Path
 
 import torch
-from _common import PeakMemory, machine, sync
+from _common import PeakMemory, machine, spread, sync
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("batchtopk", "jumprelu", "topk", "relu")
@@ -303,9 +303,15 @@ def decoder_table(args: argparse.Namespace, device: torch.device) -> None:
     atoms = torch.randn(args.nb, args.d, device=device, requires_grad=True)
     bias = torch.zeros(args.d, device=device, requires_grad=True)
     upstream = torch.randn(args.batch, args.d, device=device)
-    print(f"\ndecoder alone, {args.nb} x {args.d}, {args.batch} rows; ms forward + backward")
-    print("\n| k per row | density | dense | sparse, fixed k | sparse, ragged |")
-    print("|---:|---:|---:|---:|---:|")
+    print(machine(device))
+    print(
+        f"\ndecoder alone, {args.nb} x {args.d}, {args.batch} rows; ms forward + backward, "
+        f"min / median / max over {args.rounds} rounds, the three paths interleaved in each"
+    )
+    print(
+        "\n| k per row | density | dense | sparse, fixed k | sparse, ragged | sparse / dense (median) | load avg |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|")
     paths = (
         lambda z, indices: torch.addmm(bias, z, atoms),
         lambda z, indices: decode_fixed(indices, z.gather(-1, indices), atoms, bias),
@@ -317,16 +323,27 @@ def decoder_table(args: argparse.Namespace, device: torch.device) -> None:
         codes = F.relu(torch.randn(args.batch, args.nb, device=device))
         values, indices = codes.topk(k, dim=-1)
         z = torch.zeros_like(codes).scatter(-1, indices, values).requires_grad_()
-        cells = []
+        steps = []
         for path in paths:
 
             def step(_: object, path=path, z=z, indices=indices) -> None:
                 path(z, indices).backward(upstream)
 
             step(None)
-            secs = [time_steps(step, None, 1, device)[0] for _ in range(args.rounds)]
-            cells.append(f"{statistics.median(secs) * 1e3:,.1f}")
-        print(f"| {k} | {k / args.nb:.4f} | {' | '.join(cells)} |")
+            steps.append(step)
+        secs: list[list[float]] = [[] for _ in paths]
+        loads = []
+        for _ in range(args.rounds):
+            for times, step in zip(secs, steps):
+                times.append(time_steps(step, None, 1, device)[0] * 1e3)
+            loads.append(os.getloadavg()[0])
+        cells = [spread(times, "{:,.1f}") for times in secs]
+        ratio = statistics.median(secs[2]) / statistics.median(secs[0])
+        print(
+            f"| {k} | {k / args.nb:.4f} | {' | '.join(cells)} | {ratio:.2f} "
+            f"| {min(loads):.1f}-{max(loads):.1f} |",
+            flush=True,
+        )
 
 
 class SideWorker:
