@@ -89,3 +89,31 @@ def test_a_dense_support_or_an_unbounded_kernel_takes_the_dense_path():
     assert not hasattr(cauchy(torch.randn(ROWS, D)).z, "_sae_sparse_support")
     with torch.no_grad():  # no gradient wanted: the plain dense eval forward
         assert not hasattr(make("silverman", 1e-3)(torch.randn(ROWS, D)).z, "_sae_sparse_support")
+
+
+@pytest.mark.parametrize("host", [True, False], ids=["host", "device"])
+def test_the_support_cut_picks_the_path_on_the_host_and_on_a_device(host, monkeypatch):
+    """Support at or below MAX_SPARSE_SUPPORT_DENSITY: the sparse path, decoder included
+    (its pairs at 0 cost the decoder only their gradient); above it: dense. On the host
+    the support is counted before it is listed; on a device its listing is the count."""
+    from sae_hooks.sae import jump
+    from sae_hooks.sae import sparse as sparse_module
+
+    if not host:
+        monkeypatch.setattr(sparse_module, "HOST_DEVICES", ())
+    sae, x = make("rectangle", 0.2), torch.randn(ROWS, D)
+    with torch.no_grad():
+        pre = sae.encode(x)[0]
+        sae.log_threshold.copy_(pre.quantile(0.92, dim=0).clamp_min(1e-3).log())
+        reach = (pre >= sae.threshold - sae._kernel_radius()).double().mean().item()
+    assert 0.05 < reach < 0.5  # above the decoder's own cut (MAX_SPARSE_DENSITY)
+    decoded = []
+    real_decode = sae.dictionary.decode
+    monkeypatch.setattr(sae.dictionary, "decode", lambda z: decoded.append(z) or real_decode(z))
+    monkeypatch.setattr(jump, "MAX_SPARSE_SUPPORT_DENSITY", reach * 1.01)
+    sparse_out = sae(x)
+    assert hasattr(sparse_out.z, "_sae_sparse_support") and not decoded
+    monkeypatch.setattr(jump, "MAX_SPARSE_SUPPORT_DENSITY", reach * 0.99)
+    dense_out = sae(x)
+    assert not hasattr(dense_out.z, "_sae_sparse_support") and len(decoded) == 1
+    torch.testing.assert_close(sparse_out.x_hat, dense_out.x_hat)

@@ -241,13 +241,19 @@ class SAE(SAEPersistence, TrainingContract, nn.Module):
         return pre, *self._codes_from_pairs(pre, flat_rows, cols, values)
 
     def _codes_from_pairs(
-        self, pre: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor
+        self,
+        pre: torch.Tensor,
+        rows: torch.Tensor,
+        cols: torch.Tensor,
+        values: torch.Tensor,
+        *,
+        max_density: float = MAX_SPARSE_DENSITY,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(z, x_hat) from the kept (row, col, value) pairs of a measured support: the
-        dense codes with their support recorded, and the pairs decoded sparsely unless
-        sparse_decode is False or (by default) they exceed MAX_SPARSE_DENSITY."""
+        codes with their support recorded, and the pairs decoded sparsely unless
+        sparse_decode is False or (by default) they exceed max_density of the codes."""
         dense_decode = check_sparse_decode(self.sparse_decode) is False or (
-            self.sparse_decode is None and cols.numel() > MAX_SPARSE_DENSITY * pre.numel()
+            self.sparse_decode is None and cols.numel() > max_density * pre.numel()
         )
         sparse = self._sparse_codes and not dense_decode
         z = support_codes(pre, rows, cols, values, sparse=sparse)

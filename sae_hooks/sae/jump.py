@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import sparse
 from .base import SAE, SAEOutput
 from .kernels import DEFAULT_KERNEL, KERNEL_SUPPORT, KERNELS, Kernel, as_kernel, get_kernel
 from .sparse import (
@@ -30,6 +31,12 @@ _ACTIVE = "_sae_jump_active"
 _WARM = "_sae_jump_warm"  # on z: selected by the warm-up's per-row top-k (no L0 term)
 DEFAULT_BANDWIDTH = 1e-3
 INITIAL_THRESHOLD = 1e-3
+MAX_SPARSE_SUPPORT_DENSITY = 0.12
+"""Share of (row, latent) pairs within the kernel's reach of their threshold above which
+JumpReLU trains densely. Higher than MAX_SPARSE_GRAD_DENSITY: a pair below its threshold
+costs only its code's gradient (one M x d pass), a kept one four. Measured at 768 -> 6144,
+2048 rows (docs/benchmarks.md): sparse 606 vs dense 974 ms a step at 6.9% reach (2.1% kept),
+792 vs 857 ms at 11.8% (4.1% kept)."""
 
 
 def _density(z_pre: torch.Tensor, threshold: torch.Tensor, kernel: Kernel, bandwidth: float):
@@ -236,8 +243,9 @@ class JumpSAE(SAE):
         r = the kernel's support in pre-code units. Those pairs go through the sparse
         encoder backward and the sparse decoder, and JumpReLU runs on them alone; a
         pair outside has a zero gradient for every parameter (K is exactly 0 there).
-        The support is counted after the matmul (one host sync on CUDA); above the
-        cut-off, or for a kernel with unbounded support, the dense path runs.
+        The support is counted after the matmul (one host sync on CUDA); above
+        MAX_SPARSE_SUPPORT_DENSITY, or for a kernel with unbounded support, the dense
+        path runs.
         """
         if self._warm_k is not None:
             return self._forward_warm(rows)
@@ -246,12 +254,16 @@ class JumpSAE(SAE):
         if pre is None:
             return super()._forward_rows(rows)
         self._maybe_rethreshold(pre)
-        theta = self.threshold
+        theta, forced = self.threshold, self.sparse_encoder_grad
+        cut = MAX_SPARSE_SUPPORT_DENSITY * pre.numel()
         with torch.no_grad():
-            reach = (theta.detach() - radius).to(pre.dtype)
-            flat_rows, cols = (pre.detach() >= reach).nonzero(as_tuple=True)
-        forced = self.sparse_encoder_grad
-        if forced is None and cols.numel() > MAX_SPARSE_GRAD_DENSITY * pre.numel():
+            near = pre.detach() >= (theta.detach() - radius).to(pre.dtype)
+            # On the host, count before listing: no pair list for a dense support.
+            # Elsewhere nonzero's own count is the step's one host sync.
+            host = pre.device.type in sparse.HOST_DEVICES
+            dense = forced is None and host and int(near.count_nonzero()) > cut
+            flat_rows, cols = (None, None) if dense else near.nonzero(as_tuple=True)
+        if dense or (forced is None and cols.numel() > cut):
             z = self._sparsify(pre, pre)
             return pre, z, self._decode_rows(z)
         z_vals, active = JumpReLUWithL0.apply(
@@ -260,7 +272,10 @@ class JumpSAE(SAE):
             self.kernel_fn,
             self.bandwidth,
         )
-        z, x_hat = self._codes_from_pairs(pre, flat_rows, cols, z_vals)
+        # Its pairs at 0 cost the decoder one gradient pass each (`nonzero_pairs`).
+        z, x_hat = self._codes_from_pairs(
+            pre, flat_rows, cols, z_vals, max_density=MAX_SPARSE_SUPPORT_DENSITY
+        )
         setattr(z, _ACTIVE, (pre, active.sum() / pre.shape[0]))
         return pre, z, x_hat
 
