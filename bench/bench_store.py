@@ -14,9 +14,9 @@ one thread. The loader's ratio to it is taken round by round. Writes time the
 first `--write-rows` rows (a fresh store each time, its creation included).
 
 `--train-steps S` (default 4; 0 skips) also times S TopK training steps (768 ->
-6144 at d = 768, k = 32) fed by the store's loader against the same S steps fed
-the same batches from a list in memory, interleaved over the rounds, and prints
-the ratio: the data path's cost to training.
+6144 at d = 768, k = 32) a round fed by the store's loader (one loader for the whole
+run, as in training) against the same S batches fed from a list in memory,
+interleaved over the rounds, and prints the ratio: the data path's cost to training.
 """
 
 from __future__ import annotations
@@ -197,7 +197,9 @@ def train_table(args: argparse.Namespace, tmp: Path) -> None:
     from sae_hooks.train import TrainConfig, Trainer
 
     bs, steps = args.train_batch, args.train_steps
-    x = np.random.default_rng(2).standard_normal((bs * (steps + 2), args.d), dtype=np.float32)
+    # one epoch holds every timed batch: no epoch boundary (a new worker) inside the rounds
+    n_rows = bs * (steps * (args.rounds + 1) + 2)
+    x = np.random.default_rng(2).standard_normal((n_rows, args.d), dtype=np.float32)
     write_store(tmp / "train", x, "float32")
     store = open_store(tmp / "train")
     torch.manual_seed(0)
@@ -214,24 +216,26 @@ def train_table(args: argparse.Namespace, tmp: Path) -> None:
     )
     trainer = Trainer(config, torch.from_numpy(x[: 2 * bs]), tmp / "run")
 
+    # One loader for the whole run, as in training (its threads, plan and row map are
+    # made once); a round takes its next `steps` batches. The in-memory side replays
+    # the same batches, taken from an identical loader beforehand.
+    feed = ActivationLoader(store, "p", bs, val_fraction=0.0).batches()
+    replay = ActivationLoader(store, "p", bs, val_fraction=0.0).batches()
+    in_memory = [next(replay).clone() for _ in range(steps * args.rounds)]
+
     def from_store() -> None:
-        batches = ActivationLoader(store, "p", bs, val_fraction=0.0).batches()
         for _ in range(steps):
-            trainer.train_step(next(batches))
+            trainer.train_step(next(feed))
 
-    in_memory = [
-        b.clone() for b, _ in zip(ActivationLoader(store, "p", bs, val_fraction=0.0), range(steps))
-    ]
-
-    def from_memory() -> None:
-        for b in in_memory:
+    def from_memory(r: int) -> None:
+        for b in in_memory[r * steps : (r + 1) * steps]:
             trainer.train_step(b)
 
-    from_memory()  # warm-up
+    from_memory(0)  # warm-up
     t_store, t_mem, loads = [], [], []
-    for _ in range(args.rounds):
+    for r in range(args.rounds):
         loads.append(load_average())
-        for fn, out in [(from_store, t_store), (from_memory, t_mem)]:
+        for fn, out in [(from_store, t_store), (functools.partial(from_memory, r), t_mem)]:
             start = time.perf_counter()
             fn()
             out.append(time.perf_counter() - start)
