@@ -193,6 +193,48 @@ def _ratio_row(step, weight, x, variant, path, args, device, F) -> None:
     )
 
 
+def fire_stats_table(args: argparse.Namespace, variants: list[str], device: torch.device) -> None:
+    """What the fire statistics cost a step: `Trainer.train_step` as built against the same
+    step with `fire_counts` swapped for a constant, alternating within each round."""
+    sys.path.insert(0, str(ROOT))
+    from sae_hooks.train import trainer as trainer_module
+
+    counted = trainer_module.fire_counts
+    x = torch.randn(args.batch, args.d, device=device)
+    print(machine(device))
+    print(
+        f"\nstep with / without fire statistics, {args.d} -> {args.nb}, {args.batch} rows, "
+        f"k = {args.k}; {args.rounds} rounds of {args.steps} steps each way"
+    )
+    print("\n| variant | with / without (min / median / max) | step ms (median) | load avg |")
+    print("|---|---:|---:|---:|")
+    for variant in variants:
+        with tempfile.TemporaryDirectory(prefix="bench_fires_") as tmp:
+            step = ours_step(variant, args, Path(tmp), x=x)
+            for _ in range(WARM_UP_STEPS):
+                step(x)
+            ratios, steps, loads = [], [], []
+            try:
+                for _ in range(args.rounds):
+                    trainer_module.fire_counts = counted
+                    with_s = time_steps(step, x, args.steps, device)[0]
+                    trainer_module.fire_counts = _no_fire_counts
+                    ratios.append(with_s / time_steps(step, x, args.steps, device)[0])
+                    steps.append(with_s / args.steps * 1e3)
+                    loads.append(os.getloadavg()[0])
+            finally:
+                trainer_module.fire_counts = counted
+        print(
+            f"| {variant} | {spread(ratios, '{:.3f}')} | {statistics.median(steps):,.0f} "
+            f"| {min(loads):.1f}-{max(loads):.1f} |",
+            flush=True,
+        )
+
+
+def _no_fire_counts(z: torch.Tensor) -> torch.Tensor:
+    return torch.zeros(z.shape[-1], dtype=torch.int64, device=z.device)
+
+
 def _resident(device: torch.device) -> int | None:
     """Bytes in use now: CUDA allocations, or the process's RSS."""
     if device.type == "cuda":
@@ -474,6 +516,11 @@ def main() -> None:
         "--decoder", action="store_true", help="time the decoder alone, dense vs sparse"
     )
     parser.add_argument(
+        "--fire-stats",
+        action="store_true",
+        help="a step with its fire statistics vs with them swapped for a constant",
+    )
+    parser.add_argument(
         "--worker", nargs="?", const="saelens", choices=SIDES, help=argparse.SUPPRESS
     )
     args = parser.parse_args()
@@ -487,10 +534,11 @@ def main() -> None:
         return worker(args)
     device = torch.device(args.device)
     if args.decoder:
-        print(machine(device))
         return decoder_table(args, device)
     if args.ratio:
         return ratio_table(args, variants, device)
+    if args.fire_stats:
+        return fire_stats_table(args, variants, device)
 
     sides, notes = start_sides(args, variants)
     try:
