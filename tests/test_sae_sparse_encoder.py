@@ -116,7 +116,7 @@ def _trainer(variant: str, tmp_path, sparse: bool) -> Trainer:
     return trainer
 
 
-@pytest.mark.parametrize("variant", ["topk", "batchtopk"])
+@pytest.mark.parametrize("variant", ["topk", "batchtopk", "matryoshka_batchtopk"])
 def test_a_trainer_step_matches_the_dense_path(variant, tmp_path):
     """Forward, MSE + AuxK, backward, decoder-gradient projection and clipping give
     the gradients Adam sees; fire statistics and the running threshold follow.
