@@ -150,18 +150,23 @@ def test_a_jumprelu_trainer_step_on_its_sparse_path_matches_the_dense_path(tmp_p
     torch.testing.assert_close(trainers[0].window.firing.counts, trainers[1].window.firing.counts)
 
 
+@pytest.mark.parametrize("dense_in_loss", [False, True], ids=["support", "dense-in-loss"])
 @pytest.mark.parametrize("variant", [*VARIANTS, "matryoshka_batchtopk"])
-def test_the_trainer_forward_returns_sparse_codes_equal_to_the_dense_ones(variant, tmp_path):
+def test_the_trainer_forward_returns_sparse_codes_equal_to_the_dense_ones(
+    variant, dense_in_loss, tmp_path, monkeypatch
+):
     """Inside `sparse_codes` (the trainer's forward) z is a sparse tensor of the same codes,
-    with the same fire counts; Matryoshka, whose prefix losses slice z, keeps it dense."""
+    with the same fire counts and losses; a variant whose losses read z densely
+    (`dense_codes_in_loss`) keeps it dense."""
     from sae_hooks.sae.sparse_encoder import fire_counts
 
     trainer = _trainer(variant, tmp_path, sparse=True)
     sae, x = trainer.sae, torch.randn(32, D, generator=torch.Generator().manual_seed(5))
+    monkeypatch.setattr(type(sae), "dense_codes_in_loss", dense_in_loss)
     dense_out = sae(x)
     with sae.sparse_codes():
         out = sae(x)
-    assert out.z.layout == (torch.strided if variant.startswith("matryoshka") else torch.sparse_coo)
+    assert out.z.layout == (torch.strided if dense_in_loss else torch.sparse_coo)
     assert dense_out.z.layout == torch.strided
     torch.testing.assert_close(out.z.detach().to_dense(), dense_out.z.detach())
     torch.testing.assert_close(out.x_hat, dense_out.x_hat)
@@ -169,3 +174,7 @@ def test_the_trainer_forward_returns_sparse_codes_equal_to_the_dense_ones(varian
     assert fire_counts(out.z).sum() > 0
     assert sae.sparsity_loss(out).layout == torch.strided
     torch.testing.assert_close(sae.sparsity_loss(out), sae.sparsity_loss(dense_out))
+    err = torch.randn_like(x)
+    torch.testing.assert_close(
+        sae.reconstruction_loss(err, out), sae.reconstruction_loss(err, dense_out)
+    )

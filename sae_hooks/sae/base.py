@@ -145,8 +145,8 @@ class SAE(SAEPersistence, TrainingContract, nn.Module):
         norms = self.get_dictionary().norm(dim=-1)
         support = kept_support(out.z)
         if support is not None:
-            cols, values = support
-            return (values * norms.index_select(0, cols)).sum() / max(out.z.shape[0], 1)
+            weighted = support.values * norms.index_select(0, support.cols)
+            return weighted.sum() / max(out.z.shape[0], 1)
         return (out.z * norms).sum(dim=-1).mean()
 
     def _encode_rows(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

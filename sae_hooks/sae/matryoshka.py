@@ -24,6 +24,8 @@ from torch import nn
 
 from .base import SAEOutput
 from .batchtopk import BatchTopKSAE
+from .sparse import check_sparse_decode, decode_pairs
+from .sparse_encoder import Support, kept_support
 
 _DEFAULT_SHARES = (1, 1, 2, 4, 8)  # prefixes of 1/16, 1/8, 1/4, 1/2 and all of the atoms
 
@@ -48,7 +50,6 @@ class MatryoshkaBatchTopKSAE(BatchTopKSAE):
     """
 
     architecture = "matryoshka_batchtopk"
-    dense_codes_in_loss = True  # the prefix losses slice z by latent group
     # No per-row warm-up (BatchTopK's is 0.5): it undoes what the nested losses are
     # for. On 4 frequent parents with rare children (tests/test_sae_matryoshka.py) the
     # 4-atom first group found the parents at 0.99 mean max-cosine without it and at
@@ -94,15 +95,24 @@ class MatryoshkaBatchTopKSAE(BatchTopKSAE):
 
         err = x - x_hat is the full dictionary's error; prefix m's error adds back the
         decoded codes of the groups after it: err_m = err + sum_{j >= end_m} z_j d_j,
-        accumulated from the last group, one (N, group) @ (group, d) product per group.
+        accumulated from the last group. Where the forward recorded its kept support (the
+        sparse paths), a group's term decodes the support's pairs in that group (M x d
+        work, no (rows, n) codes); otherwise one (N, group) @ (group, d) product.
         """
         atoms = self.get_dictionary()
-        z = out.z.to(atoms.dtype)
+        support = kept_support(out.z)
+        if check_sparse_decode(self.sparse_decode) is False:
+            support = None
+        z = out.z.to(atoms.dtype) if support is None else None
         loss = err.pow(2).sum(-1).mean()
         suffix = torch.zeros_like(err)
         starts = [0, *self.prefix_ends[:-1]]
         for start, end in zip(reversed(starts[1:]), reversed(self.prefix_ends[1:])):
-            suffix = suffix + (z[:, start:end] @ atoms[start:end]).to(err.dtype)
+            if support is None:
+                group = z[:, start:end] @ atoms[start:end]
+            else:
+                group = _decode_group(support, start, end, atoms, n_rows=err.shape[0])
+            suffix = suffix + group.to(err.dtype)
             loss = loss + (err + suffix).pow(2).sum(-1).mean()
         return loss
 
@@ -116,6 +126,17 @@ class MatryoshkaBatchTopKSAE(BatchTopKSAE):
 
     def _variant_config(self) -> dict[str, Any]:
         return {**super()._variant_config(), "group_sizes": list(self.group_sizes)}
+
+
+def _decode_group(
+    support: Support, start: int, end: int, atoms: torch.Tensor, *, n_rows: int
+) -> torch.Tensor:
+    """sum over the kept pairs with start <= latent < end of value * atom, rows (n_rows, d).
+    The other pairs enter at 0 (no host sync to drop them; on the host the decoder
+    skips them, `sparse.nonzero_pairs`)."""
+    in_group = (support.cols >= start) & (support.cols < end)
+    values = support.values * in_group.to(support.values.dtype)
+    return decode_pairs(support.rows, support.cols, values, atoms, n_rows=n_rows)
 
 
 def _check_group_sizes(group_sizes: Any, nb_concepts: int) -> list[int]:

@@ -29,7 +29,7 @@ dies with the forward's own output (nothing is cached on the module).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -108,10 +108,14 @@ def gather_pre_codes(pre: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) 
     return SparsePreCodes.apply(*source, pre, rows, cols)
 
 
-def attach_support(z: torch.Tensor, cols: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """Record on the dense codes z which latents were kept (cols, values), for fire counts."""
-    setattr(z, _SUPPORT, (cols, values))
-    return z
+class Support(NamedTuple):
+    """The kept (row, latent, value) triples of a forward's codes, sorted by row; values
+    carry their autograd history. Fire counts, the L1 and Matryoshka's prefix losses
+    read them instead of a (rows, n) pass over z."""
+
+    rows: torch.Tensor
+    cols: torch.Tensor
+    values: torch.Tensor
 
 
 def support_codes(
@@ -123,7 +127,7 @@ def support_codes(
     sparse: bool = False,
 ) -> torch.Tensor:
     """The codes z (pre's shape) holding `values` at the kept (rows, cols) pairs and 0
-    elsewhere, with (cols, values) recorded (`attach_support`).
+    elsewhere, with its `Support` recorded on it (`kept_support`).
 
     Dense by default. sparse: a sparse COO tensor of the same codes instead, for a
     forward whose caller reads only the support (the trainer's, inside
@@ -137,12 +141,13 @@ def support_codes(
     else:
         n = pre.shape[-1]
         z = torch.zeros_like(pre).flatten().scatter(0, rows * n + cols, values).view_as(pre)
-    return attach_support(z, cols, values)
+    setattr(z, _SUPPORT, Support(rows, cols, values))
+    return z
 
 
-def kept_support(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(cols, values) that the forward recorded on z (values with their autograd
-    history), or None when z came from a dense path."""
+def kept_support(z: torch.Tensor) -> Support | None:
+    """The `Support` that the forward recorded on z, or None when z came from a dense
+    path (or was made by a caller)."""
     return getattr(z, _SUPPORT, None)
 
 
@@ -152,9 +157,8 @@ def fire_counts(z: torch.Tensor) -> torch.Tensor:
     support = kept_support(z)
     if support is None:
         return (z.detach().reshape(-1, z.shape[-1]) != 0).sum(0)
-    cols, values = support
     counts = torch.zeros(z.shape[-1], dtype=torch.int64, device=z.device)
-    return counts.index_add_(0, cols, (values.detach() != 0).to(torch.int64))
+    return counts.index_add_(0, support.cols, (support.values.detach() != 0).to(torch.int64))
 
 
 def fixed_support(indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -68,8 +68,9 @@ class TrainingContract:
 
     dense_codes_in_loss: ClassVar[bool] = False
     """True where `reconstruction_loss` or `sparsity_loss` reads the codes z as a dense
-    (N, n) matrix (Matryoshka's prefix losses); such a variant's training forward keeps
-    dense codes inside `sparse_codes`."""
+    (N, n) matrix (a loss that slices z by latent, say) rather than through the support
+    the forward records (`sparse_encoder.kept_support`); such a variant's training
+    forward keeps dense codes inside `sparse_codes`."""
 
     _sparse_codes: bool = False
 
