@@ -168,7 +168,7 @@ def fixed_support(indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return rows, indices.reshape(-1)
 
 
-BATCH_TOP_K_CANDIDATES = 4
+BATCH_TOP_K_CANDIDATES = 2
 """Per-row candidates of `batch_top_k`, as a multiple of the budget's mean per row."""
 
 
@@ -176,25 +176,32 @@ def batch_top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
     """(values, flat indices) of the k largest entries of scores (rows, n), exactly k.
 
     On CPU a single top-k of k = 65,536 over 12.6M codes costs more than the encoder's
-    matmul (and copies the matrix three times over); here each row first keeps its
-    top m = 4 k / rows candidates, and the budget is taken from those. That is exact
-    when every row's smallest candidate is below the k-th largest candidate (then no
-    entry outside the candidates reaches the budget); otherwise m grows fourfold,
-    up to the plain flat top-k. The check reads one flag: free on CPU, a device sync
-    elsewhere, so other devices take the flat top-k directly.
+    matmul (and copies the matrix three times over). Here each row first keeps its top
+    m = 2 k / rows candidates and the budget's k-th largest candidate t is found. A row
+    whose smallest candidate is below t holds no other code above t; a row whose every
+    candidate reached t ("full") may hold more, so all of its codes >= t join the pool
+    in place of its candidates. Every code >= t is then in the pool, and so is the
+    whole budget (t never exceeds the true k-th largest): one more top-k over the pool
+    is exact. Reading which rows are full is free on CPU and a device sync elsewhere,
+    so other devices take the flat top-k directly.
     """
     n_rows, n = scores.shape
     m = BATCH_TOP_K_CANDIDATES * math.ceil(k / max(n_rows, 1))
-    if scores.device.type in sparse.HOST_DEVICES:
-        while 2 * m <= n:
-            cand_values, cand_cols = scores.topk(m, dim=-1, sorted=False)
-            values, pos = cand_values.flatten().topk(k, sorted=False)
-            if bool((cand_values.amin(-1) < values.min()).all()):
-                flat = (
-                    pos.div(m, rounding_mode="floor")
-                    .mul_(n)
-                    .add_(cand_cols.flatten().index_select(0, pos))
-                )
-                return values, flat
-            m *= 4
-    return scores.flatten().topk(k, sorted=False)
+    if scores.device.type not in sparse.HOST_DEVICES or 2 * m > n:
+        return scores.flatten().topk(k, sorted=False)
+    cand_values, cand_cols = scores.topk(m, dim=-1, sorted=False)
+    row_starts = torch.arange(n_rows, device=scores.device).mul_(n).unsqueeze(-1)
+    pool_values, pool_flat = cand_values.flatten(), (row_starts + cand_cols).flatten()
+    values, pos = pool_values.topk(k, sorted=False)
+    threshold = values.min()
+    full = cand_values.amin(-1) >= threshold
+    if not bool(full.any()):
+        return values, pool_flat.index_select(0, pos)
+    full_rows = full.nonzero().squeeze(1)
+    rest = (~full).repeat_interleave(m).nonzero().squeeze(1)
+    rows, cols = (scores.index_select(0, full_rows) >= threshold).nonzero(as_tuple=True)
+    rows = full_rows.index_select(0, rows)
+    pool_values = torch.cat([pool_values.index_select(0, rest), pairs_of(scores, rows, cols)])
+    pool_flat = torch.cat([pool_flat.index_select(0, rest), rows * n + cols])
+    values, pos = pool_values.topk(k, sorted=False)
+    return values, pool_flat.index_select(0, pos)
