@@ -178,3 +178,19 @@ def test_the_trainer_forward_returns_sparse_codes_equal_to_the_dense_ones(
     torch.testing.assert_close(
         sae.reconstruction_loss(err, out), sae.reconstruction_loss(err, dense_out)
     )
+
+
+@pytest.mark.parametrize("variant", [*VARIANTS, "matryoshka_batchtopk"])
+def test_the_pre_codes_are_freed_before_the_backward(variant, tmp_path):
+    """The sparse paths' backward keeps no (rows, n) tensor, so the trainer drops the
+    forward's output first: the pre-codes are gone when the gradients are computed
+    (one (rows x n) matrix less at the step's peak). AuxK is on."""
+    import weakref
+
+    trainer = _trainer(variant, tmp_path, sparse=True)
+    refs, alive = [], []
+    trainer.sae.register_forward_hook(lambda m, i, out: refs.append(weakref.ref(out.z_pre)))
+    trainer.sae.dictionary.weight.register_hook(lambda g: alive.append(refs[-1]() is not None))
+    trainer.train_step(torch.randn(32, D, generator=torch.Generator().manual_seed(7)))
+    assert alive == [False]
+    assert trainer.window.losses[2] > 0  # AuxK ran

@@ -310,11 +310,13 @@ class Trainer:
                 device=self.device,
             )
             loss = loss + cfg.aux_coefficient * aux
-        loss.backward()
+        x_hat = out.x_hat.detach()
         fires = fire_counts(out.z)  # from the kept support where the forward recorded it
-        return PendingStep(
-            target, out.x_hat.detach(), fires, loss.detach(), mse.detach(), aux.detach()
-        )
+        # The sparse paths' backward keeps no (rows, n) tensor: dropping the output frees
+        # the pre-codes before the backward allocates the gradients (peak memory).
+        del out
+        loss.backward()
+        return PendingStep(target, x_hat, fires, loss.detach(), mse.detach(), aux.detach())
 
     def apply(self, pending: PendingStep) -> None:
         """The optimiser step and the on-device statistics of a `backward` (synced)."""
