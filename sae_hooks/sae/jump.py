@@ -34,9 +34,9 @@ INITIAL_THRESHOLD = 1e-3
 MAX_SPARSE_SUPPORT_DENSITY = 0.12
 """Share of (row, latent) pairs within the kernel's reach of their threshold above which
 JumpReLU trains densely. Higher than MAX_SPARSE_GRAD_DENSITY: a pair below its threshold
-costs only its code's gradient (one M x d pass), a kept one four. Measured at 768 -> 6144,
-2048 rows (docs/benchmarks.md): sparse 606 vs dense 974 ms a step at 6.9% reach (2.1% kept),
-792 vs 857 ms at 11.8% (4.1% kept)."""
+costs only its code's gradient (one M x d pass), a kept one four. At 768 -> 6144, 2048 rows,
+k = 128 and 256 still train 2.7x and 1.6x faster sparse than dense (docs/benchmarks.md,
+`bench_train.py --ratio --dense --variants jumprelu --ks 32,128,256`)."""
 
 
 def _density(z_pre: torch.Tensor, threshold: torch.Tensor, kernel: Kernel, bandwidth: float):
