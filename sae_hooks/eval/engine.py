@@ -152,7 +152,7 @@ def run_pass(
             inputs = to_device(inputs, model_device(model))
             with capture(model, points) as acts:
                 clean = run_model(model, inputs)
-            baselines: dict[tuple, dict[str, Tensor]] = {}
+            baselines: dict[tuple, Tensor] = {}
             for subject in subjects:
                 batch = _subject_batch(subject, inputs, acts, drop_bos, caller)
                 batch.clean = clean
@@ -190,25 +190,28 @@ def _subject_batch(
 
 
 def _outputs(
-    model: nn.Module, subject: Subject, batch: Batch, baselines: dict[tuple, dict[str, Tensor]]
+    model: nn.Module, subject: Subject, batch: Batch, baselines: dict[tuple, Tensor]
 ) -> dict[str, Tensor]:
     """The replaced-point forwards the subject's accumulators ask for; the zero and mean
-    baselines run once per replaced point (and mean) and are shared through `baselines`."""
+    baselines run once per replaced point (and given mean) and are shared through
+    `baselines`: the subjects on one point see the same rows there."""
     wanted = subject.outputs
     outputs: dict[str, Tensor] = {}
     if SPLICED in wanted:
         with subject.spliced(model):
             outputs[SPLICED] = run_model(model, batch.inputs)
-    if wanted & {ZERO, MEAN}:
-        key = (subject.replaces, None if subject.mean is None else id(subject.mean))
-        shared = baselines.setdefault(key, {})
-        device, _ = sae_device_dtype(subject.sae)
-        for name in sorted(wanted & {ZERO, MEAN}, reverse=True):  # zero, then mean
-            if name not in shared:
-                value = torch.zeros(batch.y.shape[-1]) if name == ZERO else subject.mean
-                if value is None:
-                    value = batch.y.float().mean(0)
-                with splice(model, subject.replaces, ConstantReconstruction(value).to(device)):
-                    shared[name] = run_model(model, batch.inputs)
-            outputs[name] = shared[name]
+    for name in (ZERO, MEAN):
+        if name not in wanted:
+            continue
+        mean = None if name == ZERO or subject.mean is None else id(subject.mean)
+        key = (subject.replaces, name, mean)
+        if key not in baselines:
+            if name == ZERO:
+                value = torch.zeros(batch.y.shape[-1])
+            else:
+                value = batch.y.float().mean(0) if subject.mean is None else subject.mean
+            device, _ = sae_device_dtype(subject.sae)
+            with splice(model, subject.replaces, ConstantReconstruction(value).to(device)):
+                baselines[key] = run_model(model, batch.inputs)
+        outputs[name] = baselines[key]
     return outputs
