@@ -20,7 +20,7 @@ from sae_hooks.data import text_batches
 from sae_hooks.data.cuts import cut_at_random, cut_before_word, fits_context
 from sae_hooks.eval import class_logit, embedding_similarity, run_model, token_logprob
 from sae_hooks.eval.ablation import Target
-from sae_hooks.eval.metrics import mean_pool
+from sae_hooks.metrics import mean_pool
 
 Examples = Sequence[Mapping[str, torch.Tensor]]
 

@@ -1,21 +1,29 @@
-"""The one definition of every SAE metric: FVU, MSE, L0, firing, dead and dense latents.
+"""The one definition of every SAE metric: FVU, explained variance, MSE, L0, firing, dead
+and dense latents, and the downstream ones (next-token CE, KL, embedding cosine, loss
+recovered).
 
-Training validation, `evaluate_reconstruction` (eval.json) and the dashboard all
-count with these classes, so the same rows give the same numbers everywhere.
+Training validation, the evaluation engine (eval.json, eval_core.json, sweeps) and the
+dashboard all count with these functions and classes, so the same rows give the same
+numbers everywhere.
 
 - FVU: sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 over ALL rows measured (one
   mean over the whole set, not per batch), so it does not depend on batching.
 - MSE: sum ||x - x_hat||^2 / rows, the squared error summed over d, mean over rows.
+- explained variance: 1 - FVU.
 - L0: mean number of non-zero codes per row. Which codes depends on the SAE's mode:
   in training BatchTopK keeps its batch budget, in eval mode its running threshold;
   the training log says which (see sae_hooks.train.runlog.LOG_KEYS).
 - dead: a latent that never fired on the rows measured; dense: one that fired on
   more than DENSE_FRACTION of them.
+- Downstream (per batch, padding masked out, reduced in float32 or wider whatever the
+  model's dtype): next-token CE, KL(clean || other), cosine of mean-pooled embeddings,
+  and loss recovered from mean CEs.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 DENSE_FRACTION = 0.1
@@ -31,6 +39,17 @@ def fvu(x: Tensor, x_hat: Tensor) -> Tensor:
     """FVU of one set of rows (0-d tensor, no host sync); `SumOfSquares` streams the same
     quantity over many batches: sum (x - x_hat)^2 / sum (x - mean(x))^2."""
     return (x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
+
+
+def explained_variance(fvu: float) -> float:
+    """The share of the rows' variance (around their mean) the reconstruction explains."""
+    return 1.0 - fvu
+
+
+def l0(z: Tensor) -> Tensor:
+    """Mean number of non-zero codes per row of one set of codes (0-d tensor); `FiringStats`
+    streams the same count over many batches."""
+    return (z != 0).sum(-1).float().mean()
 
 
 class FiringStats:
@@ -105,3 +124,47 @@ class SumOfSquares:
             return float("nan")
         n, err = self.state[:2].tolist()
         return err / n
+
+
+def next_token_ce(logits: Tensor, input_ids: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Per-position next-token cross-entropy, shape (B, T-1); masked positions are NaN-free zeros.
+
+    Position t predicts token t+1; a prediction counts only when both tokens are real.
+    """
+    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
+    ce = -logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    if mask is not None:
+        ce = ce * pair_mask(mask)
+    return ce
+
+
+def pair_mask(mask: Tensor) -> Tensor:
+    """Mask of next-token predictions whose context and target are both real tokens."""
+    return (mask[:, :-1] * mask[:, 1:]).to(torch.float32)
+
+
+def kl_div(clean_logits: Tensor, other_logits: Tensor) -> Tensor:
+    """KL(clean || other) over the last dimension, one value per position."""
+    p = F.log_softmax(clean_logits.float(), dim=-1)
+    q = F.log_softmax(other_logits.float(), dim=-1)
+    return (p.exp() * (p - q)).sum(-1)
+
+
+def mean_pool(hidden: Tensor, mask: Tensor | None) -> Tensor:
+    """Sentence-transformers pooling: the mean of the real tokens' states."""
+    if mask is None:
+        return hidden.float().mean(1)
+    m = mask.unsqueeze(-1).to(torch.float32)
+    return (hidden.float() * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+def cosine(a: Tensor, b: Tensor) -> Tensor:
+    return F.cosine_similarity(a.float(), b.float(), dim=-1)
+
+
+def loss_recovered(ce_clean: float, ce_spliced: float, ce_ablated: float) -> float:
+    """(CE_ablated - CE_spliced) / (CE_ablated - CE_clean): 1 is perfect, 0 is no better than ablation."""
+    denom = ce_ablated - ce_clean
+    if abs(denom) < 1e-12:
+        return float("nan")
+    return (ce_ablated - ce_spliced) / denom

@@ -20,13 +20,8 @@ import torch
 from torch import nn
 
 from sae_hooks.concepts import Concept, text_examples
-from sae_hooks.eval import (
-    AblationResult,
-    ReconstructionResult,
-    concept_ablation,
-    evaluate_reconstruction,
-)
-from sae_hooks.eval.core import evaluate_core, write_core_eval
+from sae_hooks.eval import AblationResult, ReconstructionResult, concept_ablation
+from sae_hooks.eval.core import evaluate_reconstruction_and_core, write_core_eval
 from sae_hooks.runrecord import RunRecord, infer_model_record, tokenizer_record, write_run_record
 from sae_hooks.sae import load_sae
 from sae_hooks.store import capture_to_store
@@ -210,13 +205,13 @@ def _maybe_ablate(
 
 
 def _eval_step(model, point, sae, resolved, eval_data, run_dir, drop_bos, progress):
-    """Both evaluations of the spliced SAE, written to run_dir (eval.json and the core
-    eval) so the CLI's report can read them without rerunning the model."""
-    result = evaluate_reconstruction(
+    """Both evaluations of the spliced SAE from one pass over eval_data, written to run_dir
+    (eval.json and the core eval) so the CLI's report can read them without rerunning
+    the model."""
+    result, core = evaluate_reconstruction_and_core(
         model, point, sae, eval_data, drop_bos=drop_bos, progress=progress
     )
     (run_dir / "eval.json").write_text(result.to_json())
-    core = evaluate_core(model, point, sae, eval_data, drop_bos=drop_bos)
     write_core_eval(run_dir, core, sae_cfg=resolved.to_dict())
     return result
 

@@ -1,4 +1,7 @@
-"""What a spliced SAE keeps: reconstruction metrics, downstream loss, concept ablation."""
+"""What a spliced SAE keeps: reconstruction metrics, downstream loss, concept ablation.
+
+Every evaluation over a model is one pass of `sae_hooks.eval.engine.run_pass`.
+"""
 
 from sae_hooks.eval.ablation import (
     AblationResult,
@@ -9,11 +12,8 @@ from sae_hooks.eval.ablation import (
     rank_concept_latents,
     token_logprob,
 )
-from sae_hooks.eval.reconstruction import (
-    ConstantReconstruction,
-    ReconstructionResult,
-    evaluate_reconstruction,
-)
+from sae_hooks.eval.engine import ConstantReconstruction
+from sae_hooks.eval.reconstruction import ReconstructionResult, evaluate_reconstruction
 from sae_hooks.eval.sweep import evaluate_many, evaluate_sweep
 from sae_hooks.eval.transcoder import evaluate_transcoder
 from sae_hooks.model_outputs import model_kind, run_model

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from sae_hooks import metrics
 from sae_hooks.devices import model_device, sae_device_dtype, to_device
-from sae_hooks.eval import metrics
 from sae_hooks.hooks import ZeroLatents, capture_batch, splice
 from sae_hooks.model_outputs import run_model
 from sae_hooks.sae.modes import eval_mode

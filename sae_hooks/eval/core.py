@@ -35,32 +35,36 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sae_hooks import metrics as sae_metrics
-from sae_hooks.devices import model_device, sae_device_dtype, to_device
-from sae_hooks.eval import metrics
-from sae_hooks.eval.reconstruction import ConstantReconstruction, _rows
-from sae_hooks.hooks import capture, splice
-from sae_hooks.model_outputs import model_kind, run_model
+from sae_hooks import metrics
+from sae_hooks.devices import sae_device_dtype
+from sae_hooks.eval.downstream import Downstream
+from sae_hooks.eval.engine import SPLICED, ZERO, Batch, Subject, run_pass
+from sae_hooks.eval.reconstruction import (
+    ReconstructionResult,
+    RowStats,
+    reconstruction_result,
+)
+from sae_hooks.model_outputs import model_kind
 from sae_hooks.sae.modes import eval_mode
 
 EVAL_TYPE_ID_CORE = "core"
 CORE_FILE = "eval_core.json"
 
 
-class RowMetrics:
-    """Streaming reconstruction, shrinkage, sparsity and frequency sums over batches of rows."""
+class ShapeStats:
+    """Running sums of SAEBench's per-row means (cosine, norms, shrinkage, L1) beyond what
+    `RowStats` holds (FVU, MSE, firing)."""
 
-    def __init__(self, nb_concepts: int) -> None:
-        self.sos = sae_metrics.SumOfSquares()
-        self.firing = sae_metrics.FiringStats(nb_concepts)
+    outputs = frozenset()
+
+    def __init__(self) -> None:
         self.sums: dict[str, float] = {}
         self.rows = 0
         self.dims = 0
 
-    def update(self, x: Tensor, x_hat: Tensor, z: Tensor) -> None:
-        x, x_hat, z = x.double().cpu(), x_hat.double().cpu(), z.float().cpu()
-        self.sos.update(x, x_hat)
-        self.firing.update(z)
+    def update(self, batch: Batch) -> None:
+        x, x_hat = batch.y.double().cpu(), batch.out.x_hat.float().double().cpu()
+        z = batch.out.z.float().cpu()
         n_in, n_out = x.norm(dim=-1), x_hat.norm(dim=-1)
         parts = {
             "cossim": torch.nn.functional.cosine_similarity(x, x_hat, dim=-1),
@@ -70,44 +74,45 @@ class RowMetrics:
             "out_sq": n_out.pow(2),
             "dot": (x * x_hat).sum(-1),
             "l1": z.abs().sum(-1).double(),
-            "sq_err": (x - x_hat).pow(2).sum(-1),
         }
         for key, values in parts.items():
             self.sums[key] = self.sums.get(key, 0.0) + float(values.sum())
         self.rows += x.shape[0]
         self.dims = x.shape[-1]
 
-    def result(self, sae: nn.Module) -> dict[str, dict[str, float]]:
-        n = max(self.rows, 1)
-        mean = {k: v / n for k, v in self.sums.items()}
-        density = self.firing.density
-        total = float(density.sum()) or math.nan
-        enc, dec = _encoder_weight(sae), _decoder_weight(sae)
-        return {
-            "reconstruction_quality": {
-                "explained_variance": 1.0 - self.sos.fvu,
-                "mse": mean["sq_err"] / max(self.dims, 1),
-                "cossim": mean["cossim"],
-            },
-            "shrinkage": {
-                "l2_norm_in": mean["l2_norm_in"],
-                "l2_norm_out": mean["l2_norm_out"],
-                "l2_ratio": mean["l2_ratio"],
-                "relative_reconstruction_bias": mean["out_sq"] / mean["dot"]
-                if mean["dot"]
-                else math.nan,
-            },
-            "sparsity": {"l0": self.firing.l0, "l1": mean["l1"]},
-            "misc_metrics": {
-                "freq_over_1_percent": float((density > 0.01).float().mean()),
-                "freq_over_10_percent": float((density > 0.1).float().mean()),
-                "normalized_freq_over_1_percent": float(density[density > 0.01].sum()) / total,
-                "normalized_freq_over_10_percent": float(density[density > 0.1].sum()) / total,
-                "average_max_encoder_cosine_sim": _mean_max_cosine(enc),
-                "average_max_decoder_cosine_sim": _mean_max_cosine(dec),
-                "frac_alive": float((density > 0).float().mean()),
-            },
-        }
+
+def row_categories(sae: nn.Module, rows: RowStats, shape: ShapeStats) -> dict[str, dict]:
+    """The reconstruction / shrinkage / sparsity / misc categories of one subject."""
+    n = max(shape.rows, 1)
+    mean = {k: v / n for k, v in shape.sums.items()}
+    density = rows.firing.density.cpu()
+    total = float(density.sum()) or math.nan
+    enc, dec = _encoder_weight(sae), _decoder_weight(sae)
+    return {
+        "reconstruction_quality": {
+            "explained_variance": metrics.explained_variance(rows.sos.fvu),
+            "mse": rows.sos.mse / max(shape.dims, 1),
+            "cossim": mean["cossim"],
+        },
+        "shrinkage": {
+            "l2_norm_in": mean["l2_norm_in"],
+            "l2_norm_out": mean["l2_norm_out"],
+            "l2_ratio": mean["l2_ratio"],
+            "relative_reconstruction_bias": mean["out_sq"] / mean["dot"]
+            if mean["dot"]
+            else math.nan,
+        },
+        "sparsity": {"l0": rows.firing.l0, "l1": mean["l1"]},
+        "misc_metrics": {
+            "freq_over_1_percent": float((density > 0.01).float().mean()),
+            "freq_over_10_percent": float((density > 0.1).float().mean()),
+            "normalized_freq_over_1_percent": float(density[density > 0.01].sum()) / total,
+            "normalized_freq_over_10_percent": float(density[density > 0.1].sum()) / total,
+            "average_max_encoder_cosine_sim": _mean_max_cosine(enc),
+            "average_max_decoder_cosine_sim": _mean_max_cosine(dec),
+            "frac_alive": float((density > 0).float().mean()),
+        },
+    }
 
 
 def _encoder_weight(sae: nn.Module) -> Tensor | None:
@@ -135,66 +140,54 @@ def core_metrics_from_rows(sae: nn.Module, batches: Iterable[Tensor]) -> dict[st
     """The reconstruction / shrinkage / sparsity / misc categories on held-out rows
     (no model: for stores and synthetic data). The SAE runs in eval mode."""
     device, dtype = sae_device_dtype(sae)
-    acc = RowMetrics(sae.nb_concepts)
+    rows, shape = RowStats(sae), ShapeStats()
     with eval_mode(sae):
-        for rows in batches:
-            rows = rows.reshape(-1, rows.shape[-1])
-            out = sae(rows.to(device=device, dtype=dtype))
-            acc.update(rows, out.x_hat.float(), out.z)
-    if acc.rows == 0:
+        for x in batches:
+            x = x.reshape(-1, x.shape[-1]).to(device)
+            batch = Batch({}, x, x, sae(x.to(dtype=dtype)))
+            rows.update(batch)
+            shape.update(batch)
+    if rows.n_rows == 0:
         raise ValueError("core_metrics_from_rows: the held-out data yielded no rows")
-    return {**_no_logits(), **acc.result(sae)}
+    return {**_no_logits(), **row_categories(sae, rows, shape)}
 
 
 def _nulls(*keys: str) -> dict[str, None]:
     return dict.fromkeys(keys)
 
 
-class _Downstream:
-    """CE and KL sums with the SAE spliced in and with the activation zeroed."""
-
-    def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
-        self.weights: dict[str, float] = {}
-
-    def add(self, name: str, values: Tensor, weight: Tensor) -> None:
-        self.sums[name] = self.sums.get(name, 0.0) + float((values.float() * weight).sum())
-        self.weights[name] = self.weights.get(name, 0.0) + float(weight.sum())
-
-    def mean(self, name: str) -> float:
-        w = self.weights.get(name, 0.0)
-        return self.sums[name] / w if w else math.nan
-
-    def result(self, lm: bool) -> dict[str, dict[str, float | None]]:
-        kl_sae, kl_zero = self.mean("kl_sae"), self.mean("kl_zero")
-        behaviour = {
-            "kl_div_score": (kl_zero - kl_sae) / kl_zero if kl_zero > 0 else math.nan,
-            "kl_div_with_ablation": kl_zero,
-            "kl_div_with_sae": kl_sae,
-        }
-        if not lm:
-            return {
-                "model_behavior_preservation": behaviour,
-                "model_performance_preservation": _nulls(
-                    "ce_loss_score",
-                    "ce_loss_with_ablation",
-                    "ce_loss_with_sae",
-                    "ce_loss_without_sae",
-                ),
-            }
-        clean, with_sae, zero = self.mean("ce_clean"), self.mean("ce_sae"), self.mean("ce_zero")
+def downstream_categories(down: Downstream) -> dict[str, dict[str, float | None]]:
+    """SAEBench's model_behavior / model_performance categories from a pass's sums: KL with
+    the SAE spliced and with the activation zeroed; next-token CE for causal LMs only."""
+    kl_sae, kl_zero = down.mean("kl_spliced"), down.mean("kl_zero")
+    behaviour = {
+        "kl_div_score": (kl_zero - kl_sae) / kl_zero if kl_zero > 0 else math.nan,
+        "kl_div_with_ablation": kl_zero,
+        "kl_div_with_sae": kl_sae,
+    }
+    if down.kind != "lm":
         return {
             "model_behavior_preservation": behaviour,
-            "model_performance_preservation": {
-                "ce_loss_score": metrics.loss_recovered(clean, with_sae, zero),
-                "ce_loss_with_ablation": zero,
-                "ce_loss_with_sae": with_sae,
-                "ce_loss_without_sae": clean,
-            },
+            "model_performance_preservation": _nulls(
+                "ce_loss_score",
+                "ce_loss_with_ablation",
+                "ce_loss_with_sae",
+                "ce_loss_without_sae",
+            ),
         }
+    clean, with_sae = down.mean("ce_clean"), down.mean("ce_spliced")
+    zero = down.mean("ce_zero")
+    return {
+        "model_behavior_preservation": behaviour,
+        "model_performance_preservation": {
+            "ce_loss_score": metrics.loss_recovered(clean, with_sae, zero),
+            "ce_loss_with_ablation": zero,
+            "ce_loss_with_sae": with_sae,
+            "ce_loss_without_sae": clean,
+        },
+    }
 
 
-@torch.no_grad()
 def evaluate_core(
     model: nn.Module,
     point: str,
@@ -208,33 +201,46 @@ def evaluate_core(
     model inputs). KL and CE need a model with logits; an encoder (no logits) gets null
     there, as do CE scores of a classifier. The SAE runs in eval mode."""
     kind = model_kind(model)
-    device, dtype = sae_device_dtype(sae)
-    acc = RowMetrics(sae.nb_concepts)
-    down = _Downstream()
-    zero = ConstantReconstruction(torch.zeros(sae.input_size)).to(device)
-    with eval_mode(sae):
-        for i, inputs in enumerate(data):
-            if max_batches is not None and i >= max_batches:
-                break
-            inputs = to_device(inputs, model_device(model))
-            with capture(model, point) as acts:
-                clean = run_model(model, inputs)
-            rows = _rows(inputs, acts[point], sae.input_size, point, drop_bos)
-            out = sae(rows.to(device=device, dtype=dtype))
-            acc.update(rows, out.x_hat.float(), out.z)
-            if kind == "encoder":
-                continue
-            outs = {}
-            for name, stand_in in (("sae", sae), ("zero", zero)):
-                with splice(model, point, stand_in):
-                    outs[name] = run_model(model, inputs)
-            _add_downstream(down, kind, inputs, clean, outs)
-    if acc.rows == 0:
+    logits = () if kind == "encoder" else (SPLICED, ZERO)
+    rows, shape, down = RowStats(sae), ShapeStats(), Downstream(kind, logits, logits)
+    subject = Subject(sae, point, [rows, shape, down])
+    opts = dict(max_batches=max_batches, drop_bos=drop_bos, progress=False, caller="evaluate_core")
+    if run_pass(model, [subject], data, **opts) == 0:
         raise ValueError("evaluate_core: the held-out data yielded no batches")
-    categories = acc.result(sae)
-    if kind == "encoder":
-        return {**_no_logits(), **categories}
-    return {**down.result(kind == "lm"), **categories}
+    return core_categories(sae, rows, shape, down)
+
+
+def core_categories(
+    sae: nn.Module, rows: RowStats, shape: ShapeStats, down: Downstream
+) -> dict[str, dict]:
+    """Every SAEBench core category from one subject's accumulators."""
+    head = _no_logits() if down.kind == "encoder" else downstream_categories(down)
+    return {**head, **row_categories(sae, rows, shape)}
+
+
+def evaluate_reconstruction_and_core(
+    model: nn.Module,
+    point: str,
+    sae: nn.Module,
+    data: Iterable[Mapping[str, Tensor]],
+    *,
+    max_batches: int | None = None,
+    dense_above: float = 0.1,
+    drop_bos: bool = False,
+    progress: bool = True,
+) -> tuple[ReconstructionResult, dict[str, dict]]:
+    """`evaluate_reconstruction` and `evaluate_core` of `sae` spliced at `point` from ONE
+    pass over `data`: the same numbers as the two calls, with 4 model forwards per batch
+    (clean, spliced, zeroed, mean) instead of 4 + 3."""
+    kind = model_kind(model)
+    rows, shape, down = RowStats(sae), ShapeStats(), Downstream(kind, kl=(SPLICED, ZERO))
+    subject = Subject(sae, point, [rows, shape, down])
+    caller = "evaluate_reconstruction"
+    opts = dict(max_batches=max_batches, drop_bos=drop_bos, progress=progress, caller=caller)
+    if run_pass(model, [subject], data, **opts) == 0:
+        raise ValueError("evaluate_reconstruction: the data source yielded no batches")
+    result = reconstruction_result(point, kind, rows, down, dense_above)
+    return result, core_categories(sae, rows, shape, down)
 
 
 def _no_logits() -> dict[str, dict[str, None]]:
@@ -242,24 +248,6 @@ def _no_logits() -> dict[str, dict[str, None]]:
         "model_behavior_preservation": _nulls("kl_div_score", "kl_div_with_ablation"),
         "model_performance_preservation": _nulls("ce_loss_score", "ce_loss_with_ablation"),
     }
-
-
-def _add_downstream(
-    down: _Downstream, kind: str, inputs: Mapping[str, Tensor], clean: Tensor, outs: dict
-) -> None:
-    mask = inputs.get("attention_mask")
-    if kind == "lm":
-        ids = inputs["input_ids"]
-        m = (torch.ones_like(ids) if mask is None else mask).to(clean.device)
-        pairs = metrics.pair_mask(m)
-        down.add("ce_clean", metrics.next_token_ce(clean, ids.to(clean.device)), pairs)
-        for name, logits in outs.items():
-            down.add(f"ce_{name}", metrics.next_token_ce(logits, ids.to(logits.device)), pairs)
-        weight = m.float()
-    else:
-        weight = torch.ones(clean.shape[:-1], device=clean.device)
-    for name, logits in outs.items():
-        down.add(f"kl_{name}", metrics.kl_div(clean, logits), weight)
 
 
 def core_eval_json(

@@ -2,10 +2,11 @@
 
 For every batch: one clean forward that also captures the activation, then the
 same inputs with the activation replaced by (a) the SAE reconstruction, (b) zeros
-and (c) the mean activation. Reconstruction statistics (FVU, L0, dead and dense
-latents) come from the captured rows; downstream statistics depend on what the
-model outputs: next-token CE and KL for causal LMs, top-1 agreement and KL for
-classifiers, cosine of mean-pooled embeddings for encoders. Pad tokens never count.
+and (c) the mean activation (the loop is `sae_hooks.eval.engine`). Reconstruction
+statistics (FVU, L0, dead and dense latents) come from the captured rows; downstream
+statistics depend on what the model outputs: next-token CE and KL for causal LMs, top-1
+agreement and KL for classifiers, cosine of mean-pooled embeddings for encoders (see
+`sae_hooks.eval.downstream`). Pad tokens never count.
 """
 
 from __future__ import annotations
@@ -16,39 +17,22 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from sae_hooks import metrics as sae_metrics
-from sae_hooks.devices import model_device, sae_device_dtype, to_device
-from sae_hooks.eval import metrics
-from sae_hooks.hooks import capture, splice
-from sae_hooks.model_outputs import ModelKind, model_kind, run_model
-from sae_hooks.sae import SAEOutput
-from sae_hooks.sae.modes import eval_mode
+from sae_hooks import metrics
+from sae_hooks.devices import sae_device_dtype
+from sae_hooks.eval.downstream import Downstream
+from sae_hooks.eval.engine import Batch, ConstantReconstruction, Subject, run_pass
+from sae_hooks.model_outputs import model_kind
 
-
-class ConstantReconstruction(nn.Module):
-    """A stand-in "SAE" whose reconstruction is one fixed vector (zeros or the mean).
-
-    Lets the zero- and mean-ablation baselines go through the very same splice as the SAE.
-    """
-
-    def __init__(self, value: Tensor) -> None:
-        super().__init__()
-        self.register_buffer("value", value.detach().float().reshape(-1))
-        self.input_size = self.nb_concepts = self.value.numel()  # its "latents": x itself
-
-    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return x, x
-
-    def decode(self, z: Tensor) -> Tensor:
-        return self.value.to(z.dtype).expand(z.shape[0], -1)
-
-    def forward(self, x: Tensor) -> SAEOutput:
-        return SAEOutput(x, x, self.decode(x))
-
+__all__ = [
+    "L0_MEASURES",
+    "ConstantReconstruction",
+    "ReconstructionResult",
+    "RowStats",
+    "evaluate_reconstruction",
+    "reconstruction_result",
+]
 
 L0_MEASURES = (
     "mean non-zero codes per row with the SAE in eval mode (BatchTopK: codes at or above "
@@ -76,9 +60,10 @@ class ReconstructionResult:
     dense_fraction: float = math.nan
     downstream: dict[str, float] = field(default_factory=dict)
 
-    @property
-    def explained_variance(self) -> float:
-        return 1.0 - self.fvu
+    explained_variance = property(
+        lambda self: metrics.explained_variance(self.fvu),
+        doc="1 - FVU (sae_hooks.metrics.explained_variance)",
+    )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -100,120 +85,42 @@ class ReconstructionResult:
         return "\n".join(lines)
 
 
-class _Downstream:
-    """Accumulates the output-level metrics of one model kind over batches."""
+class RowStats:
+    """The reconstruction sums of one subject: FVU and MSE of the rows it replaces, firing
+    of its codes (L0, dead, dense), and how many rows and batches were measured."""
 
-    def __init__(self, kind: ModelKind) -> None:
-        self.kind = kind
-        self.sums: dict[str, float] = {}
-        self.counts: dict[str, float] = {}
+    outputs = frozenset()
 
-    def add(self, name: str, values: Tensor, weight: Tensor | None = None) -> None:
-        values = values.float()
-        if weight is None:
-            weight = torch.ones_like(values)
-        self.sums[name] = self.sums.get(name, 0.0) + (values * weight).sum().item()
-        self.counts[name] = self.counts.get(name, 0.0) + weight.sum().item()
+    def __init__(self, sae: nn.Module) -> None:
+        device, _ = sae_device_dtype(sae)
+        self.firing = metrics.FiringStats(sae.nb_concepts, device=device)
+        self.sos = metrics.SumOfSquares()
+        self.n_rows = self.n_batches = 0
 
-    def mean(self, name: str) -> float:
-        return self.sums[name] / self.counts[name] if self.counts.get(name) else math.nan
-
-    def update(self, inputs: Mapping[str, Tensor], clean: Tensor, outs: dict[str, Tensor]) -> None:
-        mask = inputs.get("attention_mask")
-        if self.kind == "lm":
-            ids = inputs["input_ids"]
-            m = torch.ones_like(ids) if mask is None else mask
-            pairs = metrics.pair_mask(m.to(clean.device))
-            for name, logits in {"clean": clean, **outs}.items():
-                self.add(f"ce_{name}", metrics.next_token_ce(logits, ids.to(logits.device)), pairs)
-            real = m.to(clean.device).float()
-            self.add("kl", metrics.kl_div(clean, outs["spliced"]), real)
-        elif self.kind == "classifier":
-            top = clean.argmax(-1)
-            for name, logits in outs.items():
-                self.add(f"top1_agreement_{name}", (logits.argmax(-1) == top).float())
-            self.add("kl", metrics.kl_div(clean, outs["spliced"]))
-        else:
-            m = None if mask is None else mask.to(clean.device)
-            ref = metrics.mean_pool(clean, m)
-            for name, hidden in outs.items():
-                self.add(f"cosine_{name}", metrics.cosine(ref, metrics.mean_pool(hidden, m)))
-
-    def result(self) -> dict[str, float]:
-        r: dict[str, float] = {}
-        if self.kind == "lm":
-            clean, spliced = self.mean("ce_clean"), self.mean("ce_spliced")
-            zero, mean = self.mean("ce_zero"), self.mean("ce_mean")
-            r.update(ce_clean=clean, ce_spliced=spliced, ce_zero_ablated=zero, ce_mean_ablated=mean)
-            r["delta_ce"] = spliced - clean
-            r["loss_recovered"] = metrics.loss_recovered(clean, spliced, zero)
-            r["loss_recovered_vs_mean"] = metrics.loss_recovered(clean, spliced, mean)
-            r["kl_clean_spliced"] = self.mean("kl")
-        elif self.kind == "classifier":
-            r["top1_agreement"] = self.mean("top1_agreement_spliced")
-            r["top1_agreement_zero_ablated"] = self.mean("top1_agreement_zero")
-            r["top1_agreement_mean_ablated"] = self.mean("top1_agreement_mean")
-            r["kl_clean_spliced"] = self.mean("kl")
-        else:
-            cos, zero = self.mean("cosine_spliced"), self.mean("cosine_zero")
-            r.update(
-                cosine=cos, cosine_zero_ablated=zero, cosine_mean_ablated=self.mean("cosine_mean")
-            )
-            r["cosine_recovered"] = (cos - zero) / (1 - zero) if zero < 1 else math.nan
-        return r
+    def update(self, batch: Batch) -> None:
+        self.firing.update(batch.out.z)
+        self.sos.update(batch.y, batch.out.x_hat)
+        self.n_rows += batch.x.shape[0]
+        self.n_batches += 1
 
 
-def _rows(inputs: Mapping[str, Tensor], x: Tensor, d: int, point: str, drop_bos: bool) -> Tensor:
-    """The activation rows that count: real tokens (BOS optionally not), as (N, d)."""
-    if x.shape[-1] != d:
-        raise ValueError(
-            f"evaluate_reconstruction: the activation at {point!r} has d={x.shape[-1]} "
-            f"but the SAE's input_size is {d}"
-        )
-    if x.ndim != 3:
-        return x.reshape(-1, d)
-    mask = inputs.get("attention_mask")
-    keep = torch.ones(x.shape[:2], dtype=torch.bool) if mask is None else mask.bool()
-    if drop_bos:
-        keep = keep & (keep.long().cumsum(1) > 1)
-    return x[keep.to(x.device)]
+def reconstruction_result(
+    point: str, kind: str, rows: RowStats, downstream: Downstream, dense_above: float = 0.1
+) -> ReconstructionResult:
+    """The ReconstructionResult that a pass's accumulators add up to."""
+    return ReconstructionResult(
+        point=point,
+        kind=kind,
+        n_rows=rows.n_rows,
+        n_batches=rows.n_batches,
+        fvu=rows.sos.fvu,
+        l0=rows.firing.l0,
+        dead_fraction=rows.firing.dead_fraction,
+        dense_fraction=rows.firing.dense_fraction(dense_above),
+        downstream=downstream.eval_json(),
+    )
 
 
-class _Measures:
-    """The running sums of one evaluation: reconstruction (FVU, firing) and downstream."""
-
-    def __init__(self, sae: nn.Module, kind: ModelKind, drop_bos: bool) -> None:
-        self.sae, self.drop_bos = sae, drop_bos
-        self.device, self.dtype = sae_device_dtype(sae)
-        self.firing = sae_metrics.FiringStats(sae.nb_concepts, device=self.device)
-        self.sos = sae_metrics.SumOfSquares()
-        self.downstream = _Downstream(kind)
-        self.zero = ConstantReconstruction(torch.zeros(sae.input_size)).to(self.device)
-
-    def add_batch(
-        self, model: nn.Module, point: str, inputs: Mapping[str, Tensor], mean: Tensor | None
-    ) -> int:
-        """Measure one batch (inputs on the model's device); returns its number of rows."""
-        with capture(model, point) as acts:
-            clean = run_model(model, inputs)
-        rows = _rows(inputs, acts[point], self.sae.input_size, point, self.drop_bos)
-        out = self.sae(rows.to(device=self.device, dtype=self.dtype))
-        self.firing.update(out.z)
-        self.sos.update(rows, out.x_hat)
-        mean = rows.float().mean(0) if mean is None else mean
-        outs = {}
-        for name, stand_in in (
-            ("spliced", self.sae),
-            ("zero", self.zero),
-            ("mean", ConstantReconstruction(mean).to(self.device)),
-        ):
-            with splice(model, point, stand_in):
-                outs[name] = run_model(model, inputs)
-        self.downstream.update(inputs, clean, outs)
-        return rows.shape[0]
-
-
-@torch.no_grad()
 def evaluate_reconstruction(
     model: nn.Module,
     point: str,
@@ -236,21 +143,10 @@ def evaluate_reconstruction(
     of training) and gets its previous mode back afterwards.
     """
     kind = model_kind(model)
-    result = ReconstructionResult(point=point, kind=kind)
-    with eval_mode(sae):
-        measures = _Measures(sae, kind, drop_bos)
-        batches = tqdm(data, desc="eval", disable=not progress, total=max_batches)
-        for i, inputs in enumerate(batches):
-            if max_batches is not None and i >= max_batches:
-                break
-            inputs = to_device(inputs, model_device(model))
-            result.n_rows += measures.add_batch(model, point, inputs, mean_activation)
-            result.n_batches += 1
-    if result.n_batches == 0:
+    rows, down = RowStats(sae), Downstream(kind)
+    subject = Subject(sae, point, [rows, down], mean=mean_activation)
+    caller = "evaluate_reconstruction"
+    opts = dict(max_batches=max_batches, drop_bos=drop_bos, progress=progress, caller=caller)
+    if run_pass(model, [subject], data, **opts) == 0:
         raise ValueError("evaluate_reconstruction: the data source yielded no batches")
-    result.fvu = measures.sos.fvu
-    result.l0 = measures.firing.l0
-    result.dead_fraction = measures.firing.dead_fraction
-    result.dense_fraction = measures.firing.dense_fraction(dense_above)
-    result.downstream = measures.downstream.result()
-    return result
+    return reconstruction_result(point, kind, rows, down, dense_above)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from sae_hooks import metrics
 from sae_hooks.sae.modes import eval_mode
 
 
@@ -186,7 +187,7 @@ def recovery(
         "mmcs": float(max_cosine(true, atoms).mean()),
         "mcc": float(cos.abs().mean()),
         "f1": float(f1[present].mean()) if present.any() else float("nan"),
-        "l0": float((z != 0).sum(-1).float().mean()),
+        "l0": float(metrics.l0(z)),
         "fvu": _fvu(sae, x),
     }
     out.update(absorption(features, codes, z, ti, li))
@@ -226,11 +227,9 @@ def _device(sae: torch.nn.Module) -> torch.device:
 
 
 def _fvu(sae: torch.nn.Module, x: Tensor) -> float:
-    from sae_hooks.metrics import fvu
-
     with eval_mode(sae):
         x_hat = sae(x.to(_device(sae))).x_hat.float().cpu()
-    return float(fvu(x, x_hat))
+    return float(metrics.fvu(x, x_hat))
 
 
 # --------------------------------------------------------------------- the benchmark
