@@ -93,12 +93,12 @@ def _local_rows(
 ) -> tuple[Any, str]:
     """(the rows of a local source, a description of it)."""
     if path.is_dir() and (path / "dataset_dict.json").is_file():
-        loaded = _datasets(path).load_from_disk(str(path))
+        loaded = _load_from_disk(path)
         chosen = choose_split(list(loaded), split, str(path))
         return loaded[chosen], f"{path} (split {chosen})"
     if path.is_dir() and any((path / n).is_file() for n in ("dataset_info.json", "state.json")):
         _no_split(split, path)
-        return _datasets(path).load_from_disk(str(path)), str(path)
+        return _load_from_disk(path), str(path)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*.txt") if p.is_file())
         if not files:
@@ -119,6 +119,19 @@ def _local_rows(
     if not rows:
         raise ValueError(f"{path} holds no text")
     return rows, str(path)
+
+
+def _load_from_disk(path: Path) -> Any:
+    """A dataset saved with save_to_disk; one saved with no rows (which datasets fails to
+    load with an IndexError) is named as empty."""
+    try:
+        return _datasets(path).load_from_disk(str(path))
+    except IndexError:
+        states = [path / "state.json", *path.glob("*/state.json")]
+        files = [f for s in states if s.is_file() for f in json.loads(s.read_text())["_data_files"]]
+        if files:
+            raise
+        raise ValueError(f"the data source {path} is empty: it has no rows") from None
 
 
 def _no_split(split: str | None, path: Path) -> None:
