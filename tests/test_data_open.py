@@ -156,3 +156,17 @@ def test_hub_cache_reads_in_a_fresh_offline_process(tmp_path, tokenizer_dir, tin
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["10", "512"]
+
+
+def test_the_cli_refuses_rows_that_are_not_strings_and_empty_datasets(tmp_path, capsys):
+    from sae_hooks.cli import main
+
+    rows = [d if i % 3 else None for i, d in enumerate(DOCS)]
+    datasets.Dataset.from_dict({"text": rows}).save_to_disk(str(tmp_path / "nones"))
+    datasets.Dataset.from_dict({"text": DOCS}).select([]).save_to_disk(str(tmp_path / "empty"))
+    base = ["capture", "--family", "gpt2", "--tiny", "--point", "resid_post.0"]
+    base += ["--cache", str(tmp_path / "cache"), "--quiet", "--data"]
+    for data, message in [("nones", "document 0 of"), ("empty", "is empty: it has no rows")]:
+        code = main([*base, str(tmp_path / data)])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and "Traceback" not in err
