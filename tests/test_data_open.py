@@ -71,12 +71,12 @@ def test_clear_errors(tmp_path):
     ds.select([]).save_to_disk(str(tmp_path / "empty"))
     with pytest.raises(ValueError, match="is empty: it has no rows"):
         open_documents(tmp_path / "empty", text_field="body")
-    with pytest.raises(FileNotFoundError, match="no text data at .*missing.txt"):
+    with pytest.raises(FileNotFoundError, match=r"no text data at .*missing\.txt"):
         open_documents(tmp_path / "missing.txt")
-    with pytest.raises(FileNotFoundError, match="hub dataset id.*HF_HUB_OFFLINE"):
+    with pytest.raises(FileNotFoundError, match=r"hub dataset id.*HF_HUB_OFFLINE"):
         open_documents("no-org/no-such-corpus")
     (tmp_path / "empty_dir").mkdir()
-    with pytest.raises(ValueError, match="holds no .txt files"):
+    with pytest.raises(ValueError, match=r"holds no \.txt files"):
         open_documents(tmp_path / "empty_dir")
 
 
