@@ -60,6 +60,9 @@ class Documents:
             raise TypeError("a streamed corpus has no known length")
         return self._stop() - self.start
 
+    def __bool__(self) -> bool:
+        return True  # a corpus, even a stream of unknown length (emptiness is checked apart)
+
     def _stop(self) -> int:
         n = len(self.rows)
         return n if self.stop is None else min(self.stop, n)
