@@ -78,7 +78,7 @@ class Documents:
     def texts(self, first_row: int = 0) -> Iterator[tuple[int, str]]:
         """(row number, text) of the documents from row `first_row` on; a stream is read
         from its start and a generator only once."""
-        skipped: list[int] = []
+        skipped = [0]  # the count, then the first rows skipped
         seen = False
         try:
             for row, text in self._raw(first_row):
@@ -95,11 +95,11 @@ class Documents:
                         "--skip-invalid-rows)"
                     )
         finally:
-            if skipped:
-                shown = ", ".join(map(str, skipped[:10])) + (", ..." if len(skipped) > 10 else "")
+            if skipped[0]:
+                more = ", ..." if skipped[0] > len(skipped) - 1 else ""
                 print(
-                    f"skipped {len(skipped)} rows whose text is not a non-empty string "
-                    f"(rows {shown})",
+                    f"skipped {skipped[0]} rows whose text is not a non-empty string "
+                    f"(rows {', '.join(map(str, skipped[1:]))}{more})",
                     file=sys.stderr,
                 )
         if not seen and not self.sized:
@@ -119,7 +119,9 @@ class Documents:
         if isinstance(text, str) and self.skip_blank:
             return True  # blank: no text to tokenise
         if self.skip_invalid:
-            skipped.append(row)
+            skipped[0] += 1
+            if len(skipped) <= 10:
+                skipped.append(row)
             return True
         return False
 
