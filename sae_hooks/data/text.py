@@ -1,4 +1,4 @@
-"""Token contexts from a list of documents.
+"""Token contexts from documents, tokenised lazily in bounded memory.
 
 Two ways to fit a document into contexts of `context_length` tokens:
 - "chunk" (default): split it into consecutive contexts, so every token is seen
@@ -7,36 +7,36 @@ Two ways to fit a document into contexts of `context_length` tokens:
 - "truncate": keep its first `context_length` tokens, one context per document.
 Special tokens the tokenizer adds (BERT's [CLS] ... [SEP], Llama's BOS) wrap every
 context and count toward context_length. doc_index/doc_offset count contexts in
-order; in "truncate" mode that is the document index.
+order; in "truncate" mode, with no row skipped, that is the document index.
+
+Documents are read as they are needed (sae_hooks.data.documents) and tokenised a group
+at a time: up to TOKENIZE_GROUP documents or GROUP_CHARS characters per tokenizer call.
+A document longer than PIECE_CHARS characters is tokenised in pieces
+(sae_hooks.data.pieces) and its contexts are yielded as its pieces are tokenised, so
+memory follows the group size, not the document size.
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import math
-import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
 
 from sae_hooks.data.batch import InputBatch
+from sae_hooks.data.documents import Documents, as_documents
+from sae_hooks.data.pieces import PIECE_CHARS, text_pieces
+from sae_hooks.data.sources import load_texts, pydoc_texts
+
+__all__ = ["TextBatches", "as_documents", "load_texts", "pydoc_texts", "text_batches"]
 
 MODES = ("chunk", "truncate")
-_TOKENIZE_GROUP = 256  # documents tokenized per call
+TOKENIZE_GROUP = 256  # documents tokenized per call
+GROUP_CHARS = 1 << 21  # characters tokenized per call, at most (a piece more, once)
 _NO_LIMIT = 10**9  # transformers' "unknown" model_max_length is ~1e30
-
-
-def pydoc_texts(n: int | None = None, min_chars: int = 80) -> list[str]:
-    """Real English paragraphs shipped with every CPython (the language reference)."""
-    from pydoc_data.topics import topics
-
-    paras = [p.strip() for t in topics.values() for p in t.split("\n\n")]
-    paras = [p for p in paras if len(p) >= min_chars]
-    return paras[:n] if n else paras
 
 
 def _special_wrap(tokenizer: Any) -> tuple[list[int], list[int]]:
@@ -49,6 +49,17 @@ def _special_wrap(tokenizer: Any) -> tuple[list[int], list[int]]:
     return [], []
 
 
+def _check_limits(tokenizer: Any, context_length: int, max_length: int | None) -> None:
+    limits = {"the tokenizer's model_max_length": getattr(tokenizer, "model_max_length", None)}
+    limits["max_length (the model's context)"] = max_length
+    for name, limit in limits.items():
+        if limit is not None and limit < _NO_LIMIT and context_length > limit:
+            raise ValueError(
+                f"context_length {context_length} exceeds {name} ({limit}); "
+                f"use context_length <= {limit}"
+            )
+
+
 class TextBatches:
     """Deterministic batches of right-padded token contexts (input_ids + attention_mask)
     from documents; `iter_from(k)` (or start_batch=k) resumes at batch k.
@@ -56,12 +67,14 @@ class TextBatches:
     max_length: the model's context (e.g. config.n_positions), checked like the
     tokenizer's model_max_length. texts: anything `as_documents` reads (lists of
     strings or dicts, a `datasets.Dataset`, generators and IterableDatasets, which are
-    read lazily and once); dicts give their `text_field`.
+    read lazily and once) or what `open_documents` opened; dicts give their
+    `text_field`. A row whose text is not a non-empty string is refused with its row
+    number; skip_invalid=True passes over such rows and prints their count.
     """
 
     def __init__(
         self,
-        texts: Sequence[str] | Iterable[Any],
+        texts: Sequence[str] | Iterable[Any] | Documents,
         tokenizer: Any,
         *,
         context_length: int,
@@ -71,27 +84,21 @@ class TextBatches:
         max_length: int | None = None,
         start_batch: int = 0,
         text_field: str = "text",
+        skip_invalid: bool | None = None,
     ) -> None:
-        texts = as_documents(texts, text_field)
-        if isinstance(texts, Sequence):
-            if len(texts) == 0:
-                raise ValueError("the data source is empty: texts has no documents")
-            for i, t in enumerate(texts):
-                _check_document(i, t)
+        docs = as_documents(texts, text_field, skip_invalid=skip_invalid)
+        if docs.sized and len(docs) == 0:
+            raise ValueError("the data source is empty: texts has no documents")
+        if isinstance(docs.rows, (list, tuple)) and not docs.skip_invalid:
+            for _ in docs.texts():  # a list is checked whole, before any work
+                pass
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
         if batch_size < 1 or start_batch < 0:
             raise ValueError(
                 f"need batch_size >= 1 and start_batch >= 0, got {batch_size}, {start_batch}"
             )
-        limits = {"the tokenizer's model_max_length": getattr(tokenizer, "model_max_length", None)}
-        limits["max_length (the model's context)"] = max_length
-        for name, limit in limits.items():
-            if limit is not None and limit < _NO_LIMIT and context_length > limit:
-                raise ValueError(
-                    f"context_length {context_length} exceeds {name} ({limit}); "
-                    f"use context_length <= {limit}"
-                )
+        _check_limits(tokenizer, context_length, max_length)
         self.prefix, self.suffix = _special_wrap(tokenizer)
         if prepend_bos:
             bos = getattr(tokenizer, "bos_token_id", None)
@@ -107,25 +114,24 @@ class TextBatches:
             )
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (tokenizer.eos_token_id or 0)
-        self.texts, self.tokenizer, self.mode = texts, tokenizer, mode
-        self.context_length, self.batch_size, self.start_batch = (
-            context_length,
-            batch_size,
-            start_batch,
-        )
-        n = f"{len(texts)} documents" if isinstance(texts, Sequence) else "streamed documents"
+        self.docs, self.tokenizer, self.mode = docs, tokenizer, mode
+        self.context_length, self.batch_size = context_length, batch_size
+        self.start_batch = start_batch
+        n = f"{len(docs)} documents" if docs.sized else "streamed documents"
         self.description = f"text: {n}, {mode} to {context_length} tokens, batch {batch_size}"
+
+    @property
+    def texts(self) -> Documents:
+        """The documents these batches are cut from."""
+        return self.docs
 
     def fingerprint(self) -> dict[str, Any]:
         """What decides these batches' tokens, for a store to check on resume: the
         tokenizer (name and a hash of its vocabulary), context length, batch size, mode,
-        and the documents (their count and a hash of up to 1024 spread over them)."""
+        and the documents (their count and a hash of up to 1024 spread over them; a
+        stream records neither, its first batch's hash stands for it)."""
         tok = self.tokenizer
         vocab = tok.get_vocab() if hasattr(tok, "get_vocab") else {}
-        step = max(1, len(self.texts) // 1024)
-        docs = hashlib.sha256()
-        for t in self.texts[::step]:
-            docs.update(hashlib.sha256(t.encode("utf-8", "surrogatepass")).digest())
         return {
             "tokenizer": str(getattr(tok, "name_or_path", "") or type(tok).__name__),
             "vocab": hashlib.sha256(json.dumps(sorted(vocab.items())).encode()).hexdigest()[:16],
@@ -133,57 +139,86 @@ class TextBatches:
             "batch_size": self.batch_size,
             "mode": self.mode,
             "special_tokens": [self.prefix, self.suffix],
-            "documents": len(self.texts),
-            "documents_hash": docs.hexdigest()[:16],
+            **self.docs.fingerprint(),
         }
 
+    def _jumps(self) -> bool:
+        """Truncate mode over a sized corpus with no skipped rows: batch k starts at
+        document k * batch_size, so a resume goes there directly."""
+        return self.mode == "truncate" and self.docs.sized and not self.docs.can_skip_rows()
+
     def __len__(self) -> int:
-        if self.mode != "truncate" or not isinstance(self.texts, Sequence):
+        if not self._jumps():
             raise TypeError("the number of batches is known only after tokenizing")
-        return max(0, math.ceil(len(self.texts) / self.batch_size) - self.start_batch)
+        return max(0, math.ceil(len(self.docs) / self.batch_size) - self.start_batch)
 
     def __iter__(self) -> Iterator[InputBatch]:
         return self.iter_from(self.start_batch)
 
-    def _groups(self, first_doc: int) -> Iterator[list[str]]:
-        """Documents from `first_doc` on, _TOKENIZE_GROUP at a time (a stream is read once)."""
-        if isinstance(self.texts, Sequence):
-            for g in range(first_doc, len(self.texts), _TOKENIZE_GROUP):
-                yield list(self.texts[g : g + _TOKENIZE_GROUP])
-            return
-        stream = enumerate(self.texts)
-        seen = False
-        while group := list(itertools.islice(stream, _TOKENIZE_GROUP)):
-            seen = True
-            docs = [_check_document(i, t) for i, t in group if i >= first_doc]
-            if docs:
-                yield docs
-        if not seen:
-            raise ValueError(
-                "the data source is empty: the stream yielded no documents (a generator is "
-                "read once; pass a list or a dataset to iterate again)"
-            )
+    def _groups(self, first_row: int) -> Iterator[list[tuple[str, Iterator[str]]]]:
+        """(first piece, the rest of the pieces) of each document from `first_row` on, a
+        group at a time: TOKENIZE_GROUP documents or GROUP_CHARS characters."""
+        group: list[tuple[str, Iterator[str]]] = []
+        chars = 0
+        for _, text in self.docs.texts(first_row):
+            pieces = text_pieces(text, PIECE_CHARS)
+            first = next(pieces)
+            group.append((first, pieces))
+            chars += len(first)
+            if len(group) == TOKENIZE_GROUP or chars >= GROUP_CHARS:
+                yield group
+                group, chars = [], 0
+        if group:
+            yield group
 
-    def _contexts(self, first_doc: int) -> Iterator[list[int]]:
-        for group in self._groups(first_doc):
-            # Whole documents, split below: their length is not the model's input length.
-            encoded = self.tokenizer(group, add_special_tokens=False, verbose=False)
-            for ids in encoded["input_ids"]:
-                pieces = range(0, len(ids), self.body) if self.mode == "chunk" else [0]
-                for s in pieces:
-                    yield [*self.prefix, *ids[s : s + self.body], *self.suffix]
+    def _tokenize(self, texts: list[str]) -> list[list[int]]:
+        # Documents and pieces, split below: their length is not the model's input length.
+        return self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+
+    def _more_ids(self, rest: Iterator[str]) -> Iterator[list[int]]:
+        """The ids of a long document's later pieces, GROUP_CHARS of text per call."""
+        per_call = max(1, GROUP_CHARS // PIECE_CHARS)
+        while batch := [p for _, p in zip(range(per_call), rest)]:
+            yield from self._tokenize(batch)
+
+    def _windows(self, ids: list[int], rest: Iterator[str]) -> Iterator[list[int]]:
+        """The bodies of one document's contexts: consecutive `body`-token windows of its
+        ids (chunk) or the first one (truncate), tokenising later pieces as needed."""
+        body, buffer = self.body, list(ids)
+        more = self._more_ids(rest)
+        while True:
+            if self.mode == "truncate" and len(buffer) >= body:
+                yield buffer[:body]
+                return
+            full = len(buffer) // body * body
+            if self.mode == "chunk" and full:
+                yield from (buffer[s : s + body] for s in range(0, full, body))
+                buffer = buffer[full:]
+            nxt = next(more, None)
+            if nxt is None:
+                break
+            buffer.extend(nxt)
+        if buffer or self.mode == "truncate":  # truncate: one context per document
+            yield buffer
+
+    def _contexts(self, first_row: int) -> Iterator[list[int]]:
+        for group in self._groups(first_row):
+            encoded = self._tokenize([first for first, _ in group])
+            for ids, (_, rest) in zip(encoded, group):
+                for window in self._windows(ids, rest):
+                    yield [*self.prefix, *window, *self.suffix]
 
     def iter_from(self, batch: int) -> Iterator[InputBatch]:
-        """Batches from index `batch` on. Truncate mode jumps there; chunk mode re-tokenizes
-        the skipped documents (no model work) to count their contexts."""
+        """Batches from index `batch` on. Truncate mode over a sized corpus with no
+        skipped rows jumps there; otherwise the skipped documents are re-tokenized (no
+        model work) to count their contexts."""
         skip = batch * self.batch_size
-        first_doc = skip if self.mode == "truncate" else 0
-        if isinstance(self.texts, Sequence):
-            first_doc = min(first_doc, len(self.texts))
-        contexts = self._contexts(first_doc)
-        if self.mode == "chunk":
-            for _ in zip(range(skip), contexts):
-                pass
+        first_row = 0
+        if self._jumps():
+            first_row, skip = self.docs.start + min(skip, len(self.docs)), 0
+        contexts = self._contexts(first_row)
+        for _ in zip(range(skip), contexts):
+            pass
         index, pending = batch, []
         for ctx in contexts:
             pending.append(ctx)
@@ -205,139 +240,3 @@ class TextBatches:
 
 
 text_batches = TextBatches  # the functional spelling of the same constructor
-
-
-def _check_document(i: int, text: Any) -> str:
-    if not isinstance(text, str) or not text:
-        raise ValueError(f"document {i} is {text!r}; every document must be a non-empty str")
-    return text
-
-
-class _Column(Sequence):
-    """One text column of a map-style dataset (Hugging Face `datasets.Dataset` or any
-    sequence of dicts), read row by row without copying the corpus."""
-
-    def __init__(self, rows: Any, field: str) -> None:
-        self.rows, self.field = rows, field
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, index):  # type: ignore[override]
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        return _field(self.rows[index], self.field, index)
-
-
-def _field(row: Any, field: str, index: int) -> Any:
-    if isinstance(row, str):
-        return row
-    if isinstance(row, Mapping):
-        if field not in row:
-            raise ValueError(
-                f"document {index} has no {field!r} field (fields: {sorted(row)}); "
-                "choose one with text_field= / --text-field"
-            )
-        return row[field]
-    return row
-
-
-def as_documents(source: Any, text_field: str = "text") -> Sequence[str] | Iterable[str]:
-    """Documents from a list of strings, a sequence of dicts or a Hugging Face
-    `datasets.Dataset` (its `text_field` column), or any iterable of either, including
-    generators and `datasets.IterableDataset` streams (read lazily, once)."""
-    if isinstance(source, (str, bytes)):
-        raise TypeError(
-            "texts is a single string; give documents: a list of strings, a dataset, or an "
-            "iterable of strings or dicts (load_texts reads files)"
-        )
-    if isinstance(source, Sequence) and (len(source) == 0 or isinstance(source[0], str)):
-        return source
-    if hasattr(source, "__len__") and hasattr(source, "__getitem__"):
-        return _Column(source, text_field)  # datasets.Dataset, list of dicts
-    if isinstance(source, Iterable):
-        return (_field(row, text_field, i) for i, row in enumerate(source))
-    raise TypeError(
-        f"cannot read documents from {type(source).__name__}; give a list of strings, a "
-        "dataset, or an iterable of strings or dicts"
-    )
-
-
-DATASET_SUFFIXES = (".parquet", ".csv", ".arrow", ".json")
-
-
-def load_texts(spec: str | os.PathLike, text_field: str = "text") -> list[str]:
-    """Documents from "pydoc" (CPython's bundled docs), a .txt file (paragraphs split on
-    blank lines), a .jsonl file (its `text_field` values), a directory of .txt files, a
-    dataset saved with `datasets` (save_to_disk) or a .parquet/.csv/.arrow/.json file
-    (read with Hugging Face `datasets` when it is installed)."""
-    if str(spec) == "pydoc":
-        return pydoc_texts()
-    path = Path(spec).expanduser()
-    if path.is_dir() and any((path / n).is_file() for n in ("dataset_info.json", "state.json")):
-        docs = list(_Column(_hf_dataset(path, None), text_field))
-    elif path.is_dir():
-        files = sorted(path.rglob("*.txt"))
-        if not files:
-            raise ValueError(f"{path} holds no .txt files (nor a dataset saved with save_to_disk)")
-        docs = [_read_text(f) for f in files]
-    elif path.suffix == ".jsonl" and path.is_file():
-        docs = []
-        for i, line in enumerate(_read_text(path).splitlines(), 1):
-            if line.strip():
-                try:
-                    row = json.loads(line)
-                    value = row[text_field]
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    raise ValueError(
-                        f"{path}:{i}: each line must be a JSON object with a {text_field!r} "
-                        "field (choose the field with --text-field)"
-                    ) from None
-                if not isinstance(value, str):
-                    raise ValueError(
-                        f"{path}:{i}: {text_field!r} must be a string, "
-                        f"got {type(value).__name__} {value!r}"
-                    )
-                docs.append(value)
-    elif path.suffix in DATASET_SUFFIXES and path.is_file():
-        docs = list(_Column(_hf_dataset(path, path.suffix.lstrip(".")), text_field))
-    elif path.is_file():
-        docs = [p.strip() for p in _read_text(path).split("\n\n")]
-    else:
-        raise FileNotFoundError(
-            f"no text data at {path}; give 'pydoc', a .txt or .jsonl file, a directory of "
-            ".txt files, or a dataset (save_to_disk directory, .parquet, .csv)"
-        )
-    docs = [d for d in docs if isinstance(d, str) and d.strip()]
-    if not docs:
-        raise ValueError(f"{path} holds no text")
-    return docs
-
-
-def _read_text(path: Path) -> str:
-    """A text file's contents; a file that is not UTF-8 is named with the offending byte."""
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        bad = err.object[err.start : err.start + 1].hex()
-        raise ValueError(
-            f"{path} is not UTF-8 text (byte 0x{bad} at offset {err.start}); "
-            "convert it, e.g. iconv -f latin1 -t utf-8"
-        ) from None
-
-
-def _hf_dataset(path: Path, kind: str | None) -> Any:
-    """A local dataset through Hugging Face `datasets` (never the network)."""
-    try:
-        import datasets
-    except ImportError:
-        raise ValueError(
-            f"{path} is a dataset file; reading it needs the `datasets` package (pip install datasets)"
-        ) from None
-    if kind is None:
-        loaded = datasets.load_from_disk(str(path))
-    else:
-        loaded = datasets.load_dataset(kind, data_files=str(path), split="train")
-    if isinstance(loaded, datasets.DatasetDict):
-        loaded = loaded["train"] if "train" in loaded else next(iter(loaded.values()))
-    return loaded
