@@ -1,7 +1,7 @@
 """Sparse autoencoders: ReLU, TopK, BatchTopK, JumpReLU, Matryoshka BatchTopK and
 (skip) transcoders, with safetensors save/load."""
 
-from .base import SAE, SAE_REGISTRY, SAEOutput, load_sae
+from .base import SAE, SAE_REGISTRY, SAEOutput
 from .batchtopk import BatchTopKSAE
 from .dictionary import NORMALIZATIONS, DictionaryLayer
 from .encoders import (
@@ -18,6 +18,7 @@ from .kernels import KERNELS
 from .matryoshka import MatryoshkaBatchTopKSAE
 from .modes import eval_mode
 from .overcomplete import load_overcomplete_state_dict
+from .persistence import load_sae
 from .topk import TopKSAE
 from .training import TrainingContract
 from .transcoder import SkipTranscoder, Transcoder

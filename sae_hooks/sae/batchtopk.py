@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import SAE, SAEOutput
-from .dictionary import _positive_int
+from .shapes import positive_int
 from .sparse import sort_indices
 from .sparse_encoder import batch_top_k, gather_pre_codes, support_codes
 from .topk import default_top_k
@@ -59,7 +59,7 @@ class BatchTopKSAE(SAE):
         *,
         top_k_per_sample: float | None = None,
     ) -> None:
-        nb_concepts = _positive_int("nb_concepts", nb_concepts)  # before k is checked against it
+        nb_concepts = positive_int("nb_concepts", nb_concepts)  # before k is checked against it
         if top_k is not None and top_k_per_sample is not None:
             raise ValueError(
                 "give top_k (codes for the whole batch) or top_k_per_sample (codes per row), not both"

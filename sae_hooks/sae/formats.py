@@ -35,10 +35,11 @@ import torch
 
 from sae_hooks.hooks.points import hook_name_of_point, point_from_hook_name
 
-from .base import SAE, SAE_REGISTRY, read_safetensors
+from .base import SAE, SAE_REGISTRY
 from .batchtopk import BatchTopKSAE
 from .encoders import LinearEncoder
 from .jump import JumpSAE
+from .persistence import read_safetensors
 from .topk import TopKSAE
 
 SAELENS_CONFIG = "cfg.json"
