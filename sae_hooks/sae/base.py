@@ -9,7 +9,7 @@ registry (persistence.py, above this module).
 from __future__ import annotations
 
 import warnings
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,7 @@ from .encoders import (
     build_encoder,
     split_codes,
 )
+from .output import EncoderInputs, SAEOutput, TrainingSupport, kept_support
 from .saving import FORMAT_VERSION as FORMAT_VERSION  # re-exported: base's old name
 from .saving import SAEPersistence
 from .sparse import (
@@ -34,19 +35,13 @@ from .sparse import (
     decode_pairs,
     decode_ragged,
 )
-from .sparse_encoder import attach_gather, gather_pre_codes, kept_support, support_codes
+from .sparse_encoder import gather_pre_codes, support_codes
 from .training import TrainingContract
+
+__all__ = ["SAE", "SAE_REGISTRY", "SAEOutput"]
 
 SAE_REGISTRY: dict[str, type[SAE]] = {}
 """architecture name -> class; filled by every SAE subclass that sets `architecture`."""
-
-
-class SAEOutput(NamedTuple):
-    """What forward returns; unpacks like overcomplete's (z_pre, z, x_hat) tuple."""
-
-    z_pre: torch.Tensor
-    z: torch.Tensor
-    x_hat: torch.Tensor
 
 
 class SAE(SAEPersistence, TrainingContract, nn.Module):
@@ -128,8 +123,10 @@ class SAE(SAEPersistence, TrainingContract, nn.Module):
         return self._decode_rows(z, from_forward=False) / self.input_scale
 
     def forward(self, x: torch.Tensor) -> SAEOutput:
-        z_pre, z, x_hat = self._forward_rows(self._to_rows(x))
-        return SAEOutput(z_pre, z, self._from_rows(x_hat / self.input_scale, x.shape))
+        """SAEOutput(z_pre, z, x_hat), with its `support` where the forward recorded one."""
+        out = self._forward_rows(self._to_rows(x))
+        x_hat = self._from_rows(out.x_hat / self.input_scale, x.shape)
+        return SAEOutput(out.z_pre, out.z, x_hat, out.support)
 
     def get_dictionary(self) -> torch.Tensor:
         """The normalised atoms, (nb_concepts, d)."""
@@ -139,7 +136,7 @@ class SAE(SAEPersistence, TrainingContract, nn.Module):
         """L1 of the codes weighted by their atoms' norms, summed over latents, mean over rows
         (over the kept codes alone when the forward recorded them: no (rows, n) pass)."""
         norms = self.get_dictionary().norm(dim=-1)
-        support = kept_support(out.z)
+        support = kept_support(out)
         if support is not None:
             weighted = support.values * norms.index_select(0, support.cols)
             return weighted.sum() / max(out.z.shape[0], 1)
@@ -172,11 +169,12 @@ class SAE(SAEPersistence, TrainingContract, nn.Module):
 
     def _sparse_pre_codes(
         self, rows: torch.Tensor, *, measured: bool = False
-    ) -> torch.Tensor | None:
-        """Dense pre-codes (N, n) whose kept entries the variant reads with
-        `sparse_encoder.gather_pre_codes`, so that the encoder's gradient is computed
-        from them alone; None where that path does not apply (another encoder, a
-        structured input, no gradient wanted, or a density above the cut-off).
+    ) -> tuple[torch.Tensor, EncoderInputs] | None:
+        """(pre, inputs): dense pre-codes (N, n) whose kept entries the variant reads with
+        `sparse_encoder.gather_pre_codes(pre, rows, cols, inputs)`, so that the encoder's
+        gradient is computed from them alone; None where that path does not apply
+        (another encoder, a structured input, no gradient wanted, or a density above the
+        cut-off). The forward's output carries `inputs` on (AuxK reads through them).
         measured: the variant counts its support after the matmul and falls back to
         the dense path itself (JumpReLU), so no density by construction is needed.
 
@@ -196,22 +194,20 @@ class SAE(SAEPersistence, TrainingContract, nn.Module):
         scaled = rows.to(torch.promote_types(rows.dtype, torch.float32)) * self.input_scale
         centred = scaled if bias is None else scaled - bias
         pre = F.linear(centred, enc.weight, enc.bias)
-        return attach_gather(pre, scaled, enc.weight, enc.bias, centre=bias)
+        return pre, EncoderInputs(scaled, bias, enc.weight, enc.bias)
 
     # -- decoding, dense or sparse ---------------------------------------------------
 
-    def _forward_rows(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(z_pre, z, x_hat before dividing by input_scale); TopK overrides it to decode
-        from the top-k indices it already has."""
+    def _forward_rows(self, rows: torch.Tensor) -> SAEOutput:
+        """SAEOutput(z_pre, z, x_hat before dividing by input_scale, support); TopK
+        overrides it to decode from the top-k indices it already has."""
         sparse = self._relu_through_support(rows)
         if sparse is not None:
             return sparse
         z_pre, z = self._encode_rows(rows)
-        return z_pre, z, self._decode_rows(z)
+        return SAEOutput(z_pre, z, self._decode_rows(z))
 
-    def _relu_through_support(
-        self, rows: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    def _relu_through_support(self, rows: torch.Tensor) -> SAEOutput | None:
         """A ReLU SAE with a gradient, through its positive codes when they are few.
 
         ReLU passes gradient only where z_pre > 0, so those pairs alone go through the
@@ -221,9 +217,10 @@ class SAE(SAEPersistence, TrainingContract, nn.Module):
         selection, another encoder, or above MAX_SPARSE_GRAD_DENSITY of the codes."""
         if type(self)._sparsify is not SAE._sparsify:
             return None
-        pre = self._sparse_pre_codes(rows, measured=True)
-        if pre is None:
+        found = self._sparse_pre_codes(rows, measured=True)
+        if found is None:
             return None
+        pre, inputs = found
         with torch.no_grad():
             positive = pre.detach() > 0
             # count_nonzero: a bool tensor's sum() widens it to int64 first (two
@@ -231,32 +228,37 @@ class SAE(SAEPersistence, TrainingContract, nn.Module):
             dense = int(positive.count_nonzero()) > MAX_SPARSE_GRAD_DENSITY * pre.numel()
         if dense and self.sparse_encoder_grad is None:  # counted first: no huge nonzero
             z = F.relu(pre)
-            return pre, z, self._decode_rows(z)
+            return SAEOutput(pre, z, self._decode_rows(z), TrainingSupport(encoder_inputs=inputs))
         flat_rows, cols = positive.nonzero(as_tuple=True)
-        values = gather_pre_codes(pre, flat_rows, cols)  # all > 0: ReLU is the identity
-        return pre, *self._codes_from_pairs(pre, flat_rows, cols, values)
+        values = gather_pre_codes(pre, flat_rows, cols, inputs)  # all > 0: ReLU is the identity
+        return self._codes_from_pairs(pre, inputs, flat_rows, cols, values)
 
     def _codes_from_pairs(
         self,
         pre: torch.Tensor,
+        inputs: EncoderInputs,
         rows: torch.Tensor,
         cols: torch.Tensor,
         values: torch.Tensor,
         *,
         max_density: float = MAX_SPARSE_DENSITY,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(z, x_hat) from the kept (row, col, value) pairs of a measured support: the
-        codes with their support recorded, and the pairs decoded sparsely unless
-        sparse_decode is False or (by default) they exceed max_density of the codes."""
+        penalty: torch.Tensor | None = None,
+    ) -> SAEOutput:
+        """The output from the kept (row, col, value) pairs of a measured support: the
+        codes with their support recorded (and the variant's penalty, if any), the pairs
+        decoded sparsely unless sparse_decode is False or (by default) they exceed
+        max_density of the codes."""
         dense_decode = check_sparse_decode(self.sparse_decode) is False or (
             self.sparse_decode is None and cols.numel() > max_density * pre.numel()
         )
         sparse = self._sparse_codes and not dense_decode
-        z = support_codes(pre, rows, cols, values, sparse=sparse)
+        z, kept = support_codes(pre, rows, cols, values, sparse=sparse)
+        support = TrainingSupport(kept, inputs, penalty)
         if dense_decode:
-            return z, self.dictionary.decode(z)
+            return SAEOutput(pre, z, self.dictionary.decode(z), support)
         atoms, bias = self.get_dictionary(), self.dictionary.bias
-        return z, decode_pairs(rows, cols, values, atoms, bias, n_rows=pre.shape[0])
+        x_hat = decode_pairs(rows, cols, values, atoms, bias, n_rows=pre.shape[0])
+        return SAEOutput(pre, z, x_hat, support)
 
     def _decode_rows(
         self,
