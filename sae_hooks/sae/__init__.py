@@ -1,5 +1,6 @@
 """Sparse autoencoders: ReLU, TopK, BatchTopK, JumpReLU, Matryoshka BatchTopK and
-(skip) transcoders, with safetensors save/load."""
+(skip) transcoders, with safetensors save/load. Other tools' formats (SAELens, the
+Hub, Neuronpedia) are sae_hooks.interop's: this package knows no model and no trainer."""
 
 from .base import SAE, SAE_REGISTRY, SAEOutput
 from .batchtopk import BatchTopKSAE
@@ -12,7 +13,6 @@ from .encoders import (
     ResNetEncoder,
     register_encoder,
 )
-from .formats import export_saelens, import_saelens, saelens_metadata
 from .jump import JumpSAE, heaviside, jump_relu
 from .kernels import KERNELS
 from .matryoshka import MatryoshkaBatchTopKSAE
@@ -47,12 +47,9 @@ __all__ = [
     "TrainingContract",
     "Transcoder",
     "eval_mode",
-    "export_saelens",
     "heaviside",
-    "import_saelens",
     "jump_relu",
     "load_overcomplete_state_dict",
     "load_sae",
     "register_encoder",
-    "saelens_metadata",
 ]
