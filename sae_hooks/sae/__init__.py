@@ -17,6 +17,7 @@ from .jump import JumpSAE, heaviside, jump_relu
 from .kernels import KERNELS
 from .matryoshka import MatryoshkaBatchTopKSAE
 from .modes import eval_mode
+from .output import TrainingSupport
 from .overcomplete import load_overcomplete_state_dict
 from .persistence import load_sae
 from .topk import TopKSAE
@@ -45,6 +46,7 @@ __all__ = [
     "SkipTranscoder",
     "TopKSAE",
     "TrainingContract",
+    "TrainingSupport",
     "Transcoder",
     "eval_mode",
     "heaviside",
