@@ -233,8 +233,8 @@ def fire_stats_table(args: argparse.Namespace, variants: list[str], device: torc
         )
 
 
-def _no_fire_counts(z: torch.Tensor) -> torch.Tensor:
-    return torch.zeros(z.shape[-1], dtype=torch.int64, device=z.device)
+def _no_fire_counts(out: typing.Any) -> torch.Tensor:
+    return torch.zeros(out.z.shape[-1], dtype=torch.int64, device=out.z.device)
 
 
 def _resident(device: torch.device) -> int | None:

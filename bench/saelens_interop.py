@@ -23,14 +23,13 @@ from pathlib import Path
 
 import torch
 
+from sae_hooks.interop import export_saelens, import_saelens
 from sae_hooks.sae import (
     SAE,
     BatchTopKSAE,
     JumpSAE,
     MatryoshkaBatchTopKSAE,
     TopKSAE,
-    export_saelens,
-    import_saelens,
 )
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -31,6 +31,7 @@ from sae_hooks.hooks import (
     resolve_point,
     splice,
 )
+from sae_hooks.interop import export_saelens, import_saelens
 from sae_hooks.sae import (
     SAE,
     SAE_REGISTRY,
@@ -43,8 +44,6 @@ from sae_hooks.sae import (
     SAEOutput,
     TopKSAE,
     eval_mode,
-    export_saelens,
-    import_saelens,
     load_overcomplete_state_dict,
     load_sae,
 )

@@ -705,18 +705,18 @@ def cmd_export(args: argparse.Namespace) -> None:
     model_name = record.model.get("hub_id") or record.model.get("name") if record else None
     out = Path(args.out) if args.out else run / f"export-{args.format}"
     if args.format == "saelens":
-        from sae_hooks.sae import export_saelens
+        from sae_hooks.interop import export_saelens
 
         export_saelens(sae, out, point=point, model_name=model_name)
     elif args.format == "hf":
-        from sae_hooks.hub import push_to_hub, save_pretrained
+        from sae_hooks.interop.hub import push_to_hub, save_pretrained
 
         save_pretrained(sae, out, point=point, model_name=model_name, repo_id=args.push_to_hub)
         if args.push_to_hub:
             push_to_hub(sae, args.push_to_hub, point=point, model_name=model_name)
             print(f"uploaded to https://huggingface.co/{args.push_to_hub}")
     else:
-        from sae_hooks.neuronpedia import export_neuronpedia
+        from sae_hooks.interop.neuronpedia import export_neuronpedia
 
         if not (run / "store").is_dir():
             raise FileNotFoundError(

@@ -3,7 +3,7 @@
 import json
 
 from sae_hooks.data import text_batches
-from sae_hooks.neuronpedia import FORMAT, export_neuronpedia
+from sae_hooks.interop.neuronpedia import FORMAT, export_neuronpedia
 from sae_hooks.sae import TopKSAE
 from sae_hooks.store import capture_to_store
 

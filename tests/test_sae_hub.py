@@ -6,8 +6,8 @@ import shutil
 import pytest
 import torch
 
-from sae_hooks import hub
-from sae_hooks.sae import TopKSAE, export_saelens
+from sae_hooks.interop import export_saelens, hub
+from sae_hooks.sae import TopKSAE
 
 
 def _sae():
@@ -70,3 +70,10 @@ def test_not_a_directory_nor_a_repo_id(tmp_path):
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "sae_hooks.json").write_text(json.dumps({"point": "resid_pre.0"}))
     assert hub.pretrained_metadata(tmp_path / "x")["point"] == "resid_pre.0"
+
+
+def test_the_first_import_path_still_works():
+    """Model cards pushed by earlier versions say `from sae_hooks.hub import from_pretrained`."""
+    from sae_hooks.hub import from_pretrained
+
+    assert from_pretrained is hub.from_pretrained

@@ -9,13 +9,12 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from sae_hooks.interop import export_saelens, import_saelens
 from sae_hooks.sae import (
     SAE,
     BatchTopKSAE,
     JumpSAE,
     TopKSAE,
-    export_saelens,
-    import_saelens,
     load_sae,
     register_encoder,
 )
@@ -296,8 +295,8 @@ def test_saelens_refuses_what_it_cannot_represent(tmp_path):
 
 def test_hook_name_and_model_name_round_trip(tmp_path):
     from sae_hooks.hooks import resolve_point
+    from sae_hooks.interop import saelens_metadata
     from sae_hooks.models import tiny_model
-    from sae_hooks.sae import saelens_metadata
 
     export_saelens(SAE(D, NB), tmp_path / "a", point="resid_post.2", model_name="gpt2")
     cfg = json.loads((tmp_path / "a" / "cfg.json").read_text())

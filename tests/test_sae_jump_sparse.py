@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from sae_hooks.sae import JumpSAE
+from sae_hooks.sae.output import kept_support
 from sae_hooks.sae.sparse_encoder import fire_counts
 from sae_hooks.train.losses import aux_k_loss
 
@@ -61,13 +62,13 @@ def test_values_and_gradients_match_the_dense_path(kernel, bandwidth, decode):
             (xi - out.x_hat).pow(2).sum(-1).mean()
             + 0.1 * sae.sparsity_loss(out)
             + (out.z * torch.linspace(0, 1, NB, dtype=torch.float64)).sum()
-            + aux_k_loss(residual, out.z_pre, dead, sae.get_dictionary(), 8)
+            + aux_k_loss(residual, out.z_pre, dead, sae.get_dictionary(), 8, support=out.support)
         )
         loss.backward()
         outs.append(out)
         x_grads.append(xi.grad)
-    assert hasattr(outs[0].z, "_sae_sparse_support")  # the sparse path ran
-    assert not hasattr(outs[1].z, "_sae_sparse_support")
+    assert kept_support(outs[0]) is not None  # the sparse path ran
+    assert kept_support(outs[1]) is None
     assert 0 < (outs[0].z != 0).sum() < 0.05 * ROWS * NB
     for a, b in zip(outs[0], outs[1]):
         assert_close(a, b)
@@ -77,18 +78,18 @@ def test_values_and_gradients_match_the_dense_path(kernel, bandwidth, decode):
     for name in g_dense:
         assert_close(g_sparse[name], g_dense[name], name)
     assert_close(x_grads[0], x_grads[1], "x")
-    torch.testing.assert_close(fire_counts(outs[0].z), (outs[1].z != 0).sum(0))
+    torch.testing.assert_close(fire_counts(outs[0]), (outs[1].z != 0).sum(0))
 
 
 def test_a_dense_support_or_an_unbounded_kernel_takes_the_dense_path():
     low = make("silverman", 1e-3)
     with torch.no_grad():
         low.log_threshold.fill_(-10.0)  # fires on half the codes
-    assert not hasattr(low(torch.randn(ROWS, D)).z, "_sae_sparse_support")
+    assert kept_support(low(torch.randn(ROWS, D))) is None
     cauchy = make("cauchy", 1e-3)  # K > 0 everywhere: every code carries a gradient
-    assert not hasattr(cauchy(torch.randn(ROWS, D)).z, "_sae_sparse_support")
+    assert kept_support(cauchy(torch.randn(ROWS, D))) is None
     with torch.no_grad():  # no gradient wanted: the plain dense eval forward
-        assert not hasattr(make("silverman", 1e-3)(torch.randn(ROWS, D)).z, "_sae_sparse_support")
+        assert kept_support(make("silverman", 1e-3)(torch.randn(ROWS, D))) is None
 
 
 @pytest.mark.parametrize("host", [True, False], ids=["host", "device"])
@@ -112,8 +113,8 @@ def test_the_support_cut_picks_the_path_on_the_host_and_on_a_device(host, monkey
     monkeypatch.setattr(sae.dictionary, "decode", lambda z: decoded.append(z) or real_decode(z))
     monkeypatch.setattr(jump, "MAX_SPARSE_SUPPORT_DENSITY", reach * 1.01)
     sparse_out = sae(x)
-    assert hasattr(sparse_out.z, "_sae_sparse_support") and not decoded
+    assert kept_support(sparse_out) is not None and not decoded
     monkeypatch.setattr(jump, "MAX_SPARSE_SUPPORT_DENSITY", reach * 0.99)
     dense_out = sae(x)
-    assert not hasattr(dense_out.z, "_sae_sparse_support") and len(decoded) == 1
+    assert kept_support(dense_out) is None and len(decoded) == 1
     torch.testing.assert_close(sparse_out.x_hat, dense_out.x_hat)

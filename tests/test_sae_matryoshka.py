@@ -9,11 +9,10 @@ import pytest
 import torch
 
 from sae_hooks.hooks import capture_batch, splice
+from sae_hooks.interop import export_saelens, import_saelens
 from sae_hooks.sae import (
     BatchTopKSAE,
     MatryoshkaBatchTopKSAE,
-    export_saelens,
-    import_saelens,
     load_sae,
 )
 from sae_hooks.train import TensorSource, TrainConfig, read_log, train

@@ -18,6 +18,7 @@ from sae_hooks.sae import (
     register_encoder,
 )
 from sae_hooks.sae.encoders import SHAPE_FACTORIES
+from sae_hooks.sae.output import TrainingSupport
 
 D, NB = 16, 64
 VARIANTS = {
@@ -26,6 +27,36 @@ VARIANTS = {
     "batchtopk": lambda shape, **kw: BatchTopKSAE(shape, NB, top_k=40, **kw),
     "jumprelu": lambda shape, **kw: JumpSAE(shape, NB, **kw),
 }
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_training_support_is_a_typed_field_of_the_output(variant):
+    """A forward with a gradient records its support in `out.support` (a TrainingSupport,
+    not a tuple item: the output still unpacks in three); no forward sets attributes on
+    the tensors it returns."""
+    torch.manual_seed(0)
+    sparse = {  # codes sparse enough for the support paths (2 of 256 per row)
+        "topk": lambda: TopKSAE(D, 256, top_k=2),
+        "batchtopk": lambda: BatchTopKSAE(D, 256, top_k=64),
+    }
+    sae = sparse.get(variant, lambda: VARIANTS[variant](D))()
+    sae.train()
+    x = torch.randn(32, D)
+    out = sae(x)
+    assert len(out) == 3 and tuple(out) == (out.z_pre, out.z, out.x_hat)
+    assert all(vars(t) == {} for t in out)
+    sae.eval()
+    with torch.no_grad():
+        if variant == "batchtopk":
+            sae.running_threshold = 0.0
+        assert sae(x).support is None
+    assert SAEOutput(out.z_pre, out.z, out.x_hat).support is None
+    if variant in ("topk", "batchtopk"):  # selected through the kept support
+        assert isinstance(out.support, TrainingSupport)
+        assert out.support.kept is not None and out.support.encoder_inputs is not None
+    if variant == "jumprelu":  # its L0 comes with the output
+        assert isinstance(out.support, TrainingSupport) and out.support.penalty is not None
+        assert sae.sparsity_loss(out) is out.support.penalty
 
 
 class PassThrough(nn.Module):

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 import sae_hooks
-from sae_hooks.sae import BatchTopKSAE, eval_mode, export_saelens, import_saelens, load_sae
+from sae_hooks.interop import export_saelens, import_saelens
+from sae_hooks.sae import BatchTopKSAE, eval_mode, load_sae
 from sae_hooks.sae.modes import module_mode
 from sae_hooks.train import TensorSource, TrainConfig, train
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from sae_hooks.sae import SAE
+from sae_hooks.sae.output import kept_support
 from sae_hooks.sae.sparse_encoder import fire_counts
 
 D, NB, ROWS, L0 = 16, 256, 48, 4
@@ -40,25 +41,25 @@ def test_values_and_gradients_match_the_dense_path(decode):
         (loss + (out.z * torch.linspace(0, 1, NB, dtype=torch.float64)).sum()).backward()
         outs.append(out)
         x_grads.append(xi.grad)
-    assert hasattr(outs[0].z, "_sae_sparse_support")  # the sparse path ran
-    assert not hasattr(outs[1].z, "_sae_sparse_support")
+    assert kept_support(outs[0]) is not None  # the sparse path ran
+    assert kept_support(outs[1]) is None
     assert 0 < (outs[0].z != 0).sum() < 0.05 * ROWS * NB
     for a, b in zip(outs[0], outs[1]):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     for (name, p), q in zip(sparse.named_parameters(), dense.parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-9, atol=1e-12, msg=name)
     torch.testing.assert_close(x_grads[0], x_grads[1], rtol=1e-9, atol=1e-12)
-    torch.testing.assert_close(fire_counts(outs[0].z), (outs[1].z != 0).sum(0))
+    torch.testing.assert_close(fire_counts(outs[0]), (outs[1].z != 0).sum(0))
 
 
 def test_dense_codes_a_selecting_variant_or_no_gradient_take_the_dense_path():
     fresh = SAE(D, NB)  # about half the codes positive
-    assert not hasattr(fresh(torch.randn(ROWS, D)).z, "_sae_sparse_support")
+    assert kept_support(fresh(torch.randn(ROWS, D))) is None
     with torch.no_grad():
-        assert not hasattr(sparse_relu()(torch.randn(ROWS, D)).z, "_sae_sparse_support")
+        assert kept_support(sparse_relu()(torch.randn(ROWS, D))) is None
     forced = sparse_relu()
     forced.sparse_encoder_grad = False
-    assert not hasattr(forced(torch.randn(ROWS, D)).z, "_sae_sparse_support")
+    assert kept_support(forced(torch.randn(ROWS, D))) is None
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

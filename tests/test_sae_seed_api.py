@@ -374,7 +374,7 @@ def test_load_overcomplete_state_dict_jump_and_batchtopk():
 def test_a_safetensors_header_starting_with_0x80_is_not_taken_for_a_pickle(tmp_path):
     from safetensors.torch import save_file
 
-    from sae_hooks.sae.base import read_safetensors
+    from sae_hooks.sae.persistence import read_safetensors
 
     path = tmp_path / "w.safetensors"
     for pad in range(300):  # grow the header until its length's low byte is 0x80

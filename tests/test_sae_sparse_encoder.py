@@ -12,8 +12,9 @@ import pytest
 import torch
 from helpers import adam_gradients
 
-from sae_hooks.sae import BatchTopKSAE, JumpSAE, TopKSAE
+from sae_hooks.sae import BatchTopKSAE, JumpSAE, SAEOutput, TopKSAE
 from sae_hooks.sae import sparse as sparse_module
+from sae_hooks.sae.output import kept_support
 from sae_hooks.sae.sparse_encoder import fire_counts
 from sae_hooks.train import TensorSource, TrainConfig, Trainer
 from sae_hooks.train.losses import aux_k_loss
@@ -85,7 +86,9 @@ def test_aux_k_gradient_matches_the_dense_encoder():
     for sae in (sparse, dense):
         out = sae(x)
         residual = (x - out.x_hat).detach()
-        aux_k_loss(residual, out.z_pre, dead, sae.get_dictionary(), 8).backward()
+        aux_k_loss(
+            residual, out.z_pre, dead, sae.get_dictionary(), 8, support=out.support
+        ).backward()
     g_sparse, g_dense = grads(sparse), grads(dense)
     assert g_dense["encoder.weight"].abs().sum() > 0
     for name in g_dense:
@@ -137,9 +140,11 @@ def test_a_trainer_step_matches_the_dense_path(variant, tmp_path):
 def test_fire_counts_come_from_the_support_and_match_a_dense_count(variant):
     out = make(variant)(torch.randn(ROWS, D))
     dense_count = (out.z != 0).sum(0)
-    assert hasattr(out.z, "_sae_sparse_support")
-    torch.testing.assert_close(fire_counts(out.z), dense_count)
-    torch.testing.assert_close(fire_counts(out.z.detach().clone()), dense_count)
+    assert kept_support(out) is not None
+    torch.testing.assert_close(fire_counts(out), dense_count)
+    torch.testing.assert_close(
+        fire_counts(SAEOutput(out.z_pre, out.z.detach().clone(), out.x_hat)), dense_count
+    )
 
 
 @pytest.mark.parametrize("variant", ["topk", "batchtopk"])

@@ -1,7 +1,8 @@
 """Sparse autoencoders: ReLU, TopK, BatchTopK, JumpReLU, Matryoshka BatchTopK and
-(skip) transcoders, with safetensors save/load."""
+(skip) transcoders, with safetensors save/load. Other tools' formats (SAELens, the
+Hub, Neuronpedia) are sae_hooks.interop's: this package knows no model and no trainer."""
 
-from .base import SAE, SAE_REGISTRY, SAEOutput, load_sae
+from .base import SAE, SAE_REGISTRY, SAEOutput
 from .batchtopk import BatchTopKSAE
 from .dictionary import NORMALIZATIONS, DictionaryLayer
 from .encoders import (
@@ -12,12 +13,13 @@ from .encoders import (
     ResNetEncoder,
     register_encoder,
 )
-from .formats import export_saelens, import_saelens, saelens_metadata
 from .jump import JumpSAE, heaviside, jump_relu
 from .kernels import KERNELS
 from .matryoshka import MatryoshkaBatchTopKSAE
 from .modes import eval_mode
+from .output import TrainingSupport
 from .overcomplete import load_overcomplete_state_dict
+from .persistence import load_sae
 from .topk import TopKSAE
 from .training import TrainingContract
 from .transcoder import SkipTranscoder, Transcoder
@@ -44,14 +46,12 @@ __all__ = [
     "SkipTranscoder",
     "TopKSAE",
     "TrainingContract",
+    "TrainingSupport",
     "Transcoder",
     "eval_mode",
-    "export_saelens",
     "heaviside",
-    "import_saelens",
     "jump_relu",
     "load_overcomplete_state_dict",
     "load_sae",
     "register_encoder",
-    "saelens_metadata",
 ]

@@ -1,26 +1,22 @@
-"""The SAE base class (a plain ReLU SAE), its output type, and safetensors save/load.
+"""The SAE base class (a plain ReLU SAE), its output type, and the registry of variants.
 
 Variants override one step, `_sparsify(pre_codes, codes) -> z`; everything else
-(reshaping to rows, centring and scaling the input, decoding) lives here, save / load
-in the SAEPersistence mixin (persistence.py) and `load_sae` below.
+(reshaping to rows, centring and scaling the input, decoding) lives here, config / save
+in the SAEPersistence mixin (saving.py); `load_sae` reads a saved SAE back through the
+registry (persistence.py, above this module).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import warnings
-from pathlib import Path
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
 from torch import nn
 
 from . import shapes
-from .dictionary import DictionaryLayer, _positive_int, dictionary_kwargs
+from .dictionary import DictionaryLayer, dictionary_kwargs
 from .encoders import (
     TIED_ENCODERS,
     LinearEncoder,
@@ -28,8 +24,9 @@ from .encoders import (
     build_encoder,
     split_codes,
 )
-from .persistence import CONFIG_FILE, WEIGHTS_FILE, SAEPersistence
-from .persistence import FORMAT_VERSION as FORMAT_VERSION  # re-exported: base's old name
+from .output import EncoderInputs, SAEOutput, TrainingSupport, kept_support
+from .saving import FORMAT_VERSION as FORMAT_VERSION  # re-exported: base's old name
+from .saving import SAEPersistence
 from .sparse import (
     MAX_SPARSE_DENSITY,
     MAX_SPARSE_GRAD_DENSITY,
@@ -38,19 +35,13 @@ from .sparse import (
     decode_pairs,
     decode_ragged,
 )
-from .sparse_encoder import attach_gather, gather_pre_codes, kept_support, support_codes
+from .sparse_encoder import gather_pre_codes, support_codes
 from .training import TrainingContract
+
+__all__ = ["SAE", "SAE_REGISTRY", "SAEOutput"]
 
 SAE_REGISTRY: dict[str, type[SAE]] = {}
 """architecture name -> class; filled by every SAE subclass that sets `architecture`."""
-
-
-class SAEOutput(NamedTuple):
-    """What forward returns; unpacks like overcomplete's (z_pre, z, x_hat) tuple."""
-
-    z_pre: torch.Tensor
-    z: torch.Tensor
-    x_hat: torch.Tensor
 
 
 class SAE(SAEPersistence, TrainingContract, nn.Module):
@@ -70,7 +61,7 @@ class SAE(SAEPersistence, TrainingContract, nn.Module):
     divided by it, so an SAE trained on normalised rows runs on raw activations.
     How the trainer treats a variant (penalty, budget, init) is declared through
     `TrainingContract` (sae/training.py); config / save / from_config / load_weights
-    come from `SAEPersistence` (sae/persistence.py).
+    come from `SAEPersistence` (sae/saving.py).
     """
 
     architecture: ClassVar[str] = "relu"
@@ -108,9 +99,9 @@ class SAE(SAEPersistence, TrainingContract, nn.Module):
         device: str | torch.device = "cpu",
     ) -> None:
         super().__init__()
-        self.input_shape = _input_shape(input_shape)
+        self.input_shape = shapes.check_input_shape(input_shape)
         self.input_size = shapes.channel_width(self.input_shape)
-        self.nb_concepts = _positive_int("nb_concepts", nb_concepts)
+        self.nb_concepts = shapes.positive_int("nb_concepts", nb_concepts)
         tied = isinstance(encoder_module, str) and encoder_module in TIED_ENCODERS
         self.encoder, self._encoder_name, self._structured = build_encoder(
             None if tied else encoder_module, self.input_shape, nb_concepts, device
@@ -132,8 +123,10 @@ class SAE(SAEPersistence, TrainingContract, nn.Module):
         return self._decode_rows(z, from_forward=False) / self.input_scale
 
     def forward(self, x: torch.Tensor) -> SAEOutput:
-        z_pre, z, x_hat = self._forward_rows(self._to_rows(x))
-        return SAEOutput(z_pre, z, self._from_rows(x_hat / self.input_scale, x.shape))
+        """SAEOutput(z_pre, z, x_hat), with its `support` where the forward recorded one."""
+        out = self._forward_rows(self._to_rows(x))
+        x_hat = self._from_rows(out.x_hat / self.input_scale, x.shape)
+        return SAEOutput(out.z_pre, out.z, x_hat, out.support)
 
     def get_dictionary(self) -> torch.Tensor:
         """The normalised atoms, (nb_concepts, d)."""
@@ -143,7 +136,7 @@ class SAE(SAEPersistence, TrainingContract, nn.Module):
         """L1 of the codes weighted by their atoms' norms, summed over latents, mean over rows
         (over the kept codes alone when the forward recorded them: no (rows, n) pass)."""
         norms = self.get_dictionary().norm(dim=-1)
-        support = kept_support(out.z)
+        support = kept_support(out)
         if support is not None:
             weighted = support.values * norms.index_select(0, support.cols)
             return weighted.sum() / max(out.z.shape[0], 1)
@@ -176,11 +169,12 @@ class SAE(SAEPersistence, TrainingContract, nn.Module):
 
     def _sparse_pre_codes(
         self, rows: torch.Tensor, *, measured: bool = False
-    ) -> torch.Tensor | None:
-        """Dense pre-codes (N, n) whose kept entries the variant reads with
-        `sparse_encoder.gather_pre_codes`, so that the encoder's gradient is computed
-        from them alone; None where that path does not apply (another encoder, a
-        structured input, no gradient wanted, or a density above the cut-off).
+    ) -> tuple[torch.Tensor, EncoderInputs] | None:
+        """(pre, inputs): dense pre-codes (N, n) whose kept entries the variant reads with
+        `sparse_encoder.gather_pre_codes(pre, rows, cols, inputs)`, so that the encoder's
+        gradient is computed from them alone; None where that path does not apply
+        (another encoder, a structured input, no gradient wanted, or a density above the
+        cut-off). The forward's output carries `inputs` on (AuxK reads through them).
         measured: the variant counts its support after the matmul and falls back to
         the dense path itself (JumpReLU), so no density by construction is needed.
 
@@ -200,22 +194,20 @@ class SAE(SAEPersistence, TrainingContract, nn.Module):
         scaled = rows.to(torch.promote_types(rows.dtype, torch.float32)) * self.input_scale
         centred = scaled if bias is None else scaled - bias
         pre = F.linear(centred, enc.weight, enc.bias)
-        return attach_gather(pre, scaled, enc.weight, enc.bias, centre=bias)
+        return pre, EncoderInputs(scaled, bias, enc.weight, enc.bias)
 
     # -- decoding, dense or sparse ---------------------------------------------------
 
-    def _forward_rows(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(z_pre, z, x_hat before dividing by input_scale); TopK overrides it to decode
-        from the top-k indices it already has."""
+    def _forward_rows(self, rows: torch.Tensor) -> SAEOutput:
+        """SAEOutput(z_pre, z, x_hat before dividing by input_scale, support); TopK
+        overrides it to decode from the top-k indices it already has."""
         sparse = self._relu_through_support(rows)
         if sparse is not None:
             return sparse
         z_pre, z = self._encode_rows(rows)
-        return z_pre, z, self._decode_rows(z)
+        return SAEOutput(z_pre, z, self._decode_rows(z))
 
-    def _relu_through_support(
-        self, rows: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    def _relu_through_support(self, rows: torch.Tensor) -> SAEOutput | None:
         """A ReLU SAE with a gradient, through its positive codes when they are few.
 
         ReLU passes gradient only where z_pre > 0, so those pairs alone go through the
@@ -225,9 +217,10 @@ class SAE(SAEPersistence, TrainingContract, nn.Module):
         selection, another encoder, or above MAX_SPARSE_GRAD_DENSITY of the codes."""
         if type(self)._sparsify is not SAE._sparsify:
             return None
-        pre = self._sparse_pre_codes(rows, measured=True)
-        if pre is None:
+        found = self._sparse_pre_codes(rows, measured=True)
+        if found is None:
             return None
+        pre, inputs = found
         with torch.no_grad():
             positive = pre.detach() > 0
             # count_nonzero: a bool tensor's sum() widens it to int64 first (two
@@ -235,32 +228,37 @@ class SAE(SAEPersistence, TrainingContract, nn.Module):
             dense = int(positive.count_nonzero()) > MAX_SPARSE_GRAD_DENSITY * pre.numel()
         if dense and self.sparse_encoder_grad is None:  # counted first: no huge nonzero
             z = F.relu(pre)
-            return pre, z, self._decode_rows(z)
+            return SAEOutput(pre, z, self._decode_rows(z), TrainingSupport(encoder_inputs=inputs))
         flat_rows, cols = positive.nonzero(as_tuple=True)
-        values = gather_pre_codes(pre, flat_rows, cols)  # all > 0: ReLU is the identity
-        return pre, *self._codes_from_pairs(pre, flat_rows, cols, values)
+        values = gather_pre_codes(pre, flat_rows, cols, inputs)  # all > 0: ReLU is the identity
+        return self._codes_from_pairs(pre, inputs, flat_rows, cols, values)
 
     def _codes_from_pairs(
         self,
         pre: torch.Tensor,
+        inputs: EncoderInputs,
         rows: torch.Tensor,
         cols: torch.Tensor,
         values: torch.Tensor,
         *,
         max_density: float = MAX_SPARSE_DENSITY,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(z, x_hat) from the kept (row, col, value) pairs of a measured support: the
-        codes with their support recorded, and the pairs decoded sparsely unless
-        sparse_decode is False or (by default) they exceed max_density of the codes."""
+        penalty: torch.Tensor | None = None,
+    ) -> SAEOutput:
+        """The output from the kept (row, col, value) pairs of a measured support: the
+        codes with their support recorded (and the variant's penalty, if any), the pairs
+        decoded sparsely unless sparse_decode is False or (by default) they exceed
+        max_density of the codes."""
         dense_decode = check_sparse_decode(self.sparse_decode) is False or (
             self.sparse_decode is None and cols.numel() > max_density * pre.numel()
         )
         sparse = self._sparse_codes and not dense_decode
-        z = support_codes(pre, rows, cols, values, sparse=sparse)
+        z, kept = support_codes(pre, rows, cols, values, sparse=sparse)
+        support = TrainingSupport(kept, inputs, penalty)
         if dense_decode:
-            return z, self.dictionary.decode(z)
+            return SAEOutput(pre, z, self.dictionary.decode(z), support)
         atoms, bias = self.get_dictionary(), self.dictionary.bias
-        return z, decode_pairs(rows, cols, values, atoms, bias, n_rows=pre.shape[0])
+        x_hat = decode_pairs(rows, cols, values, atoms, bias, n_rows=pre.shape[0])
+        return SAEOutput(pre, z, x_hat, support)
 
     def _decode_rows(
         self,
@@ -376,141 +374,3 @@ SAE_REGISTRY[SAE.architecture] = SAE
 
 def _autocasting(rows: torch.Tensor) -> bool:
     return torch.is_autocast_enabled(rows.device.type)
-
-
-def load_sae(path: str | os.PathLike, device: str | torch.device = "cpu") -> SAE:
-    """Rebuild any registered SAE variant from a directory written by `SAE.save`."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no SAE at {path}")
-    if not path.is_dir():
-        raise ValueError(
-            f"{path} is a file{_pickle_hint(path)}; load_sae expects a directory with "
-            f"{CONFIG_FILE} and {WEIGHTS_FILE} (written by SAE.save)"
-        )
-    config_path = path / CONFIG_FILE
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{path} has no {CONFIG_FILE}; is it an SAE saved by SAE.save?")
-    try:
-        config = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{config_path} is not valid JSON: {err}") from err
-    if not isinstance(config, dict):
-        raise ValueError(f"{config_path} must hold a JSON object")
-    arch = config.get("architecture")
-    if arch not in SAE_REGISTRY:
-        raise ValueError(
-            f"unknown SAE architecture {arch!r} in {config_path}; known: {sorted(SAE_REGISTRY)}"
-        )
-    weights = path / WEIGHTS_FILE
-    # Sizes first, from the header alone: a config.json claiming 10**12 latents must not
-    # allocate anything before the weights file contradicts it.
-    skeleton = SAE_REGISTRY[arch].from_config(config, device="meta")
-    check_header(skeleton, read_safetensors_header(weights), weights)
-    sae = SAE_REGISTRY[arch].from_config(config, device=device)
-    tensors = read_safetensors(weights, device)
-    check_finite(tensors, weights)
-    sae.load_weights(tensors)
-    return sae.eval()  # inference is never silently in train mode (BatchTopK: batch top-k)
-
-
-def read_safetensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Tensors from a safetensors file; pickles and damaged files are clear errors."""
-    if not path.is_file():
-        raise FileNotFoundError(f"missing weights file {path}")
-    try:  # the safetensors parser never unpickles; the pickle hint only explains a failure
-        return load_file(path, device=str(device))  # (a header of 128 + 256 k bytes starts 0x80)
-    except (SafetensorError, OSError, ValueError) as err:
-        raise _unreadable(path, err) from None
-
-
-def read_safetensors_header(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
-    """name -> (shape, safetensors dtype such as "F32") from the header, reading no tensor."""
-    if not path.is_file():
-        raise FileNotFoundError(f"missing weights file {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return {
-                k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype())
-                for k in f.keys()  # noqa: SIM118 - safe_open has no __iter__
-            }
-    except (SafetensorError, OSError, ValueError) as err:
-        raise _unreadable(path, err) from None
-
-
-def _unreadable(path: Path, err: Exception) -> ValueError:
-    hint = _pickle_hint(path)
-    if hint:
-        return ValueError(
-            f"{path} is not a safetensors file{hint}; sae-hooks only reads safetensors "
-            "and never unpickles"
-        )
-    return ValueError(f"{path} is not a readable safetensors file (truncated or corrupt?): {err}")
-
-
-_FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
-
-
-def check_header(skeleton: SAE, header: dict[str, tuple[tuple[int, ...], str]], path: Path) -> None:
-    """The file's tensor names, shapes and dtypes must be those `skeleton` (on the meta
-    device: nothing allocated) expects; floating tensors must be stored as floats."""
-    try:
-        skeleton._match_layout(header)
-    except ValueError as err:
-        raise ValueError(f"{path}: {err}") from None
-    wrong, not_float = [], []
-    for name, tensor in skeleton.state_dict().items():
-        shape, dtype = header[name]
-        if tuple(tensor.shape) != shape:
-            wrong.append(f"{name} is {list(shape)} in the file, {list(tensor.shape)} by the config")
-        if tensor.is_floating_point() and dtype not in _FLOAT_DTYPES:
-            not_float.append(f"{name} ({dtype})")
-    if wrong:
-        raise ValueError(
-            f"the weights do not fit the config: {path} does not match "
-            f"{path.parent / CONFIG_FILE}: {'; '.join(wrong)}"
-        )
-    if not_float:
-        raise ValueError(
-            f"{path} stores {', '.join(not_float)}; SAE weights must be floating point "
-            f"(one of {', '.join(_FLOAT_DTYPES)})"
-        )
-
-
-def check_finite(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """Refuse NaN / inf weights, buffers and thresholds (one pass at load, never per step)."""
-    bad = [
-        f"{name} ({int((~torch.isfinite(t)).sum())} of {t.numel()})"
-        for name, t in tensors.items()
-        if t.is_floating_point() and not bool(torch.isfinite(t).all())
-    ]
-    if bad:
-        raise ValueError(
-            f"{path} holds NaN or infinite values in {', '.join(bad)}; the SAE is damaged "
-            "(a diverged training?) and cannot be used"
-        )
-
-
-def _pickle_hint(path: Path) -> str:
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if head[:1] == b"\x80":
-        return " (it looks like a pickle)"
-    if head == b"PK\x03\x04":
-        return " (it looks like a torch.save zip archive, which holds a pickle)"
-    return ""
-
-
-def _input_shape(shape: object) -> tuple[int, ...]:
-    if isinstance(shape, int) and not isinstance(shape, bool):
-        shape = (shape,)
-    if (
-        isinstance(shape, (tuple, list, torch.Size))
-        and 1 <= len(shape) <= 3
-        and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)
-    ):
-        return tuple(shape)
-    raise ValueError(
-        "input_shape must be a positive int d, or a tuple (seq, d) or (d, height, width) "
-        f"of positive ints, got {shape!r}"
-    )

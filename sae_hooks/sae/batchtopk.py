@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import SAE, SAEOutput
-from .dictionary import _positive_int
+from .output import TrainingSupport
+from .shapes import positive_int
 from .sparse import sort_indices
 from .sparse_encoder import batch_top_k, gather_pre_codes, support_codes
 from .topk import default_top_k
@@ -59,7 +60,7 @@ class BatchTopKSAE(SAE):
         *,
         top_k_per_sample: float | None = None,
     ) -> None:
-        nb_concepts = _positive_int("nb_concepts", nb_concepts)  # before k is checked against it
+        nb_concepts = positive_int("nb_concepts", nb_concepts)  # before k is checked against it
         if top_k is not None and top_k_per_sample is not None:
             raise ValueError(
                 "give top_k (codes for the whole batch) or top_k_per_sample (codes per row), not both"
@@ -205,10 +206,11 @@ class BatchTopKSAE(SAE):
             t = values.min().clamp_min(0.0)
         self._update_running_threshold(t)
 
-    def _forward_rows(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        pre = self._sparse_pre_codes(rows) if self.training else None
-        if pre is None:
+    def _forward_rows(self, rows: torch.Tensor) -> SAEOutput:
+        found = self._sparse_pre_codes(rows) if self.training else None
+        if found is None:
             return super()._forward_rows(rows)
+        pre, inputs = found
         # The budget's largest pre-codes, then ReLU (as top-k of ReLU(pre), one pass
         # fewer); the kept pairs sorted row-major give the decoder its row offsets and
         # the encoder its sparse gradient, with no host sync.
@@ -217,10 +219,11 @@ class BatchTopKSAE(SAE):
         flat = sort_indices(flat)[0]
         n = self.nb_concepts
         flat_rows, cols = flat.div(n, rounding_mode="floor"), flat.remainder(n)
-        kept = F.relu(gather_pre_codes(pre, flat_rows, cols))
+        kept = F.relu(gather_pre_codes(pre, flat_rows, cols, inputs))
         sparse = self._sparse_codes and self._decodes_sparsely(pre, True)
-        z = support_codes(pre, flat_rows, cols, kept, sparse=sparse)
-        return pre, z, self._decode_rows(z, (flat_rows, cols, kept))
+        z, support = support_codes(pre, flat_rows, cols, kept, sparse=sparse)
+        x_hat = self._decode_rows(z, (flat_rows, cols, kept))
+        return SAEOutput(pre, z, x_hat, TrainingSupport(support, inputs))
 
     @contextlib.contextmanager
     def frozen_threshold(self) -> Iterator[BatchTopKSAE]:

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .shapes import positive_int
+
 Normalization = str | Callable[[torch.Tensor], torch.Tensor]
 
 _EPS = 1e-12
@@ -79,8 +81,8 @@ class DictionaryLayer(nn.Module):
         use_bias: bool = True,
     ) -> None:
         super().__init__()
-        self.in_dimensions = _positive_int("in_dimensions", in_dimensions)
-        self.nb_concepts = _positive_int("nb_concepts", nb_concepts)
+        self.in_dimensions = positive_int("in_dimensions", in_dimensions)
+        self.nb_concepts = positive_int("nb_concepts", nb_concepts)
         d = self.in_dimensions
         self._normalize = _normalization(normalization)
         self.normalization = normalization
@@ -194,12 +196,6 @@ def dictionary_kwargs(params: object, device: str | torch.device) -> dict[str, A
             "pass device= to the SAE instead"
         )
     return {**kwargs, "device": device}
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 def _normalization(normalization: Normalization) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import sparse
-from .base import SAE, SAEOutput
+from .base import SAE
 from .kernels import DEFAULT_KERNEL, KERNEL_SUPPORT, KERNELS, Kernel, as_kernel, get_kernel
+from .output import EncoderInputs, SAEOutput, TrainingSupport
 from .sparse import (
     MAX_SPARSE_GRAD_DENSITY,
     check_sparse_decode,
@@ -27,8 +28,6 @@ from .sparse import (
 from .sparse_encoder import fixed_support, gather_pre_codes, support_codes
 from .training import firing_quantiles
 
-_ACTIVE = "_sae_jump_active"
-_WARM = "_sae_jump_warm"  # on z: selected by the warm-up's per-row top-k (no L0 term)
 DEFAULT_BANDWIDTH = 1e-3
 INITIAL_THRESHOLD = 1e-3
 MAX_SPARSE_SUPPORT_DENSITY = 0.12
@@ -223,18 +222,39 @@ class JumpSAE(SAE):
         if not torch.is_grad_enabled():
             return pre * (pre > self.threshold)
         if self._warm_k is not None:
-            values, indices = pre.topk(min(self._warm_k, pre.shape[-1]), dim=-1, sorted=False)
-            z = torch.zeros_like(pre).scatter(-1, indices, F.relu(values))
-            setattr(z, _WARM, True)
-            return z
+            return self._warm_codes(pre)
+        return self._jump_with_l0(pre)[0]
+
+    def _warm_codes(self, pre: torch.Tensor) -> torch.Tensor:
+        """The warm-up's selection (`step_phase`): each row's _warm_k largest codes after ReLU."""
+        values, indices = pre.topk(min(self._warm_k, pre.shape[-1]), dim=-1, sorted=False)
+        return torch.zeros_like(pre).scatter(-1, indices, F.relu(values))
+
+    def _jump_with_l0(self, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z, L0 per row averaged), sharing one kernel evaluation in the backward."""
         self._maybe_rethreshold(pre)
         z, active = JumpReLUWithL0.apply(pre, self.threshold, self.kernel_fn, self.bandwidth)
-        # For sparsity_loss of this very forward. Kept on the output z, not on the
-        # module: the (rows, n) tensors and their history go when the output does.
-        setattr(z, _ACTIVE, (pre, active.sum(dim=-1).mean()))
-        return z
+        return z, active.sum(dim=-1).mean()
 
-    def _forward_rows(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _forward_dense(
+        self, rows: torch.Tensor, found: tuple[torch.Tensor, EncoderInputs] | None = None
+    ) -> SAEOutput:
+        """Every code through JumpReLU (the warm-up's top-k in its phase), from the
+        pre-codes `found` by the sparse encoder path when given. With a gradient, the
+        output's support holds the forward's penalty for `sparsity_loss` (its L0, or 0
+        in the warm-up) and the encoder inputs of `found`."""
+        pre, inputs = found if found is not None else (self._pre_codes(rows)[0], None)
+        if not torch.is_grad_enabled():
+            z = self._sparsify(pre, pre)
+            return SAEOutput(pre, z, self._decode_rows(z))
+        if self._warm_k is not None:
+            z = self._warm_codes(pre)
+            x_hat = self._decode_rows(z)
+            return SAEOutput(pre, z, x_hat, TrainingSupport(None, inputs, x_hat.new_zeros(())))
+        z, l0 = self._jump_with_l0(pre)
+        return SAEOutput(pre, z, self._decode_rows(z), TrainingSupport(None, inputs, l0))
+
+    def _forward_rows(self, rows: torch.Tensor) -> SAEOutput:
         """With a gradient, through the codes' support when it is sparse.
 
         The backward needs a code where it is kept (z_pre > theta: the encoder's and the
@@ -250,9 +270,10 @@ class JumpSAE(SAE):
         if self._warm_k is not None:
             return self._forward_warm(rows)
         radius = self._kernel_radius()
-        pre = None if radius is None else self._sparse_pre_codes(rows, measured=True)
-        if pre is None:
-            return super()._forward_rows(rows)
+        found = None if radius is None else self._sparse_pre_codes(rows, measured=True)
+        if found is None:
+            return self._forward_dense(rows)
+        pre, inputs = found
         self._maybe_rethreshold(pre)
         theta, forced = self.threshold, self.sparse_encoder_grad
         cut = MAX_SPARSE_SUPPORT_DENSITY * pre.numel()
@@ -264,40 +285,45 @@ class JumpSAE(SAE):
             dense = forced is None and host and int(near.count_nonzero()) > cut
             flat_rows, cols = (None, None) if dense else near.nonzero(as_tuple=True)
         if dense or (forced is None and cols.numel() > cut):
-            z = self._sparsify(pre, pre)
-            return pre, z, self._decode_rows(z)
+            return self._forward_dense(rows, found)
         z_vals, active = JumpReLUWithL0.apply(
-            gather_pre_codes(pre, flat_rows, cols),
+            gather_pre_codes(pre, flat_rows, cols, inputs),
             theta.index_select(0, cols),
             self.kernel_fn,
             self.bandwidth,
         )
         # Its pairs at 0 cost the decoder one gradient pass each (`nonzero_pairs`).
-        z, x_hat = self._codes_from_pairs(
-            pre, flat_rows, cols, z_vals, max_density=MAX_SPARSE_SUPPORT_DENSITY
+        return self._codes_from_pairs(
+            pre,
+            inputs,
+            flat_rows,
+            cols,
+            z_vals,
+            max_density=MAX_SPARSE_SUPPORT_DENSITY,
+            penalty=active.sum() / pre.shape[0],
         )
-        setattr(z, _ACTIVE, (pre, active.sum() / pre.shape[0]))
-        return pre, z, x_hat
 
-    def _forward_warm(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _forward_warm(self, rows: torch.Tensor) -> SAEOutput:
         """The warm-up's selection (`step_phase`): each row's _warm_k largest pre-codes
-        after ReLU, TopK's sparse path where the density allows, no threshold."""
+        after ReLU, TopK's sparse path where the density allows, no threshold, no L0."""
         k = min(self._warm_k, self.nb_concepts)
         sparse = k <= MAX_SPARSE_GRAD_DENSITY * self.nb_concepts
-        pre = self._sparse_pre_codes(rows, measured=True) if sparse else None
-        if pre is None:
-            return super()._forward_rows(rows)  # dense: _sparsify's warm-up branch
+        found = self._sparse_pre_codes(rows, measured=True) if sparse else None
+        if found is None:
+            return self._forward_dense(rows)
+        pre, inputs = found
         indices = pre.detach().topk(k, dim=-1, sorted=False).indices
         flat_rows, cols = fixed_support(indices)
-        values = F.relu(gather_pre_codes(pre, flat_rows, cols)).view_as(indices)
+        values = F.relu(gather_pre_codes(pre, flat_rows, cols, inputs)).view_as(indices)
         sparse_decode = check_sparse_decode(self.sparse_decode) is not False
-        z = support_codes(
+        z, kept = support_codes(
             pre, flat_rows, cols, values.view(-1), sparse=self._sparse_codes and sparse_decode
         )
-        setattr(z, _WARM, True)
         if not sparse_decode:
-            return pre, z, self.dictionary.decode(z)
-        return pre, z, decode_fixed(indices, values, self.get_dictionary(), self.dictionary.bias)
+            x_hat = self.dictionary.decode(z)
+        else:
+            x_hat = decode_fixed(indices, values, self.get_dictionary(), self.dictionary.bias)
+        return SAEOutput(pre, z, x_hat, TrainingSupport(kept, inputs, x_hat.new_zeros(())))
 
     @torch.no_grad()
     def _maybe_rethreshold(self, pre: torch.Tensor) -> None:
@@ -319,14 +345,13 @@ class JumpSAE(SAE):
     def sparsity_loss(self, out: SAEOutput) -> torch.Tensor:
         """L0 per row, averaged: sum_i H(z_pre_i - theta_i) with the kernel STE.
 
-        On the output of a forward it reuses that forward's Heaviside, so the
-        backward evaluates the kernel once for the codes and the L0 together.
+        On the output of a training forward it returns the L0 that forward computed
+        (`SAEOutput.support.penalty`), so the backward evaluates the kernel once for the
+        codes and the L0 together.
         """
-        if getattr(out.z, _WARM, False):
-            return out.x_hat.new_zeros(())
-        cached = getattr(out.z, _ACTIVE, None)
-        if cached is not None and cached[0] is out.z_pre:
-            return cached[1]
+        support = out.support
+        if support is not None and support.penalty is not None:
+            return support.penalty  # this forward's own (0 in the warm-up)
         active = Heaviside.apply(out.z_pre, self.threshold, self.kernel_fn, self.bandwidth)
         return active.sum(dim=-1).mean()
 

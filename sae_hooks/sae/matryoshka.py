@@ -24,8 +24,8 @@ from torch import nn
 
 from .base import SAEOutput
 from .batchtopk import BatchTopKSAE
+from .output import Support, kept_support
 from .sparse import check_sparse_decode, decode_pairs
-from .sparse_encoder import Support, kept_support
 
 _DEFAULT_SHARES = (1, 1, 2, 4, 8)  # prefixes of 1/16, 1/8, 1/4, 1/2 and all of the atoms
 
@@ -100,7 +100,7 @@ class MatryoshkaBatchTopKSAE(BatchTopKSAE):
         work, no (rows, n) codes); otherwise one (N, group) @ (group, d) product.
         """
         atoms = self.get_dictionary()
-        support = kept_support(out.z)
+        support = kept_support(out)
         if check_sparse_decode(self.sparse_decode) is False:
             support = None
         z = out.z.to(atoms.dtype) if support is None else None

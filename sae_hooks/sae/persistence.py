@@ -1,127 +1,144 @@
-"""SAE persistence: config.json + model.safetensors, as a mixin of the SAE class.
+"""Reading SAE files back: `load_sae`, and the safetensors readers and checks it uses.
 
-Kept apart from base.py so the model class holds the maths and this one the on-disk
-contract (config keys, format version, tensor-name layout); `load_sae` and the
-header checks that read these files stay with the registry in base.py.
+A directory written by `SAE.save` (sae/saving.py) is rebuilt through the registry in
+base.py: sizes come from the weights file's header first (nothing allocated before the
+file agrees with config.json), then the tensors, refused if NaN or infinite. The
+safetensors parser never unpickles; a pickle or torch.save archive is named as such.
+This module sits above base.py: base.py never imports it.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
-from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors.torch import save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
 
-from .encoders import build_encoder, legacy_encoder
-
-if TYPE_CHECKING:
-    from .base import SAE
-
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-FORMAT_VERSION = 1
+from .base import SAE, SAE_REGISTRY
+from .saving import CONFIG_FILE, WEIGHTS_FILE
 
 
-class SAEPersistence:
-    """config() / save / from_config / load_weights of an SAE (mixed into `SAE`)."""
-
-    def config(self) -> dict[str, Any]:
-        """JSON-able constructor arguments plus "architecture"; enough for `load_sae`."""
-        if self._encoder_name is None:
-            raise ValueError(
-                f"a custom encoder module ({type(self.encoder).__name__}) cannot be rebuilt "
-                "from config.json; register a factory with register_encoder(name, factory) "
-                "and pass encoder_module=name"
-            )
-        shape = self.input_shape[0] if len(self.input_shape) == 1 else list(self.input_shape)
-        return {
-            "architecture": self.architecture,
-            "format_version": FORMAT_VERSION,
-            "input_shape": shape,
-            "nb_concepts": self.nb_concepts,
-            "encoder_module": self._encoder_name,
-            "dictionary_params": self.dictionary.config(),
-            **self._variant_config(),
-        }
-
-    def _variant_config(self) -> dict[str, Any]:
-        return {}
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write `path/config.json` and `path/model.safetensors` (no pickle)."""
-        config = self.config()
-        path = Path(path)
-        if path.exists() and not path.is_dir():
-            raise ValueError(f"{path} exists and is not a directory")
-        path.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-        _atomic_write(path / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, {"format": "pt"}))
-        text = json.dumps(config, indent=2) + "\n"
-        _atomic_write(path / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
-        return path
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any], device: str | torch.device = "cpu") -> SAE:
-        """A freshly initialised SAE of the architecture and size `config` describes."""
-        if not isinstance(config, dict):
-            raise ValueError(f"an SAE config must be a JSON object, got {type(config).__name__}")
-        config = dict(config)
-        arch = config.pop("architecture", None)
-        if arch != cls.architecture:
-            raise ValueError(f"config architecture {arch!r} does not match {cls.__name__}")
-        version = config.pop("format_version", None)
-        if version != FORMAT_VERSION:
-            raise ValueError(
-                f"unsupported SAE format_version {version!r}; this sae-hooks reads {FORMAT_VERSION}"
-            )
-        accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "device"}
-        unknown = sorted(set(config) - accepted)
-        if unknown:
-            raise ValueError(
-                f"unknown keys {unknown} in {arch!r} config; accepted: {sorted(accepted)}"
-            )
-        missing = sorted({"input_shape", "nb_concepts"} - set(config))
-        if missing:
-            raise ValueError(f"{arch!r} config lacks required keys {missing}")
-        if isinstance(config["input_shape"], list):
-            config["input_shape"] = tuple(config["input_shape"])
-        return cls(**config, device=device)
-
-    def load_weights(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Load a state dict strictly, adopting its floating dtype."""
-        self._match_layout(tensors)
-        weight = tensors.get("dictionary.weight")
-        if weight is not None and weight.is_floating_point():
-            self.to(weight.dtype)
-        try:
-            self.load_state_dict(tensors, strict=True)
-        except RuntimeError as err:
-            raise ValueError(f"weights do not fit {type(self).__name__}: {err}") from err
-
-    def _match_layout(self, names: Iterable[str]) -> None:
-        """Adopt the encoder layout the tensor names were saved with; the names must match."""
-        names = set(names)
-        legacy = legacy_encoder(self._encoder_name, names)
-        if legacy is not None:  # an SAE saved before its encoder name changed meaning
-            device = self.dictionary.weight.device
-            self.encoder, self._encoder_name, self._structured = build_encoder(
-                legacy, self.input_shape, self.nb_concepts, device
-            )
-        expected = set(self.state_dict())
-        if expected != names:
-            raise ValueError(
-                f"weights do not match {type(self).__name__}: missing {sorted(expected - names)}, "
-                f"unexpected {sorted(names - expected)}"
-            )
+def load_sae(path: str | os.PathLike, device: str | torch.device = "cpu") -> SAE:
+    """Rebuild any registered SAE variant from a directory written by `SAE.save`."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no SAE at {path}")
+    if not path.is_dir():
+        raise ValueError(
+            f"{path} is a file{_pickle_hint(path)}; load_sae expects a directory with "
+            f"{CONFIG_FILE} and {WEIGHTS_FILE} (written by SAE.save)"
+        )
+    config_path = path / CONFIG_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{path} has no {CONFIG_FILE}; is it an SAE saved by SAE.save?")
+    try:
+        config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{config_path} is not valid JSON: {err}") from err
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_path} must hold a JSON object")
+    arch = config.get("architecture")
+    if arch not in SAE_REGISTRY:
+        raise ValueError(
+            f"unknown SAE architecture {arch!r} in {config_path}; known: {sorted(SAE_REGISTRY)}"
+        )
+    weights = path / WEIGHTS_FILE
+    # Sizes first, from the header alone: a config.json claiming 10**12 latents must not
+    # allocate anything before the weights file contradicts it.
+    skeleton = SAE_REGISTRY[arch].from_config(config, device="meta")
+    check_header(skeleton, read_safetensors_header(weights), weights)
+    sae = SAE_REGISTRY[arch].from_config(config, device=device)
+    tensors = read_safetensors(weights, device)
+    check_finite(tensors, weights)
+    sae.load_weights(tensors)
+    return sae.eval()  # inference is never silently in train mode (BatchTopK: batch top-k)
 
 
-def _atomic_write(target: Path, write) -> None:
-    """Write to a temporary name, then rename: a killed save never leaves half a file."""
-    tmp = target.with_name(target.name + ".tmp")
-    write(str(tmp))
-    os.replace(tmp, target)
+def read_safetensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Tensors from a safetensors file; pickles and damaged files are clear errors."""
+    if not path.is_file():
+        raise FileNotFoundError(f"missing weights file {path}")
+    try:  # the safetensors parser never unpickles; the pickle hint only explains a failure
+        return load_file(path, device=str(device))  # (a header of 128 + 256 k bytes starts 0x80)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise _unreadable(path, err) from None
+
+
+def read_safetensors_header(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    """name -> (shape, safetensors dtype such as "F32") from the header, reading no tensor."""
+    if not path.is_file():
+        raise FileNotFoundError(f"missing weights file {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {
+                k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype())
+                for k in f.keys()  # noqa: SIM118 - safe_open has no __iter__
+            }
+    except (SafetensorError, OSError, ValueError) as err:
+        raise _unreadable(path, err) from None
+
+
+def _unreadable(path: Path, err: Exception) -> ValueError:
+    hint = _pickle_hint(path)
+    if hint:
+        return ValueError(
+            f"{path} is not a safetensors file{hint}; sae-hooks only reads safetensors "
+            "and never unpickles"
+        )
+    return ValueError(f"{path} is not a readable safetensors file (truncated or corrupt?): {err}")
+
+
+_FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
+
+
+def check_header(skeleton: SAE, header: dict[str, tuple[tuple[int, ...], str]], path: Path) -> None:
+    """The file's tensor names, shapes and dtypes must be those `skeleton` (on the meta
+    device: nothing allocated) expects; floating tensors must be stored as floats."""
+    try:
+        skeleton._match_layout(header)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    wrong, not_float = [], []
+    for name, tensor in skeleton.state_dict().items():
+        shape, dtype = header[name]
+        if tuple(tensor.shape) != shape:
+            wrong.append(f"{name} is {list(shape)} in the file, {list(tensor.shape)} by the config")
+        if tensor.is_floating_point() and dtype not in _FLOAT_DTYPES:
+            not_float.append(f"{name} ({dtype})")
+    if wrong:
+        raise ValueError(
+            f"the weights do not fit the config: {path} does not match "
+            f"{path.parent / CONFIG_FILE}: {'; '.join(wrong)}"
+        )
+    if not_float:
+        raise ValueError(
+            f"{path} stores {', '.join(not_float)}; SAE weights must be floating point "
+            f"(one of {', '.join(_FLOAT_DTYPES)})"
+        )
+
+
+def check_finite(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse NaN / inf weights, buffers and thresholds (one pass at load, never per step)."""
+    bad = [
+        f"{name} ({int((~torch.isfinite(t)).sum())} of {t.numel()})"
+        for name, t in tensors.items()
+        if t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
+    if bad:
+        raise ValueError(
+            f"{path} holds NaN or infinite values in {', '.join(bad)}; the SAE is damaged "
+            "(a diverged training?) and cannot be used"
+        )
+
+
+def _pickle_hint(path: Path) -> str:
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head[:1] == b"\x80":
+        return " (it looks like a pickle)"
+    if head == b"PK\x03\x04":
+        return " (it looks like a torch.save zip archive, which holds a pickle)"
+    return ""

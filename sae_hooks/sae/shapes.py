@@ -1,4 +1,6 @@
-"""Input shapes: what the encoder reads, and how x_hat goes back to the input's shape.
+"""Input shapes and sizes: what the encoder reads, how x_hat goes back to the input's
+shape, and the checks of the sizes an SAE is built with (`check_input_shape`,
+`positive_int`).
 
 input_shape is d, (seq, d) or (d, height, width) (overcomplete's convention: the
 channel width d comes last for sequences, first for images). A row encoder reads
@@ -13,6 +15,29 @@ from __future__ import annotations
 import torch
 
 from .encoders import split_codes
+
+
+def positive_int(name: str, value: object) -> int:
+    """value, checked to be a positive int (not a bool): a size such as nb_concepts."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def check_input_shape(shape: object) -> tuple[int, ...]:
+    """input_shape as a tuple: d, (seq, d) or (d, height, width) of positive ints."""
+    if isinstance(shape, int) and not isinstance(shape, bool):
+        shape = (shape,)
+    if (
+        isinstance(shape, (tuple, list, torch.Size))
+        and 1 <= len(shape) <= 3
+        and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)
+    ):
+        return tuple(shape)
+    raise ValueError(
+        "input_shape must be a positive int d, or a tuple (seq, d) or (d, height, width) "
+        f"of positive ints, got {shape!r}"
+    )
 
 
 def channel_width(input_shape: tuple[int, ...]) -> int:

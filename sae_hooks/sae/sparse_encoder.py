@@ -20,25 +20,24 @@ Gradients equal the dense path's up to float summation order
 (tests/test_sae_sparse.py). No host sync: offsets come from `searchsorted`.
 
 `z_pre` keeps its ordinary dense autograd history for callers who differentiate
-it; `gather_pre_codes(z_pre, rows, cols)` reads kept pre-codes through the sparse
-backward when the forward attached one to z_pre (AuxK uses it), and through
-plain indexing otherwise. A tensor attribute, so the sparse context lives and
-dies with the forward's own output (nothing is cached on the module).
+it; `gather_pre_codes(z_pre, rows, cols, inputs)` reads kept pre-codes through the
+sparse backward given the `EncoderInputs` that z_pre was computed from, and through
+plain indexing otherwise. The forward hands those inputs on in its output
+(`SAEOutput.support.encoder_inputs`, which AuxK reads), so the sparse context lives
+and dies with the forward's own output (nothing is cached on the module).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from . import sparse
+from .output import EncoderInputs, SAEOutput, Support, kept_support
 from .sparse import latent_grad, pairs_of, row_offsets
-
-_GATHER = "_sae_sparse_gather"
-_SUPPORT = "_sae_sparse_support"
 
 
 class SparsePreCodes(torch.autograd.Function):
@@ -86,36 +85,17 @@ class SparsePreCodes(torch.autograd.Function):
         return grad_x, grad_centre, grad_w, grad_b, None, None, None
 
 
-def attach_gather(
+def gather_pre_codes(
     pre: torch.Tensor,
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    centre: torch.Tensor | None = None,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    inputs: EncoderInputs | None = None,
 ) -> torch.Tensor:
-    """Mark pre = (x - centre) W^T + b (the dense pre-codes, with their own autograd
-    history) as readable through SparsePreCodes; returns pre. The centre (the decoder
-    bias) gets its gradient from the per-latent sums of the kept gradients."""
-    setattr(pre, _GATHER, (x, centre, weight, bias))
-    return pre
-
-
-def gather_pre_codes(pre: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """pre[rows, cols]; through the sparse backward when the forward attached it."""
-    source = getattr(pre, _GATHER, None)
-    if source is None or not torch.is_grad_enabled():
+    """pre[rows, cols]; through the sparse backward when `inputs` (what pre was computed
+    from, `EncoderInputs`) are given and a gradient is wanted."""
+    if inputs is None or not torch.is_grad_enabled():
         return pairs_of(pre, rows, cols)
-    return SparsePreCodes.apply(*source, pre, rows, cols)
-
-
-class Support(NamedTuple):
-    """The kept (row, latent, value) triples of a forward's codes, sorted by row; values
-    carry their autograd history. Fire counts, the L1 and Matryoshka's prefix losses
-    read them instead of a (rows, n) pass over z."""
-
-    rows: torch.Tensor
-    cols: torch.Tensor
-    values: torch.Tensor
+    return SparsePreCodes.apply(*inputs, pre, rows, cols)
 
 
 def support_codes(
@@ -125,9 +105,9 @@ def support_codes(
     values: torch.Tensor,
     *,
     sparse: bool = False,
-) -> torch.Tensor:
-    """The codes z (pre's shape) holding `values` at the kept (rows, cols) pairs and 0
-    elsewhere, with its `Support` recorded on it (`kept_support`).
+) -> tuple[torch.Tensor, Support]:
+    """(z, its `Support`): the codes z (pre's shape) holding `values` at the kept
+    (rows, cols) pairs and 0 elsewhere, and those pairs, for the forward's output.
 
     Dense by default. sparse: a sparse COO tensor of the same codes instead, for a
     forward whose caller reads only the support (the trainer's, inside
@@ -141,20 +121,14 @@ def support_codes(
     else:
         n = pre.shape[-1]
         z = torch.zeros_like(pre).flatten().scatter(0, rows * n + cols, values).view_as(pre)
-    setattr(z, _SUPPORT, Support(rows, cols, values))
-    return z
+    return z, Support(rows, cols, values)
 
 
-def kept_support(z: torch.Tensor) -> Support | None:
-    """The `Support` that the forward recorded on z, or None when z came from a dense
-    path (or was made by a caller)."""
-    return getattr(z, _SUPPORT, None)
-
-
-def fire_counts(z: torch.Tensor) -> torch.Tensor:
-    """Per-latent count of non-zero codes (n,) int64, from the kept support when the
-    forward recorded it (M index_adds, no (rows, n) pass), else from z itself."""
-    support = kept_support(z)
+def fire_counts(out: SAEOutput) -> torch.Tensor:
+    """Per-latent count of non-zero codes (n,) int64 of a forward's output, from its
+    kept support when the forward recorded one (M index_adds, no (rows, n) pass), else
+    from the codes out.z themselves."""
+    z, support = out.z, kept_support(out)
     if support is None:
         return (z.detach().reshape(-1, z.shape[-1]) != 0).sum(0)
     counts = torch.zeros(z.shape[-1], dtype=torch.int64, device=z.device)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import SAE, SAEOutput
+from .output import TrainingSupport
 from .sparse_encoder import fixed_support, gather_pre_codes, support_codes
 
 
@@ -56,20 +57,22 @@ class TopKSAE(SAE):
         values, indices = codes.topk(self.top_k, dim=-1, sorted=False)
         return torch.zeros_like(codes).scatter(-1, indices, values), (indices, values)
 
-    def _forward_rows(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        pre = self._sparse_pre_codes(rows)
-        if pre is None:
+    def _forward_rows(self, rows: torch.Tensor) -> SAEOutput:
+        found = self._sparse_pre_codes(rows)
+        if found is None:
             pre, codes = self._pre_codes(rows)
             z, support = self._keep_top_k(codes)
-            return pre, z, self._decode_rows(z, support)
+            return SAEOutput(pre, z, self._decode_rows(z, support))
         # The k largest pre-codes, then ReLU: the same codes as top-k of ReLU(pre), one
         # (rows, n) pass fewer; gradient reaches the encoder through the k kept only.
+        pre, inputs = found
         indices = pre.detach().topk(self.top_k, dim=-1, sorted=False).indices
         flat_rows, cols = fixed_support(indices)
-        values = F.relu(gather_pre_codes(pre, flat_rows, cols)).view_as(indices)
+        values = F.relu(gather_pre_codes(pre, flat_rows, cols, inputs)).view_as(indices)
         sparse = self._sparse_codes and self._decodes_sparsely(pre, True)
-        z = support_codes(pre, flat_rows, cols, values.view(-1), sparse=sparse)
-        return pre, z, self._decode_rows(z, (indices, values))
+        z, kept = support_codes(pre, flat_rows, cols, values.view(-1), sparse=sparse)
+        x_hat = self._decode_rows(z, (indices, values))
+        return SAEOutput(pre, z, x_hat, TrainingSupport(kept, inputs))
 
     def _code_density(self, z: torch.Tensor) -> float:
         return self.top_k / self.nb_concepts

@@ -69,7 +69,7 @@ class TrainingContract:
     dense_codes_in_loss: ClassVar[bool] = False
     """True where `reconstruction_loss` or `sparsity_loss` reads the codes z as a dense
     (N, n) matrix (a loss that slices z by latent, say) rather than through the support
-    the forward records (`sparse_encoder.kept_support`); such a variant's training
+    the forward records (`SAEOutput.support`, sae/output.py); such a variant's training
     forward keeps dense codes inside `sparse_codes`."""
 
     _sparse_codes: bool = False
@@ -78,7 +78,7 @@ class TrainingContract:
     def sparse_codes(self) -> Iterator[None]:
         """While active, a forward that selects its codes through a kept support and
         decodes that support returns z as a sparse COO tensor of the same codes, the
-        support recorded on it (`sparse_encoder.support_codes`). The trainer's forward
+        support recorded in the output (`SAEOutput.support`). The trainer's forward
         runs inside: its losses and fire counts read the support alone, and dense codes
         would cost a zero fill, a scatter and a (rows x n) matrix of memory a step."""
         previous = self._sparse_codes

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import SAE, SAEOutput
-from .dictionary import DictionaryLayer, _positive_int, dictionary_kwargs
+from .dictionary import DictionaryLayer, dictionary_kwargs
+from .shapes import positive_int
 
 
 class Transcoder(SAE):
@@ -63,7 +64,7 @@ class Transcoder(SAE):
                 f"a transcoder reads rows: input_shape must be an int d, got {input_shape!r}"
             )
         self.output_size = (
-            self.input_size if output_size is None else _positive_int("output_size", output_size)
+            self.input_size if output_size is None else positive_int("output_size", output_size)
         )
         if self.output_size != self.input_size:
             params = dictionary_kwargs(dictionary_params, device)

@@ -40,7 +40,7 @@ import math
 import os
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -266,13 +266,7 @@ class ActivationLoader:
         """
 
         def put(item: Any) -> bool:
-            while not stop.is_set():
-                try:
-                    out.put(item, timeout=0.05)
-                    return True
-                except queue.Full:
-                    continue
-            return False
+            return _put(out, stop, item)
 
         if first >= len(self):
             put(_END)
@@ -280,7 +274,6 @@ class ActivationLoader:
         try:
             plan = self._plan(epoch)
             offsets = np.cumsum([0] + [sum(b - a for a, b in bs) for bs in plan])
-            k = int(np.searchsorted(offsets, first * self.batch_size, side="right")) - 1
             mapped = self._mapped()
             if mapped is None:
                 scratch = self._take_scratch(int(np.diff(offsets).max()))
@@ -288,41 +281,57 @@ class ActivationLoader:
             else:  # rows straight from the page cache: no scratch, no read
                 scratch = None
                 fill = lambda k: (self._index, epoch, k, plan[k], mapped)  # noqa: E731
-            with (
-                ThreadPoolExecutor(1, thread_name_prefix="ActivationLoader-read") as reader,
-                ThreadPoolExecutor(
-                    max(1, GATHER_THREADS), thread_name_prefix="ActivationLoader-gather"
-                ) as pool,
-            ):
-                nxt = reader.submit(*fill(k))
-                buf, perm = nxt.result()
-                if k + 1 < len(plan):
-                    nxt = reader.submit(*fill(k + 1))
-                for i in range(first, len(self)):
-                    lo, hi = i * self.batch_size, min((i + 1) * self.batch_size, self.n_rows)
-                    batch, bits = self._new_batch(hi - lo)
-                    while lo < hi:
-                        if lo == offsets[k + 1]:  # buffer k is spent: its scratch is free
-                            k += 1
-                            buf, perm = nxt.result()
-                            if k + 1 < len(plan):
-                                nxt = reader.submit(*fill(k + 1))
-                        take = min(hi, int(offsets[k + 1])) - lo
-                        at = lo - int(offsets[k])
-                        dest = bits[lo - i * self.batch_size : lo - i * self.batch_size + take]
-                        if perm is None:
-                            np.copyto(dest, buf[at : at + take])
-                        else:  # one gather: the buffer's permutation, cut into batches
-                            _gather(buf, perm[at : at + take], dest, pool)
-                        lo += take
-                    if not put(self._on_host(batch, bits)):
-                        return
+            if not self._cut_batches(first, offsets, len(plan), fill, put):
+                return
             if scratch is not None:  # only after the reader thread has finished
                 self._scratch_pool.append(scratch)
         except BaseException as err:
             put(err)
             return
         put(_END)
+
+    def _cut_batches(
+        self,
+        first: int,
+        offsets: np.ndarray,
+        n_buffers: int,
+        fill: Callable[[int], tuple],
+        put: Callable[[Any], bool],
+    ) -> bool:
+        """Batches first.. cut from buffers read by `fill(k)` (buffer k holds the epoch's
+        rows offsets[k]:offsets[k + 1]), each handed to `put`; False when the consumer
+        stopped listening. Returns once the reader thread has finished."""
+        k = int(np.searchsorted(offsets, first * self.batch_size, side="right")) - 1
+        with (
+            ThreadPoolExecutor(1, thread_name_prefix="ActivationLoader-read") as reader,
+            ThreadPoolExecutor(
+                max(1, GATHER_THREADS), thread_name_prefix="ActivationLoader-gather"
+            ) as pool,
+        ):
+            nxt = reader.submit(*fill(k))
+            buf, perm = nxt.result()
+            if k + 1 < n_buffers:
+                nxt = reader.submit(*fill(k + 1))
+            for i in range(first, len(self)):
+                lo, hi = i * self.batch_size, min((i + 1) * self.batch_size, self.n_rows)
+                batch, bits = self._new_batch(hi - lo)
+                while lo < hi:
+                    if lo == offsets[k + 1]:  # buffer k is spent: its scratch is free
+                        k += 1
+                        buf, perm = nxt.result()
+                        if k + 1 < n_buffers:
+                            nxt = reader.submit(*fill(k + 1))
+                    take = min(hi, int(offsets[k + 1])) - lo
+                    at = lo - int(offsets[k])
+                    dest = bits[lo - i * self.batch_size : lo - i * self.batch_size + take]
+                    if perm is None:
+                        np.copyto(dest, buf[at : at + take])
+                    else:  # one gather: the buffer's permutation, cut into batches
+                        _gather(buf, perm[at : at + take], dest, pool)
+                    lo += take
+                if not put(self._on_host(batch, bits)):
+                    return False
+        return True
 
     def _mapped(self) -> np.ndarray | None:
         """The point's rows mapped over the page cache, when the store offers that (else None):
@@ -339,6 +348,17 @@ class ActivationLoader:
                 return pair
         shape = (rows, self.store.d_model(self.point))
         return [np.empty(shape, self._stored_numpy) for _ in range(2)]
+
+
+def _put(out: queue.Queue, stop: threading.Event, item: Any) -> bool:
+    """Hand item to the consumer, waiting while the queue is full; False once `stop` is set."""
+    while not stop.is_set():
+        try:
+            out.put(item, timeout=0.05)
+            return True
+        except queue.Full:
+            continue
+    return False
 
 
 def _gather(src: np.ndarray, idx: np.ndarray, dest: np.ndarray, pool: ThreadPoolExecutor) -> None:

@@ -37,7 +37,7 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from sae_hooks.distributed import ProcessRank
-from sae_hooks.sae.base import read_safetensors
+from sae_hooks.sae.persistence import read_safetensors
 
 CHECKPOINT = "checkpoint"
 _OLD = "checkpoint.old"

@@ -17,6 +17,7 @@ from sae_hooks.sae.sparse_encoder import fixed_support, gather_pre_codes
 if TYPE_CHECKING:
     from sae_hooks.distributed import ProcessRank
     from sae_hooks.sae import SAE
+    from sae_hooks.sae.output import TrainingSupport
 
     from .window import DeadLatents
 
@@ -29,6 +30,8 @@ def aux_k_loss(
     dead: torch.Tensor,
     dictionary: torch.Tensor,
     k_aux: int,
+    *,
+    support: TrainingSupport | None = None,
 ) -> torch.Tensor:
     """AuxK (Gao et al. 2024): let the dead latents explain what the live ones missed.
 
@@ -40,15 +43,17 @@ def aux_k_loss(
     0 when nothing is dead.
 
     The selection runs without gradient; the k_aux chosen pre-codes are then read
-    with `gather_pre_codes`, so an SAE forward with a sparse encoder gradient
-    back-propagates AuxK through those pairs only (sae/sparse_encoder.py).
+    with `gather_pre_codes`, so given the support of an SAE forward with a sparse
+    encoder gradient (`SAEOutput.support`, whose encoder inputs z_pre came from), AuxK
+    back-propagates through those pairs only (sae/sparse_encoder.py).
     """
     k = min(k_aux, z_pre.shape[-1])
     with torch.no_grad():
         candidates = torch.where(dead, z_pre.detach(), 0.0).clamp_min_(0.0)
         indices = candidates.topk(k, dim=-1, sorted=False).indices
     rows, cols = fixed_support(indices)
-    picked = gather_pre_codes(z_pre, rows, cols).view_as(indices)
+    inputs = None if support is None else support.encoder_inputs
+    picked = gather_pre_codes(z_pre, rows, cols, inputs).view_as(indices)
     was_dead = dead.index_select(0, indices.reshape(-1)).view_as(indices)
     values = F.relu(picked) * was_dead  # a live latent picked as a 0 contributes 0
     # embedding_bag gathers k atoms per row without a dense (N, n) @ (n, d) decode.
@@ -87,6 +92,7 @@ def trainer_aux_loss(
     k_aux: int,
     rank: ProcessRank,
     device: torch.device,
+    support: TrainingSupport | None = None,
 ) -> torch.Tensor:
     """AuxK while some latent is dead (the trainer checks every few steps), else a constant 0.
 
@@ -95,7 +101,7 @@ def trainer_aux_loss(
     """
     if not active:
         return torch.zeros((), device=device)
-    aux = aux_k_loss(residual, z_pre, dead.mask(), sae.get_dictionary(), k_aux)
+    aux = aux_k_loss(residual, z_pre, dead.mask(), sae.get_dictionary(), k_aux, support=support)
     if rank.distributed:
         aux = aux * aux_k_rank_scale(residual, rank)
     return aux

@@ -308,10 +308,11 @@ class Trainer:
                 k_aux=cfg.aux_k,
                 rank=self.rank,
                 device=self.device,
+                support=out.support,
             )
             loss = loss + cfg.aux_coefficient * aux
         x_hat = out.x_hat.detach()
-        fires = fire_counts(out.z)  # from the kept support where the forward recorded it
+        fires = fire_counts(out)  # from the kept support where the forward recorded it
         # The sparse paths' backward keeps no (rows, n) tensor: dropping the output frees
         # the pre-codes before the backward allocates the gradients (peak memory).
         del out

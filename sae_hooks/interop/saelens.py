@@ -34,12 +34,12 @@ from typing import Any
 import torch
 
 from sae_hooks.hooks.points import hook_name_of_point, point_from_hook_name
-
-from .base import SAE, SAE_REGISTRY, read_safetensors
-from .batchtopk import BatchTopKSAE
-from .encoders import LinearEncoder
-from .jump import JumpSAE
-from .topk import TopKSAE
+from sae_hooks.sae.base import SAE, SAE_REGISTRY
+from sae_hooks.sae.batchtopk import BatchTopKSAE
+from sae_hooks.sae.encoders import LinearEncoder
+from sae_hooks.sae.jump import JumpSAE
+from sae_hooks.sae.persistence import read_safetensors
+from sae_hooks.sae.topk import TopKSAE
 
 SAELENS_CONFIG = "cfg.json"
 SAELENS_WEIGHTS = "sae_weights.safetensors"
