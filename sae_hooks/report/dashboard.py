@@ -4,14 +4,14 @@ What is computed here, for EVERY latent: density, max/mean activation, decoder
 norm, histogram, top and activation-quantile examples, logit-lens tokens,
 nearest latents by decoder cosine and by co-firing. `site.write_site` turns it
 into index.html (run header, sortable/searchable index of all latents) and one
-latent.html whose data loads lazily from data/latents/<chunk>.js.
+latent.html whose data loads lazily from data/latents/<chunk>.js. (`Dashboard`, what
+is computed, is defined beside the writer that renders it: report/site.py.)
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from sae_hooks.report.contexts import Example, gather_examples
+from sae_hooks.report.contexts import gather_examples
 from sae_hooks.report.features import FeatureStats, collect_features
 from sae_hooks.report.neighbours import cofire_neighbours, decoder_neighbours, decoder_norms
 from sae_hooks.report.rows import Rows
+from sae_hooks.report.site import Dashboard
 from sae_hooks.report.summary import RunInfo
 from sae_hooks.report.tokens import TokenText
 
@@ -111,40 +112,6 @@ def _ablation_dicts(ablations: Any) -> list[dict[str, Any]]:
             )
         out.append(dict(d))
     return out
-
-
-@dataclass
-class Dashboard:
-    """Everything the report shows, computed; `write(folder)` renders it."""
-
-    run: RunInfo
-    nb_concepts: int
-    latents: list[int]  # the latents that have examples / logit tokens computed
-    norms: torch.Tensor
-    stats: FeatureStats | None = None
-    examples: dict[int, list[Example]] = field(default_factory=dict)
-    vision: bool = False
-    tokens: TokenText | None = None
-    logits: dict[int, tuple[list[tuple[int, float]], list[tuple[int, float]]]] = field(
-        default_factory=dict
-    )
-    cosine: tuple[torch.Tensor, torch.Tensor] | None = None
-    cofire: tuple[torch.Tensor, torch.Tensor] | None = None
-    ablations: list[dict[str, Any]] = field(default_factory=list)
-    images: Any = None
-    training_png: str | os.PathLike | None = None
-    sweep: list[dict[str, Any]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def title(self) -> str:
-        return f"SAE report: {self.run.name}"
-
-    def write(self, out: str | os.PathLike, index_name: str = "index.html") -> Path:
-        """Write the folder (index, latent page, data chunks, thumbnails); return the index."""
-        from sae_hooks.report.site import write_site
-
-        return write_site(self, Path(out), index_name)
 
 
 def _logit_lens(
