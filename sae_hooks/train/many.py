@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from sae_hooks.activations import ActivationBatch
 from sae_hooks.distributed import processes, sync_replicas_
 from sae_hooks.sae import SAE
 
@@ -301,7 +302,7 @@ class MultiPointSource:
             raise ValueError("MultiPointSource needs at least one point")
         self.model, self.data, self.options = model, data, options
         self.forwards = 0  # model forwards run (tests and benchmarks read it)
-        self._cache: dict[int, tuple[dict[str, torch.Tensor], torch.Tensor, set[str]]] = {}
+        self._cache: dict[int, tuple[ActivationBatch, set[str]]] = {}  # batch, points taken
         self._views: dict[str, SharedModelSource] = {}
 
     def for_point(self, point: str | None) -> RowSource:
@@ -319,12 +320,12 @@ class MultiPointSource:
             self.forwards += 1
             drop_bos = self.options.get("drop_bos", False)
             batch = capture_batch(self.model, self.points, inputs, drop_bos=drop_bos)
-            self._cache[i] = (dict(batch.acts), batch.doc_index, set())
-        acts, doc_index, taken = self._cache[i]
+            self._cache[i] = (batch, set())
+        batch, taken = self._cache[i]
         taken.add(point)
         if taken >= set(self._views):
             del self._cache[i]
-        return acts[point], doc_index
+        return batch.acts[point], batch.doc_index
 
 
 class SharedModelSource(ModelSource):
