@@ -124,10 +124,15 @@ def take_rows(batch: Batch, index: slice | torch.Tensor) -> Batch:
 
 
 def to_training(
-    batch: Batch, device: torch.device | str, scale: float = 1.0, *, non_blocking: bool = False
+    batch: Batch,
+    device: torch.device | str,
+    scale: float | None = None,
+    *,
+    non_blocking: bool = False,
 ) -> Batch:
     """A loader's batch as float32 rows on `device`, multiplied by the training scale s
-    (one s for both sides of a RowPair)."""
+    when given (one s for both sides of a RowPair)."""
     if isinstance(batch, RowPair):
         return RowPair(*(to_training(t, device, scale, non_blocking=non_blocking) for t in batch))
-    return batch.to(device, torch.float32, non_blocking=non_blocking) * scale
+    rows = batch.to(device, torch.float32, non_blocking=non_blocking)
+    return rows if scale is None else rows * scale

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from sae_hooks.activations import ActivationBatch
+from sae_hooks.activations import ActivationBatch, Batch, to_training
 from sae_hooks.distributed import processes, sync_replicas_
 from sae_hooks.sae import SAE
 
@@ -208,8 +208,8 @@ class _Lockstep:
 
     def _step(self, movers: list[Trainer], bar: tqdm) -> None:
         """One step of every mover: each stream read once, one all-reduce for all."""
-        batches: dict[int, torch.Tensor] = {}
-        scaled: dict[tuple[int, str, float], torch.Tensor] = {}
+        batches: dict[int, Batch] = {}
+        scaled: dict[tuple[int, str, float], Batch] = {}
         pending: list[PendingStep] = []
         for t in movers:
             key = id(t.loader)
@@ -217,8 +217,7 @@ class _Lockstep:
                 batches[key] = next(self.streams[key])
             x_key = (key, str(t.device), t.scale)
             if x_key not in scaled:
-                x = batches[key].to(t.device, torch.float32, non_blocking=True)
-                scaled[x_key] = x * t.scale
+                scaled[x_key] = to_training(batches[key], t.device, t.scale, non_blocking=True)
             pending.append(t.backward(scaled[x_key]))
         if self.rank.distributed:
             sync_all_(movers, pending, self.rank)
