@@ -12,6 +12,7 @@ This module imports torch and numpy only, so every layer of the package may use 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -100,7 +101,7 @@ class RowPair(NamedTuple):
     """Paired training rows: the SAE reads x (N, d_in) and must predict y (N, d_out).
 
     Unpacks as `x, y = pair`. The trainer's intake handles a RowPair and a tensor of
-    rows alike through `n_rows`, `take_rows`, `to_training` below.
+    rows alike through `n_rows`, `take_rows`, `to_training` and `full_batches` below.
     """
 
     x: torch.Tensor
@@ -136,3 +137,22 @@ def to_training(
         return RowPair(*(to_training(t, device, scale, non_blocking=non_blocking) for t in batch))
     rows = batch.to(device, torch.float32, non_blocking=non_blocking)
     return rows if scale is None else rows * scale
+
+
+def full_batches(loader: Iterable[Batch], batch_size: int) -> Iterator[Batch]:
+    """Endless batches of exactly batch_size rows, epoch after epoch.
+
+    A short last batch of an epoch is skipped: a per-batch budget (BatchTopK) must
+    see the same number of rows at every training step.
+    """
+    while True:
+        n = 0
+        for batch in loader:
+            if n_rows(batch) == batch_size:
+                n += 1
+                yield batch
+        if n == 0:
+            raise ValueError(
+                f"the training split yields no full batch of {batch_size} rows; "
+                "lower batch_size or add data"
+            )

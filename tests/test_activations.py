@@ -10,13 +10,14 @@ import torch
 from sae_hooks.activations import (
     ActivationBatch,
     RowPair,
+    full_batches,
     n_rows,
     take_rows,
     to_training,
 )
 from sae_hooks.hooks.capture import ActivationBatch as CaptureBatch
 from sae_hooks.report.dashboard import as_rows
-from sae_hooks.train.sources import PairedLoader, TensorLoader, full_batches
+from sae_hooks.train.sources import PairedLoader, TensorLoader
 
 
 def _batch(n: int = 6) -> ActivationBatch:

@@ -77,10 +77,8 @@ class TensorSource:
         n = n_rows(rows)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
         n_val = round(val_fraction * n)
-        self._splits = {
-            "val": take_rows(rows, order[:n_val]),
-            "train": take_rows(rows, order[n_val:]),
-        }
+        val, train = order[:n_val], order[n_val:]
+        self._splits = {"val": take_rows(rows, val), "train": take_rows(rows, train)}
 
     def loader(self, split: str, batch_size: int, *, seed: int) -> TensorLoader:
         _check_split(split)
@@ -365,7 +363,7 @@ class TensorPairSource(TensorSource):
             check_finite(t, f"TensorPairSource {name}")
         self._split(pair, val_fraction, split_seed)
         self.d_model, self.d_target = inputs.shape[1], targets.shape[1]
-        # E||[x | y]||^2 / 2, summed over each row's joined values as it always was.
+        # E||[x | y]||^2 / 2 summed over each joined row, as before pairs (the same scale)
         self._msn = float(torch.cat(pair, dim=1).double().pow(2).sum(-1).mean()) / 2
 
     def mean_sq_norm(self) -> float | None:
@@ -491,22 +489,3 @@ def _check_split(split: str) -> None:
 
     if split not in SPLITS:
         raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
-
-
-def full_batches(loader: Loader, batch_size: int) -> Iterator[Batch]:
-    """Endless batches of exactly batch_size rows, epoch after epoch.
-
-    A short last batch of an epoch is skipped: a per-batch budget (BatchTopK) must
-    see the same number of rows at every training step.
-    """
-    while True:
-        n = 0
-        for batch in loader:
-            if n_rows(batch) == batch_size:
-                n += 1
-                yield batch
-        if n == 0:
-            raise ValueError(
-                f"the training split yields no full batch of {batch_size} rows; "
-                "lower batch_size or add data"
-            )

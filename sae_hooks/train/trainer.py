@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from sae_hooks.activations import Batch, to_training
+from sae_hooks.activations import Batch, full_batches, to_training
 from sae_hooks.devices import available_device
 from sae_hooks.distributed import RankSlice, processes, sync_replicas_
 from sae_hooks.sae import SAE, SAE_REGISTRY
@@ -51,7 +51,7 @@ from .init import initialise_from_data
 from .losses import trainer_aux_loss
 from .runlog import NoLog, RunLog
 from .schedule import lr_factor
-from .sources import Loader, RowSource, as_source, full_batches
+from .sources import Loader, RowSource, as_source
 from .step_metrics import StepMetrics
 from .validation import validate
 from .window import DeadLatents, LogWindow
