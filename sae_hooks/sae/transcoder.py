@@ -13,8 +13,8 @@ often far smaller than its (normalised) input. A trained transcoder maps raw MLP
 inputs to raw MLP outputs: y_hat = (D z + W_skip x s + b_dec) / (s r).
 
 Training batches are `RowPair`s (x, y) of input and target rows (TrainConfig.point
-and target_point; sae_hooks/activations.py); see `training_pair`. Splice with `sae_hooks.hooks.splice_transcoder`, evaluate with
-`sae_hooks.eval.evaluate_transcoder`.
+and target_point; sae_hooks/activations.py); see `training_pair`. Splice with
+`sae_hooks.hooks.splice_transcoder`, evaluate with `sae_hooks.eval.evaluate_transcoder`.
 """
 
 from __future__ import annotations
