@@ -399,14 +399,14 @@ def _sae_and_point(args: argparse.Namespace):
 def _check_model_matches_store(args: argparse.Namespace, model) -> None:
     """The run's own SAE must meet the model its store was captured from (--family, --model-dir)."""
     from sae_hooks.store import open_store
-    from sae_hooks.store.capture import _model_name
+    from sae_hooks.store.capture import recorded_model_name
 
     store_dir = _run_dir(args) / "store"
     if getattr(args, "record", None) is not None and not getattr(args, "family_given", True):
         return  # the model came from the run's own run.json
     if args.sae or not (store_dir / "zarr.json").is_file():
         return
-    captured, given = open_store(str(store_dir)).model, _model_name(model)
+    captured, given = open_store(str(store_dir)).model, recorded_model_name(model)
     if captured and captured != given:
         raise ValueError(
             f"--family {args.family} loads model {given!r}, but the SAE of run {args.run!r} was "

@@ -28,6 +28,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from sae_hooks.activations import n_rows, take_rows
+
 __all__ = ["ProcessRank", "RankSlice", "processes", "sync_replicas_"]
 
 
@@ -128,9 +130,9 @@ class RankSlice:
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         rank, world = self.rank.rank, self.rank.world
-        for batch in self.loader:
-            b = batch.shape[0] // world
-            yield batch[rank * b : (rank + 1) * b]
+        for batch in self.loader:  # rows (N, d) or a RowPair of both sides
+            b = n_rows(batch) // world
+            yield take_rows(batch, slice(rank * b, (rank + 1) * b))
 
     def state_dict(self) -> dict[str, Any]:
         return self.loader.state_dict()

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from sae_hooks.activations import RowPair
 from sae_hooks.eval import evaluate_transcoder
 from sae_hooks.hooks import ZeroLatents, capture, splice_transcoder
 from sae_hooks.sae import SkipTranscoder, Transcoder, load_sae
@@ -103,8 +104,10 @@ def test_config_and_sources_refuse_what_does_not_pair():
     with pytest.raises(TypeError, match="with target_point='y'"):
         as_source(x, "x", "y")
     tc = Transcoder(4, 8)
-    with pytest.raises(ValueError, match=r"rows \[input \| target\] of width 4 \+ 4 = 8"):
+    with pytest.raises(ValueError, match=r"row pairs of widths \(4, 4\), got one tensor"):
         tc.training_pair(x)
+    with pytest.raises(ValueError, match=r"widths \(4, 4\), got widths \(4, 3\)"):
+        tc.training_pair(RowPair(x, x[:, :3]))
     with pytest.raises(ValueError, match="linear encoder"):
         Transcoder(4, 8, encoder_module="mlp")
 
@@ -116,7 +119,37 @@ def test_pair_source_scale_brings_each_half_to_width():
     expected = (x.pow(2).sum(-1).mean() + y.pow(2).sum(-1).mean()) / 2
     assert source.mean_sq_norm() == pytest.approx(float(expected), rel=1e-5)
     batch = next(iter(source.loader("train", 16, seed=0)))
-    assert batch.shape == (16, 16)
+    assert isinstance(batch, RowPair) and batch.x.shape == batch.y.shape == (16, 8)
+    # both sides of a row stay together through the seeded split and shuffle
+    row = int((x == batch.x[0]).all(-1).nonzero())
+    assert torch.equal(batch.y[0], y[row])
+
+
+def test_paired_training_matches_the_recorded_run(tmp_path):
+    """A skip transcoder trained on RowPair batches gives the numbers main gave when
+    batches were [input | target] tensors split inside the transcoder (recorded there;
+    bit-identical state_dicts on the machine that recorded them)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1200, 12, generator=g) * 2
+    y = torch.tanh(x[:, :8] @ torch.randn(8, 6, generator=g)) * 0.3
+    config = _config(
+        architecture="skip_transcoder",
+        batch_size=64,
+        nb_concepts=32,
+        steps=30,
+        log_every=10,
+        extra={"output_size": 6},
+        seed=3,
+    )
+    tc = train(config, (x, y), tmp_path / "run")
+    recorded = (0.9121421017253697, -0.2411694634356536, 66.54842053732136, 5.157166957855225)
+    got = (
+        read_log(tmp_path / "run")[-1]["val/fvu"],
+        float(tc.W_skip.double().sum()),
+        float(tc.dictionary.weight.double().abs().sum()),
+        float(tc.output_scale),
+    )
+    assert got == pytest.approx(recorded, rel=1e-6)
 
 
 def test_mlp_in_is_the_input_the_mlp_reads(tiny_gpt2, tiny_hooked_transformer):

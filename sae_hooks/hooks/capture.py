@@ -6,17 +6,20 @@ uses) the stop is an exception raised by the hook of the last requested point to
 fire and swallowed by the context manager, so "deepest" is whatever the forward
 actually ran last: no table of module orders can get it wrong, and blocks after it
 never run.
+
+capture_batch returns an `ActivationBatch` (sae_hooks/activations.py: the one type of
+rows with their metadata), importable from here as before.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from sae_hooks.activations import ActivationBatch
 from sae_hooks.hooks.backends import add_hook
 from sae_hooks.hooks.points import is_transformer_lens, resolve_point
 
@@ -75,23 +78,6 @@ def capture(
             f"capture: {sorted(pending)} never fired; run a forward pass of the model "
             "inside the with block (a point the forward does not reach cannot be captured)"
         )
-
-
-@dataclass
-class ActivationBatch:
-    """Rows of one captured batch, pad rows dropped, in document-major order.
-
-    ``acts`` stay on the model's device; the int64 metadata is on the CPU.
-    """
-
-    acts: dict[str, torch.Tensor]
-    token_ids: torch.Tensor  # -1 for image patches
-    doc_index: torch.Tensor
-    position: torch.Tensor  # among real tokens (left padding excluded); patch index, CLS = 0
-
-    @property
-    def n_rows(self) -> int:
-        return int(self.token_ids.shape[0])
 
 
 def capture_batch(

@@ -4,14 +4,14 @@ What is computed here, for EVERY latent: density, max/mean activation, decoder
 norm, histogram, top and activation-quantile examples, logit-lens tokens,
 nearest latents by decoder cosine and by co-firing. `site.write_site` turns it
 into index.html (run header, sortable/searchable index of all latents) and one
-latent.html whose data loads lazily from data/latents/<chunk>.js.
+latent.html whose data loads lazily from data/latents/<chunk>.js. (`Dashboard`, what
+is computed, is defined beside the writer that renders it: report/site.py.)
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +19,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from sae_hooks.report.contexts import Example, gather_examples
+from sae_hooks.activations import ActivationBatch
+from sae_hooks.report.contexts import gather_examples
 from sae_hooks.report.features import FeatureStats, collect_features
 from sae_hooks.report.neighbours import cofire_neighbours, decoder_neighbours, decoder_norms
 from sae_hooks.report.rows import Rows
+from sae_hooks.report.site import Dashboard
 from sae_hooks.report.summary import RunInfo
 from sae_hooks.report.tokens import TokenText
 
 SOURCE_HELP = (
-    "source is an ActivationStore or its path/URL (with point=), a Rows, an (n_rows, d) "
-    "tensor or array, or a mapping with 'acts' and optionally 'token_ids', 'doc_index', "
-    "'position'"
+    "source is an ActivationStore or its path/URL (with point=), an ActivationBatch (with "
+    "point= if it holds several), a Rows, an (n_rows, d) tensor or array, or a mapping with "
+    "'acts' and optionally 'token_ids', 'doc_index', 'position'"
 )
 _META = ("token_ids", "doc_index", "position")
 
@@ -41,14 +43,16 @@ def as_rows(source: Any, point: str | None = None, *, max_rows: int | None = Non
     """Rows from any supported source (see SOURCE_HELP)."""
     if isinstance(source, Rows):
         return source
+    if isinstance(source, ActivationBatch):
+        return Rows.from_batch(source.rows(0, min(max_rows or source.n_rows, source.n_rows)), point)
     if isinstance(source, (torch.Tensor, np.ndarray)):
         return Rows.from_tensors(source[:max_rows] if max_rows else source)
-    if isinstance(source, Mapping):
+    if isinstance(source, Mapping):  # {"acts": rows, "token_ids": ...}: an ActivationBatch
         if "acts" not in source:
             raise ValueError(f"a mapping source needs an 'acts' entry; {SOURCE_HELP}")
         n = max_rows or len(source["acts"])
         cut = {k: None if source.get(k) is None else source[k][:n] for k in _META}
-        return Rows.from_tensors(source["acts"][:n], **cut)
+        return Rows.from_batch(ActivationBatch.of_rows(source["acts"][:n], **cut))
     if isinstance(source, (str, os.PathLike)):
         from sae_hooks.store import open_store
 
@@ -111,40 +115,6 @@ def _ablation_dicts(ablations: Any) -> list[dict[str, Any]]:
             )
         out.append(dict(d))
     return out
-
-
-@dataclass
-class Dashboard:
-    """Everything the report shows, computed; `write(folder)` renders it."""
-
-    run: RunInfo
-    nb_concepts: int
-    latents: list[int]  # the latents that have examples / logit tokens computed
-    norms: torch.Tensor
-    stats: FeatureStats | None = None
-    examples: dict[int, list[Example]] = field(default_factory=dict)
-    vision: bool = False
-    tokens: TokenText | None = None
-    logits: dict[int, tuple[list[tuple[int, float]], list[tuple[int, float]]]] = field(
-        default_factory=dict
-    )
-    cosine: tuple[torch.Tensor, torch.Tensor] | None = None
-    cofire: tuple[torch.Tensor, torch.Tensor] | None = None
-    ablations: list[dict[str, Any]] = field(default_factory=list)
-    images: Any = None
-    training_png: str | os.PathLike | None = None
-    sweep: list[dict[str, Any]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def title(self) -> str:
-        return f"SAE report: {self.run.name}"
-
-    def write(self, out: str | os.PathLike, index_name: str = "index.html") -> Path:
-        """Write the folder (index, latent page, data chunks, thumbnails); return the index."""
-        from sae_hooks.report.site import write_site
-
-        return write_site(self, Path(out), index_name)
 
 
 def _logit_lens(
@@ -302,8 +272,9 @@ def build_dashboard(
 
     out: a folder (index.html inside) or the index page's path (its siblings go next to
     it: latent.html, ablation.html, assets/, data/, thumbs/).
-    source: an ActivationStore or its location (with point=), a Rows, an (n_rows, d)
-    tensor, or a mapping with "acts" plus optional "token_ids", "doc_index", "position".
+    source: an ActivationStore or its location (with point=), an ActivationBatch (rows
+    in memory with their metadata; point= if several), a Rows, an (n_rows, d) tensor, or
+    a mapping with "acts" plus optional "token_ids", "doc_index", "position".
     tokenizer: decodes token ids (HF tokenizer, local dir, mapping or callable).
     unembed: W_U as (d_model, vocab) or lm_head.weight (vocab, d_model).
     ablations: AblationResult(s) or their to_dict() (with "concept"/"target" names).

@@ -1,4 +1,5 @@
-"""Where the dashboard's rows come from: an activation store, or plain arrays.
+"""Where the dashboard's rows come from: an activation store, or rows in memory (an
+`ActivationBatch`, the one type of rows with their metadata, or plain arrays).
 
 Both give the same four things: activation rows read in chunks (the streaming
 pass), a few scattered rows read back (the context windows of the top
@@ -15,22 +16,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from sae_hooks.activations import ActivationBatch
 from sae_hooks.store.interface import StoreReader
 from sae_hooks.store.layout import DEFAULT_CHUNK_ROWS
 
 
-def _int64(name: str, value: Any, n: int) -> np.ndarray:
-    arr = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
-    if arr.shape != (n,):
-        raise ValueError(f"{name} has shape {arr.shape}, expected ({n},): one value per row")
-    if not np.issubdtype(arr.dtype, np.integer):
-        raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
-    return arr.astype(np.int64, copy=False)
-
-
 @dataclass
 class Rows:
-    """Activation rows plus their metadata; use `from_store` or `from_tensors`."""
+    """Activation rows of one point plus their metadata, read on demand; use `from_store`,
+    `from_batch` or `from_tensors`."""
 
     n_rows: int
     d_model: int
@@ -58,6 +52,30 @@ class Rows:
         )
 
     @classmethod
+    def from_batch(cls, batch: ActivationBatch, point: str | None = None) -> Rows:
+        """The rows of `point` (the batch's only point by default) of rows in memory."""
+        if point is None:
+            if len(batch.points) != 1:
+                raise ValueError(
+                    f"the batch holds points {batch.points}: pass point= to choose one"
+                )
+            point = batch.points[0]
+        if point not in batch.acts:
+            raise KeyError(f"point {point!r} is not in the batch; it holds {batch.points}")
+        if batch.n_rows == 0:
+            raise ValueError("acts has no rows to report on")
+        acts = batch.acts[point].detach().cpu()
+        return cls(
+            n_rows=batch.n_rows,
+            d_model=acts.shape[1],
+            token_ids=batch.token_ids.numpy(),
+            doc_index=batch.doc_index.numpy(),
+            position=batch.position.numpy(),
+            chunk_rows=DEFAULT_CHUNK_ROWS,
+            _read=lambda start, stop: acts[start:stop],
+        )
+
+    @classmethod
     def from_tensors(
         cls,
         acts: torch.Tensor | np.ndarray,
@@ -66,24 +84,8 @@ class Rows:
         position: Any = None,
     ) -> Rows:
         """Rows in memory. Without metadata every row is its own document, token id -1."""
-        if isinstance(acts, np.ndarray):
-            acts = torch.from_numpy(acts)
-        if not isinstance(acts, torch.Tensor) or acts.dim() != 2 or not acts.is_floating_point():
-            got = tuple(acts.shape) if isinstance(acts, torch.Tensor) else type(acts).__name__
-            raise ValueError(f"acts must be floating rows of shape (n_rows, d_model), got {got}")
-        n = acts.shape[0]
-        if n == 0:
-            raise ValueError("acts has no rows to report on")
-        acts = acts.detach().cpu()
-        return cls(
-            n_rows=n,
-            d_model=acts.shape[1],
-            token_ids=np.full(n, -1) if token_ids is None else _int64("token_ids", token_ids, n),
-            doc_index=np.arange(n) if doc_index is None else _int64("doc_index", doc_index, n),
-            position=np.zeros(n, np.int64) if position is None else _int64("position", position, n),
-            chunk_rows=DEFAULT_CHUNK_ROWS,
-            _read=lambda start, stop: acts[start:stop],
-        )
+        meta = {"token_ids": token_ids, "doc_index": doc_index, "position": position}
+        return cls.from_batch(ActivationBatch.of_rows(acts, **meta))
 
     def chunks(self, chunk_rows: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
         """(start, rows) for consecutive chunks, aligned with the storage chunks."""

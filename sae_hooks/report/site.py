@@ -1,4 +1,5 @@
-"""Render a Dashboard into its folder: Jinja2 pages (autoescaped) plus JS data files.
+"""What the dashboard shows (`Dashboard`, computed by report/dashboard.py) and how it is
+rendered into its folder: Jinja2 pages (autoescaped) plus JS data files.
 
 Layout (opens from file://, no server): index.html, latent.html (one page for every
 latent: `latent.html?id=N`), ablation.html, assets/ (CSS + JS), data/index.js (one
@@ -11,7 +12,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +27,12 @@ from sae_hooks.metrics import DENSE_FRACTION
 from sae_hooks.report import graphics
 
 if TYPE_CHECKING:
-    from sae_hooks.report.dashboard import Dashboard
+    import torch
+
+    from sae_hooks.report.contexts import Example
+    from sae_hooks.report.features import FeatureStats
+    from sae_hooks.report.summary import RunInfo
+    from sae_hooks.report.tokens import TokenText
 
 CHUNK = 64
 """Latents per lazily loaded data file."""
@@ -69,6 +77,38 @@ def _spark(counts: np.ndarray) -> str:
     s = np.add.reduceat(c, edges[:-1]) * (np.diff(edges) > 0)
     digits = np.ceil(s / s.max() * 35).astype(int)
     return "".join(np.base_repr(d, 36).lower() for d in digits)
+
+
+@dataclass
+class Dashboard:
+    """Everything the report shows, computed; `write(folder)` renders it."""
+
+    run: RunInfo
+    nb_concepts: int
+    latents: list[int]  # the latents that have examples / logit tokens computed
+    norms: torch.Tensor
+    stats: FeatureStats | None = None
+    examples: dict[int, list[Example]] = field(default_factory=dict)
+    vision: bool = False
+    tokens: TokenText | None = None
+    logits: dict[int, tuple[list[tuple[int, float]], list[tuple[int, float]]]] = field(
+        default_factory=dict
+    )
+    cosine: tuple[torch.Tensor, torch.Tensor] | None = None
+    cofire: tuple[torch.Tensor, torch.Tensor] | None = None
+    ablations: list[dict[str, Any]] = field(default_factory=list)
+    images: Any = None
+    training_png: str | os.PathLike | None = None
+    sweep: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def title(self) -> str:
+        return f"SAE report: {self.run.name}"
+
+    def write(self, out: str | os.PathLike, index_name: str = "index.html") -> Path:
+        """Write the folder (index, latent page, data chunks, thumbnails); return the index."""
+        return write_site(self, Path(out), index_name)
 
 
 def _index_data(d: Dashboard) -> dict[str, Any]:

@@ -4,8 +4,8 @@ The trainer holds no architecture name: it asks the SAE class for its sparsity
 penalty and the TrainConfig coefficient that weights it, its Adam betas, whether
 AuxK is on by default, how its top_k budget is counted, how it is built from a
 TrainConfig, how its budget splits over data-parallel ranks, how it is
-initialised from data, what a training row holds (the input, or an input and a
-target: transcoders) and its reconstruction loss (Matryoshka: summed over prefixes). `SAE` inherits these defaults (those of a plain ReLU SAE
+initialised from data, what a training batch holds (rows, or a pair of input and
+target rows: transcoders) and its reconstruction loss (Matryoshka: summed over prefixes). `SAE` inherits these defaults (those of a plain ReLU SAE
 with an L1 penalty); a variant overrides what differs, so adding one is one file
 in sae/ and its `architecture` name (the registration).
 
@@ -50,7 +50,8 @@ class TrainingContract:
 
     paired: ClassVar[bool] = False
     """True for a variant that predicts one activation from another (a transcoder): it
-    trains on rows [input | target] (TrainConfig.target_point names the target)."""
+    trains on (input, target) row pairs, `RowPair` (TrainConfig.target_point names the
+    target)."""
 
     default_aux_coefficient: ClassVar[float] = 0.0
     """AuxK weight when TrainConfig.aux_coefficient is None: > 0 where a dead latent gets
@@ -127,9 +128,9 @@ class TrainingContract:
         by default."""
         yield
 
-    def training_pair(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def training_pair(self, rows: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """(what the SAE reads, what it must reconstruct) of a batch of training rows:
-        (rows, rows) for an SAE; a paired variant splits [input | target]."""
+        (rows, rows) for an SAE; a paired variant takes its loaders' (x, y) pairs."""
         return rows, rows
 
     def reconstruction_loss(self, err: torch.Tensor, out: Any) -> torch.Tensor:

@@ -6,15 +6,15 @@ linear term W_skip x learnt jointly: y_hat = D z(x) + W_skip x + b_dec.
 Codes are those of a ReLU SAE, z = ReLU(W_enc x s + b_enc), trained with the L1
 penalty (or `target_l0`). Unlike an SAE the encoder does not centre its input on
 b_dec: b_dec lives in the output space, whose width `output_size` may differ.
-`input_scale` s scales both sides (the trainer uses one scale for the whole
-[input | target] row) and `output_scale` r rescales the target on top of it, set from
+`input_scale` s scales both sides (the trainer uses one scale for the input and
+the target) and `output_scale` r rescales the target on top of it, set from
 data so that the target too has E||y s r||^2 = d_out in training: an MLP's output is
 often far smaller than its (normalised) input. A trained transcoder maps raw MLP
 inputs to raw MLP outputs: y_hat = (D z + W_skip x s + b_dec) / (s r).
 
-Training rows are [input | target] (TrainConfig.point and target_point); see
-`training_pair`. Splice with `sae_hooks.hooks.splice_transcoder`, evaluate with
-`sae_hooks.eval.evaluate_transcoder`.
+Training batches are `RowPair`s (x, y) of input and target rows (TrainConfig.point
+and target_point; sae_hooks/activations.py); see `training_pair`. Splice with
+`sae_hooks.hooks.splice_transcoder`, evaluate with `sae_hooks.eval.evaluate_transcoder`.
 """
 
 from __future__ import annotations
@@ -115,16 +115,18 @@ class Transcoder(SAE):
 
     # -- training ----------------------------------------------------------------------
 
-    def training_pair(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """[input | target] rows -> (input, target)."""
-        width = self.input_size + self.output_size
-        if rows.shape[-1] != width:
+    def training_pair(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """A RowPair (x, y) of input and target rows -> (x, y in the training scale)."""
+        x, y = batch if isinstance(batch, tuple) and len(batch) == 2 else (batch, None)
+        widths = (self.input_size, self.output_size)
+        if y is None or (x.shape[-1], y.shape[-1]) != widths:
+            got = f"widths {(x.shape[-1], y.shape[-1])}" if y is not None else "one tensor"
             raise ValueError(
-                f"a transcoder trains on rows [input | target] of width {self.input_size} + "
-                f"{self.output_size} = {width}, got width {rows.shape[-1]}: train it on a paired "
-                "source (TrainConfig.point and target_point, or an (inputs, targets) tensor pair)"
+                f"a transcoder trains on (input, target) row pairs of widths {widths}, got "
+                f"{got}: train it on a paired source (TrainConfig.point and target_point, or "
+                "an (inputs, targets) tensor pair)"
             )
-        return rows[:, : self.input_size], rows[:, self.input_size :] * self.output_scale
+        return x, y * self.output_scale
 
     @torch.no_grad()
     def init_from_data(self, sample: torch.Tensor, config: Any) -> None:

@@ -15,20 +15,19 @@ import os
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from sae_hooks.activations import ActivationBatch
 from sae_hooks.data.batch import InputBatch, InputBatches
 from sae_hooks.devices import model_device, to_device
-from sae_hooks.hooks.capture import ActivationBatch, capture_batch
+from sae_hooks.hooks.capture import capture_batch
 from sae_hooks.hooks.points import resolve_point
 from sae_hooks.store.fingerprint import FINGERPRINT_ATTR, compare, inputs_hash, model_hash
 from sae_hooks.store.layout import (
     DEFAULT_CHUNK_ROWS,
-    META_ARRAYS,
     check_dtype,
     check_location,
     describe,
@@ -40,7 +39,9 @@ from sae_hooks.store.reader import ActivationStore
 from sae_hooks.store.writer import StoreWriter
 
 
-def _model_name(model: Any) -> str:
+def recorded_model_name(model: Any) -> str:
+    """The model's name as a store records it (its `model` attribute), unless the capture
+    is given one: the config's name or path, else the model's class name."""
     config = getattr(model, "config", None)
     name = getattr(config, "_name_or_path", "") or getattr(config, "model_name", "")
     return str(name or getattr(model, "name_or_path", "") or type(model).__name__)
@@ -54,14 +55,6 @@ def capture_input_batch(
     acts = capture_batch(model, points, inputs, **capture_kwargs)
     acts.doc_index = acts.doc_index + batch.doc_offset
     return acts
-
-
-def _rows(batch: Any, lo: int, hi: int) -> Any:
-    """Rows [lo, hi) of an ActivationBatch-like object (itself when that is all of it)."""
-    if lo == 0 and hi == len(batch.token_ids):
-        return batch
-    fields = {m: getattr(batch, m)[lo:hi] for m in META_ARRAYS}
-    return SimpleNamespace(acts={p: x[lo:hi] for p, x in batch.acts.items()}, **fields)
 
 
 def capture_to_store(
@@ -91,7 +84,7 @@ def capture_to_store(
     vit_tokens); after a max_rows cut it continues inside the cut batch."""
     points = _checked_request(model, points, store, max_rows)
     batches = InputBatches(data)
-    name = model_name or _model_name(model)
+    name = model_name or recorded_model_name(model)
     attrs = _existing_store(store, name, resume, overwrite, storage_options)
     mode = "overwrite" if overwrite else "resume" if attrs is not None else "create"
     state = attrs if mode == "resume" else {}
@@ -284,7 +277,7 @@ def _feed(
     )
     with bar:
         for batch, acts in captured:
-            n = len(acts.token_ids)
+            n = acts.n_rows
             if skip > n:
                 raise ValueError(
                     f"store {writer.where} holds {skip} rows of input batch {batch.index}, "
@@ -292,7 +285,7 @@ def _feed(
                     "capture again"
                 )
             hi = n if max_rows is None else min(n, skip + max_rows - rows)
-            writer.append(_rows(acts, skip, hi), completes_input=hi == n)
+            writer.append(acts.rows(skip, hi), completes_input=hi == n)
             rows += hi - skip
             bar.update(hi - skip)
             skip = 0

@@ -41,8 +41,10 @@ from sae_hooks.store.layout import storage_to_numpy
 
 
 @dataclass
-class Rows:
-    """Rows of one or more input batches, converted for storage."""
+class EncodedRows:
+    """Rows of one or more input batches as the writer thread stores them: arrays by
+    zarr key, in the storage dtype. (The rows and their metadata arrive as an
+    `ActivationBatch`; this is their encoding, not another kind of rows.)"""
 
     data: dict[str, np.ndarray]  # "acts/<point>" and META_ARRAYS -> rows
     n: int
@@ -81,7 +83,7 @@ class CommitThread:
         self._sq = {p: s["mean_sq_norm"] * s["count"] for p, s in stats.items()}
         # Rows [committed_rows, _written) are on disk, uncommitted.
         self._written = self.committed_rows
-        self._buffer: list[Rows] = []
+        self._buffer: list[EncodedRows] = []
         self._buffered = 0
         # Appends not yet committed: (end row, sum of rows, sum of squared norms, whether
         # it completes its input batch).
@@ -94,7 +96,7 @@ class CommitThread:
 
     # -- what the caller's thread calls ----------------------------------------------
 
-    def put(self, item: Rows | threading.Event, check: Callable[[], None]) -> None:
+    def put(self, item: EncodedRows | threading.Event, check: Callable[[], None]) -> None:
         """Queue rows or a flush request; `check` raises the thread's failure while waiting."""
         while True:
             check()
@@ -124,7 +126,7 @@ class CommitThread:
             if self.error is not None:
                 continue  # drain so the caller never blocks on a dead writer
             try:
-                if isinstance(item, Rows):
+                if isinstance(item, EncodedRows):
                     self._ingest(item)
                 else:
                     self._write(self._buffered)
@@ -133,7 +135,7 @@ class CommitThread:
             except BaseException as err:
                 self.error = err
 
-    def _ingest(self, rows: Rows) -> None:
+    def _ingest(self, rows: EncodedRows) -> None:
         sums, sq_norms = {}, {}
         for key, raw in rows.data.items():  # statistics of the rows exactly as stored
             if not key.startswith("acts/"):
@@ -160,7 +162,7 @@ class CommitThread:
             keys = self._buffer[0].data.keys()
             whole = {k: np.concatenate([r.data[k] for r in self._buffer]) for k in keys}
         rest = self._buffered - n
-        self._buffer = [Rows({k: v[n:] for k, v in whole.items()}, rest)] if rest else []
+        self._buffer = [EncodedRows({k: v[n:] for k, v in whole.items()}, rest)] if rest else []
         self._buffered = rest
         return {k: v[:n] for k, v in whole.items()}
 

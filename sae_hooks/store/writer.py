@@ -18,8 +18,9 @@ import numpy as np
 import torch
 import zarr
 
+from sae_hooks.activations import ActivationBatch
 from sae_hooks.store import lock
-from sae_hooks.store.commit import CommitThread, Rows, now
+from sae_hooks.store.commit import CommitThread, EncodedRows, now
 from sae_hooks.store.fingerprint import FINGERPRINT_ATTR, compare
 from sae_hooks.store.layout import (
     BF16_ENCODING,
@@ -187,7 +188,8 @@ def _refuse_nonfinite(
 
 
 class StoreWriter:
-    """Append `ActivationBatch`-like objects (`acts`, `token_ids`, `doc_index`, `position`).
+    """Append `ActivationBatch`es (sae_hooks/activations.py; any object with its `acts`,
+    `token_ids`, `doc_index`, `position` does).
 
     mode: "create" (fails if a store exists), "overwrite", or "resume" (continue an
     interrupted or finished store from its last commit; `committed_inputs` tells the
@@ -349,7 +351,7 @@ class StoreWriter:
 
     # -- caller side ---------------------------------------------------------------
 
-    def append(self, batch: Any, *, completes_input: bool = True) -> None:
+    def append(self, batch: ActivationBatch, *, completes_input: bool = True) -> None:
         """Queue one input batch's rows; blocks only while the queue is full.
 
         completes_input=False: these rows are the head of an input batch (a capture cut
@@ -374,7 +376,7 @@ class StoreWriter:
         _refuse_nonfinite(data, n, self.points, self.dtype, self.where)
         for m in META_ARRAYS:
             data[m] = _int64_rows(batch, m, n)
-        self._committer.put(Rows(data, n, completes_input), self._raise_if_failed)
+        self._committer.put(EncodedRows(data, n, completes_input), self._raise_if_failed)
         self.rows_appended += n
 
     def _init_points(self, acts: dict) -> None:

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from sae_hooks.activations import RowPair, to_training
+
 from .constraints import normalize_rows_
 
 if TYPE_CHECKING:
@@ -74,16 +76,24 @@ def initialise_from_data(
 
     The scale makes E||s x||^2 = d so one lr and init fit every model's activations.
     """
-    sample = source.sample(cfg.init_rows, seed=cfg.seed).to(device, torch.float32)
+    sample = to_training(source.sample(cfg.init_rows, seed=cfg.seed), device)
     scale = 1.0
     if cfg.normalize_activations:
-        msn = source.mean_sq_norm() or float(sample.pow(2).sum(-1).mean())
+        msn = source.mean_sq_norm() or _mean_sq_norm(sample)
         if not msn > 0:
             raise ValueError("cannot normalise activations: their mean squared norm is 0")
         scale = math.sqrt(source.d_model / msn)
     if constrained is not None:
         normalize_rows_(constrained)
     sae.tie_encoder_to_dictionary_(warn=False)
-    init_decoder_bias_(sae, sae.training_pair(sample * scale)[1], cfg.b_dec_init)
-    sae.init_from_data(sample * scale, cfg)
+    scaled = to_training(sample, device, scale)
+    init_decoder_bias_(sae, sae.training_pair(scaled)[1], cfg.b_dec_init)
+    sae.init_from_data(scaled, cfg)
     return scale
+
+
+def _mean_sq_norm(sample: torch.Tensor | RowPair) -> float:
+    """E||row||^2 of a sample; a pair's row is its input and target side by side."""
+    if isinstance(sample, RowPair):
+        return float(sum(t.pow(2).sum(-1) for t in sample).mean())
+    return float(sample.pow(2).sum(-1).mean())

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from sae_hooks.activations import ActivationBatch, Batch, to_training
 from sae_hooks.distributed import processes, sync_replicas_
 from sae_hooks.sae import SAE
 
@@ -207,8 +208,8 @@ class _Lockstep:
 
     def _step(self, movers: list[Trainer], bar: tqdm) -> None:
         """One step of every mover: each stream read once, one all-reduce for all."""
-        batches: dict[int, torch.Tensor] = {}
-        scaled: dict[tuple[int, str, float], torch.Tensor] = {}
+        batches: dict[int, Batch] = {}
+        scaled: dict[tuple[int, str, float], Batch] = {}
         pending: list[PendingStep] = []
         for t in movers:
             key = id(t.loader)
@@ -216,8 +217,7 @@ class _Lockstep:
                 batches[key] = next(self.streams[key])
             x_key = (key, str(t.device), t.scale)
             if x_key not in scaled:
-                x = batches[key].to(t.device, torch.float32, non_blocking=True)
-                scaled[x_key] = x * t.scale
+                scaled[x_key] = to_training(batches[key], t.device, t.scale, non_blocking=True)
             pending.append(t.backward(scaled[x_key]))
         if self.rank.distributed:
             sync_all_(movers, pending, self.rank)
@@ -301,7 +301,7 @@ class MultiPointSource:
             raise ValueError("MultiPointSource needs at least one point")
         self.model, self.data, self.options = model, data, options
         self.forwards = 0  # model forwards run (tests and benchmarks read it)
-        self._cache: dict[int, tuple[dict[str, torch.Tensor], torch.Tensor, set[str]]] = {}
+        self._cache: dict[int, tuple[ActivationBatch, set[str]]] = {}  # batch, points taken
         self._views: dict[str, SharedModelSource] = {}
 
     def for_point(self, point: str | None) -> RowSource:
@@ -319,12 +319,12 @@ class MultiPointSource:
             self.forwards += 1
             drop_bos = self.options.get("drop_bos", False)
             batch = capture_batch(self.model, self.points, inputs, drop_bos=drop_bos)
-            self._cache[i] = (dict(batch.acts), batch.doc_index, set())
-        acts, doc_index, taken = self._cache[i]
+            self._cache[i] = (batch, set())
+        batch, taken = self._cache[i]
         taken.add(point)
         if taken >= set(self._views):
             del self._cache[i]
-        return acts[point], doc_index
+        return batch.acts[point], batch.doc_index
 
 
 class SharedModelSource(ModelSource):

@@ -10,8 +10,8 @@ known without reading data, E||x||^2 for the normalisation.
     StoreSource             zarr store through sae_hooks.store.ActivationLoader
     TensorSource            rows already in memory (small runs, tests, notebooks)
     ModelSource             live capture through a shuffle buffer, nothing on disk
-    TensorPairSource,       (input, target) rows for a transcoder: each batch is
-    StorePairSource         [input | target], d_model is the input's width
+    TensorPairSource,       (input, target) rows for a transcoder: each batch is a
+    StorePairSource         RowPair (x, y), d_model is the input's width
 """
 
 from __future__ import annotations
@@ -23,15 +23,17 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 
+from sae_hooks.activations import Batch, RowPair, n_rows, take_rows
+
 if TYPE_CHECKING:
     from sae_hooks.store import StoreReader
 
 
 @runtime_checkable
 class Loader(Protocol):
-    """One pass over a split, resumable mid-pass."""
+    """One pass over a split, resumable mid-pass: batches of rows (N, d), or RowPairs."""
 
-    def __iter__(self) -> Iterator[torch.Tensor]: ...
+    def __iter__(self) -> Iterator[Batch]: ...
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
@@ -41,7 +43,7 @@ class RowSource(Protocol):
     d_model: int
 
     def loader(self, split: str, batch_size: int, *, seed: int) -> Loader: ...
-    def sample(self, n: int, *, seed: int) -> torch.Tensor: ...
+    def sample(self, n: int, *, seed: int) -> Batch: ...
     def mean_sq_norm(self) -> float | None: ...
 
 
@@ -60,49 +62,61 @@ def check_finite(rows: torch.Tensor, what: str) -> None:
 
 
 class TensorSource:
-    """Rows held in memory, split once (seeded) into train and val."""
+    """Rows held in memory, split once (seeded) into train and val.
+
+    The split, loaders and sample take rows (N, d) or a RowPair alike (TensorPairSource).
+    """
 
     def __init__(self, rows: torch.Tensor, *, val_fraction: float = 0.1, split_seed: int = 0):
-        if not isinstance(rows, torch.Tensor) or rows.dim() != 2 or not rows.is_floating_point():
-            got = tuple(rows.shape) if isinstance(rows, torch.Tensor) else type(rows).__name__
-            raise ValueError(f"TensorSource expects floating rows of shape (N, d), got {got}")
-        if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-        if rows.shape[0] == 0:
-            raise ValueError(
-                "TensorSource got no rows (shape (0, d)): there is nothing to train on"
-            )
+        _check_rows(rows, val_fraction)
         check_finite(rows, "TensorSource rows")
-        order = torch.randperm(rows.shape[0], generator=torch.Generator().manual_seed(split_seed))
-        n_val = round(val_fraction * rows.shape[0])
-        self._splits = {"val": rows[order[:n_val]], "train": rows[order[n_val:]]}
+        self._split(rows, val_fraction, split_seed)
         self.d_model = rows.shape[1]
+
+    def _split(self, rows: Batch, val_fraction: float, split_seed: int) -> None:
+        n = n_rows(rows)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
+        n_val = round(val_fraction * n)
+        val, train = order[:n_val], order[n_val:]
+        self._splits = {"val": take_rows(rows, val), "train": take_rows(rows, train)}
 
     def loader(self, split: str, batch_size: int, *, seed: int) -> TensorLoader:
         _check_split(split)
         return TensorLoader(self._splits[split], batch_size, seed=seed, shuffle=split == "train")
 
-    def sample(self, n: int, *, seed: int) -> torch.Tensor:
+    def sample(self, n: int, *, seed: int) -> Batch:
         rows = self._splits["train"]
-        pick = torch.randperm(rows.shape[0], generator=torch.Generator().manual_seed(seed))[:n]
-        return rows[pick]
+        pick = torch.randperm(n_rows(rows), generator=torch.Generator().manual_seed(seed))[:n]
+        return take_rows(rows, pick)
 
     def mean_sq_norm(self) -> float | None:
         return None
 
 
-class TensorLoader:
-    """Full batches in a seeded order that is a pure function of (seed, epoch)."""
+def _check_rows(rows: torch.Tensor, val_fraction: float) -> None:
+    """Floating rows (N >= 1, d) and a held-out fraction in [0, 1)."""
+    if not isinstance(rows, torch.Tensor) or rows.dim() != 2 or not rows.is_floating_point():
+        got = tuple(rows.shape) if isinstance(rows, torch.Tensor) else type(rows).__name__
+        raise ValueError(f"TensorSource expects floating rows of shape (N, d), got {got}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if rows.shape[0] == 0:
+        raise ValueError("TensorSource got no rows (shape (0, d)): there is nothing to train on")
 
-    def __init__(self, rows: torch.Tensor, batch_size: int, *, seed: int, shuffle: bool):
+
+class TensorLoader:
+    """Full batches in a seeded order that is a pure function of (seed, epoch); of rows
+    (N, d), or of both sides of a RowPair in step."""
+
+    def __init__(self, rows: Batch, batch_size: int, *, seed: int, shuffle: bool):
         self.rows, self.batch_size, self.seed, self.shuffle = rows, batch_size, seed, shuffle
         self.epoch, self.batch = 0, 0
 
     def __len__(self) -> int:
-        return self.rows.shape[0] // self.batch_size
+        return n_rows(self.rows) // self.batch_size
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        n = self.rows.shape[0]
+    def __iter__(self) -> Iterator[Batch]:
+        n = n_rows(self.rows)
         if self.shuffle:
             order = torch.randperm(
                 n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
@@ -112,7 +126,7 @@ class TensorLoader:
         while self.batch < len(self):
             i = self.batch
             self.batch += 1
-            yield self.rows[order[i * self.batch_size : (i + 1) * self.batch_size]]
+            yield take_rows(self.rows, order[i * self.batch_size : (i + 1) * self.batch_size])
         self.epoch, self.batch = self.epoch + 1, 0
 
     def state_dict(self) -> dict[str, Any]:
@@ -321,9 +335,9 @@ class _BufferLoader:
 class TensorPairSource(TensorSource):
     """Aligned (input, target) rows in memory, e.g. a layer's MLP input and output.
 
-    Batches are [input | target] (N, d_in + d_out); `d_model` is d_in, and
-    `mean_sq_norm` is the mean of the two points' E||.||^2, so the trainer's scale
-    brings each half to E||s x||^2 = d.
+    Batches are RowPairs (x, y), split into train and val as TensorSource splits rows;
+    `d_model` is d_in, and `mean_sq_norm` is the mean of the two points' E||.||^2, so
+    the trainer's scale brings each side to E||s x||^2 = d.
     """
 
     def __init__(
@@ -343,17 +357,21 @@ class TensorPairSource(TensorSource):
                 f"TensorPairSource needs one target row per input row, got {inputs.shape[0]} "
                 f"inputs and {targets.shape[0]} targets"
             )
-        rows = torch.cat([inputs, targets.to(inputs.dtype)], dim=1)
-        super().__init__(rows, val_fraction=val_fraction, split_seed=split_seed)
+        pair = RowPair(inputs, targets.to(inputs.dtype))
+        _check_rows(inputs, val_fraction)
+        for name, t in zip(("inputs", "targets"), pair, strict=True):
+            check_finite(t, f"TensorPairSource {name}")
+        self._split(pair, val_fraction, split_seed)
         self.d_model, self.d_target = inputs.shape[1], targets.shape[1]
-        self._msn = float(rows.double().pow(2).sum(-1).mean()) / 2
+        # E||[x | y]||^2 / 2 summed over each joined row, as before pairs (the same scale)
+        self._msn = float(torch.cat(pair, dim=1).double().pow(2).sum(-1).mean()) / 2
 
     def mean_sq_norm(self) -> float | None:
         return self._msn
 
 
 class StorePairSource:
-    """Two points of one store read in step: [input | target] rows of the same tokens.
+    """Two points of one store read in step: RowPairs (x, y) of the same tokens.
 
     Both points were captured by the same forwards (one `capture_to_store` call with
     both points), so row i of one is row i of the other; two ActivationLoaders with
@@ -377,30 +395,30 @@ class StorePairSource:
             self.targets.loader(split, batch_size, seed=seed),
         )
 
-    def sample(self, n: int, *, seed: int) -> torch.Tensor:
-        return torch.cat([self.inputs.sample(n, seed=seed), self.targets.sample(n, seed=seed)], 1)
+    def sample(self, n: int, *, seed: int) -> RowPair:
+        return RowPair(self.inputs.sample(n, seed=seed), self.targets.sample(n, seed=seed))
 
     def mean_sq_norm(self) -> float | None:
         a, b = self.inputs.mean_sq_norm(), self.targets.mean_sq_norm()
         if a is None or b is None:
-            rows = self.sample(4096, seed=0).double()
+            rows = torch.cat(self.sample(4096, seed=0), dim=1).double()
             return float(rows.pow(2).sum(-1).mean()) / 2
         return (a + b) / 2
 
 
 class PairedLoader:
-    """Two loaders over the same rows in the same order, batches joined column-wise."""
+    """Two loaders over the same rows in the same order, their batches paired (RowPair)."""
 
     def __init__(self, inputs: Loader, targets: Loader):
         self.inputs, self.targets = inputs, targets
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
+    def __iter__(self) -> Iterator[RowPair]:
         a, b = iter(self.inputs), iter(self.targets)
         for x in a:
             y = next(b)
             if y.shape[0] != x.shape[0]:
                 raise RuntimeError("paired loaders fell out of step: the two points differ")
-            yield torch.cat([x, y.to(x.dtype)], dim=1)
+            yield RowPair(x, y.to(x.dtype))
         next(b, None)  # let the target loader finish its epoch too
 
     def state_dict(self) -> dict[str, Any]:
@@ -462,7 +480,7 @@ def _pair_source(obj: Any, point: str | None, target_point: str) -> RowSource:
     raise TypeError(
         f"with target_point={target_point!r} the source must be an (inputs, targets) pair of "
         "(N, d) tensors, a store URL or ActivationStore holding both points, or a RowSource "
-        f"of [input | target] rows; got {type(obj).__name__}"
+        f"of RowPair (input, target) batches; got {type(obj).__name__}"
     )
 
 
@@ -471,22 +489,3 @@ def _check_split(split: str) -> None:
 
     if split not in SPLITS:
         raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
-
-
-def full_batches(loader: Loader, batch_size: int) -> Iterator[torch.Tensor]:
-    """Endless batches of exactly batch_size rows, epoch after epoch.
-
-    A short last batch of an epoch is skipped: a per-batch budget (BatchTopK) must
-    see the same number of rows at every training step.
-    """
-    while True:
-        n = 0
-        for batch in loader:
-            if batch.shape[0] == batch_size:
-                n += 1
-                yield batch
-        if n == 0:
-            raise ValueError(
-                f"the training split yields no full batch of {batch_size} rows; "
-                "lower batch_size or add data"
-            )

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from sae_hooks.activations import Batch, full_batches, to_training
 from sae_hooks.devices import available_device
 from sae_hooks.distributed import RankSlice, processes, sync_replicas_
 from sae_hooks.sae import SAE, SAE_REGISTRY
@@ -50,7 +51,7 @@ from .init import initialise_from_data
 from .losses import trainer_aux_loss
 from .runlog import NoLog, RunLog
 from .schedule import lr_factor
-from .sources import Loader, RowSource, as_source, full_batches
+from .sources import Loader, RowSource, as_source
 from .step_metrics import StepMetrics
 from .validation import validate
 from .window import DeadLatents, LogWindow
@@ -202,8 +203,8 @@ class Trainer:
             with self.sae.rank_share(self.rank.world):
                 try:
                     while self.step < stop:
-                        x = next(batches).to(self.device, torch.float32, non_blocking=True)
-                        self.train_step(x * self.scale)
+                        x = to_training(next(batches), self.device, self.scale, non_blocking=True)
+                        self.train_step(x)
                         self.after_step(bar)
                     self.end_loop()
                 finally:
@@ -217,7 +218,7 @@ class Trainer:
     # one shared batch stream: start_fit, then per step train_step + after_step, then
     # end_loop and finish_fit (start_fit takes the run directory's lock, finish_fit frees it).
 
-    def start_fit(self) -> Iterator[torch.Tensor]:
+    def start_fit(self) -> Iterator[Batch]:
         """Hold the run directory, put the SAE in training mode, record config.json; the
         batch stream of `loader`."""
         if self.rank.is_main:
@@ -270,14 +271,14 @@ class Trainer:
         self.rank.barrier()  # the saved files exist for every rank once fit returns
         return self.sae
 
-    def train_step(self, x: torch.Tensor) -> None:
+    def train_step(self, x: Batch) -> None:
         """One optimiser step on this rank's rows x (already scaled)."""
         pending = self.backward(x)
         if self.rank.distributed:
             pending.fires = sync_replicas_(self.sae, pending.fires, self.rank)
         self.apply(pending)
 
-    def backward(self, x: torch.Tensor) -> PendingStep:
+    def backward(self, x: Batch) -> PendingStep:
         """Forward and backward on x (already scaled): gradients set, not yet applied.
 
         Data parallel: the caller all-reduces the gradients and `fires` (train_step does

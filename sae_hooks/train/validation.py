@@ -13,6 +13,7 @@ from collections.abc import Iterable
 
 import torch
 
+from sae_hooks.activations import Batch, to_training
 from sae_hooks.metrics import FiringStats, SumOfSquares
 from sae_hooks.sae.modes import eval_mode
 
@@ -20,7 +21,7 @@ from sae_hooks.sae.modes import eval_mode
 @torch.no_grad()
 def validate(
     sae: torch.nn.Module,
-    batches: Iterable[torch.Tensor],
+    batches: Iterable[Batch],
     *,
     scale: float,
     max_batches: int,
@@ -33,7 +34,7 @@ def validate(
         for n, batch in enumerate(batches):
             if n == max_batches:
                 break
-            x, target = sae.training_pair(batch.to(device, torch.float32) * scale)
+            x, target = sae.training_pair(to_training(batch, device, scale))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 out = sae(x)
             squares.update(target, out.x_hat.float())
