@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .base import SAEOutput
-from .batchtopk import BatchTopKSAE
+from .batchtopk import DEFAULT_THRESHOLD_MOMENTUM, BatchTopKSAE
 from .sparse import check_sparse_decode, decode_pairs
 from .sparse_encoder import Support, kept_support
 
@@ -62,7 +62,7 @@ class MatryoshkaBatchTopKSAE(BatchTopKSAE):
         nb_concepts: int,
         top_k: int | None = None,
         group_sizes: list[int] | tuple[int, ...] | None = None,
-        threshold_momentum: float = 0.9,
+        threshold_momentum: float = DEFAULT_THRESHOLD_MOMENTUM,
         encoder_module: str | nn.Module | None = None,
         dictionary_params: dict[str, Any] | None = None,
         device: str | torch.device = "cpu",
