@@ -25,7 +25,7 @@ from sae_hooks.sae.settings import VariantConfig
 from sae_hooks.sae.topk import TopKConfig
 from sae_hooks.train import TensorSource, TrainConfig, Trainer, read_log
 from sae_hooks.train.checkpoint import CHECKPOINT, STATE_FILE
-from sae_hooks.train.config import flat_settings
+from sae_hooks.train.variant_settings import flat_settings
 
 try:
     import tomllib

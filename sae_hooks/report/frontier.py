@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sae_hooks.train.config import flat_settings
 from sae_hooks.train.many import SWEEP_FILE, read_sweep
+from sae_hooks.train.variant_settings import flat_settings
 
 PANELS = (("fvu", "FVU"), ("recovered", None), ("kl", "KL(clean || spliced)"))
 # What "recovered" is, per model kind: the eval's downstream key.

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sae_hooks.report.curves import read_records
-from sae_hooks.train.config import flat_settings
+from sae_hooks.train.variant_settings import flat_settings
 
 EVAL_FIELDS = [
     ("fvu", "FVU"),

@@ -2,7 +2,7 @@
 (skip) transcoders, with safetensors save/load."""
 
 from .base import SAE, SAE_REGISTRY, SAEOutput, load_sae
-from .batchtopk import BatchTopKSAE
+from .batchtopk import BatchTopKConfig, BatchTopKSAE
 from .dictionary import NORMALIZATIONS, DictionaryLayer
 from .encoders import (
     ENCODERS,
@@ -13,13 +13,14 @@ from .encoders import (
     register_encoder,
 )
 from .formats import export_saelens, import_saelens, saelens_metadata
-from .jump import JumpSAE, heaviside, jump_relu
+from .jump import JumpReLUConfig, JumpSAE, heaviside, jump_relu
 from .kernels import KERNELS
 from .matryoshka import MatryoshkaBatchTopKSAE
 from .modes import eval_mode
 from .overcomplete import load_overcomplete_state_dict
-from .topk import TopKSAE
-from .training import TrainingContract
+from .settings import VariantConfig
+from .topk import TopKConfig, TopKSAE
+from .training import TrainingContract, TrainRun
 from .transcoder import SkipTranscoder, Transcoder
 
 DEFAULT_ARCHITECTURE = BatchTopKSAE.architecture
@@ -33,18 +34,23 @@ __all__ = [
     "SAE",
     "SAE_REGISTRY",
     "AttentionEncoder",
+    "BatchTopKConfig",
     "BatchTopKSAE",
     "DictionaryLayer",
     "EncoderFactory",
+    "JumpReLUConfig",
     "JumpSAE",
     "MLPEncoder",
     "MatryoshkaBatchTopKSAE",
     "ResNetEncoder",
     "SAEOutput",
     "SkipTranscoder",
+    "TopKConfig",
     "TopKSAE",
+    "TrainRun",
     "TrainingContract",
     "Transcoder",
+    "VariantConfig",
     "eval_mode",
     "export_saelens",
     "heaviside",

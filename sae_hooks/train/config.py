@@ -17,14 +17,12 @@ defaults below are stated for that scale:
   coefficient warm-up is not applied in that mode (the controller ramps itself).
 
 A variant's own settings live in `variant`, an instance of the SAE class's
-`config_class`, defined in the variant's file with its defaults: the top-k budget
-(`top_k` in the class's own meaning, per row for TopK and per *batch* for BatchTopK,
-or `k_per_token`: sae/topk.py's TopKConfig), BatchTopK's `threshold_momentum`
-(sae/batchtopk.py), JumpReLU's `kernel`, `bandwidth` and `threshold_init`
-(sae/jump.py's JumpReLUConfig). The flat spellings of earlier versions,
-TrainConfig(top_k=32) or `[train] top_k = 32`, still work: they are moved into
-`variant` (`config.top_k` reads it back); a setting that the chosen variant does not
-take is ignored, as it was, except a top-k budget given to a variant without one.
+`config_class`, defined with its defaults in the variant's file: the top-k budget
+(sae/topk.py: `top_k`, per row for TopK and per *batch* for BatchTopK, or
+`k_per_token`), BatchTopK's `threshold_momentum`, JumpReLU's `kernel`, `bandwidth`,
+`threshold_init` (sae/jump.py). The flat spellings of earlier versions (top_k=32,
+`[train] top_k = 32`) still work: they are moved into `variant`, `config.top_k`
+reads it back; another variant's setting is ignored, as it was, a budget refused.
 
 Every architecture-dependent default (penalty field, Adam betas, AuxK weight,
 budget) comes from the SAE class registered under `architecture`
@@ -49,6 +47,8 @@ from typing import Any
 
 from sae_hooks.sae import DEFAULT_ARCHITECTURE, SAE_REGISTRY
 from sae_hooks.sae.settings import VariantConfig, check_float, check_int
+
+from .variant_settings import as_variant, nest_flat_settings, variant_setting_types
 
 B_DEC_INITS = ("geometric_median", "mean", "zeros")
 DTYPES = ("float32", "bfloat16", "float16", "float64")
@@ -127,7 +127,7 @@ class TrainConfig:
         if isinstance(self.adam_betas, list):
             self.adam_betas = tuple(self.adam_betas)
         _check_choice("architecture", self.architecture, sorted(SAE_REGISTRY))
-        self.variant = _as_variant(self.sae_class.config_class, self.variant)
+        self.variant = as_variant(self.sae_class.config_class, self.variant)
         _validate(self)
 
     def __getattr__(self, name: str) -> Any:
@@ -244,95 +244,10 @@ _fields_init = TrainConfig.__init__
 
 @functools.wraps(_fields_init)
 def _init(self: TrainConfig, *args: Any, **kwargs: Any) -> None:
-    _fields_init(self, *args, **_nest_flat_settings(kwargs))
+    _fields_init(self, *args, **nest_flat_settings(kwargs))
 
 
 TrainConfig.__init__ = _init  # TrainConfig(top_k=...) and dataclasses.replace(c, top_k=...)
-
-
-# --------------------------------------------------------------------- variant settings
-
-
-def variant_setting_types() -> dict[str, Any]:
-    """Every registered variant's settings (the flat spellings TrainConfig takes) -> type."""
-    return _setting_types(frozenset(sae.config_class for sae in SAE_REGISTRY.values()))
-
-
-@functools.lru_cache(maxsize=8)
-def _setting_types(classes: frozenset[type[VariantConfig]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for cls in sorted(classes, key=lambda c: c.__qualname__):
-        hints = typing.get_type_hints(cls)
-        out.update({name: hints[name] for name in cls.field_names()})
-    return out
-
-
-def flat_settings(data: dict[str, Any]) -> dict[str, Any]:
-    """A saved config (to_dict's nested layout, or an earlier version's flat one) with the
-    variant's settings at the top level, as readers of config.json files look them up."""
-    nested = data.get("variant")
-    flat = {k: v for k, v in data.items() if k != "variant"}
-    return {**flat, **nested} if isinstance(nested, dict) else flat
-
-
-def _nest_flat_settings(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """kwargs with flat variant settings (top_k=..., kernel=...) moved into `variant`.
-
-    A setting that the architecture's config does not take is dropped when it is None
-    or merely another variant's (a flat config of an earlier version holds them all),
-    and refused when it is a top-k budget (`refused_elsewhere`) given to a variant
-    without one. A `variant` of another architecture's class (dataclasses.replace
-    with a new architecture) keeps the settings it changed that the new one takes.
-    """
-    flat = {k: kwargs.pop(k) for k in list(kwargs) if k in variant_setting_types()}
-    arch = kwargs.get("architecture", DEFAULT_ARCHITECTURE)
-    given = kwargs.get("variant")
-    if arch not in SAE_REGISTRY or not (flat or isinstance(given, VariantConfig)):
-        return kwargs  # an unknown architecture is reported by the validation
-    cls = SAE_REGISTRY[arch].config_class
-    if isinstance(given, VariantConfig) and type(given) is not cls:
-        defaults = type(given)()
-        changed = {k: v for k, v in given.to_dict().items() if getattr(defaults, k) != v}
-        flat, given = {**changed, **flat}, None
-    if not flat:
-        return kwargs
-    settings = given.to_dict() if isinstance(given, VariantConfig) else dict(given or {})
-    for key, value in flat.items():
-        if key in cls.field_names():
-            settings[key] = value
-        elif value is not None:
-            _check_other_setting(key, value, arch)
-    return {**kwargs, "variant": settings}
-
-
-def _check_other_setting(key: str, value: Any, arch: str) -> None:
-    """Another variant's setting, given flat to `arch`: checked by the variant that owns
-    it and ignored, as the flat field was; refused if the owner says so (a budget)."""
-    owners = [c.config_class for _, c in sorted(SAE_REGISTRY.items())]
-    owners = [c for c in owners if key in c.field_names()]
-    names = next((c.refused_elsewhere for c in owners if key in c.refused_elsewhere), None)
-    if names is None:
-        owners[0](**{key: value})  # a bad value fails as it would for its variant
-        return
-    takers = sorted(a for a, c in SAE_REGISTRY.items() if key in c.config_class.field_names())
-    penalty = SAE_REGISTRY[arch].penalty_field
-    raise ValueError(
-        f"{' / '.join(names)} apply to {takers}, not {arch!r}"
-        + (f"; use {penalty} or target_l0 for {arch!r}" if penalty else "")
-    )
-
-
-def _as_variant(cls: type[VariantConfig], value: Any) -> VariantConfig:
-    """The variant settings as an instance of `cls`, from None (its defaults) or a dict."""
-    if value is None:
-        return cls()
-    if isinstance(value, dict):
-        return cls.from_dict(value)
-    if type(value) is not cls:
-        raise TypeError(
-            f"variant must be a {cls.__name__} (or a dict of its fields), got {value!r}"
-        )
-    return value
 
 
 # --------------------------------------------------------------------- validation

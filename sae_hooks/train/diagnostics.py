@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import flat_settings
+from .variant_settings import flat_settings
 
 L0_TOLERANCE = 0.25
 LATENT_TOLERANCE = 0.10

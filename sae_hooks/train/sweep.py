@@ -27,7 +27,8 @@ from typing import Any
 
 from sae_hooks.sae import SAE_REGISTRY
 
-from .config import TrainConfig, flat_settings
+from .config import TrainConfig
+from .variant_settings import flat_settings
 
 _FIELDS = [k for k in TrainConfig.field_types() if k != "variant"]
 """What an axis may vary: TrainConfig's fields and the variants' settings (top_k, kernel)."""
