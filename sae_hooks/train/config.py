@@ -240,11 +240,12 @@ class TrainConfig:
 
 
 _fields_init = TrainConfig.__init__
+_FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(TrainConfig))
 
 
 @functools.wraps(_fields_init)
 def _init(self: TrainConfig, *args: Any, **kwargs: Any) -> None:
-    _fields_init(self, *args, **nest_flat_settings(kwargs))
+    _fields_init(self, *args, **nest_flat_settings(kwargs, _FIELD_NAMES))
 
 
 TrainConfig.__init__ = _init  # TrainConfig(top_k=...) and dataclasses.replace(c, top_k=...)

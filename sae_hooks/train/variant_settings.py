@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import typing
+from collections.abc import Collection
 from typing import Any
 
 from sae_hooks.sae import DEFAULT_ARCHITECTURE, SAE_REGISTRY
@@ -40,8 +41,9 @@ def flat_settings(data: dict[str, Any]) -> dict[str, Any]:
     return {**flat, **nested} if isinstance(nested, dict) else flat
 
 
-def nest_flat_settings(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """kwargs with flat variant settings (top_k=..., kernel=...) moved into `variant`.
+def nest_flat_settings(kwargs: dict[str, Any], own: Collection[str]) -> dict[str, Any]:
+    """kwargs with flat variant settings (top_k=..., kernel=...) moved into `variant`;
+    `own`: TrainConfig's fields, which stay where they are.
 
     Beside a nested dict (a config file's [train.variant]) the nested value wins; beside
     an instance (dataclasses.replace(c, top_k=...)) the flat one, the change, does.
@@ -51,11 +53,14 @@ def nest_flat_settings(kwargs: dict[str, Any]) -> dict[str, Any]:
     without one. A `variant` of another architecture's class (dataclasses.replace
     with a new architecture) keeps the settings it changed that the new one takes.
     """
-    flat = {k: kwargs.pop(k) for k in list(kwargs) if k in variant_setting_types()}
+    keys = variant_setting_types()
+    flat = {k: kwargs.pop(k) for k in list(kwargs) if k in keys and k not in own}
     arch = kwargs.get("architecture", DEFAULT_ARCHITECTURE)
     given = kwargs.get("variant")
     if arch not in SAE_REGISTRY or not (flat or isinstance(given, VariantConfig)):
         return kwargs  # an unknown architecture is reported by the validation
+    if given is not None and not isinstance(given, (dict, VariantConfig)):
+        return kwargs  # TrainConfig reports what `variant` must be
     cls = SAE_REGISTRY[arch].config_class
     if isinstance(given, VariantConfig) and type(given) is not cls:
         defaults = type(given)()
