@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .base import SAEOutput
-from .batchtopk import DEFAULT_THRESHOLD_MOMENTUM, BatchTopKSAE
+from .batchtopk import DEFAULT_THRESHOLD_MOMENTUM, BatchTopKConfig, BatchTopKSAE
 from .sparse import check_sparse_decode, decode_pairs
 from .sparse_encoder import Support, kept_support
 
@@ -50,6 +50,7 @@ class MatryoshkaBatchTopKSAE(BatchTopKSAE):
     """
 
     architecture = "matryoshka_batchtopk"
+    config_class = BatchTopKConfig  # BatchTopK's budget and EMA; group_sizes is an `extra`
     # No per-row warm-up (BatchTopK's is 0.5): it undoes what the nested losses are
     # for. On 4 frequent parents with rare children (tests/test_sae_matryoshka.py) the
     # 4-atom first group found the parents at 0.99 mean max-cosine without it and at
