@@ -66,7 +66,7 @@ def read_sweep_config(path: str | Path, train_flags: set[str] = frozenset()) -> 
         raise ValueError(
             f"{path} has no [sweep] table: list the axes there, e.g. k_per_token = [16, 32]"
         )
-    fields = set(TrainConfig.__dataclass_fields__)
+    fields = set(TrainConfig.field_types())
     axes = {k: v for k, v in table.items() if k not in LOCATIONS}
     bad = sorted(k for k, v in axes.items() if not isinstance(v, list))
     if bad:

@@ -16,7 +16,6 @@ A wrong value fails with one line naming file, table, key, expected type and val
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import inspect
 import types
 import typing
@@ -129,11 +128,10 @@ def _convert(value: Any, kind: Any) -> tuple[bool, Any]:
 
 
 def train_field_types() -> dict[str, Any]:
-    """TrainConfig's fields and their annotated types."""
+    """TrainConfig's keys (its fields, the variants' flat settings) and their types."""
     from sae_hooks.train import TrainConfig
 
-    hints = typing.get_type_hints(TrainConfig)
-    return {f.name: hints[f.name] for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig.field_types()
 
 
 def flag_types(parser: argparse.ArgumentParser) -> dict[str, tuple[Any, tuple | None]]:

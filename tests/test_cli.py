@@ -47,7 +47,7 @@ def test_capture_train_eval_ablate_inspect(cache, capsys, tmp_path):
     )
     assert code == 0, err
     config = json.loads((cache / "t/train/config.json").read_text())
-    assert config["architecture"] == "topk" and config["top_k"] == 4
+    assert config["architecture"] == "topk" and config["variant"]["top_k"] == 4
     assert config["steps"] == 20  # the flag beats the file
     assert config["point"] == "resid_post.1"
 

@@ -160,18 +160,19 @@ def test_log_window_reads_a_checkpoint_from_before_sum_of_squares():
     sq_dev, l0, aux_loss) still resume: the loss terms carry over, the FVU restarts."""
     from sae_hooks.train.window import LogWindow
 
-    window = LogWindow(4, torch.device("cpu"))
+    window = LogWindow(4, torch.device("cpu"), rows_per_step=4)
     old = {
         "sums": torch.tensor([6.0, 4.0, 9.0, 9.0, 2.0, 0.5]),
         "window_fires": torch.tensor([3, 0, 1, 0]),
+        "window_steps": 2,
     }
-    window.load_state(old, steps=2, rows=8)
+    window.load_state_dict(old)
     record = window.record()
     assert (record["loss"], record["mse"], record["aux_loss"]) == (3.0, 2.0, 0.25)
     assert record["l0"] == 0.5 and record["dense_fraction"] == 0.5
-    x = torch.tensor([[1.0, 0.0], [3.0, 0.0]])
-    window.add(torch.zeros(3), x, torch.zeros_like(x), torch.zeros(4, dtype=torch.int64), 2)
-    assert window.record()["fvu"] == pytest.approx(10.0 / 2.0)  # only the new rows
-    resumed = LogWindow(4, torch.device("cpu"))
-    resumed.load_state(window.state_tensors(), steps=window.steps, rows=10)
+    x = torch.tensor([[1.0, 0.0], [3.0, 0.0], [1.0, 0.0], [3.0, 0.0]])
+    window.add(torch.zeros(3), x, torch.zeros_like(x), torch.zeros(4, dtype=torch.int64), 4)
+    assert window.record()["fvu"] == pytest.approx(20.0 / 4.0)  # only the new rows
+    resumed = LogWindow(4, torch.device("cpu"), rows_per_step=4)
+    resumed.load_state_dict(window.state_dict())
     assert resumed.record() == window.record()

@@ -145,7 +145,7 @@ def _run_info(sae: nn.Module, run: RunInfo | None, title: str | None, point: str
     run.architecture = run.architecture or config.get("architecture", type(sae).__name__)
     run.nb_concepts, run.d_model = sae.nb_concepts, sae.input_size
     run.point = run.point or point or ""
-    if run.k_per_token is None and config.get("top_k") and "batch" not in run.architecture:
+    if run.k_per_token is None and config.get("top_k") and getattr(sae, "budget_per_row", False):
         run.k_per_token = float(config["top_k"])  # TopK's k is per token already
     return run
 

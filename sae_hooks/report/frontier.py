@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sae_hooks.train.many import SWEEP_FILE, read_sweep
+from sae_hooks.train.variant_settings import flat_settings
 
 PANELS = (("fvu", "FVU"), ("recovered", None), ("kl", "KL(clean || spliced)"))
 # What "recovered" is, per model kind: the eval's downstream key.
@@ -35,7 +36,7 @@ def sweep_rows(sweep_dir: str | os.PathLike) -> list[dict[str, Any]]:
     root = Path(sweep_dir)
     rows = []
     for entry in read_sweep(root):
-        cfg, metrics = entry.get("config", {}), entry.get("metrics", {})
+        cfg, metrics = flat_settings(entry.get("config", {})), entry.get("metrics", {})
         row: dict[str, Any] = {"name": entry["name"]}
         row.update({k: cfg.get(k) for k in _CONFIG_COLUMNS})
         row.update(seed=cfg.get("seed"), step=entry.get("step"))

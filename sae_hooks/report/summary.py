@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sae_hooks.report.curves import read_records
+from sae_hooks.train.variant_settings import flat_settings
 
 EVAL_FIELDS = [
     ("fvu", "FVU"),
@@ -133,7 +134,7 @@ def read_run(run_dir: Path, sae_config: Mapping[str, Any] | None = None) -> RunI
     """Everything the header shows, from the run's files (config, eval, log)."""
     train = train_dir_of(run_dir)
     top = train.parent if train.name == "train" else train  # a pipeline run: name it by its dir
-    config = {**(sae_config or {}), **(_read_json(train / "config.json") or {})}
+    config = {**(sae_config or {}), **flat_settings(_read_json(train / "config.json") or {})}
     evaluation = _read_json(top / "eval.json") or _read_json(train / "eval.json") or {}
     k, note = k_per_token(config)
     return RunInfo(

@@ -3,7 +3,7 @@
 Hub, Neuronpedia) are sae_hooks.interop's: this package knows no model and no trainer."""
 
 from .base import SAE, SAE_REGISTRY, SAEOutput
-from .batchtopk import BatchTopKSAE
+from .batchtopk import BatchTopKConfig, BatchTopKSAE
 from .dictionary import NORMALIZATIONS, DictionaryLayer
 from .encoders import (
     ENCODERS,
@@ -13,15 +13,16 @@ from .encoders import (
     ResNetEncoder,
     register_encoder,
 )
-from .jump import JumpSAE, heaviside, jump_relu
+from .jump import JumpReLUConfig, JumpSAE, heaviside, jump_relu
 from .kernels import KERNELS
 from .matryoshka import MatryoshkaBatchTopKSAE
 from .modes import eval_mode
 from .output import TrainingSupport
 from .overcomplete import load_overcomplete_state_dict
 from .persistence import load_sae
-from .topk import TopKSAE
-from .training import TrainingContract
+from .settings import VariantConfig
+from .topk import TopKConfig, TopKSAE
+from .training import TrainingContract, TrainRun
 from .transcoder import SkipTranscoder, Transcoder
 
 DEFAULT_ARCHITECTURE = BatchTopKSAE.architecture
@@ -35,19 +36,24 @@ __all__ = [
     "SAE",
     "SAE_REGISTRY",
     "AttentionEncoder",
+    "BatchTopKConfig",
     "BatchTopKSAE",
     "DictionaryLayer",
     "EncoderFactory",
+    "JumpReLUConfig",
     "JumpSAE",
     "MLPEncoder",
     "MatryoshkaBatchTopKSAE",
     "ResNetEncoder",
     "SAEOutput",
     "SkipTranscoder",
+    "TopKConfig",
     "TopKSAE",
+    "TrainRun",
     "TrainingContract",
     "TrainingSupport",
     "Transcoder",
+    "VariantConfig",
     "eval_mode",
     "heaviside",
     "jump_relu",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,10 +19,28 @@ from torch import nn
 
 from .base import SAE, SAEOutput
 from .output import TrainingSupport
+from .settings import check_float
 from .shapes import positive_int
 from .sparse import sort_indices
 from .sparse_encoder import batch_top_k, gather_pre_codes, support_codes
-from .topk import default_top_k
+from .topk import TopKConfig, default_top_k
+
+DEFAULT_THRESHOLD_MOMENTUM = 0.9
+"""EMA momentum of the running (inference) threshold."""
+
+
+@dataclass
+class BatchTopKConfig(TopKConfig):
+    """A BatchTopK budget (top_k per batch, or k_per_token) and its threshold's EMA momentum."""
+
+    threshold_momentum: float = DEFAULT_THRESHOLD_MOMENTUM
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_float("threshold_momentum", self.threshold_momentum, 0.0, 1.0, hi_open=True)
+
+    def sae_kwargs(self) -> dict[str, Any]:
+        return {"top_k": self.top_k, "threshold_momentum": self.threshold_momentum}
 
 
 class BatchTopKSAE(SAE):
@@ -44,6 +63,7 @@ class BatchTopKSAE(SAE):
     """
 
     architecture = "batchtopk"
+    config_class = BatchTopKConfig
     penalty_field = None
     default_aux_coefficient = 1 / 32
     default_row_topk_warmup = 0.5
@@ -53,7 +73,7 @@ class BatchTopKSAE(SAE):
         input_shape: int | tuple[int, ...],
         nb_concepts: int,
         top_k: int | None = None,
-        threshold_momentum: float = 0.9,
+        threshold_momentum: float = DEFAULT_THRESHOLD_MOMENTUM,
         encoder_module: str | nn.Module | None = None,
         dictionary_params: dict[str, Any] | None = None,
         device: str | torch.device = "cpu",
@@ -263,10 +283,6 @@ class BatchTopKSAE(SAE):
     @classmethod
     def rows_per_budget(cls, batch_size: int) -> int:
         return batch_size
-
-    @classmethod
-    def train_kwargs(cls, config: Any) -> dict[str, Any]:
-        return {"top_k": config.top_k, "threshold_momentum": config.threshold_momentum}
 
     def train_budget(self, batch_size: int) -> dict[str, int]:
         if self.top_k_per_sample is not None:

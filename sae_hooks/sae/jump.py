@@ -8,8 +8,10 @@ straight-through estimator on the pre-activations.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,6 +22,7 @@ from . import sparse
 from .base import SAE
 from .kernels import DEFAULT_KERNEL, KERNEL_SUPPORT, KERNELS, Kernel, as_kernel, get_kernel
 from .output import EncoderInputs, SAEOutput, TrainingSupport
+from .settings import VariantConfig, check_float
 from .sparse import (
     MAX_SPARSE_GRAD_DENSITY,
     check_sparse_decode,
@@ -29,6 +32,8 @@ from .sparse_encoder import fixed_support, gather_pre_codes, support_codes
 from .training import firing_quantiles
 
 DEFAULT_BANDWIDTH = 1e-3
+"""The kernel bandwidth for inputs at E||x||^2 = 1 (the paper's); JumpReLUConfig scales
+it to the trainer's E||x||^2 = d."""
 INITIAL_THRESHOLD = 1e-3
 MAX_SPARSE_SUPPORT_DENSITY = 0.12
 """Share of (row, latent) pairs within the kernel's reach of their threshold above which
@@ -152,6 +157,36 @@ def heaviside(x: torch.Tensor, threshold: torch.Tensor, kernel_fn: Any, bandwidt
     return _SeedHeaviside.apply(x, threshold, kernel, width)
 
 
+@dataclass
+class JumpReLUConfig(VariantConfig):
+    """JumpReLU's training settings, at the trainer's scale E||x||^2 = d.
+
+    kernel: the pseudo-derivative kernel (one of KERNELS). bandwidth: None means
+    DEFAULT_BANDWIDTH * sqrt(d), the paper's 0.001 at E||x||^2 = 1 rescaled.
+    threshold_init: None (the default) sets each threshold from the data (the quantile
+    of its latent's pre-codes at which it fires on target_l0 / nb_concepts of the init
+    sample, `JumpSAE.init_from_data`); a number sets every threshold to it.
+    """
+
+    kernel: str = DEFAULT_KERNEL
+    bandwidth: float | None = None
+    threshold_init: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {list(KERNELS)}, got {self.kernel!r}")
+        for name in ("bandwidth", "threshold_init"):
+            value = getattr(self, name)
+            check_float(name, value, 0.0, math.inf, lo_open=True, optional=True)
+
+    def resolved(self, *, d_model: int, nb_concepts: int, rows: int | None) -> JumpReLUConfig:
+        bandwidth = self.bandwidth or DEFAULT_BANDWIDTH * math.sqrt(d_model)
+        return dataclasses.replace(self, bandwidth=bandwidth)
+
+    def sae_kwargs(self) -> dict[str, Any]:
+        return {"kernel": self.kernel, "bandwidth": self.bandwidth}
+
+
 class JumpSAE(SAE):
     """JumpReLU SAE. `bandwith` (the seed's spelling) and `bandwidth` are the same
     argument (default 1e-3, suited to inputs scaled to E||x||^2 = 1). kernel: one of
@@ -159,6 +194,7 @@ class JumpSAE(SAE):
     """
 
     architecture = "jumprelu"
+    config_class = JumpReLUConfig
     penalty_field = "l0_coefficient"
     default_adam_betas = (0.0, 0.999)
     default_row_topk_warmup = 0.5
@@ -358,10 +394,6 @@ class JumpSAE(SAE):
     def _variant_config(self) -> dict[str, Any]:
         return {"kernel": self.kernel, "bandwidth": self.bandwidth}
 
-    @classmethod
-    def train_kwargs(cls, config: Any) -> dict[str, Any]:
-        return {"kernel": config.kernel, "bandwidth": config.bandwidth}
-
     @torch.no_grad()
     def init_from_data(self, sample: torch.Tensor, config: Any) -> None:
         """Thresholds at which every latent fires on the target share of the sample.
@@ -370,10 +402,10 @@ class JumpSAE(SAE):
         sample, L0 being config.target_l0 (else DEFAULT_INIT_L0), so training starts
         at its target L0 instead of firing on almost everything (a fixed 0.001*sqrt(d)
         left L0 at ~200 of 512 for 600 steps: Adam moves log theta by ~lr per step).
-        An explicit config.threshold_init sets every threshold to that value instead (a
-        structure encoder, which reads whole sequences, gets 0.001 * sqrt(d)).
+        An explicit config.variant.threshold_init sets every threshold to that value
+        instead (a structure encoder, which reads whole sequences, gets 0.001 * sqrt(d)).
         """
-        fixed = getattr(config, "threshold_init", None)
+        fixed = getattr(config.variant, "threshold_init", None)
         if fixed is None and self._structured:  # a sequence encoder: no per-row pre-codes
             fixed = INITIAL_THRESHOLD * math.sqrt(self.input_size)
         if fixed is not None:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .base import SAEOutput
-from .batchtopk import BatchTopKSAE
+from .batchtopk import DEFAULT_THRESHOLD_MOMENTUM, BatchTopKConfig, BatchTopKSAE
 from .output import Support, kept_support
 from .sparse import check_sparse_decode, decode_pairs
 
@@ -50,6 +50,7 @@ class MatryoshkaBatchTopKSAE(BatchTopKSAE):
     """
 
     architecture = "matryoshka_batchtopk"
+    config_class = BatchTopKConfig  # BatchTopK's budget and EMA; group_sizes is an `extra`
     # No per-row warm-up (BatchTopK's is 0.5): it undoes what the nested losses are
     # for. On 4 frequent parents with rare children (tests/test_sae_matryoshka.py) the
     # 4-atom first group found the parents at 0.99 mean max-cosine without it and at
@@ -62,7 +63,7 @@ class MatryoshkaBatchTopKSAE(BatchTopKSAE):
         nb_concepts: int,
         top_k: int | None = None,
         group_sizes: list[int] | tuple[int, ...] | None = None,
-        threshold_momentum: float = 0.9,
+        threshold_momentum: float = DEFAULT_THRESHOLD_MOMENTUM,
         encoder_module: str | nn.Module | None = None,
         dictionary_params: dict[str, Any] | None = None,
         device: str | torch.device = "cpu",

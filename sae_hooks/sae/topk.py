@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -10,7 +12,11 @@ from torch import nn
 
 from .base import SAE, SAEOutput
 from .output import TrainingSupport
+from .settings import VariantConfig, check_int
 from .sparse_encoder import fixed_support, gather_pre_codes, support_codes
+
+DEFAULT_K_PER_TOKEN = 32
+"""Codes per token when a top-k variant is trained with neither top_k nor k_per_token."""
 
 
 def default_top_k(nb_concepts: int) -> int:
@@ -26,10 +32,53 @@ def check_top_k(name: str, top_k: object, nb_concepts: int) -> int:
     return top_k
 
 
+@dataclass
+class TopKConfig(VariantConfig):
+    """The budget of a top-k variant: `top_k` in the SAE's own meaning (per row for
+    TopK, per batch for BatchTopK) or `k_per_token`, the architecture-independent
+    spelling (top_k = k_per_token * the SAE's rows_per_budget). Give one of the two;
+    with neither, k_per_token = DEFAULT_K_PER_TOKEN."""
+
+    top_k: int | None = None
+    k_per_token: int | None = None
+
+    refused_elsewhere: ClassVar[tuple[str, ...]] = ("top_k", "k_per_token")
+
+    def __post_init__(self) -> None:
+        check_int("top_k", self.top_k, minimum=1, optional=True)
+        check_int("k_per_token", self.k_per_token, minimum=1, optional=True)
+
+    def check_budget(self, rows: int, architecture: str) -> None:
+        """top_k and k_per_token, when both given, must agree at `rows` rows per budget."""
+        given = self.top_k is not None and self.k_per_token is not None
+        if given and self.top_k != self.k_per_token * rows:
+            raise ValueError(
+                f"top_k={self.top_k} and k_per_token={self.k_per_token} disagree "
+                f"(expected top_k={self.k_per_token * rows} for {architecture!r}); give only one"
+            )
+
+    def resolved(self, *, d_model: int, nb_concepts: int, rows: int | None) -> TopKConfig:
+        top_k, k_per_token = self.top_k, self.k_per_token
+        if rows is None:
+            return self
+        if top_k is None:
+            k_per_token = k_per_token or DEFAULT_K_PER_TOKEN
+            top_k = k_per_token * rows
+        if top_k // rows > nb_concepts or top_k < 1:
+            raise ValueError(
+                f"top_k={top_k} must keep between 1 and nb_concepts={nb_concepts} per row"
+            )
+        return dataclasses.replace(self, top_k=top_k, k_per_token=k_per_token)
+
+    def sae_kwargs(self) -> dict[str, Any]:
+        return {"top_k": self.top_k}
+
+
 class TopKSAE(SAE):
     """k codes per row (top_k; None means nb_concepts // 10), in training and in eval alike."""
 
     architecture = "topk"
+    config_class = TopKConfig
     penalty_field = None
     default_aux_coefficient = 1 / 32
 
@@ -87,10 +136,6 @@ class TopKSAE(SAE):
     @classmethod
     def rows_per_budget(cls, batch_size: int) -> int:
         return 1
-
-    @classmethod
-    def train_kwargs(cls, config: Any) -> dict[str, Any]:
-        return {"top_k": config.top_k}
 
     def train_budget(self, batch_size: int) -> dict[str, int]:
         return {"top_k": self.top_k}

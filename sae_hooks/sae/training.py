@@ -5,34 +5,52 @@ penalty and the TrainConfig coefficient that weights it, its Adam betas, whether
 AuxK is on by default, how its top_k budget is counted, how it is built from a
 TrainConfig, how its budget splits over data-parallel ranks, how it is
 initialised from data, what a training batch holds (rows, or a pair of input and
-target rows: transcoders) and its reconstruction loss (Matryoshka: summed over prefixes). `SAE` inherits these defaults (those of a plain ReLU SAE
-with an L1 penalty); a variant overrides what differs, so adding one is one file
-in sae/ and its `architecture` name (the registration).
+target rows: transcoders) and its reconstruction loss (Matryoshka: summed over
+prefixes). `SAE` inherits these defaults (those of a plain ReLU SAE with an L1
+penalty); a variant overrides what differs, so adding one is one file
+in sae/ and its `architecture` name (the registration). A variant's own settings
+(top_k, JumpReLU's kernel, ...) are its `config_class` (sae/settings.py), which the run
+carries as `variant`.
 
-`config` below is a resolved `sae_hooks.train.TrainConfig`, read by field name only
-(sae/ does not import train/).
+`config` below is a resolved run, `TrainRun`: what a variant reads of it. sae/ imports
+nothing from train/; `sae_hooks.train.TrainConfig` is one such run.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
+from torch import nn
 
-if TYPE_CHECKING:
-    from sae_hooks.train.config import TrainConfig
-
-    from .base import SAE
-
+from .settings import VariantConfig
 
 Gather = Callable[[torch.Tensor], torch.Tensor]
 """Every data-parallel rank's tensor concatenated along dim 0 (`ProcessRank.all_gather`)."""
 
 
+class TrainRun(Protocol):
+    """What a variant reads of the (resolved) run that trains it."""
+
+    variant: VariantConfig  # the variant's own settings, an instance of its config_class
+    nb_concepts: int | None
+    device: str
+    extra: dict[str, Any]  # constructor arguments no setting gives
+    steps: int | None
+    row_topk_warmup: float | None
+    target_l0: float | None
+    normalize_activations: bool
+
+
 class TrainingContract:
     """Class-level training defaults and hooks; mixed into `SAE`."""
+
+    config_class: ClassVar[type[VariantConfig]] = VariantConfig
+    """The variant's own training settings (TrainConfig.variant is one): their fields,
+    defaults, checks and the constructor arguments they give. A subclass of
+    `VariantConfig` declared in the variant's file; the base has no settings."""
 
     penalty_field: ClassVar[str | None] = "l1_coefficient"
     """The TrainConfig field weighting `sparsity_loss` in the training loss (the one
@@ -96,18 +114,23 @@ class TrainingContract:
         return None
 
     @classmethod
-    def train_kwargs(cls, config: TrainConfig) -> dict[str, Any]:
-        """Constructor arguments of this variant taken from TrainConfig fields."""
-        return {}
+    def train_kwargs(cls, config: TrainRun) -> dict[str, Any]:
+        """Constructor arguments of this variant taken from the run's settings."""
+        return config.variant.sae_kwargs()
 
     @classmethod
-    def from_train_config(cls, config: TrainConfig, d_model: int) -> SAE:
+    def from_train_config(cls, config: TrainRun, d_model: int) -> nn.Module:
         """A fresh SAE for rows of width d_model; `config.extra` adds constructor arguments."""
         kwargs = {**config.extra, **cls.train_kwargs(config)}
         return cls(d_model, config.nb_concepts, device=config.device, **kwargs)
 
+    @property
+    def budget_per_row(self) -> bool:
+        """Whether top_k counts codes per row (TopK), not per batch (BatchTopK) or none."""
+        return self.rows_per_budget(2) == 1
+
     def train_budget(self, batch_size: int) -> dict[str, int]:
-        """The TrainConfig budget fields (top_k) that describe this built SAE; {} if none."""
+        """The variant settings (top_k) that describe this built SAE's budget; {} if none."""
         return {}
 
     @contextlib.contextmanager
@@ -119,7 +142,7 @@ class TrainingContract:
 
     @contextlib.contextmanager
     def step_phase(
-        self, step: int, config: TrainConfig, gather: Gather | None = None
+        self, step: int, config: TrainRun, gather: Gather | None = None
     ) -> Iterator[None]:
         """While active, the SAE trains as at `step` of the run `config` describes (the
         trainer wraps every step's forward in it). gather: every data-parallel rank's
@@ -139,7 +162,7 @@ class TrainingContract:
         return err.pow(2).sum(-1).mean()
 
     @torch.no_grad()
-    def init_from_data(self, sample: torch.Tensor, config: TrainConfig) -> None:
+    def init_from_data(self, sample: torch.Tensor, config: TrainRun) -> None:
         """Variant-specific initialisation from a sample of (normalised) training rows,
         after the trainer has tied the encoder and set b_dec.
 
@@ -162,7 +185,7 @@ INIT_CHUNK_ROWS = 4096
 
 
 @torch.no_grad()
-def firing_quantiles(sae: SAE, sample: torch.Tensor, l0: float) -> torch.Tensor:
+def firing_quantiles(sae: Any, sample: torch.Tensor, l0: float) -> torch.Tensor:
     """(nb_concepts,) the value each latent's pre-code exceeds on l0 / nb_concepts of the
     sample's rows: where to put a threshold (or a bias) so that, on this sample, the SAE
     fires `l0` latents per row on average, spread evenly over the latents."""

@@ -9,6 +9,8 @@ every step: log(lambda) += gain * clip(log(L0 / target_l0), -1, 1).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from .config import TrainConfig
@@ -28,6 +30,12 @@ class SparsityCoefficient:
         self.value = torch.tensor(float(base), device=device)
         self.base = float(base)
         self.can_reward = bool(config.sae_class.penalty_can_reward)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"coefficient": self.value}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.value = state["coefficient"].to(self.value.device)
 
     @property
     def active(self) -> bool:

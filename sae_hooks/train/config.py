@@ -9,11 +9,6 @@ rows scaled to E||x||^2 = d, so one coordinate is O(1) and the reconstruction
 loss (summed over d, averaged over rows) is d times the per-coordinate MSE. The
 defaults below are stated for that scale:
 
-- `bandwidth` (JumpReLU): the paper's 0.001 at E||x||^2 = 1, rescaled by sqrt(d)
-  to 0.001 * sqrt(d). `threshold_init` None (the default) sets each threshold from
-  the data: the quantile of its latent's pre-codes on the init sample at which it
-  fires on target_l0 / nb_concepts of the rows (JumpSAE.init_from_data); a number
-  sets every threshold to it.
 - `l0_coefficient`, `l1_coefficient`: trade-offs against the summed MSE; data
   dependent. `target_l0` replaces hand tuning for JumpReLU and ReLU: the
   coefficient is then adapted by a multiplicative integral controller,
@@ -21,11 +16,13 @@ defaults below are stated for that scale:
   step (on device, no host sync), starting from the given coefficient; the
   coefficient warm-up is not applied in that mode (the controller ramps itself).
 
-Sparsity for TopK / BatchTopK. `top_k` keeps each class's own meaning: per row
-for TopK, per *batch* for BatchTopK (the seed API). `k_per_token` is the
-architecture-independent spelling: top_k = k_per_token * rows_per_budget, where
-the SAE class says how many rows one budget spans (BatchTopK: batch_size, TopK: 1).
-Give one of the two.
+A variant's own settings live in `variant`, an instance of the SAE class's
+`config_class`, defined with its defaults in the variant's file: the top-k budget
+(sae/topk.py: `top_k`, per row for TopK and per *batch* for BatchTopK, or
+`k_per_token`), BatchTopK's `threshold_momentum`, JumpReLU's `kernel`, `bandwidth`,
+`threshold_init` (sae/jump.py). The flat spellings of earlier versions (top_k=32,
+`[train] top_k = 32`) still work: they are moved into `variant`, `config.top_k`
+reads it back; another variant's setting is ignored, as it was, a budget refused.
 
 Every architecture-dependent default (penalty field, Adam betas, AuxK weight,
 budget) comes from the SAE class registered under `architecture`
@@ -39,19 +36,22 @@ revived, so the default is min(10M, total_tokens // 10) (at least one batch).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import json
 import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sae_hooks.sae import DEFAULT_ARCHITECTURE, KERNELS, SAE_REGISTRY
-from sae_hooks.sae.kernels import DEFAULT_KERNEL
+from sae_hooks.sae import DEFAULT_ARCHITECTURE, SAE_REGISTRY
+from sae_hooks.sae.settings import VariantConfig, check_float, check_int
+
+from .variant_settings import as_variant, nest_flat_settings, variant_setting_types
 
 B_DEC_INITS = ("geometric_median", "mean", "zeros")
 DTYPES = ("float32", "bfloat16", "float16", "float64")
-_DEFAULT_K_PER_TOKEN = 32
 _DEFAULT_EXPANSION = 8
 
 # Fields that may differ between a checkpoint's config and the config resuming it.
@@ -73,13 +73,9 @@ class TrainConfig:
     )
     nb_concepts: int | None = None  # None -> expansion_factor * d
     expansion_factor: int | None = None  # None -> 8 (ignored when nb_concepts is set)
-    top_k: int | None = None  # the SAE's own meaning: per batch (BatchTopK), per row (TopK)
-    k_per_token: int | None = None  # top_k = k_per_token * the SAE's rows_per_budget
-    threshold_momentum: float = 0.9  # BatchTopK running-threshold EMA
-    row_topk_warmup: float | None = None  # None -> the SAE class's default (see below)
-    kernel: str = DEFAULT_KERNEL  # JumpReLU pseudo-derivative kernel
-    bandwidth: float | None = None  # JumpReLU; None -> 0.001 * sqrt(d)
-    threshold_init: float | None = None  # JumpReLU; None -> from data (target_l0 quantiles)
+    # The variant's own settings (its config_class; a dict of its fields is converted).
+    variant: VariantConfig | dict[str, Any] | None = None  # None -> the class's defaults
+    row_topk_warmup: float | None = None  # None -> the SAE class's default
 
     # How long, how fast.
     batch_size: int = 4096
@@ -130,14 +126,23 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.adam_betas, list):
             self.adam_betas = tuple(self.adam_betas)
+        _check_choice("architecture", self.architecture, sorted(SAE_REGISTRY))
+        self.variant = as_variant(self.sae_class.config_class, self.variant)
         _validate(self)
+
+    def __getattr__(self, name: str) -> Any:
+        """The flat spelling of a variant setting (config.top_k) reads config.variant;
+        None where the variant has no such setting, as the flat field read before."""
+        if name in variant_setting_types():
+            return getattr(self.__dict__.get("variant"), name, None)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # ----------------------------------------------------------------- derived values
 
     def resolve(self, d_model: int) -> TrainConfig:
         """A copy with every None default filled in for activations of width d_model."""
-        _check_int("d_model", d_model, minimum=1)
-        variant = self.sae_class
+        check_int("d_model", d_model, minimum=1)
+        sae_class = self.sae_class
         nb = self.nb_concepts or (self.expansion_factor or _DEFAULT_EXPANSION) * d_model
         steps = self.steps or self.total_tokens // self.batch_size
         if steps < 1:
@@ -145,22 +150,12 @@ class TrainConfig:
                 f"total_tokens={self.total_tokens} is less than one batch of {self.batch_size}"
             )
         total_tokens = steps * self.batch_size
-        top_k, k_per_token = self.top_k, self.k_per_token
-        rows = variant.rows_per_budget(self.batch_size)
-        if rows is not None:
-            if top_k is None:
-                k_per_token = k_per_token or _DEFAULT_K_PER_TOKEN
-                top_k = k_per_token * rows
-            if top_k // rows > nb or top_k < 1:
-                raise ValueError(f"top_k={top_k} must keep between 1 and nb_concepts={nb} per row")
-        scale_eps = 0.001 * math.sqrt(d_model)
+        rows = sae_class.rows_per_budget(self.batch_size)
         return dataclasses.replace(
             self,
             nb_concepts=nb,
             expansion_factor=None,
-            top_k=top_k,
-            k_per_token=k_per_token,
-            bandwidth=self.bandwidth or scale_eps,
+            variant=self.variant.resolved(d_model=d_model, nb_concepts=nb, rows=rows),
             steps=steps,
             total_tokens=total_tokens,
             lr=self.lr or default_lr(nb, steps),
@@ -169,17 +164,17 @@ class TrainConfig:
                 if self.warmup_steps is not None
                 else round(self.warmup_fraction * steps)
             ),
-            adam_betas=self.adam_betas or variant.default_adam_betas,
+            adam_betas=self.adam_betas or sae_class.default_adam_betas,
             row_topk_warmup=(
                 self.row_topk_warmup
                 if self.row_topk_warmup is not None
-                else variant.default_row_topk_warmup
+                else sae_class.default_row_topk_warmup
             ),
             aux_k=min(self.aux_k or max(d_model // 2, 1), nb),
             aux_coefficient=(
                 self.aux_coefficient
                 if self.aux_coefficient is not None
-                else variant.default_aux_coefficient
+                else sae_class.default_aux_coefficient
             ),
             dead_tokens=self.dead_tokens
             or max(min(10_000_000, total_tokens // 10), self.batch_size),
@@ -203,16 +198,26 @@ class TrainConfig:
     # ----------------------------------------------------------------- (de)serialisation
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-able fields; `variant` nested as a dict of its settings."""
         out = dataclasses.asdict(self)
         if out["adam_betas"] is not None:
             out["adam_betas"] = list(out["adam_betas"])
         return out
 
     @classmethod
+    def field_types(cls) -> dict[str, Any]:
+        """Every key a config file or from_dict takes -> its type: the fields, then the
+        flat spellings of the variants' settings (top_k, kernel, ...)."""
+        hints = typing.get_type_hints(cls)
+        own = {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+        return {**own, **{k: v for k, v in variant_setting_types().items() if k not in own}}
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """From to_dict's output, or a flat dict of an earlier version (top_k=... at the top)."""
         if not isinstance(data, dict):
             raise TypeError(f"TrainConfig.from_dict expects a dict, got {type(data).__name__}")
-        valid = [f.name for f in dataclasses.fields(cls)]
+        valid = list(cls.field_types())
         unknown = sorted(set(data) - set(valid))
         if unknown:
             raise ValueError(f"unknown TrainConfig keys {unknown}; valid keys: {valid}")
@@ -232,6 +237,18 @@ class TrainConfig:
         if isinstance(text_or_path, Path) or not text.lstrip().startswith("{"):
             text = Path(text_or_path).read_text()
         return cls.from_dict(json.loads(text))
+
+
+_fields_init = TrainConfig.__init__
+_FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(TrainConfig))
+
+
+@functools.wraps(_fields_init)
+def _init(self: TrainConfig, *args: Any, **kwargs: Any) -> None:
+    _fields_init(self, *args, **nest_flat_settings(kwargs, _FIELD_NAMES))
+
+
+TrainConfig.__init__ = _init  # TrainConfig(top_k=...) and dataclasses.replace(c, top_k=...)
 
 
 # --------------------------------------------------------------------- validation
@@ -259,8 +276,6 @@ def default_lr(nb_concepts: int, steps: int) -> float:
 
 
 def _validate(c: TrainConfig) -> None:
-    _check_choice("architecture", c.architecture, sorted(SAE_REGISTRY))
-    _check_choice("kernel", c.kernel, list(KERNELS))
     _check_choice("b_dec_init", c.b_dec_init, B_DEC_INITS)
     _check_choice("dtype", c.dtype, DTYPES)
     if c.point is not None and (not isinstance(c.point, str) or not c.point):
@@ -293,16 +308,16 @@ def _validate_target(c: TrainConfig) -> None:
 
 
 def _validate_counts(c: TrainConfig) -> None:
-    for name in ("nb_concepts", "expansion_factor", "top_k", "k_per_token", "steps"):
-        _check_int(name, getattr(c, name), minimum=1, optional=True)
+    for name in ("nb_concepts", "expansion_factor", "steps"):
+        check_int(name, getattr(c, name), minimum=1, optional=True)
     for name in ("total_tokens", "aux_k", "dead_tokens"):
-        _check_int(name, getattr(c, name), minimum=1, optional=True)
+        check_int(name, getattr(c, name), minimum=1, optional=True)
     for name in ("batch_size", "log_every", "val_batches", "init_rows"):
-        _check_int(name, getattr(c, name), minimum=1)
+        check_int(name, getattr(c, name), minimum=1)
     for name in ("warmup_steps", "val_every", "checkpoint_every"):
-        _check_int(name, getattr(c, name), minimum=0, optional=True)
-    _check_int("seed", c.seed, minimum=0)
-    _check_int("data_seed", c.data_seed, minimum=0, optional=True)
+        check_int(name, getattr(c, name), minimum=0, optional=True)
+    check_int("seed", c.seed, minimum=0)
+    check_int("data_seed", c.data_seed, minimum=0, optional=True)
 
 
 def _validate_run_length(c: TrainConfig) -> None:
@@ -320,46 +335,33 @@ def _validate_run_length(c: TrainConfig) -> None:
 
 
 def _validate_sparsity(c: TrainConfig) -> None:
-    """Budget fields only for variants with a top_k budget, target_l0 only for penalised ones."""
-    variant = c.sae_class
-    rows = variant.rows_per_budget(c.batch_size)
-    budgeted = [a for a, cls in sorted(SAE_REGISTRY.items()) if cls.rows_per_budget(1)]
+    """The variant's budget agrees with the batch size; target_l0 only for penalised variants."""
+    sae_class = c.sae_class
     penalised = [a for a, cls in sorted(SAE_REGISTRY.items()) if cls.penalty_field]
-    both = rows is not None and c.top_k is not None and c.k_per_token is not None
-    if both and c.top_k != c.k_per_token * rows:
-        raise ValueError(
-            f"top_k={c.top_k} and k_per_token={c.k_per_token} disagree "
-            f"(expected top_k={c.k_per_token * rows} for {c.architecture!r}); give only one"
-        )
-    if rows is None and (c.top_k or c.k_per_token):
-        raise ValueError(
-            f"top_k / k_per_token apply to {budgeted}, not {c.architecture!r}; use "
-            f"{variant.penalty_field} or target_l0 for {c.architecture!r}"
-        )
-    if c.target_l0 is not None and variant.penalty_field is None:
+    c.variant.check_budget(sae_class.rows_per_budget(c.batch_size), c.architecture)
+    if c.target_l0 is not None and sae_class.penalty_field is None:
         raise ValueError(
             f"target_l0 applies to {penalised}; {c.architecture!r} fixes L0 with "
             "top_k / k_per_token"
         )
-    _check_float("threshold_momentum", c.threshold_momentum, 0.0, 1.0, hi_open=True)
     for name in ("l0_coefficient", "l1_coefficient", "target_l0_gain"):
-        _check_float(name, getattr(c, name), 0.0, math.inf)
-    _check_float("aux_coefficient", c.aux_coefficient, 0.0, math.inf, optional=True)
+        check_float(name, getattr(c, name), 0.0, math.inf)
+    check_float("aux_coefficient", c.aux_coefficient, 0.0, math.inf, optional=True)
 
 
 def _validate_rates(c: TrainConfig) -> None:
-    for name in ("bandwidth", "threshold_init", "lr", "target_l0"):
-        _check_float(name, getattr(c, name), 0.0, math.inf, lo_open=True, optional=True)
+    for name in ("lr", "target_l0"):
+        check_float(name, getattr(c, name), 0.0, math.inf, lo_open=True, optional=True)
     for name in ("warmup_fraction", "decay_fraction", "sparsity_warmup_fraction"):
-        _check_float(name, getattr(c, name), 0.0, 1.0)
-    _check_float("row_topk_warmup", c.row_topk_warmup, 0.0, 1.0, optional=True)
+        check_float(name, getattr(c, name), 0.0, 1.0)
+    check_float("row_topk_warmup", c.row_topk_warmup, 0.0, 1.0, optional=True)
     if c.warmup_fraction + c.decay_fraction > 1.0:
         raise ValueError(
             f"warmup_fraction + decay_fraction must be <= 1, got "
             f"{c.warmup_fraction} + {c.decay_fraction}"
         )
-    _check_float("grad_clip", c.grad_clip, 0.0, math.inf, lo_open=True, optional=True)
-    _check_float("adam_eps", c.adam_eps, 0.0, math.inf, lo_open=True)
+    check_float("grad_clip", c.grad_clip, 0.0, math.inf, lo_open=True, optional=True)
+    check_float("adam_eps", c.adam_eps, 0.0, math.inf, lo_open=True)
     if c.adam_betas is not None:
         betas = c.adam_betas
         if (
@@ -389,15 +391,15 @@ def _validate_extra(c: TrainConfig) -> None:
     """`extra` holds constructor arguments of the SAE class that no TrainConfig field sets."""
     if not isinstance(c.extra, dict):
         raise TypeError(f"extra must be a dict of SAE constructor arguments, got {c.extra!r}")
-    variant = c.sae_class
-    params = inspect.signature(variant.__init__).parameters
-    by_config = {"input_shape", "nb_concepts", "device"} | set(variant.train_kwargs(c))
+    sae_class = c.sae_class
+    params = inspect.signature(sae_class.__init__).parameters
+    by_config = {"input_shape", "nb_concepts", "device"} | set(sae_class.train_kwargs(c))
     valid = sorted(set(params) - {"self"} - by_config)
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     unknown = sorted(k for k in c.extra if k not in params and not takes_any)
     if unknown:
         raise ValueError(
-            f"extra has {unknown}, which {variant.__name__} ({c.architecture!r}) does not take; "
+            f"extra has {unknown}, which {sae_class.__name__} ({c.architecture!r}) does not take; "
             f"valid extra keys: {valid}"
         )
     shadowed = sorted(k for k in c.extra if k in by_config)
@@ -411,35 +413,3 @@ def _validate_extra(c: TrainConfig) -> None:
 def _check_choice(name: str, value: object, choices: list[str] | tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
-
-
-def _check_int(name: str, value: object, *, minimum: int, optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        what = f"an int >= {minimum}" + (" or None" if optional else "")
-        raise ValueError(f"{name} must be {what}, got {value!r}")
-
-
-def _check_float(
-    name: str,
-    value: object,
-    lo: float,
-    hi: float,
-    *,
-    lo_open: bool = False,
-    hi_open: bool = False,
-    optional: bool = False,
-) -> None:
-    if value is None and optional:
-        return
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
-    if not ok:
-        interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open or hi == math.inf else ']'}"
-        raise ValueError(
-            f"{name} must be a number in {interval}"
-            + (" or None" if optional else "")
-            + f", got {value!r}"
-        )

@@ -30,6 +30,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .variant_settings import flat_settings
+
 L0_TOLERANCE = 0.25
 LATENT_TOLERANCE = 0.10
 UNDERTRAINED_WINDOW = 0.10
@@ -41,9 +43,11 @@ class RunWarning(UserWarning):
 
 
 def target_l0(config: Mapping[str, Any]) -> float | None:
-    """The L0 a resolved config asks for: target_l0, else k_per_token; None if neither."""
+    """The L0 a resolved config (either layout) asks for: target_l0, else the variant's
+    k_per_token; None if neither."""
+    settings = flat_settings(dict(config))
     for key in ("target_l0", "k_per_token"):
-        value = config.get(key)
+        value = settings.get(key)
         if isinstance(value, (int, float)) and value > 0:
             return float(value)
     return None

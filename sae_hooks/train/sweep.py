@@ -28,8 +28,10 @@ from typing import Any
 from sae_hooks.sae import SAE_REGISTRY
 
 from .config import TrainConfig
+from .variant_settings import flat_settings
 
-_FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
+_FIELDS = [k for k in TrainConfig.field_types() if k != "variant"]
+"""What an axis may vary: TrainConfig's fields and the variants' settings (top_k, kernel)."""
 _NAMED = ("point", "architecture", "nb_concepts", "expansion_factor", "top_k", "k_per_token")
 _NAMED += ("target_l0", "seed")
 
@@ -110,14 +112,15 @@ def sweep_name(cfg: TrainConfig, extra: Sequence[str] = ()) -> str:
         parts.append(f"n{cfg.nb_concepts}")
     elif cfg.expansion_factor is not None:
         parts.append(f"x{cfg.expansion_factor}")
-    if cfg.k_per_token is not None:
-        parts.append(f"k{cfg.k_per_token}")
-    elif cfg.top_k is not None:
-        parts.append(f"t{cfg.top_k}")
+    settings = flat_settings(cfg.to_dict())
+    if settings.get("k_per_token") is not None:
+        parts.append(f"k{settings['k_per_token']}")
+    elif settings.get("top_k") is not None:
+        parts.append(f"t{settings['top_k']}")
     if cfg.target_l0 is not None:
         parts.append(f"l0{cfg.target_l0:g}")
-    for name in extra:
-        value = getattr(cfg, name)
+    for name in (n for n in extra if n in settings):  # a setting of the config's variant
+        value = settings[name]
         parts.append(f"{name}{value:g}" if isinstance(value, float) else f"{name}{value}")
     parts.append(f"s{cfg.seed}")
     return "-".join(parts)
@@ -126,11 +129,13 @@ def sweep_name(cfg: TrainConfig, extra: Sequence[str] = ()) -> str:
 def sweep_names(configs: Sequence[TrainConfig], extra: Sequence[str] | None = None) -> list[str]:
     """Names for configs: the standard parts, plus every other field that differs."""
     if extra is None:
-        dicts = [c.to_dict() for c in configs]
+        dicts = [flat_settings(c.to_dict()) for c in configs]
         extra = [
             k
             for k in _FIELDS
-            if k not in _NAMED and k != "data_seed" and len({repr(d[k]) for d in dicts}) > 1
+            if k not in _NAMED
+            and k != "data_seed"
+            and len({repr(d[k]) for d in dicts if k in d}) > 1
         ]
     names = [sweep_name(c, extra) for c in configs]
     repeated = sorted({n for n in names if names.count(n) > 1})

@@ -126,7 +126,15 @@ class Trainer:
             trainer_state.check_resumable(cfg, found, state)
         self._build(sae if sae is not None else build_sae(cfg, d))
         if found is not None:
-            trainer_state.restore(self, found)
+            self.load_state_dict(
+                trainer_state.load(
+                    found,
+                    sae=self.sae,
+                    optimizer=self.optimizer,
+                    device=self.device,
+                    like=self.state_dict(),
+                )
+            )
         else:
             self.scale = initialise_from_data(
                 self.sae, self.source, cfg, self._constrained, self.device
@@ -165,11 +173,45 @@ class Trainer:
             1, min(cfg.log_every, math.ceil(cfg.dead_tokens / cfg.batch_size / 10))
         )
         self.dead = DeadLatents(cfg.nb_concepts, cfg.dead_tokens, self.device)
-        self.window = LogWindow(cfg.nb_concepts, self.device)
+        self.window = LogWindow(cfg.nb_concepts, self.device, rows_per_step=cfg.batch_size)
         self.coefficient = SparsityCoefficient(cfg, self.device)
         self.step = 0
+        self.scale = 1.0
         self.aux_active = False
-        self.metrics = StepMetrics(self)
+        self.metrics = StepMetrics(
+            cfg,
+            window=self.window,
+            dead=self.dead,
+            coefficient=self.coefficient,
+            rank=self.rank,
+            run_dir=self.run_dir,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The checkpoint dict (nanoGPT's): the state_dicts of the parts, the loop's
+        counters, the loader's position and the config (SAE and optimiser aside)."""
+        return {
+            "parts": {
+                "dead": self.dead.state_dict(),
+                "coefficient": self.coefficient.state_dict(),
+                "window": self.window.state_dict(),
+            },
+            "step": self.step,
+            "scale": self.scale,
+            "aux_active": self.aux_active,
+            "loader": self.loader.state_dict(),
+            "config": self.config.to_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` holds (the config is checked, not loaded)."""
+        parts = state["parts"]
+        self.dead.load_state_dict(parts["dead"])
+        self.coefficient.load_state_dict(parts["coefficient"])
+        self.window.load_state_dict(parts["window"])
+        self.step, self.scale = state["step"], state["scale"]
+        self.aux_active = state["aux_active"]
+        self.loader.load_state_dict(state["loader"])
 
     def _broadcast_initial_state(self) -> None:
         """Every rank starts from rank 0's SAE, whatever its own sample gave."""
@@ -183,7 +225,9 @@ class Trainer:
         """Write a checkpoint (rank 0 only: the ranks hold identical state)."""
         if not self.rank.is_main:
             return self.run_dir / checkpoint.CHECKPOINT
-        return trainer_state.save(self)
+        return trainer_state.save(
+            self.run_dir, sae=self.sae, optimizer=self.optimizer, state=self.state_dict()
+        )
 
     # ------------------------------------------------------------------ the loop
 
@@ -227,7 +271,7 @@ class Trainer:
         self.sae.train()
         if self.rank.is_main:
             self.config.to_json(self.run_dir / "config.json")
-        self.metrics.restart()
+        self.metrics.restart(self.step)
         return full_batches(self.loader, self.config.batch_size // self.rank.world)
 
     def progress_bar(self, desc: str = "train") -> tqdm:
@@ -244,18 +288,20 @@ class Trainer:
         if self.step % self._dead_check_every == 0 and cfg.aux_coefficient > 0:
             self.aux_active = self.dead.any()
         if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-            postfix = self.metrics.log_train()
+            postfix = self.metrics.log_train(self.step, self.log)
             if bar is not None:
                 bar.set_postfix(postfix, refresh=False)
         if cfg.val_every and self.step % cfg.val_every == 0 and self.step < cfg.steps:
-            self.metrics.log_validation()
+            self.metrics.log_validation(self.step, self.log, self.validate)
         if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
             self.save_checkpoint()
 
     def end_loop(self) -> None:
         """Final validation (at the end of the run) and a checkpoint at the stop step."""
         if self.step == self.config.steps and not self.log.has(self.step, "val/fvu"):
-            self.metrics.log_validation()  # once: a rerun of a finished run adds no line
+            self.metrics.log_validation(
+                self.step, self.log, self.validate
+            )  # once: a rerun of a finished run adds no line
         self.save_checkpoint()
 
     def finish_fit(self) -> SAE:
@@ -410,7 +456,9 @@ def _config_for_sae(config: TrainConfig, sae: SAE, d: int) -> TrainConfig:
         raise ValueError(
             f"config.nb_concepts={config.nb_concepts} but the SAE has {sae.nb_concepts} concepts"
         )
-    budget = {}
-    if config.top_k is None and config.k_per_token is None:
-        budget = sae.train_budget(config.batch_size)
-    return dataclasses.replace(config, nb_concepts=sae.nb_concepts, expansion_factor=None, **budget)
+    variant = config.variant  # the SAE's own budget unless the config gives one
+    if getattr(variant, "top_k", None) is None and getattr(variant, "k_per_token", None) is None:
+        variant = dataclasses.replace(variant, **sae.train_budget(config.batch_size))
+    return dataclasses.replace(
+        config, nb_concepts=sae.nb_concepts, expansion_factor=None, variant=variant
+    )

@@ -1,23 +1,29 @@
-"""What a checkpoint holds of a Trainer: save it, restore it, and check it belongs here.
+"""A Trainer's checkpoint dict (nanoGPT's layout) on disk, and the check that it belongs here.
 
-Kept apart from checkpoint.py, which knows files and formats but not the trainer's
-fields; this module is the one place that names which trainer state survives a resume.
+`Trainer.state_dict()` composes the state_dicts of its parts (dead-latent tracking,
+sparsity coefficient, log window) under "parts" with the loop's own counters (step,
+input scale, AuxK switch), the loader's position and the config. This module maps that
+dict onto checkpoint.py's files and back, in the layout earlier versions wrote: the
+parts' tensors in tensors.safetensors, every other value in state.json, each under the
+part's own key. It knows no Trainer.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import torch
 
 from . import checkpoint
 from .config import RESUME_FREE_FIELDS, TrainConfig
 
-if TYPE_CHECKING:
-    from .trainer import Trainer
-
 
 def check_resumable(config: TrainConfig, path: Path, state: dict[str, Any]) -> None:
-    """The checkpoint's config must be this one (bar RESUME_FREE_FIELDS), its step in range."""
+    """The checkpoint's config must be this one (bar RESUME_FREE_FIELDS), its step in range.
+
+    A config saved flat by an earlier version (top_k at the top level) is read through
+    TrainConfig.from_dict, so it compares equal to the same settings nested."""
     file = path / checkpoint.STATE_FILE
     try:
         saved = TrainConfig.from_dict(state["config"])
@@ -28,13 +34,10 @@ def check_resumable(config: TrainConfig, path: Path, state: dict[str, Any]) -> N
             f"{file} is at step {state['step']}, outside this run's 0..{config.steps} "
             f"steps; the checkpoint is damaged or from another run: delete {path} to restart"
         )
-    diff = sorted(
-        k
-        for k, v in saved.to_dict().items()
-        if k not in RESUME_FREE_FIELDS and config.to_dict()[k] != v
-    )
+    ours, theirs = config.to_dict(), saved.to_dict()
+    diff = sorted(k for k, v in theirs.items() if k not in RESUME_FREE_FIELDS and ours[k] != v)
     if diff:
-        saved_values = {k: saved.to_dict()[k] for k in diff}
+        saved_values = {k: theirs[k] for k in diff}
         raise ValueError(
             f"cannot resume {path}: the config differs in {diff}; "
             f"only {sorted(RESUME_FREE_FIELDS)} may change between runs. The checkpoint "
@@ -43,37 +46,32 @@ def check_resumable(config: TrainConfig, path: Path, state: dict[str, Any]) -> N
         )
 
 
-def restore(trainer: Trainer, path: Path) -> None:
-    """Load the checkpoint at path into the trainer's SAE, optimiser, statistics and loader."""
-    tensors, state = checkpoint.load(
-        path, sae=trainer.sae, optimizer=trainer.optimizer, device=trainer.device
-    )
-    trainer.dead.since_fired = tensors["since_fired"]
-    trainer.coefficient.value = tensors["coefficient"]
-    steps = state["window_steps"]
-    trainer.window.load_state(tensors, steps, steps * trainer.config.batch_size)
-    trainer.step, trainer.scale = state["step"], state["scale"]
-    trainer.aux_active = state["aux_active"]
-    trainer.loader.load_state_dict(state["loader"])
+def save(
+    run_dir: Path, *, sae: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+) -> Path:
+    """Write a checkpoint of `state` (a Trainer.state_dict()) with the SAE and optimiser."""
+    tensors: dict[str, torch.Tensor] = {}
+    plain = {k: v for k, v in state.items() if k != "parts"}
+    for part in state["parts"].values():
+        for key, value in part.items():
+            (tensors if isinstance(value, torch.Tensor) else plain)[key] = value
+    return checkpoint.save(run_dir, sae=sae, optimizer=optimizer, tensors=tensors, state=plain)
 
 
-def save(trainer: Trainer) -> Path:
-    """Write the trainer's checkpoint into its run directory; the path written."""
-    return checkpoint.save(
-        trainer.run_dir,
-        sae=trainer.sae,
-        optimizer=trainer.optimizer,
-        tensors={
-            "since_fired": trainer.dead.since_fired,
-            "coefficient": trainer.coefficient.value,
-            **trainer.window.state_tensors(),
-        },
-        state={
-            "step": trainer.step,
-            "scale": trainer.scale,
-            "aux_active": trainer.aux_active,
-            "window_steps": trainer.window.steps,
-            "loader": trainer.loader.state_dict(),
-            "config": trainer.config.to_dict(),
-        },
-    )
+def load(
+    path: Path,
+    *,
+    sae: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    like: dict[str, Any],
+) -> dict[str, Any]:
+    """Restore the SAE and optimiser from the checkpoint at path (and the RNGs); the
+    rest as a state dict shaped like `like` (the resuming Trainer's own state_dict):
+    each part gets the keys its state_dict has, where the checkpoint holds them."""
+    tensors, plain = checkpoint.load(path, sae=sae, optimizer=optimizer, device=device)
+    found = {**plain, **tensors}
+    parts = {
+        name: {k: found[k] for k in part if k in found} for name, part in like["parts"].items()
+    }
+    return {**{k: v for k, v in plain.items() if k in like}, "parts": parts}

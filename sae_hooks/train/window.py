@@ -4,10 +4,13 @@
 AuxK revives and `dead_fraction` reports). `LogWindow` holds the sums of one log
 interval: the per-step loss terms, the FVU's sums of squares and the fire counts
 (L0, dense latents), counted with the same `sae_hooks.metrics` classes that
-validation and eval use. Neither waits for the device until it is read.
+validation and eval use. Neither waits for the device until it is read. Each has a
+state_dict / load_state_dict, whose keys are those of the checkpoint's files.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 
@@ -37,12 +40,19 @@ class DeadLatents:
     def fraction(self) -> float:
         return float(self.mask().float().mean())
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"since_fired": self.since_fired}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.since_fired = state["since_fired"].to(self.since_fired.device)
+
 
 class LogWindow:
     """Sums of one log interval; `record()` turns them into the log's train metrics."""
 
-    def __init__(self, nb_concepts: int, device: torch.device) -> None:
-        self.nb_concepts, self.device = nb_concepts, device
+    def __init__(self, nb_concepts: int, device: torch.device, rows_per_step: int = 1) -> None:
+        """rows_per_step: the global batch's rows, which a resumed window counts per step."""
+        self.nb_concepts, self.device, self.rows_per_step = nb_concepts, device, rows_per_step
         self.reset()
 
     def reset(self) -> None:
@@ -89,23 +99,24 @@ class LogWindow:
             "aux_loss": means["aux_loss"],
         }
 
-    def state_tensors(self) -> dict[str, torch.Tensor]:
+    def state_dict(self) -> dict[str, Any]:
         """For a checkpoint: a window resumed mid-way logs what the uninterrupted one would."""
         squares = self.squares.state
         return {
             "window_fires": self.firing.counts,
             "sums": self.losses,
             "sum_of_squares": squares if squares is not None else torch.zeros(0),
+            "window_steps": self.steps,
         }
 
-    def load_state(self, tensors: dict[str, torch.Tensor], steps: int, rows: int) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.reset()
-        self.steps = steps
-        self.firing.add_counts(tensors["window_fires"].to(self.device), rows)
-        sums = tensors["sums"].to(self.device)
+        self.steps = steps = state["window_steps"]
+        self.firing.add_counts(state["window_fires"].to(self.device), steps * self.rows_per_step)
+        sums = state["sums"].to(self.device)
         if sums.numel() == 6:  # a checkpoint from before: loss, mse, sq_err, sq_dev, l0, aux
             sums = sums[[0, 1, 5]]
         self.losses = sums
-        squares = tensors.get("sum_of_squares")
+        squares = state.get("sum_of_squares")
         if squares is not None and squares.numel():
             self.squares.state = squares.to(self.device)
