@@ -40,7 +40,8 @@ from sae_hooks.store.reader import ActivationStore
 from sae_hooks.store.writer import StoreWriter
 
 
-def _model_name(model: Any) -> str:
+def model_name_of(model: Any) -> str:
+    """The model name a store records: the config's name or path, else the class name."""
     config = getattr(model, "config", None)
     name = getattr(config, "_name_or_path", "") or getattr(config, "model_name", "")
     return str(name or getattr(model, "name_or_path", "") or type(model).__name__)
@@ -91,7 +92,7 @@ def capture_to_store(
     vit_tokens); after a max_rows cut it continues inside the cut batch."""
     points = _checked_request(model, points, store, max_rows)
     batches = InputBatches(data)
-    name = model_name or _model_name(model)
+    name = model_name or model_name_of(model)
     attrs = _existing_store(store, name, resume, overwrite, storage_options)
     mode = "overwrite" if overwrite else "resume" if attrs is not None else "create"
     state = attrs if mode == "resume" else {}
