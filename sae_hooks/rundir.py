@@ -7,7 +7,8 @@
       <name>/             another SAE's home (`--name`), with its own eval.json, report/, ...
       eval.json, eval_core.json, ablation.json, ablation.png, report/, summary.txt
                           the default SAE's outputs, at the root
-      sweep/              a grid of SAEs (train_many): sweep.json, <sae>/
+      sweep/              a grid of SAEs (train_many): sweep.json, <sae>/; with
+      frontier.png, sweep.md  its L0-FVU frontier and table
       export-<format>/    exports (saelens, hf, neuronpedia)
 
 Every module that reads or writes a run directory asks a RunDir for the path, so a
@@ -42,13 +43,14 @@ class RunDir:
     RECORD = "run.json"
     STORE = "store"
     SWEEP = "sweep"
-    SWEEP_FILE = "sweep.json"
     EVAL = "eval.json"
     EVAL_CORE = "eval_core.json"
     ABLATION = "ablation.json"
     ABLATION_PLOT = "ablation.png"
     REPORT = "report"
     SUMMARY = "summary.txt"
+    FRONTIER = "frontier.png"  # a sweep run's L0-FVU frontier and its table
+    SWEEP_MARKDOWN = "sweep.md"
     EXPORT_PREFIX = "export-"
     # An SAE's home (written by train()): these names are the trainer's layout.
     SAE = "sae"
@@ -57,7 +59,19 @@ class RunDir:
     DEFAULT_SAE = DEFAULT_SAE
     # Entries of the root that an SAE name may not take.
     RESERVED = frozenset(
-        {RECORD, STORE, SWEEP, EVAL, EVAL_CORE, ABLATION, ABLATION_PLOT, REPORT, SUMMARY}
+        {
+            RECORD,
+            STORE,
+            SWEEP,
+            EVAL,
+            EVAL_CORE,
+            ABLATION,
+            ABLATION_PLOT,
+            REPORT,
+            SUMMARY,
+            FRONTIER,
+            SWEEP_MARKDOWN,
+        }
     )
 
     def __init__(self, root: str | os.PathLike) -> None:
@@ -89,6 +103,14 @@ class RunDir:
     @property
     def summary(self) -> Path:
         return self.root / self.SUMMARY
+
+    @property
+    def frontier(self) -> Path:
+        return self.root / self.FRONTIER
+
+    @property
+    def sweep_table(self) -> Path:
+        return self.root / self.SWEEP_MARKDOWN
 
     def export_dir(self, fmt: str) -> Path:
         return self.root / f"{self.EXPORT_PREFIX}{_check_plain(fmt, 'export format')}"
