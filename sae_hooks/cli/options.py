@@ -97,6 +97,7 @@ def add_command(
     *,
     example: str | None = None,
     description: str | None = None,
+    formatter: type[argparse.HelpFormatter] = argparse.RawDescriptionHelpFormatter,
 ) -> argparse.ArgumentParser:
     """A subcommand's parser, its options added in groups, its handler as a default."""
     p = sub.add_parser(
@@ -104,7 +105,7 @@ def add_command(
         help=text,
         description=description or text,
         epilog=f"example:\n  {example}" if example else None,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=formatter,
     )
     options = tuple(options)
     groups: dict[str, argparse._ArgumentGroup] = {}

@@ -64,7 +64,9 @@ def options() -> tuple[Option, ...]:
 
 
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    return add_command(sub, NAME, HELP, options(), run, description=DESCRIPTION)
+    return add_command(
+        sub, NAME, HELP, options(), run, description=DESCRIPTION, formatter=argparse.HelpFormatter
+    )
 
 
 def read_ablation(path: str) -> dict:
