@@ -20,17 +20,18 @@ from __future__ import annotations
 import argparse
 import re
 
-from sae_hooks.cli_args import recipe_parser, train_config
 from sae_hooks.concepts import next_word_concept
 from sae_hooks.data import load_texts, pydoc_texts, text_batches
 from sae_hooks.data.splits import split_texts
-from sae_hooks.models import load_model
+from sae_hooks.models import load_model, model_family
 from sae_hooks.pipeline import PipelineResult, run_pipeline
 from sae_hooks.recipe import (
     eval_batch_count,
     print_summary,
     recipe_corpus,
+    recipe_parser,
     recipe_run_dir,
+    train_config,
     user_errors,
 )
 
@@ -63,6 +64,7 @@ def run(argv: list[str] | None, *, family: str, name: str, doc: str) -> Pipeline
     device = args.device or "cpu"
     defaults, point = (TINY, TINY_POINT) if args.tiny else (DEFAULTS, POINT)
     ctx = args.context_length
+    bos = model_family(family).prepend_bos
     with user_errors():  # e.g. no weights, or a context longer than the model's
         config = train_config(args, defaults)
         model, tokenizer = load_model(family, args.model_dir, tiny=args.tiny, device=device)
@@ -75,10 +77,10 @@ def run(argv: list[str] | None, *, family: str, name: str, doc: str) -> Pipeline
             tokenizer,
             context_length=ctx,
             batch_size=args.capture_batch_size,
-            prepend_bos=True,
+            prepend_bos=bos,
         )
         eval_data = list(
-            text_batches(eval_texts, tokenizer, context_length=ctx, batch_size=16, prepend_bos=True)
+            text_batches(eval_texts, tokenizer, context_length=ctx, batch_size=16, prepend_bos=bos)
         )
     # The examples always come from pydoc_data (whatever --data is), so the concept means
     # the same for every corpus; its ablation should lower log p(" exception").
@@ -93,7 +95,7 @@ def run(argv: list[str] | None, *, family: str, name: str, doc: str) -> Pipeline
         n_random=4 if args.tiny else 8,
         device=device,
     )
-    tl = family.startswith("tl-")
+    tl = model_family(family).backend == "tl"
     return run_pipeline(
         model,
         args.point or point,
@@ -103,7 +105,7 @@ def run(argv: list[str] | None, *, family: str, name: str, doc: str) -> Pipeline
         recipe_run_dir(args, name),
         concept=concept,
         max_rows=args.max_rows,
-        drop_bos=True,
+        drop_bos=bos,
         model_name=("tiny-gpt2" if args.tiny else "gpt2") + (" (TransformerLens)" if tl else ""),
         source=f"{args.data} ({len(train_texts)} documents)",
         report=not args.no_report,

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import re
 
-from sae_hooks.cli_args import recipe_parser, train_config
 from sae_hooks.concepts import Concept, centroid_similarity, text_examples
 from sae_hooks.data import pydoc_texts, text_batches
 from sae_hooks.data.splits import split_texts
@@ -29,7 +28,9 @@ from sae_hooks.recipe import (
     minilm_and_pydoc,
     print_summary,
     recipe_corpus,
+    recipe_parser,
     recipe_run_dir,
+    train_config,
 )
 
 DEFAULTS = {

@@ -51,8 +51,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> Path:
     from sae_hooks.eval import evaluate_sweep
-    from sae_hooks.pipeline import run_dir_for
     from sae_hooks.report.frontier import plot_frontier, sweep_rows, sweep_table
+    from sae_hooks.rundir import RunDir
     from sae_hooks.store import capture_to_store
     from sae_hooks.train import Sweep, TrainConfig, train_many
 
@@ -60,14 +60,14 @@ def main(argv: list[str] | None = None) -> Path:
     offline()
     sizes = TINY if args.tiny else FULL
     model, tokenizer, texts = minilm_and_pydoc(args.tiny, args.model_dir)
-    run = run_dir_for(
+    run = RunDir.named(
         args.run_name or ("minilm_sweep_tiny" if args.tiny else "minilm_sweep"), args.cache
     )
     train_texts, eval_texts = split_texts(texts)
     ctx, progress = args.context_length or (32 if args.tiny else 128), not args.quiet
     data = text_batches(train_texts, tokenizer, context_length=ctx, batch_size=32)
     store = capture_to_store(
-        model, POINTS, data, run / "store", max_rows=args.max_rows, progress=progress
+        model, POINTS, data, run.store, max_rows=args.max_rows, progress=progress
     )
 
     base = TrainConfig(
@@ -81,31 +81,31 @@ def main(argv: list[str] | None = None) -> Path:
     sweep = Sweep(
         base, {"point": POINTS, "nb_concepts": sizes["widths"], "k_per_token": sizes["k"]}
     )
-    train_many(sweep, run / "store", run / "sweep")
+    train_many(sweep, run.store, run.sweep)
 
     per_batch = 4 if args.tiny else 16
     eval_data = list(text_batches(eval_texts, tokenizer, context_length=ctx, batch_size=per_batch))
     n_eval = args.eval_batches or (2 if args.tiny else 8)
-    evaluate_sweep(model, run / "sweep", eval_data[:n_eval], progress=progress)
-    rows = sweep_rows(run / "sweep")
-    plot_frontier(rows, run / "frontier.png")
+    evaluate_sweep(model, run.sweep, eval_data[:n_eval], progress=progress)
+    rows = sweep_rows(run.sweep)
+    plot_frontier(rows, run.frontier)
     table = sweep_table(rows)
-    (run / "sweep.md").write_text(table)
+    run.sweep_table.write_text(table)
     if not args.no_report:
         from sae_hooks.report import build_report
 
         build_report(
-            run / "sweep" / rows[0]["name"],
+            run.sweep / rows[0]["name"],
             store=store,
             sweep=rows,
             tokenizer=tokenizer,
-            out=run / "report",
+            out=run.report_dir(),
             progress=progress,
         )
-    print(f"{store.n_rows:,} rows of {', '.join(POINTS)}; {len(rows)} SAEs in {run / 'sweep'}")
+    print(f"{store.n_rows:,} rows of {', '.join(POINTS)}; {len(rows)} SAEs in {run.sweep}")
     print(table)
-    print(f"frontier: {run / 'frontier.png'}")
-    return run
+    print(f"frontier: {run.frontier}")
+    return run.root
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 
-from sae_hooks.cli_args import fail, recipe_parser, train_config
 from sae_hooks.concepts import top_class_concept
 from sae_hooks.data import image_batches
 from sae_hooks.data.splits import split_batches
@@ -30,9 +29,12 @@ from sae_hooks.models import load_model
 from sae_hooks.pipeline import run_pipeline
 from sae_hooks.recipe import (
     eval_batch_count,
+    fail,
     print_summary,
     recipe_corpus,
+    recipe_parser,
     recipe_run_dir,
+    train_config,
     user_errors,
 )
 

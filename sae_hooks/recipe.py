@@ -1,21 +1,61 @@
-"""What every recipe script shares besides its flags (sae_hooks.cli_args.recipe_parser).
+"""What every recipe script shares: its flags, run directory, held-out batch count,
+error exits and summary.
 
 A recipe picks a model, data, a hook point and a concept, then calls `run_pipeline`;
-its run directory, held-out batch count, error exits and summary come from here so
-the scripts stay short and behave alike.
+the rest comes from here so the scripts stay short and behave alike. The training
+flags are the `sae-hooks train` ones (sae_hooks.cli.train_flags).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sae_hooks.cli_args import fail
+from sae_hooks.cli.train_flags import add_train_args, train_config
 from sae_hooks.pipeline import PipelineResult, run_dir_for
 from sae_hooks.runrecord import SPLIT_TRAIN
+
+__all__ = [
+    "eval_batch_count",
+    "fail",
+    "minilm_and_pydoc",
+    "print_summary",
+    "recipe_corpus",
+    "recipe_parser",
+    "recipe_run_dir",
+    "train_config",
+    "user_errors",
+]
+
+
+def recipe_parser(
+    doc: str, model_dir_help: str, defaults: dict[str, Any]
+) -> argparse.ArgumentParser:
+    """The flags every recipe shares; a recipe adds its own (point, data, concept)."""
+    p = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--model-dir", help=model_dir_help)
+    p.add_argument("--tiny", action="store_true", help="random-init small model, for tests")
+    p.add_argument("--capture-batch-size", type=int, default=32, help="inputs per forward")
+    p.add_argument("--max-rows", type=int, help="stop capturing after this many rows")
+    p.add_argument("--eval-batches", type=int, help="held-out batches to evaluate [8]")
+    p.add_argument("--run-name", help="run directory name under the cache (default: recipe name)")
+    p.add_argument("--cache", help="cache directory (default $SAE_HOOKS_CACHE or ./cache)")
+    p.add_argument("--no-report", action="store_true", help="skip the HTML dashboard")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_train_args(p, defaults)
+    return p
+
+
+def fail(message: str) -> None:
+    """Exit with a one-line error instead of a traceback for user mistakes."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def minilm_and_pydoc(tiny: bool, model_dir: str | None = None) -> tuple[Any, Any, list[str]]:

@@ -5,9 +5,10 @@ Tables: [model] and [data] (shared by every subcommand that takes those flags),
 [sweep] (read by `sae-hooks sweep` together with [train]). Keys are flag names
 (dashes or underscores); [train] also takes any TrainConfig field.
 
-The schema is derived, not written twice: a table's keys and types are those of the
-subcommand's argparse flags (type=int -> int, store_true -> bool, append -> list),
-and TrainConfig's field annotations for [train]. Choice: this small typed layer over
+The schema is derived, not written twice: each command of `sae_hooks.cli` declares
+its options (`cli.common.Option`), and a table's keys and types are that command's
+options (type=int -> int, store_true -> bool, append -> list) as a `RunSchema`, plus
+TrainConfig's field annotations for [train]. Choice: this small typed layer over
 the standard library's tomllib rather than a config library (pydantic, OmegaConf,
 Hydra), which would add a dependency and a second description of the same fields.
 A wrong value fails with one line naming file, table, key, expected type and value.
@@ -19,6 +20,8 @@ import argparse
 import inspect
 import types
 import typing
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +31,32 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 SHARED_TABLES = ("model", "data")
-COMMAND_TABLES = ("capture", "train", "eval", "ablate", "export", "inspect", "report")
-TABLES = (*SHARED_TABLES, *COMMAND_TABLES, "sweep")
-_NOT_KEYS = {"help", "config", "handler", "parser", "command"}
+SWEEP_TABLE = "sweep"
 
 
-def read_toml(path: str | Path) -> dict[str, dict[str, Any]]:
-    """The tables of a run.toml; an unknown table or a bare key is an error."""
+@dataclass(frozen=True)
+class Key:
+    """One key of a run.toml table: its type, its valid values, and the shared table
+    ("model" or "data") that may also set it."""
+
+    kind: Any
+    choices: tuple | None = None
+    group: str | None = None
+
+
+@dataclass(frozen=True)
+class RunSchema:
+    """The keys of every command's table, in the commands' order: table -> key -> Key."""
+
+    commands: Mapping[str, Mapping[str, Key]]
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        return (*SHARED_TABLES, *self.commands, SWEEP_TABLE)
+
+
+def read_toml(path: str | Path, tables: Collection[str]) -> dict[str, dict[str, Any]]:
+    """The tables of a run.toml; a table not in `tables` or a bare key is an error."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -44,10 +66,10 @@ def read_toml(path: str | Path) -> dict[str, dict[str, Any]]:
         raise ValueError(f"config file {path} is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"config file {path} is not valid TOML: {e}") from None
-    unknown = sorted(set(data) - set(TABLES))
+    unknown = sorted(set(data) - set(tables))
     if unknown:
         raise ValueError(
-            f"config file {path}: unknown tables {unknown}; valid tables: {list(TABLES)}"
+            f"config file {path}: unknown tables {unknown}; valid tables: {list(tables)}"
         )
     for name, table in data.items():
         if not isinstance(table, dict):
@@ -134,23 +156,6 @@ def train_field_types() -> dict[str, Any]:
     return TrainConfig.field_types()
 
 
-def flag_types(parser: argparse.ArgumentParser) -> dict[str, tuple[Any, tuple | None]]:
-    """dest -> (type, choices) of every option of a parser."""
-    out: dict[str, tuple[Any, tuple | None]] = {}
-    for action in parser._actions:
-        if action.dest in _NOT_KEYS or not action.option_strings:
-            continue
-        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
-            kind: Any = bool
-        else:
-            kind = action.type or str
-            if isinstance(action, argparse._AppendAction):
-                kind = kind | list[kind]
-        choices = tuple(action.choices) if action.choices else None
-        out[action.dest] = (kind, choices)
-    return out
-
-
 def sae_extra_keys(architecture: str) -> set[str] | None:
     """Keyword arguments the architecture's constructor takes (None: it takes any)."""
     from sae_hooks.sae import SAE_REGISTRY
@@ -175,7 +180,7 @@ def sae_extra_keys(architecture: str) -> set[str] | None:
 def check_table(
     where: str,
     table: dict[str, Any],
-    flags: dict[str, tuple[Any, tuple | None]],
+    flags: Mapping[str, Key],
     fields: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A table's values checked against flag types (and TrainConfig fields); dest -> value."""
@@ -186,7 +191,7 @@ def check_table(
         if dest in fields:
             out[dest] = check_value(where, key, value, fields[dest])
         elif dest in flags:
-            kind, choices = flags[dest]
+            kind, choices = flags[dest].kind, flags[dest].choices
             out[dest] = check_value(where, key, value, kind)
             if choices and out[dest] not in choices:
                 raise ValueError(f"{where} {key}: expected one of {list(choices)}, got {value!r}")
@@ -211,9 +216,7 @@ def _default_arch() -> str:
 
 
 def command_values(
-    path: str | Path,
-    command: str,
-    parsers: dict[str, argparse.ArgumentParser],
+    path: str | Path, command: str, schema: RunSchema
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(flag values, TrainConfig values) for `command` from a run.toml.
 
@@ -221,29 +224,14 @@ def command_values(
     [model], [data] and the command's own table are merged, later tables winning.
     Keys of a shared table that the command has no flag for are skipped.
     """
-    data = read_toml(path)
+    data = read_toml(path, schema.tables)
     fields = train_field_types()
-    checked: dict[str, dict[str, Any]] = {}
-    shared_flags: dict[str, tuple[Any, tuple | None]] = {}
-    for name in COMMAND_TABLES:
-        if name in parsers:
-            for dest, spec in flag_types(parsers[name]).items():
-                shared_flags.setdefault(dest, spec)
-    for name, table in data.items():
-        where = f"{path} [{name}]"
-        if name == "sweep":
-            continue  # `sae-hooks sweep` checks its own table
-        if name in SHARED_TABLES:
-            flags = {d: s for d, s in shared_flags.items() if d in _shared_keys(name, parsers)}
-            checked[name] = check_table(where, table, flags)
-        elif name in parsers:
-            checked[name] = check_table(
-                where, table, flag_types(parsers[name]), fields if name == "train" else None
-            )
+    checked = _checked_tables(path, data, schema, fields)
     values: dict[str, Any] = {}
+    mine = schema.commands.get(command, {})
     for name in SHARED_TABLES:  # only into the command's own [model] / [data] flags
-        mine = _shared_keys(name, {command: parsers[command]}) if command in parsers else set()
-        values.update({k: v for k, v in checked.get(name, {}).items() if k in mine})
+        keys = {dest for dest, key in mine.items() if key.group == name}
+        values.update({k: v for k, v in checked.get(name, {}).items() if k in keys})
     table = checked.get(command, {})
     train_values: dict[str, Any] = {}
     if command == "train":  # TrainConfig fields go to the config, the rest to flags
@@ -255,20 +243,35 @@ def command_values(
     return values, train_values
 
 
-def _shared_keys(table: str, parsers: dict[str, argparse.ArgumentParser]) -> set[str]:
-    """The flags of the "model" or "data" argument group of any subcommand."""
-    keys: set[str] = set()
-    for parser in parsers.values():
-        for group in parser._action_groups:
-            if group.title == table:
-                keys |= {a.dest for a in group._group_actions}
-    return keys
+def _checked_tables(
+    path: str | Path, data: dict[str, dict[str, Any]], schema: RunSchema, fields: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """Every table of the file checked against its keys (the [sweep] table is the sweep's)."""
+    shared: dict[str, Key] = {}
+    for keys in schema.commands.values():
+        for dest, key in keys.items():
+            shared.setdefault(dest, key)
+    checked: dict[str, dict[str, Any]] = {}
+    for name, table in data.items():
+        where = f"{path} [{name}]"
+        if name in SHARED_TABLES:
+            flags = {d: k for d, k in shared.items() if _in_group(schema, d, name)}
+            checked[name] = check_table(where, table, flags)
+        elif name in schema.commands:
+            train = fields if name == "train" else None
+            checked[name] = check_table(where, table, schema.commands[name], train)
+    return checked
+
+
+def _in_group(schema: RunSchema, dest: str, group: str) -> bool:
+    """Whether any command files `dest` under the "model" or "data" group."""
+    return any(keys.get(dest, Key(None)).group == group for keys in schema.commands.values())
 
 
 def apply_values(
-    parser: argparse.ArgumentParser, args: argparse.Namespace, values: dict[str, Any]
+    args: argparse.Namespace, values: dict[str, Any], defaults: Mapping[str, Any]
 ) -> None:
     """Fill flags that were not given on the command line (flags win over the file)."""
     for dest, value in values.items():
-        if getattr(args, dest, None) in (None, parser.get_default(dest)):
+        if getattr(args, dest, None) in (None, defaults.get(dest)):
             setattr(args, dest, value)

@@ -25,7 +25,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-RUN_RECORD = "run.json"
+from sae_hooks.rundir import RunDir
+
+RUN_RECORD = RunDir.RECORD
 PYDOC_TOKENIZER = "pydoc-bpe"
 FORMAT = 1
 SPLIT_TRAIN = "train: all documents but the held-out last tenth (sae_hooks.data.splits)"
@@ -81,10 +83,12 @@ def model_record(
     name: str | None = None,
 ) -> dict[str, Any]:
     """The "model" entry: a local directory is made absolute so the record survives a cd."""
-    if model_dir is None and family == "minilm" and not tiny:
-        from sae_hooks.models import minilm_dir
+    if model_dir is None and family is not None and not tiny:
+        from sae_hooks.models import MODEL_FAMILIES
 
-        model_dir = minilm_dir()
+        record = MODEL_FAMILIES.get(family)
+        if record is not None and record.bundled_dir is not None:
+            model_dir = record.bundled_dir()
     local = str(Path(model_dir).expanduser().resolve()) if model_dir is not None else None
     if revision is None and local is not None:
         revision = _snapshot_revision(Path(local))
@@ -119,7 +123,7 @@ def find_run_dir(path: str | os.PathLike, levels: int = 3) -> Path | None:
     """The run directory holding `path` (itself, or up to `levels` parents) by its run.json."""
     p = Path(path).expanduser()
     for candidate in [p, *list(p.parents)[:levels]]:
-        if (candidate / RUN_RECORD).is_file():
+        if RunDir(candidate).record.is_file():
             return candidate
     return None
 
@@ -129,7 +133,7 @@ def read_run_record(path: str | os.PathLike) -> RunRecord | None:
     run = find_run_dir(path)
     if run is None:
         return None
-    where = run / RUN_RECORD
+    where = RunDir(run).record
     try:
         data = json.loads(where.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -141,7 +145,7 @@ def write_run_record(run_dir: str | os.PathLike, record: RunRecord) -> Path:
     """Write run_dir/run.json; hook points already recorded there are kept (capture adds)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    where = run_dir / RUN_RECORD
+    where = RunDir(run_dir).record
     if where.is_file():
         try:
             old = RunRecord.from_dict(json.loads(where.read_text(encoding="utf-8")))
@@ -167,13 +171,11 @@ def load_tokenizer(record: RunRecord) -> Any:
 def infer_model_record(model: Any, tokenizer: Any = None, name: str | None = None) -> dict:
     """A best-effort model entry for a model object (the API pipeline): family from its
     class, local directory from config._name_or_path; random-init when there is none."""
+    from sae_hooks.models import family_of_model
+
     cls = type(model).__name__
-    family = {
-        "GPT2LMHeadModel": "gpt2",
-        "BertModel": "minilm",
-        "ViTForImageClassification": "vit",
-        "HookedTransformer": "tl-gpt2",
-    }.get(cls)
+    record = family_of_model(model)
+    family = record.name if record is not None else None
     where = str(getattr(getattr(model, "config", None), "_name_or_path", "") or "")
     local = where if where and Path(where).is_dir() else None
     hub = where if where and local is None else None

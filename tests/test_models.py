@@ -95,3 +95,34 @@ def test_gpt2_recipe_with_model_dir(gpt2_dir, tmp_path, capsys):
     assert ev["point"] == "resid_post.1" and "loss_recovered" in ev["downstream"]
     assert json.loads((run / "train" / "config.json").read_text())["nb_concepts"] == 256
     assert "ablate top 8 concept latents" in capsys.readouterr().out
+
+
+def test_one_record_per_family():
+    from sae_hooks.models import FAMILIES, MODEL_FAMILIES, model_family
+
+    assert FAMILIES == ("gpt2", "vit", "minilm", "tl-gpt2")
+    assert {f for f in FAMILIES if model_family(f).prepend_bos} == {"gpt2", "tl-gpt2"}
+    assert [f for f in FAMILIES if model_family(f).vision] == ["vit"]
+    assert model_family("vit").vit_tokens == ("all", "cls", "patches")
+    assert model_family("tl-gpt2").weights_family == "gpt2"
+    assert "save_pretrained('models/gpt2')" in MODEL_FAMILIES["tl-gpt2"].how_to_get_weights
+    with pytest.raises(ValueError, match="valid: gpt2, vit, minilm, tl-gpt2"):
+        model_family("llama")
+
+
+@pytest.mark.parametrize("name", ["gpt2", "vit", "minilm"])
+def test_a_config_and_a_model_name_their_family(name):
+    from sae_hooks.models import family_for_config, family_of_model, model_family
+
+    model = tiny_model(name, d_model=32, n_layers=1)
+    assert family_for_config(model.config) is model_family(name)
+    assert family_of_model(model) is model_family(name)
+
+
+def test_an_unknown_config_is_refused():
+    from transformers import LlamaConfig
+
+    from sae_hooks.models import family_for_config
+
+    with pytest.raises(ValueError, match="no model family for model_type 'llama'"):
+        family_for_config(LlamaConfig())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -15,7 +14,7 @@ import torch
 from torch import nn
 
 from sae_hooks.eval.ablation import AblationResult
-from sae_hooks.report import add_report_parser, build_dashboard, build_report, make_dashboard
+from sae_hooks.report import build_dashboard, build_report, make_dashboard
 
 VOCAB = 24
 EVIL = 3  # the token whose text is a script tag
@@ -274,14 +273,22 @@ def test_pipeline_run_header_names_run_eval_and_warnings(run_dir, tmp_path):
 
 
 def test_cli_subcommand(run_dir, tmp_path):
+    from sae_hooks.cli import build_parser, main
+
     run, _ = run_dir
-    parser = argparse.ArgumentParser(prog="sae-hooks")
-    add_report_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(
-        ["report", str(run), "--out", str(tmp_path / "r"), "--latents", "3,7", "--n-latents", "0"]
-    )
-    assert args.latents == [3, 7]
-    assert args.func(args) == 0
+    parser = build_parser()
+    argv = [
+        "report",
+        str(run),
+        "--out",
+        str(tmp_path / "r"),
+        "--latents",
+        "3,7",
+        "--n-latents",
+        "0",
+    ]
+    assert parser.parse_args(argv).latents == [3, 7]
+    assert main([*argv, "--quiet"]) == 0
     text = (tmp_path / "r" / "index.html").read_text()
     assert "No activations given" in text
     assert "cos" in chunk_of(tmp_path / "r", 3) and "ex" not in chunk_of(tmp_path / "r", 3)

@@ -1,7 +1,6 @@
 """Look, don't read: training curves and a self-contained HTML feature dashboard."""
 
 from sae_hooks.report.build import build_report
-from sae_hooks.report.cli import add_report_parser, run_report
 from sae_hooks.report.contexts import Example, gather_examples
 from sae_hooks.report.curves import plot_training, read_records
 from sae_hooks.report.dashboard import Dashboard, build_dashboard, make_dashboard
@@ -13,7 +12,6 @@ __all__ = [
     "Example",
     "FeatureStats",
     "Rows",
-    "add_report_parser",
     "build_dashboard",
     "build_report",
     "collect_features",
@@ -21,5 +19,4 @@ __all__ = [
     "make_dashboard",
     "plot_training",
     "read_records",
-    "run_report",
 ]

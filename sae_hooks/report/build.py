@@ -11,6 +11,7 @@ from typing import Any
 from sae_hooks.report.curves import LOG_FILE, plot_training
 from sae_hooks.report.dashboard import build_dashboard
 from sae_hooks.report.summary import read_run, run_ablations, train_dir_of
+from sae_hooks.rundir import RunDir
 
 
 def build_report(
@@ -41,8 +42,8 @@ def build_report(
 
     run = Path(run_dir)
     train = train_dir_of(run)
-    top = train.parent if train.name == "train" else train
-    report = Path(out) if out is not None else top / "report"
+    top = RunDir.outputs_of(train)
+    report = Path(out) if out is not None else top / RunDir.REPORT
     report.mkdir(parents=True, exist_ok=True)
     png = None
     if (train / LOG_FILE).is_file():
@@ -50,10 +51,10 @@ def build_report(
             png = plot_training(train, report / "training.png")
         except (ImportError, ValueError) as err:
             warnings.warn(f"skipping the training curves: {err}", stacklevel=2)
-    sae = load_sae(train / "sae")
+    sae = load_sae(train / RunDir.SAE)
     info = read_run(train, sae.config() if hasattr(sae, "config") else None)
-    if store is None and (top / "store").is_dir():
-        store = top / "store"
+    if store is None and RunDir(top).store.is_dir():
+        store = RunDir(top).store
     if ablations is None:
         ablations = run_ablations(top)
     return build_dashboard(

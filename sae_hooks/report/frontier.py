@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sae_hooks.rundir import RunDir
 from sae_hooks.train.many import SWEEP_FILE, read_sweep
 from sae_hooks.train.variant_settings import flat_settings
 
@@ -44,7 +45,7 @@ def sweep_rows(sweep_dir: str | os.PathLike) -> list[dict[str, Any]]:
         row["fvu"] = metrics.get("val/fvu", metrics.get("fvu"))
         row["dead_fraction"] = metrics.get("val/dead_fraction", metrics.get("dead_fraction"))
         row.update(recovered=None, recovered_is=None, kl=None, measured="validation")
-        eval_file = root / entry["name"] / "eval.json"
+        eval_file = root / entry["name"] / RunDir.EVAL
         if eval_file.is_file():
             ev = json.loads(eval_file.read_text())
             down = ev.get("downstream", {})
@@ -128,7 +129,7 @@ def sweep_for_report(
     name = name or names[0]
     if name not in names:
         raise ValueError(f"--sae {name!r} is not an SAE of the sweep {root}; it has {names}")
-    out = out or str(root / "report")
+    out = out or str(root / RunDir.REPORT)
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / "sweep.md").write_text(sweep_table(rows))
     if store is None:

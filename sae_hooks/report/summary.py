@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sae_hooks.report.curves import read_records
+from sae_hooks.rundir import RunDir
 from sae_hooks.train.variant_settings import flat_settings
 
 EVAL_FIELDS = [
@@ -87,10 +88,9 @@ def _num(v: Any) -> str:
 
 def train_dir_of(run_dir: Path) -> Path:
     """The directory holding sae/: run_dir itself, or a pipeline run's train/."""
-    if (run_dir / "sae").is_dir():
-        return run_dir
-    if (run_dir / "train" / "sae").is_dir():
-        return run_dir / "train"
+    home = RunDir.home_of(run_dir)
+    if home is not None:
+        return home
     raise FileNotFoundError(
         f"{run_dir} has no trained SAE in sae/ (nor train/sae/): pass the run directory "
         "that train() or a recipe wrote"
@@ -119,7 +119,7 @@ def k_per_token(config: Mapping[str, Any]) -> tuple[float | None, str]:
 def log_warnings(train_dir: Path) -> list[str]:
     """Warnings a run recorded: log records with "warning"/"warnings", and warnings.json."""
     out: list[str] = []
-    if (train_dir / "log.jsonl").is_file():
+    if (train_dir / RunDir.LOG).is_file():
         for r in read_records(train_dir):
             w = r.get("warning", r.get("warnings"))
             out += [str(x) for x in (w if isinstance(w, list) else [w] if w else [])]
@@ -133,9 +133,9 @@ def log_warnings(train_dir: Path) -> list[str]:
 def read_run(run_dir: Path, sae_config: Mapping[str, Any] | None = None) -> RunInfo:
     """Everything the header shows, from the run's files (config, eval, log)."""
     train = train_dir_of(run_dir)
-    top = train.parent if train.name == "train" else train  # a pipeline run: name it by its dir
-    config = {**(sae_config or {}), **flat_settings(_read_json(train / "config.json") or {})}
-    evaluation = _read_json(top / "eval.json") or _read_json(train / "eval.json") or {}
+    top = RunDir.outputs_of(train)  # a pipeline run: name it by its dir
+    config = {**(sae_config or {}), **flat_settings(_read_json(train / RunDir.TRAIN_CONFIG) or {})}
+    evaluation = _read_json(top / RunDir.EVAL) or _read_json(train / RunDir.EVAL) or {}
     k, note = k_per_token(config)
     return RunInfo(
         name=top.resolve().name,
@@ -153,7 +153,7 @@ def read_run(run_dir: Path, sae_config: Mapping[str, Any] | None = None) -> RunI
 
 def run_ablations(run_dir: Path) -> list[dict[str, Any]]:
     """The ablation.json a pipeline run wrote next to train/ (none if absent)."""
-    for path in (run_dir / "ablation.json", run_dir.parent / "ablation.json"):
+    for path in (run_dir / RunDir.ABLATION, run_dir.parent / RunDir.ABLATION):
         record = _read_json(path)
         if isinstance(record, dict) and "latents" in record:
             return [record]

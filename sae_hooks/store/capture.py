@@ -39,7 +39,7 @@ from sae_hooks.store.reader import ActivationStore
 from sae_hooks.store.writer import StoreWriter
 
 
-def recorded_model_name(model: Any) -> str:
+def model_name_of(model: Any) -> str:
     """The model's name as a store records it (its `model` attribute), unless the capture
     is given one: the config's name or path, else the model's class name."""
     config = getattr(model, "config", None)
@@ -84,7 +84,7 @@ def capture_to_store(
     vit_tokens); after a max_rows cut it continues inside the cut batch."""
     points = _checked_request(model, points, store, max_rows)
     batches = InputBatches(data)
-    name = model_name or recorded_model_name(model)
+    name = model_name or model_name_of(model)
     attrs = _existing_store(store, name, resume, overwrite, storage_options)
     mode = "overwrite" if overwrite else "resume" if attrs is not None else "create"
     state = attrs if mode == "resume" else {}

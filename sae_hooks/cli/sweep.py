@@ -21,46 +21,53 @@ the sweep directory draws the frontier.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-SWEEP_TABLE = "sweep"
+from sae_hooks.cli.common import apply_defaults, input_batches, load_model, run_dir, use_record
+from sae_hooks.cli.options import (
+    Option,
+    add_command,
+    data_options,
+    location_options,
+    model_options,
+    quiet_option,
+)
+from sae_hooks.run_config import SWEEP_TABLE, RunSchema, read_toml
+
+NAME = "sweep"
+TABLE = None  # takes no --config: its CONFIG.toml is the run.toml it reads
+HELP = "Train a grid of SAEs (points x widths x k x ...) from one pass over a store."
 LOCATIONS = ("store", "out")
 
 
-def add_sweep_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add the `sweep` subcommand (its handler and parser are set as defaults)."""
-    from sae_hooks import cli
-
-    p = sub.add_parser(
-        "sweep",
-        help="Train a grid of SAEs (points x widths x k x ...) from one pass over a store.",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+def options() -> tuple[Option, ...]:
+    return (
+        Option(("sweep_config",), "a TOML file with a [sweep] table", metavar="CONFIG.toml"),
+        *location_options(),
+        Option(("--store",), "store location [default: [sweep] store, else cache/<run>/store]"),
+        Option(("--out",), "sweep directory [default: cache/<run>/sweep]"),
+        Option(("--until-step",), "stop every SAE at this step (resumable)", type=int),
+        Option(("--eval-batches",), "with --family: batches to eval", type=int, default=8),
+        quiet_option(),
+        *model_options(),
+        *data_options(),
     )
-    p.add_argument("sweep_config", metavar="CONFIG.toml", help="a TOML file with a [sweep] table")
-    p.add_argument("--run", default="default", help="run name: cache/<run> [default: %(default)s]")
-    p.add_argument("--cache", help="cache directory [default: $SAE_HOOKS_CACHE or ./cache]")
-    p.add_argument(
-        "--store", help="store location [default: [sweep] store, else cache/<run>/store]"
-    )
-    p.add_argument("--out", help="sweep directory [default: cache/<run>/sweep]")
-    p.add_argument("--until-step", type=int, help="stop every SAE at this step (resumable)")
-    p.add_argument("--eval-batches", type=int, default=8, help="with --family: batches to eval")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    cli._model_args(p)
-    cli._data_args(p)
-    p.set_defaults(handler=run_sweep, parser=p, config=None)
-    return p
 
 
-def read_sweep_config(path: str | Path, train_flags: set[str] = frozenset()) -> dict[str, Any]:
+def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    return add_command(sub, NAME, HELP, options(), run, description=__doc__)
+
+
+def read_sweep_config(
+    path: str | Path, schema: RunSchema, train_flags: Collection[str] = frozenset()
+) -> dict[str, Any]:
     """{"axes", "train", "store", "out"} from a TOML file with a [sweep] table."""
-    from sae_hooks.run_config import read_toml
     from sae_hooks.train import TrainConfig
 
     path = Path(path)
-    data = read_toml(path)  # the run.toml reader: a sweep file is a run.toml with [sweep]
+    data = read_toml(path, schema.tables)  # a sweep file is a run.toml with [sweep]
     table = data.get(SWEEP_TABLE)
     if not isinstance(table, dict) or not table:
         raise ValueError(
@@ -94,29 +101,19 @@ def read_sweep_config(path: str | Path, train_flags: set[str] = frozenset()) -> 
     }
 
 
-def _train_flags() -> set[str]:
-    """The `train` subcommand's flags: a run.toml's [train] table may set them too."""
-    from sae_hooks.cli import build_parser
-
-    for action in build_parser()._actions:
-        choices = getattr(action, "choices", None)
-        if isinstance(choices, dict) and "train" in choices:
-            return {a.dest for a in choices["train"]._actions}
-    return set()
-
-
-def run_sweep(args: argparse.Namespace) -> None:
-    from sae_hooks.cli import _run_dir, _use_record
+def run(args: argparse.Namespace) -> None:
+    from sae_hooks.cli import train
     from sae_hooks.runrecord import write_run_record
     from sae_hooks.store import open_store
     from sae_hooks.train import Sweep, TrainConfig, train_many
 
-    spec = read_sweep_config(args.sweep_config, _train_flags())
-    run_dir = _run_dir(args)
-    store_at = args.store or spec["store"] or str(run_dir / "store")
-    out = Path(args.out or spec["out"] or run_dir / "sweep")
-    _use_record(args, run_dir)  # the run's model and corpus, for the eval and the report
-    if args.record is not None and run_dir.resolve() not in out.resolve().parents:
+    train_keys = {o.dest for o in train.options()}  # a run.toml's [train] may set them too
+    spec = read_sweep_config(args.sweep_config, args.schema, train_keys)
+    run_at = run_dir(args)
+    store_at = args.store or spec["store"] or str(run_at.store)
+    out = Path(args.out or spec["out"] or run_at.sweep)
+    use_record(args, run_at.root)  # the run's model and corpus, for the eval and the report
+    if args.record is not None and run_at.root.resolve() not in out.resolve().parents:
         write_run_record(out, args.record)  # a sweep kept elsewhere still says what made it
     base = {"progress": not args.quiet, **spec["train"]}
     if "point" not in spec["axes"] and "point" not in base:
@@ -161,12 +158,11 @@ def _seed_noise(sweep: Any, out: Path) -> None:
 
 
 def _evaluate(args: argparse.Namespace, out: Path) -> None:
-    from sae_hooks.cli import _defaults, _inputs, _load_model
     from sae_hooks.eval import evaluate_sweep
 
-    _defaults(args)
-    model, processor = _load_model(args)
-    data = _inputs(args, model, processor, "held-out", args.eval_batches)  # never train rows
+    apply_defaults(args)
+    model, processor = load_model(args)
+    data = input_batches(args, model, processor, "held-out", args.eval_batches)  # never train
     results = evaluate_sweep(
         model, out, data, max_batches=args.eval_batches, progress=not args.quiet
     )

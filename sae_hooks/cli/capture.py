@@ -1,0 +1,137 @@
+"""`sae-hooks capture`: activations at hook points into the run's zarr store (resumable)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from sae_hooks.cli.common import (
+    Interrupted,
+    apply_defaults,
+    family_of,
+    input_batches,
+    load_model,
+    run_dir,
+    starts_with_bos,
+)
+from sae_hooks.cli.options import Option, add_command, data_options, model_options, run_options
+
+NAME = "capture"
+TABLE = NAME
+HELP = "Capture activations at hook points into a zarr store (resumes an interrupted one)."
+EXAMPLE = "sae-hooks capture --family gpt2 --model-dir models/gpt2 --point resid_post.6 --run gpt2"
+
+
+def options() -> tuple[Option, ...]:
+    return (
+        *run_options(),
+        *model_options(),
+        *data_options(),
+        Option(("--point",), "hook point, repeatable (see `inspect`)", action="append"),
+        Option(("--store",), "store location or fsspec URL [default: cache/<run>/store]"),
+        Option(("--max-rows",), "stop after this many rows", type=int),
+        Option(("--dtype",), "float32, float16 or bfloat16", default="float32"),
+        Option(("--vit-tokens",), "ViT: all, cls or patches", default="all"),
+        Option(
+            ("--split",),
+            "train: hold out the last tenth of the documents for eval (as the recipes "
+            "do); all: capture everything [default: %(default)s]",
+            choices=("train", "all"),
+            default="train",
+        ),
+        Option(("--overwrite",), "replace an existing store", action="store_true"),
+    )
+
+
+def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    return add_command(sub, NAME, HELP, options(), run, example=EXAMPLE)
+
+
+def run(args: argparse.Namespace) -> None:
+    from sae_hooks.runrecord import write_run_record
+
+    if not args.point:
+        raise ValueError("--point is required (e.g. resid_post.3); `sae-hooks inspect` lists them")
+    apply_defaults(args)
+    model, processor = load_model(args)
+    run_at = run_dir(args)
+    store = args.store or str(run_at.store)
+    if args.overwrite and Path(store).exists():
+        print(f"--overwrite: replacing the store at {store}")
+    data = input_batches(args, model, processor, args.split)
+    result = _capture(args, model, data, store)
+    if args.store is None or Path(store).resolve().parent == run_at.root.resolve():
+        write_run_record(run_at.root, capture_record(args, processor, result))
+    print(f"{result.n_rows:,} rows of {', '.join(result.points)} in {store}")
+
+
+def _capture(args: argparse.Namespace, model: Any, data: Any, store: str) -> Any:
+    """Run the capture, rewording the library's resume/overwrite errors in terms of CLI
+    flags and turning Ctrl-C into an :class:`Interrupted` that says how far it got."""
+    from sae_hooks.store import capture_to_store
+
+    try:
+        return capture_to_store(
+            model,
+            args.point,
+            data,
+            store,
+            dtype=args.dtype,
+            max_rows=args.max_rows,
+            vit_tokens=args.vit_tokens,
+            source=f"{args.data} ({args.split})",
+            drop_bos=starts_with_bos(args),
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+        )
+    except ValueError as err:
+        if "cannot resume" in str(err) or "overwrite=True" in str(err):
+            raise ValueError(
+                f"{str(err).replace('pass overwrite=True', 'rerun with --overwrite')}; "
+                "--overwrite replaces it, --run OTHER or --store PATH keeps it"
+            ) from None
+        raise
+    except KeyboardInterrupt:
+        raise Interrupted(_rows_in(store)) from None
+
+
+def _rows_in(store: str) -> str:
+    from sae_hooks.store import open_store
+
+    try:
+        return f"{open_store(store).n_rows:,} rows"
+    except Exception:  # nothing committed yet, or not readable
+        return "0 rows"
+
+
+def capture_record(args: argparse.Namespace, processor: Any, result: Any) -> Any:
+    """The run record of a capture: which model, tokenizer, points and corpus made the
+    store, so later steps (train, eval) can check they read the same thing."""
+    from sae_hooks.runrecord import (
+        SPLIT_ALL,
+        SPLIT_TRAIN,
+        RunRecord,
+        model_record,
+        tokenizer_record,
+    )
+
+    mrec = model_record(args.family, args.model_dir, tiny=args.tiny)
+    split = SPLIT_TRAIN if args.split == "train" else SPLIT_ALL
+    if family_of(args).vision:
+        corpus: dict[str, Any] = {"data": str(Path(args.data).resolve()), "split": split}
+    else:
+        corpus = {
+            "data": args.data if args.data == "pydoc" else str(Path(args.data).resolve()),
+            "text_field": args.text_field,
+            "context_length": args.context_length,
+            "split": split,
+            "prepend_bos": starts_with_bos(args),
+        }
+    return RunRecord(
+        model=mrec,
+        tokenizer=tokenizer_record(processor, mrec["model_dir"]),
+        points=list(result.points),
+        corpus=corpus,
+        created_by="sae-hooks capture",
+    )

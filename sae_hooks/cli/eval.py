@@ -1,0 +1,92 @@
+"""`sae-hooks eval`: the trained SAE spliced into the model: FVU, L0, dead latents,
+downstream metrics, on the held-out part of the run's corpus."""
+
+from __future__ import annotations
+
+import argparse
+
+from sae_hooks.cli.common import (
+    check_model_matches_store,
+    input_batches,
+    model_for_sae,
+    output,
+    sae_and_point,
+    starts_with_bos,
+    target_point,
+)
+from sae_hooks.cli.options import (
+    Option,
+    add_command,
+    data_options,
+    model_options,
+    run_options,
+    sae_options,
+)
+from sae_hooks.rundir import RunDir
+
+NAME = "eval"
+TABLE = NAME
+HELP = "Splice the trained SAE into the model: FVU, L0, dead latents, downstream metrics."
+EXAMPLE = "sae-hooks eval --run gpt2 --max-batches 20"
+
+
+def options() -> tuple[Option, ...]:
+    return (
+        *run_options(),
+        *model_options(),
+        *data_options(),
+        *sae_options(),
+        Option(("--max-batches",), "batches to evaluate", type=int, default=20),
+        Option(
+            ("--split",),
+            "held-out: the last tenth of the documents, never captured; all: the whole "
+            "corpus [default: %(default)s]",
+            choices=("held-out", "all"),
+            default="held-out",
+        ),
+    )
+
+
+def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    return add_command(sub, NAME, HELP, options(), run, example=EXAMPLE)
+
+
+def run(args: argparse.Namespace) -> None:
+    from sae_hooks.eval import evaluate_reconstruction
+    from sae_hooks.eval.core import evaluate_core, write_core_eval
+
+    model, processor = model_for_sae(args)
+    sae, point = sae_and_point(args)
+    check_model_matches_store(args, model)
+    data = input_batches(args, model, processor, args.split, args.max_batches)
+    paired = getattr(sae, "paired", False)
+    if paired:  # a transcoder: replace the MLP output it predicts
+        from sae_hooks.eval import evaluate_transcoder
+
+        result = evaluate_transcoder(
+            model,
+            point,
+            target_point(args),
+            sae,
+            data,
+            max_batches=args.max_batches,
+            progress=not args.quiet,
+        )
+    else:
+        result = evaluate_reconstruction(
+            model,
+            point,
+            sae,
+            data,
+            max_batches=args.max_batches,
+            drop_bos=starts_with_bos(args),
+            progress=not args.quiet,
+        )
+    out = output(args, RunDir.EVAL)
+    out.write_text(result.to_json())
+    if not paired:  # SAEBench's core metrics are defined for SAEs on one point
+        write_core_eval(
+            out.parent, evaluate_core(model, point, sae, data, max_batches=args.max_batches)
+        )
+    print(result.summary())
+    print(f"on the {args.split} part of {args.data}; written to {out}")

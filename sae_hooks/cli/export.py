@@ -1,0 +1,76 @@
+"""`sae-hooks export`: a run's SAE for other tools (SAELens, the Hugging Face layout,
+Neuronpedia JSON); the hook point and the model come from the run."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from sae_hooks.cli.common import run_dir, sae_and_point
+from sae_hooks.cli.options import Option, add_command, run_options, sae_options
+
+NAME = "export"
+TABLE = NAME
+HELP = "Write a run's SAE for other tools: SAELens, the Hugging Face layout, Neuronpedia JSON."
+EXAMPLE = "sae-hooks export --run demo --format saelens --out exported/demo"
+
+
+def options() -> tuple[Option, ...]:
+    return (
+        *run_options(),
+        *sae_options(),
+        Option(
+            ("--format",),
+            "saelens: cfg.json + sae_weights.safetensors; hf: save_pretrained's layout; "
+            "neuronpedia: latent activations + explanation inputs [default: %(default)s]",
+            choices=("saelens", "hf", "neuronpedia"),
+            default="hf",
+        ),
+        Option(("--out",), "output directory [default: cache/<run>/export-<format>]"),
+        Option(("--push-to-hub",), "hf: also upload to this Hub repo", metavar="REPO"),
+        Option(("--n-examples",), "neuronpedia: contexts per latent", type=int, default=16),
+    )
+
+
+def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    return add_command(sub, NAME, HELP, options(), run, example=EXAMPLE)
+
+
+def run(args: argparse.Namespace) -> None:
+    from sae_hooks.runrecord import load_tokenizer, read_run_record
+
+    sae, point = sae_and_point(args)
+    run_at = run_dir(args)
+    record = read_run_record(Path(args.sae) if args.sae else run_at.root)
+    model_name = record.model.get("hub_id") or record.model.get("name") if record else None
+    out = Path(args.out) if args.out else run_at.export_dir(args.format)
+    if args.format == "saelens":
+        from sae_hooks.interop import export_saelens
+
+        export_saelens(sae, out, point=point, model_name=model_name)
+    elif args.format == "hf":
+        from sae_hooks.interop.hub import push_to_hub, save_pretrained
+
+        save_pretrained(sae, out, point=point, model_name=model_name, repo_id=args.push_to_hub)
+        if args.push_to_hub:
+            push_to_hub(sae, args.push_to_hub, point=point, model_name=model_name)
+            print(f"uploaded to https://huggingface.co/{args.push_to_hub}")
+    else:
+        from sae_hooks.interop.neuronpedia import export_neuronpedia
+
+        if not run_at.store.is_dir():
+            raise FileNotFoundError(
+                f"neuronpedia export reads the run's store: none at {run_at.store}"
+            )
+        export_neuronpedia(
+            sae,
+            str(run_at.store),
+            out,
+            point=point,
+            tokenizer=load_tokenizer(record) if record else None,
+            model_id=model_name or "",
+            sae_id=f"{point}-{args.name}",
+            n_examples=args.n_examples,
+            progress=not args.quiet,
+        )
+    print(f"{args.format} export written to {out}")

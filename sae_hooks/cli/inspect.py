@@ -1,0 +1,114 @@
+"""`sae-hooks inspect`: what a path holds (run directory, store, SAE, training run),
+or the hook points of a model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from sae_hooks.cli.common import load_model
+from sae_hooks.cli.options import Option, add_command, model_options
+from sae_hooks.rundir import RunDir
+
+NAME = "inspect"
+TABLE = NAME
+HELP = "Say what a path holds (run directory, store, SAE, training run) or list hook points."
+EXAMPLE = "sae-hooks inspect cache/demo    |    sae-hooks inspect --family gpt2 --tiny"
+
+
+def options() -> tuple[Option, ...]:
+    return (
+        Option(
+            ("path",),
+            "a run directory, a store (path or URL) or an SAE directory",
+            nargs="?",
+        ),
+        *model_options(),
+        Option(("--config",), "run.toml ([model] and [inspect] tables)"),
+    )
+
+
+def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    return add_command(sub, NAME, HELP, options(), run, example=EXAMPLE)
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.family:
+        from sae_hooks.hooks import list_hook_points
+
+        model, _ = load_model(args)
+        print("\n".join(list_hook_points(model)))
+    elif args.path:
+        print(describe(args.path))
+    else:
+        raise ValueError("give a PATH to summarise, or --family (with --tiny or --model-dir)")
+
+
+def describe(path: str) -> str:
+    """What lives at `path` (run directory, training run, SAE directory or store), in words."""
+    from sae_hooks.runrecord import read_run_record
+
+    p = Path(path)
+    run = RunDir(p)
+    if (p / RunDir.TRAIN_CONFIG).is_file() and (p / "model.safetensors").is_file():
+        return "SAE directory " + _describe_sae(p)
+    if RunDir.is_sae_home(p) and (p / RunDir.TRAIN_CONFIG).is_file():
+        return f"training run at {p}\n  SAE " + _describe_sae(p / RunDir.SAE)
+    if run.record.is_file() or run.store.is_dir() or run.sae_home().is_dir():
+        return _describe_run(run, read_run_record(p))
+    if run.summary.is_file():
+        return run.summary.read_text()
+    if p.exists() and not (p / "zarr.json").is_file() and "://" not in path:
+        raise ValueError(
+            f"{p} is not a run directory (run.json, store/, train/), a store (zarr.json) "
+            "or an SAE directory (config.json + model.safetensors)"
+        )
+    return "store " + _describe_store(path)
+
+
+def _describe_sae(p: Path) -> str:
+    from sae_hooks.sae import load_sae
+
+    sae = load_sae(p)
+    n = sum(t.numel() for t in sae.state_dict().values())
+    config = json.dumps(sae.config(), indent=2)
+    return f"at {p}: {type(sae).__name__}, {n:,} numbers\n{config}"
+
+
+def _describe_store(path: str) -> str:
+    from sae_hooks.store import open_store
+
+    store = open_store(path)
+    lines = [
+        f"at {path}: {store.n_rows:,} rows, dtype {store.dtype}",
+        f"model: {store.model}",
+        f"source: {store.source}",
+    ]
+    for point in store.points:
+        stats = store.stats(point)
+        lines.append(
+            f"  {point}: d_model {store.d_model(point)}, mean squared norm "
+            f"{float(stats.mean_sq_norm):.4g}"
+        )
+    return "\n".join(lines)
+
+
+def _describe_run(run: RunDir, record: Any) -> str:
+    """A run directory: its record, its store and each SAE trained on it."""
+    from sae_hooks.sae import load_sae
+
+    lines = [f"run directory at {run.root}"]
+    if record is not None:
+        lines += ["  " + line for line in record.summary().splitlines()]
+    else:
+        lines.append("  (no run.json: made before runs recorded their model; pass --family)")
+    if run.store.is_dir():
+        lines.append("  store: " + _describe_store(str(run.store)).replace("\n", "\n    "))
+    for name in run.sae_names():
+        sae = load_sae(run.sae_dir(name))
+        lines.append(f"  SAE {name}/: {type(sae).__name__}, {sae.nb_concepts:,} latents")
+    outputs = (run.eval_file(), run.ablation_file(), run.summary, run.report_dir() / "index.html")
+    lines += [f"  {p.relative_to(run.root).as_posix()}" for p in outputs if p.exists()]
+    return "\n".join(lines)

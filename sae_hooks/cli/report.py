@@ -1,0 +1,129 @@
+"""`sae-hooks report RUN_DIR`: training curves and the HTML feature dashboard of a run.
+
+On a run directory it finds the SAE called --name, the run's store, its ablation and
+its tokenizer (run.json) by itself; on a sweep directory it also draws the frontier.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from sae_hooks.cli.options import Option, add_command, name_option, quiet_option
+from sae_hooks.rundir import RunDir
+
+NAME = "report"
+TABLE = NAME
+HELP = "training curves and an HTML feature dashboard for a run"
+DESCRIPTION = (
+    "Write RUN_DIR/report/ (open index.html in a browser, no server needed): the run at a "
+    "glance, an index of every latent, a page per latent, training.png."
+)
+
+
+def latent_ids(text: str) -> list[int]:
+    """--latents 3,17,42 -> [3, 17, 42]."""
+    try:
+        return [int(t) for t in text.replace(",", " ").split()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(
+            f"--latents takes latent ids separated by commas, e.g. 3,17,42; got {text!r}"
+        ) from err
+
+
+def options() -> tuple[Option, ...]:
+    return (
+        Option(("run_dir",), "a run directory written by train", metavar="RUN_DIR"),
+        Option(("--store",), "activation store (path or URL) to compute the dashboard on"),
+        Option(("--point",), "hook point in the store (default: the run's own)"),
+        Option(("--tokenizer",), "local tokenizer directory, to show tokens as text"),
+        Option(("--out",), "output directory (default: RUN_DIR/report)"),
+        Option(("--sae",), "sweep runs: the SAE whose dashboard to build (default: first)"),
+        Option(("--images",), "folder of the images an image store was captured from"),
+        Option(("--latents",), "extra latent ids, e.g. 3,17", type=latent_ids, default=[]),
+        Option(
+            ("--n-latents",),
+            "examples only for the N most often firing latents (default: all latents)",
+            type=int,
+        ),
+        Option(("--n-examples",), "top contexts per latent", type=int, default=8),
+        Option(("--max-rows",), "scan only the first N rows of the store", type=int),
+        Option(
+            ("--ablation",),
+            "an AblationResult saved with to_json() (repeatable)",
+            action="append",
+            default=[],
+            metavar="JSON",
+        ),
+        Option(("--config",), "run.toml ([report] table)"),
+        name_option("which SAE of a run directory"),
+        quiet_option(),
+    )
+
+
+def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    return add_command(
+        sub, NAME, HELP, options(), run, description=DESCRIPTION, formatter=argparse.HelpFormatter
+    )
+
+
+def read_ablation(path: str) -> dict:
+    """One --ablation file: a JSON object, or an error naming the file."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--ablation {path}: no such file") from None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"--ablation {path} is not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"--ablation {path} must hold a JSON object (AblationResult.to_json())")
+    return data
+
+
+def _sources(args: argparse.Namespace) -> tuple[Path, str | None, list[str], str | None]:
+    """(the directory to report on, store, ablation files, out): on a run directory
+    holding the SAE --name, its home, the run's store, its ablation and report/."""
+    run = RunDir(args.run_dir)
+    home = run.sae_home(args.name)
+    if not RunDir.is_sae_home(home):
+        return run.root, args.store, list(args.ablation), args.out
+    store = args.store
+    if store is None and run.store.is_dir():
+        store = str(run.store)
+    ablation = run.ablation_file(args.name)
+    ablations = list(args.ablation) or ([str(ablation)] if ablation.is_file() else [])
+    return home, store, ablations, args.out or str(run.report_dir(args.name))
+
+
+def run(args: argparse.Namespace) -> None:
+    from sae_hooks.report.build import build_report
+    from sae_hooks.report.frontier import is_sweep, sweep_for_report
+    from sae_hooks.runrecord import load_tokenizer, read_run_record
+
+    where, store, ablation_files, out = _sources(args)
+    tokenizer: Any = args.tokenizer
+    record = read_run_record(args.run_dir)
+    if tokenizer is None and record is not None:
+        tokenizer = load_tokenizer(record)
+    ablations = [read_ablation(path) for path in ablation_files] or None
+    sweep = None
+    if is_sweep(where):  # a train_many directory: one dashboard plus the frontier
+        where, sweep, out, store = sweep_for_report(where, args.sae, out, store)
+    index = build_report(
+        where,
+        sweep=sweep,
+        store=store,
+        point=args.point,
+        tokenizer=tokenizer,
+        ablations=ablations,
+        images=args.images,
+        out=out,
+        latents=args.latents,
+        n_latents=args.n_latents,
+        n_examples=args.n_examples,
+        max_rows=args.max_rows,
+        progress=not args.quiet,
+    )
+    print(f"report written to {index}")
