@@ -168,9 +168,8 @@ def test_points_equal_the_models_own_tensors(arch, built):
     blocks = [resolve_point(model, f"resid_post.{i}").module for i in range(LAYERS)]
     seen, handles = _module_outputs(model, blocks, (attn, mlp_out, pre_mlp_norm))
     try:
-        with capture(model, points) as acts:
-            with torch.no_grad():
-                hidden = model(**_inputs(arch), output_hidden_states=True).hidden_states
+        with capture(model, points) as acts, torch.no_grad():
+            hidden = model(**_inputs(arch), output_hidden_states=True).hidden_states
     finally:
         for handle in handles:
             handle.remove()
