@@ -98,13 +98,12 @@ def ids():
 def hooked():
     if not has_hooked_transformer():
         pytest.skip(needs_hooked.kwargs["reason"])
-    hf = _gpt2_with_ln_weights()
-    return hf, tl_from_hf(hf, None)
+    return tl_from_hf(_gpt2_with_ln_weights(), None)
 
 
 @needs_hooked
 def test_hooked_transformer_points(hooked, ids):
-    hf, tl = hooked
+    tl = hooked
     assert type(tl).__name__ == "HookedTransformer"
     ln2_out = []
     handle = tl.blocks[1].ln2.register_forward_hook(lambda m, a, out: ln2_out.append(out))
