@@ -7,6 +7,8 @@ environment of .ci/tl3-env; the bridge tests run under either.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from helpers import IdentitySAE
@@ -63,6 +65,15 @@ def test_export_names():
         assert point_from_hook_name(hook_name_of_point(f"{kind}.5")) == f"{kind}.5"
     assert hook_name_of_point("blocks.1.hook_out") == "blocks.1.hook_out"
     assert hook_name_of_point("transformer.h.1") is None
+
+
+def test_saelens_export_of_mlp_in_names_the_ln2_output(tmp_path):
+    from sae_hooks import TopKSAE, export_saelens
+
+    out = export_saelens(TopKSAE(32, 64, top_k=4), tmp_path / "tc", point="mlp_in.1")
+    cfg = json.loads((out / "cfg.json").read_text())
+    assert cfg["metadata"]["hook_name"] == "blocks.1.ln2.hook_normalized"
+    assert point_from_hook_name(cfg["metadata"]["hook_name"]) == "mlp_in.1"
 
 
 def test_hf_names_resolve_on_hf_models(tiny_gpt2):
