@@ -17,8 +17,6 @@ from typing import Any, Literal
 
 from torch import nn
 
-SUBLAYER_KINDS = ("attn_out", "resid_mid", "mlp_in", "mlp_out")
-
 
 @dataclass(frozen=True)
 class Site:
@@ -70,7 +68,7 @@ def parallel(attn: str, mlp: str, reason: str = PARALLEL) -> BlockLayout:
     return BlockLayout(Site(attn), None, Site(mlp, "input"), Site(mlp), {"resid_mid": reason})
 
 
-def sandwich(attn: str, mlp: str) -> BlockLayout:
+def sandwich(mlp: str) -> BlockLayout:
     """Gemma 2/3: each sublayer's output is normed before it is added to the residual."""
     return BlockLayout(
         attn_out=Site("post_attention_layernorm"),
@@ -124,8 +122,8 @@ LAYOUTS: dict[str, BlockLayout | Callable[[Any], BlockLayout]] = {
     "gemma": _LLAMA_LIKE,
     "phi3": _LLAMA_LIKE,
     "olmo": _LLAMA_LIKE,
-    "gemma2": sandwich("self_attn", "mlp"),
-    "gemma3_text": sandwich("self_attn", "mlp"),
+    "gemma2": sandwich("mlp"),
+    "gemma3_text": sandwich("mlp"),
     "phi": parallel("self_attn", "mlp"),
     "opt": opt,
     "bert": post_ln_bert(),
@@ -174,7 +172,7 @@ def discover_layout(config: Any, block: nn.Module) -> BlockLayout:
             Site(attn) if attn else None, None, mlp_in, mlp_out, {"resid_mid": PARALLEL}
         )
     if hasattr(block, "pre_feedforward_layernorm") and hasattr(block, "post_feedforward_layernorm"):
-        return sandwich(attn or "", mlp or "")
+        return sandwich(mlp or "mlp")
     mid = _first_child(block, MID_NORM_NAMES)
     return BlockLayout(
         attn_out=Site(attn) if attn else None,
