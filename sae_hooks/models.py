@@ -308,4 +308,3 @@ def load_model(
     if record.backend == "tl":
         return tl_from_hf(model, processor, device=device), processor
     return model.to(device), processor
-
