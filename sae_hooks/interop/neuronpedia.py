@@ -66,11 +66,7 @@ def export_neuronpedia(
     from sae_hooks.store import open_store
 
     store = open_store(store) if isinstance(store, (str, os.PathLike)) else store
-    if point is None:
-        if len(store.points) != 1:
-            raise ValueError(f"the store holds points {store.points}; name one with point=")
-        point = store.points[0]
-    identity = (identity or identity_from_store(store)).with_values(point=point)
+    point, identity = _where(store, point, identity)
     model_id = model_id or identity.model_name or ""
     rows = Rows.from_store(store, point, max_rows=max_rows)
     stats = collect_features(sae, rows, k=n_examples, progress=progress)
@@ -102,6 +98,15 @@ def export_neuronpedia(
     }
     (out / "sae.json").write_text(json.dumps(header, indent=2) + "\n")
     return out
+
+
+def _where(store: Any, point: str | None, identity: RunIdentity | None) -> tuple[str, RunIdentity]:
+    """The hook point exported (the store's only one by default) and the identity."""
+    if point is None:
+        if len(store.points) != 1:
+            raise ValueError(f"the store holds points {store.points}; name one with point=")
+        point = store.points[0]
+    return point, (identity or identity_from_store(store)).with_values(point=point)
 
 
 def _write_batch(
