@@ -191,3 +191,12 @@ def test_top_level_load_sae_reads_saelens_directories(tmp_path):
     torch.testing.assert_close(sae_hooks.load_sae(tmp_path)(x).x_hat, jump(x).x_hat)
     with pytest.raises(FileNotFoundError, match=r"no config\.json"):
         load_sae(tmp_path)  # sae_hooks.sae.load_sae: our layout only
+
+
+@pytest.mark.parametrize("name", ["config.json", "cfg.json"])
+def test_a_deeply_nested_config_is_a_clear_error(name, tmp_path):
+    TopKSAE(D, NB, top_k=4).save(tmp_path)
+    export_saelens(TopKSAE(D, NB, top_k=4), tmp_path)
+    (tmp_path / name).write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match="is not valid JSON"):
+        (load_sae if name == "config.json" else import_saelens)(tmp_path)

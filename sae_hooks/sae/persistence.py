@@ -37,8 +37,8 @@ def load_sae(path: str | os.PathLike, device: str | torch.device = "cpu") -> SAE
         raise FileNotFoundError(f"{path} has no {CONFIG_FILE}; is it an SAE saved by SAE.save?")
     try:
         config = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{config_path} is not valid JSON: {err}") from err
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise ValueError(f"{config_path} is not valid JSON: {err}") from None
     if not isinstance(config, dict):
         raise ValueError(f"{config_path} must hold a JSON object")
     arch = config.get("architecture")
