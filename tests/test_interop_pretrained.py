@@ -122,6 +122,8 @@ def test_what_is_not_there_is_a_clear_error(offline_cache, tmp_path):
     for bad in ("../sae-ours", "/etc"):
         with pytest.raises(ValueError, match="relative path inside the repo"):
             sae_hooks.load_sae("tiny-org/sae-both", subfolder=bad)
+    with pytest.raises(FileNotFoundError, match=r"only in folders: blocks.1/lens, blocks.1/ours"):
+        sae_hooks.load_sae("tiny-org/sae-both")
     with pytest.raises(FileNotFoundError, match="not a Hub repo id"):
         sae_hooks.load_sae(tmp_path / "nothing" / "here")
 

@@ -101,7 +101,27 @@ def load_pretrained(
         )
     if (where / SAELENS_CONFIG).is_file() and not (where / WEIGHTS_FILE).is_file():
         return import_saelens(where, device=device)
+    if where.is_dir() and not (where / CONFIG_FILE).is_file():
+        _no_sae_here(where, repo_or_path)
     return load_sae_dir(where, device=device)
+
+
+def _no_sae_here(where: Path, asked: str | os.PathLike) -> None:
+    """A directory (a repo's root, say) with SAEs only in folders: name them."""
+    folders = sorted(
+        p.parent.relative_to(where).as_posix()
+        for config, weights in ((CONFIG_FILE, WEIGHTS_FILE), (SAELENS_CONFIG, SAELENS_WEIGHTS))
+        for p in where.glob(f"**/{config}")
+        if p.parent != where and (p.parent / weights).is_file()
+    )
+    if folders:
+        shown = ", ".join(folders[:8]) + (
+            f" ... ({len(folders)} in all)" if len(folders) > 8 else ""
+        )
+        raise FileNotFoundError(
+            f"{os.fspath(asked)} holds no SAE at {where}, only in folders: {shown}; "
+            "pass subfolder= (or append the folder to the hf:// URL)"
+        )
 
 
 def load_sae(
