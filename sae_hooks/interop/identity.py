@@ -44,7 +44,8 @@ class RunIdentity:
     random-init model); model_revision: the hub commit or tag; backend: what ran the
     model ("transformers", "transformer_lens.HookedTransformer",
     "transformer_lens.TransformerBridge") and, for a bridge, compatibility_mode; point:
-    the hook point (ours, e.g. "mlp_in.3"; `hook_name` is TransformerLens's name for it);
+    the hook point (ours, e.g. "mlp_in.3"; `hook_name` is TransformerLens's name for it)
+    and, for a transcoder, target_point (`hook_name_out`), the output it predicts;
     context_size, prepend_bos: how the documents were cut into contexts; dataset_path,
     dataset_split: the data; normalisation: "input_scale" (the SAE scales raw rows
     itself) or "none".
@@ -55,6 +56,7 @@ class RunIdentity:
     backend: str | None = None
     compatibility_mode: bool | None = None
     point: str | None = None
+    target_point: str | None = None
     context_size: int | None = None
     prepend_bos: bool | None = None
     dataset_path: str | None = None
@@ -77,8 +79,15 @@ class RunIdentity:
         """TransformerLens's (and SAELens's) name of `point`, or the point itself."""
         return (hook_name_of_point(self.point) or self.point) if self.point else None
 
+    @property
+    def hook_name_out(self) -> str | None:
+        """TransformerLens's name of `target_point` (a transcoder's output)."""
+        target = self.target_point
+        return (hook_name_of_point(target) or target) if target else None
+
     def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "hook_name": self.hook_name}
+        names = {"hook_name": self.hook_name, "hook_name_out": self.hook_name_out}
+        return {**dataclasses.asdict(self), **names}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> RunIdentity:
@@ -163,11 +172,12 @@ def identity_from_run(
     train = _read_json(run / name / "config.json")
     model = record.get("model") if isinstance(record.get("model"), dict) else {}
     corpus = record.get("corpus") if isinstance(record.get("corpus"), dict) else {}
-    trained_point = train.get("point") if isinstance(train.get("point"), str) else None
+    trained_point = _typed(train.get("point"), str)
     points = record.get("points") if isinstance(record.get("points"), list) else []
     identity = RunIdentity(
         **_model_fields(model),
         point=point or trained_point or (points[0] if len(points) == 1 else None),
+        target_point=_typed(train.get("target_point"), str),
         context_size=_typed(corpus.get("context_length"), int),
         prepend_bos=_typed(corpus.get("prepend_bos"), bool),
         dataset_path=_typed(corpus.get("data"), str),

@@ -17,6 +17,9 @@ sae_lens_version) from a `RunIdentity`, null where the run did not record a valu
 (SAELens would otherwise assume prepend_bos=True); the whole identity rides under
 "sae_hooks". `saelens_metadata` reads it back, hook_name mapped to our vocabulary.
 
+Transcoders and skip transcoders export as SAELens's "transcoder" / "skip_transcoder"
+(interop/saelens_transcoder.py), hook_name_out from the identity's target_point.
+
 Import reads SAELens inference SAEs and its BatchTopK / Matryoshka BatchTopK training
 checkpoints (cfg.json and header checked first: sae_hooks.interop.saelens_config).
 `rescale_acts_by_decoder_norm: true` computes acts = act(n * pre) and decodes acts / n
@@ -43,6 +46,7 @@ from sae_hooks.sae.jump import JumpSAE
 from sae_hooks.sae.matryoshka import MatryoshkaBatchTopKSAE
 from sae_hooks.sae.persistence import check_values
 from sae_hooks.sae.topk import TopKSAE
+from sae_hooks.sae.transcoder import Transcoder
 
 from .identity import RunIdentity
 from .saelens_config import (
@@ -54,6 +58,7 @@ from .saelens_config import (
     read_saelens_config,
     read_saelens_tensors,
 )
+from .saelens_transcoder import transcoder_tensors
 
 __all__ = [
     "SAELENS_ARCHITECTURES",
@@ -93,7 +98,7 @@ def export_saelens(
     from safetensors.torch import save_file
 
     identity = (identity or RunIdentity()).with_values(point=point, model_name=model_name)
-    tensors, cfg = _saelens_weights(sae)
+    tensors, cfg = transcoder_tensors(sae) if isinstance(sae, Transcoder) else _saelens_weights(sae)
     _add_location(cfg, identity, hook_name)
     try:
         ours = {"config": sae.config(), "input_scale": float(sae.input_scale)}
@@ -176,6 +181,8 @@ def _add_location(cfg: dict[str, Any], identity: RunIdentity, hook_name: str | N
         "dataset_path": identity.dataset_path,
         "model_from_pretrained_kwargs": kwargs or None,
     }
+    if identity.target_point:  # a transcoder: the output it predicts
+        meta["hook_name_out"] = identity.hook_name_out
     cfg["metadata"] = meta
     # SAELens < 6 parsing tests `"hook_z" in hook_name`: never a null hook_name up there.
     cfg.update({k: v for k, v in meta.items() if v is not None or k != "hook_name"})
