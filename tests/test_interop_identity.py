@@ -185,31 +185,9 @@ def test_neuronpedia_records_the_identity(tiny_gpt2, tokenizer, texts, tmp_path)
         )
 
 
-@pytest.mark.parametrize("skip", [False, True])
-def test_transcoders_export_with_their_output_point(skip, tmp_path):
-    """SAELens's transcoder maps raw MLP inputs to raw MLP outputs as `predict` does,
-    hooked at the input point and, as hook_name_out, the output point."""
-    from safetensors.torch import load_file
-
-    from sae_hooks.sae import SkipTranscoder, Transcoder
-
-    torch.manual_seed(0)
-    tc = (SkipTranscoder if skip else Transcoder)(16, 40, output_size=8)
-    with torch.no_grad():
-        for p in tc.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-        tc.input_scale.fill_(2.0)
-        tc.output_scale.fill_(0.25)
-    identity = RunIdentity(point="mlp_out.0", target_point="mlp_out.1")
-    out = export_saelens(tc.eval(), tmp_path, identity=identity)
-    cfg = json.loads((out / "cfg.json").read_text())
-    assert cfg["architecture"] == ("skip_transcoder" if skip else "transcoder")
-    assert (cfg["d_in"], cfg["d_sae"], cfg["d_out"]) == (16, 40, 8)
-    assert cfg["apply_b_dec_to_input"] is False
-    assert cfg["metadata"]["hook_name_out"] == "blocks.1.hook_mlp_out"
-    t = load_file(out / "sae_weights.safetensors")
-    x = torch.randn(32, 16) * 3
-    y = torch.relu(x @ t["W_enc"] + t["b_enc"]) @ t["W_dec"] + t["b_dec"]
-    if skip:
-        y = y + x @ t["W_skip"].T
-    torch.testing.assert_close(y, tc.predict(x), rtol=1e-5, atol=1e-5)
+def test_a_transcoder_run_records_its_output_point(tmp_path):
+    run = _run(tmp_path, LLAMA, CORPUS, {"point": "mlp_out.0", "target_point": "mlp_out.1"})
+    identity = identity_from_run(run)
+    assert (identity.point, identity.target_point) == ("mlp_out.0", "mlp_out.1")
+    assert identity.to_dict()["hook_name_out"] == "blocks.1.hook_mlp_out"
+    assert identity_from_run(_run(tmp_path / "b", LLAMA, CORPUS)).hook_name_out is None

@@ -67,21 +67,3 @@ def test_saelens_training_checkpoints_import(arch, tmp_path):
     theirs = lens.SAE.load_from_disk(str(tmp_path / "inference"))
     x = torch.randn(64, D)
     torch.testing.assert_close(ours(x).x_hat, theirs(x), rtol=1e-5, atol=1e-5)
-
-
-def test_saelens_loads_our_transcoder(tmp_path):
-    from sae_hooks.sae import SkipTranscoder
-
-    torch.manual_seed(0)
-    tc = SkipTranscoder(16, 40, output_size=8)
-    with torch.no_grad():
-        for p in tc.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-        tc.input_scale.fill_(2.0)
-        tc.output_scale.fill_(0.25)
-    identity = RunIdentity(point="mlp_out.0", target_point="mlp_out.1", prepend_bos=True)
-    theirs = lens.SAE.load_from_disk(str(export_saelens(tc.eval(), tmp_path, identity=identity)))
-    assert type(theirs).__name__ == "SkipTranscoder"
-    x = torch.randn(32, 16) * 3
-    torch.testing.assert_close(theirs(x), tc.predict(x), rtol=1e-5, atol=1e-5)
-    assert theirs.cfg.metadata.hook_name_out == "blocks.1.hook_mlp_out"

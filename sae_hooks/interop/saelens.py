@@ -17,8 +17,7 @@ sae_lens_version) from a `RunIdentity`, null where the run did not record a valu
 (SAELens would otherwise assume prepend_bos=True); the whole identity rides under
 "sae_hooks". `saelens_metadata` reads it back, hook_name mapped to our vocabulary.
 
-Transcoders and skip transcoders export as SAELens's "transcoder" / "skip_transcoder"
-(interop/saelens_transcoder.py), hook_name_out from the identity's target_point.
+A transcoder's output point (the identity's target_point) is written as hook_name_out.
 
 Import reads SAELens inference SAEs and its BatchTopK / Matryoshka BatchTopK training
 checkpoints (cfg.json and header checked first: sae_hooks.interop.saelens_config).
@@ -46,7 +45,6 @@ from sae_hooks.sae.jump import JumpSAE
 from sae_hooks.sae.matryoshka import MatryoshkaBatchTopKSAE
 from sae_hooks.sae.persistence import check_values
 from sae_hooks.sae.topk import TopKSAE
-from sae_hooks.sae.transcoder import Transcoder
 
 from .identity import RunIdentity
 from .saelens_config import (
@@ -58,7 +56,6 @@ from .saelens_config import (
     read_saelens_config,
     read_saelens_tensors,
 )
-from .saelens_transcoder import transcoder_tensors
 
 __all__ = [
     "SAELENS_ARCHITECTURES",
@@ -98,7 +95,7 @@ def export_saelens(
     from safetensors.torch import save_file
 
     identity = (identity or RunIdentity()).with_values(point=point, model_name=model_name)
-    tensors, cfg = transcoder_tensors(sae) if isinstance(sae, Transcoder) else _saelens_weights(sae)
+    tensors, cfg = _saelens_weights(sae)
     _add_location(cfg, identity, hook_name)
     try:
         ours = {"config": sae.config(), "input_scale": float(sae.input_scale)}
