@@ -91,15 +91,15 @@ def subjects(steps: int):
     minilm = AutoModel.from_pretrained(path, local_files_only=True).eval()
     minilm_tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
 
-    def batches(tok, part, ctx):
-        return list(text_batches(part, tok, context_length=ctx, batch_size=16))
+    def batches(tok, part, ctx, n):
+        return list(text_batches(part, tok, context_length=ctx, batch_size=16))[:n]
 
     train, held = texts[:320], texts[320:]
     return [
-        ("tiny-gpt2", gpt2, "resid_post.1", batches(gpt2_tok, train, 64),
-         batches(gpt2_tok, held, 64), 256, 8),
-        ("all-MiniLM-L6-v2", minilm, "resid_post.3", batches(minilm_tok, train, 128),
-         batches(minilm_tok, held, 128), 1536, 16),
+        ("tiny-gpt2", gpt2, "resid_post.1", batches(gpt2_tok, train, 64, 16),
+         batches(gpt2_tok, held, 64, 4), 256, 8),
+        ("all-MiniLM-L6-v2", minilm, "resid_post.3", batches(minilm_tok, train, 128, 8),
+         batches(minilm_tok, held, 128, 4), 1536, 16),
     ]  # fmt: skip
 
 

@@ -17,8 +17,10 @@ from sae_hooks.eval.core import (
     read_core_eval,
     write_core_eval,
 )
+from sae_hooks.eval.core_latents import LatentStats, latent_details, max_cosine
+from sae_hooks.eval.engine import Batch
 from sae_hooks.eval.reconstruction import ConstantReconstruction
-from sae_hooks.sae import TopKSAE
+from sae_hooks.sae import SAEOutput, TopKSAE
 
 # The required keys of SAEBench 0.6.0's eval_output_schema_core.json (sae_bench/evals/core/).
 REQUIRED = {
@@ -237,3 +239,34 @@ def test_saebench_definitions_equal_an_independent_numpy_computation():
     # The definitions differ, visibly, on these rows: the two are not the same number.
     assert abs(quality["explained_variance"] - ours) > 0.05
     assert got["token_stats"]["total_tokens_eval_sparsity_variance"] == 250
+
+
+def test_latent_details_count_firings_per_sequence_and_read_the_weights():
+    """Latent 0 fires 3 times over 2 sequences (heuristic 1.5), latent 1 once, latent 2
+    never (no heuristic: 0 / 0); the weight columns are the SAE's own rows."""
+    z = torch.tensor([[1.0, 0, 0], [2, 0, 0], [0, 1, 0], [3, 0, 0]])
+    stats = LatentStats()
+    out = SAEOutput(z, z, torch.zeros(4, 2))
+    stats.update(
+        Batch({}, torch.zeros(4, 2), torch.zeros(4, 2), out, sequence=torch.tensor([0, 0, 1, 1]))
+    )
+    torch.manual_seed(6)
+    sae = TopKSAE(2, 3, top_k=1)
+    details = latent_details(sae, stats)
+    assert [d["feature_density"] for d in details] == pytest.approx([0.75, 0.25, 0.0])
+    heuristic = [d["consistent_activation_heuristic"] for d in details]
+    assert heuristic[:2] == pytest.approx([1.5, 1.0]) and np.isnan(heuristic[2])
+    enc = sae.encoder.weight.detach().numpy()
+    dec = sae.get_dictionary().detach().numpy()
+    unit = enc / np.linalg.norm(enc, axis=1, keepdims=True)
+    cos = unit @ unit.T
+    np.fill_diagonal(cos, -np.inf)
+    for i, d in enumerate(details):
+        assert d["encoder_norm"] == pytest.approx(np.linalg.norm(enc[i]), rel=1e-5)
+        assert d["encoder_bias"] == pytest.approx(float(sae.encoder.bias[i].detach()), rel=1e-5)
+        cos_ed = enc[i] @ dec[i] / np.linalg.norm(enc[i]) / np.linalg.norm(dec[i])
+        assert d["encoder_decoder_cosine_sim"] == pytest.approx(cos_ed, rel=1e-4, abs=1e-6)
+        assert d["max_encoder_cosine_sim"] == pytest.approx(cos[i].max(), rel=1e-4, abs=1e-6)
+    # Chunked or not, the largest cosine with another row is the same.
+    rows = torch.randn(50, 8)
+    assert torch.allclose(max_cosine(rows, chunk=7), max_cosine(rows), atol=1e-6)

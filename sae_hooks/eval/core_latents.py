@@ -28,11 +28,14 @@ class LatentStats:
         self.tokens = 0
 
     def update(self, batch: Batch) -> None:
-        on = (batch.out.z != 0).reshape(-1, batch.out.z.shape[-1]).cpu()
-        seq = torch.arange(on.shape[0]) if batch.sequence is None else batch.sequence
-        per_seq = torch.zeros(int(seq.max()) + 1 if len(seq) else 0, on.shape[1])
-        per_seq.index_add_(0, seq, on.float())
-        fired, in_seqs = on.sum(0).double(), (per_seq > 0).sum(0).double()
+        on = (batch.out.z != 0).reshape(-1, batch.out.z.shape[-1])  # stays on its device
+        fired = on.sum(0).double().cpu()
+        in_seqs = fired.clone()  # rows without sequences: each row is its own
+        if batch.sequence is not None and on.shape[0]:
+            seq = batch.sequence.to(on.device)
+            per_seq = torch.zeros(int(seq.max()) + 1, on.shape[1], device=on.device)
+            per_seq.index_add_(0, seq, on.float())
+            in_seqs = (per_seq > 0).sum(0).double().cpu()
         if self.fired is None:
             self.fired, self.sequences = fired, in_seqs
         else:
