@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sae_hooks.atomic import write_text_atomic
 from sae_hooks.concepts import Concept, text_examples
 from sae_hooks.eval import AblationResult, ReconstructionResult, concept_ablation
 from sae_hooks.eval.core import evaluate_reconstruction_and_core, write_core_eval
@@ -203,7 +204,7 @@ def _eval_step(model, point, sae, resolved, eval_data, run_dir, drop_bos, progre
     result, core = evaluate_reconstruction_and_core(
         model, point, sae, eval_data, drop_bos=drop_bos, progress=progress
     )
-    RunDir(run_dir).eval_file().write_text(result.to_json())
+    write_text_atomic(RunDir(run_dir).eval_file(), result.to_json())
     write_core_eval(run_dir, core, sae_cfg=resolved.to_dict())
     return result
 
@@ -266,7 +267,7 @@ def _ablation_step(
         progress=progress,
     )
     record = {"concept": concept.name, "target": concept.target_name, **ablation.to_dict()}
-    RunDir(run_dir).ablation_file().write_text(json.dumps(record, indent=2))
+    write_text_atomic(RunDir(run_dir).ablation_file(), json.dumps(record, indent=2))
     with contextlib.suppress(ImportError):  # the plot needs matplotlib (extra "plots")
         ablation.plot(RunDir(run_dir).ablation_plot())
     return ablation

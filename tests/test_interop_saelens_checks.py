@@ -195,8 +195,8 @@ def test_top_level_load_sae_reads_saelens_directories(tmp_path):
 
 @pytest.mark.parametrize("name", ["config.json", "cfg.json"])
 def test_a_deeply_nested_config_is_a_clear_error(name, tmp_path):
+    export_saelens(TopKSAE(D, NB, top_k=4), tmp_path)  # an export refuses a foreign folder
     TopKSAE(D, NB, top_k=4).save(tmp_path)
-    export_saelens(TopKSAE(D, NB, top_k=4), tmp_path)
     (tmp_path / name).write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(ValueError, match="is not valid JSON"):
         (load_sae if name == "config.json" else import_saelens)(tmp_path)

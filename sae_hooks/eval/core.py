@@ -50,6 +50,7 @@ import torch
 from torch import Tensor, nn
 
 from sae_hooks import metrics
+from sae_hooks.atomic import write_text_atomic
 from sae_hooks.devices import sae_device_dtype
 from sae_hooks.eval.core_latents import LatentStats, latent_details, max_cosine
 from sae_hooks.eval.downstream import Downstream
@@ -413,8 +414,8 @@ def write_core_eval(path: str | Path, metrics_by_category: Mapping[str, Any], **
     path = Path(path)
     if path.is_dir():
         path = path / CORE_FILE
-    path.write_text(json.dumps(core_eval_json(metrics_by_category, **kw), indent=2) + "\n")
-    return path
+    text = json.dumps(core_eval_json(metrics_by_category, **kw), indent=2) + "\n"
+    return write_text_atomic(path, text)  # an interrupted write keeps the previous file
 
 
 def read_core_eval(path: str | Path) -> CoreMetrics:

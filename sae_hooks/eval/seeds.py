@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from sae_hooks.atomic import write_text_atomic
 from sae_hooks.eval.core import CORE_FILE, read_core_eval
 from sae_hooks.sae import load_sae
 
@@ -193,8 +194,7 @@ def sweep_seed_reports(
 def write_sweep_seed_reports(reports: Mapping[str, Any], sweep_dir: str | Path) -> Path:
     """`seed_report.json` in the sweep directory (JSON: NaN written as null)."""
     path = Path(sweep_dir) / SEED_REPORT_FILE
-    path.write_text(json.dumps(_json_safe(reports), indent=2, sort_keys=True) + "\n")
-    return path
+    return write_text_atomic(path, json.dumps(_json_safe(reports), indent=2, sort_keys=True) + "\n")
 
 
 def _json_safe(value: Any) -> Any:

@@ -16,6 +16,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from sae_hooks.atomic import write_text_atomic
 from sae_hooks.eval.downstream import Downstream
 from sae_hooks.eval.engine import Subject, run_pass
 from sae_hooks.eval.reconstruction import ReconstructionResult, RowStats, reconstruction_result
@@ -74,5 +75,5 @@ def evaluate_sweep(
         saes[entry["name"]] = (entry["config"]["point"], load_sae(sae_dir, device=device))
     results = evaluate_many(model, saes, data, **options)
     for name, result in results.items():
-        (root / name / "eval.json").write_text(result.to_json() + "\n")
+        write_text_atomic(root / name / "eval.json", result.to_json() + "\n")
     return results

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from sae_hooks.atomic import OutputKind, rebuilt_dir
 from sae_hooks.sae import SAE
 from sae_hooks.sae import load_sae as load_sae_dir
 from sae_hooks.sae.saving import CONFIG_FILE, WEIGHTS_FILE
@@ -165,11 +166,36 @@ def save_pretrained(
     identity: RunIdentity | None = None,
 ) -> Path:
     """Write `sae` in the Hub layout (config.json, model.safetensors, sae_hooks.json,
-    README.md); `identity` (point and model_name fill it in) is recorded in both."""
+    README.md); `identity` (point and model_name fill it in) is recorded in both.
+
+    The directory is built beside `path` and swapped in whole (sae_hooks.atomic); an
+    existing `path` that is not this layout written by sae-hooks is refused
+    (FileExistsError), never overwritten."""
+    identity = (identity or RunIdentity()).with_values(point=point, model_name=model_name)
+    title = repo_id or Path(path).name
+    with rebuilt_dir(path, PRETRAINED_KIND) as folder:
+        _write_pretrained(sae, folder, identity, repo_id or str(path), title)
+    return Path(path)
+
+
+def _is_pretrained(folder: Path) -> bool:
+    try:
+        return json.loads((folder / METADATA_FILE).read_text()).get("library") == "sae-hooks"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+PRETRAINED_KIND = OutputKind(
+    "pretrained SAE (save_pretrained)",
+    frozenset({CONFIG_FILE, WEIGHTS_FILE, METADATA_FILE, "README.md"}),
+    _is_pretrained,
+)
+
+
+def _write_pretrained(sae: SAE, path: Path, identity: RunIdentity, repo: str, title: str) -> None:
     from sae_hooks import __version__
 
-    identity = (identity or RunIdentity()).with_values(point=point, model_name=model_name)
-    path = sae.save(path)
+    sae.save(path)
     meta = {
         "library": "sae-hooks",
         "version": __version__,
@@ -179,10 +205,7 @@ def save_pretrained(
         "identity": identity.to_dict(),
     }
     (path / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-    (path / "README.md").write_text(
-        model_card(sae, identity, repo_id or str(path), repo_id or path.name)
-    )
-    return path
+    (path / "README.md").write_text(model_card(sae, identity, repo, title))
 
 
 def model_card(sae: SAE, identity: RunIdentity, repo: str, title: str | None = None) -> str:

@@ -17,10 +17,19 @@ Layout written to `out/`:
                                 "group": "top" or "a..b" (an activation-quantile bin)}]}
     explanations.jsonl       one line per latent: {"index", "modelId", "saeId",
                               "explanation": null, "examples": [{"text" (the window
-                              with the peak token in <<...>>), "maxValue"}]}, ready
-                              for an explainer to fill "explanation"
+                              with the peak token in <<...>>), "peak" (the peak
+                              token's text), "maxValue"}]}, ready for an explainer
+                              to fill "explanation"
 
-Only latents that fire are written (dead ones have nothing to show).
+The peak marker is unambiguous: in "text" every backslash, `<` and `>` of a token's own
+text gets a backslash before it, so an unescaped `<<` ... `>>` is the marker and nothing
+else; `split_marked` undoes it into (before, peak, after).
+"peak" repeats the peak token's text, unescaped, for readers that do not parse "text".
+
+Only latents that fire are written (dead ones have nothing to show). The folder is built
+beside `out` and swapped in at the end (sae_hooks.atomic): an interrupted export leaves
+the previous one whole, and an existing `out` that is not a Neuronpedia export of ours
+is refused rather than overwritten.
 """
 
 from __future__ import annotations
@@ -33,10 +42,25 @@ from typing import Any
 
 from torch import nn
 
+from sae_hooks.atomic import OutputKind, check_replaceable, rebuilt_dir
+
 from .identity import RunIdentity, identity_from_store
 
 FORMAT = "sae-hooks-neuronpedia/1"
 FEATURES_PER_BATCH = 128
+HEADER = "sae.json"
+
+
+def _is_export(folder: Path) -> bool:
+    try:
+        return json.loads((folder / HEADER).read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+EXPORT_KIND = OutputKind(
+    "Neuronpedia export", frozenset({HEADER, "features", "explanations.jsonl"}), _is_export
+)
 
 
 def export_neuronpedia(
@@ -65,6 +89,7 @@ def export_neuronpedia(
     from sae_hooks.report.tokens import TokenText
     from sae_hooks.store import open_store
 
+    check_replaceable(out, EXPORT_KIND)
     store = open_store(store) if isinstance(store, (str, os.PathLike)) else store
     point, identity = _where(store, point, identity)
     model_id = model_id or identity.model_name or ""
@@ -72,17 +97,34 @@ def export_neuronpedia(
     stats = collect_features(sae, rows, k=n_examples, progress=progress)
     firing = [int(i) for i in (stats.fire_count > 0).nonzero().flatten()]
     chosen = firing if latents is None else [int(i) for i in latents if int(i) in set(firing)]
-    out = Path(out)
-    (out / "features").mkdir(parents=True, exist_ok=True)
     text = TokenText(tokenizer)
     ids = {"modelId": model_id, "saeId": sae_id}
     gather = {"n_examples": n_examples, "left": left, "right": right}
-    batches: list[str] = []
-    with (out / "explanations.jsonl").open("w", encoding="utf-8") as explain:
-        for b, start in enumerate(range(0, len(chosen), FEATURES_PER_BATCH)):
-            part = chosen[start : start + FEATURES_PER_BATCH]
-            batches.append(_write_batch(out, b, part, sae, rows, stats, text, explain, ids, gather))
-    header = {
+    with rebuilt_dir(out, EXPORT_KIND) as folder:
+        (folder / "features").mkdir()
+        batches: list[str] = []
+        with (folder / "explanations.jsonl").open("w", encoding="utf-8") as explain:
+            for b, start in enumerate(range(0, len(chosen), FEATURES_PER_BATCH)):
+                part = chosen[start : start + FEATURES_PER_BATCH]
+                batches.append(
+                    _write_batch(folder, b, part, sae, rows, stats, text, explain, ids, gather)
+                )
+        header = _header(sae, identity, point, model_id, sae_id, rows.n_rows, batches)
+        (folder / HEADER).write_text(json.dumps(header, indent=2) + "\n")
+    return Path(out)
+
+
+def _header(
+    sae: nn.Module,
+    identity: RunIdentity,
+    point: str,
+    model_id: str,
+    sae_id: str,
+    n_rows: int,
+    batches: list[str],
+) -> dict[str, Any]:
+    """sae.json: what was exported, from where, and the batch files."""
+    return {
         "format": FORMAT,
         "modelId": model_id,
         "saeId": sae_id,
@@ -91,13 +133,11 @@ def export_neuronpedia(
         "architecture": type(sae).__name__,
         "d_in": int(sae.input_size),
         "d_sae": int(sae.nb_concepts),
-        "n_rows": rows.n_rows,
+        "n_rows": n_rows,
         "featuresPerBatch": FEATURES_PER_BATCH,
         "batches": batches,
         "identity": identity.to_dict(),
     }
-    (out / "sae.json").write_text(json.dumps(header, indent=2) + "\n")
-    return out
 
 
 def _where(store: Any, point: str | None, identity: RunIdentity | None) -> tuple[str, RunIdentity]:
@@ -144,7 +184,13 @@ def _write_batch(
             **ids,
             "explanation": None,
             "examples": [
-                {"text": _marked(a), "maxValue": a["maxValue"]} for a in acts if a["group"] == "top"
+                {
+                    "text": _marked(a),
+                    "peak": a["tokens"][a["maxValueTokenIndex"]],
+                    "maxValue": a["maxValue"],
+                }
+                for a in acts
+                if a["group"] == "top"
             ],
         }
         explain.write(json.dumps(record) + "\n")
@@ -166,7 +212,33 @@ def _activation(example: Any, text: Any) -> dict[str, Any]:
     }
 
 
+def _escape(token: str) -> str:
+    return token.replace("\\", "\\\\").replace("<", "\\<").replace(">", "\\>")
+
+
 def _marked(activation: dict[str, Any]) -> str:
-    """The window as text with the peak token between << and >>."""
+    """The window as text with the peak token between << and >> (tokens escaped)."""
     peak = activation["maxValueTokenIndex"]
-    return "".join(f"<<{t}>>" if i == peak else t for i, t in enumerate(activation["tokens"]))
+    tokens = [_escape(t) for t in activation["tokens"]]
+    return "".join(f"<<{t}>>" if i == peak else t for i, t in enumerate(tokens))
+
+
+def split_marked(text: str) -> tuple[str, str, str]:
+    """(before, peak, after) of an explanations.jsonl "text", escapes undone."""
+    parts: list[list[str]] = [[]]
+    i = 0
+    while i < len(text):
+        pair = text[i : i + 2]
+        if text[i] == "\\" and i + 1 < len(text):
+            parts[-1].append(text[i + 1])
+            i += 2
+        elif pair in ("<<", ">>") and len(parts) == (1 if pair == "<<" else 2):
+            parts.append([])
+            i += 2
+        else:
+            parts[-1].append(text[i])
+            i += 1
+    if len(parts) != 3:
+        raise ValueError(f"no <<peak>> marker in {text!r}")
+    before, peak, after = ("".join(p) for p in parts)
+    return before, peak, after

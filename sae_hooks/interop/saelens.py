@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from sae_hooks.atomic import OutputKind, rebuilt_dir
 from sae_hooks.hooks.points import point_from_hook_name
 from sae_hooks.sae.base import SAE, SAE_REGISTRY
 from sae_hooks.sae.batchtopk import BatchTopKSAE
@@ -89,6 +90,9 @@ def export_saelens(
 ) -> Path:
     """Write `sae` as an SAELens inference SAE; returns the directory.
 
+    The directory is built beside `path` and swapped in whole (sae_hooks.atomic); an
+    existing `path` that is not an SAELens export of ours is refused (FileExistsError).
+
     identity (see `identity_from_run`) says where SAELens should hook it and what the
     activations were computed from; point (ours, e.g. "resid_post.6") and model_name
     fill it in (they must agree with it), hook_name overrides the TransformerLens name."""
@@ -104,11 +108,22 @@ def export_saelens(
     if identity.point:
         ours["point"] = identity.point
     cfg["sae_hooks"] = {**ours, "identity": identity.to_dict()}
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, path / SAELENS_WEIGHTS)
-    (path / SAELENS_CONFIG).write_text(json.dumps(cfg, indent=2) + "\n")
-    return path
+    with rebuilt_dir(path, EXPORT_KIND) as folder:
+        weights = {k: v.detach().contiguous() for k, v in tensors.items()}
+        save_file(weights, folder / SAELENS_WEIGHTS)
+        (folder / SAELENS_CONFIG).write_text(json.dumps(cfg, indent=2) + "\n")
+    return Path(path)
+
+
+def _is_export(folder: Path) -> bool:
+    try:
+        return "sae_hooks" in json.loads((folder / SAELENS_CONFIG).read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+EXPORT_KIND = OutputKind("SAELens export", frozenset({SAELENS_CONFIG, SAELENS_WEIGHTS}), _is_export)
+"""An existing export folder is replaced whole (sae_hooks.atomic); any other is refused."""
 
 
 def _saelens_weights(sae: SAE) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -8,10 +8,37 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from sae_hooks.atomic import OutputKind, rebuilt_dir
 from sae_hooks.report.curves import LOG_FILE, plot_training
 from sae_hooks.report.dashboard import build_dashboard
+from sae_hooks.report.frontier import sweep_table
 from sae_hooks.report.summary import read_run, run_ablations, train_dir_of
 from sae_hooks.rundir import RunDir
+
+SWEEP_TABLE = "sweep.md"
+
+
+def _is_report(folder: Path) -> bool:
+    index = folder / "data" / "index.js"
+    return (folder / "index.html").is_file() and index.is_file() and _starts_as_ours(index)
+
+
+def _starts_as_ours(index: Path) -> bool:
+    from sae_hooks.report.site import PREFIX
+
+    with index.open("rb") as f:
+        return f.read(len(PREFIX)) == PREFIX.encode()
+
+
+REPORT_KIND = OutputKind(
+    "report",
+    frozenset(
+        {"index.html", "latent.html", "ablation.html", "assets", "data", "thumbs"}
+        | {"training.png", "sweep.png", SWEEP_TABLE}
+    ),
+    _is_report,
+)
+"""What a report folder holds: `--out` into anything else is refused, not overwritten."""
 
 
 def build_report(
@@ -37,14 +64,41 @@ def build_report(
     `build_dashboard`). ablations default to the run's ablation.json. Without
     matplotlib the curves are skipped with a warning. Other keywords go to
     `build_dashboard` (latents, n_latents, n_examples, context, max_rows, progress).
-    """
-    from sae_hooks.sae import load_sae
+    With `sweep`, the folder also gets sweep.md (the table of the sweep's SAEs).
 
+    The report is built in a sibling folder and swapped in at the end (sae_hooks.atomic):
+    an interrupted build leaves the previous report whole. An existing `out` that is not
+    a report is refused (FileExistsError), never overwritten.
+    """
     run = Path(run_dir)
     train = train_dir_of(run)
     top = RunDir.outputs_of(train)
-    report = Path(out) if out is not None else top / RunDir.REPORT
-    report.mkdir(parents=True, exist_ok=True)
+    target = Path(out) if out is not None else top / RunDir.REPORT
+    with rebuilt_dir(target, REPORT_KIND) as report:
+        index = _write_report(
+            train,
+            top,
+            report,
+            store,
+            sweep,
+            ablations,
+            point=point,
+            tokenizer=tokenizer,
+            unembed=unembed,
+            images=images,
+            **dashboard,
+        )
+    return target / index.name
+
+
+def _write_report(
+    train: Path, top: Path, report: Path, store: Any, sweep: Any, ablations: Any, **kw: Any
+) -> Path:
+    """Fill the (new, empty) folder `report`; return its index page."""
+    from sae_hooks.sae import load_sae
+
+    if sweep:
+        (report / SWEEP_TABLE).write_text(sweep_table(sweep))
     png = None
     if (train / LOG_FILE).is_file():
         try:
@@ -57,17 +111,15 @@ def build_report(
         store = RunDir(top).store
     if ablations is None:
         ablations = run_ablations(top)
+    point = kw.pop("point", None)
     return build_dashboard(
         sae,
         store,
         report / "index.html",
         point=point or info.point or None,
-        tokenizer=tokenizer,
-        unembed=unembed,
         ablations=ablations,
-        images=images,
         sweep=sweep,
         training_png=png,
         run=info,
-        **dashboard,
+        **kw,
     )

@@ -121,8 +121,8 @@ def sweep_for_report(
 ) -> tuple[Path, list[dict[str, Any]], str, Any]:
     """What `sae-hooks report` needs for a sweep: the SAE directory whose dashboard to
     build (`name`, default the first), the rows, the output folder (default
-    SWEEP/report, which also gets sweep.md, the table) and the store (default the
-    one sweep.json records)."""
+    SWEEP/report; `build_report` writes sweep.md, the table, into it) and the store
+    (default the one sweep.json records)."""
     root = Path(sweep_dir)
     rows = sweep_rows(root)
     names = [r["name"] for r in rows]
@@ -130,8 +130,6 @@ def sweep_for_report(
     if name not in names:
         raise ValueError(f"--sae {name!r} is not an SAE of the sweep {root}; it has {names}")
     out = out or str(root / RunDir.REPORT)
-    Path(out).mkdir(parents=True, exist_ok=True)
-    (Path(out) / "sweep.md").write_text(sweep_table(rows))
     if store is None:
         store = json.loads((root / SWEEP_FILE).read_text()).get("store")
     return root / name, rows, out, store
