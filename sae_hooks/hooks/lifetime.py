@@ -36,6 +36,13 @@ from torch.utils.hooks import RemovableHandle
 from sae_hooks.hooks.backends import HookFn, add_hook
 from sae_hooks.hooks.points import HookLocation
 
+try:  # the C functions: signal.signal's enum conversions cost ~10 us a call
+    from _signal import getsignal as _get_handler
+    from _signal import signal as _set_handler
+except ImportError:  # pragma: no cover - an interpreter without CPython's _signal
+    from signal import getsignal as _get_handler
+    from signal import signal as _set_handler
+
 T = TypeVar("T")
 _get_ident = threading.get_ident
 _graph_task = getattr(torch._C, "_current_graph_task_id", lambda: -1)
@@ -140,18 +147,20 @@ class _SigintDeferral:
         if _get_ident() != threading.main_thread().ident:
             return False  # signal handlers belong to the main thread, and so do its interrupts
         if self.depth == 0:
-            current = signal.getsignal(signal.SIGINT)
+            current = _get_handler(signal.SIGINT)
             if not callable(current):  # SIG_IGN, SIG_DFL or a handler set from C
                 return False
             self.previous = current
-            signal.signal(signal.SIGINT, _on_sigint)
+            _set_handler(signal.SIGINT, _on_sigint)
         self.depth += 1
         return True
 
     def release(self) -> None:
         self.depth -= 1
-        if self.depth == 0 and signal.getsignal(signal.SIGINT) is _on_sigint:
-            signal.signal(signal.SIGINT, self.previous)
+        if self.depth == 0:
+            current = _set_handler(signal.SIGINT, self.previous)
+            if current is not _on_sigint and current is not None:
+                _set_handler(signal.SIGINT, current)  # set inside the block: the owner's to keep
 
     def handle(self, signum: int, frame: FrameType | None) -> None:
         probe = frame
