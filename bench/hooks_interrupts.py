@@ -57,9 +57,16 @@ from sae_hooks.sae import TopKSAE, Transcoder  # noqa: E402
 Block = Callable[[], object]
 
 
-def hooks_on(modules: list[nn.Module]) -> int:
-    """Forward hooks and pre-hooks on these modules (HookPoints are modules too)."""
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in modules)
+def hook_ids(modules: list[nn.Module]) -> set[tuple[int, str, int]]:
+    """(module index, kind, hook id) of every forward hook and pre-hook on these modules
+    (HookPoints are modules too). Compared with the set before the run: transformers 5
+    installs hooks of its own (output_hidden_states) that are not ours to count."""
+    return {
+        (i, kind, key)
+        for i, m in enumerate(modules)
+        for kind, hooks in (("hook", m._forward_hooks), ("pre", m._forward_pre_hooks))
+        for key in hooks
+    }
 
 
 def logits(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
@@ -77,14 +84,17 @@ def changes_output(model: nn.Module, tokens: torch.Tensor, clean: torch.Tensor) 
         return True
 
 
-def strip_hooks(model: nn.Module) -> None:
-    """Remove every forward hook (after counting a leak, so the next block starts clean)."""
-    for m in model.modules():
-        for hooks in (m._forward_hooks, m._forward_pre_hooks):
-            hooks.clear()
-        m._forward_hooks_with_kwargs.clear()
-        m._forward_pre_hooks_with_kwargs.clear()
-        m._forward_hooks_always_called.clear()
+def strip_hooks(modules: list[nn.Module], ids: set[tuple[int, str, int]]) -> None:
+    """Remove these hooks (after counting a leak, so the next block starts clean)."""
+    for i, kind, key in ids:
+        m = modules[i]
+        if kind == "hook":
+            for hooks in (m._forward_hooks, m._forward_hooks_with_kwargs):
+                hooks.pop(key, None)
+            m._forward_hooks_always_called.pop(key, None)
+        else:
+            for hooks in (m._forward_pre_hooks, m._forward_pre_hooks_with_kwargs):
+                hooks.pop(key, None)
 
 
 def make_blocks(model: nn.Module, d: int, tokens: torch.Tensor) -> tuple[dict[str, Block], list]:
@@ -202,6 +212,7 @@ def interrupt_blocks(
         clean = logits(model, tokens)
     modes = [[m.training for m in sae.modules()] for sae in saes]
     modules = list(model.modules())
+    baseline = hook_ids(modules)
     seconds = block_seconds(blocks)
     rng, tally = random.Random(seed), Tally()
     empty = sorted(name for name in blocks if name.endswith("empty body"))
@@ -222,10 +233,11 @@ def interrupt_blocks(
             delay = draw_delay(rng, seconds[name])
             kept = _one_interrupted_block(blocks[name], name, delay, fired, tally)
             tally.state += _restore_state(saes, modes)
-            if hooks_on(modules):
+            left = hook_ids(modules) - baseline
+            if left:
                 tally.leaked[name] += 1
                 tally.active += changes_output(model, tokens, clean)
-                strip_hooks(model)
+                strip_hooks(modules, left)
             del kept
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)

@@ -62,13 +62,16 @@ def tokens(n: int = 4) -> torch.Tensor:
     return torch.randint(0, 512, (1, n), generator=torch.Generator().manual_seed(0))
 
 
-def hooks_on(model: torch.nn.Module) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+def hooks_on(model: torch.nn.Module) -> list[tuple[int, int]]:
+    """Hooks per module: compared before/after, as transformers 5 adds hooks of its own
+    (on the first output_hidden_states forward)."""
+    return [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()]
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_random_sigint_leaves_no_hook(name, request, bench, one_thread, ctrl_c):
     model, n = request.getfixturevalue(name), MODELS[name]
+    before = hooks_on(model)
     tally = bench.interrupt_blocks(model, 64, tokens(), n, SEED, forward_share=0.1)
     summary = f"seed {SEED}: {tally}"
     assert sum(tally.blocks.values()) == n
@@ -78,7 +81,7 @@ def test_random_sigint_leaves_no_hook(name, request, bench, one_thread, ctrl_c):
     assert tally.active == 0, summary
     assert tally.state == 0, summary  # grad mode, SAE modes, the SIGINT handler
     assert tally.lost == 0, summary  # every Ctrl-C raised, none swallowed
-    assert hooks_on(model) == 0
+    assert hooks_on(model) == before
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -94,6 +97,7 @@ def test_two_threads_see_only_their_own_hooks(name, request, bench):
 
 def test_sigint_between_two_registrations_removes_the_first(tiny_gpt2, monkeypatch, ctrl_c):
     """The Ctrl-C waits until both hooks are in, then both go out and it is raised."""
+    before = hooks_on(tiny_gpt2)
     added = []
 
     def add_then_interrupt(loc, fn):
@@ -109,7 +113,7 @@ def test_sigint_between_two_registrations_removes_the_first(tiny_gpt2, monkeypat
     with pytest.raises(KeyboardInterrupt), capture(tiny_gpt2, ["resid_pre.1", "resid_post.2"]):
         ran.append(True)
     assert added == ["resid_pre.1", "resid_post.2"] and not ran
-    assert hooks_on(tiny_gpt2) == 0
+    assert hooks_on(tiny_gpt2) == before
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
@@ -123,15 +127,17 @@ class ModeSwitchInterrupted(TopKSAE):
 
 
 def test_sigint_while_the_sae_mode_is_set(tiny_gpt2, ctrl_c):
+    before = hooks_on(tiny_gpt2)
     sae = ModeSwitchInterrupted(64, 96, top_k=8)
     assert sae.training
     with pytest.raises(KeyboardInterrupt), splice(tiny_gpt2, "resid_post.1", sae):
         pytest.fail("the block must not run")
-    assert hooks_on(tiny_gpt2) == 0
+    assert hooks_on(tiny_gpt2) == before
     assert sae.training  # its mode is back
 
 
 def test_sigint_between_two_removals_removes_the_second(tiny_gpt2, monkeypatch, ctrl_c):
+    before = hooks_on(tiny_gpt2)
     removed = []
     real_remove = RemovableHandle.remove
 
@@ -147,36 +153,39 @@ def test_sigint_between_two_removals_removes_the_second(tiny_gpt2, monkeypatch, 
         monkeypatch.setattr(RemovableHandle, "remove", remove_then_interrupt)
         tiny_gpt2(tokens())
     monkeypatch.undo()
-    assert len(removed) == 2 and hooks_on(tiny_gpt2) == 0
+    assert len(removed) == 2 and hooks_on(tiny_gpt2) == before
 
 
 def test_ctrl_c_in_the_block_is_raised_at_once(tiny_gpt2, ctrl_c):
     """Only the block's own enter and exit are deferred: in the forward, Ctrl-C stops it."""
+    before = hooks_on(tiny_gpt2)
     after = []
     with pytest.raises(KeyboardInterrupt), capture(tiny_gpt2, "resid_post.3"):
         signal.raise_signal(signal.SIGINT)
         after.append(True)
-    assert not after and hooks_on(tiny_gpt2) == 0
+    assert not after and hooks_on(tiny_gpt2) == before
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_a_block_is_entered_once(tiny_gpt2):
+    before = hooks_on(tiny_gpt2)
     block = capture(tiny_gpt2, "resid_post.0")
     with block:
         tiny_gpt2(tokens())
     with pytest.raises(RuntimeError, match="entered once"), block:
         pass
-    assert hooks_on(tiny_gpt2) == 0
+    assert hooks_on(tiny_gpt2) == before
 
 
 def test_capture_names_forwards_it_saw_from_other_threads(tiny_gpt2):
     """A capture entered in one thread ignores another thread's forward, and says so."""
+    before = hooks_on(tiny_gpt2)
     block = capture(tiny_gpt2, "resid_post.0")
     with pytest.raises(RuntimeError, match=r"never fired.*other threads"), block:
         worker = threading.Thread(target=tiny_gpt2, args=(tokens(),))
         worker.start()
         worker.join()
-    assert hooks_on(tiny_gpt2) == 0
+    assert hooks_on(tiny_gpt2) == before
 
 
 def test_blocks_work_where_sigint_is_not_python_s(tiny_gpt2):
@@ -189,3 +198,23 @@ def test_blocks_work_where_sigint_is_not_python_s(tiny_gpt2):
     finally:
         signal.signal(signal.SIGINT, before)
     assert acts["resid_post.0"].shape == (1, 4, 64)
+
+
+def test_splice_warns_when_only_other_threads_ran_the_model(tiny_gpt2):
+    """The forward of another thread is left alone, and the block that saw only such
+    forwards says so rather than look as if it had spliced them."""
+    before = hooks_on(tiny_gpt2)
+    got = {}
+
+    def forward():
+        with torch.no_grad():
+            got["logits"] = tiny_gpt2(tokens()).logits
+
+    block = splice(tiny_gpt2, "resid_post.1", TopKSAE(64, 96, top_k=8))
+    with pytest.warns(RuntimeWarning, match="none from the thread that entered"), block:
+        worker = threading.Thread(target=forward)
+        worker.start()
+        worker.join()
+    with torch.no_grad():
+        assert torch.equal(got["logits"], tiny_gpt2(tokens()).logits)
+    assert hooks_on(tiny_gpt2) == before

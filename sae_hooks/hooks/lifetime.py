@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import warnings
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from types import FrameType, TracebackType
@@ -70,15 +71,27 @@ class HookBlock(Generic[T]):
         self._handles: list[RemovableHandle] = []
         self._undo = ExitStack()
         self._entered = self._guarded = False
+        self.fired = False  # a hook acted (in the block's thread)
         self.foreign_calls = 0  # hook calls skipped: another thread's forward, or too late
 
     def finish(self, exc: BaseException | None) -> bool:
-        """Called once the hooks are out; True swallows ``exc`` (the block's exception)."""
+        """Called once the hooks are out; True swallows ``exc`` (the block's exception).
+        By default: warn when the hooks saw forwards of other threads only."""
+        if exc is None and self.foreign_calls and not self.fired:
+            warnings.warn(
+                f"the hooks of this {type(self).__name__} saw {self.foreign_calls} call(s) from "
+                "other threads and none from the thread that entered the block, and acted on "
+                "none: a block acts only on the forwards of its own thread; enter it in the "
+                "thread that runs the model",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         return False
 
     def _guard(self, fn: HookFn) -> HookFn:
         def guarded(x: torch.Tensor) -> torch.Tensor | None:
             if self._owner == _get_ident() or (self._owner is not None and _graph_task() != -1):
+                self.fired = True
                 return fn(x)
             self.foreign_calls += 1
             return None
