@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import random
 import signal
 import statistics
@@ -385,6 +386,46 @@ def tiny_models(d: int = 64) -> dict[str, nn.Module]:
     }
 
 
+def print_interrupts(models: dict[str, nn.Module], tokens: torch.Tensor, args) -> None:
+    print("| model | block | blocks | interrupted inside | left a hook |")
+    print("|---|---|---:|---:|---:|")
+    notes = []
+    for label, model in models.items():
+        tally = interrupt_blocks(model, 64, tokens, args.blocks, args.seed, args.forward_share)
+        for name in sorted(tally.blocks):
+            print(
+                f"| {label} | {name} | {tally.blocks[name]:,} | {tally.interrupted[name]:,} "
+                f"| {tally.leaked[name]:,} |"
+            )
+        print(
+            f"| {label} | **all** | {sum(tally.blocks.values()):,} | "
+            f"{sum(tally.interrupted.values()):,} | {tally.total_leaked:,} |"
+        )
+        notes.append(
+            f"{label}: leaked hooks that still changed the output {tally.active}, blocks that "
+            f"left the grad mode / an SAE's mode / the SIGINT handler changed {tally.state}, "
+            f"Ctrl-C lost {tally.lost}; {tally.seconds:.1f} s"
+        )
+    print("\n" + "\n".join(notes))
+
+
+def print_threads(models: dict[str, nn.Module], n: int) -> None:
+    tokens = torch.randint(0, 512, (1, 8), generator=torch.Generator().manual_seed(0))
+    print(
+        "\n| model | A: splice outputs changed | B: plain forwards changed "
+        "| B: captures wrong | exceptions |"
+    )
+    print("|---|---:|---:|---:|---|")
+    b_plain = len(range(0, n, 3))
+    for label, model in models.items():
+        got = thread_interference(model, 64, tokens, n)
+        errors = ", ".join(f"{k} x{v}" for k, v in sorted(got.errors.items())) or "none"
+        print(
+            f"| {label} | {got.spliced_wrong}/{n} | {got.plain_wrong}/{b_plain} | "
+            f"{got.captures_wrong}/{n - b_plain} | {errors} |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--blocks", type=int, default=5000, help="interrupted blocks a model")
@@ -393,24 +434,14 @@ def main() -> None:
     parser.add_argument("--forward-share", type=float, default=0.5, help="blocks with a forward")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    print(
+        f"torch {torch.__version__}, Python {sys.version.split()[0]}, "
+        f"1-minute load average {os.getloadavg()[0]:.1f}\n"
+    )
+    models = tiny_models()
     tokens = torch.randint(0, 512, (1, 4), generator=torch.Generator().manual_seed(0))
-    print("| model | block | blocks | interrupted inside | left a hook |")
-    print("|---|---|---:|---:|---:|")
-    for label, model in tiny_models().items():
-        tally = interrupt_blocks(model, 64, tokens, args.blocks, args.seed, args.forward_share)
-        for name in sorted(tally.blocks):
-            print(
-                f"| {label} | {name} | {tally.blocks[name]:,} | {tally.interrupted[name]:,} "
-                f"| {tally.leaked[name]:,} |"
-            )
-        print(
-            f"| {label} | all | {sum(tally.blocks.values()):,} | "
-            f"{sum(tally.interrupted.values()):,} | {tally.total_leaked:,} |"
-        )
-        print(
-            f"  {label}: leaked hooks still active {tally.active}, state not restored "
-            f"{tally.state}, interrupts lost {tally.lost}, {tally.seconds:.1f} s"
-        )
+    print_interrupts(models, tokens, args)
+    print_threads(models, args.threads_n)
 
 
 if __name__ == "__main__":
