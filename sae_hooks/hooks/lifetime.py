@@ -115,8 +115,8 @@ class HookBlock(Generic[T]):
             self._remove()
             _SIGINT.deliver()
             raise
-        if _SIGINT.pending is not None:  # Ctrl-C while the hooks went in: out again, then raise
-            self._remove()
+        if self._guarded and _SIGINT.pending is not None:  # Ctrl-C while the hooks went in:
+            self._remove()  # out again, then raise it
             _SIGINT.deliver()
         return self._value
 
@@ -126,8 +126,8 @@ class HookBlock(Generic[T]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
-        self._remove()
         try:
+            self._remove()
             return self.finish(exc)
         finally:
             _SIGINT.deliver()
