@@ -5,7 +5,8 @@ model call runs, autograd is untouched. With stop_early=True (what capture_batch
 uses) the stop is an exception raised by the hook of the last requested point to
 fire and swallowed by the context manager, so "deepest" is whatever the forward
 actually ran last: no table of module orders can get it wrong, and blocks after it
-never run.
+never run. The block's hooks are a :class:`~sae_hooks.hooks.lifetime.HookBlock`: they
+act only in the thread that entered it and are gone after it, Ctrl-C included.
 
 capture_batch returns an `ActivationBatch` (sae_hooks/activations.py: the one type of
 rows with their metadata), importable from here as before.
@@ -13,14 +14,13 @@ rows with their metadata), importable from here as before.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 
 from sae_hooks.activations import ActivationBatch
-from sae_hooks.hooks.backends import add_hook
+from sae_hooks.hooks.lifetime import HookBlock
 from sae_hooks.hooks.points import is_transformer_lens, resolve_point
 
 VIT_TOKENS = ("all", "cls", "patches")
@@ -30,14 +30,13 @@ class _StopForward(Exception):
     """Raised from a hook to end a forward pass early; never escapes :func:`capture`."""
 
 
-@contextmanager
 def capture(
     model: nn.Module,
     points: str | Sequence[str],
     *,
     stop_early: bool = False,
     dtype: torch.dtype | None = None,
-) -> Iterator[dict[str, torch.Tensor]]:
+) -> Capture:
     """Collect the activations at ``points`` during the forward run inside the block.
 
     ``acts[point]`` is a detached copy (cast to ``dtype`` if given) of the activation,
@@ -45,14 +44,29 @@ def capture(
     block runs as written: the whole forward, the code after it, gradients as usual.
     ``stop_early=True`` is the speed path: the forward ends right after the last
     requested point fires, the block runs without autograd, and code after the model
-    call inside the block is skipped.
+    call inside the block is skipped. Only forwards of the thread that entered the block
+    are read (see :mod:`sae_hooks.hooks.lifetime`).
     """
-    points = as_point_list(points)
-    locations = [resolve_point(model, p) for p in points]
-    acts: dict[str, torch.Tensor] = {}
-    pending = set(points)
+    return Capture(model, as_point_list(points), stop_early, dtype)
 
-    def reader(point: str):
+
+class Capture(HookBlock[dict[str, torch.Tensor]]):
+    """What :func:`capture` returns: ``with capture(...) as acts`` gives the dict."""
+
+    def __init__(
+        self, model: nn.Module, points: list[str], stop_early: bool, dtype: torch.dtype | None
+    ) -> None:
+        self.acts: dict[str, torch.Tensor] = {}
+        self.pending = set(points)
+        self.stop_early, self.dtype = stop_early, dtype
+        hooks = [
+            (loc, self._reader(loc.point)) for loc in (resolve_point(model, p) for p in points)
+        ]
+        super().__init__(hooks, self.acts, [torch.no_grad()] if stop_early else [])
+
+    def _reader(self, point: str):
+        acts, pending, dtype, stop_early = self.acts, self.pending, self.dtype, self.stop_early
+
         def read(x: torch.Tensor) -> None:
             acts[point] = x.detach().to(dtype=dtype or x.dtype, copy=True)
             pending.discard(point)
@@ -61,23 +75,22 @@ def capture(
 
         return read
 
-    handles = []
-    try:
-        for loc in locations:
-            handles.append(add_hook(loc, reader(loc.point)))
-        with torch.no_grad() if stop_early else nullcontext():
-            try:
-                yield acts
-            except _StopForward:
-                return
-    finally:
-        for handle in handles:
-            handle.remove()
-    if pending:
-        raise RuntimeError(
-            f"capture: {sorted(pending)} never fired; run a forward pass of the model "
-            "inside the with block (a point the forward does not reach cannot be captured)"
-        )
+    def finish(self, exc: BaseException | None) -> bool:
+        if isinstance(exc, _StopForward):
+            return True
+        if exc is None and self.pending:
+            elsewhere = (
+                f"; its hooks saw {self.foreign_calls} call(s) from other threads, and read "
+                "only the forwards of the thread that entered the block"
+                if self.foreign_calls
+                else ""
+            )
+            raise RuntimeError(
+                f"capture: {sorted(self.pending)} never fired; run a forward pass of the model "
+                "inside the with block (a point the forward does not reach cannot be "
+                f"captured){elsewhere}"
+            )
+        return False
 
 
 def capture_batch(

@@ -9,8 +9,7 @@ exact where nothing is edited, so only the edits move the model.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -18,7 +17,7 @@ import torch
 from torch import nn
 
 from sae_hooks.devices import sae_device_dtype
-from sae_hooks.hooks.backends import add_hook
+from sae_hooks.hooks.lifetime import HookBlock
 from sae_hooks.hooks.points import resolve_point
 from sae_hooks.sae.modes import module_mode
 
@@ -110,7 +109,6 @@ class Splice:
     latents: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-@contextmanager
 def splice(
     model: nn.Module,
     point_or_mapping: str | Mapping[str, nn.Module],
@@ -120,7 +118,7 @@ def splice(
     edit: Edits | Mapping[str, Edits] = None,
     record_latents: bool = False,
     sae_mode: Literal["eval", "train"] = "eval",
-) -> Iterator[Splice]:
+) -> HookBlock[Splice]:
     """Replace the activation at a point (or at each point of a mapping point -> SAE)
     with its SAE reconstruction for every forward inside the block.
 
@@ -128,24 +126,29 @@ def splice(
     point -> edits. The SAEs run in eval mode (BatchTopK: its running threshold, so a
     token's codes do not depend on the rest of the batch); ``sae_mode="train"`` runs
     them in train mode instead, e.g. to fine-tune an SAE end to end through the model.
-    Hooks are removed and each SAE gets its previous mode back on every exit path.
+    Hooks are removed and each SAE gets its previous mode back on every exit path,
+    Ctrl-C included; only forwards of the thread that entered the block are spliced.
+    ``with splice(...) as s`` gives a :class:`Splice`.
     """
-    if sae_mode not in ("eval", "train"):
-        raise ValueError(f"sae_mode must be 'eval' or 'train', got {sae_mode!r}")
+    training = _training(sae_mode)
     saes = _sae_mapping(point_or_mapping, sae)
     edits = _edit_mapping(edit, saes)
     locations = [resolve_point(model, p) for p in saes]
     handle = Splice(points=tuple(saes))
+    hooks = []
+    for loc in locations:
+        point = loc.point
+        hooks.append(
+            (loc, _splicer(point, saes[point], edits[point], handle, error_term, record_latents))
+        )
+    unique = {id(each): each for each in saes.values()}.values()
+    return HookBlock(hooks, handle, [module_mode(each, training=training) for each in unique])
 
-    with ExitStack() as stack:
-        for each in {id(each): each for each in saes.values()}.values():
-            stack.enter_context(module_mode(each, training=sae_mode == "train"))
-        for loc in locations:
-            hook = _splicer(
-                loc.point, saes[loc.point], edits[loc.point], handle, error_term, record_latents
-            )
-            stack.callback(add_hook(loc, hook).remove)
-        yield handle
+
+def _training(sae_mode: str) -> bool:
+    if sae_mode not in ("eval", "train"):
+        raise ValueError(f"sae_mode must be 'eval' or 'train', got {sae_mode!r}")
+    return sae_mode == "train"
 
 
 def _splicer(
@@ -191,7 +194,6 @@ def _edited(z: torch.Tensor, lead: torch.Size, edits: list[LatentEdit]) -> torch
     return z_edit.reshape(z.shape)
 
 
-@contextmanager
 def splice_transcoder(
     model: nn.Module,
     input_point: str,
@@ -202,7 +204,7 @@ def splice_transcoder(
     edit: Edits = None,
     record_latents: bool = False,
     sae_mode: Literal["eval", "train"] = "eval",
-) -> Iterator[Splice]:
+) -> HookBlock[Splice]:
     """Replace the activation at `output_point` (an MLP's output, ``mlp_out.L``) with a
     transcoder's prediction from the activation at `input_point` (``mlp_in.L``) of the
     same forward, for every forward inside the block.
@@ -212,8 +214,7 @@ def splice_transcoder(
     clean forward exactly where nothing is edited. ``edit`` / ``record_latents`` /
     ``sae_mode`` as in :func:`splice` (latents are recorded under `output_point`).
     """
-    if sae_mode not in ("eval", "train"):
-        raise ValueError(f"sae_mode must be 'eval' or 'train', got {sae_mode!r}")
+    training = _training(sae_mode)
     _check_transcoder(transcoder)
     edits = _edit_list(edit)
     source, target = resolve_point(model, input_point), resolve_point(model, output_point)
@@ -244,11 +245,8 @@ def splice_transcoder(
         latents = handle.latents if record_latents else None
         return _transcoded(transcoder, x, y, edits, error_term, latents, output_point)
 
-    with ExitStack() as stack:
-        stack.enter_context(module_mode(transcoder, training=sae_mode == "train"))
-        stack.callback(add_hook(source, read).remove)
-        stack.callback(add_hook(target, write).remove)
-        yield handle
+    hooks = [(source, read), (target, write)]
+    return HookBlock(hooks, handle, [module_mode(transcoder, training=training)])
 
 
 def _check_transcoder(transcoder: nn.Module) -> None:
