@@ -216,6 +216,7 @@ class ActivationLoader:
         else:
             for (a, b), o in zip(blocks, dests, strict=True):
                 self._read_into(a, b, o)
+        self._check_unchanged()  # after the reads: these rows are the opened store's
         perm = None
         if self.shuffle:
             perm = np.random.default_rng([self.seed, epoch, k]).permutation(end)
@@ -229,10 +230,18 @@ class ActivationLoader:
         The same rows in the same order as `_fill` (the same permutation), so a batch
         is identical whichever path cuts it.
         """
+        self._check_unchanged()
         order = np.concatenate([np.arange(a, b) for a, b in blocks])
         if self.shuffle:
             order = order[np.random.default_rng([self.seed, epoch, k]).permutation(len(order))]
         return rows, order
+
+    def _check_unchanged(self) -> None:
+        """Stop with StoreChangedError if the store was replaced since it was opened (a
+        StoreReader without `check_unchanged` is trusted)."""
+        check = getattr(self.store, "check_unchanged", None)
+        if check is not None:
+            check()
 
     def _read_into(self, start: int, stop: int, out: np.ndarray) -> None:
         if self._reads_into:
