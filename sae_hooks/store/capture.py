@@ -105,8 +105,7 @@ def capture_to_store(
     attrs = _existing_store(store, name, resume, overwrite, storage_options)
     mode = "overwrite" if overwrite else "resume" if attrs is not None else "create"
     state = attrs if mode == "resume" else {}
-    chain = InputsChain()
-    fingerprint, todo = _resume_plan(model, batches, store, state, drop_bos, vit_tokens, chain)
+    fingerprint, todo, chain = _resume_plan(model, batches, store, state, drop_bos, vit_tokens)
     rows = int(state.get("committed_rows", 0))
     nxt = next(todo, None) if max_rows is None or rows < max_rows else None
     if nxt is None:  # nothing left to capture: the store is complete
@@ -131,7 +130,7 @@ def capture_to_store(
         [(nxt, acts)],
         ((b, capture_input_batch(model, points, b, **options)) for b in todo),
     )
-    skip = int(state.get("partial_input_rows", 0))
+    skip = int(state.get("partial_input_rows", 0))  # rows of batch `nxt` already stored
     feed = lambda: _feed(points, captured, writer, max_rows, progress, skip, chain)  # noqa: E731
     _write_or_remove(writer, mode, feed, store, storage_options)
     return ActivationStore(store, storage_options=storage_options)
@@ -144,9 +143,9 @@ def _resume_plan(
     state: dict[str, Any],
     drop_bos: bool,
     vit_tokens: str,
-    chain: InputsChain,
-) -> tuple[dict[str, Any], Iterator[InputBatch]]:
-    """(this capture's fingerprint, the input batches still to capture); a resume whose
+) -> tuple[dict[str, Any], Iterator[InputBatch], InputsChain]:
+    """(this capture's fingerprint, the input batches still to capture, the running hash
+    of the batches read, for the writer's commits); a resume whose
     fingerprint differs from the store's is refused, naming the fields, and so is one
     whose committed input batches are not the store's (fingerprint.verified_batches)."""
     walk = iter(batches.iter_from(0))
@@ -159,10 +158,10 @@ def _resume_plan(
     fingerprint = _fingerprint(model, batches, first, drop_bos, vit_tokens)
     if state:
         compare(state.get(FINGERPRINT_ATTR), fingerprint, describe(store))
-    every = itertools.chain([first], walk)
-    todo = verified_batches(every, chain, state, describe(store))
+    chain = InputsChain()
+    todo = verified_batches(itertools.chain([first], walk), chain, state, describe(store))
     # position -> its batch: the position (not the source's index) counts committed_inputs
-    return fingerprint, (b for _, b in todo)
+    return fingerprint, (b for _, b in todo), chain
 
 
 def _checked_request(

@@ -34,6 +34,7 @@ share at most the one document that straddles the boundary.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import itertools
 import math
@@ -273,16 +274,7 @@ class ActivationLoader:
         Two scratch buffers alternate: a reader thread fills buffer k+1 while this
         thread cuts the batches of buffer k, so reading and gathering overlap.
         """
-
-        def put(item: Any) -> bool:
-            while not stop.is_set():
-                try:
-                    out.put(item, timeout=0.05)
-                    return True
-                except queue.Full:
-                    continue
-            return False
-
+        put = functools.partial(_put_unless_stopped, out, stop)
         if first >= len(self):
             put(_END)
             return
@@ -348,6 +340,17 @@ class ActivationLoader:
                 return pair
         shape = (rows, self.store.d_model(self.point))
         return [np.empty(shape, self._stored_numpy) for _ in range(2)]
+
+
+def _put_unless_stopped(out: queue.Queue, stop: threading.Event, item: Any) -> bool:
+    """Put `item` on `out`, waiting for room, unless `stop` is set first (then False)."""
+    while not stop.is_set():
+        try:
+            out.put(item, timeout=0.05)
+            return True
+        except queue.Full:
+            continue
+    return False
 
 
 def _gather(src: np.ndarray, idx: np.ndarray, dest: np.ndarray, pool: ThreadPoolExecutor) -> None:
