@@ -245,10 +245,16 @@ class ActivationLoader:
             check()
 
     def _read_into(self, start: int, stop: int, out: np.ndarray) -> None:
-        if self._reads_into:
-            self.store.read_raw(self.point, start, stop, out=out)
-        else:  # a StoreReader without `out=`: one extra copy
-            np.copyto(out, self.store.read_raw(self.point, start, stop))
+        """Rows [start, stop) into `out`; a read that fails because the store was being
+        replaced under it (chunks gone) is reported as that change."""
+        try:
+            if self._reads_into:
+                self.store.read_raw(self.point, start, stop, out=out)
+            else:  # a StoreReader without `out=`: one extra copy
+                np.copyto(out, self.store.read_raw(self.point, start, stop))
+        except Exception:
+            self._check_unchanged()
+            raise
 
     def _new_batch(self, rows: int) -> tuple[torch.Tensor, np.ndarray]:
         """A fresh batch in the stored dtype (pinned for CUDA) and its numpy view."""
