@@ -134,6 +134,8 @@ def verified_batches(
             check = False
         if position >= start:
             yield position, batch
+        else:
+            chain.take(position)  # stored already: nothing will be written with its hash
     if check:
         _refuse_inputs(
             where,
