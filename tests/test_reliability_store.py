@@ -97,7 +97,7 @@ def test_resume_with_other_data_settings_is_refused(
 def test_resume_with_another_model_of_the_same_class_is_refused(tiny_gpt2, data, tmp_path):
     capture(tiny_gpt2, data, tmp_path / "s", max_rows=60)
     other = type(tiny_gpt2)(tiny_gpt2.config).eval()  # same class, same name, other weights
-    with pytest.raises(StoreMismatchError, match="model_weights: stored"):
+    with pytest.raises(StoreMismatchError, match="model_sha256: stored"):
         capture(other, data, tmp_path / "s")
     with pytest.raises(StoreMismatchError, match="drop_bos: stored False, now True"):
         capture(tiny_gpt2, data, tmp_path / "s", drop_bos=True)

@@ -85,10 +85,15 @@ def test_max_rows_plain_dicts_and_memory_url(tiny_gpt2, data):
 
 
 def test_resume_with_another_model_is_refused(tiny_gpt2, data, tmp_path):
+    """Models are compared by their weights, not their names (issue 30 item 6): the same
+    weights under another name resume, other weights are refused."""
     capture_to_store(tiny_gpt2, POINTS, data, tmp_path / "s", progress=False, max_rows=10)
-    with pytest.raises(ValueError, match="was captured from model"):
-        capture_to_store(
-            tiny_gpt2, POINTS, data, tmp_path / "s", model_name="other", progress=False
-        )
+    other = type(tiny_gpt2)(tiny_gpt2.config).eval()
+    with pytest.raises(ValueError, match="model_sha256"):
+        capture_to_store(other, POINTS, data, tmp_path / "s", progress=False, max_rows=20)
+    renamed = capture_to_store(
+        tiny_gpt2, POINTS, data, tmp_path / "s", model_name="other", progress=False, max_rows=20
+    )
+    assert renamed.n_rows == 20
     with pytest.raises(FileExistsError, match="mode='resume'"):
         capture_to_store(tiny_gpt2, POINTS, data, tmp_path / "s", resume=False, progress=False)

@@ -11,14 +11,12 @@ skipped ones included.
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 READ_BLOCK = 256  # rows read per access to a map-style dataset
-HASHED_ROWS = 1024  # rows spread over a corpus that its fingerprint hashes
 
 
 def _is_sized(source: Any) -> bool:
@@ -138,17 +136,9 @@ class Documents:
                 yield row, row_text(item, self.text_field, row)
 
     def fingerprint(self) -> dict[str, Any]:
-        """The row count and a hash of up to HASHED_ROWS rows spread over the corpus (a
-        stream: nothing, its first batch is hashed by the capture)."""
-        if not self.sized:
-            return {}
-        n = len(self)
-        digest = hashlib.sha256()
-        for row in range(self.start, self.start + n, max(1, n // HASHED_ROWS)):
-            text = read_rows(self.rows, row, row + 1, self.text_field)[0]
-            data = text if isinstance(text, str) else repr(text)
-            digest.update(hashlib.sha256(data.encode("utf-8", "surrogatepass")).digest())
-        return {"documents": n, "documents_hash": digest.hexdigest()[:16]}
+        """The row count (a stream: nothing). The documents' text is checked by the
+        capture, which hashes every input batch it reads (sae_hooks.store.fingerprint)."""
+        return {"documents": len(self)} if self.sized else {}
 
 
 def _shown(value: Any) -> str:

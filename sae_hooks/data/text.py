@@ -60,6 +60,26 @@ def _check_limits(tokenizer: Any, context_length: int, max_length: int | None) -
             )
 
 
+def tokenizer_hash(tokenizer: Any) -> str:
+    """A hash of everything that decides a tokenizer's ids: a fast tokenizer's whole
+    definition (normaliser, pre-tokenizer, model, post-processor, added tokens: its
+    `to_str()` JSON), else its vocabulary, plus its class and special tokens."""
+    h = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and hasattr(backend, "to_str"):
+        h.update(backend.to_str().encode())
+    else:
+        vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+        h.update(json.dumps(sorted(vocab.items())).encode())
+    special = {
+        "class": type(tokenizer).__name__,
+        "special_tokens": getattr(tokenizer, "special_tokens_map", {}),
+        "ids": [getattr(tokenizer, f"{k}_token_id", None) for k in ("bos", "eos", "pad", "unk")],
+    }
+    h.update(json.dumps(special, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:32]
+
+
 class TextBatches:
     """Deterministic batches of right-padded token contexts (input_ids + attention_mask)
     from documents; `iter_from(k)` (or start_batch=k) resumes at batch k.
@@ -127,18 +147,18 @@ class TextBatches:
 
     def fingerprint(self) -> dict[str, Any]:
         """What decides these batches' tokens, for a store to check on resume: the
-        tokenizer (name and a hash of its vocabulary), context length, batch size, mode,
-        and the documents (their count and a hash of up to 1024 spread over them; a
-        stream records neither, its first batch's hash stands for it)."""
+        tokenizer's whole definition (`tokenizer_hash`; its name or path is recorded, not
+        compared), context length, batch size, mode, special tokens and the document
+        count (a stream's is unknown). The documents' text is checked by the capture,
+        which hashes every input batch it reads (sae_hooks.store.fingerprint)."""
         tok = self.tokenizer
-        vocab = tok.get_vocab() if hasattr(tok, "get_vocab") else {}
         return {
             "tokenizer": str(getattr(tok, "name_or_path", "") or type(tok).__name__),
-            "vocab": hashlib.sha256(json.dumps(sorted(vocab.items())).encode()).hexdigest()[:16],
+            "tokenizer_sha256": tokenizer_hash(tok),
             "context_length": self.context_length,
             "batch_size": self.batch_size,
             "mode": self.mode,
-            "special_tokens": [self.prefix, self.suffix],
+            "special_tokens": [self.prefix, self.suffix, self.pad_id],
             **self.docs.fingerprint(),
         }
 

@@ -11,6 +11,7 @@ from sae_hooks.store.capture_distributed import capture_to_store_distributed
 from sae_hooks.store.interface import (
     Damage,
     PointStats,
+    StoreChangedError,
     StoreDamagedError,
     StoreMismatchError,
     StoreReader,
@@ -28,6 +29,7 @@ __all__ = [
     "Damage",
     "PointStats",
     "ShardedStore",
+    "StoreChangedError",
     "StoreDamagedError",
     "StoreLockedError",
     "StoreMismatchError",

@@ -25,7 +25,17 @@ from sae_hooks.data.batch import InputBatch, InputBatches
 from sae_hooks.devices import model_device, to_device
 from sae_hooks.hooks.capture import capture_batch
 from sae_hooks.hooks.points import resolve_point
-from sae_hooks.store.fingerprint import FINGERPRINT_ATTR, compare, inputs_hash, model_hash
+from sae_hooks.store.fingerprint import (
+    FINGERPRINT_ATTR,
+    FINGERPRINT_VERSION,
+    VERSION_KEY,
+    InputsChain,
+    compare,
+    exact,
+    inputs_hash,
+    model_hash,
+    verified_batches,
+)
 from sae_hooks.store.layout import (
     DEFAULT_CHUNK_ROWS,
     check_dtype,
@@ -88,7 +98,7 @@ def capture_to_store(
     attrs = _existing_store(store, name, resume, overwrite, storage_options)
     mode = "overwrite" if overwrite else "resume" if attrs is not None else "create"
     state = attrs if mode == "resume" else {}
-    fingerprint, todo = _resume_plan(model, batches, store, state, drop_bos, vit_tokens)
+    fingerprint, todo, chain = _resume_plan(model, batches, store, state, drop_bos, vit_tokens)
     rows = int(state.get("committed_rows", 0))
     nxt = next(todo, None) if max_rows is None or rows < max_rows else None
     if nxt is None:  # nothing left to capture: the store is complete
@@ -113,8 +123,8 @@ def capture_to_store(
         [(nxt, acts)],
         ((b, capture_input_batch(model, points, b, **options)) for b in todo),
     )
-    skip = int(state.get("partial_input_rows", 0))
-    feed = lambda: _feed(points, captured, writer, max_rows, progress, skip)  # noqa: E731
+    skip = int(state.get("partial_input_rows", 0))  # rows of batch `nxt` already stored
+    feed = lambda: _feed(points, captured, writer, max_rows, progress, skip, chain)  # noqa: E731
     _write_or_remove(writer, mode, feed, store, storage_options)
     return ActivationStore(store, storage_options=storage_options)
 
@@ -126,10 +136,13 @@ def _resume_plan(
     state: dict[str, Any],
     drop_bos: bool,
     vit_tokens: str,
-) -> tuple[dict[str, Any], Iterator[InputBatch]]:
-    """(this capture's fingerprint, the input batches still to capture); a resume whose
-    fingerprint differs from the store's is refused, naming the fields."""
-    first, todo = _batches_from(batches, int(state.get("committed_inputs", 0)))
+) -> tuple[dict[str, Any], Iterator[InputBatch], InputsChain]:
+    """(this capture's fingerprint, the input batches still to capture, the running hash
+    of the batches read, for the writer's commits); a resume whose
+    fingerprint differs from the store's is refused, naming the fields, and so is one
+    whose committed input batches are not the store's (fingerprint.verified_batches)."""
+    walk = iter(batches.iter_from(0))
+    first = next(walk, None)
     if first is None:
         raise ValueError(
             f"the data source {type(batches.data).__name__} yielded no input batches: "
@@ -138,7 +151,10 @@ def _resume_plan(
     fingerprint = _fingerprint(model, batches, first, drop_bos, vit_tokens)
     if state:
         compare(state.get(FINGERPRINT_ATTR), fingerprint, describe(store))
-    return fingerprint, todo
+    chain = InputsChain()
+    todo = verified_batches(itertools.chain([first], walk), chain, state, describe(store))
+    # position -> its batch: the position (not the source's index) counts committed_inputs
+    return fingerprint, (b for _, b in todo), chain
 
 
 def _checked_request(
@@ -199,27 +215,12 @@ def _existing_store(
             f"an activation store already exists at {describe(store)}; pass resume=True to "
             "continue it (mode='resume') or overwrite=True (mode='overwrite') to replace it"
         )
-    if attrs.get("model") not in ("", name):
+    if not exact(attrs.get(FINGERPRINT_ATTR)) and attrs.get("model") not in ("", name):
         raise ValueError(
             f"store {store} was captured from model {attrs['model']!r}, not {name!r}; "
             "pass overwrite=True to replace it or choose another location"
         )
     return attrs
-
-
-def _batches_from(
-    batches: InputBatches, start: int
-) -> tuple[InputBatch | None, Iterator[InputBatch]]:
-    """(input batch 0, for the fingerprint; an iterator of the batches from `start` on).
-
-    A resumable source is asked twice (cheap: no model work); any other is walked once.
-    """
-    if start and hasattr(batches.data, "iter_from"):
-        return next(iter(batches.iter_from(0)), None), iter(batches.iter_from(start))
-    walk = iter(batches.iter_from(0))
-    first = next(walk, None)
-    rest = itertools.chain([first] if first is not None else [], walk)
-    return first, (b for b in rest if b.index >= start)
 
 
 def _fingerprint(
@@ -232,8 +233,9 @@ def _fingerprint(
     """What defines the rows of this capture (see sae_hooks.store.fingerprint)."""
     described = getattr(batches.data, "fingerprint", None)
     return {
+        VERSION_KEY: FINGERPRINT_VERSION,
         "model_class": type(model).__name__,
-        "model_weights": model_hash(model),
+        "model_sha256": model_hash(model),
         "first_batch": inputs_hash(first.inputs),
         "first_doc_offset": first.doc_offset,
         "drop_bos": bool(drop_bos),
@@ -263,6 +265,7 @@ def _feed(
     max_rows: int | None,
     progress: bool,
     skip: int,
+    chain: InputsChain,
 ) -> None:
     """Append captured input batches; the first one from row `skip` (the rows a cut at
     max_rows already stored), the last one cut at `max_rows`."""
@@ -276,7 +279,7 @@ def _feed(
         desc=f"capture {', '.join(points)}",
     )
     with bar:
-        for batch, acts in captured:
+        for position, (batch, acts) in enumerate(captured, writer.committed_inputs):
             n = acts.n_rows
             if skip > n:
                 raise ValueError(
@@ -285,7 +288,8 @@ def _feed(
                     "capture again"
                 )
             hi = n if max_rows is None else min(n, skip + max_rows - rows)
-            writer.append(acts.rows(skip, hi), completes_input=hi == n)
+            digest = chain.take(position)
+            writer.append(acts.rows(skip, hi), completes_input=hi == n, inputs_hash=digest)
             rows += hi - skip
             bar.update(hi - skip)
             skip = 0

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from sae_hooks.store.fingerprint import INPUTS_ATTR
 from sae_hooks.store.layout import storage_to_numpy
 
 
@@ -49,6 +50,7 @@ class EncodedRows:
     data: dict[str, np.ndarray]  # "acts/<point>" and META_ARRAYS -> rows
     n: int
     completes_input: bool = True  # False: the head of an input batch (cut at max_rows)
+    inputs_hash: str | None = None  # the capture's hash of its inputs through this batch
 
 
 def now() -> str:
@@ -86,8 +88,8 @@ class CommitThread:
         self._buffer: list[EncodedRows] = []
         self._buffered = 0
         # Appends not yet committed: (end row, sum of rows, sum of squared norms, whether
-        # it completes its input batch).
-        self._pending: deque[tuple[int, dict[str, np.ndarray], dict[str, float], bool]] = deque()
+        # it completes its input batch, the inputs hash through it).
+        self._pending: deque[tuple[int, dict, dict, bool, str | None]] = deque()
         self.queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self.error: BaseException | None = None
         self._last_commit = time.monotonic()
@@ -146,7 +148,7 @@ class CommitThread:
         self._buffer.append(rows)
         self._buffered += rows.n
         end = self._written + self._buffered
-        self._pending.append((end, sums, sq_norms, rows.completes_input))
+        self._pending.append((end, sums, sq_norms, rows.completes_input, rows.inputs_hash))
         boundary = (self._written // self._unit + 1) * self._unit
         while self._written + self._buffered >= boundary:
             self._write(boundary - self._written)
@@ -187,9 +189,12 @@ class CommitThread:
         done, taken, end = 0, 0, self.committed_rows
         partial = self.partial_input_rows
         sums, sq = dict(self._sums), dict(self._sq)
+        hashed: dict[str, str] = {}
         while self._pending and self._pending[0][0] <= self._written:
             start = end
-            end, batch_sums, batch_sq, completes = self._pending.popleft()
+            end, batch_sums, batch_sq, completes, digest = self._pending.popleft()
+            if digest is not None:
+                hashed[INPUTS_ATTR] = digest
             for p in batch_sums:
                 sums[p] = sums.get(p, 0.0) + batch_sums[p]
                 sq[p] = sq.get(p, 0.0) + batch_sq[p]
@@ -216,6 +221,7 @@ class CommitThread:
                 "partial_input_rows": partial,
                 "stats": stats,
                 "updated": now(),
+                **hashed,
             }
         )
         self.committed_rows, self.committed_inputs = end, self.committed_inputs + done

@@ -54,6 +54,15 @@ class StoreMismatchError(ValueError):
         self.fields = fields
 
 
+class StoreChangedError(RuntimeError):
+    """The store was replaced (or removed) while it was being read: rows read from then
+    on would come from another capture. `store` names it."""
+
+    def __init__(self, message: str, *, store: str) -> None:
+        super().__init__(message)
+        self.store = store
+
+
 @runtime_checkable
 class StoreReader(Protocol):
     """Read-only access to the committed rows of a store, point by point.

@@ -6,6 +6,7 @@ the format is defined once.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -16,6 +17,8 @@ import torch
 import zarr
 import zarr.errors
 from zarr.codecs import BloscCodec
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
 
 SCHEMA_VERSION = 1
 
@@ -38,6 +41,17 @@ DTYPES: dict[str, tuple[np.dtype, torch.dtype]] = {
 }
 BF16_ENCODING = "bfloat16 bits stored as uint16"
 _HIGH_HALF = 1 if sys.byteorder == "little" else 0  # of a float32's two uint16 halves
+
+#: A random id a store gets when it is created: a store replaced at the same location
+#: (an overwrite, a copy moved into place) has another one, so a reader can tell.
+GENERATION_ATTR = "generation"
+
+
+def generation(attrs: dict[str, Any]) -> str | None:
+    """What identifies this store among stores at its location: its generation, or for a
+    store written before generations its creation time."""
+    return attrs.get(GENERATION_ATTR) or attrs.get("created")
+
 
 #: The parent group of a sharded store (one store per capturing rank) carries only
 #: this attribute, {"version": 1, "world_size": N}; rank r's store is `rank-000r`.
@@ -241,6 +255,16 @@ def check_attributes(attrs: dict[str, Any], where: str) -> None:
         isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in d_model.values()
     ):
         raise ValueError(f"store {where} has d_model={d_model!r}; it must map points to ints >= 1")
+
+
+def read_group_attrs(group: zarr.Group) -> dict[str, Any]:
+    """The attributes of `group` as they are on storage now (one read of its zarr.json)."""
+    store, path = group.store_path.store, group.store_path.path
+    key = f"{path}/zarr.json" if path else "zarr.json"
+    raw = sync(store.get(key, prototype=default_buffer_prototype()))
+    if raw is None:
+        raise FileNotFoundError(f"{key} is missing")
+    return dict(json.loads(raw.to_bytes()).get("attributes", {}))
 
 
 def rank_location(location: str | os.PathLike, rank: int) -> str | Path:

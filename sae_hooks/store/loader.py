@@ -34,6 +34,7 @@ share at most the one document that straddles the boundary.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import itertools
 import math
@@ -216,6 +217,7 @@ class ActivationLoader:
         else:
             for (a, b), o in zip(blocks, dests, strict=True):
                 self._read_into(a, b, o)
+        self._check_unchanged()  # after the reads: these rows are the opened store's
         perm = None
         if self.shuffle:
             perm = np.random.default_rng([self.seed, epoch, k]).permutation(end)
@@ -229,16 +231,30 @@ class ActivationLoader:
         The same rows in the same order as `_fill` (the same permutation), so a batch
         is identical whichever path cuts it.
         """
+        self._check_unchanged()
         order = np.concatenate([np.arange(a, b) for a, b in blocks])
         if self.shuffle:
             order = order[np.random.default_rng([self.seed, epoch, k]).permutation(len(order))]
         return rows, order
 
+    def _check_unchanged(self) -> None:
+        """Stop with StoreChangedError if the store was replaced since it was opened (a
+        StoreReader without `check_unchanged` is trusted)."""
+        check = getattr(self.store, "check_unchanged", None)
+        if check is not None:
+            check()
+
     def _read_into(self, start: int, stop: int, out: np.ndarray) -> None:
-        if self._reads_into:
-            self.store.read_raw(self.point, start, stop, out=out)
-        else:  # a StoreReader without `out=`: one extra copy
-            np.copyto(out, self.store.read_raw(self.point, start, stop))
+        """Rows [start, stop) into `out`; a read that fails because the store was being
+        replaced under it (chunks gone) is reported as that change."""
+        try:
+            if self._reads_into:
+                self.store.read_raw(self.point, start, stop, out=out)
+            else:  # a StoreReader without `out=`: one extra copy
+                np.copyto(out, self.store.read_raw(self.point, start, stop))
+        except Exception:
+            self._check_unchanged()
+            raise
 
     def _new_batch(self, rows: int) -> tuple[torch.Tensor, np.ndarray]:
         """A fresh batch in the stored dtype (pinned for CUDA) and its numpy view."""
@@ -264,10 +280,7 @@ class ActivationLoader:
         Two scratch buffers alternate: a reader thread fills buffer k+1 while this
         thread cuts the batches of buffer k, so reading and gathering overlap.
         """
-
-        def put(item: Any) -> bool:
-            return _put(out, stop, item)
-
+        put = functools.partial(_put_unless_stopped, out, stop)
         if first >= len(self):
             put(_END)
             return
@@ -350,8 +363,8 @@ class ActivationLoader:
         return [np.empty(shape, self._stored_numpy) for _ in range(2)]
 
 
-def _put(out: queue.Queue, stop: threading.Event, item: Any) -> bool:
-    """Hand item to the consumer, waiting while the queue is full; False once `stop` is set."""
+def _put_unless_stopped(out: queue.Queue, stop: threading.Event, item: Any) -> bool:
+    """Put `item` on `out`, waiting for room, unless `stop` is set first (then False)."""
     while not stop.is_set():
         try:
             out.put(item, timeout=0.05)

@@ -1,21 +1,39 @@
-"""One writer per store: a `writer` attribute naming the holder's pid and host.
+"""One writer per store, one training per run directory: atomic locks and their holders.
 
-An attribute (not a lock file) works on every fsspec backend. Two writers racing
-to start within the same instant are not excluded, which is acceptable for the
-failure it guards against: a second capture started by mistake on a live store.
-`check_lock` judges any holder record (pid, host, since): training run
-directories use it for their lock file (sae_hooks/train/runlock.py).
+A local store or run directory is held through an advisory lock (`fcntl.flock`) on a
+lock file: the kernel gives it to one process at a time, so two processes starting
+at the same instant cannot both hold it, and it is released when its holder dies
+(nothing stale to take over, no pid to trust). The lock file of a store sits beside
+it (`.<name>.lock`: an overwrite empties the store's own folder); a run directory's
+is `<run>/.lock` (sae_hooks/train/runlock.py).
+
+The holder is also recorded, for messages and for locations without flock: a store's
+`writer` attribute (and the lock file) names its pid, host, start time and since
+when. The start time (/proc/<pid>/stat field 22 on Linux; elsewhere only the pid is
+compared) tells a reused pid from its holder. A fsspec URL (s3://, memory://) has no
+flock: there the attribute is the lock, checked then written, so two writers starting
+within the same instant are not excluded (conditional writes on object stores are
+another issue's work). `check_lock` judges any holder record: a live holder is
+refused, a dead one (on this host) is replaced with a warning.
 """
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import socket
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 import zarr
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; the recorded holder is the only lock
+    fcntl = None  # type: ignore[assignment]
 
 LOCK_ATTR = "writer"
 
@@ -24,6 +42,11 @@ LOCK_ATTR = "writer"
 #: failed to release it (a full disk): it is stale, and the same process may take it.
 _open_here: set[str] = set()
 
+#: Lock files this process holds: path -> [fd, holds]. flock excludes other processes
+#: only; inside one process the holders are counted (a stale in-process writer keeps
+#: its count, and the lock, until the process ends).
+_files: dict[str, list[int]] = {}
+
 
 class LockedError(RuntimeError):
     """Another live process holds this store or run directory."""
@@ -31,6 +54,16 @@ class LockedError(RuntimeError):
 
 class StoreLockedError(LockedError):
     """Another live process is writing this store."""
+
+
+def process_start(pid: int) -> int | None:
+    """When `pid` started (clock ticks since boot, /proc/<pid>/stat field 22), or None
+    where that is not known (no /proc, or no such process)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def pid_alive(pid: int) -> bool:
@@ -48,8 +81,24 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+def holder_alive(holder: dict[str, Any]) -> bool:
+    """Whether a holder record on this host names a live process: its pid runs and, when
+    the record has a start time, the process with that pid started then (a reused pid
+    is another process)."""
+    pid, started = holder.get("pid"), holder.get("started")
+    if not isinstance(pid, int) or not pid_alive(pid):
+        return False
+    now = process_start(pid) if isinstance(started, int) else None
+    return now is None or now == started
+
+
 def holder_record() -> dict[str, Any]:
-    return {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "since": time.time(),
+        "started": process_start(os.getpid()),
+    }
 
 
 def check_lock(
@@ -66,13 +115,13 @@ def check_lock(
     says how to free it by hand when its holder died on another host.
     """
     holder = attrs.get(LOCK_ATTR)
-    if not holder:
+    if not isinstance(holder, dict) or not holder:
         return
     pid, host = holder.get("pid"), holder.get("host")
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("since", 0)))
+    here = host == socket.gethostname()
     # Stores only: a run directory's lock (train/runlock.py) has no in-process registry.
-    mine = what == "store" and host == socket.gethostname() and pid == os.getpid()
-    mine = mine and pid_alive(pid)
+    mine = what == "store" and here and pid == os.getpid() and holder_alive(holder)
     if mine and where in _open_here:
         raise StoreLockedError(
             f"store {where} is already open for writing in this process (pid {pid}); "
@@ -85,7 +134,7 @@ def check_lock(
             stacklevel=3,
         )
         return
-    if host == socket.gethostname() and isinstance(pid, int) and not pid_alive(pid):
+    if here and isinstance(pid, int) and not holder_alive(holder):
         warnings.warn(
             f"breaking the stale writer lock on {what} {where}: pid {pid} on {host} (since {since}) "
             "is no longer running",
@@ -97,6 +146,138 @@ def check_lock(
         f"only one writer may hold a {what}. Wait for it to finish; if that process is dead "
         f"on another host, {unlock}"
     )
+
+
+# -- lock files (flock) --------------------------------------------------------------
+
+
+def hold_file(path: Path) -> bool:
+    """Hold the flock of `path` (created if missing) for this process; False if another
+    process holds it. Counted within this process: each True needs a `release_file`.
+
+    The file is checked to still be `path` once locked: a holder that released it
+    unlinked it first, and a lock on an unlinked file would exclude nobody.
+    """
+    key = str(path)
+    if key in _files:
+        _files[key][1] += 1
+        return True
+    if fcntl is None:
+        return _hold_exclusive(path)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            _files[key] = [fd, 1]
+            return True
+        os.close(fd)  # released and unlinked while we waited for it: lock the new file
+
+
+def _hold_exclusive(path: Path) -> bool:
+    """Without flock: the file's creation (O_EXCL) is the lock; a file left by a dead
+    holder must be removed by hand (its record names it)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    _files[str(path)] = [fd, 1]
+    return True
+
+
+def release_file(path: Path, *, remove: bool = True) -> None:
+    """Drop one hold of `path`; the last one removes the file (unless `remove` is False:
+    it names another holder), then unlocks it."""
+    entry = _files.get(str(path))
+    if entry is None:
+        return
+    entry[1] -= 1
+    if entry[1] > 0:
+        return
+    del _files[str(path)]
+    try:
+        if remove:
+            Path(path).unlink(missing_ok=True)
+    finally:
+        os.close(entry[0])
+
+
+def write_record(path: Path, record: dict[str, Any]) -> None:
+    """Write the holder record into the held lock file `path` (for others' messages)."""
+    fd = _files[str(path)][0]
+    data = json.dumps({LOCK_ATTR: record}).encode()
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, data, 0)
+    except OSError as err:
+        raise type(err)(err.errno, f"cannot write the lock file {path}: {err.strerror}") from err
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    """The holder record of a lock file, or None when it is missing, empty or torn."""
+    try:
+        holder = json.loads(Path(path).read_text()).get(LOCK_ATTR)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+def refusal(where: str, what: str, holder: dict[str, Any] | None, error: type[LockedError]):
+    """The error for a lock file another process holds, naming its holder if recorded."""
+    if not holder:
+        return error(
+            f"{what} {where} is held by another process (it has not recorded its pid yet); "
+            f"only one writer may hold a {what}. Wait for it to finish"
+        )
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("since", 0)))
+    return error(
+        f"{what} {where} is being written by pid {holder.get('pid')} on host "
+        f"{holder.get('host')} since {since}; only one writer may hold a {what}. "
+        "Wait for it to finish"
+    )
+
+
+# -- stores --------------------------------------------------------------------------
+
+
+def store_lock_file(where: str) -> Path | None:
+    """The lock file of the local store at `where` (a resolved path), None for a URL."""
+    if "://" in where:
+        return None
+    path = Path(where)
+    return path.parent / f".{path.name}.lock"
+
+
+def hold_store(where: str) -> None:
+    """Hold the lock file of a local store (creating its parent folder), or raise
+    StoreLockedError naming the process that holds it. Nothing for a URL."""
+    path = store_lock_file(where)
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # a file where the folder should be
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR)) from None
+    if not hold_file(path):
+        raise refusal(where, "store", read_record(path), StoreLockedError)
+    if _files[str(path)][1] == 1:
+        write_record(path, holder_record())
+
+
+def release_store(where: str) -> None:
+    path = store_lock_file(where)
+    if path is not None:
+        release_file(path)
 
 
 def acquire(group: zarr.Group, where: str) -> None:
@@ -119,4 +300,7 @@ def release(group: zarr.Group, where: str) -> None:
     """Forget the hold first: even if the attribute write fails (full disk), this process
     may reopen the store, whose lock then names a holder that is known to be gone."""
     forget(where)
-    group.update_attributes({LOCK_ATTR: None})
+    try:
+        group.update_attributes({LOCK_ATTR: None})
+    finally:
+        release_store(where)

@@ -21,14 +21,16 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from sae_hooks.store.chunk_files import raw_chunk_files, read_raw_rows
-from sae_hooks.store.interface import Damage, PointStats, StoreDamagedError
+from sae_hooks.store.interface import Damage, PointStats, StoreChangedError, StoreDamagedError
 from sae_hooks.store.layout import (
     DTYPES,
     META_ARRAYS,
     check_out,
     describe,
+    generation,
     is_url,
     load_group,
+    read_group_attrs,
     storage_to_numpy,
     storage_to_torch,
 )
@@ -55,6 +57,26 @@ class ActivationStore:
         self._arrays: dict[str, zarr.Array] = {}
         self._stored_units: dict[str, set[int]] = {}  # array key -> unit indices on disk
         self._row_maps: dict[str, np.ndarray] = {}  # point -> its committed rows, mapped
+
+    def check_unchanged(self) -> None:
+        """Raise StoreChangedError if the store at `location` is no longer the one opened
+        (replaced by an overwrite, removed): one small metadata read, made by the loader
+        after every buffer it reads, so no row of another capture is used unnoticed."""
+        seen = generation(self.attrs)
+        try:
+            now = generation(read_group_attrs(self._group))
+        except Exception as err:  # removed, or mid-replacement
+            now, why = None, f"its metadata cannot be read ({type(err).__name__}: {err})"
+        else:
+            why = f"generation {seen}, now {now}"
+        if now != seen:
+            where = describe(self.location)
+            raise StoreChangedError(
+                f"store {where} changed while it was being read ({why}): it was replaced or "
+                "removed, e.g. by a capture with --overwrite. Rows read after that would "
+                "come from another capture; start again on the store as it is now",
+                store=where,
+            )
 
     def __repr__(self) -> str:
         return (

@@ -70,6 +70,11 @@ class ShardedStore:
             shard.refresh()
         self._offsets = np.cumsum([0] + [s.n_rows for s in self.shards])
 
+    def check_unchanged(self) -> None:
+        """Raise StoreChangedError if any rank's store was replaced since it was opened."""
+        for shard in self.shards:
+            shard.check_unchanged()
+
     def _check_consistent(self) -> None:
         first = self.shards[0]
         for rank, shard in enumerate(self.shards[1:], 1):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import uuid
 import warnings
 from typing import Any
 
@@ -26,6 +27,7 @@ from sae_hooks.store.layout import (
     BF16_ENCODING,
     DEFAULT_CHUNK_ROWS,
     DTYPES,
+    GENERATION_ATTR,
     META_ARRAYS,
     SCHEMA_VERSION,
     check_dtype,
@@ -116,9 +118,20 @@ def _new_attrs(
         "partial_input_rows": 0,
         "stats": {},
         "created": now(),
+        GENERATION_ATTR: uuid.uuid4().hex,  # this store, as opposed to one that replaces it
         "updated": now(),
         lock.LOCK_ATTR: lock.holder_record(),
     }
+
+
+def _hold_store(where: str) -> None:
+    """Take the store's lock file (store/lock.py); a location whose folder cannot be
+    made is named as the place no store can be created."""
+    try:
+        lock.hold_store(where)
+    except OSError as err:
+        text = f"cannot create an activation store at {where}: {err.strerror or err}"
+        raise _explain(err, text) from err
 
 
 def _pick_compressors(compressors: Any, dtype: str) -> Any:
@@ -220,26 +233,34 @@ class StoreWriter:
         check_location(location)
         points = _point_list(points)
         _check_settings(mode, chunk_rows, queue_size, shard_chunks, commit_interval)
+        if dtype is not None:
+            check_dtype(dtype)
         self.commit_interval = commit_interval
         self.where = describe(location)
-        if mode == "resume" and is_unborn(location):
-            mode = "overwrite"  # nothing of a store there: create it afresh
-        if mode == "resume":
-            self._group, attrs = load_group(location, "r+", storage_options)
-            _check_matches(self.where, attrs, points, d_model, dtype)
-            if fingerprint is not None:
-                compare(attrs.get(FINGERPRINT_ATTR), fingerprint, self.where)
-            lock.acquire(self._group, self.where)
-        else:
-            attrs = _new_attrs(
-                points, d_model, dtype, model, source, chunk_rows, shard_chunks, fingerprint
-            )
-            self._open_new(location, mode, storage_options, attrs)
-            lock.held(self.where)
+        _hold_store(self.where)  # before anything is read: one writer at a time from here
+        try:
+            if mode == "resume" and is_unborn(location):
+                mode = "overwrite"  # nothing of a store there: create it afresh
+            if mode == "resume":
+                self._group, attrs = load_group(location, "r+", storage_options)
+                _check_matches(self.where, attrs, points, d_model, dtype)
+                if fingerprint is not None:
+                    compare(attrs.get(FINGERPRINT_ATTR), fingerprint, self.where)
+                lock.acquire(self._group, self.where)
+            else:
+                attrs = _new_attrs(
+                    points, d_model, dtype, model, source, chunk_rows, shard_chunks, fingerprint
+                )
+                self._open_new(location, mode, storage_options, attrs)
+                lock.held(self.where)
+        except BaseException:
+            lock.release_store(self.where)
+            raise
         try:
             self._start(attrs, mode, compressors, commit_interval, queue_size)
         except BaseException:
             lock.forget(self.where)  # a later writer of this process may take the store
+            lock.release_store(self.where)
             raise
 
     def _start(
@@ -351,12 +372,20 @@ class StoreWriter:
 
     # -- caller side ---------------------------------------------------------------
 
-    def append(self, batch: ActivationBatch, *, completes_input: bool = True) -> None:
+    def append(
+        self,
+        batch: ActivationBatch,
+        *,
+        completes_input: bool = True,
+        inputs_hash: str | None = None,
+    ) -> None:
         """Queue one input batch's rows; blocks only while the queue is full.
 
         completes_input=False: these rows are the head of an input batch (a capture cut
         at max_rows); the commit records them in `partial_input_rows` and the next
-        append (the batch's remaining rows) completes it.
+        append (the batch's remaining rows) completes it. inputs_hash: the capture's
+        hash of its input batches through this one (fingerprint.InputsChain), written
+        with the commit that covers these rows.
         """
         self._check_open()
         acts = getattr(batch, "acts", None)
@@ -376,7 +405,9 @@ class StoreWriter:
         _refuse_nonfinite(data, n, self.points, self.dtype, self.where)
         for m in META_ARRAYS:
             data[m] = _int64_rows(batch, m, n)
-        self._committer.put(EncodedRows(data, n, completes_input), self._raise_if_failed)
+        self._committer.put(
+            EncodedRows(data, n, completes_input, inputs_hash), self._raise_if_failed
+        )
         self.rows_appended += n
 
     def _init_points(self, acts: dict) -> None:

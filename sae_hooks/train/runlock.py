@@ -1,24 +1,39 @@
-"""One training per run directory: a lock file naming the holder's pid and host.
+"""One training per run directory: a flock on `<run>/.lock`, which names its holder.
 
 Two trainings writing one run directory interleave their logs and swap each
 other's checkpoints away; the second one is refused at once with RunLockedError
-naming the holder. The record and its judgement (live holder: refuse; holder
-dead on this host: warn and take over) are the store lock's (store/lock.py). The
-lock is re-entrant within a process, so a Trainer built again on the same run
-directory in the same process (resume in a notebook, tests) is not refused.
+naming the holder. The lock is the store lock's (store/lock.py): an flock the kernel
+gives to one process at a time and drops when its holder dies, so simultaneous
+starts admit exactly one, and a file left by a dead holder is taken over (with a
+warning naming it). A file written by an older sae-hooks (no flock) whose holder
+still runs is respected. The lock is re-entrant within a process, so a Trainer built
+again on the same run directory in the same process (resume in a notebook, tests)
+is not refused.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 from pathlib import Path
 from typing import Any
 
-from sae_hooks.store.lock import LOCK_ATTR, LockedError, check_lock, holder_record
+from sae_hooks.store.lock import (
+    LOCK_ATTR,
+    LockedError,
+    check_lock,
+    hold_file,
+    holder_record,
+    read_record,
+    refusal,
+    release_file,
+    write_record,
+)
 
 LOCK_FILE = ".lock"
+
+#: Run directories this process holds (their lock file paths).
+_held: set[str] = set()
 
 
 class RunLockedError(LockedError):
@@ -29,42 +44,33 @@ def acquire(run_dir: Path) -> None:
     """Hold run_dir for this process, or raise RunLockedError naming the live holder."""
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK_FILE
-    record = json.dumps({LOCK_ATTR: holder_record()}).encode()
-    try:  # the common case, atomic: nobody holds it
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        holder = _holder(path)
-        if _is_this_process(holder):
-            return
-        check_lock(
-            {LOCK_ATTR: holder},
-            str(run_dir),
-            error=RunLockedError,
-            what="run directory",
-            unlock=f"delete {path}",
-        )
-        tmp = path.with_name(f"{LOCK_FILE}.{os.getpid()}")
-        tmp.write_bytes(record)
-        os.replace(tmp, path)  # take over the stale lock
+    if str(path) in _held:
         return
-    with os.fdopen(fd, "wb") as f:
-        f.write(record)
+    if not hold_file(path):
+        raise refusal(str(run_dir), "run directory", read_record(path), RunLockedError)
+    try:
+        holder = read_record(path)
+        if holder is not None and not _is_this_process(holder):
+            check_lock(  # a dead holder's file: warn; an older sae-hooks' live one: refuse
+                {LOCK_ATTR: holder},
+                str(run_dir),
+                error=RunLockedError,
+                what="run directory",
+                unlock=f"delete {path}",
+            )
+        write_record(path, holder_record())
+    except BaseException:
+        release_file(path, remove=False)  # it may name another holder
+        raise
+    _held.add(str(path))
 
 
 def release(run_dir: Path) -> None:
     """Drop the lock if this process holds it."""
     path = run_dir / LOCK_FILE
-    if _is_this_process(_holder(path)):
-        path.unlink(missing_ok=True)
-
-
-def _holder(path: Path) -> dict[str, Any] | None:
-    """The holder record, or None when the file is gone or torn (a kill mid-write)."""
-    try:
-        holder = json.loads(path.read_text()).get(LOCK_ATTR)
-    except (OSError, ValueError, AttributeError):
-        return None
-    return holder if isinstance(holder, dict) else None
+    if str(path) in _held:
+        _held.discard(str(path))
+        release_file(path)
 
 
 def _is_this_process(holder: dict[str, Any] | None) -> bool:
