@@ -4,6 +4,7 @@ logits under the error term."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -126,9 +127,9 @@ def test_pair_source_scale_brings_each_half_to_width():
 
 
 def test_paired_training_matches_the_recorded_run(tmp_path):
-    """A skip transcoder trained on RowPair batches gives the numbers main gave when
-    batches were [input | target] tensors split inside the transcoder (recorded there;
-    bit-identical state_dicts on the machine that recorded them)."""
+    """A skip transcoder trained on RowPair batches gives the recorded numbers (recorded
+    when the training prediction became y s r's own scale, issue 31 item 1; before it the
+    loss compared y s r with the prediction / r: val/fvu 0.912)."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1200, 12, generator=g) * 2
     y = torch.tanh(x[:, :8] @ torch.randn(8, 6, generator=g)) * 0.3
@@ -142,7 +143,7 @@ def test_paired_training_matches_the_recorded_run(tmp_path):
         seed=3,
     )
     tc = train(config, (x, y), tmp_path / "run")
-    recorded = (0.9121421017253697, -0.2411694634356536, 66.54842053732136, 5.157166957855225)
+    recorded = (0.7907416257461496, -0.3557139061158523, 66.42599819554016, 5.157166957855225)
     got = (
         read_log(tmp_path / "run")[-1]["val/fvu"],
         float(tc.W_skip.double().sum()),
@@ -259,3 +260,68 @@ def test_transformer_lens_splice_with_error_term_is_exact(tiny_hooked_transforme
     assert not torch.allclose(spliced, clean)
     expected = tc.predict(acts[IN].reshape(-1, tc.input_size)).reshape(acts[OUT].shape)
     torch.testing.assert_close(replaced[OUT], expected)
+
+
+@pytest.fixture(scope="module")
+def quiet_mlp(tiny_gpt2):
+    """A tiny GPT-2 whose block-1 MLP output is ~50x smaller than its input (c_proj
+    scaled down), with paired rows of that MLP for training and held-out batches whose
+    rows are the validation rows (so val/fvu and evaluate_transcoder read the same rows)."""
+    model = copy.deepcopy(tiny_gpt2)
+    with torch.no_grad():
+        model.transformer.h[LAYER].mlp.c_proj.weight.mul_(0.02)
+        model.transformer.h[LAYER].mlp.c_proj.bias.mul_(0.02)
+    g = torch.Generator().manual_seed(0)
+    vocab = model.config.vocab_size
+
+    def rows(batches):
+        xs, ys = [], []
+        for batch in batches:
+            with torch.no_grad(), capture(model, [IN, OUT]) as acts:
+                model(**batch)
+            xs.append(acts[IN].reshape(-1, acts[IN].shape[-1]))
+            ys.append(acts[OUT].reshape(-1, acts[OUT].shape[-1]))
+        return RowPair(torch.cat(xs), torch.cat(ys))
+
+    train_batches = [
+        {"input_ids": torch.randint(0, vocab, (16, 32), generator=g)} for _ in range(4)
+    ]
+    held_out = [{"input_ids": torch.randint(0, vocab, (8, 32), generator=g)} for _ in range(2)]
+    train_rows, val_rows = rows(train_batches), rows(held_out)
+    ratio = train_rows.x.norm(dim=-1).mean() / train_rows.y.norm(dim=-1).mean()
+    assert ratio >= 10, float(ratio)
+    return model, train_rows, val_rows, held_out
+
+
+def _held_out_source(train_rows: RowPair, val_rows: RowPair) -> TensorPairSource:
+    source = TensorPairSource(*train_rows, val_fraction=0.0)
+    source._splits["val"] = val_rows  # validation reads exactly evaluate_transcoder's rows
+    return source
+
+
+@pytest.mark.parametrize("architecture", ["transcoder", "skip_transcoder"])
+def test_raw_fvu_equals_the_logged_val_fvu_when_the_output_is_small(
+    quiet_mlp, tmp_path, architecture
+):
+    """The output_scale r (here ~50) is folded into the saved transcoder once: its FVU
+    on raw rows is the log's val/fvu, and its prediction is in the MLP output's scale."""
+    model, train_rows, val_rows, held_out = quiet_mlp
+    config = _config(
+        architecture=architecture,
+        point=IN,
+        target_point=OUT,
+        nb_concepts=128,
+        steps=80,
+        batch_size=64,
+        lr=2e-3,
+        l1_coefficient=0.3,
+        val_batches=64,
+    )
+    tc = train(config, _held_out_source(train_rows, val_rows), tmp_path / "run")
+    assert float(tc.output_scale) > 10
+    logged = [r for r in read_log(tmp_path / "run") if "val/fvu" in r][-1]["val/fvu"]
+    result = evaluate_transcoder(
+        model, IN, OUT, load_sae(tmp_path / "run" / "sae"), held_out, progress=False
+    )
+    assert result.n_rows == val_rows.x.shape[0]
+    assert logged < 0.9 and result.fvu == pytest.approx(logged, rel=0.02), (result.fvu, logged)

@@ -9,8 +9,11 @@ b_dec: b_dec lives in the output space, whose width `output_size` may differ.
 `input_scale` s scales both sides (the trainer uses one scale for the input and
 the target) and `output_scale` r rescales the target on top of it, set from
 data so that the target too has E||y s r||^2 = d_out in training: an MLP's output is
-often far smaller than its (normalised) input. A trained transcoder maps raw MLP
-inputs to raw MLP outputs: y_hat = (D z + W_skip x s + b_dec) / (s r).
+often far smaller than its (normalised) input. In training (`set_input_scale(1,
+training=True)`) the prediction D z + W_skip x s + b_dec is compared with y s r as it
+is; a trained transcoder maps raw MLP inputs to raw MLP outputs:
+y_hat = (D z + W_skip x s + b_dec) / (s r), so its FVU on raw rows is the val/fvu
+of its training log.
 
 Training batches are `RowPair`s (x, y) of input and target rows (TrainConfig.point
 and target_point; sae_hooks/activations.py); see `training_pair`. Splice with
@@ -70,6 +73,7 @@ class Transcoder(SAE):
             params = dictionary_kwargs(dictionary_params, device)
             self.dictionary = DictionaryLayer(self.output_size, self.nb_concepts, **params)
         self.register_buffer("output_scale", torch.ones((), device=device))
+        self._training_scale = False  # outputs in the training targets' scale (y s r)
 
     # -- the model -------------------------------------------------------------------
 
@@ -95,7 +99,15 @@ class Transcoder(SAE):
         return self._raw(self._decode_rows(z, from_forward=False))
 
     def _raw(self, y: torch.Tensor) -> torch.Tensor:
+        """The prediction in the output's scale: raw (divided by s r), or in training
+        that of `training_pair`'s targets (y s r, input_scale = 1: unchanged)."""
+        if self._training_scale:
+            return y / self.input_scale
         return y / (self.input_scale * self.output_scale)
+
+    def set_input_scale(self, scale: float, *, training: bool = False) -> None:
+        super().set_input_scale(scale, training=training)
+        self._training_scale = training
 
     def predict(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         """The predicted output (N, output_size) for input rows x (raw scale), from codes
