@@ -68,8 +68,7 @@ def grid() -> Sweep:
             "point": POINTS,
             "architecture": ["batchtopk", "jumprelu"],
             "nb_concepts": [32, 64],
-            "k_per_token": [2],
-            "target_l0": [3.0],
+            "k_per_token": [2, 3],
             "seed": [0, 1],
         },
     )
@@ -92,24 +91,77 @@ def same_log(a_dir, b_dir):
 def test_sweep_expands_axes_into_named_configs():
     sweep = grid()
     configs, names = sweep.configs(), sweep.names()
-    # 2 points x (batchtopk x 2 widths x k2 + jumprelu x 2 widths x l0 3) x 2 seeds
-    assert len(configs) == 16 and len(set(names)) == 16
+    # 2 points x 2 architectures x 2 widths x 2 L0s x 2 seeds: every combination trains
+    assert len(configs) == len(sweep) == 32 and len(set(names)) == 32
     assert names[0] == "resid_post.0-batchtopk-n32-k2-s0"
     assert "resid_post.1-jumprelu-n64-l03-s1" in names
     jump = configs[names.index("resid_post.1-jumprelu-n64-l03-s1")]
     assert jump.k_per_token is None and jump.target_l0 == 3.0 and jump.seed == 1
+    batch = configs[names.index("resid_post.1-batchtopk-n64-k3-s1")]
+    assert batch.k_per_token == 3 and batch.target_l0 is None
     assert {c.data_seed for c in configs} == {0}  # seeds vary the init, not the batches
     lr = Sweep(BASE, {"lr": [1e-3, 3e-3]}).names()
     assert lr == ["batchtopk-lr0.001-s0", "batchtopk-lr0.003-s0"]
 
 
-def test_sweep_refuses_bad_axes():
-    with pytest.raises(ValueError, match="unknown sweep axes"):
-        Sweep(BASE, {"widths": [1]})
-    with pytest.raises(ValueError, match="non-empty list"):
-        Sweep(BASE, {"seed": []})
-    with pytest.raises(ValueError, match="not one of"):
-        Sweep(BASE, {"architecture": ["nope"]}).configs()
+def test_the_readme_sweep_trains_its_16_combinations_at_one_sparsity_each():
+    """architecture x width x k_per_token x seed = 16 SAEs; JumpReLU's target L0 is the
+    k of its BatchTopK twin (the sweep of README.md, issue 31 item 4)."""
+    base = TrainConfig(point="resid_post.3", steps=2_000)
+    axes = {
+        "architecture": ["batchtopk", "jumprelu"],
+        "nb_concepts": [3072, 6144],
+        "k_per_token": [16, 32],
+        "seed": [0, 1],
+    }
+    sweep = Sweep(base, axes)
+    plan = sweep.plan()
+    assert len(sweep) == len(plan) == 16 and len({name for name, _ in plan}) == 16
+    l0 = {(c.architecture, c.k_per_token or c.target_l0) for _, c in plan}
+    assert l0 == {("batchtopk", 16), ("batchtopk", 32), ("jumprelu", 16.0), ("jumprelu", 32.0)}
+    assert all(c.target_l0 is not None for _, c in plan if c.architecture == "jumprelu")
+    text = sweep.format_plan()
+    assert text.splitlines()[0] == "sweep of 16 SAEs" and "steps=2000" in text.splitlines()[1]
+    assert "resid_post.3-jumprelu-n6144-l016-s1: architecture='jumprelu'" in text
+    assert "target_l0=16.0" in text and "k_per_token=32" in text
+    # a target_l0 axis is the same sparsity, the other way round; the base's too
+    by_l0 = Sweep(
+        base,
+        {
+            "architecture": ["batchtopk", "jumprelu"],
+            "nb_concepts": [3072, 6144],
+            "target_l0": [16.0, 32.0],
+            "seed": [0, 1],
+        },
+    )
+    assert [c.k_per_token or c.target_l0 for c in by_l0.configs()] == [
+        c.k_per_token or c.target_l0 for _, c in plan
+    ]
+    carried = Sweep(dataclasses.replace(base, k_per_token=8), {"architecture": ["topk", "relu"]})
+    assert [(c.k_per_token, c.target_l0) for c in carried.configs()] == [(8, None), (None, 8.0)]
+
+
+@pytest.mark.parametrize(
+    ("axes", "message"),
+    [
+        ({"architecture": ["topk", "jumprelu"], "target_l0": [2.5]}, "whole number of codes"),
+        ({"k_per_token": [2], "target_l0": [3.0]}, "two sparsities"),
+        ({"architecture": ["topk", "batchtopk"], "top_k": [64]}, "counts codes differently"),
+        ({"architecture": ["jumprelu"], "top_k": [64]}, "takes no top_k"),
+        ({"seed": [0, 0]}, r"sweep points \{'seed': 0\} and \{'seed': 0\} give the same SAE"),
+    ],
+)
+def test_sweep_refuses_a_grid_it_cannot_train_as_described(axes, message):
+    with pytest.raises(ValueError, match=message):
+        Sweep(BASE, axes).configs()
+
+
+def test_train_many_prints_the_plan_before_training(store, tmp_path, capsys):
+    base = dataclasses.replace(BASE, point=POINTS[0], steps=2, progress=True)
+    sweep = Sweep(base, {"nb_concepts": [32, 64]})
+    train_many(sweep, store, tmp_path / "run", until_step=0)
+    out = capsys.readouterr().out
+    assert out.startswith(sweep.format_plan()) and "  resid_post.0-batchtopk-n64-s0: " in out
 
 
 def test_train_many_equals_each_sae_alone(store, tmp_path):
@@ -122,11 +174,11 @@ def test_train_many_equals_each_sae_alone(store, tmp_path):
             "architecture": ["batchtopk", "jumprelu", "topk"],
             "nb_concepts": [32],
             "k_per_token": [2],
-            "target_l0": [3.0],
             "seed": [0, 1],
         },
     )
     configs, names = sweep.configs(), sweep.names()
+    assert len(configs) == 12  # 2 points x 3 architectures x 2 seeds
     saes = train_many(sweep, store, tmp_path / "sweep")
     assert list(saes) == names
     for cfg, name in zip(configs, names):

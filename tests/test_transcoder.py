@@ -4,6 +4,7 @@ logits under the error term."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from sae_hooks.activations import RowPair
 from sae_hooks.eval import evaluate_transcoder
 from sae_hooks.hooks import ZeroLatents, capture, splice_transcoder
-from sae_hooks.sae import SkipTranscoder, Transcoder, load_sae
+from sae_hooks.sae import SAE_REGISTRY, SkipTranscoder, Transcoder, load_sae
 from sae_hooks.store import capture_to_store
 from sae_hooks.train import TrainConfig, read_log, train
 from sae_hooks.train.sources import TensorPairSource, as_source
@@ -126,9 +127,9 @@ def test_pair_source_scale_brings_each_half_to_width():
 
 
 def test_paired_training_matches_the_recorded_run(tmp_path):
-    """A skip transcoder trained on RowPair batches gives the numbers main gave when
-    batches were [input | target] tensors split inside the transcoder (recorded there;
-    bit-identical state_dicts on the machine that recorded them)."""
+    """A skip transcoder trained on RowPair batches gives the recorded numbers (recorded
+    when the training prediction became y s r's own scale, issue 31 item 1; before it the
+    loss compared y s r with the prediction / r: val/fvu 0.912)."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1200, 12, generator=g) * 2
     y = torch.tanh(x[:, :8] @ torch.randn(8, 6, generator=g)) * 0.3
@@ -142,7 +143,7 @@ def test_paired_training_matches_the_recorded_run(tmp_path):
         seed=3,
     )
     tc = train(config, (x, y), tmp_path / "run")
-    recorded = (0.9121421017253697, -0.2411694634356536, 66.54842053732136, 5.157166957855225)
+    recorded = (0.7907416257461496, -0.3557139061158523, 66.42599819554016, 5.157166957855225)
     got = (
         read_log(tmp_path / "run")[-1]["val/fvu"],
         float(tc.W_skip.double().sum()),
@@ -259,3 +260,150 @@ def test_transformer_lens_splice_with_error_term_is_exact(tiny_hooked_transforme
     assert not torch.allclose(spliced, clean)
     expected = tc.predict(acts[IN].reshape(-1, tc.input_size)).reshape(acts[OUT].shape)
     torch.testing.assert_close(replaced[OUT], expected)
+
+
+@pytest.fixture(scope="module")
+def quiet_mlp(tiny_gpt2):
+    """A tiny GPT-2 whose block-1 MLP output is ~50x smaller than its input (c_proj
+    scaled down), with paired rows of that MLP for training and held-out batches whose
+    rows are the validation rows (so val/fvu and evaluate_transcoder read the same rows)."""
+    model = copy.deepcopy(tiny_gpt2)
+    with torch.no_grad():
+        model.transformer.h[LAYER].mlp.c_proj.weight.mul_(0.02)
+        model.transformer.h[LAYER].mlp.c_proj.bias.mul_(0.02)
+    g = torch.Generator().manual_seed(0)
+    vocab = model.config.vocab_size
+
+    def rows(batches):
+        xs, ys = [], []
+        for batch in batches:
+            with torch.no_grad(), capture(model, [IN, OUT]) as acts:
+                model(**batch)
+            xs.append(acts[IN].reshape(-1, acts[IN].shape[-1]))
+            ys.append(acts[OUT].reshape(-1, acts[OUT].shape[-1]))
+        return RowPair(torch.cat(xs), torch.cat(ys))
+
+    train_batches = [
+        {"input_ids": torch.randint(0, vocab, (16, 32), generator=g)} for _ in range(4)
+    ]
+    held_out = [{"input_ids": torch.randint(0, vocab, (8, 32), generator=g)} for _ in range(2)]
+    train_rows, val_rows = rows(train_batches), rows(held_out)
+    ratio = train_rows.x.norm(dim=-1).mean() / train_rows.y.norm(dim=-1).mean()
+    assert ratio >= 10, float(ratio)
+    return model, train_rows, val_rows, held_out
+
+
+def _held_out_source(train_rows: RowPair, val_rows: RowPair) -> TensorPairSource:
+    source = TensorPairSource(*train_rows, val_fraction=0.0)
+    source._splits["val"] = val_rows  # validation reads exactly evaluate_transcoder's rows
+    return source
+
+
+SPARSITY = {"relu": {"l1_coefficient": 0.3}, "topk": {"k_per_token": 8}}
+SPARSITY |= {"batchtopk": {"k_per_token": 8}, "jumprelu": {"target_l0": 8.0}}
+TRANSCODERS = {
+    "transcoder": SPARSITY["relu"],
+    "skip_transcoder": SPARSITY["relu"],
+    **{f"{v}_transcoder": SPARSITY[v] for v in ("topk", "batchtopk", "jumprelu")},
+    **{f"{v}_skip_transcoder": SPARSITY[v] for v in ("topk", "batchtopk", "jumprelu")},
+}
+
+
+def test_every_variant_has_a_transcoder_and_a_skip_transcoder():
+    paired = sorted(a for a, c in SAE_REGISTRY.items() if c.paired)
+    assert paired == sorted(TRANSCODERS)
+    for name in TRANSCODERS:
+        cls = SAE_REGISTRY[name]
+        variant = name.replace("skip_", "").replace("_skip", "").replace("transcoder", "")
+        assert issubclass(cls, SAE_REGISTRY[variant.rstrip("_") or "relu"]), name
+        assert hasattr(cls(8, 16, output_size=4), "W_skip") == ("skip" in name)
+
+
+@pytest.mark.parametrize("architecture", sorted(TRANSCODERS))
+def test_each_transcoder_trains_saves_splices_and_its_raw_fvu_is_the_logged_one(
+    quiet_mlp, tmp_path, architecture
+):
+    """Every transcoder variant trains on a GPT-2 MLP's (mlp_in, mlp_out) rows to a
+    bounded FVU. The output_scale r (here ~50) is folded into the saved transcoder once:
+    its FVU on raw rows is the log's val/fvu (issue 31 item 1); it loads back exactly
+    and replaces the MLP in the forward."""
+    model, train_rows, val_rows, held_out = quiet_mlp
+    config = _config(
+        architecture=architecture,
+        point=IN,
+        target_point=OUT,
+        nb_concepts=128,
+        steps=80,
+        batch_size=64,
+        lr=2e-3,
+        val_batches=64,
+        **TRANSCODERS[architecture],
+    )
+    tc = train(config, _held_out_source(train_rows, val_rows), tmp_path / "run")
+    assert type(tc) is SAE_REGISTRY[architecture] and float(tc.output_scale) > 10
+    logged = [r for r in read_log(tmp_path / "run") if "val/fvu" in r][-1]
+    loaded = load_sae(tmp_path / "run" / "sae")
+    assert type(loaded) is type(tc) and loaded.config() == tc.config()
+    for key, value in tc.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    with torch.no_grad():
+        assert torch.equal(loaded(val_rows.x).x_hat, tc.eval()(val_rows.x).x_hat)
+    result = evaluate_transcoder(model, IN, OUT, loaded, held_out, progress=False)
+    assert result.n_rows == val_rows.x.shape[0]
+    assert logged["val/fvu"] < 0.6, logged
+    assert result.fvu == pytest.approx(logged["val/fvu"], rel=0.02), (result.fvu, logged)
+    assert result.l0 == pytest.approx(logged["val/l0"], rel=1e-5)
+    ids = held_out[0]["input_ids"][:2]
+    with torch.no_grad():
+        clean = model(ids).logits
+        with splice_transcoder(model, IN, OUT, loaded, error_term=True):
+            exact = model(ids).logits
+        with splice_transcoder(model, IN, OUT, loaded), capture(model, [IN, OUT]) as acts:
+            model(ids)
+    torch.testing.assert_close(exact, clean, rtol=0, atol=0)
+    expected = loaded.predict(acts[IN].reshape(-1, loaded.input_size))
+    torch.testing.assert_close(acts[OUT].reshape(expected.shape), expected)
+
+
+@pytest.mark.parametrize(
+    ("architecture", "saelens"),
+    [
+        ("transcoder", "transcoder"),
+        ("skip_transcoder", "skip_transcoder"),
+        ("jumprelu_transcoder", "jumprelu_transcoder"),
+        ("jumprelu_skip_transcoder", "jumprelu_skip_transcoder"),
+        ("batchtopk_transcoder", "jumprelu_transcoder"),
+        ("batchtopk_skip_transcoder", "jumprelu_skip_transcoder"),
+    ],
+)
+def test_saelens_transcoder_export_computes_our_prediction(tmp_path, architecture, saelens):
+    """SAELens 6's transcoder forward on the exported files (its formulas, written out
+    here; bench-checked against SAELens itself to 1.2e-7): acts = act(x W_enc + b_enc),
+    y = acts W_dec + b_dec (+ x W_skip^T), no b_dec on the input."""
+    from safetensors.torch import load_file
+
+    from sae_hooks.interop.saelens import export_saelens
+
+    torch.manual_seed(0)
+    tc = SAE_REGISTRY[architecture](16, 32, output_size=8)
+    with torch.no_grad():
+        for p in tc.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+        tc.input_scale.fill_(1.7)
+        tc.output_scale.fill_(40.0)
+        if hasattr(tc, "running_threshold"):
+            tc.running_threshold = 0.5
+    tc.eval()
+    export_saelens(tc, tmp_path, point=IN)
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    w = load_file(tmp_path / "sae_weights.safetensors")
+    assert cfg["architecture"] == saelens and (cfg["d_in"], cfg["d_out"]) == (16, 8)
+    assert cfg["apply_b_dec_to_input"] is False and ("W_skip" in w) == ("skip" in saelens)
+    x = torch.randn(20, 16) * 3
+    pre = x @ w["W_enc"] + w["b_enc"]
+    acts = F.relu(pre) * (pre > w["threshold"]) if "threshold" in w else F.relu(pre)
+    y = acts @ w["W_dec"] + w["b_dec"] + (x @ w["W_skip"].T if "W_skip" in w else 0)
+    with torch.no_grad():
+        torch.testing.assert_close(y, tc(x).x_hat, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="SAELens has no 'topk' transcoder"):
+        export_saelens(SAE_REGISTRY["topk_transcoder"](16, 32, output_size=8), tmp_path / "t")

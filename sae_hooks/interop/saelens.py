@@ -152,7 +152,32 @@ def _saelens_weights(sae: SAE) -> tuple[dict[str, torch.Tensor], dict[str, Any]]
         normalize_activations="none",
         reshape_activations="none",
     )
+    if getattr(sae, "paired", False):
+        _as_transcoder(sae, tensors, cfg)
     return tensors, cfg
+
+
+_SAELENS_TRANSCODERS = {"standard": "transcoder", "jumprelu": "jumprelu_transcoder"}
+"""SAELens 6's transcoders by the codes they use; each has a skip_ version."""
+
+
+def _as_transcoder(sae: SAE, tensors: dict[str, torch.Tensor], cfg: dict[str, Any]) -> None:
+    """A transcoder's SAELens layout: W_dec (d_sae, d_out), b_dec (d_out) and W_skip
+    (d_out, d_in) in the raw output's scale (over s r), d_out, no b_dec on the input.
+    BatchTopK ones go as JumpReLU (their running threshold), as BatchTopK SAEs do."""
+    arch = _SAELENS_TRANSCODERS.get(cfg["architecture"])
+    if arch is None:
+        raise ValueError(
+            f"SAELens has no {cfg['architecture']!r} transcoder for {type(sae).__name__}: "
+            f"its transcoders are {sorted(_SAELENS_TRANSCODERS.values())} and their skip versions"
+        )
+    r = sae.output_scale
+    tensors["W_dec"], tensors["b_dec"] = tensors["W_dec"] / r, tensors["b_dec"] / r
+    if sae.skip_connection:
+        tensors["W_skip"] = sae.W_skip / r  # (W_skip x s) / (s r)
+        arch = arch.replace("transcoder", "skip_transcoder")
+    cfg.update(architecture=arch, d_in=sae.input_size, d_out=sae.output_size)
+    cfg["apply_b_dec_to_input"] = False
 
 
 def _saelens_architecture(
@@ -170,7 +195,7 @@ def _saelens_architecture(
         tensors["threshold"] = sae.threshold
     elif isinstance(sae, TopKSAE):
         cfg.update(architecture="topk", k=sae.top_k)
-    elif type(sae) is SAE:
+    elif type(sae) is SAE or sae.architecture in ("transcoder", "skip_transcoder"):
         cfg["architecture"] = "standard"
     else:
         raise ValueError(f"no SAELens architecture for {type(sae).__name__}")

@@ -23,7 +23,15 @@ from .persistence import load_sae
 from .settings import VariantConfig
 from .topk import TopKConfig, TopKSAE
 from .training import TrainingContract, TrainRun
-from .transcoder import SkipTranscoder, Transcoder
+from .transcoder import PairedMixin, SkipTranscoder, Transcoder
+from .transcoder_variants import (
+    BatchTopKSkipTranscoder,
+    BatchTopKTranscoder,
+    JumpReLUSkipTranscoder,
+    JumpReLUTranscoder,
+    TopKSkipTranscoder,
+    TopKTranscoder,
+)
 
 DEFAULT_ARCHITECTURE = BatchTopKSAE.architecture
 """The variant TrainConfig trains when none is named."""
@@ -38,17 +46,24 @@ __all__ = [
     "AttentionEncoder",
     "BatchTopKConfig",
     "BatchTopKSAE",
+    "BatchTopKSkipTranscoder",
+    "BatchTopKTranscoder",
     "DictionaryLayer",
     "EncoderFactory",
     "JumpReLUConfig",
+    "JumpReLUSkipTranscoder",
+    "JumpReLUTranscoder",
     "JumpSAE",
     "MLPEncoder",
     "MatryoshkaBatchTopKSAE",
+    "PairedMixin",
     "ResNetEncoder",
     "SAEOutput",
     "SkipTranscoder",
     "TopKConfig",
     "TopKSAE",
+    "TopKSkipTranscoder",
+    "TopKTranscoder",
     "TrainRun",
     "TrainingContract",
     "TrainingSupport",

@@ -181,7 +181,7 @@ class SAE(SAEPersistence, TrainingContract, nn.Module):
         The input is centred in fp32 before the matmul (exact under bf16 autocast);
         b_dec's gradient is then -(per-latent sums of the kept gradients) @ W_enc.
         """
-        enc, bias = self.encoder, self.dictionary.bias
+        enc, bias = self.encoder, self._input_centre()
         if self._structured or type(enc) is not LinearEncoder or not torch.is_grad_enabled():
             return None
         forced = check_sparse_decode(self.sparse_encoder_grad, "sparse_encoder_grad")
@@ -195,6 +195,11 @@ class SAE(SAEPersistence, TrainingContract, nn.Module):
         centred = scaled if bias is None else scaled - bias
         pre = F.linear(centred, enc.weight, enc.bias)
         return pre, EncoderInputs(scaled, bias, enc.weight, enc.bias)
+
+    def _input_centre(self) -> torch.Tensor | None:
+        """What the encoder subtracts from the scaled input: b_dec (None for a variant
+        whose b_dec lives in another space, a transcoder's output)."""
+        return self.dictionary.bias
 
     # -- decoding, dense or sparse ---------------------------------------------------
 

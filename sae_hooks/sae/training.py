@@ -151,6 +151,12 @@ class TrainingContract:
         by default."""
         yield
 
+    def set_input_scale(self, scale: float, *, training: bool = False) -> None:
+        """input_scale = scale. training=True (the trainer, from `start_fit` on): rows come
+        already in the training scale and the outputs must be in the scale of
+        `training_pair`'s targets; False (the saved SAE): raw activations in and out."""
+        self.input_scale.fill_(scale)
+
     def training_pair(self, rows: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """(what the SAE reads, what it must reconstruct) of a batch of training rows:
         (rows, rows) for an SAE; a paired variant takes its loaders' (x, y) pairs."""

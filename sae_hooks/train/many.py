@@ -40,7 +40,7 @@ from sae_hooks.sae import SAE
 
 from .config import TrainConfig
 from .sources import ModelSource, RowSource, as_source, check_finite
-from .sweep import Sweep, sweep_names
+from .sweep import Sweep, format_plan, sweep_names
 from .trainer import PendingStep, Trainer
 
 SWEEP_FILE = "sweep.json"
@@ -62,16 +62,23 @@ def train_many(
     source: as for `train` (a store URL / ActivationStore, a (N, d) tensor, a
     RowSource), or a `MultiPointSource` (one model forward for every point).
     until_step stops every SAE there (for tests and staged runs). Returns {name: SAE};
-    run_dir/sweep.json lists the SAEs, their configs and final metrics.
+    run_dir/sweep.json lists the SAEs, their configs and final metrics. The plan (every
+    SAE and its settings, `sweep.format_plan`) is printed first when any config shows
+    progress.
     """
-    if isinstance(configs, Sweep):
-        names = configs.names() if names is None else names
-        configs = configs.configs()
+    sweep = configs if isinstance(configs, Sweep) else None
+    if sweep is not None:
+        names = sweep.names() if names is None else names
+        configs = sweep.configs()
     configs = list(configs)
     if not configs or not all(isinstance(c, TrainConfig) for c in configs):
         raise TypeError("train_many needs a non-empty list of TrainConfig (or a Sweep)")
     names = sweep_names(configs) if names is None else list(names)
     _check_names(names, len(configs))
+    if processes().is_main and any(c.progress for c in configs):
+        plan = list(zip(names, configs, strict=True))
+        axes = list(sweep.axes) if sweep is not None else ()
+        print(format_plan(plan, None if sweep is None else sweep.base, axes), flush=True)
     check_shareable(configs)
     run_dir = Path(run_dir)
     sources = _point_sources(source, configs)

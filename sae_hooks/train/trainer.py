@@ -267,7 +267,7 @@ class Trainer:
         batch stream of `loader`."""
         if self.rank.is_main:
             runlock.acquire(self.run_dir)  # again: a fit after an earlier fit released it
-        self.sae.input_scale.fill_(1.0)
+        self.sae.set_input_scale(1.0, training=True)
         self.sae.train()
         if self.rank.is_main:
             self.config.to_json(self.run_dir / "config.json")
@@ -307,7 +307,7 @@ class Trainer:
     def finish_fit(self) -> SAE:
         """At the end of the run, save the SAE with input_scale set; close the log."""
         if self.step == self.config.steps:
-            self.sae.input_scale.fill_(self.scale)
+            self.sae.set_input_scale(self.scale)
             self.sae.eval()
             if self.rank.is_main:
                 self.sae.save(self.run_dir / "sae")
