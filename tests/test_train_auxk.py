@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from sae_hooks.sae import BatchTopKSAE, TopKSAE
+from sae_hooks.sae import sparse as sparse_module
 from sae_hooks.train.losses import aux_k_loss, dead_top_k
 
 D, NB, K, ROWS, K_AUX = 16, 512, 4, 40, 8
@@ -113,3 +114,21 @@ def test_k_aux_is_clipped_to_the_dead_count_without_changing_the_loss():
     torch.testing.assert_close(loss, unscaled * 3 / K_AUX)
     nothing = torch.zeros(NB, dtype=torch.bool)
     assert aux_k_loss(residual, pre, nothing, atoms, K_AUX).item() == 0.0
+
+
+@pytest.mark.parametrize("n_dead", [3, 100])
+def test_the_path_without_host_reads_gives_the_same_loss_and_gradients(n_dead, monkeypatch):
+    """Off CPU the top-k runs over all latents with the live ones at 0 (no host sync)."""
+    monkeypatch.setattr(sparse_module, "HOST_DEVICES", ())
+    pre = torch.randn(ROWS, NB, generator=torch.Generator().manual_seed(5))
+    atoms = torch.nn.functional.normalize(torch.randn(NB, D), dim=-1)
+    residual = torch.randn(ROWS, D)
+    dead = dead_mask(n_dead)
+    found = []
+    for loss_of in (aux_k_loss, reference_aux_k):
+        p, a = pre.clone().requires_grad_(), atoms.clone().requires_grad_()
+        loss = loss_of(residual, p, dead, a, K_AUX)
+        loss.backward()
+        found.append((loss.detach(), p.grad, a.grad))
+    for ours, ref in zip(*found):
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)

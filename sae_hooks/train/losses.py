@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from sae_hooks.metrics import fvu, mse
-from sae_hooks.sae.sparse import HOST_DEVICES, decode_pairs
+from sae_hooks.sae import sparse
 from sae_hooks.sae.sparse_encoder import fixed_support, gather_pre_codes
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ def aux_k_loss(
     inputs = None if support is None else support.encoder_inputs
     picked = gather_pre_codes(z_pre, rows, cols, inputs)
     values = F.relu(picked) * dead.index_select(0, cols)  # a live pick (off CPU) adds 0
-    e_hat = decode_pairs(
+    e_hat = sparse.decode_pairs(
         rows, cols, values.to(dictionary.dtype), dictionary, n_rows=residual.shape[0]
     )
     e = residual.to(e_hat.dtype)
@@ -76,7 +76,7 @@ def dead_top_k(pre: torch.Tensor, dead: torch.Tensor, k: int) -> tuple[torch.Ten
     would make the host wait for the device: the top-k runs over all latents with the
     live ones at 0 (the caller weighs a live pick by 0).
     """
-    if pre.device.type not in HOST_DEVICES:
+    if pre.device.type not in sparse.HOST_DEVICES:
         candidates = torch.where(dead, pre, 0.0).clamp_min_(0.0)
         return fixed_support(candidates.topk(k, dim=-1, sorted=False).indices)
     dead_cols = dead.nonzero().squeeze(1)
