@@ -233,6 +233,59 @@ def fire_stats_table(args: argparse.Namespace, variants: list[str], device: torc
         )
 
 
+AUXK_DEAD = (1, 100, 2000)
+"""Dead-latent counts `--auxk` times (issue 35: one, a few, a third of 6144)."""
+
+
+def auxk_table(args: argparse.Namespace, variants: list[str], device: torch.device) -> None:
+    """A step with AuxK on against the same step with it off, at 1, 100 and 2,000 dead
+    latents: one Trainer per variant; before every step the dead-latent counters are set
+    so that exactly those latents are dead (random ones, fixed per count) and AuxK is
+    switched on, or left off. Each round times off, then on at each count, back to back;
+    a ratio is taken within its round, so load spells hit both sides."""
+    x = torch.randn(args.batch, args.d, device=device)
+    print(machine(device))
+    print(
+        f"\nstep with AuxK on / off, {args.d} -> {args.nb}, {args.batch} rows, k = {args.k}, "
+        f"k_aux = min({args.d // 2}, dead); {args.rounds} interleaved rounds of {args.steps} steps"
+    )
+    print("\n| variant | dead | on / off (min / median / max) | off ms | on ms | load avg |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for variant in variants:
+        with tempfile.TemporaryDirectory(prefix="bench_auxk_") as tmp:
+            trainer = ours_step(variant, args, Path(tmp), x=x).__self__
+            order = torch.randperm(args.nb, generator=torch.Generator().manual_seed(0))
+            steps = {n: _auxk_step(trainer, order[:n]) for n in (0, *AUXK_DEAD)}
+            for step in steps.values():
+                step(x)
+            off, on, loads = [], {n: [] for n in AUXK_DEAD}, []
+            for _ in range(args.rounds):
+                off.append(time_steps(steps[0], x, args.steps, device)[0] / args.steps)
+                for n in AUXK_DEAD:
+                    on[n].append(time_steps(steps[n], x, args.steps, device)[0] / args.steps)
+                loads.append(os.getloadavg()[0])
+        for n in AUXK_DEAD:
+            ratios = [a / b for a, b in zip(on[n], off)]
+            print(
+                f"| {variant} | {n:,} | {spread(ratios, '{:.2f}')} "
+                f"| {statistics.median(off) * 1e3:,.0f} | {statistics.median(on[n]) * 1e3:,.0f} "
+                f"| {min(loads):.1f}-{max(loads):.1f} |",
+                flush=True,
+            )
+
+
+def _auxk_step(trainer: typing.Any, dead: torch.Tensor):
+    """trainer.train_step with exactly the latents `dead` dead, AuxK on unless none."""
+
+    def step(x: torch.Tensor) -> None:
+        trainer.dead.since_fired.zero_()
+        trainer.dead.since_fired[dead] = trainer.dead.dead_tokens
+        trainer.aux_active = dead.numel() > 0
+        trainer.train_step(x)
+
+    return step
+
+
 def _no_fire_counts(out: typing.Any) -> torch.Tensor:
     return torch.zeros(out.z.shape[-1], dtype=torch.int64, device=out.z.device)
 
@@ -523,6 +576,11 @@ def main() -> None:
         help="a step with its fire statistics vs with them swapped for a constant",
     )
     parser.add_argument(
+        "--auxk",
+        action="store_true",
+        help="a step with AuxK on vs off at 1, 100 and 2,000 dead latents, interleaved",
+    )
+    parser.add_argument(
         "--worker", nargs="?", const="saelens", choices=SIDES, help=argparse.SUPPRESS
     )
     args = parser.parse_args()
@@ -542,6 +600,8 @@ def main() -> None:
         return ratio_table(args, variants, device)
     if args.fire_stats:
         return fire_stats_table(args, variants, device)
+    if args.auxk:
+        return auxk_table(args, variants, device)
 
     sides, notes = start_sides(args, variants)
     try:

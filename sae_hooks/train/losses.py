@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from sae_hooks.metrics import fvu, mse
+from sae_hooks.sae import sparse
 from sae_hooks.sae.sparse_encoder import fixed_support, gather_pre_codes
 
 if TYPE_CHECKING:
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 
     from .window import DeadLatents
 
-__all__ = ["aux_k_loss", "aux_k_rank_scale", "fvu", "mse", "trainer_aux_loss"]
+__all__ = ["aux_k_loss", "aux_k_rank_scale", "dead_top_k", "fvu", "mse", "trainer_aux_loss"]
 
 
 def aux_k_loss(
@@ -37,33 +38,57 @@ def aux_k_loss(
 
     residual: the detached error e = x - x_hat (N, d). z_pre: pre-activations (N, n).
     dead: bool mask (n,). dictionary: the normalised atoms (n, d); the decoder bias is
-    not used. The top k_aux dead pre-activations of each row (after ReLU; live latents
-    are masked to 0 before the top-k, so they never win) reconstruct e; the loss is
+    not used. The top min(k_aux, n_dead) dead pre-activations of each row (after ReLU)
+    reconstruct e, as in SAELens and sparsify; the loss is
     ||e - e_hat||^2 / ||e - mean(e)||^2, scaled by min(n_dead / k_aux, 1), which is
-    0 when nothing is dead.
+    0 when nothing is dead. (Clipping k_aux to n_dead changes no value: live latents
+    never contribute, so the top k_aux of all latents with the live ones at 0 decodes
+    to the same e_hat. It changes the cost: see `dead_top_k`.)
 
-    The selection runs without gradient; the k_aux chosen pre-codes are then read
-    with `gather_pre_codes`, so given the support of an SAE forward with a sparse
-    encoder gradient (`SAEOutput.support`, whose encoder inputs z_pre came from), AuxK
-    back-propagates through those pairs only (sae/sparse_encoder.py).
+    The selection runs without gradient; the chosen pre-codes are then read with
+    `gather_pre_codes`, so given the support of an SAE forward with a sparse encoder
+    gradient (`SAEOutput.support`, whose encoder inputs z_pre came from), AuxK
+    back-propagates through those pairs only (sae/sparse_encoder.py); the decode is
+    the sparse decoder's (`decode_pairs`), whose atom gradient is a CSR matmul.
     """
     k = min(k_aux, z_pre.shape[-1])
-    with torch.no_grad():
-        candidates = torch.where(dead, z_pre.detach(), 0.0).clamp_min_(0.0)
-        indices = candidates.topk(k, dim=-1, sorted=False).indices
-    rows, cols = fixed_support(indices)
+    rows, cols = dead_top_k(z_pre.detach(), dead, k)
     inputs = None if support is None else support.encoder_inputs
-    picked = gather_pre_codes(z_pre, rows, cols, inputs).view_as(indices)
-    was_dead = dead.index_select(0, indices.reshape(-1)).view_as(indices)
-    values = F.relu(picked) * was_dead  # a live latent picked as a 0 contributes 0
-    # embedding_bag gathers k atoms per row without a dense (N, n) @ (n, d) decode.
-    e_hat = F.embedding_bag(
-        indices, dictionary, per_sample_weights=values.to(dictionary.dtype), mode="sum"
+    picked = gather_pre_codes(z_pre, rows, cols, inputs)
+    values = F.relu(picked) * dead.index_select(0, cols)  # a live pick (off CPU) adds 0
+    e_hat = sparse.decode_pairs(
+        rows, cols, values.to(dictionary.dtype), dictionary, n_rows=residual.shape[0]
     )
     e = residual.to(e_hat.dtype)
     loss = (e - e_hat).pow(2).sum() / (e - e.mean(0)).pow(2).sum().clamp_min(1e-12)
     scale = (dead.sum() / k).clamp(max=1.0)
     return scale * loss
+
+
+@torch.no_grad()
+def dead_top_k(pre: torch.Tensor, dead: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, cols) flat and sorted by row: each row's top min(k, n_dead) dead latents
+    by pre-code, those whose pre-code is > 0 (a ReLU'd 0 decodes to nothing).
+
+    On CPU only the dead latents' columns are read, (N, n_dead) instead of a `where`
+    and a top-k over (N, n), and there is no top-k at all when k >= n_dead; counting
+    the dead latents and dropping the zeros are host reads, free there. Elsewhere they
+    would make the host wait for the device: the top-k runs over all latents with the
+    live ones at 0 (the caller weighs a live pick by 0).
+    """
+    if pre.device.type not in sparse.HOST_DEVICES:
+        candidates = torch.where(dead, pre, 0.0).clamp_min_(0.0)
+        return fixed_support(candidates.topk(k, dim=-1, sorted=False).indices)
+    dead_cols = dead.nonzero().squeeze(1)
+    candidates = pre.index_select(1, dead_cols)
+    if k < dead_cols.numel():
+        candidates, at = candidates.topk(k, dim=-1, sorted=False)
+        cols = dead_cols.index_select(0, at.reshape(-1))
+    else:
+        cols = dead_cols.repeat(pre.shape[0])
+    kept = (candidates.reshape(-1) > 0).nonzero().squeeze(1)  # row-major: sorted by row
+    rows = kept.div(candidates.shape[-1], rounding_mode="floor")
+    return rows, cols.index_select(0, kept)
 
 
 @torch.no_grad()

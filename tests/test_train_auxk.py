@@ -1,0 +1,134 @@
+"""AuxK reads only the dead latents' columns and decodes sparsely, yet its loss and
+gradients are those of the plain dense definition (live latents masked to -inf,
+top-min(k_aux, n_dead), ReLU, a dense decode, the normalised squared error), for
+TopK and BatchTopK, from 1 dead latent to most of them."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from sae_hooks.sae import BatchTopKSAE, TopKSAE
+from sae_hooks.sae import sparse as sparse_module
+from sae_hooks.train.losses import aux_k_loss, dead_top_k
+
+D, NB, K, ROWS, K_AUX = 16, 512, 4, 40, 8
+
+
+def reference_aux_k(
+    residual: torch.Tensor,
+    z_pre: torch.Tensor,
+    dead: torch.Tensor,
+    atoms: torch.Tensor,
+    k_aux: int,
+) -> torch.Tensor:
+    """AuxK as SAELens / sparsify write it, densely."""
+    n_dead = int(dead.sum())
+    k = min(k_aux, n_dead)
+    masked = torch.where(dead, z_pre, torch.tensor(float("-inf")))
+    values, indices = masked.topk(k, dim=-1)
+    codes = torch.zeros_like(z_pre).scatter(-1, indices, values.relu())
+    e_hat = codes @ atoms
+    e = residual
+    loss = (e - e_hat).pow(2).sum() / (e - e.mean(0)).pow(2).sum()
+    return min(n_dead / k_aux, 1.0) * loss
+
+
+def make(variant: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    sae = TopKSAE(D, NB, top_k=K) if variant == "topk" else BatchTopKSAE(D, NB, top_k_per_sample=K)
+    with torch.no_grad():
+        sae.encoder.bias.normal_()  # about half the pre-codes positive
+    sae.sparse_encoder_grad = sae.sparse_decode = True
+    return sae
+
+
+def dead_mask(n_dead: int) -> torch.Tensor:
+    dead = torch.zeros(NB, dtype=torch.bool)
+    dead[torch.randperm(NB, generator=torch.Generator().manual_seed(n_dead))[:n_dead]] = True
+    return dead
+
+
+def grads(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.grad for name, p in module.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("n_dead", [1, 5, 100, 480])
+@pytest.mark.parametrize("variant", ["topk", "batchtopk"])
+def test_loss_and_gradients_match_the_dense_reference(variant, n_dead):
+    ours = make(variant)
+    ref = copy.deepcopy(ours)
+    ref.sparse_encoder_grad = ref.sparse_decode = False
+    dead = dead_mask(n_dead)
+    x = torch.randn(ROWS, D, generator=torch.Generator().manual_seed(7))
+    out = ours(x)
+    residual = (x - out.x_hat).detach()
+    loss = aux_k_loss(residual, out.z_pre, dead, ours.get_dictionary(), K_AUX, support=out.support)
+    loss.backward()
+    ref_out = ref(x)
+    ref_residual = (x - ref_out.x_hat).detach()
+    expected = reference_aux_k(ref_residual, ref_out.z_pre, dead, ref.get_dictionary(), K_AUX)
+    expected.backward()
+    assert expected.item() > 0
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-7)
+    g_ours, g_ref = grads(ours), grads(ref)
+    assert set(g_ours) == set(g_ref)
+    assert g_ref["encoder.weight"].abs().sum() > 0
+    for name, g in g_ref.items():
+        scale = g.abs().max().item()
+        err = (g_ours[name] - g).abs().max().item()
+        assert err <= 1e-5 * scale + 1e-7, f"{name}: max error {err} at scale {scale}"
+
+
+@pytest.mark.parametrize("n_dead", [0, 3, K_AUX, 100])
+def test_the_selection_is_the_top_min_k_aux_dead_positive_pre_codes(n_dead):
+    pre = torch.randn(ROWS, NB, generator=torch.Generator().manual_seed(3))
+    dead = dead_mask(n_dead)
+    rows, cols = dead_top_k(pre, dead, K_AUX)
+    assert torch.equal(rows, rows.sort().values)  # sorted by row, as decode_pairs needs
+    k = min(K_AUX, n_dead)
+    masked = torch.where(dead, pre, torch.tensor(float("-inf")))
+    for r in range(ROWS):
+        values, indices = masked[r].topk(k) if k else (torch.empty(0), torch.empty(0))
+        want = set(indices[values > 0].tolist())
+        assert set(cols[rows == r].tolist()) == want
+        assert len(want) <= k
+    assert bool(dead[cols].all())
+
+
+def test_k_aux_is_clipped_to_the_dead_count_without_changing_the_loss():
+    """With fewer dead latents than k_aux every dead latent is decoded; the scale
+    min(n_dead / k_aux, 1) keeps the configured k_aux (SAELens, sparsify)."""
+    pre = torch.randn(ROWS, NB, generator=torch.Generator().manual_seed(4))
+    atoms = torch.nn.functional.normalize(torch.randn(NB, D), dim=-1)
+    residual = torch.randn(ROWS, D)
+    dead = dead_mask(3)
+    rows, _ = dead_top_k(pre, dead, K_AUX)
+    assert int((rows == 0).sum()) == int((pre[0, dead] > 0).sum())  # all positive dead ones
+    loss = aux_k_loss(residual, pre, dead, atoms, K_AUX)
+    reference = reference_aux_k(residual, pre, dead, atoms, K_AUX)
+    torch.testing.assert_close(loss, reference)
+    unscaled = reference_aux_k(residual, pre, dead, atoms, 3)
+    torch.testing.assert_close(loss, unscaled * 3 / K_AUX)
+    nothing = torch.zeros(NB, dtype=torch.bool)
+    assert aux_k_loss(residual, pre, nothing, atoms, K_AUX).item() == 0.0
+
+
+@pytest.mark.parametrize("n_dead", [3, 100])
+def test_the_path_without_host_reads_gives_the_same_loss_and_gradients(n_dead, monkeypatch):
+    """Off CPU the top-k runs over all latents with the live ones at 0 (no host sync)."""
+    monkeypatch.setattr(sparse_module, "HOST_DEVICES", ())
+    pre = torch.randn(ROWS, NB, generator=torch.Generator().manual_seed(5))
+    atoms = torch.nn.functional.normalize(torch.randn(NB, D), dim=-1)
+    residual = torch.randn(ROWS, D)
+    dead = dead_mask(n_dead)
+    found = []
+    for loss_of in (aux_k_loss, reference_aux_k):
+        p, a = pre.clone().requires_grad_(), atoms.clone().requires_grad_()
+        loss = loss_of(residual, p, dead, a, K_AUX)
+        loss.backward()
+        found.append((loss.detach(), p.grad, a.grad))
+    for ours, ref in zip(*found):
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
