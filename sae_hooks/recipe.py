@@ -81,7 +81,7 @@ def recipe_run_dir(args: argparse.Namespace, name: str) -> Path:
 def recipe_corpus(data: str, **more: object) -> dict[str, object]:
     """run.json's corpus entry for a recipe: its --data, split as every recipe splits it
     (sae_hooks.data.splits), plus e.g. context_length and text_field."""
-    return {"data": data, "split": SPLIT_TRAIN, **more}
+    return {"data": data, "part": SPLIT_TRAIN, **more}
 
 
 def eval_batch_count(args: argparse.Namespace) -> int:

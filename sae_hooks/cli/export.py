@@ -36,13 +36,18 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return add_command(sub, NAME, HELP, options(), run, example=EXAMPLE)
 
 
+def loaded_from(model: dict) -> str | None:
+    """The id or path the run's model was loaded from (older records: hub id, name)."""
+    return model.get("name_or_path") or model.get("hub_id") or model.get("name")
+
+
 def run(args: argparse.Namespace) -> None:
     from sae_hooks.runrecord import load_tokenizer, read_run_record
 
     sae, point = sae_and_point(args)
     run_at = run_dir(args)
     record = read_run_record(Path(args.sae) if args.sae else run_at.root)
-    model_name = record.model.get("hub_id") or record.model.get("name") if record else None
+    model_name = loaded_from(record.model) if record else None
     out = Path(args.out) if args.out else run_at.export_dir(args.format)
     if args.format == "saelens":
         from sae_hooks.interop import export_saelens
