@@ -113,6 +113,20 @@ def model_source(name_or_path: str | os.PathLike) -> str:
     return text
 
 
+def resolved_commit(source: str, revision: str | None, config: Any = None) -> str | None:
+    """The commit a model was read at: the Hugging Face cache snapshot its config.json
+    came from (a hub id, or a directory inside the cache), else config._commit_hash."""
+    path = Path(source)
+    if not path.is_dir():
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(source, "config.json", revision=revision)
+        path = Path(found).parent if isinstance(found, str) else path
+    if path.parent.name == "snapshots":
+        return path.name
+    return getattr(config, "_commit_hash", None)
+
+
 def _hub_error(source: str, err: Exception) -> OSError:
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
     hint = (
@@ -165,7 +179,7 @@ def load_any(
         "model_dir": source if Path(source).is_dir() else None,
         "hub_id": None if Path(source).is_dir() else source,
         "revision": revision,
-        "commit": getattr(hf.config, "_commit_hash", None) or getattr(config, "_commit_hash", None),
+        "commit": resolved_commit(source, revision, config),
         "model_type": family.name,
         "head": type(hf).__name__,
         "dtype": dtype,
