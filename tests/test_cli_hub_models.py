@@ -208,7 +208,7 @@ def test_the_documented_path_through_the_local_cache(hub_home, tmp_path):
     out = sae_hooks(hub_home, cache, "eval", "--run", "r", "--max-batches", "1", "--quiet")
     assert "held-out part of tiny-org/tiny-text" in out.stdout
     assert json.loads((cache / "r/eval.json").read_text())["point"] == "resid_post.1"
-    sae_hooks(hub_home, cache, "report", cache / "r", "--n-latents", "2", "--quiet")
+    sae_hooks(hub_home, cache, "report", "--run", "r", "--n-latents", "2", "--quiet")
     assert (cache / "r/report/index.html").is_file()
     sae_hooks(hub_home, cache, "export", "--run", "r", "--format", "saelens", "--quiet")
     cfg = json.loads((cache / "r/export-saelens/cfg.json").read_text())

@@ -126,7 +126,7 @@ def _family_alias(args: argparse.Namespace) -> None:
     args.model = str(path.resolve())
     if family.backend == "tl":
         args.backend = "transformer-lens"
-    if getattr(args, "family_given", True):
+    if getattr(args, "family_given", True) and not bundled:  # --family minilm: the default
         tl = " --backend transformer-lens" if family.backend == "tl" else ""
         print(f"warning: --family is deprecated: use --model {args.model}{tl}", file=sys.stderr)
 
