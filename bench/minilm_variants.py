@@ -76,7 +76,7 @@ def main() -> None:
         results[name] = {"core": core, "probing": probe}
         quality, misc = core["reconstruction_quality"], core["misc_metrics"]
         print(
-            f"{name}: explained variance {quality['explained_variance']:.3f}, cosine "
+            f"{name}: explained variance {quality['explained_variance_sae_hooks']:.3f}, cosine "
             f"{quality['cossim']:.3f}, L0 {core['sparsity']['l0']:.1f}, alive "
             f"{misc['frac_alive']:.3f}, " + ", ".join(f"{k} {v:.3f}" for k, v in probe.items()),
             flush=True,

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
-"""gpt2_small.py through TransformerLens: the same SAE on a HookedTransformer.
+"""gpt2_small.py through TransformerLens: the same SAE on a TransformerLens model.
 
-The HookedTransformer is built offline from the same local Hugging Face GPT-2
-directory (sae_hooks.models.tl_from_hf converts the weights; nothing is
-fetched). Same hook point, corpus, SAE and "exceptions" concept as
+Under TransformerLens 4 the model is a TransformerBridge around the local Hugging
+Face GPT-2; under TransformerLens 3 a HookedTransformer with its converted weights
+(sae_hooks.models.tl_from_hf picks; nothing is fetched). Same hook point, corpus, SAE and "exceptions" concept as
 gpt2_small.py, so the two runs' numbers are directly comparable; hook points
 may also be TransformerLens names (--point blocks.6.hook_resid_post).
 

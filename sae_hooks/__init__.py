@@ -5,6 +5,10 @@ The public API, re-exported from the subpackages (capture -> store -> train -> e
     from sae_hooks import BatchTopKSAE, JumpSAE
     sae = BatchTopKSAE(768, 10_000, top_k=50)
 
+`load_sae` here also takes Hub repo ids ("org/name", subfolder=, revision=), hf:// URLs
+and SAELens directories (sae_hooks.interop.hub); `sae_hooks.sae.load_sae` reads local
+sae-hooks directories only.
+
 The training function stays in its package (`from sae_hooks.train import train`):
 re-exported here it would shadow the `sae_hooks.train` package itself.
 """
@@ -33,6 +37,7 @@ from sae_hooks.hooks import (
     splice,
 )
 from sae_hooks.interop import export_saelens, import_saelens
+from sae_hooks.interop.hub import load_sae
 from sae_hooks.sae import (
     SAE,
     SAE_REGISTRY,
@@ -46,7 +51,6 @@ from sae_hooks.sae import (
     TopKSAE,
     eval_mode,
     load_overcomplete_state_dict,
-    load_sae,
 )
 from sae_hooks.store import (
     ActivationLoader,

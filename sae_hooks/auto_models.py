@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from sae_hooks.models import ModelFamily, tl_from_hf
+from sae_hooks.models import ModelFamily
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 BACKENDS = ("hf", "transformer-lens")
@@ -193,17 +193,29 @@ def load_any(
         family = _as_tl(family)
     else:
         model = hf.to(device)
+    identity.update(runtime_identity(model))
     return LoadedModel(model, processor, family, identity)
 
 
+def runtime_identity(model: Any) -> dict[str, Any]:
+    """What runs the model (sae_hooks.hooks.transformer_lens.backend_identity): the runtime
+    class, library versions, and a TransformerBridge's compatibility mode, which changes
+    the activations."""
+    from sae_hooks.hooks.transformer_lens import backend_identity
+
+    found = backend_identity(model)
+    return {"runtime": found.pop("backend"), **found}
+
+
 def _transformer_lens(hf: Any, processor: Any, device: str) -> Any:
-    """A TransformerLens HookedTransformer of the loaded weights (GPT-2 only for now)."""
-    if hf.config.model_type != "gpt2":
-        raise ValueError(
-            f"--backend transformer-lens converts GPT-2 models (HookedTransformer, "
-            f"TransformerLens 3); this one is {hf.config.model_type!r}: use --backend hf"
-        )
-    return tl_from_hf(hf, processor, device=device)
+    """The loaded weights as a TransformerLens model: GPT-2 as a HookedTransformer under
+    TransformerLens 3 (a TransformerBridge under 4), any other architecture as a
+    TransformerBridge around the Hugging Face modules (sae_hooks.hooks.transformer_lens)."""
+    from sae_hooks.hooks.transformer_lens import bridge_from_hf, tl_from_hf
+
+    if hf.config.model_type == "gpt2":
+        return tl_from_hf(hf, processor, device=device)
+    return bridge_from_hf(hf.to(device), processor, device=device)
 
 
 def _as_tl(family: ModelFamily) -> ModelFamily:

@@ -4,7 +4,10 @@ sae_hooks.interop.hub."""
 
 from sae_hooks.interop.hub import (
     METADATA_FILE,
+    describe_pretrained,
     from_pretrained,
+    load_pretrained,
+    load_sae,
     pretrained_metadata,
     push_to_hub,
     save_pretrained,
@@ -12,7 +15,10 @@ from sae_hooks.interop.hub import (
 
 __all__ = [
     "METADATA_FILE",
+    "describe_pretrained",
     "from_pretrained",
+    "load_pretrained",
+    "load_sae",
     "pretrained_metadata",
     "push_to_hub",
     "save_pretrained",

@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 import torch
 
+from sae_hooks.hooks.transformer_lens import tl_from_hf  # TL 3: HookedTransformer; 4: bridge
+
 _GPT2_HOW_TO = (
     "On a machine with internet access run\n"
     '  python -c "from transformers import AutoModelForCausalLM, AutoTokenizer as T; '
@@ -310,42 +312,3 @@ def load_model(
     if record.backend == "tl":
         return tl_from_hf(model, processor, device=device), processor
     return model.to(device), processor
-
-
-def tl_from_hf(hf_model: Any, tokenizer: Any, *, device: str = "cpu") -> Any:
-    """A TransformerLens HookedTransformer holding the weights of an in-memory HF GPT-2.
-
-    The config is derived from the HF model's own config, so nothing is fetched.
-    """
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-    from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
-
-    c = hf_model.config
-    if c.model_type != "gpt2":
-        raise ValueError(f"tl_from_hf converts GPT-2 models; this one is {c.model_type!r}")
-    cfg = HookedTransformerConfig(
-        n_layers=c.n_layer,
-        d_model=c.n_embd,
-        n_ctx=c.n_positions,
-        d_head=c.n_embd // c.n_head,
-        n_heads=c.n_head,
-        d_mlp=c.n_inner or 4 * c.n_embd,
-        d_vocab=c.vocab_size,
-        act_fn=c.activation_function,
-        eps=c.layer_norm_epsilon,
-        normalization_type="LN",
-        positional_embedding_type="standard",
-        original_architecture="GPT2LMHeadModel",
-        default_prepend_bos=False,
-        device=device,
-    )
-    model = HookedTransformer(cfg, tokenizer=tokenizer)
-    state = convert_gpt2_weights(hf_model, cfg)
-    state.setdefault("unembed.b_U", torch.zeros(cfg.d_vocab))  # GPT-2 has no unembedding bias
-    result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.endswith((".mask", ".IGNORE"))]
-    if missing or result.unexpected_keys:
-        raise ValueError(
-            f"GPT-2 -> TransformerLens conversion left out {missing or result.unexpected_keys}"
-        )
-    return model.eval()

@@ -106,6 +106,10 @@ def tiny_neox():
 
 @pytest.fixture(scope="session")
 def tiny_hooked_transformer():
+    from sae_hooks.hooks.transformer_lens import has_hooked_transformer, tl_version
+
+    if not has_hooked_transformer():  # .ci/tl3-env runs these tests under TL 3
+        pytest.skip(f"HookedTransformer was removed in TransformerLens 4 ({tl_version()})")
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     cfg = HookedTransformerConfig(

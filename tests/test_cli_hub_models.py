@@ -261,3 +261,23 @@ def test_family_is_a_deprecated_alias_of_model(tmp_path, tokenizer_dir, capsys, 
     assert "use --part all" in capsys.readouterr().err
     record = json.loads((tmp_path / "cache/c/run.json").read_text())
     assert record["corpus"]["part"].startswith("all") and record["corpus"]["split"] is None
+
+
+def test_transformer_lens_backend_from_the_cli(tmp_path, tokenizer_dir, capsys, monkeypatch):
+    """--backend transformer-lens runs a Llama as a TransformerBridge (GPT-2 would be a
+    HookedTransformer under TransformerLens 3): the rows are still the HF hidden states,
+    and run.json says what ran it."""
+    from transformers import AutoModelForCausalLM
+
+    from sae_hooks.cli import main
+
+    monkeypatch.setenv("SAE_HOOKS_CACHE", str(tmp_path / "cache"))
+    save_tiny("llama", tmp_path / "llama", tokenizer_dir)
+    argv = ["capture", "--model", str(tmp_path / "llama"), "--backend", "transformer-lens"]
+    argv += ["--point", "resid_post.1", "--max-rows", "200", "--context-length", "32"]
+    assert main([*argv, "--run", "tl", "--quiet"]) == 0, capsys.readouterr().err
+    model = json.loads((tmp_path / "cache/tl/run.json").read_text())["model"]
+    assert model["backend"] == "transformer-lens" and model["compatibility_mode"] is False
+    assert model["runtime"] == "transformer_lens.TransformerBridge"
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "llama").eval()
+    captured_rows_match_the_model(tmp_path / "cache/tl/store", hf, 1, bos=True)

@@ -61,7 +61,11 @@ def test_later_commands_need_only_the_run(cache, capsys, tmp_path):
     code, _, err = run(capsys, "export", "--run", "t", "--format", "saelens")
     assert code == 0, err
     cfg = json.loads((cache / "t/export-saelens/cfg.json").read_text())
-    assert cfg["metadata"] == {"hook_name": "blocks.1.hook_resid_post", "model_name": "tiny-gpt2"}
+    assert cfg["metadata"]["hook_name"] == "blocks.1.hook_resid_post"
+    assert "prepend_bos" in cfg and "context_size" in cfg  # never left to SAELens's defaults
+    # The run's identity, truthfully: a random-init model has no name to give.
+    assert cfg["model_name"] is None and cfg["metadata"]["model_name"] is None
+    assert cfg["context_size"] == 32 and cfg["prepend_bos"] is True
     argv = ["export", "--run", "t", "--format", "neuronpedia", "--n-examples", "2", "--quiet"]
     code, _, err = run(capsys, *argv)
     assert code == 0, err

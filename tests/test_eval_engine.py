@@ -12,7 +12,12 @@ import torch
 
 from sae_hooks import metrics
 from sae_hooks.eval import evaluate_reconstruction
-from sae_hooks.eval.core import CORE_FILE, evaluate_core, evaluate_reconstruction_and_core
+from sae_hooks.eval.core import (
+    CORE_FILE,
+    evaluate_core,
+    evaluate_reconstruction_and_core,
+    read_core_eval,
+)
 from sae_hooks.hooks import capture, splice
 from sae_hooks.model_outputs import run_model
 from sae_hooks.pipeline import _eval_step
@@ -86,8 +91,10 @@ def test_the_pipeline_evaluates_in_one_pass(
     written = json.loads((tmp_path / "eval.json").read_text())
     assert close(written, alone.to_dict()) and close(result.to_dict(), alone.to_dict())
     core = evaluate_core(tiny_gpt2, POINT, sae, data.batches, drop_bos=True)
-    on_disk = json.loads((tmp_path / CORE_FILE).read_text())["eval_result_metrics"]
-    assert close(on_disk, json.loads(json.dumps(core), parse_constant=lambda _: None))
+    on_disk = read_core_eval(tmp_path / CORE_FILE)
+    assert close(dict(on_disk), json.loads(json.dumps(core), parse_constant=lambda _: None))
+    density = [d["feature_density"] for d in core.details]
+    assert [d["feature_density"] for d in on_disk.details] == pytest.approx(density)
 
 
 def plain_reference(model, sae, batches) -> dict[str, float]:
@@ -134,7 +141,7 @@ def test_one_pass_equals_a_plain_computation(tiny_gpt2, tokenizer, texts):
     assert result.l0 == pytest.approx(ref["l0"], rel=1e-6)
     for key in ("ce_clean", "ce_spliced", "kl_clean_spliced"):
         assert result.downstream[key] == pytest.approx(ref[key], rel=1e-5), key
-    assert core["reconstruction_quality"]["explained_variance"] == pytest.approx(
+    assert core["reconstruction_quality"]["explained_variance_sae_hooks"] == pytest.approx(
         1 - ref["fvu"], rel=1e-5
     )
     assert core["sparsity"]["l0"] == pytest.approx(ref["l0"], rel=1e-6)

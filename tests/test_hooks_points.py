@@ -65,7 +65,9 @@ def test_bare_vit_model_and_generic_fallback(tiny_vit):
     odd = Odd()
     assert find_blocks(odd)[0] == "stack"
     assert resolve_point(odd, "resid_post.2").module is odd.stack[2]
-    with pytest.raises(ValueError, match=r"cannot locate 'resid_mid\.0'.*children"):
+    with pytest.raises(
+        ValueError, match=r"'resid_mid\.0' does not exist in Odd.*no pre-MLP norm.*children"
+    ):
         resolve_point(odd, "resid_mid.0")
 
 

@@ -59,9 +59,13 @@ def test_hub_calls_are_mocked(tmp_path, monkeypatch):
     assert hub.push_to_hub(sae, "me/my-sae", point="resid_post.3", private=True) == "commit-info"
     assert created == [("me/my-sae", True)] and uploaded["repo"] == "me/my-sae"
     card = (tmp_path / "remote/me/my-sae/sae/README.md").read_text()
-    assert 'from_pretrained("me/my-sae")' in card
+    assert 'sae_hooks.load_sae("me/my-sae")' in card
     back = hub.from_pretrained("me/my-sae", revision="v1", subfolder="sae")
-    assert uploaded["download"] == ("me/my-sae", "v1", ["sae/*"]) and _same(sae, back)
+    repo, revision, patterns = uploaded["download"]
+    assert (repo, revision) == ("me/my-sae", "v1") and _same(sae, back)
+    # Only an SAE's files, only in its folder: never a whole repo of SAEs.
+    assert "sae/model.safetensors" in patterns and "sae/sae_weights.safetensors" in patterns
+    assert all(p.startswith("sae/") and "*" not in p for p in patterns)
 
 
 def test_not_a_directory_nor_a_repo_id(tmp_path):

@@ -263,7 +263,7 @@ def test_saelens_errors(tmp_path):
     cfg = json.loads((tmp_path / "c" / "cfg.json").read_text())
     for key, value, message in [
         ("architecture", "gated", r"unsupported SAELens architecture 'gated'"),
-        ("normalize_activations", "constant_norm_rescale", "not supported"),
+        ("normalize_activations", "constant_norm_rescale", "no fixed scale folded"),
         ("d_sae", NB + 1, "d_sae=41 but the weights have 40"),
     ]:
         (tmp_path / "c" / "cfg.json").write_text(json.dumps({**cfg, key: value}))
@@ -300,10 +300,11 @@ def test_hook_name_and_model_name_round_trip(tmp_path):
 
     export_saelens(SAE(D, NB), tmp_path / "a", point="resid_post.2", model_name="gpt2")
     cfg = json.loads((tmp_path / "a" / "cfg.json").read_text())
-    assert cfg["metadata"] == {"hook_name": "blocks.2.hook_resid_post", "model_name": "gpt2"}
+    assert cfg["metadata"]["hook_name"] == "blocks.2.hook_resid_post"
+    assert cfg["metadata"]["model_name"] == "gpt2"
     assert cfg["hook_name"] == "blocks.2.hook_resid_post"  # SAELens < 6
     meta = saelens_metadata(tmp_path / "a")
-    assert meta == {
+    assert {k: meta[k] for k in ("model_name", "hook_name", "point")} == {
         "model_name": "gpt2",
         "hook_name": "blocks.2.hook_resid_post",
         "point": "resid_post.2",

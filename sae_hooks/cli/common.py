@@ -174,6 +174,7 @@ def load_model(args: argparse.Namespace) -> tuple[Any, Any]:
 
 def tiny_identity(args: argparse.Namespace, model: Any) -> dict[str, Any]:
     """run.json's model entry of a random-init family model (no name_or_path: rebuilt)."""
+    from sae_hooks.auto_models import runtime_identity
     from sae_hooks.models import model_family
     from sae_hooks.runrecord import model_record
 
@@ -187,6 +188,7 @@ def tiny_identity(args: argparse.Namespace, model: Any) -> dict[str, Any]:
         "dtype": args.dtype or "float32",
         "backend": "transformer-lens" if family.backend == "tl" else "hf",
         "prepend_bos": family.prepend_bos,
+        **runtime_identity(model),
     }
 
 

@@ -36,29 +36,26 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return add_command(sub, NAME, HELP, options(), run, example=EXAMPLE)
 
 
-def loaded_from(model: dict) -> str | None:
-    """The id or path the run's model was loaded from (older records: hub id, name)."""
-    return model.get("name_or_path") or model.get("hub_id") or model.get("name")
-
-
 def run(args: argparse.Namespace) -> None:
+    from sae_hooks.interop import identity_from_run
     from sae_hooks.runrecord import load_tokenizer, read_run_record
 
     sae, point = sae_and_point(args)
     run_at = run_dir(args)
     record = read_run_record(Path(args.sae) if args.sae else run_at.root)
-    model_name = loaded_from(record.model) if record else None
+    home = Path(args.sae).parent if args.sae else run_at.root / args.name
+    identity = identity_from_run(home.parent, home.name, point=point)
     out = Path(args.out) if args.out else run_at.export_dir(args.format)
     if args.format == "saelens":
         from sae_hooks.interop import export_saelens
 
-        export_saelens(sae, out, point=point, model_name=model_name)
+        export_saelens(sae, out, point=point, identity=identity)
     elif args.format == "hf":
         from sae_hooks.interop.hub import push_to_hub, save_pretrained
 
-        save_pretrained(sae, out, point=point, model_name=model_name, repo_id=args.push_to_hub)
+        save_pretrained(sae, out, point=point, identity=identity, repo_id=args.push_to_hub)
         if args.push_to_hub:
-            push_to_hub(sae, args.push_to_hub, point=point, model_name=model_name)
+            push_to_hub(sae, args.push_to_hub, point=point, identity=identity)
             print(f"uploaded to https://huggingface.co/{args.push_to_hub}")
     else:
         from sae_hooks.interop.neuronpedia import export_neuronpedia
@@ -73,7 +70,7 @@ def run(args: argparse.Namespace) -> None:
             out,
             point=point,
             tokenizer=load_tokenizer(record) if record else None,
-            model_id=model_name or "",
+            identity=identity,
             sae_id=f"{point}-{args.name}",
             n_examples=args.n_examples,
             progress=not args.quiet,

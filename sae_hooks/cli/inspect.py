@@ -48,8 +48,11 @@ def run(args: argparse.Namespace) -> None:
 
 def describe(path: str) -> str:
     """What lives at `path` (run directory, training run, SAE directory or store), in words."""
+    from sae_hooks.interop import describe_pretrained, is_pretrained_location
     from sae_hooks.runrecord import read_run_record
 
+    if is_pretrained_location(path):  # hf://org/repo/..., or a SAELens-layout directory
+        return describe_pretrained(path)
     p = Path(path)
     run = RunDir(p)
     if (p / RunDir.TRAIN_CONFIG).is_file() and (p / "model.safetensors").is_file():

@@ -155,7 +155,7 @@ def model_options() -> tuple[Option, ...]:
         ),
         Option(
             ("--backend",),
-            "hf, or transformer-lens: run the model as TransformerLens [default: hf]",
+            "hf, or transformer-lens: run the model through TransformerLens [default: hf]",
             choices=BACKENDS,
             group=MODEL,
         ),

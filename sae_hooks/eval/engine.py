@@ -68,6 +68,8 @@ class Batch:
     """The model's output with nothing replaced (None without a model)."""
     outputs: dict[str, Tensor] = field(default_factory=dict)
     """The model's outputs with the point replaced, by name (SPLICED, ZERO, MEAN), as asked."""
+    sequence: Tensor | None = None
+    """The sequence (index in the batch) each row comes from; None: rows without sequences."""
 
 
 class Accumulator(Protocol):
@@ -119,11 +121,17 @@ def real_rows(
         )
     if x.ndim != 3:
         return x.reshape(-1, d)
+    return x[kept_tokens(inputs, x, drop_bos).to(x.device)]
+
+
+def kept_tokens(inputs: Mapping[str, Tensor], x: Tensor, drop_bos: bool) -> Tensor:
+    """Which (sequence, position) of a (B, T, d) activation count: the attention mask's
+    real tokens, without each sequence's first one when `drop_bos`."""
     mask = inputs.get("attention_mask")
     keep = torch.ones(x.shape[:2], dtype=torch.bool) if mask is None else mask.bool()
     if drop_bos:
         keep = keep & (keep.long().cumsum(1) > 1)
-    return x[keep.to(x.device)]
+    return keep
 
 
 @torch.no_grad()
@@ -186,7 +194,11 @@ def _subject_batch(
         size = sae.output_size
         y = real_rows(inputs, acts[subject.target], size, subject.target, drop_bos, caller)
     device, dtype = sae_device_dtype(sae)
-    return Batch(inputs, x, y, sae(x.to(device=device, dtype=dtype)))
+    batch = Batch(inputs, x, y, sae(x.to(device=device, dtype=dtype)))
+    act = acts[subject.point]
+    if act.ndim == 3:
+        batch.sequence = kept_tokens(inputs, act, drop_bos).nonzero()[:, 0].cpu()
+    return batch
 
 
 def _outputs(

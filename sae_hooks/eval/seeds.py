@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from sae_hooks.eval.core import CORE_FILE, read_core_eval
 from sae_hooks.sae import load_sae
 
 
@@ -118,6 +119,8 @@ def _run_metrics(run: Path) -> dict[str, Any]:
             path = candidate / name
             if path.is_file():
                 data = json.loads(path.read_text())
+                if name == CORE_FILE:  # None back where the file holds SAEBench's -1
+                    data = {"eval_result_metrics": dict(read_core_eval(path))}
                 out[name.removesuffix(".json")] = data.get("eval_result_metrics", data)
                 break
     return out

@@ -20,8 +20,36 @@ from sae_hooks.hooks.points import HookLocation
 HookFn = Callable[[torch.Tensor], "torch.Tensor | None"]
 
 
-def add_hook(loc: HookLocation, fn: HookFn) -> RemovableHandle:
+class Handles:
+    """Several hook handles removed as one (what :func:`add_hook` returns)."""
+
+    def __init__(self, *handles: RemovableHandle) -> None:
+        self.handles = handles
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def add_hook(loc: HookLocation, fn: HookFn) -> RemovableHandle | Handles:
     """Call ``fn`` on the activation at ``loc``; a returned tensor replaces it."""
+    if loc.flat_within is None:
+        return _add_hook(loc, fn)
+    lead: list[torch.Size] = []
+
+    def record(module, args, kwargs):
+        x = args[0] if args else kwargs.get("hidden_states")
+        lead[:] = [x.shape[:-1]]
+
+    def unflattened(x: torch.Tensor) -> torch.Tensor | None:
+        new = fn(x.view(*lead[0], x.shape[-1]))
+        return None if new is None else new.reshape(x.shape)
+
+    shape_hook = loc.flat_within.register_forward_pre_hook(record, with_kwargs=True)
+    return Handles(shape_hook, _add_hook(loc, unflattened))
+
+
+def _add_hook(loc: HookLocation, fn: HookFn) -> RemovableHandle:
     if loc.site == "input":
 
         def pre_hook(module, args, kwargs):

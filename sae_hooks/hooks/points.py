@@ -21,26 +21,61 @@ from typing import Literal
 
 from torch import nn
 
+from sae_hooks.hooks.layouts import Site, layout_of
+
 KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "mlp_in")
 _VOCAB = re.compile(r"^(resid_pre|resid_mid|resid_post|attn_out|mlp_out|mlp_in)\.(-?\d+)$")
-# TransformerLens names of what the MLP reads, first present wins (see the docstring).
-_TL_MLP_IN = ("blocks.{}.ln2.hook_normalized", "blocks.{}.mlp.hook_in")
-_TL_NAME = re.compile(r"^blocks\.(\d+)\.hook_(resid_pre|resid_mid|resid_post|attn_out|mlp_out)$")
+# TransformerLens hooks of what the MLP reads, first present wins: the bridge's MLP input
+# and ln2 output (TL 3.9+ bridges, TL 4); a HookedTransformer has neither, and its ln2
+# module's output is hooked instead (its ln2.hook_normalized precedes the LN weights).
+_TL_MLP_IN = ("blocks.{}.mlp.hook_in", "blocks.{}.ln2.hook_out")
+# TransformerLens / SAELens hook names (after ``blocks.L.``) -> vocabulary kinds: TL 3's
+# names, which TL 4 keeps as aliases, and TL 4's canonical ones. ``hook_mlp_in`` is not
+# here: it is the residual *before* ln2 and fires only with cfg.use_hook_mlp_in.
+_TL_SUFFIXES = {
+    "hook_resid_pre": "resid_pre",
+    "hook_resid_mid": "resid_mid",
+    "hook_resid_post": "resid_post",
+    "hook_attn_out": "attn_out",
+    "hook_mlp_out": "mlp_out",
+    "hook_in": "resid_pre",
+    "hook_out": "resid_post",
+    "ln2.hook_in": "resid_mid",
+    "attn.hook_out": "attn_out",
+    "mlp.hook_out": "mlp_out",
+    "mlp.hook_in": "mlp_in",
+    "ln2.hook_out": "mlp_in",
+    # SAELens' transcoder input: the ln2 output of a HookedTransformer with folded LN.
+    "ln2.hook_normalized": "mlp_in",
+}
+_TL_NAME = re.compile(r"^blocks\.(\d+)\.(.+)$")
+# The name a point is exported under (SAELens reads TL 3 names; TL 4 keeps them).
+_EXPORT_SUFFIX = {
+    "resid_pre": "hook_resid_pre",
+    "resid_mid": "hook_resid_mid",
+    "resid_post": "hook_resid_post",
+    "attn_out": "hook_attn_out",
+    "mlp_out": "hook_mlp_out",
+    "mlp_in": "ln2.hook_normalized",
+}
 
 
 def point_from_hook_name(name: str) -> str | None:
-    """``blocks.L.hook_resid_post`` (TransformerLens / SAELens) -> ``resid_post.L``; None for
-    names outside the shared vocabulary."""
+    """A TransformerLens / SAELens hook name -> its vocabulary point, e.g.
+    ``blocks.L.hook_resid_post`` or ``blocks.L.hook_out`` -> ``resid_post.L`` and
+    ``blocks.L.ln2.hook_normalized`` -> ``mlp_in.L``; None for other names."""
     match = _TL_NAME.match(name)
-    return f"{match.group(2)}.{match.group(1)}" if match else None
+    kind = _TL_SUFFIXES.get(match.group(2)) if match else None
+    return f"{kind}.{match.group(1)}" if kind else None
 
 
 def hook_name_of_point(point: str) -> str | None:
-    """``resid_post.L`` -> ``blocks.L.hook_resid_post``; a TL name stays itself; None otherwise."""
+    """``resid_post.L`` -> ``blocks.L.hook_resid_post``, ``mlp_in.L`` ->
+    ``blocks.L.ln2.hook_normalized``; a known TL name stays itself; None otherwise."""
     match = _VOCAB.match(point)
     if match:
-        return f"blocks.{match.group(2)}.hook_{match.group(1)}"
-    return point if _TL_NAME.match(point) else None
+        return f"blocks.{match.group(2)}.{_EXPORT_SUFFIX[match.group(1)]}"
+    return point if point_from_hook_name(point) else None
 
 
 # Block lists of the families we know, tried in order before the generic fallback.
@@ -57,19 +92,6 @@ BLOCK_PATHS = (
     "h",  # bare GPT-2
 )
 
-# Submodule names inside one block, first match wins.
-_ATTN_NAMES = ("attn", "self_attn", "attention", "self_attention")
-_MLP_NAMES = ("mlp", "feed_forward", "block_sparse_moe", "ffn")
-# The norm whose input is the residual after attention, in pre-LN blocks. Gemma 2/3
-# put a norm on the attention output called post_attention_layernorm, so their
-# pre_feedforward_layernorm must win.
-_MID_NORM_NAMES = (
-    "pre_feedforward_layernorm",
-    "ln_2",
-    "layernorm_after",
-    "post_attention_layernorm",
-)
-
 
 @dataclass(frozen=True)
 class HookLocation:
@@ -78,7 +100,9 @@ class HookLocation:
     ``site="input"``: the first positional argument (or ``hidden_states``) of ``module``;
     ``site="output"``: its output (the first tensor of a tuple). ``inplace``: the tensor
     is also the residual the block adds to later, so a replacement must be copied into
-    it rather than substituted (pre-LN ``resid_mid``).
+    it rather than substituted (pre-LN ``resid_mid``). ``flat_within``: the block
+    that flattened (batch, tokens, d) to (batch*tokens, d) at this site (OPT's MLP
+    half); hooks see the activation reshaped to its input's leading shape.
     """
 
     point: str
@@ -86,6 +110,7 @@ class HookLocation:
     site: Literal["input", "output"]
     path: str
     inplace: bool = False
+    flat_within: nn.Module | None = None
 
 
 def is_transformer_lens(model: nn.Module) -> bool:
@@ -145,8 +170,9 @@ def resolve_point(model: nn.Module, point: str) -> HookLocation:
     """The location of ``point`` in ``model``; ValueError listing valid names if none."""
     if not isinstance(point, str):
         raise TypeError(f"a hook point is a str, got {type(point).__name__}: {point!r}")
-    mapped = None if is_transformer_lens(model) else point_from_hook_name(point)
-    if mapped:  # SAELens / TransformerLens names work on Hugging Face models too
+    tl = is_transformer_lens(model)
+    mapped = None if tl and point in model.hook_dict else point_from_hook_name(point)
+    if mapped:  # TransformerLens names of either major work on every backend
         return dataclasses.replace(resolve_point(model, mapped), point=point)
     match = _VOCAB.match(point)
     if match:
@@ -157,14 +183,10 @@ def resolve_point(model: nn.Module, point: str) -> HookLocation:
                 f"layer {layer} of {point!r} is out of range: {type(model).__name__} has "
                 f"{n} blocks (0..{n - 1}). Valid points: {describe_points(model)}"
             )
-        if is_transformer_lens(model):
-            if kind == "mlp_in":
-                names = [n.format(layer) for n in _TL_MLP_IN]
-                name = next((n for n in names if n in model.hook_dict), names[0])
-                return _resolve_tl(model, point, name)
-            return _resolve_tl(model, point, f"blocks.{layer}.hook_{kind}")
+        if tl:
+            return _resolve_tl_kind(model, point, kind, layer)
         return _resolve_hf_block(model, point, kind, layer)
-    if is_transformer_lens(model):
+    if tl:
         if point in model.hook_dict:
             return _resolve_tl(model, point, point)
     elif point:
@@ -198,89 +220,87 @@ def _first_child(block: nn.Module) -> str:
 
 
 def _has_kind(model: nn.Module, kind: str, layer: int) -> bool:
+    """Whether ``kind.layer`` resolves, without building error messages."""
+    if is_transformer_lens(model):
+        name = _tl_name(model, kind, layer)
+        if name is None:
+            return _submodule(model, f"blocks.{layer}.ln2") is not None
+        return name in model.hook_dict
+    if kind in ("resid_pre", "resid_post"):
+        return True
+    block, _, site, _ = _hf_site(model, kind, layer)
+    return site is not None and _submodule(block, site.path) is not None
+
+
+def _submodule(block: nn.Module, path: str) -> nn.Module | None:
     try:
-        resolve_point(model, f"{kind}.{layer}")
-    except ValueError:
-        return False
-    return True
+        return block.get_submodule(path)
+    except AttributeError:
+        return None
+
+
+def _tl_name(model: nn.Module, kind: str, layer: int) -> str | None:
+    """The TransformerLens hook of ``kind.layer``; None for a HookedTransformer's
+    mlp_in, which has no hook (its ln2 module's output is hooked)."""
+    if kind != "mlp_in":
+        return f"blocks.{layer}.hook_{kind}"
+    names = [n.format(layer) for n in _TL_MLP_IN]
+    return next((n for n in names if n in model.hook_dict), None)
+
+
+def _resolve_tl_kind(model: nn.Module, point: str, kind: str, layer: int) -> HookLocation:
+    name = _tl_name(model, kind, layer)
+    if name is not None:
+        return _resolve_tl(model, point, name)
+    ln2 = _submodule(model, f"blocks.{layer}.ln2")
+    if ln2 is None:
+        raise ValueError(f"{type(model).__name__} has no ln2 in block {layer} for {point!r}")
+    return HookLocation(point, ln2, "output", f"blocks.{layer}.ln2")
 
 
 def _resolve_tl(model: nn.Module, point: str, name: str) -> HookLocation:
     if name not in model.hook_dict:
         raise ValueError(f"{type(model).__name__} has no hook {name!r} for {point!r}")
-    # The bridge's hook_resid_mid is the input hook of ln2: replacing its output would
-    # change the norm's input but not the residual the block adds the MLP output to.
-    inplace = is_transformer_bridge(model) and name.endswith(".hook_resid_mid")
-    return HookLocation(point, model.hook_dict[name], "output", name, inplace)
+    hook = model.hook_dict[name]
+    # The bridge's resid_mid (ln2.hook_in) is the input hook of ln2: replacing its output
+    # would change the norm's input but not the residual the block adds the MLP output to.
+    match = _TL_NAME.match(name)
+    mid = match and model.hook_dict.get(f"blocks.{match.group(1)}.ln2.hook_in")
+    inplace = is_transformer_bridge(model) and hook is mid
+    return HookLocation(point, hook, "output", name, inplace)
+
+
+def _hf_site(model: nn.Module, kind: str, layer: int) -> tuple[nn.Module, str, Site | None, str]:
+    """(block, its path, the site of a sublayer ``kind`` or None, why it has none)."""
+    path, blocks = find_blocks(model)
+    block = blocks[layer]
+    layout = layout_of(getattr(model, "config", None), block)
+    why = layout.why_not.get(kind, "its layout has no such point")
+    return block, f"{path}.{layer}", layout.site(kind), why
 
 
 def _resolve_hf_block(model: nn.Module, point: str, kind: str, layer: int) -> HookLocation:
-    path, blocks = find_blocks(model)
-    block = blocks[layer]
-    prefix = f"{path}.{layer}"
-    if kind == "resid_pre":
-        return HookLocation(point, block, "input", prefix)
-    if kind == "resid_post":
-        return HookLocation(point, block, "output", prefix)
-
-    def at(name: str, site: Literal["input", "output"] = "output", inplace=False):
-        return HookLocation(point, block.get_submodule(name), site, f"{prefix}.{name}", inplace)
-
-    where = f"{type(block).__name__} ({prefix})"
-    if _is_post_ln(block):
-        # BERT family: attention.output = LayerNorm(dense(attn) + x) is the residual
-        # after attention; the sublayer contributions are the dense projections.
-        sub = {"resid_mid": "attention", "attn_out": "attention.output.dense"}
-        sub["mlp_out"] = "output.dense"
-        if kind == "mlp_in":
-            return at("intermediate", "input")
-        return at(sub[kind])
-    sandwich = hasattr(block, "pre_feedforward_layernorm")
-    if kind == "resid_mid":
-        config = getattr(model, "config", None)
-        if getattr(config, "use_parallel_residual", False) or getattr(
-            config, "parallel_attn", False
-        ):
-            raise ValueError(
-                f"{point!r} does not exist in {where}: attention and MLP run in parallel "
-                "off the same residual (config.use_parallel_residual), so there is no "
-                f"residual between them. Use resid_pre.{layer} or resid_post.{layer}."
-            )
-        name = _first_attr(block, _MID_NORM_NAMES)
-        if name is None:
-            raise ValueError(
-                f"cannot locate {point!r} in {where}: none of {', '.join(_MID_NORM_NAMES)} "
-                f"exists. Hook a module path instead (children: {_children(block)})."
-            )
-        return at(name, "input", inplace=True)
-    if kind == "mlp_in":
-        name = _first_attr(block, _MLP_NAMES)
-        if name is None:
-            raise ValueError(
-                f"cannot locate {point!r} in {where}: none of {', '.join(_MLP_NAMES)} exists. "
-                f"Hook a module path instead (children: {_children(block)})."
-            )
-        return at(name, "input")
-    if sandwich:  # Gemma 2/3: the sublayer's contribution is its post-norm output
-        name = "post_attention_layernorm" if kind == "attn_out" else "post_feedforward_layernorm"
-    else:
-        name = _first_attr(block, _ATTN_NAMES if kind == "attn_out" else _MLP_NAMES)
-    if name is None:
+    if kind in ("resid_pre", "resid_post"):
+        path, blocks = find_blocks(model)
+        where = "input" if kind == "resid_pre" else "output"
+        return HookLocation(point, blocks[layer], where, f"{path}.{layer}")
+    block, prefix, site, why = _hf_site(model, kind, layer)
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    model_type = model_type or type(model).__name__
+    where = f"{model_type} ({type(block).__name__} at {prefix})"
+    module = None if site is None else _submodule(block, site.path)
+    if site is None or module is None:
+        if site is not None:
+            why = f"its {model_type} layout puts it at {site.path!r}, which this block lacks"
         raise ValueError(
-            f"cannot locate {point!r} in {where}: none of "
-            f"{', '.join(_ATTN_NAMES if kind == 'attn_out' else _MLP_NAMES)} exists. "
-            f"Hook a module path instead (children: {_children(block)})."
+            f"{point!r} does not exist in {where}: {why}. Valid points of {model_type}: "
+            f"{describe_points(model)}; or hook a module path (children of the block: "
+            f"{_children(block)})."
         )
-    return at(name)
-
-
-def _is_post_ln(block: nn.Module) -> bool:
-    attention = getattr(block, "attention", None)
-    return hasattr(getattr(attention, "output", None), "LayerNorm") and hasattr(block, "output")
-
-
-def _first_attr(block: nn.Module, names: tuple[str, ...]) -> str | None:
-    return next((n for n in names if isinstance(getattr(block, n, None), nn.Module)), None)
+    flat = block if site.flat else None
+    return HookLocation(
+        point, module, site.where, f"{prefix}.{site.path}", site.inplace, flat_within=flat
+    )
 
 
 def _children(block: nn.Module) -> str:

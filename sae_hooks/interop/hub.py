@@ -1,17 +1,21 @@
-"""SAEs on the Hugging Face Hub: save_pretrained, from_pretrained, push_to_hub.
+"""Pretrained SAEs: load_sae / from_pretrained from a local directory or the Hugging Face
+Hub, save_pretrained, push_to_hub, and `describe_pretrained` for `sae-hooks inspect`.
 
 A pretrained SAE directory follows the Hub's convention for PyTorch models:
 
     config.json          the SAE's config (as SAE.save writes it; load_sae reads it)
     model.safetensors    its weights (no pickle)
     sae_hooks.json       where it reads activations: {"point", "hook_name", "model_name",
-                         "library": "sae-hooks", "version"}
-    README.md            a model card whose front matter tags the library
+                         "identity": RunIdentity as a dict, "library": "sae-hooks", "version"}
+    README.md            a model card: front matter tags the library (and base_model /
+                         datasets when they are hub ids); the body states the identity
 
-`from_pretrained` takes a local directory or a Hub repo id (optionally a revision and a
-subfolder) and reads either this layout or SAELens's (cfg.json +
-sae_weights.safetensors). Hub calls go through huggingface_hub and need the network
-(or its cache); nothing else here does.
+`load_sae` / `from_pretrained` take a local directory, a Hub repo id ("org/name",
+optionally a revision and a subfolder) or a hf://org/name[@revision]/subfolder URL, and
+read either this layout or SAELens's (cfg.json + sae_weights.safetensors, as SAELens's
+pretrained releases store each SAE in a folder of one repo), with the checks of a local
+load. Hub access goes through huggingface_hub's cache (sae_hooks.interop.resolve):
+online the first use downloads, HF_HUB_OFFLINE=1 reads the cache alone.
 """
 
 from __future__ import annotations
@@ -24,17 +28,28 @@ from typing import Any
 
 import torch
 
-from sae_hooks.sae import SAE, load_sae
+from sae_hooks.sae import SAE
+from sae_hooks.sae import load_sae as load_sae_dir
+from sae_hooks.sae.saving import CONFIG_FILE, WEIGHTS_FILE
 
-from .saelens import SAELENS_CONFIG, import_saelens, saelens_metadata
+from .identity import RunIdentity
+from .resolve import HF_URL, METADATA_FILE, is_hub_id, local_sae_dir
+from .saelens import SAELENS_CONFIG, SAELENS_WEIGHTS, import_saelens, saelens_metadata
 
-METADATA_FILE = "sae_hooks.json"
+__all__ = [
+    "METADATA_FILE",
+    "describe_pretrained",
+    "from_pretrained",
+    "is_pretrained_location",
+    "load_pretrained",
+    "load_sae",
+    "pretrained_metadata",
+    "push_to_hub",
+    "save_pretrained",
+]
+
 _CARD = """---
-library_name: sae-hooks
-tags:
-- sparse-autoencoder
-- sae-hooks
----
+{front}---
 
 # {title}
 
@@ -42,55 +57,87 @@ A {kind} sparse autoencoder ({nb:,} latents over {d} dimensions) trained with
 [sae-hooks](https://pypi.org/project/sae-hooks/){where}.
 
 ```python
-from sae_hooks.interop.hub import from_pretrained
-sae = from_pretrained("{repo}")
+import sae_hooks
+sae = sae_hooks.load_sae("{repo}")
 ```
+
+## Where its activations come from
+
+{identity}
 """
+_IDENTITY_LINES = (
+    ("model_name", "model (hub id or path it was loaded from)"),
+    ("model_revision", "model revision"),
+    ("backend", "backend"),
+    ("compatibility_mode", "TransformerLens compatibility mode"),
+    ("point", "hook point"),
+    ("hook_name", "TransformerLens / SAELens hook name"),
+    ("context_size", "context size (tokens)"),
+    ("prepend_bos", "BOS prepended"),
+    ("dataset_path", "dataset"),
+    ("dataset_split", "dataset split"),
+    ("normalisation", "input normalisation"),
+)
 
 
-def save_pretrained(
-    sae: SAE,
-    path: str | os.PathLike,
+def load_pretrained(
+    repo_or_path: str | os.PathLike,
+    subfolder: str | None = None,
+    revision: str | None = None,
     *,
-    point: str | None = None,
-    model_name: str | None = None,
-    repo_id: str | None = None,
-) -> Path:
-    """Write `sae` in the Hub layout (config.json, model.safetensors, sae_hooks.json, README.md)."""
-    from sae_hooks import __version__
-    from sae_hooks.hooks.points import hook_name_of_point
-
-    path = sae.save(path)
-    meta = {
-        "library": "sae-hooks",
-        "version": __version__,
-        "point": point,
-        "hook_name": hook_name_of_point(point) if point else None,
-        "model_name": model_name,
-    }
-    (path / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-    where = f" on {model_name}" if model_name else ""
-    where += f" at `{point}`" if point else ""
-    card = _CARD.format(
-        title=repo_id or path.name,
-        kind=type(sae).__name__,
-        nb=sae.nb_concepts,
-        d=sae.input_size,
-        where=where,
-        repo=repo_id or str(path),
+    device: str | torch.device = "cpu",
+    cache_dir: str | os.PathLike | None = None,
+    token: str | None = None,
+) -> SAE:
+    """An SAE from a local directory, a Hub repo id or a hf:// URL, in sae-hooks's layout
+    or SAELens's, checked as a local load is (header before allocation, finite values)."""
+    where = local_sae_dir(
+        repo_or_path, subfolder=subfolder, revision=revision, cache_dir=cache_dir, token=token
     )
-    (path / "README.md").write_text(card)
-    return path
+    if not where.exists():
+        raise FileNotFoundError(
+            f"no SAE directory at {where}, and it is not a Hub repo id ('org/name') "
+            f"nor a {HF_URL} URL"
+        )
+    if (where / SAELENS_CONFIG).is_file() and not (where / WEIGHTS_FILE).is_file():
+        return import_saelens(where, device=device)
+    if where.is_dir() and not (where / CONFIG_FILE).is_file():
+        _no_sae_here(where, repo_or_path)
+    return load_sae_dir(where, device=device)
 
 
-def pretrained_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """point / hook_name / model_name of a local pretrained directory (either layout)."""
-    path = Path(path)
-    if (path / METADATA_FILE).is_file():
-        return json.loads((path / METADATA_FILE).read_text())
-    if (path / SAELENS_CONFIG).is_file():
-        return saelens_metadata(path)
-    return {}
+def _no_sae_here(where: Path, asked: str | os.PathLike) -> None:
+    """A directory (a repo's root, say) with SAEs only in folders: name them."""
+    folders = sorted(
+        p.parent.relative_to(where).as_posix()
+        for config, weights in ((CONFIG_FILE, WEIGHTS_FILE), (SAELENS_CONFIG, SAELENS_WEIGHTS))
+        for p in where.glob(f"**/{config}")
+        if p.parent != where and (p.parent / weights).is_file()
+    )
+    if folders:
+        shown = ", ".join(folders[:8]) + (
+            f" ... ({len(folders)} in all)" if len(folders) > 8 else ""
+        )
+        raise FileNotFoundError(
+            f"{os.fspath(asked)} holds no SAE at {where}, only in folders: {shown}; "
+            "pass subfolder= (or append the folder to the hf:// URL)"
+        )
+
+
+def load_sae(
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    *,
+    subfolder: str | None = None,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    token: str | None = None,
+) -> SAE:
+    """`sae_hooks.load_sae`: `sae_hooks.sae.load_sae` on a local directory, plus Hub repo
+    ids ("org/name", with subfolder= and revision=), hf:// URLs and SAELens directories."""
+    return load_pretrained(
+        path, subfolder, revision, device=device, cache_dir=cache_dir, token=token
+    )
 
 
 def from_pretrained(
@@ -102,51 +149,110 @@ def from_pretrained(
     cache_dir: str | os.PathLike | None = None,
     token: str | None = None,
 ) -> SAE:
-    """An SAE from a local directory or a Hub repo id ("user/name"), ours or SAELens's."""
-    local = Path(path_or_repo).expanduser()
-    if subfolder:
-        local = local / subfolder
-    if not local.is_dir():
-        local = _download(str(path_or_repo), revision, subfolder, cache_dir, token)
-    if (local / SAELENS_CONFIG).is_file() and not (local / "model.safetensors").is_file():
-        return import_saelens(local, device=device)
-    return load_sae(local, device=device).eval()
+    """An SAE from a local directory or a Hub repo id ("org/name"), ours or SAELens's."""
+    return load_pretrained(
+        path_or_repo, subfolder, revision, device=device, cache_dir=cache_dir, token=token
+    )
 
 
-def _download(
-    repo_id: str,
-    revision: str | None,
-    subfolder: str | None,
-    cache_dir: str | os.PathLike | None,
-    token: str | None,
+def save_pretrained(
+    sae: SAE,
+    path: str | os.PathLike,
+    *,
+    point: str | None = None,
+    model_name: str | None = None,
+    repo_id: str | None = None,
+    identity: RunIdentity | None = None,
 ) -> Path:
-    if repo_id.count("/") != 1 or repo_id.startswith(("/", ".", "~")):
-        raise FileNotFoundError(
-            f"no SAE directory at {repo_id}, and it is not a Hub repo id ('user/name')"
-        )
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    """Write `sae` in the Hub layout (config.json, model.safetensors, sae_hooks.json,
+    README.md); `identity` (point and model_name fill it in) is recorded in both."""
+    from sae_hooks import __version__
 
-    patterns = [f"{subfolder}/*" if subfolder else "*"]
-    try:
-        root = snapshot_download(
-            repo_id,
-            revision=revision,
-            allow_patterns=patterns,
-            cache_dir=cache_dir,
-            token=token,
-        )
-    except LocalEntryNotFoundError as err:
-        raise OSError(
-            f"cannot download {repo_id} from the Hugging Face Hub and it is not in the "
-            f"cache (offline?): {err}"
-        ) from None
-    except HfHubHTTPError as err:
-        raise OSError(f"the Hugging Face Hub refused {repo_id}: {err}") from None
-    path = Path(root) / subfolder if subfolder else Path(root)
-    if not path.is_dir():
-        raise FileNotFoundError(f"{repo_id} has no folder {subfolder!r}")
+    identity = (identity or RunIdentity()).with_values(point=point, model_name=model_name)
+    path = sae.save(path)
+    meta = {
+        "library": "sae-hooks",
+        "version": __version__,
+        "point": identity.point,
+        "hook_name": identity.hook_name,
+        "model_name": identity.model_name,
+        "identity": identity.to_dict(),
+    }
+    (path / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    (path / "README.md").write_text(
+        model_card(sae, identity, repo_id or str(path), repo_id or path.name)
+    )
     return path
+
+
+def model_card(sae: SAE, identity: RunIdentity, repo: str, title: str | None = None) -> str:
+    """The README.md of a pretrained SAE: what it is, how to load it, where it reads."""
+    front = "library_name: sae-hooks\ntags:\n- sparse-autoencoder\n- sae-hooks\n"
+    if identity.model_name and is_hub_id(identity.model_name):
+        front += f"base_model: {identity.model_name}\n"
+    if identity.dataset_path and is_hub_id(identity.dataset_path):
+        front += f"datasets:\n- {identity.dataset_path}\n"
+    where = f" on `{identity.model_name}`" if identity.model_name else ""
+    where += f" at `{identity.point}`" if identity.point else ""
+    values = identity.to_dict()
+    lines = [
+        f"- {label}: {'not recorded' if values[key] is None else f'`{values[key]}`'}"
+        for key, label in _IDENTITY_LINES
+    ]
+    return _CARD.format(
+        front=front,
+        title=title or repo,
+        kind=type(sae).__name__,
+        nb=sae.nb_concepts,
+        d=sae.input_size,
+        where=where,
+        repo=repo,
+        identity="\n".join(lines),
+    )
+
+
+def pretrained_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """point / hook_name / model_name / identity of a local pretrained directory (either
+    layout); {} when it records none."""
+    path = Path(path)
+    if (path / METADATA_FILE).is_file():
+        meta = json.loads((path / METADATA_FILE).read_text())
+        if isinstance(meta, dict):
+            recorded = meta.get("identity") or meta  # written before identities
+            return {**meta, "identity": RunIdentity.from_dict(recorded).to_dict()}
+        return {}
+    if (path / SAELENS_CONFIG).is_file():
+        return saelens_metadata(path)
+    return {}
+
+
+def is_pretrained_location(path: str | os.PathLike) -> bool:
+    """A hf:// URL, or a local directory in SAELens's layout (for `inspect`)."""
+    text = os.fspath(path)
+    local = Path(text)
+    return text.startswith(HF_URL) or (
+        (local / SAELENS_CONFIG).is_file() and (local / SAELENS_WEIGHTS).is_file()
+    )
+
+
+def describe_pretrained(path_or_url: str | os.PathLike, **hub: Any) -> str:
+    """What a pretrained SAE is, in words (`sae-hooks inspect hf://org/name/subfolder`):
+    the SAE as loaded (same checks), its file layout and the identity it records."""
+    where = local_sae_dir(path_or_url, **hub)
+    sae = load_pretrained(where)
+    layout = "SAELens" if not (where / CONFIG_FILE).is_file() else "sae-hooks"
+    numbers = sum(t.numel() for t in sae.state_dict().values())
+    lines = [
+        f"pretrained SAE {os.fspath(path_or_url)}"
+        + (f" (files at {where})" if os.fspath(path_or_url) != str(where) else ""),
+        f"  {type(sae).__name__}: {sae.nb_concepts:,} latents over {sae.input_size} "
+        f"dimensions, {numbers:,} numbers, {layout} layout",
+    ]
+    identity = pretrained_metadata(where).get("identity") or {}
+    for key, label in _IDENTITY_LINES:
+        value = identity.get(key)
+        lines.append(f"  {label}: {'not recorded' if value is None else value}")
+    return "\n".join(lines)
 
 
 def push_to_hub(
@@ -155,6 +261,7 @@ def push_to_hub(
     *,
     point: str | None = None,
     model_name: str | None = None,
+    identity: RunIdentity | None = None,
     private: bool = False,
     token: str | None = None,
     commit_message: str = "Upload SAE with sae-hooks",
@@ -165,7 +272,9 @@ def push_to_hub(
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     with tempfile.TemporaryDirectory(prefix="sae-hooks-push-") as tmp:
-        save_pretrained(sae, tmp, point=point, model_name=model_name, repo_id=repo_id)
+        save_pretrained(
+            sae, tmp, point=point, model_name=model_name, repo_id=repo_id, identity=identity
+        )
         return api.upload_folder(
             folder_path=tmp, repo_id=repo_id, repo_type="model", commit_message=commit_message
         )

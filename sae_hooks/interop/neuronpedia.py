@@ -5,7 +5,10 @@ Layout written to `out/`:
 
     sae.json                 {"format": "sae-hooks-neuronpedia/1", "modelId", "saeId",
                               "hookName", "point", "architecture", "d_in", "d_sae",
-                              "n_rows", "featuresPerBatch", "batches": [...]}
+                              "n_rows", "featuresPerBatch", "batches": [...],
+                              "identity": where the activations came from (RunIdentity:
+                              model id or path, revision, backend, context, BOS,
+                              dataset, normalisation; null where not recorded)}
     features/batch-0000.json a list of latents, Neuronpedia's feature-upload shape:
                              {"index", "density" (fraction of rows where it fires),
                               "maxActApprox", "meanAct" (over firing rows),
@@ -30,6 +33,8 @@ from typing import Any
 
 from torch import nn
 
+from .identity import RunIdentity, identity_from_store
+
 FORMAT = "sae-hooks-neuronpedia/1"
 FEATURES_PER_BATCH = 128
 
@@ -49,19 +54,20 @@ def export_neuronpedia(
     right: int = 8,
     max_rows: int | None = None,
     progress: bool = True,
+    identity: RunIdentity | None = None,
 ) -> Path:
-    """Write `out/` (see the module docstring) from `sae` run over the rows of `store`."""
-    from sae_hooks.hooks.points import hook_name_of_point
+    """Write `out/` (see the module docstring) from `sae` run over the rows of `store`.
+
+    identity (default: what the store records, `identity_from_store`) is written as
+    recorded; modelId is `model_id` (Neuronpedia's name for the model) or its model_name."""
     from sae_hooks.report.features import collect_features
     from sae_hooks.report.rows import Rows
     from sae_hooks.report.tokens import TokenText
     from sae_hooks.store import open_store
 
     store = open_store(store) if isinstance(store, (str, os.PathLike)) else store
-    if point is None:
-        if len(store.points) != 1:
-            raise ValueError(f"the store holds points {store.points}; name one with point=")
-        point = store.points[0]
+    point, identity = _where(store, point, identity)
+    model_id = model_id or identity.model_name or ""
     rows = Rows.from_store(store, point, max_rows=max_rows)
     stats = collect_features(sae, rows, k=n_examples, progress=progress)
     firing = [int(i) for i in (stats.fire_count > 0).nonzero().flatten()]
@@ -80,7 +86,7 @@ def export_neuronpedia(
         "format": FORMAT,
         "modelId": model_id,
         "saeId": sae_id,
-        "hookName": hook_name_of_point(point) or point,
+        "hookName": identity.hook_name,
         "point": point,
         "architecture": type(sae).__name__,
         "d_in": int(sae.input_size),
@@ -88,9 +94,19 @@ def export_neuronpedia(
         "n_rows": rows.n_rows,
         "featuresPerBatch": FEATURES_PER_BATCH,
         "batches": batches,
+        "identity": identity.to_dict(),
     }
     (out / "sae.json").write_text(json.dumps(header, indent=2) + "\n")
     return out
+
+
+def _where(store: Any, point: str | None, identity: RunIdentity | None) -> tuple[str, RunIdentity]:
+    """The hook point exported (the store's only one by default) and the identity."""
+    if point is None:
+        if len(store.points) != 1:
+            raise ValueError(f"the store holds points {store.points}; name one with point=")
+        point = store.points[0]
+    return point, (identity or identity_from_store(store)).with_values(point=point)
 
 
 def _write_batch(

@@ -10,20 +10,24 @@ into the weights (W_enc * s, W_dec / s, b_dec / s) so the files run on raw activ
 and our own config rides along under the "sae_hooks" key (SAELens ignores unknown
 keys), so that import restores the exact variant and its input_scale.
 
-Where the activations come from: export writes SAELens's `metadata.hook_name` /
-`metadata.model_name` (and the same keys at the top level, for SAELens < 6) from our
-hook point (`resid_post.6` -> `blocks.6.hook_resid_post`); `saelens_metadata` reads
-them back, mapped to our vocabulary (which also resolves on Hugging Face models).
-`rescale_acts_by_decoder_norm: true` (SAELens's default for TopK/BatchTopK training)
-computes acts = act(n * pre) and decodes acts / n with n = |W_dec rows|; import folds
-it (W_enc and b_enc times n, W_dec rows over n), which leaves codes and outputs equal.
-Settings with no equivalent here are refused by name (hook_head_index,
-reshape_activations, normalize_activations).
+Where the activations come from: export writes SAELens's metadata (model_name,
+hook_name, context_size, prepend_bos, dataset_path, model_from_pretrained_kwargs; the
+same keys at the top level, which SAELens reads from a cfg.json that names no
+sae_lens_version) from a `RunIdentity`, null where the run did not record a value
+(SAELens would otherwise assume prepend_bos=True); the whole identity rides under
+"sae_hooks". `saelens_metadata` reads it back, hook_name mapped to our vocabulary.
+
+A transcoder's output point (the identity's target_point) is written as hook_name_out.
+
+Import reads SAELens inference SAEs and its BatchTopK / Matryoshka BatchTopK training
+checkpoints (cfg.json and header checked first: sae_hooks.interop.saelens_config).
+`rescale_acts_by_decoder_norm: true` computes acts = act(n * pre) and decodes acts / n
+with n = |W_dec rows|; import folds it (W_enc and b_enc times n, W_dec rows over n),
+which leaves codes and outputs equal.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -33,18 +37,37 @@ from typing import Any
 
 import torch
 
-from sae_hooks.hooks.points import hook_name_of_point, point_from_hook_name
+from sae_hooks.hooks.points import point_from_hook_name
 from sae_hooks.sae.base import SAE, SAE_REGISTRY
 from sae_hooks.sae.batchtopk import BatchTopKSAE
 from sae_hooks.sae.encoders import LinearEncoder
 from sae_hooks.sae.jump import JumpSAE
-from sae_hooks.sae.persistence import read_safetensors
+from sae_hooks.sae.matryoshka import MatryoshkaBatchTopKSAE
+from sae_hooks.sae.persistence import check_values
 from sae_hooks.sae.topk import TopKSAE
 
-SAELENS_CONFIG = "cfg.json"
-SAELENS_WEIGHTS = "sae_weights.safetensors"
-SAELENS_ARCHITECTURES = ("standard", "topk", "jumprelu", "batchtopk")
+from .identity import RunIdentity
+from .saelens_config import (
+    SAELENS_ARCHITECTURES,
+    SAELENS_CONFIG,
+    SAELENS_WEIGHTS,
+    SaelensFile,
+    open_saelens,
+    read_saelens_config,
+    read_saelens_tensors,
+)
+
+__all__ = [
+    "SAELENS_ARCHITECTURES",
+    "SAELENS_CONFIG",
+    "SAELENS_WEIGHTS",
+    "export_saelens",
+    "import_saelens",
+    "saelens_metadata",
+]
+
 _UNIT_NORM_TOL = 1e-5
+_SAELENS_IDENTITY = ("model_name", "context_size", "prepend_bos", "dataset_path")
 _SAELENS_NAME = {
     "relu": "standard",
     "topk": "topk",
@@ -62,21 +85,25 @@ def export_saelens(
     point: str | None = None,
     model_name: str | None = None,
     hook_name: str | None = None,
+    identity: RunIdentity | None = None,
 ) -> Path:
     """Write `sae` as an SAELens inference SAE; returns the directory.
 
-    point (ours, e.g. "resid_post.6") or hook_name (SAELens's, e.g.
-    "blocks.6.hook_resid_post") and model_name say where SAELens should hook it."""
+    identity (see `identity_from_run`) says where SAELens should hook it and what the
+    activations were computed from; point (ours, e.g. "resid_post.6") and model_name
+    fill it in (they must agree with it), hook_name overrides the TransformerLens name."""
     from safetensors.torch import save_file
 
+    identity = (identity or RunIdentity()).with_values(point=point, model_name=model_name)
     tensors, cfg = _saelens_weights(sae)
-    _add_location(cfg, point, model_name, hook_name)
-    with contextlib.suppress(
-        ValueError
-    ):  # a custom normalisation: SAELens still gets exact weights
-        cfg["sae_hooks"] = {"config": sae.config(), "input_scale": float(sae.input_scale)}
-        if point:
-            cfg["sae_hooks"]["point"] = point
+    _add_location(cfg, identity, hook_name)
+    try:
+        ours = {"config": sae.config(), "input_scale": float(sae.input_scale)}
+    except ValueError:  # a custom normalisation: SAELens still gets exact weights
+        ours = {}
+    if identity.point:
+        ours["point"] = identity.point
+    cfg["sae_hooks"] = {**ours, "identity": identity.to_dict()}
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous() for k, v in tensors.items()}, path / SAELENS_WEIGHTS)
@@ -135,55 +162,60 @@ def _saelens_architecture(
     return cfg
 
 
-def _add_location(
-    cfg: dict[str, Any], point: str | None, model_name: str | None, hook_name: str | None
-) -> None:
-    """Where SAELens hooks the SAE: metadata (SAELens 6) and the top level (SAELens < 6)."""
-    hook_name = hook_name or (hook_name_of_point(point) or point if point else None)
-    if hook_name or model_name:
-        where = {"hook_name": hook_name, "model_name": model_name, "hook_head_index": None}
-        cfg["metadata"] = {k: v for k, v in where.items() if v is not None}
-        cfg.update(cfg["metadata"])  # SAELens < 6 read them at the top level
+def _add_location(cfg: dict[str, Any], identity: RunIdentity, hook_name: str | None) -> None:
+    """SAELens's metadata: in `metadata` (SAELens 6) and at the top level, which is what
+    SAELens reads from a cfg.json without sae_lens_version. Unknown values are written as
+    null so that SAELens's own defaults (prepend_bos=True) do not stand in for them."""
+    kwargs = {"revision": identity.model_revision} if identity.model_revision else {}
+    if identity.backend == "transformers":  # raw residuals: TransformerLens must not centre
+        kwargs["center_writing_weights"] = False
+    meta = {
+        "model_name": identity.model_name,
+        "hook_name": hook_name or identity.hook_name,
+        "hook_head_index": None,
+        "context_size": identity.context_size,
+        "prepend_bos": identity.prepend_bos,
+        "dataset_path": identity.dataset_path,
+        "model_from_pretrained_kwargs": kwargs or None,
+    }
+    if identity.target_point:  # a transcoder: the output it predicts
+        meta["hook_name_out"] = identity.hook_name_out
+    cfg["metadata"] = meta
+    # SAELens < 6 parsing tests `"hook_z" in hook_name`: never a null hook_name up there.
+    cfg.update({k: v for k, v in meta.items() if v is not None or k != "hook_name"})
 
 
 @torch.no_grad()
 def import_saelens(path: str | os.PathLike, device: str | torch.device = "cpu") -> SAE:
-    """Read an SAELens directory (cfg.json + sae_weights.safetensors) into one of our SAEs."""
-    path = Path(path)
-    cfg, arch = _read_saelens_config(path)
-    tensors = read_safetensors(path / SAELENS_WEIGHTS, device)
-    w_enc, b_enc, w_dec, b_dec = _required(tensors, arch)
-    nb, d = w_dec.shape
-    if w_enc.shape != (d, nb) or b_enc.shape != (nb,) or b_dec.shape != (d,):
-        raise ValueError(
-            f"inconsistent SAELens weights: W_enc {tuple(w_enc.shape)}, b_enc {tuple(b_enc.shape)}, "
-            f"W_dec {tuple(w_dec.shape)}, b_dec {tuple(b_dec.shape)}"
-        )
-    for key, size in (("d_in", d), ("d_sae", nb)):
-        if key in cfg and cfg[key] != size:
-            raise ValueError(f"cfg.json says {key}={cfg[key]} but the weights have {size}")
-    if cfg.get("rescale_acts_by_decoder_norm"):
+    """Read an SAELens directory (cfg.json + sae_weights.safetensors) into one of our SAEs.
+
+    cfg.json and the weights' header are checked against each other first; the SAE is
+    built only from sizes the file holds, and its final weights are checked as
+    `load_sae` checks ours (finite, positive input_scale)."""
+    file = open_saelens(path)
+    ours = _our_config(file)  # an SAE exported by sae-hooks: its exact variant
+    tensors = read_saelens_tensors(file, device)
+    w_enc, b_enc, w_dec, b_dec = (tensors[n] for n in ("W_enc", "b_enc", "W_dec", "b_dec"))
+    if file.cfg.get("rescale_acts_by_decoder_norm"):
         w_enc, b_enc, w_dec = _fold_decoder_norm(w_enc, b_enc, w_dec)
-    if not cfg.get("apply_b_dec_to_input", True):
+    if not file.cfg.get("apply_b_dec_to_input", True):
         b_enc = b_enc + b_dec @ w_enc  # we always centre the encoder's input on b_dec
     threshold = tensors.get("threshold")
-
-    ours = cfg.get("sae_hooks")
-    if isinstance(ours, dict) and isinstance(ours.get("config"), dict):
-        sae, scale = _our_sae(ours, arch, device)
+    if ours is not None:
+        config, unfold = ours
+        sae = SAE_REGISTRY[config["architecture"]].from_config(config, device=device)
+        input_scale = unfold
     else:
-        sae, scale = _foreign_sae(cfg, arch, d, nb, w_dec, threshold, device), 1.0
-    if not isinstance(sae.encoder, LinearEncoder):
-        raise ValueError("an SAELens SAE needs the default linear encoder")
-
+        sae, unfold = _foreign_sae(file, w_dec, device), 1.0
+        input_scale = file.scaling_factor or 1.0
     state = {
-        "encoder.weight": w_enc.T / scale,
+        "encoder.weight": w_enc.T / unfold,
         "encoder.bias": b_enc,
-        "dictionary.weight": w_dec * scale,
-        "input_scale": torch.tensor(scale, dtype=w_dec.dtype, device=w_dec.device),
+        "dictionary.weight": w_dec * unfold,
+        "input_scale": torch.tensor(input_scale, dtype=w_dec.dtype, device=w_dec.device),
     }
     if sae.dictionary.bias is not None:
-        state["dictionary.bias"] = b_dec * scale
+        state["dictionary.bias"] = b_dec * unfold
     elif b_dec.abs().max() > 0:
         raise ValueError("the SAE config has no decoder bias but b_dec is non-zero")
     if isinstance(sae, JumpSAE):
@@ -192,60 +224,41 @@ def import_saelens(path: str | os.PathLike, device: str | torch.device = "cpu") 
         state.update(_batchtopk_state(tensors, threshold, w_dec))
     for key, value in sae.state_dict().items():
         state.setdefault(key, value)  # e.g. buffers SAELens has no notion of
-    sae.load_weights(
-        {
-            k: v.contiguous().to(w_dec.dtype) if v.is_floating_point() else v
-            for k, v in state.items()
-        }
-    )
+    state = {
+        k: v.contiguous().to(w_dec.dtype) if v.is_floating_point() else v for k, v in state.items()
+    }
+    check_values(state, file.weights)  # e.g. an input_scale of 1e308 folded into float32
+    sae.load_weights(state)
     return sae.eval()  # inference is never silently in train mode (BatchTopK: batch top-k)
 
 
-def _read_saelens_config(path: Path) -> tuple[dict[str, Any], str]:
-    """cfg.json and its SAELens architecture, checked to be one we can import."""
-    if not path.is_dir():
-        raise ValueError(f"{path} is not a directory with {SAELENS_CONFIG} and {SAELENS_WEIGHTS}")
-    cfg_path = path / SAELENS_CONFIG
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path} has no {SAELENS_CONFIG}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{cfg_path} is not valid JSON: {err}") from err
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{cfg_path} must hold a JSON object")
-    arch = cfg.get("architecture", "standard")
-    if arch not in SAELENS_ARCHITECTURES:
+def _our_config(file: SaelensFile) -> tuple[dict[str, Any], float] | None:
+    """(our config, input_scale) of a file sae-hooks exported, checked against the file's
+    sizes on the meta device (nothing allocated); None for a file SAELens wrote."""
+    ours = file.cfg.get("sae_hooks")
+    if not isinstance(ours, dict) or not isinstance(ours.get("config"), dict):
+        return None
+    config = ours["config"]
+    arch = config.get("architecture")
+    if _SAELENS_NAME.get(arch) != file.arch:
         raise ValueError(
-            f"unsupported SAELens architecture {arch!r}; supported: {list(SAELENS_ARCHITECTURES)}"
+            f"cfg.json is inconsistent: SAELens architecture {file.arch!r} but sae_hooks "
+            f"architecture {arch!r}"
         )
-    _refuse_unrepresentable(cfg, cfg_path)
-    if cfg.get("normalize_activations", "none") not in ("none", None):
+    skeleton = SAE_REGISTRY[arch].from_config(config, device="meta")
+    if (skeleton.input_size, skeleton.nb_concepts) != (file.d_in, file.d_sae):
         raise ValueError(
-            f"normalize_activations={cfg['normalize_activations']!r} is not supported; fold the "
-            "normalisation into the weights (SAELens: fold_activation_norm_scaling_factor) first"
+            f"cfg.json's sae_hooks config is for {skeleton.nb_concepts} latents over "
+            f"{skeleton.input_size} dimensions, but the weights have {file.d_sae} over {file.d_in}"
         )
-    return cfg, arch
-
-
-def _refuse_unrepresentable(cfg: dict[str, Any], where: Path) -> None:
-    """SAELens settings that change what the SAE computes and have no equivalent here."""
-    meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
-    head = cfg.get("hook_head_index", meta.get("hook_head_index"))
-    if head is not None:
+    if not isinstance(skeleton.encoder, LinearEncoder):
+        raise ValueError("an SAELens SAE needs the default linear encoder")
+    scale = ours.get("input_scale", 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < math.inf:
         raise ValueError(
-            f"{where}: hook_head_index={head!r} (an SAE on one attention head) is not supported; "
-            "sae-hooks SAEs read whole hook-point activations"
+            f"cfg.json's sae_hooks input_scale must be a positive number, got {scale!r}"
         )
-    reshape = cfg.get("reshape_activations", "none")
-    if reshape not in ("none", None):
-        raise ValueError(
-            f"{where}: reshape_activations={reshape!r} is not supported (only 'none'): the SAE "
-            "would read per-head activations reshaped by SAELens"
-        )
-    for key in ("rescale_acts_by_decoder_norm", "apply_b_dec_to_input"):
-        if key in cfg and not isinstance(cfg[key], bool):
-            raise ValueError(f"{where}: {key} must be true or false, got {cfg[key]!r}")
+    return config, float(scale)
 
 
 def _fold_decoder_norm(
@@ -262,62 +275,48 @@ def _fold_decoder_norm(
     return w_enc * norm, b_enc * norm, w_dec / norm[:, None]
 
 
-def saelens_metadata(path: str | os.PathLike) -> dict[str, str | None]:
+def saelens_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """model_name, hook_name and our hook point (hook_name mapped to e.g. resid_post.6,
-    valid on Hugging Face and TransformerLens models alike) of an SAELens directory."""
-    cfg, _ = _read_saelens_config(Path(path))
+    valid on Hugging Face and TransformerLens models alike) of an SAELens directory, plus
+    "identity": everything the export recorded (a `RunIdentity` as a dict)."""
+    cfg, _ = read_saelens_config(Path(path))
     meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
     hook = meta.get("hook_name") or cfg.get("hook_name")
     ours = cfg.get("sae_hooks") if isinstance(cfg.get("sae_hooks"), dict) else {}
     point = ours.get("point") or (point_from_hook_name(hook) or hook if hook else None)
+    recorded = ours.get("identity")
+    if not isinstance(recorded, dict):  # a file SAELens wrote: its own metadata keys
+        recorded = {**{k: cfg[k] for k in _SAELENS_IDENTITY if k in cfg}, **meta, "point": point}
+    identity = RunIdentity.from_dict(recorded)
     return {
         "model_name": meta.get("model_name") or cfg.get("model_name"),
         "hook_name": hook,
         "point": point,
+        "identity": identity.to_dict(),
     }
 
 
-def _our_sae(ours: dict[str, Any], arch: str, device: str | torch.device) -> tuple[SAE, float]:
-    """The exact variant (and input_scale) an SAE exported by sae-hooks carries along."""
-    config = ours["config"]
-    expected = _SAELENS_NAME.get(config.get("architecture"))
-    if expected != arch:
-        raise ValueError(
-            f"cfg.json is inconsistent: SAELens architecture {arch!r} but sae_hooks "
-            f"architecture {config.get('architecture')!r}"
-        )
-    sae = SAE_REGISTRY[config["architecture"]].from_config(config, device=device)
-    return sae, float(ours.get("input_scale", 1.0))
-
-
-def _required(tensors: dict[str, torch.Tensor], arch: str) -> list[torch.Tensor]:
-    names = ["W_enc", "b_enc", "W_dec", "b_dec"] + (["threshold"] if arch == "jumprelu" else [])
-    missing = [n for n in names if n not in tensors]
-    if missing:
-        raise ValueError(f"SAELens {arch!r} weights lack {missing}; found {sorted(tensors)}")
-    return [tensors[n] for n in names[:4]]
-
-
-def _foreign_sae(
-    cfg: dict[str, Any],
-    arch: str,
-    d: int,
-    nb: int,
-    w_dec: torch.Tensor,
-    threshold: torch.Tensor | None,
-    device: str | torch.device,
-) -> SAE:
+def _foreign_sae(file: SaelensFile, w_dec: torch.Tensor, device: str | torch.device) -> SAE:
     """An SAE for a file SAELens wrote: 'l2' atoms if W_dec rows are unit norm, else 'identity'."""
+    d, nb = file.d_in, file.d_sae
     unit = bool(((w_dec.norm(dim=-1) - 1).abs() <= _UNIT_NORM_TOL).all())
     params = {"normalization": "l2" if unit else "identity"}
-    if arch == "standard":
+    if file.arch == "standard":
         return SAE(d, nb, dictionary_params=params, device=device)
-    if arch == "topk":
-        return TopKSAE(d, nb, top_k=int(cfg.get("k", 100)), dictionary_params=params, device=device)
-    if arch == "jumprelu":
+    if file.arch == "topk":
+        return TopKSAE(d, nb, top_k=file.k, dictionary_params=params, device=device)
+    if file.arch == "jumprelu":
         return JumpSAE(d, nb, dictionary_params=params, device=device)
-    k = cfg.get("k", 100)
-    return BatchTopKSAE(d, nb, top_k_per_sample=k, dictionary_params=params, device=device)
+    if file.arch == "matryoshka_batchtopk":
+        return MatryoshkaBatchTopKSAE(
+            d,
+            nb,
+            top_k_per_sample=file.k,
+            group_sizes=file.group_sizes,
+            dictionary_params=params,
+            device=device,
+        )
+    return BatchTopKSAE(d, nb, top_k_per_sample=file.k, dictionary_params=params, device=device)
 
 
 def _positive(threshold: torch.Tensor) -> torch.Tensor:

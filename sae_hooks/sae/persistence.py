@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -36,8 +37,8 @@ def load_sae(path: str | os.PathLike, device: str | torch.device = "cpu") -> SAE
         raise FileNotFoundError(f"{path} has no {CONFIG_FILE}; is it an SAE saved by SAE.save?")
     try:
         config = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{config_path} is not valid JSON: {err}") from err
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise ValueError(f"{config_path} is not valid JSON: {err}") from None
     if not isinstance(config, dict):
         raise ValueError(f"{config_path} must hold a JSON object")
     arch = config.get("architecture")
@@ -52,7 +53,7 @@ def load_sae(path: str | os.PathLike, device: str | torch.device = "cpu") -> SAE
     check_header(skeleton, read_safetensors_header(weights), weights)
     sae = SAE_REGISTRY[arch].from_config(config, device=device)
     tensors = read_safetensors(weights, device)
-    check_finite(tensors, weights)
+    check_values(tensors, weights)
     sae.load_weights(tensors)
     return sae.eval()  # inference is never silently in train mode (BatchTopK: batch top-k)
 
@@ -91,7 +92,8 @@ def _unreadable(path: Path, err: Exception) -> ValueError:
     return ValueError(f"{path} is not a readable safetensors file (truncated or corrupt?): {err}")
 
 
-_FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
+"""The safetensors dtypes an SAE's floating tensors may be stored in."""
 
 
 def check_header(skeleton: SAE, header: dict[str, tuple[tuple[int, ...], str]], path: Path) -> None:
@@ -101,22 +103,42 @@ def check_header(skeleton: SAE, header: dict[str, tuple[tuple[int, ...], str]], 
         skeleton._match_layout(header)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
-    wrong, not_float = [], []
+    wrong = []
     for name, tensor in skeleton.state_dict().items():
-        shape, dtype = header[name]
+        shape = header[name][0]
         if tuple(tensor.shape) != shape:
             wrong.append(f"{name} is {list(shape)} in the file, {list(tensor.shape)} by the config")
-        if tensor.is_floating_point() and dtype not in _FLOAT_DTYPES:
-            not_float.append(f"{name} ({dtype})")
     if wrong:
         raise ValueError(
             f"the weights do not fit the config: {path} does not match "
             f"{path.parent / CONFIG_FILE}: {'; '.join(wrong)}"
         )
+    floats = [n for n, t in skeleton.state_dict().items() if t.is_floating_point()]
+    check_float_dtypes(header, floats, path)
+
+
+def check_float_dtypes(
+    header: dict[str, tuple[tuple[int, ...], str]], names: Iterable[str], path: Path
+) -> None:
+    """The tensors `names` must be stored as floating point (an int32 or bool weight is a
+    damaged or foreign file, never cast silently)."""
+    not_float = [f"{n} ({header[n][1]})" for n in names if header[n][1] not in FLOAT_DTYPES]
     if not_float:
         raise ValueError(
             f"{path} stores {', '.join(not_float)}; SAE weights must be floating point "
-            f"(one of {', '.join(_FLOAT_DTYPES)})"
+            f"(one of {', '.join(FLOAT_DTYPES)})"
+        )
+
+
+def check_values(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """What every SAE loader checks in the tensors it read, whatever the format: no NaN or
+    infinity anywhere, and an `input_scale` (if any) above zero."""
+    check_finite(tensors, path)
+    scale = tensors.get("input_scale")
+    if scale is not None and scale.is_floating_point() and not bool((scale > 0).all()):
+        raise ValueError(
+            f"{path}: input_scale is {scale.flatten()[:4].tolist()}; it must be a positive "
+            "number (the SAE multiplies its input by it and divides its output by it)"
         )
 
 
