@@ -9,6 +9,7 @@ back to measure next-token loss (CE clean/spliced/zero/mean, loss recovered,
 KL), and ablates the latents that carry the concept "exceptions": contexts cut
 right before the word " exception", where the target is log p(" exception").
 
+  python recipes/gpt2_small.py --model gpt2                       # from the hub (cached)
   python recipes/gpt2_small.py --model-dir models/gpt2
   python recipes/gpt2_small.py --model-dir models/gpt2 --device cuda --total-tokens 20000000
   python recipes/gpt2_small.py --model-dir models/gpt2 --data my_corpus.jsonl
@@ -23,13 +24,14 @@ import re
 from sae_hooks.concepts import next_word_concept
 from sae_hooks.data import load_texts, pydoc_texts, text_batches
 from sae_hooks.data.splits import split_texts
-from sae_hooks.models import load_model, model_family
 from sae_hooks.pipeline import PipelineResult, run_pipeline
 from sae_hooks.recipe import (
     eval_batch_count,
     print_summary,
     recipe_corpus,
+    recipe_model,
     recipe_parser,
+    recipe_record,
     recipe_run_dir,
     train_config,
     user_errors,
@@ -64,10 +66,10 @@ def run(argv: list[str] | None, *, family: str, name: str, doc: str) -> Pipeline
     device = args.device or "cpu"
     defaults, point = (TINY, TINY_POINT) if args.tiny else (DEFAULTS, POINT)
     ctx = args.context_length
-    bos = model_family(family).prepend_bos
     with user_errors():  # e.g. no weights, or a context longer than the model's
         config = train_config(args, defaults)
-        model, tokenizer = load_model(family, args.model_dir, tiny=args.tiny, device=device)
+        loaded = recipe_model(args, family)
+        model, tokenizer, bos = loaded.model, loaded.processor, loaded.family.prepend_bos
         texts = load_texts(args.data)[: 200 if args.tiny else None]
         train_texts, eval_texts = split_texts(texts, f"--data {args.data}")
         # Every context starts with <|endoftext|>, as GPT-2 saw in training; its activation
@@ -95,7 +97,9 @@ def run(argv: list[str] | None, *, family: str, name: str, doc: str) -> Pipeline
         n_random=4 if args.tiny else 8,
         device=device,
     )
-    tl = model_family(family).backend == "tl"
+    tl = loaded.family.backend == "tl"
+    corpus = recipe_corpus(args.data, context_length=ctx)
+    name_of_model = loaded.identity.get("name_or_path") or ("tiny-gpt2" if args.tiny else "gpt2")
     return run_pipeline(
         model,
         args.point or point,
@@ -106,13 +110,14 @@ def run(argv: list[str] | None, *, family: str, name: str, doc: str) -> Pipeline
         concept=concept,
         max_rows=args.max_rows,
         drop_bos=bos,
-        model_name=("tiny-gpt2" if args.tiny else "gpt2") + (" (TransformerLens)" if tl else ""),
+        model_name=name_of_model + (" (TransformerLens)" if tl else ""),
         source=f"{args.data} ({len(train_texts)} documents)",
         report=not args.no_report,
         tokenizer=tokenizer,
         unembed=model.W_U if tl else model.lm_head.weight,
         progress=not args.quiet,
-        corpus=recipe_corpus(args.data, context_length=ctx),
+        corpus=corpus,
+        record=recipe_record(loaded, args.point or point, corpus),
     )
 
 

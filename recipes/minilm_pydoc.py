@@ -58,8 +58,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
-    offline()
-    model, tokenizer, texts = minilm_and_pydoc(args.tiny, args.model_dir)
+    if not args.model:  # the bundled weights and CPython's docs: nothing to download
+        offline()
+    model, tokenizer, texts = minilm_and_pydoc(args.tiny, args.model_dir, args.model)
     train_texts, eval_texts = split_texts(texts)
     ctx = args.context_length
     data = text_batches(

@@ -25,14 +25,15 @@ from sae_hooks.concepts import top_class_concept
 from sae_hooks.data import image_batches
 from sae_hooks.data.splits import split_batches
 from sae_hooks.data.synthetic_images import BLUE, RED, palette, shape_batches
-from sae_hooks.models import load_model
 from sae_hooks.pipeline import run_pipeline
 from sae_hooks.recipe import (
     eval_batch_count,
     fail,
     print_summary,
     recipe_corpus,
+    recipe_model,
     recipe_parser,
+    recipe_record,
     recipe_run_dir,
     train_config,
     user_errors,
@@ -75,7 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     given = args.concept_positive is not None
     with user_errors():
         config = train_config(args, TINY if args.tiny else DEFAULTS)
-        model, processor = load_model("vit", args.model_dir, tiny=args.tiny, device=device)
+        loaded = recipe_model(args, "vit")
+        model, processor = loaded.model, loaded.processor
         size, bs = model.config.image_size, args.capture_batch_size
         shaped = {"image_size": size, "processor": processor}  # normalised like real images
         if args.images is None:  # --tiny: synthetic shapes in 12 colours
@@ -99,21 +101,25 @@ def main(argv: list[str] | None = None) -> None:
         n_random=4 if args.tiny else 8,
     )
 
+    point = args.point or (TINY_POINT if args.tiny else POINT)
+    corpus = recipe_corpus(args.images or "synthetic shapes")
+    default_name = "tiny-vit" if args.tiny else "google/vit-base-patch16-224"
     result = run_pipeline(
         model,
-        args.point or (TINY_POINT if args.tiny else POINT),
+        point,
         data,
         [b.to(device) for b in eval_data],
         config,
         recipe_run_dir(args, "vit_base"),
         concept=concept,
         max_rows=args.max_rows,
-        model_name="tiny-vit" if args.tiny else "google/vit-base-patch16-224",
+        model_name=loaded.identity.get("name_or_path") or default_name,
         source=images.description if args.images else "320 synthetic shapes",
         vit_tokens=args.vit_tokens,
         report=not args.no_report,
         progress=not args.quiet,
-        corpus=recipe_corpus(args.images or "synthetic shapes"),
+        corpus=corpus,
+        record=recipe_record(loaded, point, corpus),
     )
     print_summary(result)
 

@@ -13,6 +13,7 @@ The training function stays in its package (`from sae_hooks.train import train`)
 re-exported here it would shadow the `sae_hooks.train` package itself.
 """
 
+from sae_hooks.auto_models import load_model
 from sae_hooks.eval import (
     AblationResult,
     ReconstructionResult,
@@ -98,6 +99,7 @@ __all__ = [
     "export_saelens",
     "import_saelens",
     "list_hook_points",
+    "load_model",
     "load_overcomplete_state_dict",
     "load_sae",
     "open_store",

@@ -1,7 +1,9 @@
-"""Loading models offline: real weights from a local directory, or tiny random-init ones.
+"""The named model families (gpt2, vit, minilm, tl-gpt2): local weights, offline, or tiny
+random-init ones.
 
-Nothing here reaches a model hub. A missing directory is an error that says
-exactly how to provide the weights.
+Nothing here reaches a model hub; `sae_hooks.auto_models` loads any model by hub id or
+directory (`--model`). A missing directory is an error that says exactly how to
+provide the weights.
 """
 
 from __future__ import annotations
@@ -50,8 +52,8 @@ class ModelFamily:
     modality: Literal["text", "vision"]
     prepend_bos: bool
     loader: str
-    how_to_get_weights: str
-    build_tiny: Callable[[int, int, int], Any]
+    how_to_get_weights: str = ""
+    build_tiny: Callable[[int, int, int], Any] | None = None  # None: no random-init variant
     backend: Literal["hf", "tl"] = "hf"
     weights: str = ""  # the family whose weights directory it reads ("" = its own)
     model_types: tuple[str, ...] = ()
@@ -277,6 +279,8 @@ def tiny_model(
 ) -> Any:
     """A small random-init model of a family, for tests and --tiny recipe runs."""
     record = model_family(family)
+    if record.build_tiny is None:
+        raise ValueError(f"family {family!r} has no random-init variant")
     torch.manual_seed(seed)
     return record.build_tiny(d_model, n_layers, context)
 

@@ -15,9 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from sae_hooks.auto_models import LoadedModel
 from sae_hooks.cli.train_flags import add_train_args, train_config
 from sae_hooks.pipeline import PipelineResult, run_dir_for
-from sae_hooks.runrecord import SPLIT_TRAIN
+from sae_hooks.runrecord import SPLIT_TRAIN, RunRecord, tokenizer_record
 
 __all__ = [
     "eval_batch_count",
@@ -25,7 +26,9 @@ __all__ = [
     "minilm_and_pydoc",
     "print_summary",
     "recipe_corpus",
+    "recipe_model",
     "recipe_parser",
+    "recipe_record",
     "recipe_run_dir",
     "train_config",
     "user_errors",
@@ -38,6 +41,17 @@ def recipe_parser(
     """The flags every recipe shares; a recipe adds its own (point, data, concept)."""
     p = argparse.ArgumentParser(
         description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--model",
+        metavar="NAME_OR_PATH",
+        help="a Hugging Face hub id or local model directory, any architecture (downloaded "
+        "into the HF cache on first use; read from it after and with HF_HUB_OFFLINE=1)",
+    )
+    p.add_argument("--revision", help="hub branch, tag or commit of --model")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="--model's dtype")
+    p.add_argument(
+        "--trust-remote-code", action="store_true", help="let --model's own code run (off)"
     )
     p.add_argument("--model-dir", help=model_dir_help)
     p.add_argument("--tiny", action="store_true", help="random-init small model, for tests")
@@ -58,12 +72,54 @@ def fail(message: str) -> None:
     raise SystemExit(2)
 
 
-def minilm_and_pydoc(tiny: bool, model_dir: str | None = None) -> tuple[Any, Any, list[str]]:
+def recipe_model(args: argparse.Namespace, family: str) -> LoadedModel:
+    """The recipe's model: --model (a hub id or directory, any architecture, loaded as the
+    CLI loads it) when given, else the family's --model-dir or --tiny model, offline. The
+    identity is empty for the latter (run_pipeline infers the record as before)."""
+    from sae_hooks.auto_models import load_any
+    from sae_hooks.models import load_model, model_family
+
+    device = getattr(args, "device", None) or "cpu"
+    record = model_family(family)
+    if getattr(args, "model", None):
+        return load_any(
+            args.model,
+            revision=args.revision,
+            dtype=args.dtype,
+            device=device,
+            trust_remote_code=args.trust_remote_code,
+            backend="transformer-lens" if record.backend == "tl" else "hf",
+        )
+    model, processor = load_model(family, args.model_dir, tiny=args.tiny, device=device)
+    return LoadedModel(model, processor, record)
+
+
+def recipe_record(loaded: LoadedModel, point: str, corpus: dict[str, Any]) -> RunRecord | None:
+    """run.json of a recipe run on --model: the model's identity as loaded (None otherwise)."""
+    if not loaded.identity:
+        return None
+    return RunRecord(
+        model=dict(loaded.identity),
+        tokenizer=tokenizer_record(loaded.processor, loaded.identity.get("model_dir")),
+        points=[point],
+        corpus={**corpus, "prepend_bos": loaded.family.prepend_bos},
+        created_by="sae_hooks.recipe",
+    )
+
+
+def minilm_and_pydoc(
+    tiny: bool, model_dir: str | None = None, model: str | None = None
+) -> tuple[Any, Any, list[str]]:
     """(model, tokenizer, texts) of the offline default: the bundled all-MiniLM-L6-v2
-    (or --model-dir) on CPython's docs; --tiny: a random-init MiniLM on 120 paragraphs."""
+    (or --model-dir, or --model: a hub id or directory) on CPython's docs; --tiny: a
+    random-init MiniLM on 120 paragraphs."""
     from sae_hooks.data import pydoc_texts
     from sae_hooks.models import check_model_dir, minilm_dir, pydoc_tokenizer, tiny_model
 
+    if model:
+        from sae_hooks.auto_models import load_model
+
+        return (*load_model(model), pydoc_texts())
     if tiny:
         return tiny_model("minilm"), pydoc_tokenizer(), pydoc_texts()[:120]
     from transformers import AutoModel, AutoTokenizer
@@ -81,7 +137,7 @@ def recipe_run_dir(args: argparse.Namespace, name: str) -> Path:
 def recipe_corpus(data: str, **more: object) -> dict[str, object]:
     """run.json's corpus entry for a recipe: its --data, split as every recipe splits it
     (sae_hooks.data.splits), plus e.g. context_length and text_field."""
-    return {"data": data, "split": SPLIT_TRAIN, **more}
+    return {"data": data, "part": SPLIT_TRAIN, **more}
 
 
 def eval_batch_count(args: argparse.Namespace) -> int:

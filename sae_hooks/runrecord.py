@@ -4,13 +4,23 @@ Every run directory (CLI capture, `run_pipeline`, the recipes, a sweep) holds on
 run.json at its root:
 
     {"format": 1,
-     "model": {"family": "minilm", "model_dir": "/abs/path" | null, "hub_id": null,
-               "revision": null, "tiny": false, "name": "..."},
+     "model": {"name_or_path": "org/model" | "/abs/path" | null, "name": "...",
+               "revision": "main" | null, "commit": "<hash>" | null,
+               "model_type": "llama", "head": "LlamaForCausalLM", "dtype": "float32",
+               "backend": "hf" | "transformer-lens", "prepend_bos": true,
+               "family": "gpt2" | null, "model_dir": ..., "hub_id": ..., "tiny": false},
      "tokenizer": "/abs/path" | "pydoc-bpe" | null,
      "points": ["resid_post.3"],
-     "corpus": {"data": "pydoc", "text_field": "text", "context_length": 128,
-                "split": "train: all documents but the held-out last tenth", ...},
+     "corpus": {"data": "pydoc" | "org/dataset" | "/abs/path", "split": null,
+                "text_field": "text", "streaming": false, "skip_invalid": false,
+                "context_length": 128, "prepend_bos": true,
+                "part": "train: all documents but the held-out last tenth", ...},
      "created_by": "sae-hooks capture"}
+
+name_or_path is exactly what the model was loaded from (a hub id as given, a local
+directory resolved); null for --tiny models, which are rebuilt from their family.
+Records written before --model (no name_or_path) name a family and a model_dir; their
+corpus "split" held what "part" holds now.
 
 "pydoc-bpe" is the offline tokenizer of the --tiny models (`models.pydoc_tokenizer`),
 which is rebuilt identically on demand. eval, ablate, report and inspect read this file
@@ -59,8 +69,9 @@ class RunRecord:
         """Two or three lines for `inspect`."""
         m = self.model
         where = m.get("model_dir") or m.get("hub_id") or ("random init" if m.get("tiny") else "?")
-        rev = f" @ {m['revision']}" if m.get("revision") else ""
-        lines = [f"model: {m.get('family') or m.get('name') or '?'} ({where}{rev})"]
+        rev = f" @ {m.get('commit') or m['revision']}" if m.get("revision") else ""
+        kind = m.get("family") or m.get("model_type") or m.get("name") or "?"
+        lines = [f"model: {kind} ({where}{rev})"]
         lines.append(f"tokenizer: {self.tokenizer or 'none recorded'}")
         lines.append(f"hook points: {', '.join(self.points) or 'none'}")
         c = self.corpus
@@ -69,7 +80,9 @@ class RunRecord:
             field_ = (
                 f", field {c['text_field']!r}" if c.get("text_field") not in (None, "text") else ""
             )
-            lines.append(f"corpus: {data}{field_}; {c.get('split', 'split not recorded')}")
+            split = f", split {c['split']}" if "part" in c and c.get("split") else ""
+            part = c.get("part", c.get("split", "part not recorded"))
+            lines.append(f"corpus: {data}{split}{field_}; {part}")
         return "\n".join(lines)
 
 

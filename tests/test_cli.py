@@ -110,7 +110,7 @@ def test_inspect_lists_hook_points(capsys):
         (["train", "--run", "../escape"], "plain directory name"),
         (["train", "--run", "x", "--architecture", "nope"], "architecture must be one of"),
         (["capture", "--family", "gpt2", "--tiny", "--run", "x"], "--point is required"),
-        (["capture", "--tiny", "--point", "resid_post.0", "--run", "x"], "--family is required"),
+        (["capture", "--tiny", "--point", "resid_post.0", "--run", "x"], "--model is required"),
         (
             ["capture", "--family", "gpt2", "--tiny", "--point", "resid_post.9", "--run", "x"],
             "resid_post.0..3",

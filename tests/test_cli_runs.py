@@ -37,7 +37,7 @@ def test_later_commands_need_only_the_run(cache, capsys, tmp_path):
     assert record["model"] == {**record["model"], "family": "gpt2", "tiny": True}
     assert record["tokenizer"] == "pydoc-bpe" and record["points"] == ["resid_post.1"]
     assert record["corpus"]["context_length"] == 32 and record["corpus"]["prepend_bos"]
-    assert record["corpus"]["split"].startswith("train")
+    assert record["corpus"]["part"].startswith("train")
     assert run(capsys, "train", "--run", "t", *TRAIN)[0] == 0
 
     # No --family / --tiny / --context-length: they come from run.json.

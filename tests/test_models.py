@@ -64,11 +64,13 @@ def test_remote_code_is_refused_unless_asked(gpt2_dir, tmp_path):
     assert not marker.exists()
 
 
-def test_gpt2_recipe_with_model_dir(gpt2_dir, tmp_path, capsys):
-    """The real-weights branch of the recipe end to end (not --tiny)."""
+@pytest.mark.parametrize("flag", ["--model-dir", "--model"])
+def test_gpt2_recipe_with_model_dir(gpt2_dir, tmp_path, capsys, flag):
+    """The real-weights branch of the recipe end to end (not --tiny); --model (the CLI's
+    loader) records the model as loaded."""
     runpy.run_path(str(RECIPES / "gpt2_small.py"), run_name="recipe")["main"](
         [
-            "--model-dir",
+            flag,
             str(gpt2_dir),
             "--cache",
             str(tmp_path),
@@ -95,6 +97,20 @@ def test_gpt2_recipe_with_model_dir(gpt2_dir, tmp_path, capsys):
     assert ev["point"] == "resid_post.1" and "loss_recovered" in ev["downstream"]
     assert json.loads((run / "train" / "config.json").read_text())["nb_concepts"] == 256
     assert "ablate top 8 concept latents" in capsys.readouterr().out
+    model = json.loads((run / "run.json").read_text())["model"]
+    if flag == "--model":
+        assert model["name_or_path"] == str(gpt2_dir.resolve()) and model["prepend_bos"]
+        assert model["model_type"] == "gpt2" and model["head"] == "GPT2LMHeadModel"
+
+
+def test_load_model_is_public_and_takes_a_directory(gpt2_dir, vit_dir):
+    """sae_hooks.load_model: any model by hub id or directory, with its processor."""
+    import sae_hooks
+
+    model, tok = sae_hooks.load_model(gpt2_dir)
+    assert type(model).__name__ == "GPT2LMHeadModel" and tok("a b")["input_ids"]
+    model, processor = sae_hooks.load_model(vit_dir, dtype="bfloat16")
+    assert model.dtype == torch.bfloat16 and type(processor).__name__.startswith("ViTImage")
 
 
 def test_one_record_per_family():

@@ -36,7 +36,7 @@ from sae_hooks.cli.common import USER_ERRORS, Interrupted
 COMMANDS = (capture, train, eval, ablate, export, inspect, report, sweep, bench_synthetic)
 
 EPILOG = """examples:
-  sae-hooks capture --family minilm --point resid_post.3 --run demo
+  sae-hooks capture --model gpt2 --point resid_post.6 --data NAME --text-field text --run demo
   sae-hooks train --run demo --architecture batchtopk --k-per-token 32 --total-tokens 500000
   sae-hooks eval --run demo                  # the model and corpus come from cache/demo/run.json
   sae-hooks ablate --run demo --positive pos.txt --negative neg.txt

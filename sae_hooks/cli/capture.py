@@ -12,15 +12,23 @@ from sae_hooks.cli.common import (
     family_of,
     input_batches,
     load_model,
+    resolve_part,
     run_dir,
     starts_with_bos,
 )
-from sae_hooks.cli.options import Option, add_command, data_options, model_options, run_options
+from sae_hooks.cli.options import (
+    Option,
+    add_command,
+    data_options,
+    model_options,
+    part_option,
+    run_options,
+)
 
 NAME = "capture"
 TABLE = NAME
 HELP = "Capture activations at hook points into a zarr store (resumes an interrupted one)."
-EXAMPLE = "sae-hooks capture --family gpt2 --model-dir models/gpt2 --point resid_post.6 --run gpt2"
+EXAMPLE = "sae-hooks capture --model gpt2 --point resid_post.6 --data NAME --run gpt2"
 
 
 def options() -> tuple[Option, ...]:
@@ -31,14 +39,16 @@ def options() -> tuple[Option, ...]:
         Option(("--point",), "hook point, repeatable (see `inspect`)", action="append"),
         Option(("--store",), "store location or fsspec URL [default: cache/<run>/store]"),
         Option(("--max-rows",), "stop after this many rows", type=int),
-        Option(("--dtype",), "float32, float16 or bfloat16", default="float32"),
-        Option(("--vit-tokens",), "ViT: all, cls or patches", default="all"),
         Option(
-            ("--split",),
+            ("--store-dtype",),
+            "dtype of the stored activations [default: the model's --dtype]",
+            choices=("float32", "float16", "bfloat16"),
+        ),
+        Option(("--vit-tokens",), "ViT: all, cls or patches", default="all"),
+        part_option(
+            ("train", "all"),
             "train: hold out the last tenth of the documents for eval (as the recipes "
-            "do); all: capture everything [default: %(default)s]",
-            choices=("train", "all"),
-            default="train",
+            "do); all: capture everything",
         ),
         Option(("--overwrite",), "replace an existing store", action="store_true"),
     )
@@ -53,13 +63,14 @@ def run(args: argparse.Namespace) -> None:
 
     if not args.point:
         raise ValueError("--point is required (e.g. resid_post.3); `sae-hooks inspect` lists them")
+    resolve_part(args, "train")
     apply_defaults(args)
     model, processor = load_model(args)
     run_at = run_dir(args)
     store = args.store or str(run_at.store)
     if args.overwrite and Path(store).exists():
         print(f"--overwrite: replacing the store at {store}")
-    data = input_batches(args, model, processor, args.split)
+    data = input_batches(args, model, processor, args.part)
     result = _capture(args, model, data, store)
     if args.store is None or Path(store).resolve().parent == run_at.root.resolve():
         write_run_record(run_at.root, capture_record(args, processor, result))
@@ -77,10 +88,10 @@ def _capture(args: argparse.Namespace, model: Any, data: Any, store: str) -> Any
             args.point,
             data,
             store,
-            dtype=args.dtype,
+            dtype=args.store_dtype or args.dtype or "float32",
             max_rows=args.max_rows,
             vit_tokens=args.vit_tokens,
-            source=f"{args.data} ({args.split})",
+            source=f"{args.data} ({args.part})",
             drop_bos=starts_with_bos(args),
             overwrite=args.overwrite,
             progress=not args.quiet,
@@ -107,31 +118,35 @@ def _rows_in(store: str) -> str:
 
 def capture_record(args: argparse.Namespace, processor: Any, result: Any) -> Any:
     """The run record of a capture: which model, tokenizer, points and corpus made the
-    store, so later steps (train, eval) can check they read the same thing."""
-    from sae_hooks.runrecord import (
-        SPLIT_ALL,
-        SPLIT_TRAIN,
-        RunRecord,
-        model_record,
-        tokenizer_record,
-    )
+    store, so later steps (train, eval, export) reopen the same model and data from
+    --run alone and say truthfully what they came from."""
+    from sae_hooks.runrecord import SPLIT_ALL, SPLIT_TRAIN, RunRecord, tokenizer_record
 
-    mrec = model_record(args.family, args.model_dir, tiny=args.tiny)
-    split = SPLIT_TRAIN if args.split == "train" else SPLIT_ALL
+    mrec = dict(args.loaded.identity)
+    part = SPLIT_TRAIN if args.part == "train" else SPLIT_ALL
     if family_of(args).vision:
-        corpus: dict[str, Any] = {"data": str(Path(args.data).resolve()), "split": split}
+        corpus: dict[str, Any] = {"data": str(Path(args.data).resolve()), "part": part}
     else:
         corpus = {
-            "data": args.data if args.data == "pydoc" else str(Path(args.data).resolve()),
+            "data": data_spec(args.data),
+            "split": args.split,
             "text_field": args.text_field,
+            "streaming": bool(args.streaming),
+            "skip_invalid": bool(args.skip_invalid_rows),
             "context_length": args.context_length,
-            "split": split,
+            "part": part,
             "prepend_bos": starts_with_bos(args),
         }
     return RunRecord(
         model=mrec,
-        tokenizer=tokenizer_record(processor, mrec["model_dir"]),
+        tokenizer=tokenizer_record(processor, mrec.get("model_dir")),
         points=list(result.points),
         corpus=corpus,
         created_by="sae-hooks capture",
     )
+
+
+def data_spec(data: str) -> str:
+    """--data as run.json records it: a local path resolved; "pydoc" and hub ids as given."""
+    path = Path(data).expanduser()
+    return str(path.resolve()) if data != "pydoc" and path.exists() else data

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +36,13 @@ def use_record(args: argparse.Namespace, where: Path) -> None:
     record = read_run_record(where)
     args.record = record
     args.family_given = args.family is not None
+    args.model_given = bool(args.model or args.family)
     if record is None:
         return
     model = record.model
-    if args.family is None:
-        args.family = model.get("family")
-        args.model_dir = args.model_dir or model.get("model_dir")
-        args.tiny = args.tiny or bool(model.get("tiny"))
-    elif model.get("family") and args.family != model.get("family"):
+    if not args.model_given:
+        _use_recorded_model(args, model)
+    elif args.family and not args.model and model.get("family") not in (None, args.family):
         raise ValueError(
             f"--family {args.family} differs from the run's model {model.get('family')} "
             f"({RunDir(where).record}); drop --family to use the recorded model"
@@ -53,6 +53,24 @@ def use_record(args: argparse.Namespace, where: Path) -> None:
             setattr(args, key, corpus[key])
     if hasattr(args, "text_field") and args.text_field == "text" and corpus.get("text_field"):
         args.text_field = corpus["text_field"]
+    if "part" in corpus and hasattr(args, "split"):  # older records' "split" was the part
+        args.split = args.split or corpus.get("split")
+        args.streaming = args.streaming or bool(corpus.get("streaming"))
+        args.skip_invalid_rows = args.skip_invalid_rows or bool(corpus.get("skip_invalid"))
+
+
+def _use_recorded_model(args: argparse.Namespace, model: dict[str, Any]) -> None:
+    """The recorded model: its name_or_path at the recorded commit, dtype and backend;
+    records of --tiny runs (and older ones) name a family."""
+    if model.get("name_or_path"):
+        args.model = model["name_or_path"]
+        args.revision = args.revision or model.get("commit") or model.get("revision")
+    else:
+        args.family = model.get("family")
+        args.model_dir = args.model_dir or model.get("model_dir")
+        args.tiny = args.tiny or bool(model.get("tiny"))
+    args.dtype = args.dtype or model.get("dtype")
+    args.backend = args.backend or model.get("backend")
 
 
 def apply_defaults(args: argparse.Namespace) -> None:
@@ -63,34 +81,115 @@ def apply_defaults(args: argparse.Namespace) -> None:
         args.context_length = DEFAULT_CONTEXT
 
 
-def family_of(args: argparse.Namespace) -> Any:
-    """The ModelFamily record of --family (or the run's)."""
-    from sae_hooks.models import FAMILIES, model_family
+OLD_PARTS = ("train", "all", "held-out")  # what --split meant before it named dataset splits
 
-    if not args.family:
-        hint = (
-            ""
-            if args.command in ("capture", "inspect")
-            else (": the run has no run.json to read it from (capture it first, or pass --family)")
+
+def resolve_part(args: argparse.Namespace, default: str) -> str:
+    """--part (default `default`); an old `--split train|all|held-out` is taken as the
+    part, with a deprecation note, unless --part is given too."""
+    if args.part is None and args.split in OLD_PARTS:
+        print(
+            f"warning: --split {args.split} is deprecated for choosing the held-out part: "
+            f"use --part {args.split} (--split now names a dataset's split)",
+            file=sys.stderr,
         )
-        raise ValueError(f"--family is required (one of {', '.join(FAMILIES)}){hint}")
-    return model_family(args.family)
+        args.part, args.split = args.split, None
+    args.part = args.part or default
+    return args.part
+
+
+def family_of(args: argparse.Namespace) -> Any:
+    """The ModelFamily record of the loaded model (a named one for --tiny, else derived
+    from its config: sae_hooks.auto_models.generic_family)."""
+    loaded = getattr(args, "loaded", None)
+    if loaded is None:
+        raise ValueError("no model loaded yet (give --model)")
+    return loaded.family
+
+
+def _family_alias(args: argparse.Namespace) -> None:
+    """--family F [--model-dir DIR] as --model DIR (deprecated); --family minilm is the
+    bundled MiniLM, read offline as before. --family F --tiny stays the random-init F."""
+    from sae_hooks.models import check_model_dir, model_family, offline
+
+    if not args.family or args.tiny:
+        return
+    if args.model:
+        raise ValueError("give --model or --family, not both (--family is deprecated)")
+    family = model_family(args.family)
+    bundled = args.model_dir is None and family.bundled_dir is not None
+    if bundled:
+        offline()
+    path = check_model_dir(
+        family.weights_family, family.bundled_dir() if bundled else args.model_dir
+    )
+    args.model = str(path.resolve())
+    if family.backend == "tl":
+        args.backend = "transformer-lens"
+    if getattr(args, "family_given", True) and not bundled:  # --family minilm: the default
+        tl = " --backend transformer-lens" if family.backend == "tl" else ""
+        print(f"warning: --family is deprecated: use --model {args.model}{tl}", file=sys.stderr)
+
+
+def missing_model(args: argparse.Namespace) -> ValueError:
+    hint = (
+        ""
+        if args.command in ("capture", "inspect")
+        else ": the run has no run.json to read it from (capture it first, or pass --model)"
+    )
+    return ValueError(
+        "--model is required: a hub id (e.g. gpt2) or a local model directory "
+        f"(or --family F --tiny for a random-init model){hint}"
+    )
 
 
 def load_model(args: argparse.Namespace) -> tuple[Any, Any]:
-    """(model, tokenizer or image processor) of --family, --model-dir, --tiny."""
+    """(model, tokenizer or image processor) of --model (or the run's), or of the deprecated
+    --family / --model-dir / --tiny; the family record and identity go to args.loaded."""
+    from sae_hooks.auto_models import DTYPES, LoadedModel, load_any
     from sae_hooks.devices import available_device
-    from sae_hooks.models import load_model as load
+    from sae_hooks.models import load_model as load_family
+    from sae_hooks.models import model_family
 
-    family = family_of(args)
     available_device(args.device)
-    return load(
-        family.name,
-        args.model_dir,
-        tiny=args.tiny,
-        device=args.device,
-        trust_remote_code=args.trust_remote_code,
-    )
+    _family_alias(args)
+    if args.model:
+        args.loaded = load_any(
+            args.model,
+            revision=args.revision,
+            dtype=args.dtype,
+            device=args.device,
+            trust_remote_code=args.trust_remote_code,
+            backend=args.backend or "hf",
+        )
+    elif args.family:  # --family F --tiny
+        family = model_family(args.family)
+        model, processor = load_family(args.family, tiny=True, device=args.device)
+        model = model.to(DTYPES[args.dtype or "float32"])
+        args.loaded = LoadedModel(model, processor, family, tiny_identity(args, model))
+    else:
+        raise missing_model(args)
+    return args.loaded.model, args.loaded.processor
+
+
+def tiny_identity(args: argparse.Namespace, model: Any) -> dict[str, Any]:
+    """run.json's model entry of a random-init family model (no name_or_path: rebuilt)."""
+    from sae_hooks.auto_models import runtime_identity
+    from sae_hooks.models import model_family
+    from sae_hooks.runrecord import model_record
+
+    family = model_family(args.family)
+    config = getattr(model, "config", None)
+    return {
+        **model_record(args.family, None, tiny=True),
+        "name_or_path": None,
+        "model_type": getattr(config, "model_type", None),
+        "head": type(model).__name__,
+        "dtype": args.dtype or "float32",
+        "backend": "transformer-lens" if family.backend == "tl" else "hf",
+        "prepend_bos": family.prepend_bos,
+        **runtime_identity(model),
+    }
 
 
 def starts_with_bos(args: argparse.Namespace) -> bool:
@@ -102,24 +201,27 @@ def input_batches(
     args: argparse.Namespace, model: Any, processor: Any, part: str, max_eval: int = 0
 ):
     """The batches of --data for one part of its split: "train", "held-out" or "all"."""
-    from sae_hooks.data import image_batches, load_texts, text_batches
-    from sae_hooks.data.splits import split_batches, split_texts
+    from sae_hooks.data import image_batches, open_documents, text_batches
+    from sae_hooks.data.splits import split_batches, split_documents
 
     if family_of(args).vision:
         if args.data in (None, DEFAULT_DATA):
-            raise ValueError("ViT needs --data pointing at a folder of images")
+            raise ValueError("a vision model needs --data pointing at a folder of images")
         size = model.config.image_size
         images = image_batches(args.data, image_size=size, batch_size=args.batch_size)
         if part == "all":
             return images
         kept, held = split_batches(images, max_eval or 10**9)
         return kept if part == "train" else held
-    texts = load_texts(args.data, text_field=args.text_field)
-    if part != "all":
-        train_texts, held = split_texts(texts, f"--data {args.data}")
-        texts = train_texts if part == "train" else held
+    docs = open_documents(
+        args.data,
+        split=getattr(args, "split", None),
+        text_field=args.text_field,
+        streaming=bool(getattr(args, "streaming", False)),
+        skip_invalid=bool(getattr(args, "skip_invalid_rows", False)),
+    )
     return text_batches(
-        texts,
+        split_documents(docs, part),
         processor,
         context_length=args.context_length,
         batch_size=args.batch_size,
@@ -172,21 +274,22 @@ def sae_and_point(args: argparse.Namespace) -> tuple[Any, str]:
 
 
 def check_model_matches_store(args: argparse.Namespace, model: Any) -> None:
-    """The run's own SAE must meet the model its store was captured from (--family, --model-dir)."""
+    """The run's own SAE must meet the model its store was captured from (--model)."""
     from sae_hooks.store import open_store
     from sae_hooks.store.capture import model_name_of
 
     store_dir = run_dir(args).store
-    if getattr(args, "record", None) is not None and not getattr(args, "family_given", True):
+    if getattr(args, "record", None) is not None and not getattr(args, "model_given", True):
         return  # the model came from the run's own run.json
     if args.sae or not (store_dir / "zarr.json").is_file():
         return
     captured, given = open_store(str(store_dir)).model, model_name_of(model)
     if captured and captured != given:
+        flag = f"--model {args.model}" if args.model else f"--family {args.family}"
         raise ValueError(
-            f"--family {args.family} loads model {given!r}, but the SAE of run {args.run!r} was "
-            f"trained on activations of {captured!r} ({store_dir}); give the --family and "
-            "--model-dir of the capture"
+            f"{flag} loads model {given!r}, but the SAE of run {args.run!r} was trained on "
+            f"activations of {captured!r} ({store_dir}); give the --model of the capture "
+            "(or drop it to use the run's)"
         )
 
 

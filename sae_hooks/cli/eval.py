@@ -10,6 +10,7 @@ from sae_hooks.cli.common import (
     input_batches,
     model_for_sae,
     output,
+    resolve_part,
     sae_and_point,
     starts_with_bos,
     target_point,
@@ -19,6 +20,7 @@ from sae_hooks.cli.options import (
     add_command,
     data_options,
     model_options,
+    part_option,
     run_options,
     sae_options,
 )
@@ -37,12 +39,9 @@ def options() -> tuple[Option, ...]:
         *data_options(),
         *sae_options(),
         Option(("--max-batches",), "batches to evaluate", type=int, default=20),
-        Option(
-            ("--split",),
-            "held-out: the last tenth of the documents, never captured; all: the whole "
-            "corpus [default: %(default)s]",
-            choices=("held-out", "all"),
-            default="held-out",
+        part_option(
+            ("held-out", "all"),
+            "held-out: the last tenth of the documents, never captured; all: the whole corpus",
         ),
     )
 
@@ -55,10 +54,11 @@ def run(args: argparse.Namespace) -> None:
     from sae_hooks.eval import evaluate_reconstruction
     from sae_hooks.eval.core import evaluate_core, write_core_eval
 
+    resolve_part(args, "held-out")
     model, processor = model_for_sae(args)
     sae, point = sae_and_point(args)
     check_model_matches_store(args, model)
-    data = input_batches(args, model, processor, args.split, args.max_batches)
+    data = input_batches(args, model, processor, args.part, args.max_batches)
     paired = getattr(sae, "paired", False)
     if paired:  # a transcoder: replace the MLP output it predicts
         from sae_hooks.eval import evaluate_transcoder
@@ -89,4 +89,4 @@ def run(args: argparse.Namespace) -> None:
             out.parent, evaluate_core(model, point, sae, data, max_batches=args.max_batches)
         )
     print(result.summary())
-    print(f"on the {args.split} part of {args.data}; written to {out}")
+    print(f"on the {args.part} part of {args.data}; written to {out}")

@@ -15,7 +15,7 @@ from sae_hooks.rundir import RunDir
 NAME = "inspect"
 TABLE = NAME
 HELP = "Say what a path holds (run directory, store, SAE, training run) or list hook points."
-EXAMPLE = "sae-hooks inspect cache/demo    |    sae-hooks inspect --family gpt2 --tiny"
+EXAMPLE = "sae-hooks inspect cache/demo    |    sae-hooks inspect --model gpt2"
 
 
 def options() -> tuple[Option, ...]:
@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> None:
-    if args.family:
+    if args.model or args.family:
         from sae_hooks.hooks import list_hook_points
 
         model, _ = load_model(args)
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> None:
     elif args.path:
         print(describe(args.path))
     else:
-        raise ValueError("give a PATH to summarise, or --family (with --tiny or --model-dir)")
+        raise ValueError("give a PATH to summarise, or --model (or --family F --tiny)")
 
 
 def describe(path: str) -> str:
@@ -106,7 +106,7 @@ def _describe_run(run: RunDir, record: Any) -> str:
     if record is not None:
         lines += ["  " + line for line in record.summary().splitlines()]
     else:
-        lines.append("  (no run.json: made before runs recorded their model; pass --family)")
+        lines.append("  (no run.json: made before runs recorded their model; pass --model)")
     if run.store.is_dir():
         lines.append("  store: " + _describe_store(str(run.store)).replace("\n", "\n    "))
     for name in run.sae_names():

@@ -134,20 +134,49 @@ def defaults(options: Iterable[Option]) -> Mapping[str, Any]:
 
 
 def model_options() -> tuple[Option, ...]:
+    from sae_hooks.auto_models import BACKENDS, DTYPES
     from sae_hooks.models import FAMILIES
 
     return (
         Option(
-            ("--family",), "model family [default: the run's own]", choices=FAMILIES, group=MODEL
+            ("--model",),
+            "a Hugging Face hub id (gpt2, EleutherAI/pythia-70m, ...) or a local model "
+            "directory; downloaded into the HF cache on first use, read from it after "
+            "(and with HF_HUB_OFFLINE=1) [default: the run's own]",
+            metavar="NAME_OR_PATH",
+            group=MODEL,
         ),
-        Option(("--model-dir",), "local model directory (MiniLM: bundled by default)", group=MODEL),
+        Option(("--revision",), "hub branch, tag or commit of --model", group=MODEL),
         Option(
-            ("--tiny",), "random-init small model (no weights)", action="store_true", group=MODEL
+            ("--dtype",),
+            "model weights' dtype (captures store it too) [default: float32]",
+            choices=tuple(DTYPES),
+            group=MODEL,
+        ),
+        Option(
+            ("--backend",),
+            "hf, or transformer-lens: run the model through TransformerLens [default: hf]",
+            choices=BACKENDS,
+            group=MODEL,
+        ),
+        Option(
+            ("--family",),
+            "deprecated alias: --family F --model-dir DIR is --model DIR; --family minilm is "
+            "the bundled MiniLM; with --tiny a random-init model of the family",
+            choices=FAMILIES,
+            group=MODEL,
+        ),
+        Option(("--model-dir",), "with --family: local model directory", group=MODEL),
+        Option(
+            ("--tiny",),
+            "with --family: random-init small model (no weights)",
+            action="store_true",
+            group=MODEL,
         ),
         Option(("--device",), "torch device for the model", default="cpu", group=MODEL),
         Option(
             ("--trust-remote-code",),
-            "allow code shipped with the model directory to run (off by default)",
+            "allow code shipped with the model to run (off by default)",
             action="store_true",
             group=MODEL,
         ),
@@ -158,13 +187,31 @@ def data_options() -> tuple[Option, ...]:
     return (
         Option(
             ("--data",),
-            "'pydoc' (CPython's docs), a .txt/.jsonl file, a folder of .txt files, a "
-            "dataset saved with `datasets` (save_to_disk) or a .parquet/.csv file, or (ViT) a "
-            "folder of images [default: the run's corpus, else pydoc]",
+            "'pydoc' (CPython's docs), a Hugging Face hub dataset id, a .txt/.jsonl/.json/"
+            ".parquet/.csv file, a folder of .txt files, a dataset saved with `datasets` "
+            "(save_to_disk: a Dataset or DatasetDict), or (vision) a folder of images "
+            "[default: the run's corpus, else pydoc]",
+            group=DATA,
+        ),
+        Option(
+            ("--split",),
+            "the split of a hub dataset or saved DatasetDict [default: train, else its only one]",
             group=DATA,
         ),
         Option(
             ("--text-field",), "field of .jsonl/dataset rows [text]", default="text", group=DATA
+        ),
+        Option(
+            ("--streaming",),
+            "read a hub dataset (or .json/.parquet/.csv file) row by row, without preparing it",
+            action="store_true",
+            group=DATA,
+        ),
+        Option(
+            ("--skip-invalid-rows",),
+            "pass over rows whose text is not a string (counted) instead of refusing them",
+            action="store_true",
+            group=DATA,
         ),
         Option(
             ("--context-length",),
@@ -176,6 +223,12 @@ def data_options() -> tuple[Option, ...]:
             ("--batch-size",), "contexts or images per forward", type=int, default=32, group=DATA
         ),
     )
+
+
+def part_option(choices: tuple[str, ...], text: str) -> Option:
+    """--part: which part of the corpus a command reads (the held-out tenth is never
+    captured); the old --split train|all|held-out still works, with a deprecation note."""
+    return Option(("--part",), f"{text} [default: {choices[0]}]", choices=choices)
 
 
 def location_options() -> tuple[Option, ...]:

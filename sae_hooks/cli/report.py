@@ -35,7 +35,9 @@ def latent_ids(text: str) -> list[int]:
 
 def options() -> tuple[Option, ...]:
     return (
-        Option(("run_dir",), "a run directory written by train", metavar="RUN_DIR"),
+        Option(("run_dir",), "a run directory written by train", metavar="RUN_DIR", nargs="?"),
+        Option(("--run",), "run name: cache/<run> (instead of RUN_DIR)"),
+        Option(("--cache",), "with --run: cache directory [default: $SAE_HOOKS_CACHE or ./cache]"),
         Option(("--store",), "activation store (path or URL) to compute the dashboard on"),
         Option(("--point",), "hook point in the store (default: the run's own)"),
         Option(("--tokenizer",), "local tokenizer directory, to show tokens as text"),
@@ -99,6 +101,11 @@ def _sources(args: argparse.Namespace) -> tuple[Path, str | None, list[str], str
 
 def run(args: argparse.Namespace) -> None:
     from sae_hooks.report.build import build_report
+
+    if args.run_dir is None:
+        if args.run is None:
+            raise ValueError("give RUN_DIR or --run NAME (the run directory cache/<run>)")
+        args.run_dir = str(RunDir.named(args.run, args.cache).root)
     from sae_hooks.report.frontier import is_sweep, sweep_for_report
     from sae_hooks.runrecord import load_tokenizer, read_run_record
 

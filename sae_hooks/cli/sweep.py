@@ -14,7 +14,7 @@
 Other tables of a run.toml ([model], [data], [capture], ...) are ignored, and so
 are [train] keys that are `train` flags rather than TrainConfig fields. The SAEs go
 to cache/<run>/sweep/<name>/ (or --out), with sweep.json listing them; with
---family the sweep is also evaluated (`evaluate_sweep`) and `sae-hooks report` on
+--model (or the run's) the sweep is also evaluated (`evaluate_sweep`) and `sae-hooks report` on
 the sweep directory draws the frontier.
 """
 
@@ -49,7 +49,7 @@ def options() -> tuple[Option, ...]:
         Option(("--store",), "store location [default: [sweep] store, else cache/<run>/store]"),
         Option(("--out",), "sweep directory [default: cache/<run>/sweep]"),
         Option(("--until-step",), "stop every SAE at this step (resumable)", type=int),
-        Option(("--eval-batches",), "with --family: batches to eval", type=int, default=8),
+        Option(("--eval-batches",), "with a model: batches to eval", type=int, default=8),
         quiet_option(),
         *model_options(),
         *data_options(),
@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> None:
     names = sweep.names()
     print(f"sweep of {len(names)} SAEs into {out}: " + ", ".join(names))
     train_many(sweep, store_at, out, until_step=args.until_step)
-    if args.family and args.until_step is None:
+    if (args.model or args.family) and args.until_step is None:
         _evaluate(args, out)
     if args.until_step is None:
         _seed_noise(sweep, out)

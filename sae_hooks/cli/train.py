@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> None:
     if args.store is None and not run_at.store.exists():
         raise FileNotFoundError(
             f"no activation store at {run_at.store}: capture one first "
-            f"(sae-hooks capture --run {args.run} --family ... --point ...) or give --store PATH"
+            f"(sae-hooks capture --run {args.run} --model ... --point ...) or give --store PATH"
         )
     store = open_store(args.store or str(run_at.store))
     if config.point is None and len(store.points) == 1:  # record the point in the run's config
