@@ -51,8 +51,8 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> None:
-    from sae_hooks.eval import evaluate_reconstruction
-    from sae_hooks.eval.core import evaluate_core, write_core_eval
+    from sae_hooks.atomic import write_text_atomic
+    from sae_hooks.eval.core import evaluate_reconstruction_and_core, write_core_eval
 
     resolve_part(args, "held-out")
     model, processor = model_for_sae(args)
@@ -72,8 +72,9 @@ def run(args: argparse.Namespace) -> None:
             max_batches=args.max_batches,
             progress=not args.quiet,
         )
-    else:
-        result = evaluate_reconstruction(
+        core = None
+    else:  # one pass feeds eval.json and SAEBench's core metrics, with the same rows
+        result, core = evaluate_reconstruction_and_core(
             model,
             point,
             sae,
@@ -83,10 +84,8 @@ def run(args: argparse.Namespace) -> None:
             progress=not args.quiet,
         )
     out = output(args, RunDir.EVAL)
-    out.write_text(result.to_json())
-    if not paired:  # SAEBench's core metrics are defined for SAEs on one point
-        write_core_eval(
-            out.parent, evaluate_core(model, point, sae, data, max_batches=args.max_batches)
-        )
+    write_text_atomic(out, result.to_json())
+    if core is not None:  # SAEBench's core metrics are defined for SAEs on one point
+        write_core_eval(out.parent, core)
     print(result.summary())
     print(f"on the {args.part} part of {args.data}; written to {out}")
