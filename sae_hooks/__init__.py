@@ -16,6 +16,7 @@ from sae_hooks.eval import (
     concept_ablation,
     embedding_similarity,
     evaluate_reconstruction,
+    latent_attribution,
     token_logprob,
 )
 from sae_hooks.hooks import (
@@ -31,7 +32,7 @@ from sae_hooks.hooks import (
     resolve_point,
     splice,
 )
-from sae_hooks.interop import export_saelens, import_saelens
+from sae_hooks.interop import export_circuit_tracer, export_saelens, import_saelens
 from sae_hooks.sae import (
     SAE,
     SAE_REGISTRY,
@@ -91,8 +92,10 @@ __all__ = [
     "embedding_similarity",
     "eval_mode",
     "evaluate_reconstruction",
+    "export_circuit_tracer",
     "export_saelens",
     "import_saelens",
+    "latent_attribution",
     "list_hook_points",
     "load_overcomplete_state_dict",
     "load_sae",
