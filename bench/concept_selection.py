@@ -42,6 +42,10 @@ def main() -> None:
     parser.add_argument("--m", type=int, default=8)
     parser.add_argument("--n-random", type=int, default=8)
     parser.add_argument("--examples", type=int, default=48)
+    parser.add_argument(
+        "--only", choices=[f"{s}-{'kept' if k else 'excluded'}" for s, k in SETTINGS],
+        action="append", help="run only these settings (repeatable; default: all four)",
+    )  # fmt: skip
     args = parser.parse_args()
     offline()
     torch.manual_seed(0)
@@ -57,6 +61,8 @@ def main() -> None:
           "| latents (density) | dense in raw top m |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")
     for select, keep in SETTINGS:
+        if args.only and f"{select}-{'kept' if keep else 'excluded'}" not in args.only:
+            continue
         res = concept_ablation(
             model, "resid_post.3", sae, pos, neg, target, m=args.m,
             n_random=args.n_random, select=select, keep_dense=keep,

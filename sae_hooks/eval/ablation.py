@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -27,16 +27,12 @@ from torch import Tensor, nn
 
 from sae_hooks import metrics
 from sae_hooks.devices import model_device, sae_device_dtype, to_device
+from sae_hooks.eval.attribution import Batches, Target, latent_attribution
 from sae_hooks.hooks import ZeroLatents, capture_batch, splice
 from sae_hooks.model_outputs import run_model
 from sae_hooks.sae.modes import eval_mode
 
 SELECTIONS = ("difference", "attribution")
-
-Target = Callable[[Tensor, Mapping[str, Tensor]], Tensor]
-"""(model output, inputs) -> one value per document."""
-
-Batches = Iterable[Mapping[str, Tensor]]
 
 
 def token_logprob(token_id: int) -> Target:
@@ -236,19 +232,13 @@ def concept_ablation(
     """Ablate the m latents ranked first by ``select`` and m random firing ones.
 
     select: "difference" (mean activation on positives minus on negatives) or
-    "attribution" (attribution to the target summed over the positives: the latents
-    whose ablation should lower it most). Latents firing on more than ``dense_above`` of
-    the examples' tokens are flagged and, unless ``keep_dense``, skipped by the
-    selection and the random control (kept only when too few others remain).
+    "attribution" (summed over the positives: the latents whose ablation should lower the
+    target most). Latents firing on more than ``dense_above`` of the examples' tokens are
+    flagged and, unless ``keep_dense``, skipped by the selection and the random control.
     progress: a bar over the passes (2 to rank, 4 + 2 * n_random to measure)."""
     from tqdm.auto import tqdm
 
-    if m <= 0 or m > sae.nb_concepts:
-        raise ValueError(f"m must be in 1..{sae.nb_concepts} (the SAE's latents), got {m}")
-    if n_random < 1:
-        raise ValueError(f"n_random must be >= 1, got {n_random}")
-    if select not in SELECTIONS:
-        raise ValueError(f"select must be one of {SELECTIONS}, got {select!r}")
+    _check_ablation_args(sae, m, n_random, select)
     positive, negative = list(positive), list(negative)
     bar = tqdm(total=6 + 2 * n_random, desc="ablation", unit="pass", disable=not progress)
     with eval_mode(sae), bar:
@@ -285,6 +275,15 @@ def concept_ablation(
         )
 
 
+def _check_ablation_args(sae: nn.Module, m: int, n_random: int, select: str) -> None:
+    if m <= 0 or m > sae.nb_concepts:
+        raise ValueError(f"m must be in 1..{sae.nb_concepts} (the SAE's latents), got {m}")
+    if n_random < 1:
+        raise ValueError(f"n_random must be >= 1, got {n_random}")
+    if select not in SELECTIONS:
+        raise ValueError(f"select must be one of {SELECTIONS}, got {select!r}")
+
+
 def _scores(
     model: nn.Module,
     point: str,
@@ -299,8 +298,6 @@ def _scores(
     pos_z, pos_firing = pooled_latents(model, point, sae, positive)
     neg_z, neg_firing = pooled_latents(model, point, sae, negative)
     if select == "attribution":
-        from sae_hooks.eval.attribution import latent_attribution
-
         found = latent_attribution(model, {point: sae}, positive, target, per_example=False)
         score = found[point].latents
     else:

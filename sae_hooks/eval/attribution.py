@@ -33,11 +33,16 @@ import torch
 from torch import Tensor, nn
 
 from sae_hooks.devices import model_device, sae_device_dtype, to_device
-from sae_hooks.eval.ablation import Batches, Target
 from sae_hooks.hooks.backends import add_hook
 from sae_hooks.hooks.points import resolve_point
 from sae_hooks.model_outputs import run_model
 from sae_hooks.sae.modes import module_mode
+
+Target = Callable[[Tensor, Mapping[str, Tensor]], Tensor]
+"""(model output, inputs) -> one value per example: concept ablation's targets
+(`eval.ablation.token_logprob`, `class_logit`, `embedding_similarity`) are of this shape."""
+
+Batches = Iterable[Mapping[str, Tensor]]
 
 
 @dataclass
