@@ -21,6 +21,7 @@ from sae_hooks.eval import (
     concept_ablation,
     embedding_similarity,
     evaluate_reconstruction,
+    latent_attribution,
     token_logprob,
 )
 from sae_hooks.hooks import (
@@ -36,7 +37,7 @@ from sae_hooks.hooks import (
     resolve_point,
     splice,
 )
-from sae_hooks.interop import export_saelens, import_saelens
+from sae_hooks.interop import export_circuit_tracer, export_saelens, import_saelens
 from sae_hooks.interop.hub import load_sae
 from sae_hooks.sae import (
     SAE,
@@ -96,8 +97,10 @@ __all__ = [
     "embedding_similarity",
     "eval_mode",
     "evaluate_reconstruction",
+    "export_circuit_tracer",
     "export_saelens",
     "import_saelens",
+    "latent_attribution",
     "list_hook_points",
     "load_model",
     "load_overcomplete_state_dict",

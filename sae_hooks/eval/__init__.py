@@ -12,6 +12,7 @@ from sae_hooks.eval.ablation import (
     rank_concept_latents,
     token_logprob,
 )
+from sae_hooks.eval.attribution import Attribution, PointAttribution, latent_attribution
 from sae_hooks.eval.engine import ConstantReconstruction
 from sae_hooks.eval.reconstruction import ReconstructionResult, evaluate_reconstruction
 from sae_hooks.eval.sweep import evaluate_many, evaluate_sweep
@@ -20,7 +21,9 @@ from sae_hooks.model_outputs import model_kind, run_model
 
 __all__ = [
     "AblationResult",
+    "Attribution",
     "ConstantReconstruction",
+    "PointAttribution",
     "ReconstructionResult",
     "class_logit",
     "concept_ablation",
@@ -29,6 +32,7 @@ __all__ = [
     "evaluate_reconstruction",
     "evaluate_sweep",
     "evaluate_transcoder",
+    "latent_attribution",
     "mean_latents",
     "model_kind",
     "rank_concept_latents",

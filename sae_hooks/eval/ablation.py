@@ -2,7 +2,12 @@
 
 A concept is given by examples: positives that show it and negatives that do not.
 Latents are ranked by how much more they fire on positives (mean activation per
-document, pooled over its real tokens). The top m are zero-ablated with the SAE
+document, pooled over its real tokens; ``select="difference"``) or by their attribution
+to the target on the positives (gradient x activation, `eval/attribution.py`;
+``select="attribution"``: the latents whose removal should lower the target most).
+Dense latents (firing on more than `metrics.DENSE_FRACTION` of the examples' tokens)
+are flagged and, unless ``keep_dense``, left out of the selection and of the random
+control. The top m are zero-ablated with the SAE
 spliced in *with its error term*, so that only the ablation moves the model; the
 effect on a target (a token's log-prob, a class logit, an embedding similarity)
 is compared with ablating m random latents drawn from those that fire on the
@@ -12,8 +17,9 @@ positives at all — a control that, unlike never-firing latents, could matter.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -21,14 +27,12 @@ from torch import Tensor, nn
 
 from sae_hooks import metrics
 from sae_hooks.devices import model_device, sae_device_dtype, to_device
+from sae_hooks.eval.attribution import Batches, Target, latent_attribution
 from sae_hooks.hooks import ZeroLatents, capture_batch, splice
 from sae_hooks.model_outputs import run_model
 from sae_hooks.sae.modes import eval_mode
 
-Target = Callable[[Tensor, Mapping[str, Tensor]], Tensor]
-"""(model output, inputs) -> one value per document."""
-
-Batches = Iterable[Mapping[str, Tensor]]
+SELECTIONS = ("difference", "attribution")
 
 
 def token_logprob(token_id: int) -> Target:
@@ -68,17 +72,26 @@ def embedding_similarity(reference: Tensor) -> Target:
     return target
 
 
-@torch.no_grad()
 def mean_latents(model: nn.Module, point: str, sae: nn.Module, data: Batches) -> Tensor:
     """(n_docs, nb_concepts): each document's latents averaged over its real tokens, with
     the SAE in eval mode (its mode is restored after)."""
+    return pooled_latents(model, point, sae, data)[0]
+
+
+@torch.no_grad()
+def pooled_latents(
+    model: nn.Module, point: str, sae: nn.Module, data: Batches
+) -> tuple[Tensor, metrics.FiringStats]:
+    """`mean_latents` and the per-latent firing counts over the same real tokens."""
     sae_device, sae_dtype = sae_device_dtype(sae)
+    firing = metrics.FiringStats(sae.nb_concepts)
     pooled = []
     device = model_device(model)
     for inputs in data:
         batch = capture_batch(model, point, to_device(inputs, device))
         with eval_mode(sae):
             _, z = sae.encode(batch.acts[point].to(device=sae_device, dtype=sae_dtype))
+        firing.add_counts((z != 0).sum(0).cpu(), z.shape[0])
         docs = batch.doc_index - batch.doc_index.min()
         n = int(docs.max()) + 1
         sums = torch.zeros(n, z.shape[1], device=z.device).index_add_(
@@ -88,7 +101,7 @@ def mean_latents(model: nn.Module, point: str, sae: nn.Module, data: Batches) ->
         pooled.append(sums / counts[:, None])
     if not pooled:
         raise ValueError("mean_latents: the data source yielded no batches")
-    return torch.cat(pooled)
+    return torch.cat(pooled), firing
 
 
 def rank_concept_latents(positive: Tensor, negative: Tensor) -> Tensor:
@@ -125,6 +138,13 @@ class AblationResult:
     random_positive: list[float]
     random_negative: list[float]
     seed: int
+    select: str = "difference"
+    density: list[float] = field(default_factory=list)
+    """Firing fraction of each selected latent over the examples' real tokens."""
+    dense: list[int] = field(default_factory=list)
+    """Dense latents that ranked in the top m: left out (or kept, with keep_dense)."""
+    dense_above: float = metrics.DENSE_FRACTION
+    keep_dense: bool = False
 
     @property
     def effect(self) -> float:
@@ -142,7 +162,11 @@ class AblationResult:
         r_neg = torch.tensor(self.random_negative).mean().item()
         return [
             ("clean (SAE + error term)", self.clean_positive, self.clean_negative),
-            (f"ablate top {self.m} concept latents", self.concept_positive, self.concept_negative),
+            (
+                f"ablate top {self.m} concept latents (by {self.select})",
+                self.concept_positive,
+                self.concept_negative,
+            ),
             (f"ablate {self.m} random latents (mean of {len(self.random_positive)})", r_pos, r_neg),
         ]
 
@@ -156,6 +180,12 @@ class AblationResult:
             f"effect on positives: concept {self.effect:+.4f}, random {mean:+.4f} ± {std:.4f}; "
             f"latents {self.latents}"
         )
+        if self.dense:
+            what = "kept" if self.keep_dense else "left out"
+            lines.append(
+                f"dense latents (firing on > {self.dense_above:.0%} of tokens) among the top "
+                f"{self.m}, {what}: {self.dense}"
+            )
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -194,27 +224,31 @@ def concept_ablation(
     m: int = 5,
     n_random: int = 8,
     seed: int = 0,
+    select: str = "difference",
+    keep_dense: bool = False,
+    dense_above: float = metrics.DENSE_FRACTION,
     progress: bool = False,
 ) -> AblationResult:
-    """Ablate the m latents that best separate positives from negatives, and m random ones.
+    """Ablate the m latents ranked first by ``select`` and m random firing ones.
 
+    select: "difference" (mean activation on positives minus on negatives) or
+    "attribution" (summed over the positives: the latents whose ablation should lower the
+    target most). Latents firing on more than ``dense_above`` of the examples' tokens are
+    flagged and, unless ``keep_dense``, skipped by the selection and the random control.
     progress: a bar over the passes (2 to rank, 4 + 2 * n_random to measure)."""
     from tqdm.auto import tqdm
 
-    if m <= 0 or m > sae.nb_concepts:
-        raise ValueError(f"m must be in 1..{sae.nb_concepts} (the SAE's latents), got {m}")
-    if n_random < 1:
-        raise ValueError(f"n_random must be >= 1, got {n_random}")
+    _check_ablation_args(sae, m, n_random, select)
     positive, negative = list(positive), list(negative)
     bar = tqdm(total=6 + 2 * n_random, desc="ablation", unit="pass", disable=not progress)
     with eval_mode(sae), bar:
-        pos_z = mean_latents(model, point, sae, positive)
-        neg_z = mean_latents(model, point, sae, negative)
+        pos_z, score, density = _scores(model, point, sae, positive, negative, target, select)
         bar.update(2)
-        order = rank_concept_latents(pos_z, neg_z)
-        top = order[:m].tolist()
-        gap = (pos_z.mean(0) - neg_z.mean(0))[order[:m]].tolist()
-        draws = _random_draws(pos_z, order, m, n_random, seed)
+        order = torch.argsort(score, descending=True)
+        is_dense = density > dense_above
+        top = _top_latents(order, is_dense, m, keep_dense)
+        excluded = None if keep_dense else torch.nonzero(is_dense).flatten()
+        draws = _random_draws(pos_z, order, torch.tensor(top), m, n_random, seed, excluded)
 
         def mean_on(data, latents) -> float:
             value = _target_values(model, point, sae, data, target, latents).mean().item()
@@ -225,7 +259,7 @@ def concept_ablation(
             point=point,
             m=m,
             latents=top,
-            scores=gap,
+            scores=score[top].tolist(),
             clean_positive=mean_on(positive, None),
             clean_negative=mean_on(negative, None),
             concept_positive=mean_on(positive, top),
@@ -233,17 +267,76 @@ def concept_ablation(
             random_positive=[mean_on(positive, d) for d in draws],
             random_negative=[mean_on(negative, d) for d in draws],
             seed=seed,
+            select=select,
+            density=density[top].tolist(),
+            dense=[i for i in order[:m].tolist() if is_dense[i]],
+            dense_above=dense_above,
+            keep_dense=keep_dense,
         )
 
 
+def _check_ablation_args(sae: nn.Module, m: int, n_random: int, select: str) -> None:
+    if m <= 0 or m > sae.nb_concepts:
+        raise ValueError(f"m must be in 1..{sae.nb_concepts} (the SAE's latents), got {m}")
+    if n_random < 1:
+        raise ValueError(f"n_random must be >= 1, got {n_random}")
+    if select not in SELECTIONS:
+        raise ValueError(f"select must be one of {SELECTIONS}, got {select!r}")
+
+
+def _scores(
+    model: nn.Module,
+    point: str,
+    sae: nn.Module,
+    positive: list,
+    negative: list,
+    target: Target,
+    select: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(positives' pooled latents, each latent's score under `select`, its firing fraction
+    over the real tokens of positives and negatives)."""
+    pos_z, pos_firing = pooled_latents(model, point, sae, positive)
+    neg_z, neg_firing = pooled_latents(model, point, sae, negative)
+    if select == "attribution":
+        found = latent_attribution(model, {point: sae}, positive, target, per_example=False)
+        score = found[point].latents
+    else:
+        score = pos_z.mean(0) - neg_z.mean(0)
+    density = (pos_firing.counts + neg_firing.counts).float()
+    return pos_z, score, density / max(pos_firing.rows + neg_firing.rows, 1)
+
+
+def _top_latents(order: Tensor, is_dense: Tensor, m: int, keep_dense: bool) -> list[int]:
+    """The first m of `order`, dense latents skipped unless keep_dense (or too few others)."""
+    if keep_dense:
+        return order[:m].tolist()
+    sparse = order[~is_dense[order]]
+    if sparse.numel() >= m:
+        return sparse[:m].tolist()
+    warnings.warn(
+        f"concept ablation: only {sparse.numel()} latents are not dense; the top {m} "
+        "include dense ones (see AblationResult.dense)",
+        stacklevel=3,
+    )
+    return torch.cat([sparse, order[is_dense[order]]])[:m].tolist()
+
+
 def _random_draws(
-    pos_z: Tensor, order: Tensor, m: int, n_random: int, seed: int
+    pos_z: Tensor,
+    order: Tensor,
+    top: Tensor,
+    m: int,
+    n_random: int,
+    seed: int,
+    excluded: Tensor | None = None,
 ) -> list[list[int]]:
-    """n_random sets of m latents that fire on the positives and are not among the top m
-    of `order` (any of the others when too few fire): the control ablations."""
+    """n_random sets of m latents that fire on the positives and are neither in `top` nor
+    `excluded` (dense); any of the others when too few remain: the control ablations."""
     active = torch.nonzero(pos_z.amax(0) > 0).flatten()
-    pool = active[~torch.isin(active, order[:m])]
+    pool = active[~torch.isin(active, top)]
+    if excluded is not None:
+        pool = pool[~torch.isin(pool, excluded)]
     if pool.numel() < m:  # too few firing latents: draw from all the others
-        pool = order[m:]
+        pool = order[~torch.isin(order, top)]
     gen = torch.Generator().manual_seed(seed)
     return [pool[torch.randperm(pool.numel(), generator=gen)[:m]].tolist() for _ in range(n_random)]

@@ -1,11 +1,12 @@
 """Formats other tools read and write: SAELens directories, the Hugging Face Hub layout,
-Neuronpedia exports (circuit-tracer to come), and pretrained SAEs from the Hub.
+Neuronpedia exports, circuit-tracer transcoder sets, and pretrained SAEs from the Hub.
 
 They name where an SAE reads its activations (hook points, model ids: `RunIdentity`),
 so they live here, above sae/ and hooks/: a dictionary in sae/ knows no model and no
 trainer.
 """
 
+from .circuit_tracer import export_circuit_tracer
 from .hub import (
     describe_pretrained,
     from_pretrained,
@@ -23,6 +24,7 @@ from .saelens import export_saelens, import_saelens, saelens_metadata
 __all__ = [
     "RunIdentity",
     "describe_pretrained",
+    "export_circuit_tracer",
     "export_neuronpedia",
     "export_saelens",
     "from_pretrained",
