@@ -263,6 +263,7 @@ def test_family_is_a_deprecated_alias_of_model(tmp_path, tokenizer_dir, capsys, 
     assert record["corpus"]["part"].startswith("all") and record["corpus"]["split"] is None
 
 
+@pytest.mark.slow
 def test_transformer_lens_backend_from_the_cli(tmp_path, tokenizer_dir, capsys, monkeypatch):
     """--backend transformer-lens runs a Llama as a TransformerBridge (GPT-2 would be a
     HookedTransformer under TransformerLens 3): the rows are still the HF hidden states,
@@ -281,3 +282,12 @@ def test_transformer_lens_backend_from_the_cli(tmp_path, tokenizer_dir, capsys, 
     assert model["runtime"] == "transformer_lens.TransformerBridge"
     hf = AutoModelForCausalLM.from_pretrained(tmp_path / "llama").eval()
     captured_rows_match_the_model(tmp_path / "cache/tl/store", hf, 1, bos=True)
+    # ... and the rest of the path with only --run: the bridge is booted again from run.json.
+    train = ["--nb-concepts", "64", "--k-per-token", "4", "--batch-size", "64", "--steps", "5"]
+    assert main(["train", "--run", "tl", *train, "--quiet"]) == 0, capsys.readouterr().err
+    assert main(["eval", "--run", "tl", "--max-batches", "1", "--quiet"]) == 0
+    evaluation = json.loads((tmp_path / "cache/tl/eval.json").read_text())
+    assert evaluation["point"] == "resid_post.1" and 0 <= evaluation["fvu"] < 2
+    assert main(["export", "--run", "tl", "--format", "saelens", "--quiet"]) == 0
+    cfg = json.loads((tmp_path / "cache/tl/export-saelens/cfg.json").read_text())
+    assert cfg["model_name"] == str(tmp_path / "llama")
