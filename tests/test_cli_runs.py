@@ -53,6 +53,10 @@ def test_later_commands_need_only_the_run(cache, capsys, tmp_path):
     code, out, err = run(capsys, *argv, "--n-random", "2", "--target", "token: exception")
     assert code == 0, err
     assert json.loads((cache / "t/ablation.json").read_text())["target"] == "token: exception"
+    code, _, err = run(capsys, *argv, "--n-random", "2", "--select", "attribution", "--keep-dense")
+    assert code == 0, err
+    ablation = json.loads((cache / "t/ablation.json").read_text())
+    assert ablation["select"] == "attribution" and ablation["keep_dense"] is True
     code, _, err = run(capsys, *argv, "--target", "token:not one token at all", "--quiet")
     assert code == 2 and "tokens" in err and "token:ID" in err
     code, _, err = run(capsys, "eval", "--run", "t", "--family", "minilm", "--quiet")

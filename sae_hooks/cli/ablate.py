@@ -16,6 +16,7 @@ from sae_hooks.cli.common import (
     starts_with_bos,
 )
 from sae_hooks.cli.options import Option, add_command, model_options, run_options, sae_options
+from sae_hooks.metrics import DENSE_FRACTION
 from sae_hooks.rundir import RunDir
 
 NAME = "ablate"
@@ -42,6 +43,25 @@ def options() -> tuple[Option, ...]:
         Option(("-m",), "latents to ablate [default: %(default)s]", type=int, default=8),
         Option(("--n-random",), "random control draws", type=int, default=8),
         Option(("--seed",), "seed of the random control", type=int, default=0),
+        Option(
+            ("--select",),
+            "how the m latents are chosen: difference (mean activation on positives minus "
+            "negatives) or attribution (gradient x activation on the target) "
+            "[default: %(default)s]",
+            choices=("difference", "attribution"),
+            default="difference",
+        ),
+        Option(
+            ("--keep-dense",),
+            "let dense latents (firing on more than --dense-above of the tokens) be chosen",
+            action="store_true",
+        ),
+        Option(
+            ("--dense-above",),
+            "the firing fraction above which a latent is dense [default: %(default)s]",
+            type=float,
+            default=DENSE_FRACTION,
+        ),
     )
 
 
@@ -112,6 +132,9 @@ def run(args: argparse.Namespace) -> None:
         m=args.m,
         n_random=args.n_random,
         seed=args.seed,
+        select=args.select,
+        keep_dense=args.keep_dense,
+        dense_above=args.dense_above,
         progress=not args.quiet,
     )
     out = output(args, RunDir.ABLATION)
