@@ -12,7 +12,7 @@ import yaml
 from safetensors.torch import load_file
 
 from sae_hooks.interop import export_circuit_tracer
-from sae_hooks.sae import SkipTranscoder, Transcoder
+from sae_hooks.sae import SAE_REGISTRY, SkipTranscoder, Transcoder
 
 D, N = 16, 48
 
@@ -43,6 +43,11 @@ class JumpTranscoder(Transcoder):
 
     def _sparsify(self, pre, codes):
         return pre * (pre > self.threshold)
+
+
+# Subclassing registers the architecture; these tests use the class directly, and the
+# registry of every other test must hold the library's own variants only.
+SAE_REGISTRY.pop(JumpTranscoder.architecture)
 
 
 def circuit_tracer_forward(state, x):

@@ -19,7 +19,7 @@ from sae_hooks.train.schedule import coefficient_factor, lr_factor
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"architecture": "gated"}, "architecture must be one of ['batchtopk', 'jumprelu'"),
+        ({"architecture": "gated"}, "architecture must be one of ['batchtopk', "),
         ({"kernel": "box"}, "kernel must be one of"),
         ({"b_dec_init": "median"}, "b_dec_init must be one of ['geometric_median', 'mean'"),
         ({"batch_size": 0}, "batch_size must be an int >= 1"),
