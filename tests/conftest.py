@@ -155,3 +155,16 @@ def minilm(minilm_dir):
     model = AutoModel.from_pretrained(minilm_dir).eval()
     tok = AutoTokenizer.from_pretrained(minilm_dir)
     return model, tok
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on 127.0.0.1 with IAM auth (tests/s3_server.py), for the session.
+
+    Skipped where the s3 extra or moto is not installed (requirements.lock has both).
+    """
+    pytest.importorskip("s3fs")
+    pytest.importorskip("moto.server")
+    import s3_server as server
+
+    yield from server.running()

@@ -20,6 +20,8 @@ from zarr.codecs import BloscCodec
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
+from sae_hooks.store import remote
+
 SCHEMA_VERSION = 1
 
 #: Row-metadata arrays stored beside `acts/<point>`, all int64, one value per row.
@@ -211,7 +213,11 @@ def load_group(
     where = describe(location)
     try:
         group = open_group(location, mode, storage_options)
-    except (FileNotFoundError, zarr.errors.BaseZarrError, ValueError) as err:
+    except Exception as err:  # an object store's refusal or outage, said by URL (remote.py)
+        if is_url(location) and remote.explain(err, where, storage_options) is not err:
+            raise remote.explain(err, where, storage_options) from err
+        if not isinstance(err, (FileNotFoundError, zarr.errors.BaseZarrError, ValueError)):
+            raise
         local_junk = not is_url(location) and Path(location).expanduser().exists()
         if isinstance(err, FileNotFoundError) and not local_junk:
             raise FileNotFoundError(f"no activation store at {where}: nothing there") from err

@@ -10,11 +10,14 @@ is `<run>/.lock` (sae_hooks/train/runlock.py).
 The holder is also recorded, for messages and for locations without flock: a store's
 `writer` attribute (and the lock file) names its pid, host, start time and since
 when. The start time (/proc/<pid>/stat field 22 on Linux; elsewhere only the pid is
-compared) tells a reused pid from its holder. A fsspec URL (s3://, memory://) has no
-flock: there the attribute is the lock, checked then written, so two writers starting
-within the same instant are not excluded (conditional writes on object stores are
-another issue's work). `check_lock` judges any holder record: a live holder is
-refused, a dead one (on this host) is replaced with a warning.
+compared) tells a reused pid from its holder. A store on S3 (s3://) is held through a
+lock object `.<name>.lock` beside it, created with a conditional PUT (If-None-Match: *)
+and taken over from a dead holder with another (If-Match: its ETag): of writers
+starting in the same instant exactly one gets it (sae_hooks/store/remote.py). Other
+fsspec URLs (memory://, gs://) have neither: there the attribute is the lock, checked
+then written, so two writers starting within the same instant are not excluded.
+`check_lock` judges any holder record: a live holder is refused, a dead one (on this
+host) is replaced with a warning.
 """
 
 from __future__ import annotations
@@ -24,11 +27,14 @@ import json
 import os
 import socket
 import time
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any
 
 import zarr
+
+from sae_hooks.store import remote
 
 try:
     import fcntl
@@ -46,6 +52,9 @@ _open_here: set[str] = set()
 #: only; inside one process the holders are counted (a stale in-process writer keeps
 #: its count, and the lock, until the process ends).
 _files: dict[str, list[int]] = {}
+
+#: Lock objects this process holds (stores on S3): URL -> [lock object, token, holds].
+_objects: dict[str, list[Any]] = {}
 
 
 class LockedError(RuntimeError):
@@ -258,9 +267,13 @@ def store_lock_file(where: str) -> Path | None:
     return path.parent / f".{path.name}.lock"
 
 
-def hold_store(where: str) -> None:
-    """Hold the lock file of a local store (creating its parent folder), or raise
-    StoreLockedError naming the process that holds it. Nothing for a URL."""
+def hold_store(where: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Hold the lock file of a local store (creating its parent folder), or the lock
+    object of a store on S3, or raise StoreLockedError naming the process that holds it.
+    Nothing for other URLs (their lock is the attribute, `acquire`)."""
+    if remote.is_conditional(where):
+        _hold_object(where, storage_options)
+        return
     path = store_lock_file(where)
     if path is None:
         return
@@ -275,9 +288,64 @@ def hold_store(where: str) -> None:
 
 
 def release_store(where: str) -> None:
+    if where in _objects:
+        _release_object(where)
+        return
     path = store_lock_file(where)
     if path is not None:
         release_file(path)
+
+
+def _hold_object(where: str, storage_options: dict[str, Any] | None) -> None:
+    """Create the store's lock object, or take it over from a dead holder on this host.
+
+    Each step is one conditional PUT, so two processes racing for it cannot both
+    succeed; the record's token tells this process's own PUT (retried by the client
+    after a lost response) from another's.
+    """
+    if where in _objects:
+        _objects[where][2] += 1
+        return
+    obj = remote.LockObject(where, storage_options)
+    token = uuid.uuid4().hex
+    record = {**holder_record(), "token": token}
+    if not obj.create(record):
+        holder, etag = obj.read()
+        if holder is None or holder.get("token") != token:
+            if holder is None or not _stale(where, holder) or not obj.replace(record, etag):
+                raise refusal(where, "store", holder or None, StoreLockedError)
+    _objects[where] = [obj, token, 1]
+
+
+def _stale(where: str, holder: dict[str, Any]) -> bool:
+    """Whether a lock object's holder is known to be gone (a dead process on this host,
+    or a writer of this process that failed to release it); warns when it is."""
+    here, pid = holder.get("host") == socket.gethostname(), holder.get("pid")
+    if not here or not isinstance(pid, int):
+        return False
+    if pid == os.getpid() and holder_alive(holder):
+        if where in _open_here:
+            return False
+        what = "an earlier writer of this process failed before it could release it"
+    elif holder_alive(holder):
+        return False
+    else:
+        what = f"pid {pid} on {holder.get('host')} is no longer running"
+    warnings.warn(f"taking over the stale writer lock on store {where}: {what}", stacklevel=4)
+    return True
+
+
+def _release_object(where: str) -> None:
+    """Drop one hold; the last deletes the lock object if it is still this process's."""
+    entry = _objects[where]
+    entry[2] -= 1
+    if entry[2] > 0:
+        return
+    del _objects[where]
+    obj, token = entry[0], entry[1]
+    holder, _ = obj.read()
+    if holder is not None and holder.get("token") == token:
+        obj.delete()
 
 
 def acquire(group: zarr.Group, where: str) -> None:

@@ -124,11 +124,11 @@ def _new_attrs(
     }
 
 
-def _hold_store(where: str) -> None:
-    """Take the store's lock file (store/lock.py); a location whose folder cannot be
-    made is named as the place no store can be created."""
+def _hold_store(where: str, storage_options: dict[str, Any] | None) -> None:
+    """Take the store's lock file or object (store/lock.py); a location whose folder cannot
+    be made is named as the place no store can be created."""
     try:
-        lock.hold_store(where)
+        lock.hold_store(where, storage_options)
     except OSError as err:
         text = f"cannot create an activation store at {where}: {err.strerror or err}"
         raise _explain(err, text) from err
@@ -237,7 +237,7 @@ class StoreWriter:
             check_dtype(dtype)
         self.commit_interval = commit_interval
         self.where = describe(location)
-        _hold_store(self.where)  # before anything is read: one writer at a time from here
+        _hold_store(self.where, storage_options)  # before anything is read: one writer from here
         try:
             if mode == "resume" and is_unborn(location):
                 mode = "overwrite"  # nothing of a store there: create it afresh
