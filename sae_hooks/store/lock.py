@@ -311,9 +311,11 @@ def _hold_object(where: str, storage_options: dict[str, Any] | None) -> None:
     record = {**holder_record(), "token": token}
     if not obj.create(record):
         holder, etag = obj.read()
-        if holder is None or holder.get("token") != token:
-            if holder is None or not _stale(where, holder) or not obj.replace(record, etag):
-                raise refusal(where, "store", holder or None, StoreLockedError)
+        mine = holder is not None and holder.get("token") == token
+        freed = holder is None and obj.create(record)  # released between the two requests
+        taken = bool(holder) and not mine and _stale(where, holder) and obj.replace(record, etag)
+        if not (mine or freed or taken):
+            raise refusal(where, "store", holder or None, StoreLockedError)
     _objects[where] = [obj, token, 1]
 
 
