@@ -27,6 +27,10 @@ class ObjectStoreError(OSError):
     """An object store could not be used: unreachable, refused, or no such bucket."""
 
 
+class MissingBucketError(ObjectStoreError, FileNotFoundError):
+    """The bucket of a location does not exist (a FileNotFoundError too)."""
+
+
 def is_conditional(location: str) -> bool:
     """Whether `location` is on an object store whose PUTs can be conditional (S3)."""
     return str(location).startswith(CONDITIONAL_SCHEMES)
@@ -92,12 +96,14 @@ def explain(err: BaseException, where: str, storage_options: dict[str, Any] | No
     if isinstance(err, FileNotFoundError) and "bucket" in text.lower():
         bucket = str(where).split("://", 1)[-1].split("/", 1)[0]
         why = f"the bucket {bucket!r} of {where} does not exist at {at}: create it first"
-        return _error(errno.ENOENT, why, err)
+        return _error(errno.ENOENT, why, err, MissingBucketError)
     return err
 
 
-def _error(code: int, text: str, cause: BaseException) -> ObjectStoreError:
-    made = ObjectStoreError(code, text)
+def _error(
+    code: int, text: str, cause: BaseException, kind: type[ObjectStoreError] = ObjectStoreError
+) -> ObjectStoreError:
+    made = kind(code, text)
     made.__cause__ = cause
     return made
 

@@ -85,6 +85,11 @@ class Trainer:
     ) -> None:
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+        if "://" in str(run_dir):  # checkpoints, log and lock need a filesystem (scaling.md)
+            raise ValueError(
+                f"run_dir {run_dir} is a URL; a run directory must be a local or shared "
+                "filesystem path (stores may be URLs: s3://, gs://, ...)"
+            )
         self.run_dir = Path(run_dir)
         self.source: RowSource = as_source(source, config.point, config.target_point)
         d = self.source.d_model
