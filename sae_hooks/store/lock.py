@@ -26,6 +26,7 @@ import errno
 import json
 import os
 import socket
+import threading
 import time
 import uuid
 import warnings
@@ -55,6 +56,7 @@ _files: dict[str, list[int]] = {}
 
 #: Lock objects this process holds (stores on S3): URL -> [lock object, token, holds].
 _objects: dict[str, list[Any]] = {}
+_objects_guard = threading.Lock()  # threads of this process take a lock object one at a time
 
 
 class LockedError(RuntimeError):
@@ -303,6 +305,11 @@ def _hold_object(where: str, storage_options: dict[str, Any] | None) -> None:
     succeed; the record's token tells this process's own PUT (retried by the client
     after a lost response) from another's.
     """
+    with _objects_guard:
+        _take_object(where, storage_options)
+
+
+def _take_object(where: str, storage_options: dict[str, Any] | None) -> None:
     if where in _objects:
         _objects[where][2] += 1
         return
