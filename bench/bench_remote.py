@@ -8,9 +8,11 @@ loader's rate for one epoch, side by side:
 
 Locks (--locks N): N trials of P processes (forked) starting a store's one-writer lock
 on the same S3 store at the same instant (a barrier); each trial must have exactly one
-winner (the conditional PUT of sae_hooks/store/remote.py).
+winner (the conditional PUT of sae_hooks/store/remote.py). moto's own threaded server
+checks a PUT's condition and stores the object without a lock between: --atomic runs
+it serving one request at a time, as S3 applies each PUT atomically.
 
-    .venv/bin/python bench/bench_remote.py --locks 100 --procs 4
+    .venv/bin/python bench/bench_remote.py --locks 100 --procs 4 [--atomic]
 """
 
 from __future__ import annotations
@@ -201,10 +203,16 @@ def locks(args: argparse.Namespace, port: int | None = None, opts: dict | None =
     """Trials of `args.procs` processes racing for one store's lock: trials with one winner."""
     import s3fs
 
-    procs = []
-    if port is None:
+    procs, server = [], None
+    if port is None and args.atomic:  # moto with one request at a time (tests/s3_server.py)
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from s3_server import atomic_server
+
+        server = atomic_server()
+        port = server.get_host_and_port()[1]
+    elif port is None:  # moto's own threaded server
         procs, port, _ = start_servers((0, 0))
-        opts = options(port)
+    opts = opts or options(port)
     bucket = f"race-{uuid.uuid4().hex[:8]}"
     s3fs.S3FileSystem(**opts).mkdir(bucket)
     ctx = mp.get_context("fork")
@@ -236,6 +244,8 @@ def locks(args: argparse.Namespace, port: int | None = None, opts: dict | None =
             w.join(30)
         for p in procs:
             p.kill()
+        if server is not None:
+            server.stop()
     return good
 
 
@@ -249,6 +259,7 @@ def main() -> None:
     parser.add_argument("--latency", type=float, nargs=2, default=[20.0, 50.0])
     parser.add_argument("--locks", type=int, default=0, help="lock trials instead")
     parser.add_argument("--procs", type=int, default=4)
+    parser.add_argument("--atomic", action="store_true", help="moto serving one request at a time")
     parser.add_argument("--proxy", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.proxy:
