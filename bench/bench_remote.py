@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import http.server
+import logging
 import multiprocessing as mp
 import os
 import random
@@ -208,6 +209,7 @@ def locks(args: argparse.Namespace, port: int | None = None, opts: dict | None =
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
         from s3_server import atomic_server
 
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
         server = atomic_server()
         port = server.get_host_and_port()[1]
     elif port is None:  # moto's own threaded server

@@ -47,6 +47,7 @@ def assert_same(a, b):
         np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow
 def test_capture_into_a_bucket_equals_a_local_capture(s3_server, tiny_gpt2, data, tmp_path):
     url = f"s3://{s3_server.new_bucket()}/run/store"
     local = capture_to_store(tiny_gpt2, POINT, data, tmp_path / "s", progress=False, chunk_rows=64)
@@ -59,6 +60,7 @@ def test_capture_into_a_bucket_equals_a_local_capture(s3_server, tiny_gpt2, data
     assert remote.verify() == []
 
 
+@pytest.mark.slow
 def test_sharded_capture_into_a_bucket(s3_server, tiny_gpt2, data, tmp_path):
     from sae_hooks.store import capture_to_store_distributed
 

@@ -131,9 +131,10 @@ class LockObject:
         try:
             return self.fs.call_s3(method, Bucket=self.bucket, Key=self.key, **kwargs)
         except Exception as err:
-            if isinstance(err, (FileExistsError, FileNotFoundError)) and "bucket" not in str(
-                err
-            ).lower():
+            if (
+                isinstance(err, (FileExistsError, FileNotFoundError))
+                and "bucket" not in str(err).lower()
+            ):
                 raise
             if isinstance(err, OSError) and err.errno == errno.EINVAL:  # 412: a condition
                 raise
