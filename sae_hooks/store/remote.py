@@ -47,8 +47,12 @@ def endpoint(storage_options: dict[str, Any] | None) -> str:
     """The endpoint a location's requests go to, for messages (no credentials in it)."""
     options = storage_options or {}
     url = options.get("endpoint_url") or (options.get("client_kwargs") or {}).get("endpoint_url")
-    return str(url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-               or "the default AWS endpoint")  # fmt: skip
+    return str(
+        url
+        or os.environ.get("AWS_ENDPOINT_URL_S3")
+        or os.environ.get("AWS_ENDPOINT_URL")
+        or "the default AWS endpoint"
+    )
 
 
 def _chain(err: BaseException) -> list[BaseException]:
@@ -62,13 +66,21 @@ def _chain(err: BaseException) -> list[BaseException]:
 def _unreachable(err: BaseException) -> bool:
     names = {type(e).__name__ for e in _chain(err)}
     return bool(
-        names & {"EndpointConnectionError", "ConnectionError", "ClientConnectorError",
-                 "ConnectTimeoutError", "ServerDisconnectedError", "ConnectionRefusedError"}
-    )  # fmt: skip
+        names
+        & {
+            "EndpointConnectionError",
+            "ConnectionError",
+            "ClientConnectorError",
+            "ConnectTimeoutError",
+            "ServerDisconnectedError",
+            "ConnectionRefusedError",
+        }
+    )
 
 
-def explain(err: BaseException, where: str, storage_options: dict[str, Any] | None,
-            *, writing: bool = False) -> BaseException:  # fmt: skip
+def explain(
+    err: BaseException, where: str, storage_options: dict[str, Any] | None, *, writing: bool = False
+) -> BaseException:
     """One clear error for a failed request to the object store holding `where`.
 
     Unreachable endpoint, refused credentials or permission, missing bucket: an
@@ -145,9 +157,12 @@ class LockObject:
         try:
             self._call("put_object", Body=_body(record), IfNoneMatch="*")
         except (FileExistsError, OSError) as err:
-            if isinstance(err, ObjectStoreError) or getattr(err, "errno", None) not in (
-                None, errno.EINVAL, errno.EEXIST,
-            ):  # fmt: skip
+            # 412: the object exists; 409 ConditionalRequestConflict: S3 is applying another
+            # conditional write to the key right now. Either way this PUT did not create it.
+            conflict = err.errno == errno.EBUSY or "ConditionalRequestConflict" in str(err)
+            if isinstance(err, ObjectStoreError) or not (
+                conflict or err.errno in (None, errno.EINVAL, errno.EEXIST)
+            ):
                 raise
             return False
         return True
