@@ -58,6 +58,7 @@ _DEFAULT_EXPANSION = 8
 RESUME_FREE_FIELDS = frozenset(
     {"log_every", "val_every", "val_batches", "checkpoint_every", "device", "compile"}
     | {"progress", "tensorboard", "wandb_project", "autocast"}
+    | {"loader_streams"}  # the checkpoint's loader position holds and checks it
 )
 
 
@@ -113,6 +114,7 @@ class TrainConfig:
     checkpoint_every: int | None = 1000  # None or 0: only at the end
     seed: int = 0
     data_seed: int | None = None  # order of the training batches; None -> seed
+    loader_streams: int | None = None  # S of a store's loader (docs/scaling.md); None: auto
     device: str = "cpu"
     dtype: str = "float32"  # parameter dtype
     autocast: bool | None = None  # None -> bf16 autocast on CUDA, off elsewhere
@@ -318,6 +320,7 @@ def _validate_counts(c: TrainConfig) -> None:
         check_int(name, getattr(c, name), minimum=0, optional=True)
     check_int("seed", c.seed, minimum=0)
     check_int("data_seed", c.data_seed, minimum=0, optional=True)
+    check_int("loader_streams", c.loader_streams, minimum=1, optional=True)
 
 
 def _validate_run_length(c: TrainConfig) -> None:

@@ -189,7 +189,7 @@ class StoreSource:
             return TensorLoader(torch.empty(0, self.d_model), batch_size, seed=seed, shuffle=False)
         return self._new_loader(split, batch_size, seed)
 
-    def _new_loader(self, split: str, batch_size: int, seed: int) -> Loader:
+    def _new_loader(self, split: str, batch_size: int, seed: int, **kwargs: Any) -> Any:
         from sae_hooks.store import ActivationLoader
 
         return ActivationLoader(
@@ -201,11 +201,14 @@ class StoreSource:
             seed=seed,
             shuffle=split == "train",
             drop_last=split == "train",
+            **kwargs,
         )
 
     def sample(self, n: int, *, seed: int) -> torch.Tensor:
+        """The first batch of n training rows of a one-stream loader, read without
+        reading ahead: the buffer it draws from (buffer_chunks chunks), nothing more."""
         n = min(n, self._split_rows("train"))
-        return next(iter(self._new_loader("train", n, seed + 7919)))
+        return self._new_loader("train", n, seed + 7919, streams=1).first_batch()
 
     def mean_sq_norm(self) -> float | None:
         stats = self.store.stats(self.point)
@@ -421,12 +424,32 @@ class PairedLoader:
             yield RowPair(x, y.to(x.dtype))
         next(b, None)  # let the target loader finish its epoch too
 
+    def read_share(self, rank: int, world: int, streams: int | None = None) -> PairedLoader:
+        """Both sides read only this rank's streams (see ActivationLoader.read_share)."""
+        self.inputs = share_of(self.inputs, rank, world, streams)
+        self.targets = share_of(self.targets, rank, world, streams)
+        return self
+
     def state_dict(self) -> dict[str, Any]:
         return {"inputs": self.inputs.state_dict(), "targets": self.targets.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.inputs.load_state_dict(state["inputs"])
         self.targets.load_state_dict(state["targets"])
+
+
+def share_of(loader: Any, rank: int, world: int, streams: int | None = None) -> Any:
+    """`loader` yielding only rank `rank`'s share of each global batch: through its own
+    `read_share` where it has one (it then reads only that share), else every batch
+    read and sliced (`RankSlice`)."""
+    share = getattr(loader, "read_share", None)
+    if share is not None:
+        return share(rank, world, streams)
+    if world == 1:
+        return loader
+    from sae_hooks.distributed import ProcessRank, RankSlice
+
+    return RankSlice(loader, ProcessRank(rank=rank, world=world))
 
 
 # ------------------------------------------------------------------------- dispatch
