@@ -192,7 +192,7 @@ def test_resume_adopts_the_saved_streams_unless_chosen():
     saved = ActivationLoader(store, "p", 64, val_fraction=0.0, streams=1).state_dict()
     saved.pop("streams")  # a position saved before streams existed: one stream
     auto = ActivationLoader(store, "p", 64, val_fraction=0.0).read_share(1, 2)
-    assert auto.streams == 2
+    assert auto.streams == 4  # the default for 75 chunks
     auto.load_state_dict(saved)
     assert auto.streams == 1  # then every rank reads whole batches and keeps its slice
     whole = epoch(ActivationLoader(store, "p", 64, val_fraction=0.0, streams=1))
