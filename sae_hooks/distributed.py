@@ -31,7 +31,14 @@ import torch.distributed as dist
 
 from sae_hooks.activations import RowPair, n_rows, take_rows
 
-__all__ = ["ProcessRank", "RankSlice", "processes", "sample_on_main", "sync_replicas_"]
+__all__ = [
+    "ProcessRank",
+    "RankSlice",
+    "processes",
+    "sample_on_main",
+    "share_of",
+    "sync_replicas_",
+]
 
 
 @dataclass(frozen=True)
@@ -175,6 +182,16 @@ class RankSlice:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.loader.load_state_dict(state)
+
+
+def share_of(loader: Any, rank: int, world: int, streams: int | None = None) -> Any:
+    """`loader` yielding only rank `rank`'s share of each global batch: through its own
+    `read_share` where it has one (a store's loader then reads only its streams), else
+    every batch read whole and sliced (`RankSlice`)."""
+    share = getattr(loader, "read_share", None)
+    if share is not None:
+        return share(rank, world, streams)
+    return loader if world == 1 else RankSlice(loader, ProcessRank(rank=rank, world=world))
 
 
 @torch.no_grad()

@@ -142,11 +142,9 @@ class ActivationLoader:
         chunk = self.store.chunk_rows(point)
         self._blocks = chunk_blocks(chunk_bounds(self.store), chunk, self.start, self.stop)
         self._explicit_streams = streams is not None
-        if streams is None:
-            auto = shuffle and drop_last
-            streams = default_streams(len(self._blocks), batch_size, buffer_chunks) if auto else 1
-        check_streams(streams, batch_size, 1, drop_last)
-        self.streams, self.rank, self.world = streams, 0, 1
+        self.streams = self._default_streams() if streams is None else streams
+        check_streams(self.streams, batch_size, 1, drop_last)
+        self.rank, self.world = 0, 1
         self.epoch = 0
         # Scratch buffer pairs kept across epochs: a fresh 100+ MB array costs its
         # page faults again (measured here: slower than the copy it is filled by).
@@ -164,6 +162,12 @@ class ActivationLoader:
             f"batch_size={self.batch_size}, streams={self.streams}, epoch={self.epoch}, "
             f"batch={self._batch}/{len(self)})"
         )
+
+    def _default_streams(self) -> int:
+        """`default_streams` for a shuffled loader that drops the last short batch, else 1."""
+        if not (self.shuffle and self.drop_last):
+            return 1
+        return default_streams(len(self._blocks), self.batch_size, self.buffer_chunks)
 
     def read_share(self, rank: int, world: int, streams: int | None = None) -> ActivationLoader:
         """From now on read and yield only rank `rank`'s share of every batch (batch_size /

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import torch
 
 from sae_hooks.activations import Batch, RowPair, n_rows, take_rows
+from sae_hooks.distributed import share_of
 
 if TYPE_CHECKING:
     from sae_hooks.store import StoreReader
@@ -205,8 +206,7 @@ class StoreSource:
         )
 
     def sample(self, n: int, *, seed: int) -> torch.Tensor:
-        """The first batch of n training rows of a one-stream loader, read without
-        reading ahead: the buffer it draws from (buffer_chunks chunks), nothing more."""
+        """Batch 0 of n rows of a one-stream loader: one buffer read, no read-ahead."""
         n = min(n, self._split_rows("train"))
         return self._new_loader("train", n, seed + 7919, streams=1).first_batch()
 
@@ -436,20 +436,6 @@ class PairedLoader:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.inputs.load_state_dict(state["inputs"])
         self.targets.load_state_dict(state["targets"])
-
-
-def share_of(loader: Any, rank: int, world: int, streams: int | None = None) -> Any:
-    """`loader` yielding only rank `rank`'s share of each global batch: through its own
-    `read_share` where it has one (it then reads only that share), else every batch
-    read and sliced (`RankSlice`)."""
-    share = getattr(loader, "read_share", None)
-    if share is not None:
-        return share(rank, world, streams)
-    if world == 1:
-        return loader
-    from sae_hooks.distributed import ProcessRank, RankSlice
-
-    return RankSlice(loader, ProcessRank(rank=rank, world=world))
 
 
 # ------------------------------------------------------------------------- dispatch

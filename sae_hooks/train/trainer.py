@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from sae_hooks.activations import Batch, full_batches, to_training
 from sae_hooks.devices import available_device
-from sae_hooks.distributed import processes, sample_on_main, sync_replicas_
+from sae_hooks.distributed import processes, sample_on_main, share_of, sync_replicas_
 from sae_hooks.sae import SAE, SAE_REGISTRY
 from sae_hooks.sae.sparse_encoder import fire_counts
 
@@ -51,7 +51,7 @@ from .init import initialise_from_data
 from .losses import trainer_aux_loss
 from .runlog import NoLog, RunLog
 from .schedule import lr_factor
-from .sources import Loader, RowSource, as_source, share_of
+from .sources import Loader, RowSource, as_source
 from .step_metrics import StepMetrics
 from .validation import validate
 from .window import DeadLatents, LogWindow
