@@ -30,10 +30,11 @@ Split: validation is the last `val_fraction` of the committed rows (rounded up),
 training the rows before it. Rows are stored document-major, so the two splits
 share at most the one document that straddles the boundary.
 
-Streams (`streams.py`): the epoch is cut into S streams of whole chunks, each with its
-own buffers, and a batch is the S streams' parts side by side; `read_share(rank, N)`
-makes the loader read and yield only streams rank, rank + N, ..., so N processes read
-disjoint chunks and together see the one-process batches. With S streams each buffer
+Streams (`streams.py`): the epoch's shuffled chunks are cut into S equal runs of rows
+(a chunk is split only where one stream ends), each with its own buffers, and a batch
+is the S streams' parts side by side; `read_share(rank, N)` makes the loader read and
+yield only streams rank, rank + N, ..., so N processes read disjoint rows (sharing at
+most S - 1 chunks an epoch) and together see the one-process batches. With S streams each buffer
 holds ceil(buffer_chunks / S) chunks, so a batch still mixes about `buffer_chunks`
 chunks and one process holds about as much memory as with one stream.
 """
@@ -255,8 +256,8 @@ class ActivationLoader:
             yield from self
 
     def first_batch(self) -> torch.Tensor:
-        """The next batch, read without reading ahead (only the buffers it draws from),
-        as the CPU tensor the worker makes; the position does not move. For a sample."""
+        """The next batch, read without reading ahead (only the buffers it draws from);
+        the position does not move. For a sample."""
         got: list[Any] = []
 
         def keep(item: Any) -> bool:
