@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from sae_hooks.cli.options import DEFAULT_CONTEXT, DEFAULT_DATA
+from sae_hooks.jsonio import loads
 from sae_hooks.rundir import DEFAULT_SAE, RunDir
 from sae_hooks.store.lock import LockedError
 
@@ -240,7 +241,7 @@ def trained_config(sae_path: Path) -> dict[str, Any]:
     if not config.is_file():
         return {}
     try:
-        data = json.loads(config.read_text())
+        data = loads(config.read_text(), str(config))
     except ValueError:
         data = None
     if not isinstance(data, dict):

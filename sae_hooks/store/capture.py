@@ -45,6 +45,7 @@ from sae_hooks.store.layout import (
     load_group,
     open_group,
 )
+from sae_hooks.store.overwrite import check_replaceable
 from sae_hooks.store.reader import ActivationStore
 from sae_hooks.store.writer import StoreWriter
 
@@ -185,10 +186,27 @@ def _write_or_remove(
     try:
         with writer:
             feed()
-    except BaseException:
-        if mode != "resume" and writer.committed_rows == 0:
-            _remove_new_store(store, storage_options)
+    except BaseException as err:
+        if mode == "resume" or writer.committed_rows > 0:
+            raise
+        _remove_new_store(store, storage_options)
+        if isinstance(err, OSError):  # its "then resume it" is wrong: nothing is left
+            raise _removed(err, writer.where) from err
         raise
+
+
+def _removed(err: OSError, where: str) -> OSError:
+    """The error of a new store that failed before its first commit and was removed."""
+    root = err.__cause__ if isinstance(err.__cause__, OSError) else err
+    text = (
+        f"writing the new activation store {where} failed: {root.strerror or root}. Nothing "
+        "had been committed, so the store was removed; free space or fix permissions, then "
+        "capture again"
+    )
+    try:
+        return type(err)(err.errno, text)
+    except TypeError:  # a subclass with another constructor
+        return OSError(err.errno, text)
 
 
 def _existing_store(
@@ -199,12 +217,14 @@ def _existing_store(
     storage_options: dict[str, Any] | None,
 ) -> dict[str, Any] | None:
     """The attributes of the store to resume, or None to create one; refuses to resume
-    another model's store and to replace something that is not a store unless told."""
+    another model's store, and to replace anything but a store (store/overwrite.py)."""
+    if overwrite:
+        check_replaceable(store, storage_options)
     try:
         _, attrs = load_group(store, "r", storage_options)
     except FileNotFoundError:  # nothing there, or a folder left by a killed creation
         return None
-    except ValueError:  # something that is not a store: replace it only when told to
+    except ValueError:  # a damaged store (the check above let it through): replace it
         if not overwrite:
             raise
         return None

@@ -6,7 +6,6 @@ the format is defined once.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -19,6 +18,8 @@ import zarr.errors
 from zarr.codecs import BloscCodec
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
+
+from sae_hooks.jsonio import loads
 
 SCHEMA_VERSION = 1
 
@@ -211,7 +212,7 @@ def load_group(
     where = describe(location)
     try:
         group = open_group(location, mode, storage_options)
-    except (FileNotFoundError, zarr.errors.BaseZarrError, ValueError) as err:
+    except (FileNotFoundError, zarr.errors.BaseZarrError, ValueError, RecursionError) as err:
         local_junk = not is_url(location) and Path(location).expanduser().exists()
         if isinstance(err, FileNotFoundError) and not local_junk:
             raise FileNotFoundError(f"no activation store at {where}: nothing there") from err
@@ -221,6 +222,8 @@ def load_group(
                 "was interrupted (no zarr.json); capturing there again replaces it"
             ) from err
         what = "its zarr.json is not valid JSON" if isinstance(err, ValueError) else str(err)
+        if isinstance(err, RecursionError):
+            what = "its zarr.json is nested too deeply to read"
         raise ValueError(f"{where} is not an activation store ({what}); {STORE_HELP}") from err
     attrs = dict(group.attrs)
     version = attrs.get("schema_version")
@@ -264,7 +267,7 @@ def read_group_attrs(group: zarr.Group) -> dict[str, Any]:
     raw = sync(store.get(key, prototype=default_buffer_prototype()))
     if raw is None:
         raise FileNotFoundError(f"{key} is missing")
-    return dict(json.loads(raw.to_bytes()).get("attributes", {}))
+    return dict(loads(raw.to_bytes(), key).get("attributes", {}))
 
 
 def rank_location(location: str | os.PathLike, rank: int) -> str | Path:
@@ -281,7 +284,7 @@ def sharded_world_size(
     """The number of rank stores at `location`, or None if it is not a sharded store."""
     try:
         attrs = dict(open_group(location, "r", storage_options).attrs)
-    except (FileNotFoundError, zarr.errors.BaseZarrError, ValueError):
+    except (FileNotFoundError, zarr.errors.BaseZarrError, ValueError, RecursionError):
         return None
     meta = attrs.get(SHARDED_ATTR)
     return int(meta["world_size"]) if isinstance(meta, dict) else None
