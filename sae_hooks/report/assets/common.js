@@ -23,6 +23,10 @@ SAE.chip = function (id, cls, title) {
 SAE.fmt = function (x, digits) { return Number(x).toPrecision(digits || 3).replace(/\.?0+(e|$)/, "$1"); };
 SAE.pct = function (x) { return (100 * x).toPrecision(3) + "%"; };
 SAE.latentHref = function (i) { return "latent.html?id=" + i; };
+/* Dense: firing on more than dense_above of the rows (metrics.DENSE_FRACTION, as eval.json
+   and `ablate --dense-above` count it). */
+SAE.isDense = function (i) { var X = SAE.index; return X.density ? X.density[i] > X.dense_above : false; };
+SAE.denseTitle = function () { return "fires on more than " + SAE.pct(SAE.index.dense_above) + " of the rows"; };
 SAE.sparkline = function (digits) {
   var w = 64, h = 16, n = digits.length, bars = [];
   for (var i = 0; i < n; i++) {
