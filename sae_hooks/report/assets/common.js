@@ -38,7 +38,7 @@ SAE.sparkline = function (digits) {
 /* Bars with labelled axes: x (value range) and y (count). */
 SAE.histogram = function (counts, xMax, xLabel, yLabel, width, height) {
   width = width || 320; height = height || 130;
-  var L = 40, B = 30, T = 6, R = 8, pw = width - L - R, ph = height - B - T;
+  var L = 40, B = 30, T = 6, R = 18, pw = width - L - R, ph = height - B - T;
   var top = Math.max.apply(null, counts.concat([1])), n = counts.length, kids = [];
   counts.forEach(function (c, i) {
     if (!c) return;
