@@ -42,21 +42,16 @@ def test_vit_recipe_dashboard_draws_patches_over_images(tmp_path):
     assert all(re.fullmatch(r"thumbs/\d+\.png", img) for img in shown)
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SAE_HOOKS_CACHE", str(tmp_path))
-    return tmp_path
-
-
-def cli(capsys, *argv):
+def cli(capsys, *argv) -> None:
+    """One `sae-hooks` command that must succeed."""
     code = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    assert code == 0, out.err
-    return out.out
+    assert code == 0, capsys.readouterr().err
 
 
 @pytest.mark.slow
-def test_cli_report_of_gpt2_shows_promoted_tokens_and_every_concept(cache, capsys, tmp_path):
+def test_cli_report_of_gpt2_shows_promoted_tokens_and_every_concept(capsys, tmp_path, monkeypatch):
+    cache = tmp_path
+    monkeypatch.setenv("SAE_HOOKS_CACHE", str(cache))
     cli(capsys, "capture", "--family", "gpt2", "--tiny", "--point", "resid_post.1", "--run", "t",
         "--max-rows", "1500", "--context-length", "32", "--quiet")  # fmt: skip
     cli(capsys, "train", "--run", "t", "--architecture", "topk", "--k-per-token", "4",
