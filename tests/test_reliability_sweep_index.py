@@ -133,3 +133,23 @@ def test_two_sweeps_at_once_into_one_directory_index_both(tmp_path):
     assert len(names) == 4 and {n.split("-")[2] for n in names} == {"n32", "n48"}
     assert all((out / n / "sae").is_dir() for n in names)
     assert all(e.get("metrics", {}).get("step") == 3 for e in read_sweep(out))
+
+
+def test_report_reads_the_store_each_sae_was_trained_on(tmp_path):
+    """Two sweeps merged into one directory may have read two stores: the report of an
+    SAE uses the store its own entry records, not the latest sweep's."""
+    from sae_hooks.report.frontier import sweep_for_report
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    index = {
+        "store": "/stores/second",
+        "saes": [
+            {"name": "a", "step": 3, "config": {}, "store": "/stores/first"},
+            {"name": "b", "step": 3, "config": {}, "store": "/stores/second"},
+        ],
+    }
+    (tmp_path / "sweep.json").write_text(json.dumps(index))
+    assert sweep_for_report(tmp_path, "a", None, None)[3] == "/stores/first"
+    assert sweep_for_report(tmp_path, "b", None, None)[3] == "/stores/second"
+    assert sweep_for_report(tmp_path, "a", None, "/given")[3] == "/given"

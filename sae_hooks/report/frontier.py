@@ -175,7 +175,8 @@ def sweep_for_report(
     """What `sae-hooks report` needs for a sweep: the SAE directory whose dashboard to
     build (`name`, default the first), the rows, the output folder (default
     SWEEP/report; `build_report` writes sweep.md, the table, into it) and the store
-    (default the one sweep.json records)."""
+    (default the one sweep.json records for that SAE: sweeps merged into one
+    directory may have read different stores)."""
     root = Path(sweep_dir)
     rows = sweep_rows(root)
     names = [r["name"] for r in rows]
@@ -184,5 +185,7 @@ def sweep_for_report(
         raise ValueError(f"--sae {name!r} is not an SAE of the sweep {root}; it has {names}")
     out = out or str(root / RunDir.REPORT)
     if store is None:
-        store = json.loads((root / SWEEP_FILE).read_text()).get("store")
+        index = json.loads((root / SWEEP_FILE).read_text())
+        entry = next((e for e in index.get("saes", []) if e.get("name") == name), {})
+        store = entry.get("store") or index.get("store")
     return root / name, rows, out, store
