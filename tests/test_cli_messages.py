@@ -1,0 +1,73 @@
+"""The CLI says what it does: points added to a run, settings changed, wrong targets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sae_hooks.cli import main
+from sae_hooks.store import open_store
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAE_HOOKS_CACHE", str(tmp_path))
+    return tmp_path
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+CAPTURE = ["capture", "--run", "t", "--max-rows", "300", "--quiet"]
+
+
+def test_a_new_point_joins_the_run_from_its_record(cache, capsys):
+    """No --family: the run's own model; the store gains the point on the same rows."""
+    tiny = ["--family", "gpt2", "--tiny", "--context-length", "32"]
+    code, _, err = run(capsys, *CAPTURE, *tiny, "--point", "resid_post.0")
+    assert code == 0, err
+    code, out, err = run(capsys, *CAPTURE, "--point", "resid_post.1")
+    assert code == 0, err
+    store = open_store(cache / "t" / "store")
+    assert store.points == ["resid_post.0", "resid_post.1"] and store.n_rows == 300
+    assert "300 rows of resid_post.0, resid_post.1" in out
+    assert json.loads((cache / "t/run.json").read_text())["points"] == store.points
+
+
+def test_inspect_names_sweeps_and_exports(cache, capsys, tmp_path):
+    tiny = ["--family", "gpt2", "--tiny", "--context-length", "32", "--point", "resid_post.1"]
+    assert run(capsys, *CAPTURE, "--max-rows", "1000", *tiny)[0] == 0
+    train = ["--architecture", "topk", "--k-per-token", "4", "--nb-concepts", "64"]
+    train += ["--batch-size", "128", "--steps", "10", "--quiet"]
+    assert run(capsys, "train", "--run", "t", *train)[0] == 0
+    code, out, err = run(capsys, "eval", "--run", "t", "--max-batches", "1", "--quiet")
+    assert code == 0, err
+    assert "TopK: the k largest codes of each row" in out and "BatchTopK" not in out
+    sweep = tmp_path / "sweep.toml"
+    sweep.write_text(
+        "[sweep]\nk_per_token = [2, 4]\n[train]\narchitecture = 'topk'\nnb_concepts = 64\n"
+        "batch_size = 128\nsteps = 10\n"
+    )
+    code, out, err = run(capsys, "sweep", sweep, "--run", "t", "--quiet", "--eval-batches", "1")
+    assert code == 0, err
+    warned = [line for line in err.splitlines() if "warning:" in line]
+    assert all(line.startswith("sae-hooks sweep: warning: SAE ") for line in warned), err
+    assert "trainer.py" not in err and "RunWarning" not in err
+    code, out, err = run(capsys, "inspect", cache / "t" / "sweep")
+    assert code == 0, err
+    assert out.startswith("sweep directory") and "topk-n64-k2-s0/: topk" in out
+    for fmt, kind in [("saelens", "SAELens export"), ("hf", "Hugging Face layout export")]:
+        assert run(capsys, "export", "--run", "t", "--format", fmt, "--out", tmp_path / fmt)[0] == 0
+        code, out, err = run(capsys, "inspect", tmp_path / fmt)
+        assert code == 0 and out.startswith(kind), err
+
+
+def test_run_warnings_name_their_sae():
+    from sae_hooks.train.diagnostics import RunWarning, warn_all
+
+    with pytest.warns(RunWarning, match=r"^SAE sweep/k2: 20% of the latents are dead"):
+        warn_all(["20% of the latents are dead"], about="sweep/k2")
