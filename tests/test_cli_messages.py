@@ -71,3 +71,31 @@ def test_run_warnings_name_their_sae():
 
     with pytest.warns(RunWarning, match=r"^SAE sweep/k2: 20% of the latents are dead"):
         warn_all(["20% of the latents are dead"], about="sweep/k2")
+
+
+TRAIN = ["--architecture", "topk", "--k-per-token", "4", "--nb-concepts", "64"]
+TRAIN += ["--batch-size", "128", "--quiet"]
+
+
+def test_changed_steps_say_what_differs_and_what_to_do(cache, capsys, tmp_path):
+    tiny = ["--family", "gpt2", "--tiny", "--context-length", "32", "--point", "resid_post.1"]
+    assert run(capsys, *CAPTURE, *tiny)[0] == 0
+    assert run(capsys, "train", "--run", "t", *TRAIN, "--steps", "4")[0] == 0
+    code, _, err = run(capsys, "train", "--run", "t", *TRAIN, "--steps", "2")
+    assert code == 2
+    assert "steps: 4 in the checkpoint, 2 now" in err and "damaged" not in err
+    assert "--overwrite" in err and "--name OTHER" in err
+
+
+def test_a_token_target_on_an_encoder_names_what_is_valid(cache, capsys, tmp_path):
+    tiny = ["--family", "minilm", "--tiny", "--context-length", "16", "--point", "resid_post.0"]
+    assert run(capsys, *CAPTURE, *tiny)[0] == 0
+    assert run(capsys, "train", "--run", "t", *TRAIN, "--steps", "2")[0] == 0
+    pos, neg = tmp_path / "pos.txt", tmp_path / "neg.txt"
+    pos.write_text("An exception is raised.\n\nThe exception propagates up.")
+    neg.write_text("The cat sat on the mat.\n\nNumbers are added.")
+    argv = ["ablate", "--run", "t", "--positive", pos, "--negative", neg, "--target", "token:5"]
+    code, _, err = run(capsys, *argv, "--quiet")
+    assert code == 2
+    assert "no language-model head" in err and "valid targets for it: similarity" in err
+    assert "vocabulary has" not in err

@@ -304,6 +304,22 @@ def target_point(args: argparse.Namespace) -> str:
     return target
 
 
+def check_token_target(model: Any, target: str) -> None:
+    """A token target scores the next token over the model's vocabulary: only a language
+    model (a head over the vocabulary) has one; an encoder's output is its hidden size."""
+    from sae_hooks.model_outputs import model_kind
+
+    kind = model_kind(model)
+    if kind == "lm":
+        return
+    what = "a classifier" if kind == "classifier" else "an encoder"
+    valid = "similarity or class:INDEX" if kind == "classifier" else "similarity"
+    raise ValueError(
+        f"--target {target}: {type(model).__name__} is {what} with no language-model head, so "
+        f"there is no vocabulary to score a next token over; valid targets for it: {valid}"
+    )
+
+
 def output(args: argparse.Namespace, filename: str) -> Path:
     """Where an SAE's eval.json or ablation.json goes: beside --sae, else the run's
     outputs of --name (the root for the default SAE, its home for another)."""
