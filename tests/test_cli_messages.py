@@ -99,3 +99,26 @@ def test_a_token_target_on_an_encoder_names_what_is_valid(cache, capsys, tmp_pat
     assert code == 2
     assert "no language-model head" in err and "valid targets for it: similarity" in err
     assert "vocabulary has" not in err
+
+
+def test_trust_remote_code_is_carried_from_the_capture(cache, capsys, tmp_path, tokenizer_dir):
+    """--trust-remote-code, given at capture, is recorded; eval / export / report reuse it."""
+    from test_cli_hub_models import save_tiny
+
+    from sae_hooks.cli import build_parser
+    from sae_hooks.cli.common import run_dir, use_record
+
+    save_tiny("gpt2", tmp_path / "gpt2", tokenizer_dir)
+    model = ["--model", tmp_path / "gpt2", "--context-length", "32", "--point", "resid_post.0"]
+    code, _, err = run(capsys, *CAPTURE, *model, "--trust-remote-code")
+    assert code == 0, err
+    assert json.loads((cache / "t/run.json").read_text())["model"]["trust_remote_code"] is True
+    for command in ("eval", "ablate"):
+        args = build_parser().parse_args([command, "--run", "t"])
+        assert args.trust_remote_code is False
+        use_record(args, run_dir(args).root)
+        assert args.trust_remote_code is True
+    code, _, err = run(capsys, *CAPTURE, "--run", "u", *model)
+    args = build_parser().parse_args(["eval", "--run", "u"])
+    use_record(args, run_dir(args).root)
+    assert code == 0 and args.trust_remote_code is False, err

@@ -71,6 +71,8 @@ def _use_recorded_model(args: argparse.Namespace, model: dict[str, Any]) -> None
         args.tiny = args.tiny or bool(model.get("tiny"))
     args.dtype = args.dtype or model.get("dtype")
     args.backend = args.backend or model.get("backend")
+    if hasattr(args, "trust_remote_code"):  # the capture's explicit opt-in, as recorded
+        args.trust_remote_code = args.trust_remote_code or bool(model.get("trust_remote_code"))
 
 
 def apply_defaults(args: argparse.Namespace) -> None:
