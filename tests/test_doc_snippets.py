@@ -27,6 +27,7 @@ TINY = [
     (r"total_tokens=2_000_000", "total_tokens=8_192"),
     (r"steps=2_000", "steps=3"),
     (r'"nb_concepts": \[3072, 6144\]', '"nb_concepts": [128, 256]'),
+    (r"TopKSAE\(d, 3072", "TopKSAE(d, 256"),
 ]
 
 
@@ -56,8 +57,9 @@ def runnable(code: str) -> str:
 
 
 DOCS_WITH_SNIPPETS = [d for d in DOCS if snippets(d)]
-# README's blocks capture, train, evaluate and sweep 16 SAEs: over a minute on 2 cores.
-SLOW = {"README.md"}
+# README captures, trains, evaluates and sweeps 16 SAEs; circuits.md attributes and
+# ablates: each over a minute on 2 shared cores.
+SLOW = {"README.md", "circuits.md"}
 
 
 def test_every_skipped_snippet_says_why():
