@@ -122,3 +122,15 @@ def test_trust_remote_code_is_carried_from_the_capture(cache, capsys, tmp_path, 
     args = build_parser().parse_args(["eval", "--run", "u"])
     use_record(args, run_dir(args).root)
     assert code == 0 and args.trust_remote_code is False, err
+
+
+def test_each_architecture_says_its_own_selection():
+    from sae_hooks.eval import ReconstructionResult
+    from sae_hooks.sae import SAE_REGISTRY
+
+    names = {"relu": "ReLU", "topk": "TopK", "batchtopk": "BatchTopK", "jumprelu": "JumpReLU"}
+    for arch, word in names.items():
+        line = ReconstructionResult("resid_post.1", "lm").summary(SAE_REGISTRY[arch].selection)
+        assert f"(eval mode; {word}: " in line
+        assert [w for w in names.values() if f" {w}:" in line] == [word]
+    assert "(eval mode)" in ReconstructionResult("resid_post.1", "lm").summary()
