@@ -220,6 +220,7 @@ def load_any(
         "backend": backend,
         "prepend_bos": family.prepend_bos,
         "tiny": False,
+        "trust_remote_code": bool(trust_remote_code),  # the user's opt-in, kept for later steps
     }
     hf = hf.eval()
     if backend == "transformer-lens":

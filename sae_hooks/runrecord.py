@@ -126,7 +126,7 @@ def tokenizer_record(tokenizer: Any, model_dir: str | None = None) -> str | None
     if tokenizer is None:
         return None
     where = str(getattr(tokenizer, "name_or_path", "") or "")
-    if "sae-hooks-tokenizer-" in where:  # models.pydoc_tokenizer's temporary directory
+    if "sae-hooks-tokenizer-" in where:  # models.pydoc_tokenizer's saved directory
         return PYDOC_TOKENIZER
     if where and Path(where).is_dir():
         return str(Path(where).resolve())

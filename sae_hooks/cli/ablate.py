@@ -11,6 +11,7 @@ from typing import Any
 
 from sae_hooks.cli.common import (
     check_model_matches_store,
+    check_token_target,
     family_of,
     model_for_sae,
     output,
@@ -105,6 +106,7 @@ def _target(args: argparse.Namespace, model: Any, tokenizer: Any, positives: Any
     if kind == "similarity":
         return centroid_similarity(model, positives)
     if kind == "token" and value:
+        check_token_target(model, args.target)
         return token_logprob(token_id(value, tokenizer))
     if kind == "class" and value.isdigit():
         return class_logit(int(value))

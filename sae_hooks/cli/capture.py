@@ -15,6 +15,7 @@ from sae_hooks.cli.common import (
     resolve_part,
     run_dir,
     starts_with_bos,
+    use_record,
 )
 from sae_hooks.cli.options import (
     Option,
@@ -65,9 +66,11 @@ def run(args: argparse.Namespace) -> None:
     if not args.point:
         raise ValueError("--point is required (e.g. resid_post.3); `sae-hooks inspect` lists them")
     resolve_part(args, "train")
+    run_at = run_dir(args)
+    if not args.overwrite:  # a point added to a run: its model and corpus by default
+        use_record(args, run_at.root)
     apply_defaults(args)
     model, processor = load_model(args)
-    run_at = run_dir(args)
     store = args.store or str(run_at.store)
     if args.overwrite and Path(store).exists():
         check_replaceable(store)  # a folder that is not a store: one line, nothing deleted

@@ -65,6 +65,9 @@ class SAE(SAEPersistence, TrainingContract, nn.Module):
     """
 
     architecture: ClassVar[str] = "relu"
+    selection: ClassVar[str] = "ReLU: codes > 0"
+    """How the variant picks its codes at inference (eval mode), in words: `sae-hooks
+    eval` prints it next to L0."""
     sparse_decode: bool | None = None
     """None: decode only the active latents when the variant's code density is known
     to be at most MAX_SPARSE_DENSITY (TopK, BatchTopK); True / False force it on / off

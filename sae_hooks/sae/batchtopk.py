@@ -63,6 +63,7 @@ class BatchTopKSAE(SAE):
     """
 
     architecture = "batchtopk"
+    selection = "BatchTopK: codes >= its running threshold"
     config_class = BatchTopKConfig
     penalty_field = None
     default_aux_coefficient = 1 / 32

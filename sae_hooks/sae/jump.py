@@ -194,6 +194,7 @@ class JumpSAE(SAE):
     """
 
     architecture = "jumprelu"
+    selection = "JumpReLU: pre-codes >= each latent's learned threshold"
     config_class = JumpReLUConfig
     penalty_field = "l0_coefficient"
     default_adam_betas = (0.0, 0.999)

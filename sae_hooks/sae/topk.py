@@ -78,6 +78,7 @@ class TopKSAE(SAE):
     """k codes per row (top_k; None means nb_concepts // 10), in training and in eval alike."""
 
     architecture = "topk"
+    selection = "TopK: the k largest codes of each row"
     config_class = TopKConfig
     penalty_field = None
     default_aux_coefficient = 1 / 32
