@@ -25,6 +25,7 @@ from .output import EncoderInputs, SAEOutput, TrainingSupport
 from .settings import VariantConfig, check_float
 from .sparse import (
     MAX_SPARSE_GRAD_DENSITY,
+    LatentOrder,
     check_sparse_decode,
     decode_fixed,
 )
@@ -322,8 +323,9 @@ class JumpSAE(SAE):
             flat_rows, cols = (None, None) if dense else near.nonzero(as_tuple=True)
         if dense or (forced is None and cols.numel() > cut):
             return self._forward_dense(rows, found)
+        order = LatentOrder(flat_rows, cols)
         z_vals, active = JumpReLUWithL0.apply(
-            gather_pre_codes(pre, flat_rows, cols, inputs),
+            gather_pre_codes(pre, flat_rows, cols, inputs, order),
             theta.index_select(0, cols),
             self.kernel_fn,
             self.bandwidth,
@@ -337,6 +339,7 @@ class JumpSAE(SAE):
             z_vals,
             max_density=MAX_SPARSE_SUPPORT_DENSITY,
             penalty=active.sum() / pre.shape[0],
+            order=order,
         )
 
     def _forward_warm(self, rows: torch.Tensor) -> SAEOutput:
@@ -350,7 +353,8 @@ class JumpSAE(SAE):
         pre, inputs = found
         indices = pre.detach().topk(k, dim=-1, sorted=False).indices
         flat_rows, cols = fixed_support(indices)
-        values = F.relu(gather_pre_codes(pre, flat_rows, cols, inputs)).view_as(indices)
+        order = LatentOrder(flat_rows, cols)
+        values = F.relu(gather_pre_codes(pre, flat_rows, cols, inputs, order)).view_as(indices)
         sparse_decode = check_sparse_decode(self.sparse_decode) is not False
         z, kept = support_codes(
             pre, flat_rows, cols, values.view(-1), sparse=self._sparse_codes and sparse_decode
@@ -358,7 +362,8 @@ class JumpSAE(SAE):
         if not sparse_decode:
             x_hat = self.dictionary.decode(z)
         else:
-            x_hat = decode_fixed(indices, values, self.get_dictionary(), self.dictionary.bias)
+            atoms, bias = self.get_dictionary(), self.dictionary.bias
+            x_hat = decode_fixed(indices, values, atoms, bias, order=order)
         return SAEOutput(pre, z, x_hat, TrainingSupport(kept, inputs, x_hat.new_zeros(())))
 
     @torch.no_grad()

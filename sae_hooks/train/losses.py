@@ -54,10 +54,11 @@ def aux_k_loss(
     k = min(k_aux, z_pre.shape[-1])
     rows, cols = dead_top_k(z_pre.detach(), dead, k)
     inputs = None if support is None else support.encoder_inputs
-    picked = gather_pre_codes(z_pre, rows, cols, inputs)
+    order = sparse.LatentOrder(rows, cols)  # one sort for both weight gradients
+    picked = gather_pre_codes(z_pre, rows, cols, inputs, order)
     values = F.relu(picked) * dead.index_select(0, cols)  # a live pick (off CPU) adds 0
     e_hat = sparse.decode_pairs(
-        rows, cols, values.to(dictionary.dtype), dictionary, n_rows=residual.shape[0]
+        rows, cols, values.to(dictionary.dtype), dictionary, n_rows=residual.shape[0], order=order
     )
     e = residual.to(e_hat.dtype)
     loss = (e - e_hat).pow(2).sum() / (e - e.mean(0)).pow(2).sum().clamp_min(1e-12)

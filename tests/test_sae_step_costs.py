@@ -1,0 +1,52 @@
+"""The fixed per-step costs of the sparse step (issue 35 item 3): the pre-code matrix
+reused across steps, its dense backward, one latent sort shared by two products."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from sae_hooks.sae.sparse import LatentOrder, latent_grad
+from sae_hooks.sae.sparse_encoder import PreCodeBuffer, PreCodes, encoder_pre_codes
+
+
+def test_the_pre_code_matrix_is_reused_only_when_nothing_holds_it():
+    buffer = PreCodeBuffer()
+    x, w = torch.randn(8, 5), torch.randn(12, 5)
+    first = encoder_pre_codes(x, None, w, None, buffer)
+    held = first.data_ptr()
+    del first
+    second = encoder_pre_codes(x, None, w, None, buffer)
+    assert second.data_ptr() == held  # nothing held the first: the same memory
+    alias = second[:, :3]  # a view of the second is alive
+    del second
+    third = encoder_pre_codes(x, None, w, None, buffer)
+    assert third.data_ptr() != held  # so the third is new memory, the view intact
+    torch.testing.assert_close(alias, (x @ w.t())[:, :3])
+
+
+def test_pre_codes_values_and_gradients_equal_f_linear():
+    torch.manual_seed(0)
+    leaves = [torch.randn(6, 4), torch.randn(4), torch.randn(10, 4), torch.randn(10)]
+    ours = [t.clone().double().requires_grad_() for t in leaves]
+    ref = [t.clone().double().requires_grad_() for t in leaves]
+    upstream = torch.randn(6, 10, dtype=torch.float64)
+    pre = PreCodes.apply(*ours, PreCodeBuffer())
+    expected = F.linear(ref[0] - ref[1], ref[2], ref[3])
+    torch.testing.assert_close(pre, expected)
+    (pre * upstream).sum().backward()
+    (expected * upstream).sum().backward()
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a.grad, b.grad)
+
+
+def test_a_shared_latent_order_gives_the_same_product_with_zeros_dropped():
+    torch.manual_seed(1)
+    rows = torch.arange(30).repeat_interleave(4)
+    cols = torch.randint(0, 20, (120,))
+    x = torch.randn(30, 7)
+    order = LatentOrder(rows, cols)
+    for grad in (torch.randn(120), torch.randn(120) * (torch.rand(120) < 0.5)):
+        dense = torch.zeros(20, 30).index_put_((cols, rows), grad, accumulate=True)
+        torch.testing.assert_close(latent_grad(20, rows, cols, grad, x, order), dense @ x)
+        torch.testing.assert_close(latent_grad(20, rows, cols, grad, x), dense @ x)
