@@ -50,3 +50,24 @@ def test_a_shared_latent_order_gives_the_same_product_with_zeros_dropped():
         dense = torch.zeros(20, 30).index_put_((cols, rows), grad, accumulate=True)
         torch.testing.assert_close(latent_grad(20, rows, cols, grad, x, order), dense @ x)
         torch.testing.assert_close(latent_grad(20, rows, cols, grad, x), dense @ x)
+
+
+def test_the_sparse_paths_pass_the_dense_pre_codes_no_gradient(monkeypatch):
+    """TopK reads its pre-codes through the sparse backward: the dense one gets None
+    (a materialised zero gradient would cost three (rows, n) matmuls)."""
+    from sae_hooks.sae import TopKSAE
+
+    seen = []
+    original = PreCodes.backward
+
+    def spy(ctx, grad):
+        seen.append(grad)
+        return original(ctx, grad)
+
+    monkeypatch.setattr(PreCodes, "backward", staticmethod(spy))
+    sae = TopKSAE(16, 128, top_k=4)
+    with sae.sparse_codes():
+        out = sae(torch.randn(8, 16))
+    out.x_hat.pow(2).sum().backward()
+    assert seen == [None]
+    assert sae.encoder.weight.grad is not None and sae.dictionary.bias.grad is not None

@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import sparse
 from .base import SAE
 from .kernels import DEFAULT_KERNEL, KERNEL_SUPPORT, KERNELS, Kernel, as_kernel, get_kernel
 from .output import EncoderInputs, SAEOutput, TrainingSupport
@@ -29,7 +28,13 @@ from .sparse import (
     check_sparse_decode,
     decode_fixed,
 )
-from .sparse_encoder import fixed_support, gather_pre_codes, support_codes
+from .sparse_encoder import (
+    batch_top_k,
+    fixed_support,
+    gather_pre_codes,
+    pairs_at_least,
+    support_codes,
+)
 from .training import firing_quantiles
 
 DEFAULT_BANDWIDTH = 1e-3
@@ -314,15 +319,13 @@ class JumpSAE(SAE):
         self._maybe_rethreshold(pre)
         theta, forced = self.threshold, self.sparse_encoder_grad
         cut = MAX_SPARSE_SUPPORT_DENSITY * pre.numel()
-        with torch.no_grad():
-            near = pre.detach() >= (theta.detach() - radius).to(pre.dtype)
-            # On the host, count before listing: no pair list for a dense support.
-            # Elsewhere nonzero's own count is the step's one host sync.
-            host = pre.device.type in sparse.HOST_DEVICES
-            dense = forced is None and host and int(near.count_nonzero()) > cut
-            flat_rows, cols = (None, None) if dense else near.nonzero(as_tuple=True)
-        if dense or (forced is None and cols.numel() > cut):
+        # On the host the scan stops at the cut: no pair list for a dense support.
+        # Elsewhere nonzero's own count is the step's one host sync.
+        floor = (theta.detach() - radius).to(pre.dtype)
+        near = pairs_at_least(pre.detach(), floor, cut if forced is None else math.inf)
+        if near is None or (forced is None and near[1].numel() > cut):
             return self._forward_dense(rows, found)
+        flat_rows, cols = near
         order = LatentOrder(flat_rows, cols)
         z_vals, active = JumpReLUWithL0.apply(
             gather_pre_codes(pre, flat_rows, cols, inputs, order),
@@ -445,7 +448,9 @@ def _batch_threshold(pre: torch.Tensor, l0: float, gather: Any = None) -> torch.
     gather = gather or (lambda t: t)
     rows = int(gather(torch.tensor([pre.shape[0]], device=pre.device)).sum())
     k = max(round(l0 * rows), 1)  # of the global batch
-    top = gather(pre.flatten().topk(min(k, pre.numel()), sorted=False).values)
+    # batch_top_k: per-row candidates first (a flat top-k of 65k over 12.6M codes cost
+    # about 6 normal steps on CPU, issue 35)
+    top = gather(batch_top_k(pre, min(k, pre.numel()))[0])
     t = top.topk(min(k, top.numel()), sorted=False).values.min()
     return _positive(t.expand(pre.shape[-1]))
 

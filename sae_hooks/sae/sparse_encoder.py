@@ -143,12 +143,17 @@ class PreCodes(torch.autograd.Function):
     def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
         x, centre, weight, _, _ = inputs
         ctx.save_for_backward(x, centre, weight)
+        # The sparse paths read pre through SparsePreCodes, which passes it no gradient:
+        # that None must not become a (rows, n) matrix of zeros and three dense matmuls.
+        ctx.set_materialize_grads(False)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor):
+    def backward(ctx: Any, grad: torch.Tensor | None):
+        grad_x = grad_centre = grad_w = grad_b = None
+        if grad is None:
+            return grad_x, grad_centre, grad_w, grad_b, None
         x, centre, weight = ctx.saved_tensors
         needs_x, needs_centre, needs_w, needs_b, _ = ctx.needs_input_grad
-        grad_x = grad_centre = grad_w = grad_b = None
         if needs_x:
             grad_x = grad @ weight
         if needs_w:
@@ -214,6 +219,39 @@ def support_codes(
         n = pre.shape[-1]
         z = torch.zeros_like(pre).flatten().scatter(0, rows * n + cols, values).view_as(pre)
     return z, Support(rows, cols, values)
+
+
+SCAN_BLOCK = 2**19
+"""Codes per block of `pairs_at_least`'s scan: its compare and listing stay in cache."""
+
+
+@torch.no_grad()
+def pairs_at_least(
+    pre: torch.Tensor, floor: torch.Tensor, limit: float
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(rows, cols), row-major, of the pairs with pre[r, j] >= floor[j]; None when more
+    than `limit` of them (a support too dense to list, found before it is listed).
+
+    On the host, one pass over pre in blocks of rows: each block's compare, count and
+    listing run while its (block, n) bool mask is in cache, and the scan stops as soon
+    as the count passes `limit`. A `ge` over the whole matrix, then `count_nonzero`,
+    then `nonzero` read (rows, n) three times over (JumpReLU's support: ~27 ms of a
+    step at 2048 x 6144 on a 2-core Xeon, issue 35). Elsewhere one `nonzero` (its count
+    is the host sync), and the caller compares the count with its limit.
+    """
+    if pre.device.type not in sparse.HOST_DEVICES:
+        return (pre >= floor).nonzero(as_tuple=True)
+    n_rows, n = pre.shape
+    step = max(1, SCAN_BLOCK // max(n, 1))
+    found, count = [], 0
+    for start in range(0, n_rows, step):
+        flat = (pre[start : start + step] >= floor).view(-1).nonzero().squeeze(1)
+        count += flat.numel()
+        if count > limit:
+            return None
+        found.append(flat.add_(start * n))
+    flat = torch.cat(found) if found else pre.new_zeros(0, dtype=torch.int64)
+    return flat.div(n, rounding_mode="floor"), flat.remainder(n)
 
 
 def fire_counts(out: SAEOutput) -> torch.Tensor:
