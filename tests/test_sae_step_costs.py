@@ -71,3 +71,27 @@ def test_the_sparse_paths_pass_the_dense_pre_codes_no_gradient(monkeypatch):
     out.x_hat.pow(2).sum().backward()
     assert seen == [None]
     assert sae.encoder.weight.grad is not None and sae.dictionary.bias.grad is not None
+
+
+def test_pairs_at_least_lists_what_nonzero_lists_and_stops_at_the_limit(monkeypatch):
+    from sae_hooks.sae import sparse_encoder
+
+    monkeypatch.setattr(sparse_encoder, "SCAN_BLOCK", 64)  # several blocks of 2 rows
+    pre, floor = torch.randn(9, 32), torch.randn(32) + 1.0
+    rows, cols = (pre >= floor).nonzero(as_tuple=True)
+    found = sparse_encoder.pairs_at_least(pre, floor, float("inf"))
+    assert torch.equal(found[0], rows) and torch.equal(found[1], cols)
+    assert sparse_encoder.pairs_at_least(pre, floor, rows.numel() - 1) is None
+    assert sparse_encoder.pairs_at_least(pre, floor, rows.numel()) is not None
+
+
+def test_the_rethreshold_is_the_batch_budgets_smallest_code():
+    from sae_hooks.sae.jump import _batch_threshold
+
+    torch.manual_seed(2)
+    pre = torch.randn(64, 256)
+    pre[3, :40] = 5.0  # one row holds many of the top codes (per-row candidates overflow)
+    for l0 in (1, 4, 17.5):
+        k = round(l0 * 64)
+        expected = pre.flatten().topk(k).values.min()
+        torch.testing.assert_close(_batch_threshold(pre, l0), expected.expand(256))
