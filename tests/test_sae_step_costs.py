@@ -95,3 +95,16 @@ def test_the_rethreshold_is_the_batch_budgets_smallest_code():
         k = round(l0 * 64)
         expected = pre.flatten().topk(k).values.min()
         torch.testing.assert_close(_batch_threshold(pre, l0), expected.expand(256))
+
+
+def test_row_top_k_selects_torchs_top_k_set_by_numpy_from_its_cut(monkeypatch):
+    from sae_hooks.sae import sparse
+
+    scores = torch.randn(50, 300)
+    expected = scores.topk(80, dim=-1).indices.sort(-1).values
+    for cut in (sparse.NUMPY_TOP_K_FROM, 1000):  # numpy's introselect, then torch's top-k
+        monkeypatch.setattr(sparse, "NUMPY_TOP_K_FROM", cut)
+        picked = sparse.row_top_k(scores, 80)
+        assert picked.shape == (50, 80) and picked.is_contiguous()
+        assert torch.equal(picked.sort(-1).values, expected)
+    assert sparse.row_top_k(scores.bfloat16(), 80).shape == (50, 80)  # torch: no numpy bf16

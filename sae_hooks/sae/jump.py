@@ -27,6 +27,7 @@ from .sparse import (
     LatentOrder,
     check_sparse_decode,
     decode_fixed,
+    row_top_k,
 )
 from .sparse_encoder import (
     batch_top_k,
@@ -354,7 +355,7 @@ class JumpSAE(SAE):
         if found is None:
             return self._forward_dense(rows)
         pre, inputs = found
-        indices = pre.detach().topk(k, dim=-1, sorted=False).indices
+        indices = row_top_k(pre.detach(), k)
         flat_rows, cols = fixed_support(indices)
         order = LatentOrder(flat_rows, cols)
         values = F.relu(gather_pre_codes(pre, flat_rows, cols, inputs, order)).view_as(indices)

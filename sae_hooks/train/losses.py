@@ -101,7 +101,7 @@ def _decode_dead_columns(
         candidates = pre.detach().index_select(1, cols)
         keep = candidates > 0
         if k < cols.numel():
-            top = candidates.topk(k, dim=-1, sorted=False).indices
+            top = sparse.row_top_k(candidates, k)
             keep &= torch.zeros_like(keep).scatter_(1, top, True)
     values = F.relu(gather_columns(pre, cols, inputs)) * keep
     return values.to(dictionary.dtype) @ dictionary.index_select(0, cols)
@@ -124,7 +124,8 @@ def dead_top_k(pre: torch.Tensor, dead: torch.Tensor, k: int) -> tuple[torch.Ten
     dead_cols = dead.nonzero().squeeze(1)
     candidates = pre.index_select(1, dead_cols)
     if k < dead_cols.numel():
-        candidates, at = candidates.topk(k, dim=-1, sorted=False)
+        at = sparse.row_top_k(candidates, k)
+        candidates = candidates.gather(1, at)
         cols = dead_cols.index_select(0, at.reshape(-1))
     else:
         cols = dead_cols.repeat(pre.shape[0])
