@@ -146,7 +146,9 @@ def ratio_table(args: argparse.Namespace, variants: list[str], device: torch.dev
     step; each round times one matmul and one step back to back, and the ratio is
     taken within the round, so load spells hit both. Also the step's peak memory
     growth in (rows x n) fp32 matrices (peak RSS on CPU, max_memory_allocated on
-    CUDA, above what was resident before the step).
+    CUDA, above what was resident before the step). The CPU-time ratio (process CPU
+    seconds of the step over the matmul's) moves less than the wall-time one when other
+    jobs share the cores.
     """
     import torch.nn.functional as F
 
@@ -159,9 +161,9 @@ def ratio_table(args: argparse.Namespace, variants: list[str], device: torch.dev
     )
     print(
         "\n| variant | path | n | k | ratio min | median | max | step ms (median) "
-        "| peak (rows x n) matrices | load avg |"
+        "| peak (rows x n) matrices | CPU-time ratio (median) | load avg |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     x = torch.randn(args.batch, args.d, device=device)
     for nb in widths:
         weight = torch.randn(nb, args.d, device=device) / args.d**0.5
@@ -189,15 +191,16 @@ def _ratio_row(step, weight, x, variant, path, args, device, F) -> None:
     for _ in range(WARM_UP_STEPS):  # Adam state, the allocator's pools, page faults
         step(x)
         matmul(x)
-    ratios, steps, peaks, loads = [], [], [], []
+    ratios, cpu_ratios, steps, peaks, loads = [], [], [], [], []
     for _ in range(args.rounds):
         base = _resident(device)
         with PeakMemory(device) as mem:
-            step_s = time_steps(step, x, args.steps, device)[0]
+            step_s, step_cpu = time_steps(step, x, args.steps, device)
         if mem.bytes is not None and base is not None:
             peaks.append((mem.bytes - base) / (x.shape[0] * args.nb * 4))
-        mm_s = time_steps(matmul, x, args.steps, device)[0]
+        mm_s, mm_cpu = time_steps(matmul, x, args.steps, device)
         ratios.append(step_s / mm_s)
+        cpu_ratios.append(step_cpu / mm_cpu)
         steps.append(step_s / args.steps)
         loads.append(os.getloadavg()[0])
     ratios.sort()
@@ -206,7 +209,7 @@ def _ratio_row(step, weight, x, variant, path, args, device, F) -> None:
         f"| {variant} | {path} | {args.nb} | {args.k} | {ratios[0]:.2f} "
         f"| {statistics.median(ratios):.2f} | {ratios[-1]:.2f} "
         f"| {statistics.median(steps) * 1e3:,.0f} | {peak} "
-        f"| {min(loads):.1f}-{max(loads):.1f} |",
+        f"| {statistics.median(cpu_ratios):.2f} | {min(loads):.1f}-{max(loads):.1f} |",
         flush=True,
     )
 
@@ -320,8 +323,11 @@ def auxk_table(args: argparse.Namespace, variants: list[str], device: torch.devi
         f"\nstep with AuxK on / off, {args.d} -> {args.nb}, {args.batch} rows, k = {args.k}, "
         f"k_aux = min({args.d // 2}, dead); {args.rounds} interleaved rounds of {args.steps} steps"
     )
-    print("\n| variant | dead | on / off (min / median / max) | off ms | on ms | load avg |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(
+        "\n| variant | dead | on / off (min / median / max) | on / off, CPU time (median) "
+        "| off ms | on ms | load avg |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for variant in variants:
         with tempfile.TemporaryDirectory(prefix="bench_auxk_") as tmp:
             trainer = ours_step(variant, args, Path(tmp), x=x).__self__
@@ -330,15 +336,17 @@ def auxk_table(args: argparse.Namespace, variants: list[str], device: torch.devi
                 step(x)
             off, on, loads = [], {n: [] for n in AUXK_DEAD}, []
             for _ in range(args.rounds):
-                off.append(time_steps(steps[0], x, args.steps, device)[0] / args.steps)
+                off.append(time_steps(steps[0], x, args.steps, device))
                 for n in AUXK_DEAD:
-                    on[n].append(time_steps(steps[n], x, args.steps, device)[0] / args.steps)
+                    on[n].append(time_steps(steps[n], x, args.steps, device))
                 loads.append(os.getloadavg()[0])
         for n in AUXK_DEAD:
-            ratios = [a / b for a, b in zip(on[n], off)]
+            ratios = [a[0] / b[0] for a, b in zip(on[n], off)]
+            cpu = statistics.median(a[1] / b[1] for a, b in zip(on[n], off))
             print(
-                f"| {variant} | {n:,} | {spread(ratios, '{:.2f}')} "
-                f"| {statistics.median(off) * 1e3:,.0f} | {statistics.median(on[n]) * 1e3:,.0f} "
+                f"| {variant} | {n:,} | {spread(ratios, '{:.2f}')} | {cpu:.2f} "
+                f"| {statistics.median(t[0] for t in off) / args.steps * 1e3:,.0f} "
+                f"| {statistics.median(t[0] for t in on[n]) / args.steps * 1e3:,.0f} "
                 f"| {min(loads):.1f}-{max(loads):.1f} |",
                 flush=True,
             )
