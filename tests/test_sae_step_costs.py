@@ -73,10 +73,9 @@ def test_the_sparse_paths_pass_the_dense_pre_codes_no_gradient(monkeypatch):
     assert sae.encoder.weight.grad is not None and sae.dictionary.bias.grad is not None
 
 
-def test_pairs_at_least_lists_what_nonzero_lists_and_stops_at_the_limit(monkeypatch):
+def test_pairs_at_least_lists_what_nonzero_lists_and_stops_at_the_limit():
     from sae_hooks.sae import sparse_encoder
 
-    monkeypatch.setattr(sparse_encoder, "SCAN_BLOCK", 64)  # several blocks of 2 rows
     pre, floor = torch.randn(9, 32), torch.randn(32) + 1.0
     rows, cols = (pre >= floor).nonzero(as_tuple=True)
     found = sparse_encoder.pairs_at_least(pre, floor, float("inf"))
