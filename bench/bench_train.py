@@ -718,6 +718,13 @@ def main() -> None:
         help="a step with AuxK on vs off at 1, 100 and 2,000 dead latents, interleaved",
     )
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: torch's); 1 makes CPU time the work alone, without "
+        "the other threads' waits at each parallel region when other jobs share the cores",
+    )
+    parser.add_argument(
         "--dead",
         type=int,
         default=0,
@@ -740,6 +747,8 @@ def main() -> None:
     unknown = sorted(set(variants) - set(valid))
     if unknown:
         parser.error(f"unknown variants {unknown}; valid here: {', '.join(valid)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.worker:
         return worker(args)
     device = torch.device(args.device)
