@@ -52,7 +52,11 @@ SAELENS_ARCH = {
 }
 SIDES = ("saelens", "sparsify")
 """The comparison sides, each run by a worker process of this script in the bench venv."""
-DEFAULT_SAELENS_PYTHON = ("/work/venv-bench/bin/python", str(ROOT / ".venv-bench/bin/python"))
+DEFAULT_SAELENS_PYTHON = (
+    "/work/venv-peers/bin/python",
+    "/work/venv-bench/bin/python",
+    str(ROOT / ".venv-bench/bin/python"),
+)
 
 
 # ---------------------------------------------------------------- measuring
