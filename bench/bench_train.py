@@ -52,7 +52,11 @@ SAELENS_ARCH = {
 }
 SIDES = ("saelens", "sparsify")
 """The comparison sides, each run by a worker process of this script in the bench venv."""
-DEFAULT_SAELENS_PYTHON = ("/work/venv-bench/bin/python", str(ROOT / ".venv-bench/bin/python"))
+DEFAULT_SAELENS_PYTHON = (
+    "/work/venv-peers/bin/python",
+    "/work/venv-bench/bin/python",
+    str(ROOT / ".venv-bench/bin/python"),
+)
 
 
 # ---------------------------------------------------------------- measuring
@@ -77,14 +81,18 @@ def ours_step(
     run_dir: Path,
     dense: bool = False,
     x: torch.Tensor | None = None,
+    *,
+    defaults: bool = False,
 ):
     """Our Trainer's step for `variant`, built as `train()` builds it. dense: both
     sparse paths off (decoder and encoder gradient). x: a batch that JumpReLU's
-    thresholds are set on so that it keeps k codes per row, its target L0."""
+    thresholds are set on so that it keeps k codes per row, its target L0.
+    defaults: the variant's own warm-up (`row_topk_warmup`) instead of none."""
     sys.path.insert(0, str(ROOT))
     from sae_hooks.train import TrainConfig, Trainer
 
     torch.manual_seed(0)
+    warmup = {} if defaults else {"row_topk_warmup": 0.0}  # 0: the variant's own selection
     config = TrainConfig(
         architecture=variant,
         nb_concepts=args.nb,
@@ -93,7 +101,7 @@ def ours_step(
         steps=1000,
         device=args.device,
         b_dec_init="mean",
-        row_topk_warmup=0.0,  # each variant's own selection, not the warm-up's TopK
+        **warmup,
         init_rows=args.batch,
         log_every=10**6,
         val_every=0,
@@ -107,6 +115,18 @@ def ours_step(
     if variant in ("jumprelu", "relu") and x is not None:
         at_target_l0_(trainer.sae, x * trainer.scale, args.k)
     return trainer.train_step  # the body of Trainer.fit's loop, without data loading
+
+
+@torch.no_grad()
+def our_l0(trainer: typing.Any, x: torch.Tensor) -> float:
+    """Codes per row of our SAE on x in its training selection (TopK's k, BatchTopK's
+    batch budget, JumpReLU's thresholds or warm-up top-k, ReLU's positive codes); the
+    running BatchTopK threshold is left where it is."""
+    sae = trainer.sae
+    frozen = getattr(sae, "frozen_threshold", contextlib.nullcontext)
+    with frozen(), torch.enable_grad(), sae.step_phase(trainer.step, trainer.config):
+        z = sae(x * trainer.scale).z
+    return float((z.detach() != 0).sum()) / x.shape[0]
 
 
 @torch.no_grad()
@@ -130,7 +150,9 @@ def ratio_table(args: argparse.Namespace, variants: list[str], device: torch.dev
     step; each round times one matmul and one step back to back, and the ratio is
     taken within the round, so load spells hit both. Also the step's peak memory
     growth in (rows x n) fp32 matrices (peak RSS on CPU, max_memory_allocated on
-    CUDA, above what was resident before the step).
+    CUDA, above what was resident before the step). The CPU-time ratio (process CPU
+    seconds of the step over the matmul's) moves less than the wall-time one when other
+    jobs share the cores.
     """
     import torch.nn.functional as F
 
@@ -143,9 +165,9 @@ def ratio_table(args: argparse.Namespace, variants: list[str], device: torch.dev
     )
     print(
         "\n| variant | path | n | k | ratio min | median | max | step ms (median) "
-        "| peak (rows x n) matrices | load avg |"
+        "| peak (rows x n) matrices | CPU-time ratio (median) | load avg |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     x = torch.randn(args.batch, args.d, device=device)
     for nb in widths:
         weight = torch.randn(nb, args.d, device=device) / args.d**0.5
@@ -173,15 +195,16 @@ def _ratio_row(step, weight, x, variant, path, args, device, F) -> None:
     for _ in range(WARM_UP_STEPS):  # Adam state, the allocator's pools, page faults
         step(x)
         matmul(x)
-    ratios, steps, peaks, loads = [], [], [], []
+    ratios, cpu_ratios, steps, peaks, loads = [], [], [], [], []
     for _ in range(args.rounds):
         base = _resident(device)
         with PeakMemory(device) as mem:
-            step_s = time_steps(step, x, args.steps, device)[0]
+            step_s, step_cpu = time_steps(step, x, args.steps, device)
         if mem.bytes is not None and base is not None:
             peaks.append((mem.bytes - base) / (x.shape[0] * args.nb * 4))
-        mm_s = time_steps(matmul, x, args.steps, device)[0]
+        mm_s, mm_cpu = time_steps(matmul, x, args.steps, device)
         ratios.append(step_s / mm_s)
+        cpu_ratios.append(step_cpu / mm_cpu)
         steps.append(step_s / args.steps)
         loads.append(os.getloadavg()[0])
     ratios.sort()
@@ -190,7 +213,7 @@ def _ratio_row(step, weight, x, variant, path, args, device, F) -> None:
         f"| {variant} | {path} | {args.nb} | {args.k} | {ratios[0]:.2f} "
         f"| {statistics.median(ratios):.2f} | {ratios[-1]:.2f} "
         f"| {statistics.median(steps) * 1e3:,.0f} | {peak} "
-        f"| {min(loads):.1f}-{max(loads):.1f} |",
+        f"| {statistics.median(cpu_ratios):.2f} | {min(loads):.1f}-{max(loads):.1f} |",
         flush=True,
     )
 
@@ -233,6 +256,61 @@ def fire_stats_table(args: argparse.Namespace, variants: list[str], device: torc
         )
 
 
+def defaults_table(args: argparse.Namespace, device: torch.device) -> None:
+    """Steps at default configs, each against TopK's step (k codes a row) in the same
+    round: JumpReLU with its default warm-up (the first half of the run selects each
+    row's top k) timed before, at and after its switch (the step that sets every
+    threshold from the batch), and ReLU with no target L0 (at init about half its codes
+    fire: the dense path) beside ReLU at L0 = k. Trainers of 1,000 steps, their step
+    counter set before each timed step; L0 measured on the batch after the rounds."""
+    x = torch.randn(args.batch, args.d, device=device)
+    print(machine(device))
+    print(
+        f"\ndefault configs against TopK, {args.d} -> {args.nb}, {args.batch} rows, "
+        f"k = {args.k}; {args.rounds} interleaved rounds of {args.steps} steps"
+    )
+    print("\n| case | step ms (median) | / TopK step (min / median / max) | L0 | load avg |")
+    print("|---|---:|---:|---:|---:|")
+    with tempfile.TemporaryDirectory(prefix="bench_defaults_") as tmp:
+        topk = ours_step("topk", args, Path(tmp) / "topk", x=x)
+        jump = ours_step("jumprelu", args, Path(tmp) / "jumprelu", defaults=True).__self__
+        switch = round(jump.config.row_topk_warmup * jump.config.steps)
+        relu = ours_step("relu", args, Path(tmp) / "relu", defaults=True)
+        relu_k = ours_step("relu", args, Path(tmp) / "relu_k", x=x)
+        cases = {
+            "topk, k per row": (topk, None),
+            "jumprelu, warm-up (top-k a row)": (jump.train_step, switch - 1),
+            "jumprelu, the switch step (re-threshold)": (jump.train_step, switch),
+            "jumprelu, after the switch": (jump.train_step, switch + 1),
+            "relu, defaults (no target L0)": (relu, None),
+            "relu at L0 = k": (relu_k, None),
+        }
+        times = {name: [] for name in cases}
+        for step, at in cases.values():  # warm-up, in order: the switch sets theta
+            _at_step(jump, at)
+            step(x)
+        loads = []
+        for _ in range(args.rounds):
+            for name, (step, at) in cases.items():
+                _at_step(jump, at)
+                times[name].append(time_steps(step, x, args.steps, device)[0] / args.steps)
+            loads.append(os.getloadavg()[0])
+        for name, (step, at) in cases.items():
+            _at_step(jump, at)
+            l0 = our_l0(jump if at is not None else step.__self__, x)
+            ratios = [t / base for t, base in zip(times[name], times["topk, k per row"])]
+            print(
+                f"| {name} | {statistics.median(times[name]) * 1e3:,.0f} "
+                f"| {spread(ratios, '{:.2f}')} | {l0:,.1f} | {min(loads):.1f}-{max(loads):.1f} |",
+                flush=True,
+            )
+
+
+def _at_step(trainer: typing.Any, step: int | None) -> None:
+    if step is not None:
+        trainer.step = step
+
+
 AUXK_DEAD = (1, 100, 2000)
 """Dead-latent counts `--auxk` times (issue 35: one, a few, a third of 6144)."""
 
@@ -249,29 +327,50 @@ def auxk_table(args: argparse.Namespace, variants: list[str], device: torch.devi
         f"\nstep with AuxK on / off, {args.d} -> {args.nb}, {args.batch} rows, k = {args.k}, "
         f"k_aux = min({args.d // 2}, dead); {args.rounds} interleaved rounds of {args.steps} steps"
     )
-    print("\n| variant | dead | on / off (min / median / max) | off ms | on ms | load avg |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(
+        "\n| variant | dead | on / off (min / median / max) | on / off, CPU time (median) "
+        "| off ms | on ms | load avg |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for variant in variants:
         with tempfile.TemporaryDirectory(prefix="bench_auxk_") as tmp:
             trainer = ours_step(variant, args, Path(tmp), x=x).__self__
-            order = torch.randperm(args.nb, generator=torch.Generator().manual_seed(0))
-            steps = {n: _auxk_step(trainer, order[:n]) for n in (0, *AUXK_DEAD)}
+            steps = {n: _auxk_step(trainer, _dead_latents(args.nb, n)) for n in (0, *AUXK_DEAD)}
             for step in steps.values():
                 step(x)
             off, on, loads = [], {n: [] for n in AUXK_DEAD}, []
             for _ in range(args.rounds):
-                off.append(time_steps(steps[0], x, args.steps, device)[0] / args.steps)
+                off.append(time_steps(steps[0], x, args.steps, device))
                 for n in AUXK_DEAD:
-                    on[n].append(time_steps(steps[n], x, args.steps, device)[0] / args.steps)
+                    on[n].append(time_steps(steps[n], x, args.steps, device))
                 loads.append(os.getloadavg()[0])
         for n in AUXK_DEAD:
-            ratios = [a / b for a, b in zip(on[n], off)]
+            ratios = [a[0] / b[0] for a, b in zip(on[n], off)]
+            cpu = statistics.median(a[1] / b[1] for a, b in zip(on[n], off))
             print(
-                f"| {variant} | {n:,} | {spread(ratios, '{:.2f}')} "
-                f"| {statistics.median(off) * 1e3:,.0f} | {statistics.median(on[n]) * 1e3:,.0f} "
+                f"| {variant} | {n:,} | {spread(ratios, '{:.2f}')} | {cpu:.2f} "
+                f"| {statistics.median(t[0] for t in off) / args.steps * 1e3:,.0f} "
+                f"| {statistics.median(t[0] for t in on[n]) / args.steps * 1e3:,.0f} "
                 f"| {min(loads):.1f}-{max(loads):.1f} |",
                 flush=True,
             )
+
+
+def _dead_latents(nb: int, n_dead: int) -> torch.Tensor:
+    """The same n_dead random latents on every side and in every table."""
+    return torch.randperm(nb, generator=torch.Generator().manual_seed(0))[:n_dead]
+
+
+def _trainer_of(step: typing.Any) -> typing.Any:
+    return step.__self__ if hasattr(step, "__self__") else step.trainer
+
+
+def _with_dead(step: typing.Any, args: argparse.Namespace):
+    """Our step with --dead latents dead before every step (AuxK on)."""
+    trainer = step.__self__
+    dead_step = _auxk_step(trainer, _dead_latents(args.nb, args.dead))
+    dead_step.trainer = trainer  # type: ignore[attr-defined]
+    return dead_step
 
 
 def _auxk_step(trainer: typing.Any, dead: torch.Tensor):
@@ -326,6 +425,42 @@ def saelens_step(variant: str, args: argparse.Namespace):
     )
     trainer = SAETrainer(config, sae, data_provider=iter(()))
     return trainer.step
+
+
+@torch.no_grad()
+def saelens_at_target_l0_(step: typing.Any, x: torch.Tensor, k: int) -> None:
+    """SAELens's JumpReLU / standard SAE at k codes a row on x, as `at_target_l0_` sets
+    ours: each JumpReLU threshold at its latent's (1 - k/n) quantile of pre-codes, or each
+    standard SAE's b_enc lowered by it (at init both fire on thousands of latents a row)."""
+    sae = step.__self__.sae
+    pre = sae.encode_with_hidden_pre(x)[1]
+    rank = max(1, round(pre.shape[0] * (1 - k / pre.shape[1])))
+    quantile = pre.kthvalue(rank, dim=0).values
+    if hasattr(sae, "threshold"):
+        sae.threshold.copy_(quantile.clamp_min(1e-3).to(sae.threshold.dtype))
+    else:
+        sae.b_enc.sub_(quantile)
+
+
+def saelens_with_dead(step: typing.Any, n_dead: int, nb: int):
+    """SAELens's step with the same `n_dead` latents dead before every step (its
+    passes-since-fired counters past the dead window), so that its AuxK runs."""
+    trainer = step.__self__
+    dead = _dead_latents(nb, n_dead)
+
+    def dead_step(x: torch.Tensor) -> None:
+        trainer.n_forward_passes_since_fired[dead] = trainer.cfg.dead_feature_window + 1
+        step(x)
+
+    dead_step.__self__ = trainer  # type: ignore[attr-defined]  # as a bound step's
+    return dead_step
+
+
+@torch.no_grad()
+def saelens_l0(step: typing.Any, x: torch.Tensor) -> float:
+    """Codes per row of SAELens's training SAE on x (its training encode)."""
+    acts = step.__self__.sae.encode_with_hidden_pre(x)[0]
+    return float((acts != 0).sum()) / x.shape[0]
 
 
 SPARSIFY_ACTIVATION = {"topk": "topk"}
@@ -512,12 +647,18 @@ def worker(args: argparse.Namespace) -> None:
             step = x = None
             step = build(request["variant"], args)
             x = torch.randn(args.batch, args.d, device=device)
+            if args.worker == "saelens" and request.get("target_l0"):
+                saelens_at_target_l0_(step, x, args.k)
+            if args.worker == "saelens" and request.get("dead"):
+                step = saelens_with_dead(step, request["dead"], args.nb)
             step(x)  # warm-up: allocates the optimiser state and the autograd buffers
             reply = {}
         else:
             with PeakMemory(device) as mem:
                 seconds = time_steps(step, x, request["steps"], device)
             reply = {"seconds": seconds, "peak_bytes": mem.bytes}  # seconds: [wall, CPU]
+            if args.worker == "saelens":
+                reply["l0"] = saelens_l0(step, x)
         print(json.dumps(reply), flush=True)
 
 
@@ -581,6 +722,25 @@ def main() -> None:
         help="a step with AuxK on vs off at 1, 100 and 2,000 dead latents, interleaved",
     )
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: torch's); 1 makes CPU time the work alone, without "
+        "the other threads' waits at each parallel region when other jobs share the cores",
+    )
+    parser.add_argument(
+        "--dead",
+        type=int,
+        default=0,
+        help="against SAELens: this many latents dead before every step (AuxK on both sides)",
+    )
+    parser.add_argument(
+        "--defaults",
+        action="store_true",
+        help="default configs: JumpReLU before / at / after its warm-up switch, ReLU with "
+        "no target L0, against TopK's step, interleaved",
+    )
+    parser.add_argument(
         "--worker", nargs="?", const="saelens", choices=SIDES, help=argparse.SUPPRESS
     )
     args = parser.parse_args()
@@ -591,6 +751,8 @@ def main() -> None:
     unknown = sorted(set(variants) - set(valid))
     if unknown:
         parser.error(f"unknown variants {unknown}; valid here: {', '.join(valid)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.worker:
         return worker(args)
     device = torch.device(args.device)
@@ -602,6 +764,8 @@ def main() -> None:
         return fire_stats_table(args, variants, device)
     if args.auxk:
         return auxk_table(args, variants, device)
+    if args.defaults:
+        return defaults_table(args, device)
 
     sides, notes = start_sides(args, variants)
     try:
@@ -612,8 +776,8 @@ def main() -> None:
     print_table(args, device, sides, notes, rows)
 
 
-Row = tuple[str, str, list[tuple[float, float]], int | None]
-"""(variant, implementation, [(wall, CPU) seconds per timing], peak bytes)."""
+Row = tuple[str, str, list[tuple[float, float]], int | None, float | None]
+"""(variant, implementation, [(wall, CPU) seconds per timing], peak bytes, L0 after)."""
 
 
 def start_sides(
@@ -680,6 +844,8 @@ def run_rounds(
             # JumpReLU / ReLU at k codes a row, as trained ones run (SAELens's
             # forward and backward are dense whatever its codes)
             ours = {"sae-hooks": ours_step(variant, args, Path(tmp) / variant, x=x)}
+            if args.dead:
+                ours = {name: _with_dead(step, args) for name, step in ours.items()}
             if args.dense and variant in ("topk", "batchtopk"):
                 ours["sae-hooks, dense decode"] = ours_step(
                     variant, args, Path(tmp) / f"{variant}-dense", dense=True
@@ -687,8 +853,9 @@ def run_rounds(
             for step in ours.values():
                 step(x)  # warm-up
             theirs = {n: side for n, side in sides.items() if _has(n, variant)}
+            equal_l0 = variant in ("jumprelu", "relu")  # as ours: k codes a row
             for side in theirs.values():
-                side.ask(op="build", variant=variant)
+                side.ask(op="build", variant=variant, target_l0=equal_l0, dead=args.dead)
             times: dict[str, list[tuple[float, float]]] = {n: [] for n in [*ours, *theirs]}
             peaks: dict[str, int] = {}
             for _ in range(args.rounds):
@@ -696,11 +863,17 @@ def run_rounds(
                     with PeakMemory(device) as mem:
                         times[name].append(time_steps(step, x, args.steps, device))
                     peaks[name] = max(peaks.get(name, 0), mem.bytes or 0)
+                l0s: dict[str, float | None] = {}
                 for name, side in theirs.items():
                     reply = side.ask(op="time", steps=args.steps)
                     times[name].append(tuple(reply["seconds"]))
                     peaks[name] = max(peaks.get(name, 0), reply["peak_bytes"] or 0)
-            rows += [(variant, n, secs, peaks.get(n) or None) for n, secs in times.items()]
+                    l0s[name] = reply.get("l0")
+            for name, step in ours.items():
+                l0s[name] = our_l0(_trainer_of(step), x)
+            rows += [
+                (variant, n, secs, peaks.get(n) or None, l0s.get(n)) for n, secs in times.items()
+            ]
             del ours
             print(f"done: {variant}", file=sys.stderr, flush=True)
     return rows
@@ -729,22 +902,24 @@ def print_table(
     print(
         f"median of {args.rounds} timings of {args.steps} steps each; 'vs X, per round': "
         "min / median / max of the wall-time ratio within each round; load average "
-        f"{os.getloadavg()[0]:.1f} at the end"
+        f"{os.getloadavg()[0]:.1f} at the end; L0: codes a row after the timed steps "
+        "(JumpReLU and ReLU set to k on both sides)"
+        + (f"; {args.dead} latents dead before every step (AuxK on)" if args.dead else "")
     )
     for note in notes:
         print(f"note: {note}")
     refs = ["SAELens", *(["sparsify"] if "sparsify" in sides else [])]
     header = "| variant | implementation | tokens/s | ms/step "
     header += "".join(f"| vs {ref} | vs {ref}, per round " for ref in refs)
-    header += "| CPU ms/step | vs SAELens (CPU) | peak memory (MiB) |"
+    header += "| CPU ms/step | vs SAELens (CPU) | peak memory (MiB) | L0 |"
     print(f"\n{header}")
     print("|---|---|" + "---:|" * (header.count("|") - 3))
-    timings_of = {(variant, name): timings for variant, name, timings, _ in rows}
+    timings_of = {(variant, name): timings for variant, name, timings, _, _ in rows}
     per_step = {
         key: [statistics.median(t[i] for t in timings) / args.steps for i in (0, 1)]
         for key, timings in timings_of.items()
     }
-    for variant, name, _, peak in rows:
+    for variant, name, _, peak, l0 in rows:
         wall, cpu = per_step[variant, name]
         cells = [f"{args.batch / wall:,.0f}", f"{wall * 1e3:,.0f}"]
         for ref in refs:
@@ -754,6 +929,7 @@ def print_table(
         lens = per_step.get((variant, "SAELens"))
         cells += [f"{cpu * 1e3:,.0f}", f"{lens[1] / cpu:.2f}x" if lens else "-"]
         cells.append("-" if peak is None else f"{peak / 2**20:,.0f}")
+        cells.append("-" if l0 is None else f"{l0:,.1f}")
         print(f"| {variant} | {name} | {' | '.join(cells)} |")
 
 

@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> None:
         progress=not args.quiet,
         corpus=corpus,
         record=recipe_record(loaded, point, corpus),
+        images=images,  # the dashboard draws each example's patches over its image
     )
     print_summary(result)
 

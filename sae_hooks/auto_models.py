@@ -145,6 +145,38 @@ def load_processor(source: str, config: Any, **opts: Any) -> Any:
     return auto.from_pretrained(source, **opts)
 
 
+#: Weight files that are pickles: loading them can run code, so they are never read.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def check_weight_files(path: Path) -> None:
+    """A local model directory's weights are safetensors files with readable headers.
+
+    Only pickles (pytorch_model.bin) are refused, since sae-hooks never unpickles;
+    an empty or corrupt safetensors file is named (transformers' SafetensorError
+    named none). Reads the headers only."""
+    from safetensors import safe_open
+
+    tensors = sorted(path.glob("*.safetensors"))
+    pickles = sorted(p for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file())
+    if not tensors and pickles:
+        raise ValueError(
+            f"{pickles[0]} is a pickle and sae-hooks never unpickles model weights (loading "
+            "one can run code); convert it to safetensors in an environment you trust: "
+            "from_pretrained(DIR).save_pretrained(DIR, safe_serialization=True)"
+        )
+    for file in tensors:
+        try:
+            with safe_open(file, "pt") as handle:
+                handle.keys()
+        except Exception as err:  # SafetensorError, OSError: the file is damaged
+            why = "it is empty" if file.stat().st_size == 0 else f"{err}"
+            raise ValueError(
+                f"{file} is not a readable safetensors file ({why}); save or download "
+                "the model again"
+            ) from None
+
+
 def load_any(
     name_or_path: str | os.PathLike,
     *,
@@ -163,6 +195,8 @@ def load_any(
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
     source = model_source(name_or_path)
+    if Path(source).is_dir():
+        check_weight_files(Path(source))  # before transformers reads any of them
     opts = {"revision": revision, "trust_remote_code": trust_remote_code}
     try:
         config = transformers.AutoConfig.from_pretrained(source, **opts)
@@ -186,6 +220,7 @@ def load_any(
         "backend": backend,
         "prepend_bos": family.prepend_bos,
         "tiny": False,
+        "trust_remote_code": bool(trust_remote_code),  # the user's opt-in, kept for later steps
     }
     hf = hf.eval()
     if backend == "transformer-lens":

@@ -14,8 +14,9 @@ applies the same averaged gradient, the same decoder constraint and the same
 dead-latent bookkeeping. DDP would broadcast buffers from rank 0 instead of
 averaging them, and would need the AuxK loss's use of the dictionary outside the
 forward to be declared; one flat all-reduce is simpler and exactly as fast for a
-model that is one weight matrix per side. `RankSlice` hands each rank its share
-of every global batch.
+model that is one weight matrix per side. A store's loader reads only its rank's
+streams of every global batch (`ActivationLoader.read_share`); `RankSlice` cuts each
+rank's share out of whole batches for sources without streams.
 """
 
 from __future__ import annotations
@@ -28,9 +29,16 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from sae_hooks.activations import n_rows, take_rows
+from sae_hooks.activations import RowPair, n_rows, take_rows
 
-__all__ = ["ProcessRank", "RankSlice", "processes", "sync_replicas_"]
+__all__ = [
+    "ProcessRank",
+    "RankSlice",
+    "processes",
+    "sample_on_main",
+    "share_of",
+    "sync_replicas_",
+]
 
 
 @dataclass(frozen=True)
@@ -116,6 +124,41 @@ def _from_group() -> ProcessRank:
     return ProcessRank(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local)
 
 
+class _SampledOnMain:
+    """A RowSource whose `sample` rank 0 reads and broadcasts, so the other ranks read
+    nothing for it (they would read the same rows: same source, same seed)."""
+
+    def __init__(self, source: Any, rank: ProcessRank, device: torch.device) -> None:
+        self._source, self._rank, self._device = source, rank, device
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._source, name)
+
+    def sample(self, n: int, *, seed: int) -> Any:
+        rank = self._rank
+        rows = self._source.sample(n, seed=seed) if rank.is_main else None
+        parts = list(rows) if isinstance(rows, RowPair) else [rows]
+        meta = rank.broadcast_object(
+            [(tuple(t.shape), t.dtype, isinstance(rows, RowPair)) for t in parts]
+            if rank.is_main
+            else None
+        )
+        out = [
+            rank.broadcast_(
+                parts[i].to(self._device)
+                if rank.is_main
+                else torch.empty(shape, dtype=dtype, device=self._device)
+            )
+            for i, (shape, dtype, _) in enumerate(meta)
+        ]
+        return RowPair(*out) if meta[0][2] else out[0]
+
+
+def sample_on_main(source: Any, rank: ProcessRank, device: torch.device) -> Any:
+    """`source`, whose `sample` only rank 0 reads when there are several processes."""
+    return _SampledOnMain(source, rank, device) if rank.distributed else source
+
+
 class RankSlice:
     """This rank's share of every global batch: rows [r * b, (r + 1) * b), b = rows // world.
 
@@ -139,6 +182,16 @@ class RankSlice:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.loader.load_state_dict(state)
+
+
+def share_of(loader: Any, rank: int, world: int, streams: int | None = None) -> Any:
+    """`loader` yielding only rank `rank`'s share of each global batch: through its own
+    `read_share` where it has one (a store's loader then reads only its streams), else
+    every batch read whole and sliced (`RankSlice`)."""
+    share = getattr(loader, "read_share", None)
+    if share is not None:
+        return share(rank, world, streams)
+    return loader if world == 1 else RankSlice(loader, ProcessRank(rank=rank, world=world))
 
 
 @torch.no_grad()

@@ -8,7 +8,9 @@ provide the weights.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -146,9 +148,41 @@ def pydoc_tokenizer(vocab_size: int = 512, max_length: int = 128) -> Any:
         model_max_length=max_length,
     )
     # Round-trip through a directory: TransformerLens reloads tokenizers by path.
-    path = tempfile.mkdtemp(prefix="sae-hooks-tokenizer-")
-    fast.save_pretrained(path)
-    return AutoTokenizer.from_pretrained(path)
+    return AutoTokenizer.from_pretrained(_saved_tokenizer(fast, tok.to_str(), max_length))
+
+
+TOKENIZER_DIR_PREFIX = "sae-hooks-tokenizer-"
+"""The folder name of a saved pydoc tokenizer (runrecord recognises it as "pydoc-bpe")."""
+
+
+def tokenizer_cache() -> Path:
+    """Where pydoc tokenizers are kept: $XDG_CACHE_HOME (else ~/.cache)/sae-hooks."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "sae-hooks"
+
+
+def _saved_tokenizer(fast: Any, content: str, max_length: int) -> Path:
+    """The tokenizer's directory, one per content (its hash names it): every call with the
+    same tokenizer reuses it, so tests and --tiny runs leave no folder each behind.
+    Written beside and renamed in, so a concurrent caller never reads a half-saved one;
+    the temp directory only if the cache cannot be written."""
+    digest = hashlib.sha256(f"{content}|{max_length}".encode()).hexdigest()[:16]
+    for home in (tokenizer_cache(), Path(tempfile.gettempdir())):
+        path = home / f"{TOKENIZER_DIR_PREFIX}{digest}"
+        if (path / "tokenizer.json").is_file():
+            return path
+        try:
+            home.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=home))
+        except OSError:
+            continue
+        fast.save_pretrained(str(tmp))
+        try:
+            tmp.rename(path)
+        except OSError:  # another process saved it first
+            shutil.rmtree(tmp, ignore_errors=True)
+        return path
+    raise OSError(f"cannot save the pydoc tokenizer under {tokenizer_cache()} or the temp dir")
 
 
 def _tiny_gpt2(d_model: int, n_layers: int, context: int) -> Any:

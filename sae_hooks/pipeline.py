@@ -121,12 +121,15 @@ def run_pipeline(
     progress: bool = True,
     record: RunRecord | None = None,
     corpus: Mapping[str, Any] | None = None,
+    images: Any = None,
 ) -> PipelineResult:
     """Capture `point` over `data`, train an SAE on it, evaluate it spliced, ablate a concept.
 
     run_dir/run.json records the model, tokenizer, point and corpus (`record`, else
     inferred from the model and tokenizer objects, with `corpus` such as {"data": "pydoc",
     "context_length": 128, "split": ...}) so the CLI's eval/ablate/report need only run_dir.
+    images: the pixels of an image `data` by document index (its ImageBatches), drawn
+    under the dashboard's patch grids.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -155,7 +158,8 @@ def run_pipeline(
         result = _eval_step(model, point, sae, resolved, eval_data, run_dir, drop_bos, progress)
     ablation = _maybe_ablate(model, point, sae, concept, run_dir, progress, timings)
     out = PipelineResult(run_dir, store.n_rows, resolved, result, ablation, timings=timings)
-    return _finish(out, store, point, concept, report, tokenizer, unembed, progress)
+    shown = {"tokenizer": tokenizer, "unembed": unembed, "images": images}
+    return _finish(out, store, point, concept, report, shown, progress)
 
 
 def _finish(
@@ -164,8 +168,7 @@ def _finish(
     point: str,
     concept: Concept | None,
     report: bool,
-    tokenizer: Any,
-    unembed: torch.Tensor | None,
+    shown: Mapping[str, Any],
     progress: bool,
 ) -> PipelineResult:
     """Name the ablated concept, build the dashboard (if `report`), then write
@@ -174,7 +177,7 @@ def _finish(
         out.concept, out.target_name = concept.name, concept.target_name
     if report:
         out.report = _build_report(
-            out.run_dir, store, point, tokenizer, unembed, out.ablation, concept, progress
+            out.run_dir, store, point, shown, out.ablation, concept, progress
         )
     RunDir(out.run_dir).summary.write_text(out.summary() + "\n")
     return out
@@ -273,24 +276,23 @@ def _ablation_step(
     return ablation
 
 
-def _build_report(
-    run_dir, store, point, tokenizer, unembed, ablation, concept, progress
-) -> Path | None:
-    """The HTML dashboard, when the report package can build one."""
+def _build_report(run_dir, store, point, shown, ablation, concept, progress) -> Path | None:
+    """The HTML dashboard, when the report package can build one; `shown`: its tokenizer,
+    unembed and images."""
     try:
         from sae_hooks.report import build_report
     except ImportError:
         return None
     ablations = None
     if ablation is not None:
-        ablations = [{"concept": concept.name, **ablation.to_dict()}]
+        record = {"concept": concept.name, "target": concept.target_name, **ablation.to_dict()}
+        ablations = [{**record, "file": RunDir.ABLATION}]
     return build_report(
         RunDir(run_dir).sae_home(),
         store=store,
         point=point,
-        tokenizer=tokenizer,
-        unembed=unembed,
         ablations=ablations,
         out=RunDir(run_dir).report_dir(),
         progress=progress,
+        **shown,
     )

@@ -5,8 +5,8 @@
       store/              the activations (capture)
       train/              the default SAE's home: config.json, log.jsonl, sae/, checkpoint/
       <name>/             another SAE's home (`--name`), with its own eval.json, report/, ...
-      eval.json, eval_core.json, ablation.json, ablation.png, report/, summary.txt
-                          the default SAE's outputs, at the root
+      eval.json, eval_core.json, ablation.json, ablation.png, ablation/<concept>.json,
+      report/, summary.txt  the default SAE's outputs, at the root
       sweep/              a grid of SAEs (train_many): sweep.json, <sae>/; with
       frontier.png, sweep.md  its L0-FVU frontier and table
       export-<format>/    exports (saelens, hf, neuronpedia)
@@ -19,6 +19,7 @@ name is spelled here once, and `owns(path)` says what the run made (what
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 DEFAULT_SAE = "train"
@@ -47,6 +48,7 @@ class RunDir:
     EVAL_CORE = "eval_core.json"
     ABLATION = "ablation.json"
     ABLATION_PLOT = "ablation.png"
+    ABLATIONS = "ablation"  # ablation/<concept>.json: one file per named concept (`ablate`)
     REPORT = "report"
     SUMMARY = "summary.txt"
     FRONTIER = "frontier.png"  # a sweep run's L0-FVU frontier and its table
@@ -67,6 +69,7 @@ class RunDir:
             EVAL_CORE,
             ABLATION,
             ABLATION_PLOT,
+            ABLATIONS,
             REPORT,
             SUMMARY,
             FRONTIER,
@@ -148,6 +151,21 @@ class RunDir:
 
     def ablation_file(self, name: str = DEFAULT_SAE) -> Path:
         return self.outputs(name) / self.ABLATION
+
+    @classmethod
+    def concept_ablation_name(cls, concept: str) -> str:
+        """ablation/<concept>.json; characters a file name should not hold become '-'."""
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", concept).strip("-.") or "concept"
+        return f"{cls.ABLATIONS}/{stem}.json"
+
+    def concept_ablation_file(self, concept: str, name: str = DEFAULT_SAE) -> Path:
+        return self.outputs(name) / self.concept_ablation_name(concept)
+
+    def ablation_files(self, name: str = DEFAULT_SAE) -> list[Path]:
+        """Every ablation result of an SAE: ablation.json (pipelines, older runs), then
+        ablation/<concept>.json by name."""
+        single = [self.ablation_file(name)] if self.ablation_file(name).is_file() else []
+        return single + sorted((self.outputs(name) / self.ABLATIONS).glob("*.json"))
 
     def ablation_plot(self, name: str = DEFAULT_SAE) -> Path:
         return self.outputs(name) / self.ABLATION_PLOT

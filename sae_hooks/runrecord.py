@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sae_hooks.jsonio import loads
 from sae_hooks.rundir import RunDir
 
 RUN_RECORD = RunDir.RECORD
@@ -125,7 +126,7 @@ def tokenizer_record(tokenizer: Any, model_dir: str | None = None) -> str | None
     if tokenizer is None:
         return None
     where = str(getattr(tokenizer, "name_or_path", "") or "")
-    if "sae-hooks-tokenizer-" in where:  # models.pydoc_tokenizer's temporary directory
+    if "sae-hooks-tokenizer-" in where:  # models.pydoc_tokenizer's saved directory
         return PYDOC_TOKENIZER
     if where and Path(where).is_dir():
         return str(Path(where).resolve())
@@ -148,7 +149,7 @@ def read_run_record(path: str | os.PathLike) -> RunRecord | None:
         return None
     where = RunDir(run).record
     try:
-        data = json.loads(where.read_text(encoding="utf-8"))
+        data = loads(where.read_text(encoding="utf-8"), str(where))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{where} is not valid JSON: {err}") from None
     return RunRecord.from_dict(data, str(where))
@@ -161,7 +162,7 @@ def write_run_record(run_dir: str | os.PathLike, record: RunRecord) -> Path:
     where = RunDir(run_dir).record
     if where.is_file():
         try:
-            old = RunRecord.from_dict(json.loads(where.read_text(encoding="utf-8")))
+            old = RunRecord.from_dict(loads(where.read_text(encoding="utf-8"), str(where)))
         except (ValueError, json.JSONDecodeError, UnicodeDecodeError):
             old = None
         if old is not None:

@@ -83,7 +83,8 @@ def test_capture_train_eval_ablate_inspect(cache, capsys, tmp_path):
     )
     assert code == 0, err
     assert "ablate top 2 concept latents" in out
-    assert len(json.loads((cache / "t/ablation.json").read_text())["latents"]) == 2
+    ablation = json.loads((cache / "t/ablation/pos-token-5.json").read_text())  # pos.txt, token:5
+    assert len(ablation["latents"]) == 2 and ablation["concept"] == "pos token:5"
 
     code, out, _ = run(capsys, "inspect", str(cache / "t/store"))
     assert code == 0 and "3,000 rows" in out and "resid_post.1: d_model 64" in out

@@ -52,10 +52,11 @@ def test_later_commands_need_only_the_run(cache, capsys, tmp_path):
     argv = ["ablate", "--run", "t", "--positive", pos, "--negative", neg, "-m", "2"]
     code, out, err = run(capsys, *argv, "--n-random", "2", "--target", "token: exception")
     assert code == 0, err
-    assert json.loads((cache / "t/ablation.json").read_text())["target"] == "token: exception"
+    ablation = json.loads((cache / "t/ablation/pos-token-exception.json").read_text())
+    assert ablation["target"] == "token: exception"
     code, _, err = run(capsys, *argv, "--n-random", "2", "--select", "attribution", "--keep-dense")
     assert code == 0, err
-    ablation = json.loads((cache / "t/ablation.json").read_text())
+    ablation = json.loads((cache / "t/ablation/pos.json").read_text())  # named after pos.txt
     assert ablation["select"] == "attribution" and ablation["keep_dense"] is True
     code, _, err = run(capsys, *argv, "--target", "token:not one token at all", "--quiet")
     assert code == 2 and "tokens" in err and "token:ID" in err

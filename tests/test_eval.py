@@ -57,7 +57,9 @@ def test_identity_recovers_everything_zero_recovers_nothing(
     assert ident.n_rows == sum(int(b["attention_mask"].sum()) for b in data)
     # eval.json and the summary say what L0 counts: eval mode, not training's batch top-k.
     assert "eval mode" in json.loads(ident.to_json())["l0_measures"]
-    assert "L0 64.00 (eval mode; BatchTopK: codes >= its running threshold)" in ident.summary()
+    assert "L0 64.00 (eval mode)" in ident.summary()  # an identity map: no selection to name
+    relu = "L0 64.00 (eval mode; ReLU: codes > 0)"
+    assert relu in ident.summary(selection="ReLU: codes > 0")
 
 
 def test_ce_ignores_padding(tiny_gpt2, tokenizer, texts):

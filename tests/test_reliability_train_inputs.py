@@ -495,5 +495,5 @@ def test_check_finite_refuses_nonfinite_rows(sae, x, match):
 
 @pytest.mark.parametrize("token", [512, 99999, -1])
 def test_token_target_outside_the_vocabulary_is_named(token):
-    with pytest.raises(ValueError, match=r"vocabulary has 512 tokens \(0..511\)"):
+    with pytest.raises(ValueError, match=r"output has 512 values per position \(0..511\)"):
         token_logprob(token)(torch.zeros(2, 5, 512), {})

@@ -114,7 +114,10 @@ def test_examples_are_top_then_quantile_bins_without_repeats():
         best = src["acts"][:, i].max().item()
         assert top[0].value == pytest.approx(best)
         bins = [ex for ex in examples if ex.group != "top"]
-        assert bins[0].value < top[-1].value  # the lowest bin comes first
+        values = [ex.value for ex in bins]
+        assert values == sorted(values, reverse=True)  # highest bin first, sorted in each
+        labels = list(dict.fromkeys(ex.group for ex in bins))  # each bin's examples together
+        assert [ex.group for ex in bins] == sorted((ex.group for ex in bins), key=labels.index)
 
 
 def test_html_is_escaped_and_offline(page):
@@ -339,7 +342,7 @@ def test_browser_index_then_a_latent_page_by_its_link(page, tmp_path):
     assert re.search(r'id="shown-count"[^>]*>24 shown of 24 matching', index)
     href = re.search(r'<a href="(latent\.html\?id=5)">5</a>', index).group(1)
     latent = dom(tmp_path, page.parent.as_uri() + "/" + href)
-    assert '<h1 id="title">Latent 5' in latent and "ablated: experiment 1" in latent
+    assert '<h1 id="title">Latent 5' in latent and "ablated: &lt;b&gt;cats&lt;/b&gt;" in latent
     assert latent.count('<div class="ctx"') >= 8
     assert "Top activations" in latent and "Activation quantile" in latent
     assert re.search(r'<span class="tok up" title="\+[^"]+">w5</span>', latent)

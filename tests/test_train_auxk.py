@@ -12,6 +12,7 @@ import torch
 
 from sae_hooks.sae import BatchTopKSAE, TopKSAE
 from sae_hooks.sae import sparse as sparse_module
+from sae_hooks.train import losses
 from sae_hooks.train.losses import aux_k_loss, dead_top_k
 
 D, NB, K, ROWS, K_AUX = 16, 512, 4, 40, 8
@@ -55,9 +56,15 @@ def grads(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.grad for name, p in module.named_parameters() if p.grad is not None}
 
 
+@pytest.mark.parametrize("path", ["by density", "dead columns", "pairs"])
 @pytest.mark.parametrize("n_dead", [1, 5, 100, 480])
 @pytest.mark.parametrize("variant", ["topk", "batchtopk"])
-def test_loss_and_gradients_match_the_dense_reference(variant, n_dead):
+def test_loss_and_gradients_match_the_dense_reference(variant, n_dead, path, monkeypatch):
+    """By density: 8 picks of 480 dead go by pairs, of 100 or fewer by dead columns."""
+    cut = {"by density": losses.MAX_SPARSE_AUX_DENSITY, "dead columns": 0.0, "pairs": 1.0}
+    monkeypatch.setattr(losses, "MAX_SPARSE_AUX_DENSITY", cut[path])
+    if path != "by density":  # the forced paths select with numpy's introselect
+        monkeypatch.setattr(sparse_module, "NUMPY_TOP_K_FROM", 1)
     ours = make(variant)
     ref = copy.deepcopy(ours)
     ref.sparse_encoder_grad = ref.sparse_decode = False

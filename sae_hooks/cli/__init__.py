@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 from sae_hooks.cli import (
@@ -88,9 +89,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if getattr(args, "config", None):
-            _apply_config(args)
-        args.handler(args)
+        with warnings.catch_warnings():  # restored after: main() may run many times
+            warnings.showwarning = _one_line_warnings(args.command)
+            if getattr(args, "config", None):
+                _apply_config(args)
+            args.handler(args)
     except USER_ERRORS as e:
         if isinstance(e, BrokenPipeError):
             return _broken_pipe()
@@ -105,6 +108,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 130
     return 0
+
+
+def _one_line_warnings(command: str):
+    """Warnings as one readable line each, `sae-hooks COMMAND: warning: MESSAGE`, instead
+    of Python's `file.py:LINE: Category: MESSAGE` plus a source line: the message says
+    what it is about (a training run's warnings name the SAE)."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = " ".join(str(message).split())
+        print(f"sae-hooks {command}: warning: {text}", file=file or sys.stderr)
+
+    return show
 
 
 def _broken_pipe() -> int:

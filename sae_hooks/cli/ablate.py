@@ -1,14 +1,17 @@
 """`sae-hooks ablate`: ablate the latents that separate positive from negative
-examples of a concept, against random latents as the control."""
+examples of a concept, against random latents as the control; one result file per
+concept name (ablation/NAME.json), so experiments do not overwrite each other."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 from sae_hooks.cli.common import (
     check_model_matches_store,
+    check_token_target,
     family_of,
     model_for_sae,
     output,
@@ -39,6 +42,12 @@ def options() -> tuple[Option, ...]:
             "token:ID (LMs: log-prob of a next token, e.g. 'token: exception'), or "
             "class:INDEX (classifiers) [default: %(default)s]",
             default="similarity",
+        ),
+        Option(
+            ("--concept",),
+            "the concept's name; the result goes to ablation/NAME.json, one file per concept "
+            "[default: the --positive file's name, plus the --target unless 'similarity']",
+            metavar="NAME",
         ),
         Option(("-m",), "latents to ablate [default: %(default)s]", type=int, default=8),
         Option(("--n-random",), "random control draws", type=int, default=8),
@@ -97,6 +106,7 @@ def _target(args: argparse.Namespace, model: Any, tokenizer: Any, positives: Any
     if kind == "similarity":
         return centroid_similarity(model, positives)
     if kind == "token" and value:
+        check_token_target(model, args.target)
         return token_logprob(token_id(value, tokenizer))
     if kind == "class" and value.isdigit():
         return class_logit(int(value))
@@ -104,6 +114,14 @@ def _target(args: argparse.Namespace, model: Any, tokenizer: Any, positives: Any
         f"--target {args.target!r} is not valid: use similarity, token:WORD, token:ID "
         "or class:INDEX"
     )
+
+
+def concept_name(args: argparse.Namespace) -> str:
+    """--concept, else named after the examples (and the target, when not the default)."""
+    if args.concept:
+        return args.concept
+    name = Path(args.positive).stem
+    return name if args.target == "similarity" else f"{name} {args.target}"
 
 
 def run(args: argparse.Namespace) -> None:
@@ -137,7 +155,9 @@ def run(args: argparse.Namespace) -> None:
         dense_above=args.dense_above,
         progress=not args.quiet,
     )
-    out = output(args, RunDir.ABLATION)
-    out.write_text(json.dumps({"target": args.target, **result.to_dict()}, indent=2))
+    concept = concept_name(args)
+    out = output(args, RunDir.concept_ablation_name(concept))
+    record = {"concept": concept, "target": args.target, **result.to_dict()}
+    out.write_text(json.dumps(record, indent=2))
     print(result.table())
     print(f"written to {out}")

@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from sae_hooks.cli.options import Option, add_command
+from sae_hooks.cli.options import Option, add_command, quiet_option
 
 NAME = "bench-synthetic"
 TABLE = None  # takes no --config
@@ -36,6 +36,7 @@ def options() -> tuple[Option, ...]:
         Option(("--batch-size",), "rows per step", type=int, default=512),
         Option(("--seed",), "data and training seed", type=int, default=0),
         Option(("--out",), "output directory", default="bench_synthetic"),
+        quiet_option(),
     )
 
 
@@ -44,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> None:
-    from sae_hooks.eval.synthetic import format_benchmark, run_benchmark
+    from sae_hooks.eval.synthetic import format_benchmark
 
     if args.steps < 1 or args.batch_size < 1:
         raise ValueError(
@@ -52,13 +53,30 @@ def run(args: argparse.Namespace) -> None:
         )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = run_benchmark(
-        list(args.architectures),
-        str(out),
-        steps=args.steps,
-        batch_size=args.batch_size,
-        seed=args.seed,
-    )
+    results = _train_each(args, out)
     (out / RESULTS).write_text(json.dumps(results, indent=2) + "\n")
     print(format_benchmark(results))
     print(f"written to {out / RESULTS}")
+
+
+def _train_each(args: argparse.Namespace, out: Path) -> list[dict[str, object]]:
+    """One variant at a time on the same features, with a bar naming the variant being
+    trained; each trains into out/<variant>, so its warnings name it."""
+    from tqdm.auto import tqdm
+
+    from sae_hooks.eval.synthetic import benchmark_features, run_benchmark
+
+    features = benchmark_features(seed=args.seed)
+    results: list[dict[str, object]] = []
+    bar = tqdm(args.architectures, unit="SAE", disable=args.quiet, desc=NAME)
+    for arch in bar:
+        bar.set_description(f"{NAME} {arch} ({args.steps} steps)")
+        results += run_benchmark(
+            [arch],
+            str(out),
+            steps=args.steps,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            features=features,
+        )
+    return results

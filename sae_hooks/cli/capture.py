@@ -15,6 +15,7 @@ from sae_hooks.cli.common import (
     resolve_part,
     run_dir,
     starts_with_bos,
+    use_record,
 )
 from sae_hooks.cli.options import (
     Option,
@@ -60,15 +61,19 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> None:
     from sae_hooks.runrecord import write_run_record
+    from sae_hooks.store.overwrite import check_replaceable
 
     if not args.point:
         raise ValueError("--point is required (e.g. resid_post.3); `sae-hooks inspect` lists them")
     resolve_part(args, "train")
+    run_at = run_dir(args)
+    if not args.overwrite:  # a point added to a run: its model and corpus by default
+        use_record(args, run_at.root)
     apply_defaults(args)
     model, processor = load_model(args)
-    run_at = run_dir(args)
     store = args.store or str(run_at.store)
     if args.overwrite and Path(store).exists():
+        check_replaceable(store)  # a folder that is not a store: one line, nothing deleted
         print(f"--overwrite: replacing the store at {store}")
     data = input_batches(args, model, processor, args.part)
     result = _capture(args, model, data, store)
@@ -97,11 +102,12 @@ def _capture(args: argparse.Namespace, model: Any, data: Any, store: str) -> Any
             progress=not args.quiet,
         )
     except ValueError as err:
-        if "cannot resume" in str(err) or "overwrite=True" in str(err):
-            raise ValueError(
-                f"{str(err).replace('pass overwrite=True', 'rerun with --overwrite')}; "
-                "--overwrite replaces it, --run OTHER or --store PATH keeps it"
-            ) from None
+        text = str(err).replace(" (CLI: --overwrite)", "")
+        if "cannot resume" in text or "overwrite=True" in text:
+            text = text.replace("pass overwrite=True", "rerun with --overwrite")
+            if "--overwrite" not in text:
+                text += "; rerun with --overwrite to replace it"
+            raise ValueError(f"{text}; --run OTHER or --store PATH keeps it") from None  # once
         raise
     except KeyboardInterrupt:
         raise Interrupted(_rows_in(store)) from None

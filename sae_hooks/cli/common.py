@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from sae_hooks.cli.options import DEFAULT_CONTEXT, DEFAULT_DATA
+from sae_hooks.jsonio import loads
 from sae_hooks.rundir import DEFAULT_SAE, RunDir
 from sae_hooks.store.lock import LockedError
 
@@ -71,6 +72,8 @@ def _use_recorded_model(args: argparse.Namespace, model: dict[str, Any]) -> None
         args.tiny = args.tiny or bool(model.get("tiny"))
     args.dtype = args.dtype or model.get("dtype")
     args.backend = args.backend or model.get("backend")
+    if hasattr(args, "trust_remote_code"):  # the capture's explicit opt-in, as recorded
+        args.trust_remote_code = args.trust_remote_code or bool(model.get("trust_remote_code"))
 
 
 def apply_defaults(args: argparse.Namespace) -> None:
@@ -240,7 +243,7 @@ def trained_config(sae_path: Path) -> dict[str, Any]:
     if not config.is_file():
         return {}
     try:
-        data = json.loads(config.read_text())
+        data = loads(config.read_text(), str(config))
     except ValueError:
         data = None
     if not isinstance(data, dict):
@@ -302,6 +305,22 @@ def target_point(args: argparse.Namespace) -> str:
     if target is None:
         raise ValueError(f"--target-point is needed: {where} does not record its output point")
     return target
+
+
+def check_token_target(model: Any, target: str) -> None:
+    """A token target scores the next token over the model's vocabulary: only a language
+    model (a head over the vocabulary) has one; an encoder's output is its hidden size."""
+    from sae_hooks.model_outputs import model_kind
+
+    kind = model_kind(model)
+    if kind == "lm":
+        return
+    what = "a classifier" if kind == "classifier" else "an encoder"
+    valid = "similarity or class:INDEX" if kind == "classifier" else "similarity"
+    raise ValueError(
+        f"--target {target}: {type(model).__name__} is {what} with no language-model head, so "
+        f"there is no vocabulary to score a next token over; valid targets for it: {valid}"
+    )
 
 
 def output(args: argparse.Namespace, filename: str) -> Path:

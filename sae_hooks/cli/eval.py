@@ -87,5 +87,5 @@ def run(args: argparse.Namespace) -> None:
     write_text_atomic(out, result.to_json())
     if core is not None:  # SAEBench's core metrics are defined for SAEs on one point
         write_core_eval(out.parent, core)
-    print(result.summary())
+    print(result.summary(selection=getattr(sae, "selection", None)))
     print(f"on the {args.part} part of {args.data}; written to {out}")

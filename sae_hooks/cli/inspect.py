@@ -14,7 +14,10 @@ from sae_hooks.rundir import RunDir
 
 NAME = "inspect"
 TABLE = NAME
-HELP = "Say what a path holds (run directory, store, SAE, training run) or list hook points."
+HELP = (
+    "Say what a path holds (run directory, store, SAE, training run, sweep, export) "
+    "or list hook points."
+)
 EXAMPLE = "sae-hooks inspect cache/demo    |    sae-hooks inspect --model gpt2"
 
 
@@ -22,7 +25,8 @@ def options() -> tuple[Option, ...]:
     return (
         Option(
             ("path",),
-            "a run directory, a store (path or URL) or an SAE directory",
+            "a run directory, a store (path or URL), an SAE directory, a sweep directory "
+            "or an export (SAELens, Hugging Face layout, hf://...)",
             nargs="?",
         ),
         *model_options(),
@@ -49,12 +53,18 @@ def run(args: argparse.Namespace) -> None:
 def describe(path: str) -> str:
     """What lives at `path` (run directory, training run, SAE directory or store), in words."""
     from sae_hooks.interop import describe_pretrained, is_pretrained_location
+    from sae_hooks.interop.resolve import METADATA_FILE
     from sae_hooks.runrecord import read_run_record
+    from sae_hooks.train.many import SWEEP_FILE
 
-    if is_pretrained_location(path):  # hf://org/repo/..., or a SAELens-layout directory
-        return describe_pretrained(path)
     p = Path(path)
+    if is_pretrained_location(path):  # hf://org/repo/..., or a SAELens-layout directory
+        return _export_kind(p) + describe_pretrained(path)
     run = RunDir(p)
+    if (p / SWEEP_FILE).is_file():
+        return _describe_sweep(p)
+    if (p / METADATA_FILE).is_file() and (p / "model.safetensors").is_file():
+        return _export_kind(p) + describe_pretrained(path)
     if (p / RunDir.TRAIN_CONFIG).is_file() and (p / "model.safetensors").is_file():
         return "SAE directory " + _describe_sae(p)
     if RunDir.is_sae_home(p) and (p / RunDir.TRAIN_CONFIG).is_file():
@@ -69,6 +79,40 @@ def describe(path: str) -> str:
             "or an SAE directory (config.json + model.safetensors)"
         )
     return "store " + _describe_store(path)
+
+
+def _export_kind(p: Path) -> str:
+    """The first line for an export directory: which tool's layout it is in."""
+    from sae_hooks.interop.saelens_config import SAELENS_CONFIG, SAELENS_WEIGHTS
+
+    if not p.is_dir():
+        return ""
+    if (p / SAELENS_CONFIG).is_file():
+        files = f"{SAELENS_CONFIG} + {SAELENS_WEIGHTS}: SAELens's SAE.load_from_disk reads it"
+        return f"SAELens export at {p} ({files})\n"
+    return f"Hugging Face layout export at {p} (save_pretrained; sae_hooks.load_sae reads it)\n"
+
+
+def _describe_sweep(p: Path) -> str:
+    """A sweep directory (train_many): each SAE with its settings and final metrics."""
+    from sae_hooks.train.many import read_sweep
+
+    saes = read_sweep(p)
+    lines = [f"sweep directory at {p}: {len(saes)} SAEs (sae-hooks sweep / train_many)"]
+    for entry in saes:
+        cfg, m = entry.get("config", {}), entry.get("metrics", {})
+        variant = cfg.get("variant") or {}
+        k = variant.get("k_per_token") or cfg.get("target_l0")
+        sparsity = f", k {k}" if k else ""
+        fvu, l0 = m.get("val/fvu", m.get("fvu")), m.get("val/l0", m.get("l0"))
+        done = f"step {entry.get('step')}/{cfg.get('steps')}"
+        got = f", FVU {fvu:.4f}, L0 {l0:.2f}" if fvu is not None and l0 is not None else ""
+        lines.append(
+            f"  {entry.get('name')}/: {cfg.get('architecture')} at {cfg.get('point')}, "
+            f"{cfg.get('nb_concepts')} latents{sparsity}; {done}{got}"
+        )
+    lines.append(f"  frontier and table: sae-hooks report {p}")
+    return "\n".join(lines)
 
 
 def _describe_sae(p: Path) -> str:
@@ -112,6 +156,8 @@ def _describe_run(run: RunDir, record: Any) -> str:
     for name in run.sae_names():
         sae = load_sae(run.sae_dir(name))
         lines.append(f"  SAE {name}/: {type(sae).__name__}, {sae.nb_concepts:,} latents")
+    if (run.sweep / "sweep.json").is_file():
+        lines.append(f"  sweep/: a grid of SAEs (sae-hooks inspect {run.sweep})")
     outputs = (run.eval_file(), run.ablation_file(), run.summary, run.report_dir() / "index.html")
     lines += [f"  {p.relative_to(run.root).as_posix()}" for p in outputs if p.exists()]
     return "\n".join(lines)

@@ -1,17 +1,18 @@
 """`sae-hooks report RUN_DIR`: training curves and the HTML feature dashboard of a run.
 
-On a run directory it finds the SAE called --name, the run's store, its ablation and
-its tokenizer (run.json) by itself; on a sweep directory it also draws the frontier.
+On a run directory it finds the SAE called --name, the run's store, its ablations, its
+tokenizer and its model (run.json: the unembedding, for the tokens a latent promotes and
+suppresses) by itself; on a sweep directory it also draws the frontier.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from pathlib import Path
 from typing import Any
 
-from sae_hooks.cli.options import Option, add_command, name_option, quiet_option
+from sae_hooks.cli.options import Option, add_command, model_options, name_option, quiet_option
 from sae_hooks.rundir import RunDir
 
 NAME = "report"
@@ -59,6 +60,7 @@ def options() -> tuple[Option, ...]:
             default=[],
             metavar="JSON",
         ),
+        *model_options(),
         Option(("--config",), "run.toml ([report] table)"),
         name_option("which SAE of a run directory"),
         quiet_option(),
@@ -72,14 +74,16 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def read_ablation(path: str) -> dict:
-    """One --ablation file: a JSON object, or an error naming the file."""
+    """One --ablation file: a JSON object (with its "file"), or an error naming the file."""
+    from sae_hooks.report.summary import read_ablation_record
+
     try:
-        data = json.loads(Path(path).read_text())
+        data = read_ablation_record(Path(path))
     except FileNotFoundError:
         raise FileNotFoundError(f"--ablation {path}: no such file") from None
     except (ValueError, UnicodeDecodeError) as err:
         raise ValueError(f"--ablation {path} is not valid JSON: {err}") from None
-    if not isinstance(data, dict):
+    if not data:
         raise ValueError(f"--ablation {path} must hold a JSON object (AblationResult.to_json())")
     return data
 
@@ -94,9 +98,27 @@ def _sources(args: argparse.Namespace) -> tuple[Path, str | None, list[str], str
     store = args.store
     if store is None and run.store.is_dir():
         store = str(run.store)
-    ablation = run.ablation_file(args.name)
-    ablations = list(args.ablation) or ([str(ablation)] if ablation.is_file() else [])
+    ablations = list(args.ablation) or [str(p) for p in run.ablation_files(args.name)]
     return home, store, ablations, args.out or str(run.report_dir(args.name))
+
+
+def unembedding(args: argparse.Namespace, record: Any) -> Any:
+    """The unembedding of the run's model (run.json, or --model), for the tokens each
+    latent promotes and suppresses; None for models without one (encoders, image
+    models), or when the model does not load (a warning says why: the report goes on)."""
+    from sae_hooks.cli.common import USER_ERRORS, load_model, use_record
+    from sae_hooks.report.dashboard import model_unembedding
+
+    if record is None and not (args.model or args.family):
+        return None
+    use_record(args, Path(args.run_dir))
+    try:
+        model, _ = load_model(args)
+    except USER_ERRORS as err:
+        print(f"warning: no promoted / suppressed tokens: the model did not load: {err}",
+              file=sys.stderr)  # fmt: skip
+        return None
+    return model_unembedding(model)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -115,6 +137,7 @@ def run(args: argparse.Namespace) -> None:
     if tokenizer is None and record is not None:
         tokenizer = load_tokenizer(record)
     ablations = [read_ablation(path) for path in ablation_files] or None
+    unembed = unembedding(args, record)
     sweep = None
     if is_sweep(where):  # a train_many directory: one dashboard plus the frontier
         where, sweep, out, store = sweep_for_report(where, args.sae, out, store)
@@ -124,6 +147,7 @@ def run(args: argparse.Namespace) -> None:
         store=store,
         point=args.point,
         tokenizer=tokenizer,
+        unembed=unembed,
         ablations=ablations,
         images=args.images,
         out=out,

@@ -13,9 +13,10 @@
 
 Other tables of a run.toml ([model], [data], [capture], ...) are ignored, and so
 are [train] keys that are `train` flags rather than TrainConfig fields. The SAEs go
-to cache/<run>/sweep/<name>/ (or --out), with sweep.json listing them; with
---model (or the run's) the sweep is also evaluated (`evaluate_sweep`) and `sae-hooks report` on
-the sweep directory draws the frontier.
+to cache/<run>/sweep/<name>/ (or --out), with sweep.json listing them. Every SAE is
+then evaluated on held-out data (`evaluate_sweep`) with the run's own model (its
+run.json; --model for a store made elsewhere), and `sae-hooks report` on the sweep
+directory draws the frontier.
 """
 
 from __future__ import annotations

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import shutil
 import warnings
 from typing import Any
 
@@ -47,6 +46,7 @@ def check_optional_loggers(config: Any) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from sae_hooks.store import open_store
+    from sae_hooks.train import runlock
     from sae_hooks.train.diagnostics import logged_warnings
 
     run_at = run_dir(args)
@@ -62,9 +62,12 @@ def run(args: argparse.Namespace) -> None:
     if config.point is None and len(store.points) == 1:  # record the point in the run's config
         config = dataclasses.replace(config, point=store.points[0])
     if args.overwrite and out.exists():
-        shutil.rmtree(out)
+        runlock.clear(out)  # refused while a live process trains there, or if not a training
         print(f"--overwrite: cleared {out}")
-    _train(config, store, out)
+    try:
+        _train(config, store, out)
+    finally:
+        runlock.release(out)  # the hold clear() took, if the training never took it over
     for w in logged_warnings(out):
         print(f"warning: {w}")
     print(f"SAE saved to {run_at.sae_dir(args.name)}; log in {out / run_at.LOG}")

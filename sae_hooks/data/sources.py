@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sae_hooks.data.documents import Documents, as_documents
+from sae_hooks.jsonio import loads
 
 DATASET_SUFFIXES = (".parquet", ".csv", ".arrow", ".json")
 TEXT_SUFFIXES = (".txt", ".jsonl", *DATASET_SUFFIXES)
@@ -216,7 +217,7 @@ def read_jsonl(path: Path, field: str, skip_invalid: bool = False) -> list[str]:
         if not line.strip():
             continue
         try:
-            value = json.loads(line)[field]
+            value = loads(line)[field]
         except (json.JSONDecodeError, KeyError, TypeError):
             raise ValueError(
                 f"{path}:{i}: each line must be a JSON object with a {field!r} "

@@ -48,8 +48,10 @@ def token_logprob(token_id: int) -> Target:
             last = (m * torch.arange(t, device=m.device)).argmax(1)
         if not 0 <= token_id < logits.shape[-1]:
             raise ValueError(
-                f"token_logprob({token_id}): the model's vocabulary has {logits.shape[-1]} "
-                f"tokens (0..{logits.shape[-1] - 1})"
+                f"token_logprob({token_id}): the model's output has {logits.shape[-1]} values "
+                f"per position (0..{logits.shape[-1] - 1}): a language model's vocabulary, "
+                "or an encoder's hidden size (an encoder has no next token to score: use "
+                "embedding_similarity)"
             )
         logp = torch.log_softmax(logits[torch.arange(b, device=logits.device), last].float(), -1)
         return logp[:, token_id]

@@ -74,11 +74,14 @@ class ReconstructionResult:
     def to_json(self, **kw: Any) -> str:
         return json.dumps(self.to_dict(), indent=2, **kw)
 
-    def summary(self) -> str:
+    def summary(self, selection: str | None = None) -> str:
+        """The numbers for people; `selection`: how the SAE picks its codes in eval mode
+        (its class's `selection`), said next to L0."""
+        how = f"; {selection}" if selection else ""
         lines = [
             f"point {self.point} ({self.kind}): {self.n_rows:,} rows in {self.n_batches} batches",
             f"  FVU {self.fvu:.4f} (explained variance {self.explained_variance:.4f})",
-            f"  L0 {self.l0:.2f} (eval mode; BatchTopK: codes >= its running threshold)",
+            f"  L0 {self.l0:.2f} (eval mode{how})",
             f"  dead {self.dead_fraction:.2%}, dense {self.dense_fraction:.2%}",
         ]
         lines += [f"  {k} {v:.4f}" for k, v in self.downstream.items()]

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from sae_hooks.atomic import OutputKind, rebuilt_dir
+from sae_hooks.jsonio import loads
 from sae_hooks.sae import SAE
 from sae_hooks.sae import load_sae as load_sae_dir
 from sae_hooks.sae.saving import CONFIG_FILE, WEIGHTS_FILE
@@ -239,7 +240,7 @@ def pretrained_metadata(path: str | os.PathLike) -> dict[str, Any]:
     layout); {} when it records none."""
     path = Path(path)
     if (path / METADATA_FILE).is_file():
-        meta = json.loads((path / METADATA_FILE).read_text())
+        meta = loads((path / METADATA_FILE).read_text(), str(path / METADATA_FILE))
         if isinstance(meta, dict):
             recorded = meta.get("identity") or meta  # written before identities
             return {**meta, "identity": RunIdentity.from_dict(recorded).to_dict()}

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sae_hooks.hooks.points import hook_name_of_point
+from sae_hooks.jsonio import loads
 
 #: TrainConfig.normalize_activations=True: the SAE multiplies raw rows by its input_scale
 #: (fitted so that E||x||^2 = d on the training rows) and divides x_hat by it.
@@ -222,7 +223,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = loads(path.read_text(encoding="utf-8"), str(path))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not valid JSON: {err}") from None
     return data if isinstance(data, dict) else {}

@@ -39,6 +39,7 @@ import torch
 
 from sae_hooks.atomic import OutputKind, rebuilt_dir
 from sae_hooks.hooks.points import point_from_hook_name
+from sae_hooks.jsonio import loads
 from sae_hooks.sae.base import SAE, SAE_REGISTRY
 from sae_hooks.sae.batchtopk import BatchTopKSAE
 from sae_hooks.sae.encoders import LinearEncoder
@@ -117,7 +118,7 @@ def export_saelens(
 
 def _is_export(folder: Path) -> bool:
     try:
-        return "sae_hooks" in json.loads((folder / SAELENS_CONFIG).read_text())
+        return "sae_hooks" in loads((folder / SAELENS_CONFIG).read_text())
     except (OSError, ValueError, TypeError):
         return False
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from sae_hooks.jsonio import loads
 from sae_hooks.sae.persistence import (
     check_float_dtypes,
     check_values,
@@ -72,7 +73,7 @@ def read_saelens_config(path: Path) -> tuple[dict[str, Any], str]:
         raise ValueError(f"{path} is not a directory with {SAELENS_CONFIG} and {SAELENS_WEIGHTS}")
     cfg_path = path / SAELENS_CONFIG
     try:
-        cfg = json.loads(cfg_path.read_text())
+        cfg = loads(cfg_path.read_text(), str(cfg_path))
     except FileNotFoundError:
         raise FileNotFoundError(f"{path} has no {SAELENS_CONFIG}") from None
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
@@ -242,7 +243,7 @@ def _scaling_factor(path: Path, cfg: dict[str, Any], where: Path) -> float | Non
     factor = None
     if scaler.is_file():
         try:
-            factor = json.loads(scaler.read_text()).get("scaling_factor")
+            factor = loads(scaler.read_text(), str(scaler)).get("scaling_factor")
         except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
             raise ValueError(f"{scaler} is not a JSON object: {err}") from None
     if factor is None:

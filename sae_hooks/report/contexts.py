@@ -95,14 +95,16 @@ def _pick(
     sv = stats.sample_values[latent].numpy()
     sr = stats.sample_rows[latent].numpy()
     bins = quantile_bins(sv, n_bins)
-    for b, (lo, hi) in enumerate(bins):
+    for b in reversed(range(len(bins))):  # highest bin first: the page reads top-down
+        lo, hi = bins[b]
         label = f"{lo:.3g} – {hi:.3g}"
         inside = (sv > 0) & (sv >= lo) & ((sv <= hi) if b == len(bins) - 1 else (sv < hi))
-        n = 0
-        for r, v in zip(sr[inside].tolist(), sv[inside].tolist()):  # random order
+        start, n = len(picker.chosen), 0
+        for r, v in zip(sr[inside].tolist(), sv[inside].tolist()):  # a random draw
             if n == per_bin:
                 break
             n += picker.offer(int(r), float(v), label)
+        picker.chosen[start:] = sorted(picker.chosen[start:], key=lambda c: -c[1])
     return picker.chosen
 
 
@@ -142,7 +144,8 @@ def gather_examples(
     per_bin: int = 3,
 ) -> dict[int, list[Example]]:
     """latent -> its top examples (best first), then `per_bin` from each of `n_bins`
-    activation-quantile bins (lowest bin first); only rows where it fires.
+    activation-quantile bins (highest bin first, each bin's examples highest first: the
+    whole list descends); only rows where it fires.
 
     For images the window is the whole image.
     """

@@ -79,6 +79,18 @@ def as_unembed(unembed: Any, d_model: int) -> torch.Tensor:
     return w if w.shape[0] == d_model else w.T
 
 
+def model_unembedding(model: Any) -> torch.Tensor | None:
+    """A language model's unembedding: TransformerLens' W_U or the output embeddings
+    (lm_head.weight); None for models without one (encoders, image classifiers)."""
+    w_u = getattr(model, "W_U", None)
+    if isinstance(w_u, torch.Tensor):
+        return w_u
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    weight = getattr(head, "weight", None)
+    return weight if isinstance(weight, torch.Tensor) else None
+
+
 def select_latents(
     stats: FeatureStats | None,
     nb_concepts: int,

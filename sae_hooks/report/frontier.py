@@ -10,6 +10,7 @@ L0, and loss recovered and KL against L0 when the SAEs were evaluated spliced.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -62,9 +63,38 @@ def _round(value: Any) -> Any:
     return round(value, 5) if isinstance(value, float) else value
 
 
+MARKERS = "osD^vP*X"
+
+
+def _groups(rows: Sequence[dict[str, Any]]) -> dict[tuple[Any, Any], list[dict[str, Any]]]:
+    """Rows by (architecture, point): one colour and marker each; the point only
+    splits groups when the sweep has several."""
+    several = len({r.get("point") for r in rows}) > 1
+    out: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
+    for r in rows:
+        out.setdefault((r.get("architecture"), r.get("point") if several else None), []).append(r)
+    return out
+
+
+def _legend_label(architecture: Any, point: Any) -> str:
+    return " @ ".join(str(x) for x in (architecture or "SAE", point) if x is not None)
+
+
+def _readable_log_axis(ax: Any) -> None:
+    """Log x axis with plain-number ticks at 1, 2, 5 x 10^k and no minor labels: the
+    default labels every minor tick (2x10^1, 3x10^1, ...) over a narrow range, overlapping."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def plot_frontier(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path | None:
-    """L0 vs FVU (and vs loss / cosine recovered and KL where measured), one labelled point per SAE,
-    one colour per hook point. None when no row has both L0 and FVU."""
+    """L0 vs FVU (and vs loss / cosine recovered and KL where measured), one labelled point per
+    SAE, one colour and marker per architecture (and hook point, when several), with a
+    legend. None when no row has both L0 and FVU."""
     from matplotlib.figure import Figure
 
     panels = [
@@ -76,34 +106,57 @@ def plot_frontier(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Pa
         return None
     named = next((r["recovered_is"] for r in rows if r.get("recovered_is")), "recovered")
     panels = [(key, label or named.replace("_", " ")) for key, label in panels]
-    fig = Figure(figsize=(5.2 * len(panels), 3.8), layout="constrained")
+    fig = Figure(figsize=(5.6 * len(panels), 4.2), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    points = list(dict.fromkeys(r.get("point") for r in rows))
+    groups = _groups(rows)
     for ax, (key, label) in zip(axes, panels, strict=True):
-        for point in points:
-            mine = [
-                r for r in rows
-                if r.get("point") == point and r.get("l0") is not None and r.get(key) is not None
-            ]  # fmt: skip
-            ax.plot([r["l0"] for r in mine], [r[key] for r in mine], "o", label=str(point))
-            for r in mine:
-                ax.annotate(_short(r, point), (r["l0"], r[key]), fontsize=7, alpha=0.8)
+        for g, ((arch, point), members) in enumerate(groups.items()):
+            mine = [r for r in members if r.get("l0") is not None and r.get(key) is not None]
+            ax.plot(
+                [r["l0"] for r in mine], [r[key] for r in mine], MARKERS[g % len(MARKERS)],
+                color=f"C{g % 10}", label=_legend_label(arch, point),
+            )  # fmt: skip
+        _label_points(ax, rows, key)
         ax.set_xlabel("L0 (active latents per token)")
         ax.set_ylabel(label)
-        ax.set_xscale("log")
-        ax.grid(alpha=0.3)
-    if len(points) > 1 or points != [None]:
-        axes[0].legend(fontsize=7)
+        _readable_log_axis(ax)
+        ax.grid(alpha=0.3, which="both")
+    several = any(point is not None for _, point in groups)
+    axes[0].legend(fontsize=8, title="architecture @ point" if several else "architecture")
     path = Path(path)
     fig.savefig(path, dpi=110)
     return path
 
 
-def _short(row: dict[str, Any], point: Any) -> str:
-    """The label of a point: its name without the point prefix the colour already shows."""
+def _label_points(ax: Any, rows: Sequence[dict[str, Any]], key: str) -> None:
+    """Each point's short name beside it, inside the axes: room is made at both ends of x
+    (log) and y, and labels in the right half of the axis sit to the point's left."""
+    shown = [r for r in rows if r.get("l0") is not None and r.get(key) is not None]
+    if not shown:
+        return
+    xs = [float(r["l0"]) for r in shown]
+    lo, hi = min(xs), max(xs)
+    span = max(hi / lo, 1.05) if lo > 0 else 2.0
+    ax.set_xlim(lo / span**0.35, hi * span**0.35)
+    ax.margins(y=0.12)
+    for r in shown:
+        right_half = lo > 0 and math.log(float(r["l0"]) / lo) > 0.55 * math.log(span)
+        ax.annotate(
+            _short(r), (r["l0"], r[key]), xytext=(-5 if right_half else 5, 4),
+            textcoords="offset points", ha="right" if right_half else "left",
+            fontsize=7, alpha=0.85,
+        )  # fmt: skip
+
+
+def _short(row: dict[str, Any]) -> str:
+    """The label of a point: its name without the point and architecture, which the
+    legend already shows."""
     name = str(row.get("name", ""))
-    prefix = f"{point}-"
-    return name[len(prefix) :] if point and name.startswith(prefix) else name
+    for part in (row.get("point"), row.get("architecture")):
+        prefix = f"{part}-"
+        if part and name.startswith(prefix):
+            name = name[len(prefix) :]
+    return name
 
 
 def sweep_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -122,7 +175,8 @@ def sweep_for_report(
     """What `sae-hooks report` needs for a sweep: the SAE directory whose dashboard to
     build (`name`, default the first), the rows, the output folder (default
     SWEEP/report; `build_report` writes sweep.md, the table, into it) and the store
-    (default the one sweep.json records)."""
+    (default the one sweep.json records for that SAE: sweeps merged into one
+    directory may have read different stores)."""
     root = Path(sweep_dir)
     rows = sweep_rows(root)
     names = [r["name"] for r in rows]
@@ -131,5 +185,7 @@ def sweep_for_report(
         raise ValueError(f"--sae {name!r} is not an SAE of the sweep {root}; it has {names}")
     out = out or str(root / RunDir.REPORT)
     if store is None:
-        store = json.loads((root / SWEEP_FILE).read_text()).get("store")
+        index = json.loads((root / SWEEP_FILE).read_text())
+        entry = next((e for e in index.get("saes", []) if e.get("name") == name), {})
+        store = entry.get("store") or index.get("store")
     return root / name, rows, out, store

@@ -121,12 +121,11 @@ def _index_data(d: Dashboard) -> dict[str, Any]:
         "norm": [_r(v) for v in d.norms.tolist()],
         "top": [[] for _ in range(d.nb_concepts)],
         "ablated": {},
+        "dense_above": DENSE_FRACTION,
     }
     for n, a in enumerate(d.ablations):
         for i in a["latents"]:
-            out["ablated"].setdefault(int(i), []).append(
-                f"experiment {n + 1} ({a.get('concept') or 'unnamed'})"
-            )
+            out["ablated"].setdefault(int(i), []).append(concept_name(a, n))
     if s is not None:
         out |= {
             "rows": s.n_rows,
@@ -182,7 +181,37 @@ def _latent_data(d: Dashboard, i: int, thumbs: set[int]) -> dict[str, Any]:
     return out
 
 
-def _ablation_view(a: dict[str, Any]) -> dict[str, Any]:
+def concept_name(a: dict[str, Any], n: int) -> str:
+    """What an ablation experiment is called: its concept, else (records written before
+    concepts had names) its target or its file, else its number."""
+    name = a.get("concept") or a.get("target") or a.get("target_name") or a.get("file")
+    return str(name or f"experiment {n + 1}")
+
+
+def _latent_rows(a: dict[str, Any], stats: FeatureStats | None) -> list[dict[str, Any]]:
+    """The ablated latents: score, density on the concept's examples (the ablation's own
+    count) and on the dashboard's rows, and whether either is dense."""
+    latents = [int(i) for i in a["latents"]]
+    scores = a.get("scores") or [None] * len(latents)
+    on_examples = a.get("density") or [None] * len(latents)
+    above = float(a.get("dense_above", DENSE_FRACTION))
+    rows = []
+    for i, score, ex in zip(latents, scores, on_examples, strict=False):
+        scanned = float(stats.density[i]) if stats is not None else None
+        dense = (ex is not None and ex > above) or (
+            scanned is not None and scanned > DENSE_FRACTION
+        )
+        rows.append(
+            {"id": i, "score": score, "examples": _pct(ex), "rows": _pct(scanned), "dense": dense}
+        )
+    return rows
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.3g}%"
+
+
+def _ablation_view(a: dict[str, Any], n: int, stats: FeatureStats | None) -> dict[str, Any]:
     def num(x: Any) -> str:
         return "–" if x is None else f"{float(x):.4f}"
 
@@ -197,8 +226,9 @@ def _ablation_view(a: dict[str, Any]) -> dict[str, Any]:
         effect = a["concept_positive"] - clean
     rand = [r - clean for r in rand_pos] if clean is not None else []
     return {
-        "concept": a.get("concept"),
-        "target": a.get("target") or a.get("target_name"),
+        "concept": concept_name(a, n),
+        "target": a.get("target") or a.get("target_name") or "not recorded",
+        "file": a.get("file"),
         "point": a.get("point"),
         "m": m,
         "latents": [int(i) for i in a["latents"]],
@@ -218,9 +248,9 @@ def _ablation_view(a: dict[str, Any]) -> dict[str, Any]:
         "effect": effect,
         "random_effect": mean(rand),
         "random_std": float(np.std(rand, ddof=1)) if len(rand) > 1 else 0.0,
-        "scored": list(
-            zip([int(i) for i in a["latents"]], a.get("scores") or [None] * len(a["latents"]))
-        ),
+        "scored": _latent_rows(a, stats),
+        "dense_above": f"{float(a.get('dense_above', DENSE_FRACTION)):.0%}",
+        "dense_left_out": [] if a.get("keep_dense") else [int(i) for i in a.get("dense") or []],
     }
 
 
@@ -269,7 +299,7 @@ def write_site(d: Dashboard, folder: Path, index_name: str = "index.html") -> Pa
             (assets / f.name).write_text(f.read_text(encoding="utf-8"), encoding="utf-8")
     _write_data(d, folder)
     env = environment()
-    abl = [_ablation_view(a) for a in d.ablations]
+    abl = [_ablation_view(a, n, d.stats) for n, a in enumerate(d.ablations)]
     s = d.stats
     training = None
     if d.training_png is not None:

@@ -1,7 +1,8 @@
 """The run at a glance: what the dashboard's header says, read from the run's files.
 
 A `train` run directory holds config.json, log.jsonl and sae/; a pipeline run
-directory holds that in train/ next to eval.json, ablation.json and the store.
+directory holds that in train/ next to eval.json, the ablations (ablation.json,
+ablation/<concept>.json) and the store.
 Every file is optional: what is missing is left out of the header.
 """
 
@@ -152,9 +153,21 @@ def read_run(run_dir: Path, sae_config: Mapping[str, Any] | None = None) -> RunI
 
 
 def run_ablations(run_dir: Path) -> list[dict[str, Any]]:
-    """The ablation.json a pipeline run wrote next to train/ (none if absent)."""
-    for path in (run_dir / RunDir.ABLATION, run_dir.parent / RunDir.ABLATION):
-        record = _read_json(path)
-        if isinstance(record, dict) and "latents" in record:
-            return [record]
+    """Every ablation result next to train/: ablation.json, then ablation/<concept>.json
+    (`sae-hooks ablate`); each record says its "file" (none if absent)."""
+    for folder in (run_dir, run_dir.parent):
+        found = [read_ablation_record(path, folder) for path in RunDir(folder).ablation_files()]
+        records = [r for r in found if "latents" in r]
+        if records:
+            return records
     return []
+
+
+def read_ablation_record(path: Path, folder: Path | None = None) -> dict[str, Any]:
+    """One ablation file as a dict with its "file" (relative to `folder`); {} if not an
+    object. Raises OSError / ValueError for a missing or invalid file."""
+    record = json.loads(Path(path).read_text())
+    if not isinstance(record, dict):
+        return {}
+    where = Path(path).relative_to(folder) if folder is not None else Path(path).name
+    return {**record, "file": str(where)}

@@ -30,12 +30,13 @@ from .saving import SAEPersistence
 from .sparse import (
     MAX_SPARSE_DENSITY,
     MAX_SPARSE_GRAD_DENSITY,
+    LatentOrder,
     check_sparse_decode,
     decode_fixed,
     decode_pairs,
     decode_ragged,
 )
-from .sparse_encoder import gather_pre_codes, support_codes
+from .sparse_encoder import PreCodeBuffer, encoder_pre_codes, gather_pre_codes, support_codes
 from .training import TrainingContract
 
 __all__ = ["SAE", "SAE_REGISTRY", "SAEOutput"]
@@ -65,6 +66,9 @@ class SAE(SAEPersistence, TrainingContract, nn.Module):
     """
 
     architecture: ClassVar[str] = "relu"
+    selection: ClassVar[str] = "ReLU: codes > 0"
+    """How the variant picks its codes at inference (eval mode), in words: `sae-hooks
+    eval` prints it next to L0."""
     sparse_decode: bool | None = None
     """None: decode only the active latents when the variant's code density is known
     to be at most MAX_SPARSE_DENSITY (TopK, BatchTopK); True / False force it on / off
@@ -192,9 +196,17 @@ class SAE(SAEPersistence, TrainingContract, nn.Module):
             if density is None or density > MAX_SPARSE_GRAD_DENSITY:
                 return None
         scaled = rows.to(torch.promote_types(rows.dtype, torch.float32)) * self.input_scale
-        centred = scaled if bias is None else scaled - bias
-        pre = F.linear(centred, enc.weight, enc.bias)
+        buffer = self._pre_codes_buffer if self._sparse_codes else None  # the trainer's steps
+        pre = encoder_pre_codes(scaled, bias, enc.weight, enc.bias, buffer)
         return pre, EncoderInputs(scaled, bias, enc.weight, enc.bias)
+
+    @property
+    def _pre_codes_buffer(self) -> PreCodeBuffer:
+        """The matrix the trainer's forwards write their pre-codes into (sparse_encoder.py)."""
+        buffer = self.__dict__.get("_pre_buffer")
+        if buffer is None:
+            buffer = self.__dict__["_pre_buffer"] = PreCodeBuffer()
+        return buffer
 
     def _input_centre(self) -> torch.Tensor | None:
         """What the encoder subtracts from the scaled input: b_dec (None for a variant
@@ -235,8 +247,9 @@ class SAE(SAEPersistence, TrainingContract, nn.Module):
             z = F.relu(pre)
             return SAEOutput(pre, z, self._decode_rows(z), TrainingSupport(encoder_inputs=inputs))
         flat_rows, cols = positive.nonzero(as_tuple=True)
-        values = gather_pre_codes(pre, flat_rows, cols, inputs)  # all > 0: ReLU is the identity
-        return self._codes_from_pairs(pre, inputs, flat_rows, cols, values)
+        order = LatentOrder(flat_rows, cols)
+        values = gather_pre_codes(pre, flat_rows, cols, inputs, order)  # all > 0: ReLU is identity
+        return self._codes_from_pairs(pre, inputs, flat_rows, cols, values, order=order)
 
     def _codes_from_pairs(
         self,
@@ -248,6 +261,7 @@ class SAE(SAEPersistence, TrainingContract, nn.Module):
         *,
         max_density: float = MAX_SPARSE_DENSITY,
         penalty: torch.Tensor | None = None,
+        order: LatentOrder | None = None,
     ) -> SAEOutput:
         """The output from the kept (row, col, value) pairs of a measured support: the
         codes with their support recorded (and the variant's penalty, if any), the pairs
@@ -262,7 +276,7 @@ class SAE(SAEPersistence, TrainingContract, nn.Module):
         if dense_decode:
             return SAEOutput(pre, z, self.dictionary.decode(z), support)
         atoms, bias = self.get_dictionary(), self.dictionary.bias
-        x_hat = decode_pairs(rows, cols, values, atoms, bias, n_rows=pre.shape[0])
+        x_hat = decode_pairs(rows, cols, values, atoms, bias, n_rows=pre.shape[0], order=order)
         return SAEOutput(pre, z, x_hat, support)
 
     def _decode_rows(
@@ -271,16 +285,18 @@ class SAE(SAEPersistence, TrainingContract, nn.Module):
         support: tuple[torch.Tensor, ...] | None = None,
         *,
         from_forward: bool = True,
+        order: LatentOrder | None = None,
     ) -> torch.Tensor:
         """z @ atoms + b_dec; support, when the caller knows it: (indices, values), k per
-        row (N, k) each, or (rows, cols, values), flat and row-major."""
+        row (N, k) each, or (rows, cols, values), flat and row-major; order: its pairs'
+        `LatentOrder` when the encoder's backward sorts them too."""
         if not self._decodes_sparsely(z, from_forward):
             return self.dictionary.decode(z)
         atoms, bias = self.get_dictionary(), self.dictionary.bias
         if support is not None and len(support) == 3:
-            return decode_pairs(*support, atoms, bias, n_rows=z.shape[0])
+            return decode_pairs(*support, atoms, bias, n_rows=z.shape[0], order=order)
         if support is not None:
-            return decode_fixed(*support, atoms, bias)
+            return decode_fixed(*support, atoms, bias, order=order)
         rows = decode_ragged(z.reshape(-1, z.shape[-1]), atoms, bias)
         return rows.reshape(*z.shape[:-1], rows.shape[-1])
 

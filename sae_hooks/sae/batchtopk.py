@@ -21,7 +21,7 @@ from .base import SAE, SAEOutput
 from .output import TrainingSupport
 from .settings import check_float
 from .shapes import positive_int
-from .sparse import sort_indices
+from .sparse import LatentOrder, sort_indices
 from .sparse_encoder import batch_top_k, gather_pre_codes, support_codes
 from .topk import TopKConfig, default_top_k
 
@@ -63,6 +63,7 @@ class BatchTopKSAE(SAE):
     """
 
     architecture = "batchtopk"
+    selection = "BatchTopK: codes >= its running threshold"
     config_class = BatchTopKConfig
     penalty_field = None
     default_aux_coefficient = 1 / 32
@@ -239,10 +240,11 @@ class BatchTopKSAE(SAE):
         flat = sort_indices(flat)[0]
         n = self.nb_concepts
         flat_rows, cols = flat.div(n, rounding_mode="floor"), flat.remainder(n)
-        kept = F.relu(gather_pre_codes(pre, flat_rows, cols, inputs))
+        order = LatentOrder(flat_rows, cols)  # one sort for the encoder's and decoder's grads
+        kept = F.relu(gather_pre_codes(pre, flat_rows, cols, inputs, order))
         sparse = self._sparse_codes and self._decodes_sparsely(pre, True)
         z, support = support_codes(pre, flat_rows, cols, kept, sparse=sparse)
-        x_hat = self._decode_rows(z, (flat_rows, cols, kept))
+        x_hat = self._decode_rows(z, (flat_rows, cols, kept), order=order)
         return SAEOutput(pre, z, x_hat, TrainingSupport(support, inputs))
 
     @contextlib.contextmanager

@@ -53,8 +53,11 @@ def decode_fixed(
     values: torch.Tensor,
     atoms: torch.Tensor,
     bias: torch.Tensor | None = None,
+    *,
+    order: LatentOrder | None = None,
 ) -> torch.Tensor:
-    """Rows (N, d) from k (index, value) pairs per row; indices and values are (N, k)."""
+    """Rows (N, d) from k (index, value) pairs per row; indices and values are (N, k).
+    order: the pairs' `LatentOrder`, when the encoder's backward sorts the same pairs."""
     if indices.shape != values.shape or indices.dim() != 2:
         raise ValueError(
             "decode_fixed needs indices and values of the same shape (N, k), got "
@@ -63,7 +66,8 @@ def decode_fixed(
     n_rows, k = indices.shape
     rows = torch.arange(n_rows, device=indices.device).repeat_interleave(k)
     offsets = torch.arange(0, n_rows * k, k, device=indices.device)
-    out = SparseDecode.apply(rows, indices.reshape(-1), values.reshape(-1), atoms, offsets)
+    cols = indices.reshape(-1)
+    out = SparseDecode.apply(rows, cols, values.reshape(-1), atoms, offsets, order)
     return out if bias is None else out + bias
 
 
@@ -87,10 +91,12 @@ def decode_pairs(
     bias: torch.Tensor | None = None,
     *,
     n_rows: int,
+    order: LatentOrder | None = None,
 ) -> torch.Tensor:
     """Rows (n_rows, d) from flat (row, latent, value) triples sorted by row; a row
-    with no triple decodes to the bias. Row offsets from searchsorted: no host sync."""
-    out = SparseDecode.apply(rows, cols, values, atoms, row_offsets(rows, n_rows))
+    with no triple decodes to the bias. Row offsets from searchsorted: no host sync.
+    order: the pairs' `LatentOrder`, when the encoder's backward sorts the same pairs."""
+    out = SparseDecode.apply(rows, cols, values, atoms, row_offsets(rows, n_rows), order)
     return out if bias is None else out + bias
 
 
@@ -118,6 +124,25 @@ def sort_indices(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return values.index_select(0, order), order
 
 
+NUMPY_TOP_K_FROM = 64
+"""Per-row k from which `row_top_k` selects with numpy's introselect on the host."""
+
+
+def row_top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices (N, k) of each row's k largest scores (N, m), in no particular order.
+
+    On the host, from k = NUMPY_TOP_K_FROM, numpy's argpartition: torch's CPU top-k
+    grows with k (single thread, 2048 rows: 42 ms at k = 32 of 6,144, 125 ms at 128;
+    52 ms at 384 of 2,000, AuxK's) where the introselect does not (48 and 19 ms).
+    The same set as torch's top-k but for ties at the k-th value, which either breaks."""
+    m = scores.shape[-1]
+    numpy_dtype = scores.dtype in (torch.float32, torch.float64)  # no bf16 in numpy
+    if scores.device.type not in HOST_DEVICES or not numpy_dtype or not NUMPY_TOP_K_FROM <= k < m:
+        return scores.topk(k, dim=-1, sorted=False).indices
+    picked = np.argpartition(scores.detach().numpy(), m - k, axis=-1)[..., m - k :]
+    return torch.from_numpy(np.ascontiguousarray(picked))
+
+
 def nonzero_pairs(
     rows: torch.Tensor, cols: torch.Tensor, weights: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -134,21 +159,48 @@ def nonzero_pairs(
     return rows.index_select(0, at), cols.index_select(0, at), weights.index_select(0, at)
 
 
+class LatentOrder:
+    """The (row, latent) pairs of one support sorted by latent, sorted once when first
+    asked for: the decoder's atom gradient and the encoder's weight gradient are CSR
+    products over the same pairs (TopK, BatchTopK, JumpReLU, AuxK), each of which sorted
+    them anew before."""
+
+    def __init__(self, rows: torch.Tensor, cols: torch.Tensor) -> None:
+        self.rows, self.cols = rows, cols
+        self._sorted: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def sorted(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(permutation, rows, cols) of the pairs in latent order (stable: rows ascend
+        within a latent)."""
+        if self._sorted is None:
+            cols, perm = sort_indices(self.cols)
+            self._sorted = (perm, self.rows.index_select(0, perm), cols)
+        return self._sorted
+
+
 def latent_grad(
-    n: int, rows: torch.Tensor, cols: torch.Tensor, grad: torch.Tensor, x: torch.Tensor
+    n: int,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    order: LatentOrder | None = None,
 ) -> torch.Tensor:
-    """sum over pairs m of grad_m x[rows_m] into row cols_m of an (n, d) matrix."""
-    rows, cols, grad = nonzero_pairs(rows, cols, grad)
-    cols_sorted, order = sort_indices(cols)
+    """sum over pairs m of grad_m x[rows_m] into row cols_m of an (n, d) matrix; order:
+    the same pairs' `LatentOrder`, whose sort is then shared with other products."""
+    if order is None:
+        rows, cols, grad = nonzero_pairs(rows, cols, grad)
+        cols_sorted, perm = sort_indices(cols)
+        rows_sorted, grad_sorted = rows.index_select(0, perm), grad.index_select(0, perm)
+    else:
+        perm, rows_sorted, cols_sorted = order.sorted()
+        grad_sorted = grad.index_select(0, perm)
+        rows_sorted, cols_sorted, grad_sorted = nonzero_pairs(rows_sorted, cols_sorted, grad_sorted)
     crow = torch.searchsorted(cols_sorted, torch.arange(n + 1, device=cols.device))
     with warnings.catch_warnings():  # torch calls every CSR construction beta
         warnings.simplefilter("ignore", UserWarning)
         matrix = torch.sparse_csr_tensor(
-            crow,
-            rows.index_select(0, order),
-            grad.index_select(0, order).to(x.dtype),
-            (n, x.shape[0]),
-            check_invariants=False,
+            crow, rows_sorted, grad_sorted.to(x.dtype), (n, x.shape[0]), check_invariants=False
         )
     if x.device.type != "cpu":
         return matrix @ x
@@ -169,7 +221,7 @@ class SparseDecode(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(rows, cols, values, atoms, offsets):
+    def forward(rows, cols, values, atoms, offsets, order=None):
         kept_rows, kept_cols, kept = nonzero_pairs(rows, cols, values)
         if kept is not values:
             offsets = row_offsets(kept_rows, offsets.numel())
@@ -179,9 +231,9 @@ class SparseDecode(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
-        rows, cols, values, atoms, offsets = inputs
+        rows, cols, values, atoms, offsets, order = inputs
         ctx.save_for_backward(rows, cols, values, atoms, offsets)
-        ctx.values_dtype = values.dtype
+        ctx.values_dtype, ctx.order = values.dtype, order
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor):
@@ -193,8 +245,9 @@ class SparseDecode(torch.autograd.Function):
                 grad, atoms, cols, offsets, rows, 0
             ).to(ctx.values_dtype)
         if ctx.needs_input_grad[3]:
-            grad_atoms = latent_grad(atoms.shape[0], rows, cols, values.to(atoms.dtype), grad)
-        return None, None, grad_values, grad_atoms, None
+            weights = values.to(atoms.dtype)
+            grad_atoms = latent_grad(atoms.shape[0], rows, cols, weights, grad, ctx.order)
+        return None, None, grad_values, grad_atoms, None, None
 
 
 def check_sparse_decode(value: object, name: str = "sparse_decode") -> bool | None:

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from . import sparse
 from .output import EncoderInputs, SAEOutput, Support, kept_support
-from .sparse import latent_grad, pairs_of, row_offsets
+from .sparse import LatentOrder, latent_grad, pairs_of, row_offsets
 
 
 class SparsePreCodes(torch.autograd.Function):
@@ -52,14 +52,15 @@ class SparsePreCodes(torch.autograd.Function):
         pre: torch.Tensor,
         rows: torch.Tensor,
         cols: torch.Tensor,
+        order: LatentOrder | None = None,
     ) -> torch.Tensor:
         return pairs_of(pre.detach(), rows, cols)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
-        x, centre, weight, bias, _, rows, cols = inputs
+        x, centre, weight, bias, _, rows, cols, order = inputs
         ctx.save_for_backward(x, centre, weight, rows, cols)
-        ctx.bias_dtype = None if bias is None else bias.dtype
+        ctx.bias_dtype, ctx.order = (None if bias is None else bias.dtype), order
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor):
@@ -74,7 +75,8 @@ class SparsePreCodes(torch.autograd.Function):
             ).to(x.dtype)
         if needs_w:
             centred = x if centre is None else x - centre
-            grad_w = latent_grad(weight.shape[0], rows, cols, g, centred.to(weight.dtype))
+            centred = centred.to(weight.dtype)
+            grad_w = latent_grad(weight.shape[0], rows, cols, g, centred, ctx.order)
         if needs_b or needs_centre:
             per_latent = torch.zeros(weight.shape[0], dtype=g.dtype, device=g.device)
             per_latent.index_add_(0, cols, g)
@@ -82,7 +84,100 @@ class SparsePreCodes(torch.autograd.Function):
                 grad_b = per_latent.to(ctx.bias_dtype)
             if needs_centre:  # -sum over pairs of g W[col]: (n,) @ (n, d), no (rows, d) term
                 grad_centre = -(per_latent.to(weight.dtype) @ weight).to(centre.dtype)
-        return grad_x, grad_centre, grad_w, grad_b, None, None, None
+        return grad_x, grad_centre, grad_w, grad_b, None, None, None, None
+
+
+class PreCodeBuffer:
+    """One (rows, n) matrix that an SAE's training forwards write their pre-codes into,
+    step after step, on CPU: a fresh 50 MB matrix (2048 x 6144 fp32) is new pages from
+    the kernel every step, and their first touch took as long as a quarter of the
+    encoder's matmul itself (single thread, 2026-12-07). The matrix is handed out again
+    only when nothing else holds its memory (the previous step's pre-codes and every
+    view of them are gone); otherwise a new one is allocated and kept."""
+
+    def __init__(self) -> None:
+        self._matrix: torch.Tensor | None = None
+
+    def take(self, shape: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
+        held = self._matrix
+        if (
+            held is None
+            or held.shape != shape
+            or held.dtype != like.dtype
+            or held.device != like.device
+            or not _unshared(held)
+        ):
+            held = self._matrix = torch.empty(shape, dtype=like.dtype, device=like.device)
+        return held
+
+
+def _unshared(matrix: torch.Tensor) -> bool:
+    """True when only `matrix` itself refers to its memory (no view, no alias alive).
+    The storage's use count: `matrix` and the temporary storage object make 2."""
+    use_count = getattr(torch._C, "_storage_Use_Count", None)
+    if use_count is None:  # another torch: never reuse
+        return False
+    return use_count(matrix.untyped_storage()._cdata) <= 2
+
+
+class PreCodes(torch.autograd.Function):
+    """pre = (x - centre) W^T + b written into a `PreCodeBuffer`'s matrix, bias added by
+    the matmul itself (addmm); the output is an alias of that matrix.
+
+    Its backward is the dense one (for a caller who differentiates all of z_pre, such as
+    JumpReLU's and ReLU's dense fallbacks), with centre's gradient as -(sum over rows of
+    g) @ W, an (n,) @ (n, d) product, where autograd through `x - centre` ran a full
+    (rows, n) @ (n, d) matmul for it; x's own gradient only when x needs one."""
+
+    @staticmethod
+    def forward(x, centre, weight, bias, buffer: PreCodeBuffer):
+        centred = x if centre is None else x - centre
+        out = buffer.take((x.shape[0], weight.shape[0]), centred)
+        if bias is None:
+            torch.mm(centred, weight.t(), out=out)
+        else:
+            torch.addmm(bias, centred, weight.t(), out=out)
+        return out.detach()  # an alias: the buffer's own tensor carries no graph
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
+        x, centre, weight, _, _ = inputs
+        ctx.save_for_backward(x, centre, weight)
+        # The sparse paths read pre through SparsePreCodes, which passes it no gradient:
+        # that None must not become a (rows, n) matrix of zeros and three dense matmuls.
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor | None):
+        grad_x = grad_centre = grad_w = grad_b = None
+        if grad is None:
+            return grad_x, grad_centre, grad_w, grad_b, None
+        x, centre, weight = ctx.saved_tensors
+        needs_x, needs_centre, needs_w, needs_b, _ = ctx.needs_input_grad
+        if needs_x:
+            grad_x = grad @ weight
+        if needs_w:
+            grad_w = grad.t() @ (x if centre is None else x - centre)
+        if needs_b or needs_centre:
+            per_latent = grad.sum(0)
+            grad_b = per_latent if needs_b else None
+            grad_centre = -(per_latent @ weight) if needs_centre else None
+        return grad_x, grad_centre, grad_w, grad_b, None
+
+
+def encoder_pre_codes(
+    x: torch.Tensor,
+    centre: torch.Tensor | None,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    buffer: PreCodeBuffer | None,
+) -> torch.Tensor:
+    """pre = (x - centre) W^T + b, the linear encoder's pre-codes for the sparse paths:
+    into `buffer` on CPU outside autocast (`PreCodes`); elsewhere F.linear (a device's
+    caching allocator already reuses memory, and autocast picks the matmul's dtype)."""
+    if buffer is None or x.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
+        return F.linear(x if centre is None else x - centre, weight, bias)
+    return PreCodes.apply(x, centre, weight, bias, buffer)
 
 
 def gather_pre_codes(
@@ -90,12 +185,62 @@ def gather_pre_codes(
     rows: torch.Tensor,
     cols: torch.Tensor,
     inputs: EncoderInputs | None = None,
+    order: LatentOrder | None = None,
 ) -> torch.Tensor:
     """pre[rows, cols]; through the sparse backward when `inputs` (what pre was computed
-    from, `EncoderInputs`) are given and a gradient is wanted."""
+    from, `EncoderInputs`) are given and a gradient is wanted. order: the pairs'
+    `LatentOrder`, shared with the decoder's backward over the same pairs."""
     if inputs is None or not torch.is_grad_enabled():
         return pairs_of(pre, rows, cols)
-    return SparsePreCodes.apply(*inputs, pre, rows, cols)
+    return SparsePreCodes.apply(*inputs, pre, rows, cols, order)
+
+
+class ColumnPreCodes(torch.autograd.Function):
+    """pre[:, cols] of pre = (x - centre) W^T + b (cols distinct), with a backward over
+    those columns only: dW[cols] = g^T (x - centre), one (m, rows) @ (rows, d) product;
+    db[cols] = sum over rows; d centre = -(db[cols] @ W[cols]); dx = g @ W[cols] only
+    when x needs it. AuxK's dead latents, read where their picks are dense among them."""
+
+    @staticmethod
+    def forward(x, centre, weight, bias, pre, cols):
+        return pre.detach().index_select(1, cols)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
+        x, centre, weight, bias, _, cols = inputs
+        ctx.save_for_backward(x, centre, weight, cols)
+        ctx.bias_dtype = None if bias is None else bias.dtype
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor):
+        x, centre, weight, cols = ctx.saved_tensors
+        needs_x, needs_centre, needs_w, needs_b = ctx.needs_input_grad[:4]
+        grad_x = grad_centre = grad_w = grad_b = None
+        g = grad.to(weight.dtype)
+        picked = weight.index_select(0, cols)
+        if needs_x:
+            grad_x = (g @ picked).to(x.dtype)
+        if needs_w:
+            centred = (x if centre is None else x - centre).to(weight.dtype)
+            grad_w = torch.zeros_like(weight).index_copy_(0, cols, g.t() @ centred)
+        if needs_b or needs_centre:
+            per_latent = g.sum(0)
+            if needs_b:
+                grad_b = torch.zeros(weight.shape[0], dtype=ctx.bias_dtype, device=g.device)
+                grad_b.index_copy_(0, cols, per_latent.to(ctx.bias_dtype))
+            if needs_centre:
+                grad_centre = -(per_latent @ picked).to(centre.dtype)
+        return grad_x, grad_centre, grad_w, grad_b, None, None
+
+
+def gather_columns(
+    pre: torch.Tensor, cols: torch.Tensor, inputs: EncoderInputs | None = None
+) -> torch.Tensor:
+    """pre[:, cols]; through `ColumnPreCodes` when `inputs` are given and a gradient is
+    wanted, else through pre's own history."""
+    if inputs is None or not torch.is_grad_enabled():
+        return pre.index_select(1, cols)
+    return ColumnPreCodes.apply(*inputs, pre, cols)
 
 
 def support_codes(
@@ -122,6 +267,30 @@ def support_codes(
         n = pre.shape[-1]
         z = torch.zeros_like(pre).flatten().scatter(0, rows * n + cols, values).view_as(pre)
     return z, Support(rows, cols, values)
+
+
+@torch.no_grad()
+def pairs_at_least(
+    pre: torch.Tensor, floor: torch.Tensor, limit: float
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(rows, cols), row-major, of the pairs with pre[r, j] >= floor[j]; None when more
+    than `limit` of them (a support too dense to list, counted before it is listed).
+
+    On the host: one compare, its count, and a flat `nonzero` (a third cheaper than the
+    2-d `nonzero(as_tuple=True)`, which builds an (M, 2) matrix and splits it; rows and
+    columns then come from one division). A scan in cache-sized blocks of rows that
+    stopped at the limit was tried: no less CPU time (single thread, 2048 x 6144), and
+    its ~70 small parallel regions stalled on a 2-core machine at load 28. Elsewhere
+    one `nonzero` (its count is the host sync); the caller compares it with its limit.
+    """
+    mask = pre >= floor
+    if pre.device.type not in sparse.HOST_DEVICES:
+        return mask.nonzero(as_tuple=True)
+    if int(mask.count_nonzero()) > limit:
+        return None
+    flat = mask.view(-1).nonzero().squeeze(1)
+    n = pre.shape[-1]
+    return flat.div(n, rounding_mode="floor"), flat.remainder(n)
 
 
 def fire_counts(out: SAEOutput) -> torch.Tensor:

@@ -13,6 +13,7 @@ from torch import nn
 from .base import SAE, SAEOutput
 from .output import TrainingSupport
 from .settings import VariantConfig, check_int
+from .sparse import LatentOrder, row_top_k
 from .sparse_encoder import fixed_support, gather_pre_codes, support_codes
 
 DEFAULT_K_PER_TOKEN = 32
@@ -78,6 +79,7 @@ class TopKSAE(SAE):
     """k codes per row (top_k; None means nb_concepts // 10), in training and in eval alike."""
 
     architecture = "topk"
+    selection = "TopK: the k largest codes of each row"
     config_class = TopKConfig
     penalty_field = None
     default_aux_coefficient = 1 / 32
@@ -115,12 +117,13 @@ class TopKSAE(SAE):
         # The k largest pre-codes, then ReLU: the same codes as top-k of ReLU(pre), one
         # (rows, n) pass fewer; gradient reaches the encoder through the k kept only.
         pre, inputs = found
-        indices = pre.detach().topk(self.top_k, dim=-1, sorted=False).indices
+        indices = row_top_k(pre.detach(), self.top_k)
         flat_rows, cols = fixed_support(indices)
-        values = F.relu(gather_pre_codes(pre, flat_rows, cols, inputs)).view_as(indices)
+        order = LatentOrder(flat_rows, cols)  # one sort for the encoder's and decoder's grads
+        values = F.relu(gather_pre_codes(pre, flat_rows, cols, inputs, order)).view_as(indices)
         sparse = self._sparse_codes and self._decodes_sparsely(pre, True)
         z, kept = support_codes(pre, flat_rows, cols, values.view(-1), sparse=sparse)
-        x_hat = self._decode_rows(z, (indices, values))
+        x_hat = self._decode_rows(z, (indices, values), order=order)
         return SAEOutput(pre, z, x_hat, TrainingSupport(kept, inputs))
 
     def _code_density(self, z: torch.Tensor) -> float:

@@ -25,6 +25,7 @@ from sae_hooks.data.batch import InputBatch, InputBatches
 from sae_hooks.devices import model_device, to_device
 from sae_hooks.hooks.capture import capture_batch
 from sae_hooks.hooks.points import resolve_point
+from sae_hooks.store.add_points import add_points
 from sae_hooks.store.fingerprint import (
     FINGERPRINT_ATTR,
     FINGERPRINT_VERSION,
@@ -45,6 +46,7 @@ from sae_hooks.store.layout import (
     load_group,
     open_group,
 )
+from sae_hooks.store.overwrite import check_replaceable
 from sae_hooks.store.reader import ActivationStore
 from sae_hooks.store.writer import StoreWriter
 
@@ -97,13 +99,15 @@ def capture_to_store(
     name = model_name or model_name_of(model)
     attrs = _existing_store(store, name, resume, overwrite, storage_options)
     mode = "overwrite" if overwrite else "resume" if attrs is not None else "create"
+    options = {"drop_bos": drop_bos, "vit_tokens": vit_tokens}
+    if mode == "resume" and set(points) - set(attrs.get("points") or points):
+        points, attrs = _add_points(points, attrs, model, batches, store, options, progress)
     state = attrs if mode == "resume" else {}
     fingerprint, todo, chain = _resume_plan(model, batches, store, state, drop_bos, vit_tokens)
     rows = int(state.get("committed_rows", 0))
     nxt = next(todo, None) if max_rows is None or rows < max_rows else None
     if nxt is None:  # nothing left to capture: the store is complete
         return ActivationStore(store, storage_options=storage_options)
-    options = {"drop_bos": drop_bos, "vit_tokens": vit_tokens}
     acts = capture_input_batch(model, points, nxt, **options)  # bad input: nothing on disk
     writer = StoreWriter(
         store,
@@ -119,10 +123,8 @@ def capture_to_store(
         compressors=compressors,
         storage_options=storage_options,
     )
-    captured = itertools.chain(
-        [(nxt, acts)],
-        ((b, capture_input_batch(model, points, b, **options)) for b in todo),
-    )
+    more = ((b, capture_input_batch(model, points, b, **options)) for b in todo)
+    captured = itertools.chain([(nxt, acts)], more)
     skip = int(state.get("partial_input_rows", 0))  # rows of batch `nxt` already stored
     feed = lambda: _feed(points, captured, writer, max_rows, progress, skip, chain)  # noqa: E731
     _write_or_remove(writer, mode, feed, store, storage_options)
@@ -173,6 +175,42 @@ def _checked_request(
     return points
 
 
+def _add_points(
+    points: list[str],
+    attrs: dict[str, Any],
+    model: Any,
+    batches: InputBatches,
+    store: str | os.PathLike,
+    options: dict[str, Any],
+    progress: bool,
+) -> tuple[list[str], dict[str, Any]]:
+    """Points new to a store that holds others: captured for its committed rows, in its
+    row order, by one pass over the same data (store/add_points.py); then the store's
+    points (old and new, in its order) and attributes, to resume with. The store is
+    opened without storage_options: a local or memory:// store."""
+    if iter(batches.data) is batches.data:
+        raise ValueError(
+            f"adding points to the store at {describe(store)} reads its data again from the "
+            "start: give data that can be iterated twice (a list, text_batches(...)), not "
+            "a one-shot iterator"
+        )
+    first = next(iter(batches.iter_from(0)), None)
+    if first is None:
+        raise ValueError(f"the data source yielded no input batches: nothing to add to {store}")
+    now = _fingerprint(model, batches, first, options["drop_bos"], options["vit_tokens"])
+    compare(attrs.get(FINGERPRINT_ATTR), now, describe(store))
+    new = [p for p in points if p not in attrs["points"]]
+    add_points(
+        lambda pts, b: capture_input_batch(model, pts, b, **options),
+        new,
+        batches.iter_from(0),
+        store,
+        progress=progress,
+    )
+    _, attrs = load_group(store, "r")
+    return list(attrs["points"]), attrs
+
+
 def _write_or_remove(
     writer: StoreWriter,
     mode: str,
@@ -185,10 +223,27 @@ def _write_or_remove(
     try:
         with writer:
             feed()
-    except BaseException:
-        if mode != "resume" and writer.committed_rows == 0:
-            _remove_new_store(store, storage_options)
+    except BaseException as err:
+        if mode == "resume" or writer.committed_rows > 0:
+            raise
+        _remove_new_store(store, storage_options)
+        if isinstance(err, OSError):  # its "then resume it" is wrong: nothing is left
+            raise _removed(err, writer.where) from err
         raise
+
+
+def _removed(err: OSError, where: str) -> OSError:
+    """The error of a new store that failed before its first commit and was removed."""
+    root = err.__cause__ if isinstance(err.__cause__, OSError) else err
+    text = (
+        f"writing the new activation store {where} failed: {root.strerror or root}. Nothing "
+        "had been committed, so the store was removed; free space or fix permissions, then "
+        "capture again"
+    )
+    try:
+        return type(err)(err.errno, text)
+    except TypeError:  # a subclass with another constructor
+        return OSError(err.errno, text)
 
 
 def _existing_store(
@@ -199,12 +254,14 @@ def _existing_store(
     storage_options: dict[str, Any] | None,
 ) -> dict[str, Any] | None:
     """The attributes of the store to resume, or None to create one; refuses to resume
-    another model's store and to replace something that is not a store unless told."""
+    another model's store, and to replace anything but a store (store/overwrite.py)."""
+    if overwrite:
+        check_replaceable(store, storage_options)
     try:
         _, attrs = load_group(store, "r", storage_options)
     except FileNotFoundError:  # nothing there, or a folder left by a killed creation
         return None
-    except ValueError:  # something that is not a store: replace it only when told to
+    except ValueError:  # a damaged store (the check above let it through): replace it
         if not overwrite:
             raise
         return None

@@ -26,6 +26,7 @@ from sae_hooks.store.layout import (
     open_group,
     rank_location,
 )
+from sae_hooks.store.overwrite import check_replaceable
 from sae_hooks.store.reader import ActivationStore
 
 
@@ -90,7 +91,11 @@ def _ranks(rank: int | None, world_size: int | None) -> Any:
 
 
 def _prepare_parent(
-    location: str | os.PathLike, world: int, overwrite: bool, storage_options: dict | None
+    location: str | os.PathLike,
+    world: int,
+    overwrite: bool,
+    storage_options: dict | None,
+    again: bool = False,
 ) -> None:
     """Create the parent group, or check that an existing one has `world` ranks."""
     meta = {SHARDED_ATTR: {"version": SHARDED_VERSION, "world_size": world}}
@@ -99,6 +104,8 @@ def _prepare_parent(
         group = open_group(location, "r+", storage_options)
     except (FileNotFoundError, zarr.errors.BaseZarrError):
         group = None
+    if overwrite:
+        check_replaceable(location, storage_options)  # only a store is ever replaced
     if group is not None:
         attrs = dict(group.attrs)
         found = attrs.get(SHARDED_ATTR)
@@ -112,15 +119,15 @@ def _prepare_parent(
                 f"{where} was captured by {found.get('world_size')} ranks, not {world}; resume "
                 f"it with {found.get('world_size')} processes or pass overwrite=True"
             )
-        if not overwrite:
-            raise ValueError(
-                f"{where} holds something other than a sharded activation store; pass "
-                "overwrite=True to replace it or choose another location"
-            )
+    if (group is not None or again) and not overwrite:
+        raise ValueError(
+            f"{where} holds something other than a sharded activation store; pass "
+            "overwrite=True to replace it or choose another location"
+        )
     try:
         open_group(location, "w" if group is not None else "w-", storage_options, meta)
-    except FileExistsError:  # an independent rank created it meanwhile: check it
-        _prepare_parent(location, world, False, storage_options)
+    except FileExistsError:  # an independent rank created it meanwhile: check it (once)
+        _prepare_parent(location, world, False, storage_options, again=True)
 
 
 class _Independent:

@@ -6,7 +6,6 @@ the format is defined once.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from zarr.codecs import BloscCodec
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
+from sae_hooks.jsonio import loads
 from sae_hooks.store import remote
 
 SCHEMA_VERSION = 1
@@ -216,7 +216,8 @@ def load_group(
     except Exception as err:  # an object store's refusal or outage, said by URL (remote.py)
         if is_url(location) and remote.explain(err, where, storage_options) is not err:
             raise remote.explain(err, where, storage_options) from err
-        if not isinstance(err, (FileNotFoundError, zarr.errors.BaseZarrError, ValueError)):
+        readable = (FileNotFoundError, zarr.errors.BaseZarrError, ValueError, RecursionError)
+        if not isinstance(err, readable):
             raise
         local_junk = not is_url(location) and Path(location).expanduser().exists()
         if isinstance(err, FileNotFoundError) and not local_junk:
@@ -227,6 +228,8 @@ def load_group(
                 "was interrupted (no zarr.json); capturing there again replaces it"
             ) from err
         what = "its zarr.json is not valid JSON" if isinstance(err, ValueError) else str(err)
+        if isinstance(err, RecursionError):
+            what = "its zarr.json is nested too deeply to read"
         raise ValueError(f"{where} is not an activation store ({what}); {STORE_HELP}") from err
     attrs = dict(group.attrs)
     version = attrs.get("schema_version")
@@ -270,7 +273,7 @@ def read_group_attrs(group: zarr.Group) -> dict[str, Any]:
     raw = sync(store.get(key, prototype=default_buffer_prototype()))
     if raw is None:
         raise FileNotFoundError(f"{key} is missing")
-    return dict(json.loads(raw.to_bytes()).get("attributes", {}))
+    return dict(loads(raw.to_bytes(), key).get("attributes", {}))
 
 
 def rank_location(location: str | os.PathLike, rank: int) -> str | Path:
@@ -287,7 +290,7 @@ def sharded_world_size(
     """The number of rank stores at `location`, or None if it is not a sharded store."""
     try:
         attrs = dict(open_group(location, "r", storage_options).attrs)
-    except (FileNotFoundError, zarr.errors.BaseZarrError, ValueError):
+    except (FileNotFoundError, zarr.errors.BaseZarrError, ValueError, RecursionError):
         return None
     meta = attrs.get(SHARDED_ATTR)
     return int(meta["world_size"]) if isinstance(meta, dict) else None

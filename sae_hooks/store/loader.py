@@ -29,6 +29,14 @@ converted to `dtype` on the device; for a CPU target the worker converts.
 Split: validation is the last `val_fraction` of the committed rows (rounded up),
 training the rows before it. Rows are stored document-major, so the two splits
 share at most the one document that straddles the boundary.
+
+Streams (`streams.py`): the epoch's shuffled chunks are cut into S equal runs of rows
+(a chunk is split only where one stream ends), each with its own buffers, and a batch
+is the S streams' parts side by side; `read_share(rank, N)` makes the loader read and
+yield only streams rank, rank + N, ..., so N processes read disjoint rows (sharing at
+most S - 1 chunks an epoch) and together see the one-process batches. With S streams each buffer
+holds ceil(buffer_chunks / S) chunks, so a batch still mixes about `buffer_chunks`
+chunks and one process holds about as much memory as with one stream.
 """
 
 from __future__ import annotations
@@ -51,6 +59,16 @@ import torch
 from sae_hooks.store.interface import StoreReader
 from sae_hooks.store.layout import DTYPES, storage_to_numpy, storage_to_torch
 from sae_hooks.store.open import open_store
+from sae_hooks.store.streams import (
+    StreamCursor,
+    check_streams,
+    chunk_blocks,
+    chunk_bounds,
+    default_streams,
+    group,
+    pieces_rows,
+    split_streams,
+)
 
 SPLITS = ("train", "val")
 #: Chunks of a buffer read (decompressed) at once: zarr's codecs release the GIL.
@@ -67,6 +85,10 @@ class ActivationLoader:
 
     `dtype=None` keeps the stored dtype (bfloat16 for a bfloat16 store). Each batch
     is a tensor of its own: holding on to one never sees it overwritten.
+
+    `streams` (S, see the module docstring): None picks `default_streams` for a
+    shuffled loader that drops the last short batch (1 otherwise); it depends on
+    the store, the batch size and buffer_chunks, never on the number of processes.
     """
 
     def __init__(
@@ -84,6 +106,7 @@ class ActivationLoader:
         buffer_chunks: int = 8,
         prefetch: int = 2,
         drop_last: bool = True,
+        streams: int | None = None,
     ) -> None:
         self.store = open_store(store) if isinstance(store, (str, os.PathLike)) else store
         if point not in self.store.points:
@@ -118,8 +141,11 @@ class ActivationLoader:
                 f"val_fraction={val_fraction}), too few for one batch of {batch_size}"
             )
         chunk = self.store.chunk_rows(point)
-        cuts = [self.start, *range((self.start // chunk + 1) * chunk, self.stop, chunk), self.stop]
-        self._blocks = list(itertools.pairwise(cuts))
+        self._blocks = chunk_blocks(chunk_bounds(self.store), chunk, self.start, self.stop)
+        self._explicit_streams = streams is not None
+        self.streams = self._default_streams() if streams is None else streams
+        check_streams(self.streams, batch_size, 1, drop_last)
+        self.rank, self.world = 0, 1
         self.epoch = 0
         # Scratch buffer pairs kept across epochs: a fresh 100+ MB array costs its
         # page faults again (measured here: slower than the copy it is filled by).
@@ -134,8 +160,32 @@ class ActivationLoader:
     def __repr__(self) -> str:
         return (
             f"ActivationLoader(point={self.point!r}, split={self.split!r}, rows={self.n_rows}, "
-            f"batch_size={self.batch_size}, epoch={self.epoch}, batch={self._batch}/{len(self)})"
+            f"batch_size={self.batch_size}, streams={self.streams}, epoch={self.epoch}, "
+            f"batch={self._batch}/{len(self)})"
         )
+
+    def _default_streams(self) -> int:
+        """`default_streams` for a shuffled loader that drops the last short batch, else 1."""
+        if not (self.shuffle and self.drop_last):
+            return 1
+        return default_streams(len(self._blocks), self.batch_size, self.buffer_chunks)
+
+    def read_share(self, rank: int, world: int, streams: int | None = None) -> ActivationLoader:
+        """From now on read and yield only rank `rank`'s share of every batch (batch_size /
+        world rows): streams rank, rank + world, ...; with one stream, each batch read
+        whole and rows [rank * b, (rank + 1) * b) kept. `streams`, if given, sets S.
+        Positions stay global batch indices. Returns the loader itself."""
+        if streams is not None:
+            check_streams(streams, self.batch_size, world, self.drop_last)
+            self.streams, self._explicit_streams = streams, True
+        check_streams(self.streams, self.batch_size, world, self.drop_last)
+        if not 0 <= rank < world or self.batch_size % world:
+            raise ValueError(
+                f"rank {rank} of {world}: needs 0 <= rank < world and world dividing "
+                f"batch_size={self.batch_size}"
+            )
+        self.rank, self.world = rank, world
+        return self
 
     # -- resume --------------------------------------------------------------------
 
@@ -147,6 +197,7 @@ class ActivationLoader:
             "batch_size": self.batch_size,
             "split": self.split,
             "rows": [self.start, self.stop],
+            "streams": self.streams,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -159,6 +210,16 @@ class ActivationLoader:
                 )
         if not 0 <= state["batch"] <= len(self):
             raise ValueError(f"saved batch {state['batch']} outside the {len(self)} of an epoch")
+        saved = int(state.get("streams", 1))  # a position saved before streams: one stream
+        if saved != self.streams:
+            if self._explicit_streams:
+                raise ValueError(
+                    f"cannot resume: the saved position counts batches of {saved} streams, "
+                    f"this loader reads {self.streams}; set streams={saved} "
+                    "(TrainConfig.loader_streams) to resume it"
+                )
+            check_streams(saved, self.batch_size, self.world, self.drop_last)
+            self.streams = saved
         self.epoch, self._batch = int(state["epoch"]), int(state["batch"])
 
     # -- iteration -----------------------------------------------------------------
@@ -168,8 +229,9 @@ class ActivationLoader:
         epoch, start = self.epoch, self._batch
         out: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
+        put = functools.partial(_put_unless_stopped, out, stop)
         worker = threading.Thread(
-            target=self._produce, args=(epoch, start, out, stop), name="ActivationLoader"
+            target=self._produce, args=(epoch, start, put), name="ActivationLoader"
         )
         worker.daemon = True
         worker.start()
@@ -179,6 +241,9 @@ class ActivationLoader:
                 if isinstance(batch, BaseException):
                     raise batch
                 self._batch = i + 1
+                if self.streams == 1 and self.world > 1:  # one stream: keep this rank's slice
+                    b = len(batch) // self.world
+                    batch = batch[self.rank * b : (self.rank + 1) * b]
                 yield batch.to(self.device, non_blocking=self._pin).to(self.dtype)
             self.epoch, self._batch = epoch + 1, 0
         finally:  # the worker sees `stop` within one put timeout; nothing to drain
@@ -190,17 +255,42 @@ class ActivationLoader:
         while True:
             yield from self
 
-    def _plan(self, epoch: int) -> list[list[tuple[int, int]]]:
-        """This epoch's buffers: groups of (start, stop) chunk-aligned row blocks."""
+    def first_batch(self) -> torch.Tensor:
+        """The next batch, read without reading ahead (only the buffers it draws from);
+        the position does not move. For a sample."""
+        got: list[Any] = []
+
+        def keep(item: Any) -> bool:
+            got.append(item)
+            return False
+
+        self._produce(self.epoch, self._batch, keep, read_ahead=False)
+        if isinstance(got[0], BaseException):
+            raise got[0]
+        return got[0].to(self.device).to(self.dtype)
+
+    def _plan(self, epoch: int) -> list[list[list[tuple[int, int]]]]:
+        """This epoch's streams, each a list of buffers of (start, stop) row pieces."""
         order = np.arange(len(self._blocks))
         if self.shuffle:
             order = np.random.default_rng([self.seed, epoch]).permutation(order)
         blocks = [self._blocks[i] for i in order]
-        step = self.buffer_chunks
-        return [blocks[i : i + step] for i in range(0, len(blocks), step)]
+        if self.streams == 1:
+            return [group(blocks, self.buffer_chunks)]
+        rows = len(self) * (self.batch_size // self.streams)
+        per_buffer = -(-self.buffer_chunks // self.streams)
+        return [group(p, per_buffer) for p in split_streams(blocks, self.streams, rows)]
+
+    def _mine(self) -> list[int]:
+        """The streams this loader reads: rank, rank + world, ... (all of one stream)."""
+        return [0] if self.streams == 1 else list(range(self.rank, self.streams, self.world))
+
+    def _buffer_key(self, epoch: int, stream: int, k: int) -> list[int]:
+        """The seed of buffer k's row permutation (one stream: as before streams)."""
+        return [self.seed, epoch, k] if self.streams == 1 else [self.seed, epoch, k, stream]
 
     def _fill(
-        self, epoch: int, k: int, blocks: list[tuple[int, int]], scratch: np.ndarray
+        self, key: list[int], blocks: list[tuple[int, int]], scratch: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Read buffer k's chunks into `scratch` (no temporary) and draw its row permutation."""
         ends = np.cumsum([0] + [b - a for a, b in blocks])
@@ -220,11 +310,11 @@ class ActivationLoader:
         self._check_unchanged()  # after the reads: these rows are the opened store's
         perm = None
         if self.shuffle:
-            perm = np.random.default_rng([self.seed, epoch, k]).permutation(end)
+            perm = np.random.default_rng(key).permutation(end)
         return scratch[:end], perm
 
     def _index(
-        self, epoch: int, k: int, blocks: list[tuple[int, int]], rows: np.ndarray
+        self, key: list[int], blocks: list[tuple[int, int]], rows: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """Buffer k over mapped rows: nothing to read, only the rows' indices in batch order.
 
@@ -234,7 +324,7 @@ class ActivationLoader:
         self._check_unchanged()
         order = np.concatenate([np.arange(a, b) for a, b in blocks])
         if self.shuffle:
-            order = order[np.random.default_rng([self.seed, epoch, k]).permutation(len(order))]
+            order = order[np.random.default_rng(key).permutation(len(order))]
         return rows, order
 
     def _check_unchanged(self) -> None:
@@ -274,74 +364,95 @@ class ActivationLoader:
             return torch.from_numpy(storage_to_numpy(bits, self.store.dtype))
         return batch.to(self.dtype)
 
-    def _produce(self, epoch: int, first: int, out: queue.Queue, stop: threading.Event) -> None:
-        """Worker: batches first.. of the epoch, each a gather from a pre-read buffer.
+    def _produce(
+        self, epoch: int, first: int, put: Callable[[Any], bool], *, read_ahead: bool = True
+    ) -> None:
+        """Worker: batches first.. of the epoch (this loader's streams side by side), each
+        a gather per stream from a pre-read buffer, handed to `put`.
 
-        Two scratch buffers alternate: a reader thread fills buffer k+1 while this
-        thread cuts the batches of buffer k, so reading and gathering overlap.
+        Per stream, two scratch buffers alternate: the reader pool fills buffer k+1
+        while this thread cuts the batches of buffer k, so reading and gathering overlap.
         """
-        put = functools.partial(_put_unless_stopped, out, stop)
         if first >= len(self):
             put(_END)
             return
         try:
-            plan = self._plan(epoch)
-            offsets = np.cumsum([0] + [sum(b - a for a, b in bs) for bs in plan])
+            plan, mine = self._plan(epoch), self._mine()
             mapped = self._mapped()
-            if mapped is None:
-                scratch = self._take_scratch(int(np.diff(offsets).max()))
-                fill = lambda k: (self._fill, epoch, k, plan[k], scratch[k % 2])  # noqa: E731
-            else:  # rows straight from the page cache: no scratch, no read
-                scratch = None
-                fill = lambda k: (self._index, epoch, k, plan[k], mapped)  # noqa: E731
-            if not self._cut_batches(first, offsets, len(plan), fill, put):
+            scratch = None
+            if mapped is None:  # else rows straight from the page cache: no scratch, no read
+                rows = max(pieces_rows(buf) for s in mine for buf in plan[s])
+                scratch = self._take_scratch(rows, 2 * len(mine))
+            cursors = [
+                (s, self._filler(epoch, s, plan[s], mapped, scratch, 2 * j))
+                for j, s in enumerate(mine)
+            ]
+            if not self._cut_batches(first, plan, cursors, put, read_ahead):
                 return
-            if scratch is not None:  # only after the reader thread has finished
+            if scratch is not None:  # only after the reader threads have finished
                 self._scratch_pool.append(scratch)
         except BaseException as err:
             put(err)
             return
         put(_END)
 
+    def _filler(
+        self,
+        epoch: int,
+        stream: int,
+        buffers: list[list[tuple[int, int]]],
+        mapped: np.ndarray | None,
+        scratch: list[np.ndarray] | None,
+        first_scratch: int,
+    ) -> Callable[[int], tuple]:
+        """k -> the call that reads buffer k of `stream` (into its alternating scratch)."""
+        if scratch is None:
+            return lambda k: (self._index, self._buffer_key(epoch, stream, k), buffers[k], mapped)
+        at = first_scratch
+        return lambda k: (
+            self._fill,
+            self._buffer_key(epoch, stream, k),
+            buffers[k],
+            scratch[at + k % 2],
+        )
+
     def _cut_batches(
         self,
         first: int,
-        offsets: np.ndarray,
-        n_buffers: int,
-        fill: Callable[[int], tuple],
+        plan: list[list[list[tuple[int, int]]]],
+        fillers: list[tuple[int, Callable[[int], tuple]]],
         put: Callable[[Any], bool],
+        read_ahead: bool,
     ) -> bool:
-        """Batches first.. cut from buffers read by `fill(k)` (buffer k holds the epoch's
-        rows offsets[k]:offsets[k + 1]), each handed to `put`; False when the consumer
-        stopped listening. Returns once the reader thread has finished."""
-        k = int(np.searchsorted(offsets, first * self.batch_size, side="right")) - 1
+        """Batches first.. cut from this loader's streams (stream s gives rows
+        [i * part, (i + 1) * part) of its shuffled buffers to batch i), each handed to
+        `put`; False when the consumer stopped listening. Returns once the reads are done."""
+        part = self.batch_size // self.streams
         with (
-            ThreadPoolExecutor(1, thread_name_prefix="ActivationLoader-read") as reader,
+            ThreadPoolExecutor(
+                max(1, min(READ_THREADS, len(fillers))), thread_name_prefix="ActivationLoader-read"
+            ) as reader,
             ThreadPoolExecutor(
                 max(1, GATHER_THREADS), thread_name_prefix="ActivationLoader-gather"
             ) as pool,
         ):
-            nxt = reader.submit(*fill(k))
-            buf, perm = nxt.result()
-            if k + 1 < n_buffers:
-                nxt = reader.submit(*fill(k + 1))
+            gather = functools.partial(_gather, pool=pool)
+            cursors = [
+                StreamCursor(
+                    [pieces_rows(b) for b in plan[s]], fill, reader, gather, read_ahead=read_ahead
+                )
+                for s, fill in fillers
+            ]
+            for cursor in cursors:
+                cursor.seek(first * part)
             for i in range(first, len(self)):
-                lo, hi = i * self.batch_size, min((i + 1) * self.batch_size, self.n_rows)
-                batch, bits = self._new_batch(hi - lo)
-                while lo < hi:
-                    if lo == offsets[k + 1]:  # buffer k is spent: its scratch is free
-                        k += 1
-                        buf, perm = nxt.result()
-                        if k + 1 < n_buffers:
-                            nxt = reader.submit(*fill(k + 1))
-                    take = min(hi, int(offsets[k + 1])) - lo
-                    at = lo - int(offsets[k])
-                    dest = bits[lo - i * self.batch_size : lo - i * self.batch_size + take]
-                    if perm is None:
-                        np.copyto(dest, buf[at : at + take])
-                    else:  # one gather: the buffer's permutation, cut into batches
-                        _gather(buf, perm[at : at + take], dest, pool)
-                    lo += take
+                lo = i * part
+                sizes = [min(lo + part, int(c.offsets[-1])) - lo for c in cursors]
+                batch, bits = self._new_batch(sum(sizes))
+                at = 0
+                for cursor, n in zip(cursors, sizes, strict=True):
+                    cursor.cut(lo, lo + n, bits[at : at + n])
+                    at += n
                 if not put(self._on_host(batch, bits)):
                     return False
         return True
@@ -353,14 +464,14 @@ class ActivationLoader:
         mapped = row_map(self.point) if row_map is not None else None
         return mapped if mapped is not None and len(mapped) >= self.stop else None
 
-    def _take_scratch(self, rows: int) -> list[np.ndarray]:
-        """Two (rows, d) arrays of the stored dtype: a pooled pair, or a new one."""
+    def _take_scratch(self, rows: int, count: int) -> list[np.ndarray]:
+        """`count` (rows, d) arrays of the stored dtype: a pooled set, or a new one."""
         with contextlib.suppress(IndexError):
-            pair = self._scratch_pool.pop()  # atomic: two iterators never share a pair
-            if len(pair[0]) >= rows:
-                return pair
+            arrays = self._scratch_pool.pop()  # atomic: two iterators never share a set
+            if len(arrays) >= count and len(arrays[0]) >= rows:
+                return arrays
         shape = (rows, self.store.d_model(self.point))
-        return [np.empty(shape, self._stored_numpy) for _ in range(2)]
+        return [np.empty(shape, self._stored_numpy) for _ in range(count)]
 
 
 def _put_unless_stopped(out: queue.Queue, stop: threading.Event, item: Any) -> bool:

@@ -35,6 +35,7 @@ from typing import Any
 
 import zarr
 
+from sae_hooks.jsonio import loads
 from sae_hooks.store import remote
 
 try:
@@ -237,7 +238,7 @@ def write_record(path: Path, record: dict[str, Any]) -> None:
 def read_record(path: Path) -> dict[str, Any] | None:
     """The holder record of a lock file, or None when it is missing, empty or torn."""
     try:
-        holder = json.loads(Path(path).read_text()).get(LOCK_ATTR)
+        holder = loads(Path(path).read_text()).get(LOCK_ATTR)
     except (OSError, ValueError, AttributeError):
         return None
     return holder if isinstance(holder, dict) else None

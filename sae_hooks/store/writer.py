@@ -9,7 +9,6 @@ nothing doubled.
 
 from __future__ import annotations
 
-import math
 import os
 import uuid
 import warnings
@@ -41,8 +40,8 @@ from sae_hooks.store.layout import (
     open_group,
     to_storage,
 )
-
-MODES = ("create", "resume", "overwrite")
+from sae_hooks.store.overwrite import check_replaceable
+from sae_hooks.store.settings import check_settings, check_sizes
 
 #: zarr skips writing a chunk equal to its fill value; readers treat a missing chunk of
 #: committed rows as damage, so every chunk is written (an all-zero one included).
@@ -74,20 +73,6 @@ def _point_list(points: Any) -> list[str] | None:
     if not isinstance(points, (list, tuple)) or not all(isinstance(p, str) for p in points):
         raise TypeError(f"points must be a str or a list of str, got {points!r}")
     return list(points)
-
-
-def _check_settings(
-    mode: str, chunk_rows: Any, queue_size: Any, shard_chunks: Any, commit_interval: Any
-) -> None:
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
-    for name, value in [("chunk_rows", chunk_rows), ("queue_size", queue_size)] + (
-        [("shard_chunks", shard_chunks)] if shard_chunks is not None else []
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    if not isinstance(commit_interval, (int, float)) or not 0 <= commit_interval < math.inf:
-        raise ValueError(f"commit_interval must be seconds >= 0, got {commit_interval!r}")
 
 
 def _new_attrs(
@@ -232,15 +217,18 @@ class StoreWriter:
     ) -> None:
         check_location(location)
         points = _point_list(points)
-        _check_settings(mode, chunk_rows, queue_size, shard_chunks, commit_interval)
-        if dtype is not None:
-            check_dtype(dtype)
+        check_settings(mode, chunk_rows, queue_size, shard_chunks, commit_interval)
+        itemsize = DTYPES[check_dtype(dtype or "float32")][0].itemsize
+        d = dict.fromkeys(points or [], d_model) if isinstance(d_model, int) else d_model
+        check_sizes(chunk_rows, shard_chunks or 1, d or {}, itemsize)  # no 60 GiB buffer
         self.commit_interval = commit_interval
         self.where = describe(location)
         _hold_store(self.where, storage_options)  # before anything is read: one writer from here
         try:
             if mode == "resume" and is_unborn(location):
                 mode = "overwrite"  # nothing of a store there: create it afresh
+            if mode == "overwrite":
+                check_replaceable(location, storage_options)  # a store, never a user's folder
             if mode == "resume":
                 self._group, attrs = load_group(location, "r+", storage_options)
                 _check_matches(self.where, attrs, points, d_model, dtype)
@@ -268,6 +256,7 @@ class StoreWriter:
     ) -> None:
         """Open (or create) the arrays and start the writer thread."""
         self.dtype: str = attrs["dtype"]
+        self._itemsize = DTYPES[self.dtype][0].itemsize
         self.points: list[str] = list(attrs["points"])
         self.d_model: dict[str, int] = dict(attrs["d_model"])
         self.chunk_rows = int(attrs["chunk_rows"])
@@ -413,8 +402,10 @@ class StoreWriter:
     def _init_points(self, acts: dict) -> None:
         if self.points and set(self.points) != set(acts):
             raise ValueError(f"batch points {sorted(acts)} differ from the store's {self.points}")
+        d_model = {p: int(acts[p].shape[-1]) for p in self.points or list(acts)}
+        check_sizes(self.chunk_rows, self._unit // self.chunk_rows, d_model, self._itemsize)
         self.points = self.points or list(acts)
-        self.d_model = {p: int(acts[p].shape[-1]) for p in self.points}
+        self.d_model = d_model
         self._group.update_attributes({"points": self.points, "d_model": self.d_model})
         self._open_arrays(create=True)
 
@@ -488,4 +479,7 @@ class StoreWriter:
         try:  # rows appended before the error are whole input batches: keep them
             self.close()
         except Exception as err:
-            warnings.warn(f"closing {self.where} after an error failed too: {err}", stacklevel=2)
+            if err is not exc:  # the same writer error, raised again: already on its way
+                warnings.warn(
+                    f"closing {self.where} after an error failed too: {err}", stacklevel=2
+                )

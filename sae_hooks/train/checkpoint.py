@@ -37,6 +37,7 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from sae_hooks.distributed import ProcessRank
+from sae_hooks.jsonio import loads
 from sae_hooks.sae.persistence import read_safetensors
 
 CHECKPOINT = "checkpoint"
@@ -132,7 +133,7 @@ def read_state(path: Path) -> dict[str, Any]:
     """state.json of the checkpoint at `path`, checked to be a JSON object with a step."""
     file = path / STATE_FILE
     try:
-        state = json.loads(file.read_text())
+        state = loads(file.read_text(), str(file))
     except (ValueError, UnicodeDecodeError) as err:
         raise ValueError(
             f"{file} is not valid JSON ({err}); the checkpoint is damaged: delete {path} to "

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sae_hooks.jsonio import loads
 from sae_hooks.sae import DEFAULT_ARCHITECTURE, SAE_REGISTRY
 from sae_hooks.sae.settings import VariantConfig, check_float, check_int
 
@@ -58,6 +59,7 @@ _DEFAULT_EXPANSION = 8
 RESUME_FREE_FIELDS = frozenset(
     {"log_every", "val_every", "val_batches", "checkpoint_every", "device", "compile"}
     | {"progress", "tensorboard", "wandb_project", "autocast"}
+    | {"loader_streams"}  # the checkpoint's loader position holds and checks it
 )
 
 
@@ -113,6 +115,7 @@ class TrainConfig:
     checkpoint_every: int | None = 1000  # None or 0: only at the end
     seed: int = 0
     data_seed: int | None = None  # order of the training batches; None -> seed
+    loader_streams: int | None = None  # S of a store's loader (docs/scaling.md); None: auto
     device: str = "cpu"
     dtype: str = "float32"  # parameter dtype
     autocast: bool | None = None  # None -> bf16 autocast on CUDA, off elsewhere
@@ -236,7 +239,7 @@ class TrainConfig:
         text = str(text_or_path)
         if isinstance(text_or_path, Path) or not text.lstrip().startswith("{"):
             text = Path(text_or_path).read_text()
-        return cls.from_dict(json.loads(text))
+        return cls.from_dict(loads(text, str(text_or_path)[:200]))
 
 
 _fields_init = TrainConfig.__init__
@@ -300,6 +303,12 @@ def _validate_target(c: TrainConfig) -> None:
             f"{c.architecture!r} predicts one activation from another: set target_point (the "
             "output it predicts, e.g. 'mlp_out.3') and point (its input, e.g. 'mlp_in.3')"
         )
+    if c.sae_class.paired and c.target_point == c.point:
+        raise ValueError(
+            f"target_point={c.target_point!r} is the transcoder's own input point; a "
+            "transcoder predicts another point's activation (e.g. point='mlp_in.3', "
+            "target_point='mlp_out.3'); to reconstruct one point, train an SAE"
+        )
     if not c.sae_class.paired and c.target_point is not None:
         raise ValueError(
             f"target_point={c.target_point!r} applies to {paired}, not {c.architecture!r}, "
@@ -318,6 +327,7 @@ def _validate_counts(c: TrainConfig) -> None:
         check_int(name, getattr(c, name), minimum=0, optional=True)
     check_int("seed", c.seed, minimum=0)
     check_int("data_seed", c.data_seed, minimum=0, optional=True)
+    check_int("loader_streams", c.loader_streams, minimum=1, optional=True)
 
 
 def _validate_run_length(c: TrainConfig) -> None:
@@ -343,6 +353,13 @@ def _validate_sparsity(c: TrainConfig) -> None:
         raise ValueError(
             f"target_l0 applies to {penalised}; {c.architecture!r} fixes L0 with "
             "top_k / k_per_token"
+        )
+    target = c.target_l0
+    number = isinstance(target, (int, float)) and not isinstance(target, bool)
+    if number and c.nb_concepts is not None and target > c.nb_concepts:
+        raise ValueError(
+            f"target_l0={target:g} exceeds nb_concepts={c.nb_concepts}: an SAE cannot keep "
+            "more codes per token than it has latents"
         )
     for name in ("l0_coefficient", "l1_coefficient", "target_l0_gain"):
         check_float(name, getattr(c, name), 0.0, math.inf)

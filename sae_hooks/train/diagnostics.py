@@ -111,10 +111,11 @@ def fvu_drop(records: Sequence[Mapping[str, Any]], steps: Any) -> float | None:
     return (start - end) / start
 
 
-def warn_all(messages: Sequence[str]) -> None:
-    """Emit each message as a RunWarning (shown once per message by Python's filters)."""
+def warn_all(messages: Sequence[str], about: str | os.PathLike | None = None) -> None:
+    """Emit each message as a RunWarning (shown once per message by Python's filters),
+    naming the SAE it is about (its run directory: one SAE of a sweep, say)."""
     for message in messages:
-        warnings.warn(message, RunWarning, stacklevel=3)
+        warnings.warn(f"SAE {about}: {message}" if about else message, RunWarning, stacklevel=3)
 
 
 def logged_warnings(run_dir: str | os.PathLike) -> list[str]:

@@ -13,12 +13,12 @@ import torch.nn.functional as F
 
 from sae_hooks.metrics import fvu, mse
 from sae_hooks.sae import sparse
-from sae_hooks.sae.sparse_encoder import fixed_support, gather_pre_codes
+from sae_hooks.sae.sparse_encoder import fixed_support, gather_columns, gather_pre_codes
 
 if TYPE_CHECKING:
     from sae_hooks.distributed import ProcessRank
     from sae_hooks.sae import SAE
-    from sae_hooks.sae.output import TrainingSupport
+    from sae_hooks.sae.output import EncoderInputs, TrainingSupport
 
     from .window import DeadLatents
 
@@ -52,17 +52,59 @@ def aux_k_loss(
     the sparse decoder's (`decode_pairs`), whose atom gradient is a CSR matmul.
     """
     k = min(k_aux, z_pre.shape[-1])
-    rows, cols = dead_top_k(z_pre.detach(), dead, k)
     inputs = None if support is None else support.encoder_inputs
-    picked = gather_pre_codes(z_pre, rows, cols, inputs)
-    values = F.relu(picked) * dead.index_select(0, cols)  # a live pick (off CPU) adds 0
-    e_hat = sparse.decode_pairs(
-        rows, cols, values.to(dictionary.dtype), dictionary, n_rows=residual.shape[0]
-    )
+    dead_cols = dead_columns(z_pre, dead, k)
+    if dead_cols is not None:
+        e_hat = _decode_dead_columns(z_pre, dead_cols, k, dictionary, inputs)
+    else:
+        rows, cols = dead_top_k(z_pre.detach(), dead, k)
+        order = sparse.LatentOrder(rows, cols)  # one sort for both weight gradients
+        picked = gather_pre_codes(z_pre, rows, cols, inputs, order)
+        values = F.relu(picked) * dead.index_select(0, cols)  # a live pick (off CPU) adds 0
+        e_hat = sparse.decode_pairs(
+            rows, cols, values.to(dictionary.dtype), dictionary, n_rows=len(residual), order=order
+        )
     e = residual.to(e_hat.dtype)
     loss = (e - e_hat).pow(2).sum() / (e - e.mean(0)).pow(2).sum().clamp_min(1e-12)
     scale = (dead.sum() / k).clamp(max=1.0)
     return scale * loss
+
+
+MAX_SPARSE_AUX_DENSITY = sparse.MAX_SPARSE_DENSITY
+"""Share of picks among the dead latents' columns, min(k_aux, n_dead) / n_dead, above
+which AuxK decodes those columns densely (on the host): at 2,000 dead of 6,144 and
+k_aux = 384 the sparse pairs were 12x the step's own (786k), and four (rows, n_dead)
+products cost half what their gather-dots and CSR products did (issue 35)."""
+
+
+@torch.no_grad()
+def dead_columns(pre: torch.Tensor, dead: torch.Tensor, k: int) -> torch.Tensor | None:
+    """The dead latents (sorted), where AuxK's picks are dense among their columns
+    (above MAX_SPARSE_AUX_DENSITY) on the host; None for the pair path (`dead_top_k`)."""
+    if pre.device.type not in sparse.HOST_DEVICES or pre.dim() != 2:
+        return None
+    cols = dead.nonzero().squeeze(1)
+    n_dead = cols.numel()
+    return cols if n_dead and min(k, n_dead) > MAX_SPARSE_AUX_DENSITY * n_dead else None
+
+
+def _decode_dead_columns(
+    pre: torch.Tensor,
+    cols: torch.Tensor,
+    k: int,
+    dictionary: torch.Tensor,
+    inputs: EncoderInputs | None,
+) -> torch.Tensor:
+    """e_hat from each row's top min(k, n_dead) dead pre-codes after ReLU, as dense
+    (rows, n_dead) products over the dead latents' columns and atoms alone."""
+    with torch.no_grad():
+        candidates = pre.detach().index_select(1, cols)
+        keep = candidates > 0
+        if k < cols.numel():
+            top = sparse.row_top_k(candidates, k)
+            keep &= torch.zeros_like(keep).scatter_(1, top, True)
+    values = F.relu(gather_columns(pre, cols, inputs)) * keep
+    return values.to(dictionary.dtype) @ dictionary.index_select(0, cols)
 
 
 @torch.no_grad()
@@ -82,7 +124,8 @@ def dead_top_k(pre: torch.Tensor, dead: torch.Tensor, k: int) -> tuple[torch.Ten
     dead_cols = dead.nonzero().squeeze(1)
     candidates = pre.index_select(1, dead_cols)
     if k < dead_cols.numel():
-        candidates, at = candidates.topk(k, dim=-1, sorted=False)
+        at = sparse.row_top_k(candidates, k)
+        candidates = candidates.gather(1, at)
         cols = dead_cols.index_select(0, at.reshape(-1))
     else:
         cols = dead_cols.repeat(pre.shape[0])

@@ -31,11 +31,18 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+try:
+    import fcntl
+except ImportError:  # Windows: updates of sweep.json are not serialised there
+    fcntl = None  # type: ignore[assignment]
+
 import torch
 from tqdm.auto import tqdm
 
 from sae_hooks.activations import ActivationBatch, Batch, to_training
+from sae_hooks.atomic import write_text_atomic
 from sae_hooks.distributed import processes, sync_replicas_
+from sae_hooks.jsonio import loads
 from sae_hooks.sae import SAE
 
 from .config import TrainConfig
@@ -44,6 +51,7 @@ from .sweep import Sweep, format_plan, sweep_names
 from .trainer import PendingStep, Trainer
 
 SWEEP_FILE = "sweep.json"
+SWEEP_LOCK = ".sweep.json.lock"
 
 
 def train_many(
@@ -62,7 +70,8 @@ def train_many(
     source: as for `train` (a store URL / ActivationStore, a (N, d) tensor, a
     RowSource), or a `MultiPointSource` (one model forward for every point).
     until_step stops every SAE there (for tests and staged runs). Returns {name: SAE};
-    run_dir/sweep.json lists the SAEs, their configs and final metrics. The plan (every
+    run_dir/sweep.json lists the SAEs, their configs and final metrics, merged with those
+    of earlier or simultaneous sweeps into run_dir (`update_sweep_index`). The plan (every
     SAE and its settings, `sweep.format_plan`) is printed first when any config shows
     progress.
     """
@@ -81,6 +90,7 @@ def train_many(
         print(format_plan(plan, None if sweep is None else sweep.base, axes), flush=True)
     check_shareable(configs)
     run_dir = Path(run_dir)
+    _index_entries(run_dir)  # a damaged index is refused before any SAE starts
     sources = _point_sources(source, configs)
     trainers = [
         Trainer(cfg, sources[cfg.point], run_dir / name, resume=resume)
@@ -252,7 +262,13 @@ def _write_summary(
     run_dir: Path, names: list[str], trainers: list[Trainer], store: str | None, final: bool
 ) -> None:
     """run_dir/sweep.json: the store (when given by location), every SAE's name, config,
-    step and (once trained) the latest value of each logged metric."""
+    store, step and (once trained) the latest value of each logged metric.
+
+    The file is an index of every SAE trained in run_dir, not of this call's alone: the
+    entries of this call replace those of the same name, the others are kept (another
+    sweep into the same directory, one that dropped an axis value), as long as their
+    directory is there. Read, merged and written under an flock on `.sweep.json.lock`,
+    so simultaneous sweeps serialise; written through a temporary file and a rename."""
     if not processes().is_main:
         return
     from .runlog import read_log
@@ -260,14 +276,58 @@ def _write_summary(
     entries = []
     for name, t in zip(names, trainers, strict=True):
         entry: dict[str, Any] = {"name": name, "step": t.step, "config": t.config.to_dict()}
+        entry["store"] = store
         if final:
             entry["metrics"] = last_metrics(read_log(t.run_dir))
         entries.append(entry)
+    update_sweep_index(run_dir, entries, store)
+
+
+def update_sweep_index(
+    run_dir: str | os.PathLike, entries: list[dict[str, Any]], store: str | None
+) -> None:
+    """Merge `entries` into run_dir/sweep.json under its lock: same names replaced, other
+    SAEs whose directory is there kept; written whole (temporary file, rename)."""
+    run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    text = json.dumps({"store": store, "saes": entries}, indent=2, sort_keys=True, default=str)
-    tmp = run_dir / (SWEEP_FILE + ".tmp")
-    tmp.write_text(text + "\n")
-    tmp.replace(run_dir / SWEEP_FILE)
+    names = {e["name"] for e in entries}
+    with _index_lock(run_dir):
+        kept = [e for e in _index_entries(run_dir) if e["name"] not in names]
+        kept = [e for e in kept if (run_dir / e["name"]).is_dir()]
+        index = {"store": store, "saes": kept + list(entries)}
+        text = json.dumps(index, indent=2, sort_keys=True, default=str)
+        write_text_atomic(run_dir / SWEEP_FILE, text + "\n")
+
+
+@contextlib.contextmanager
+def _index_lock(run_dir: Path) -> Iterator[None]:
+    """Hold (waiting for it) the flock that serialises updates of run_dir/sweep.json.
+    The lock file stays: unlinking it would let a waiter lock a file no one else sees."""
+    fd = os.open(run_dir / SWEEP_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # drops the flock
+
+
+def _index_entries(run_dir: Path) -> list[dict[str, Any]]:
+    """The entries of an existing sweep.json (none if there is none); a damaged one is
+    refused rather than overwritten, so no trained SAE drops out of the index."""
+    path = run_dir / SWEEP_FILE
+    if not path.exists():
+        return []
+    try:
+        saes = loads(path.read_text(encoding="utf-8"), str(path))["saes"]
+        if not all(isinstance(e, dict) and isinstance(e.get("name"), str) for e in saes):
+            raise TypeError("an entry without a name")
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(
+            f"{path} is damaged ({err}); it indexes the SAEs trained in {run_dir}. Repair "
+            "or remove it (the SAEs' directories are intact), then train again"
+        ) from err
+    return saes
 
 
 def last_metrics(records: list[dict[str, Any]]) -> dict[str, float]:
@@ -287,7 +347,7 @@ def read_sweep(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
         raise FileNotFoundError(
             f"{run_dir} holds no {SWEEP_FILE}: it was not written by train_many"
         )
-    return json.loads(path.read_text())["saes"]
+    return loads(path.read_text(), str(path))["saes"]
 
 
 # --------------------------------------------------------------------------- live capture

@@ -14,6 +14,7 @@ is not refused.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,9 @@ from sae_hooks.store.lock import (
 )
 
 LOCK_FILE = ".lock"
+
+#: What a training writes in its directory: a folder holding one of these is a training's.
+TRAINING_ENTRIES = ("config.json", "log.jsonl", "sae", "checkpoint", "checkpoint.old")
 
 #: Run directories this process holds (their lock file paths).
 _held: set[str] = set()
@@ -79,3 +83,42 @@ def _is_this_process(holder: dict[str, Any] | None) -> bool:
         and holder.get("pid") == os.getpid()
         and holder.get("host") == socket.gethostname()
     )
+
+
+def clear(run_dir: Path) -> None:
+    """Empty a training directory for a fresh start (`train --overwrite`) and hold its
+    lock from here on (the training started next in this process takes it, re-entrant).
+
+    Refused, with nothing deleted: RunLockedError naming the pid while another live
+    process trains there; ValueError when the folder holds entries but no training
+    (none of TRAINING_ENTRIES): it is not the run's to delete.
+    """
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"refusing to overwrite {run_dir}: it is a file, not a training directory")
+    _check_training(run_dir)
+    acquire(run_dir)  # RunLockedError naming the pid while a live process trains there
+    try:
+        _check_training(run_dir)  # again, under the lock
+        for entry in run_dir.iterdir():
+            if entry.name == LOCK_FILE:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    except BaseException:
+        release(run_dir)
+        raise
+
+
+def _check_training(run_dir: Path) -> None:
+    """Refuse a folder holding anything when none of it is a training's."""
+    entries = sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else []
+    entries = [n for n in entries if n != LOCK_FILE]
+    if entries and not any(n in TRAINING_ENTRIES for n in entries):
+        more = f" and {len(entries) - 4} more" if len(entries) > 4 else ""
+        raise ValueError(
+            f"refusing to overwrite {run_dir}: it holds {', '.join(entries[:4])}{more} but no "
+            f"training ({', '.join(TRAINING_ENTRIES)}); move it away or pick another name"
+        )

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import torch
 
 from sae_hooks.activations import Batch, RowPair, n_rows, take_rows
+from sae_hooks.distributed import share_of
 
 if TYPE_CHECKING:
     from sae_hooks.store import StoreReader
@@ -189,7 +190,7 @@ class StoreSource:
             return TensorLoader(torch.empty(0, self.d_model), batch_size, seed=seed, shuffle=False)
         return self._new_loader(split, batch_size, seed)
 
-    def _new_loader(self, split: str, batch_size: int, seed: int) -> Loader:
+    def _new_loader(self, split: str, batch_size: int, seed: int, **kwargs: Any) -> Any:
         from sae_hooks.store import ActivationLoader
 
         return ActivationLoader(
@@ -201,11 +202,13 @@ class StoreSource:
             seed=seed,
             shuffle=split == "train",
             drop_last=split == "train",
+            **kwargs,
         )
 
     def sample(self, n: int, *, seed: int) -> torch.Tensor:
+        """Batch 0 of n rows of a one-stream loader: one buffer read, no read-ahead."""
         n = min(n, self._split_rows("train"))
-        return next(iter(self._new_loader("train", n, seed + 7919)))
+        return self._new_loader("train", n, seed + 7919, streams=1).first_batch()
 
     def mean_sq_norm(self) -> float | None:
         stats = self.store.stats(self.point)
@@ -420,6 +423,12 @@ class PairedLoader:
                 raise RuntimeError("paired loaders fell out of step: the two points differ")
             yield RowPair(x, y.to(x.dtype))
         next(b, None)  # let the target loader finish its epoch too
+
+    def read_share(self, rank: int, world: int, streams: int | None = None) -> PairedLoader:
+        """Both sides read only this rank's streams (see ActivationLoader.read_share)."""
+        self.inputs = share_of(self.inputs, rank, world, streams)
+        self.targets = share_of(self.targets, rank, world, streams)
+        return self
 
     def state_dict(self) -> dict[str, Any]:
         return {"inputs": self.inputs.state_dict(), "targets": self.targets.state_dict()}

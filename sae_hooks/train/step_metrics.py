@@ -78,5 +78,5 @@ class StepMetrics:
                 found = run_warnings([*read_log(self.run_dir), record], self.config.to_dict())
                 if found:
                     record["warnings"] = found
-                    warn_all(found)
+                    warn_all(found, about=self.run_dir)
             log.write(record)

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from sae_hooks.activations import Batch, full_batches, to_training
 from sae_hooks.devices import available_device
-from sae_hooks.distributed import RankSlice, processes, sync_replicas_
+from sae_hooks.distributed import processes, sample_on_main, share_of, sync_replicas_
 from sae_hooks.sae import SAE, SAE_REGISTRY
 from sae_hooks.sae.sparse_encoder import fire_counts
 
@@ -141,9 +141,8 @@ class Trainer:
                 )
             )
         else:
-            self.scale = initialise_from_data(
-                self.sae, self.source, cfg, self._constrained, self.device
-            )
+            source = sample_on_main(self.source, rank, self.device)  # rank 0 reads it
+            self.scale = initialise_from_data(self.sae, source, cfg, self._constrained, self.device)
             self._broadcast_initial_state()
         self.log: RunLog | NoLog = NoLog()
         if rank.is_main:
@@ -168,9 +167,9 @@ class Trainer:
             eps=cfg.adam_eps,
             fused=_fused_adam(self.device, self.sae),
         )
-        self.loader: Loader = self.source.loader("train", cfg.batch_size, seed=cfg.batch_seed)
-        if self.rank.distributed:
-            self.loader = RankSlice(self.loader, self.rank)
+        loader = self.source.loader("train", cfg.batch_size, seed=cfg.batch_seed)
+        # rank r reads only its streams of the store (docs/scaling.md)
+        self.loader: Loader = share_of(loader, self.rank.rank, self.rank.world, cfg.loader_streams)
         self._constrained = constrained_weight(self.sae)
         self._forward = torch.compile(self.sae) if cfg.compile else self.sae
         self._autocast = (cfg.device.startswith("cuda")) if cfg.autocast is None else cfg.autocast

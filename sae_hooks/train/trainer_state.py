@@ -29,20 +29,20 @@ def check_resumable(config: TrainConfig, path: Path, state: dict[str, Any]) -> N
         saved = TrainConfig.from_dict(state["config"])
     except (ValueError, TypeError) as err:
         raise ValueError(f"{file} holds an invalid training config: {err}") from None
+    ours, theirs = config.to_dict(), saved.to_dict()
+    diff = sorted(k for k, v in theirs.items() if k not in RESUME_FREE_FIELDS and ours[k] != v)
+    if diff:  # before the step check: a lowered `steps` is a changed setting, not damage
+        changes = "; ".join(f"{k}: {theirs[k]!r} in the checkpoint, {ours[k]!r} now" for k in diff)
+        raise ValueError(
+            f"cannot resume {path}: the config differs in {diff} ({changes}). Only "
+            f"{sorted(RESUME_FREE_FIELDS)} may change between runs; to resume, pass the "
+            "checkpoint's values (a default that changed between versions resolves "
+            "differently)"
+        )
     if not 0 <= state["step"] <= config.steps:
         raise ValueError(
             f"{file} is at step {state['step']}, outside this run's 0..{config.steps} "
             f"steps; the checkpoint is damaged or from another run: delete {path} to restart"
-        )
-    ours, theirs = config.to_dict(), saved.to_dict()
-    diff = sorted(k for k, v in theirs.items() if k not in RESUME_FREE_FIELDS and ours[k] != v)
-    if diff:
-        saved_values = {k: theirs[k] for k in diff}
-        raise ValueError(
-            f"cannot resume {path}: the config differs in {diff}; "
-            f"only {sorted(RESUME_FREE_FIELDS)} may change between runs. The checkpoint "
-            f"has {saved_values} (a default that changed between versions resolves "
-            "differently: pass these values to resume)"
         )
 
 

@@ -23,6 +23,10 @@ SAE.chip = function (id, cls, title) {
 SAE.fmt = function (x, digits) { return Number(x).toPrecision(digits || 3).replace(/\.?0+(e|$)/, "$1"); };
 SAE.pct = function (x) { return (100 * x).toPrecision(3) + "%"; };
 SAE.latentHref = function (i) { return "latent.html?id=" + i; };
+/* Dense: firing on more than dense_above of the rows (metrics.DENSE_FRACTION, as eval.json
+   and `ablate --dense-above` count it). */
+SAE.isDense = function (i) { var X = SAE.index; return X.density ? X.density[i] > X.dense_above : false; };
+SAE.denseTitle = function () { return "fires on more than " + SAE.pct(SAE.index.dense_above) + " of the rows"; };
 SAE.sparkline = function (digits) {
   var w = 64, h = 16, n = digits.length, bars = [];
   for (var i = 0; i < n; i++) {
@@ -34,7 +38,7 @@ SAE.sparkline = function (digits) {
 /* Bars with labelled axes: x (value range) and y (count). */
 SAE.histogram = function (counts, xMax, xLabel, yLabel, width, height) {
   width = width || 320; height = height || 130;
-  var L = 40, B = 30, T = 6, R = 8, pw = width - L - R, ph = height - B - T;
+  var L = 40, B = 30, T = 6, R = 18, pw = width - L - R, ph = height - B - T;
   var top = Math.max.apply(null, counts.concat([1])), n = counts.length, kids = [];
   counts.forEach(function (c, i) {
     if (!c) return;

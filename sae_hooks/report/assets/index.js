@@ -9,7 +9,8 @@
     var spark = X.spark ? SAE.sparkline(X.spark[i] || "") : "";
     var cells = [SAE.el("td", {}, [SAE.el("a", {href: SAE.latentHref(i)}, [String(i)])])];
     if (X.density) {
-      cells.push(SAE.el("td", {}, [SAE.pct(X.density[i])]), SAE.el("td", {}, [SAE.fmt(X.max[i])]),
+      var dense = SAE.isDense(i) ? [SAE.el("span", {"class": "badge dense", title: SAE.denseTitle()}, ["dense"])] : [];
+      cells.push(SAE.el("td", {}, [SAE.pct(X.density[i])].concat(dense)), SAE.el("td", {}, [SAE.fmt(X.max[i])]),
                  SAE.el("td", {}, [SAE.fmt(X.mean[i])]));
     } else { cells.push(SAE.el("td"), SAE.el("td"), SAE.el("td")); }
     cells.push(SAE.el("td", {}, [SAE.fmt(X.norm[i])]), tops, SAE.el("td", {}, spark ? [spark] : []));
@@ -57,8 +58,10 @@
     }
     order = pick; mode = "random"; shown = PAGE; draw();
   });
-  if (X.density) {  // densest first, as researchers usually start
-    order = all.slice().sort(function (a, b) { return X.density[b] - X.density[a] || a - b; });
+  if (X.density) {  // densest first, as researchers usually start, but dense latents last
+    order = all.slice().sort(function (a, b) {
+      return (SAE.isDense(a) - SAE.isDense(b)) || X.density[b] - X.density[a] || a - b;
+    });
   } else { order = all.slice(); }
   draw();
   SAE.ready();

@@ -50,10 +50,13 @@
   var draw = function (d) {
     root.textContent = "";
     var abl = (X.ablated || {})[id] || [];
-    abl.forEach(function (name) { document.getElementById("title").appendChild(el("span", {"class": "badge"}, ["ablated: " + name])); });
+    var title = document.getElementById("title");
+    if (SAE.isDense(id)) title.appendChild(el("span", {"class": "badge dense", title: SAE.denseTitle()}, ["dense"]));
+    abl.forEach(function (name) { title.appendChild(el("span", {"class": "badge"}, ["ablated: " + name])); });
     var facts = [el("b", {}, ["decoder norm "]), SAE.fmt(X.norm[id])];
     if (X.density) {
-      facts = [el("b", {}, ["density "]), SAE.pct(X.density[id]) + " (" + X.fires[id] + " of " + X.rows + " rows)",
+      facts = [el("b", {}, ["density "]), SAE.pct(X.density[id]) + " (" + X.fires[id] + " of " + X.rows + " rows)" +
+        (SAE.isDense(id) ? ": dense, " + SAE.denseTitle() : ""),
         el("br"), el("b", {}, ["max "]), SAE.fmt(X.max[id]), " \u00b7 ", el("b", {}, ["mean when firing "]),
         SAE.fmt(X.mean[id]), el("br")].concat(facts);
     }

@@ -1,0 +1,109 @@
+"""The fixed per-step costs of the sparse step (issue 35 item 3): the pre-code matrix
+reused across steps, its dense backward, one latent sort shared by two products."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from sae_hooks.sae.sparse import LatentOrder, latent_grad
+from sae_hooks.sae.sparse_encoder import PreCodeBuffer, PreCodes, encoder_pre_codes
+
+
+def test_the_pre_code_matrix_is_reused_only_when_nothing_holds_it():
+    buffer = PreCodeBuffer()
+    x, w = torch.randn(8, 5), torch.randn(12, 5)
+    first = encoder_pre_codes(x, None, w, None, buffer)
+    held = first.data_ptr()
+    del first
+    second = encoder_pre_codes(x, None, w, None, buffer)
+    assert second.data_ptr() == held  # nothing held the first: the same memory
+    alias = second[:, :3]  # a view of the second is alive
+    del second
+    third = encoder_pre_codes(x, None, w, None, buffer)
+    assert third.data_ptr() != held  # so the third is new memory, the view intact
+    torch.testing.assert_close(alias, (x @ w.t())[:, :3])
+
+
+def test_pre_codes_values_and_gradients_equal_f_linear():
+    torch.manual_seed(0)
+    leaves = [torch.randn(6, 4), torch.randn(4), torch.randn(10, 4), torch.randn(10)]
+    ours = [t.clone().double().requires_grad_() for t in leaves]
+    ref = [t.clone().double().requires_grad_() for t in leaves]
+    upstream = torch.randn(6, 10, dtype=torch.float64)
+    pre = PreCodes.apply(*ours, PreCodeBuffer())
+    expected = F.linear(ref[0] - ref[1], ref[2], ref[3])
+    torch.testing.assert_close(pre, expected)
+    (pre * upstream).sum().backward()
+    (expected * upstream).sum().backward()
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a.grad, b.grad)
+
+
+def test_a_shared_latent_order_gives_the_same_product_with_zeros_dropped():
+    torch.manual_seed(1)
+    rows = torch.arange(30).repeat_interleave(4)
+    cols = torch.randint(0, 20, (120,))
+    x = torch.randn(30, 7)
+    order = LatentOrder(rows, cols)
+    for grad in (torch.randn(120), torch.randn(120) * (torch.rand(120) < 0.5)):
+        dense = torch.zeros(20, 30).index_put_((cols, rows), grad, accumulate=True)
+        torch.testing.assert_close(latent_grad(20, rows, cols, grad, x, order), dense @ x)
+        torch.testing.assert_close(latent_grad(20, rows, cols, grad, x), dense @ x)
+
+
+def test_the_sparse_paths_pass_the_dense_pre_codes_no_gradient(monkeypatch):
+    """TopK reads its pre-codes through the sparse backward: the dense one gets None
+    (a materialised zero gradient would cost three (rows, n) matmuls)."""
+    from sae_hooks.sae import TopKSAE
+
+    seen = []
+    original = PreCodes.backward
+
+    def spy(ctx, grad):
+        seen.append(grad)
+        return original(ctx, grad)
+
+    monkeypatch.setattr(PreCodes, "backward", staticmethod(spy))
+    sae = TopKSAE(16, 128, top_k=4)
+    with sae.sparse_codes():
+        out = sae(torch.randn(8, 16))
+    out.x_hat.pow(2).sum().backward()
+    assert seen == [None]
+    assert sae.encoder.weight.grad is not None and sae.dictionary.bias.grad is not None
+
+
+def test_pairs_at_least_lists_what_nonzero_lists_and_stops_at_the_limit():
+    from sae_hooks.sae import sparse_encoder
+
+    pre, floor = torch.randn(9, 32), torch.randn(32) + 1.0
+    rows, cols = (pre >= floor).nonzero(as_tuple=True)
+    found = sparse_encoder.pairs_at_least(pre, floor, float("inf"))
+    assert torch.equal(found[0], rows) and torch.equal(found[1], cols)
+    assert sparse_encoder.pairs_at_least(pre, floor, rows.numel() - 1) is None
+    assert sparse_encoder.pairs_at_least(pre, floor, rows.numel()) is not None
+
+
+def test_the_rethreshold_is_the_batch_budgets_smallest_code():
+    from sae_hooks.sae.jump import _batch_threshold
+
+    torch.manual_seed(2)
+    pre = torch.randn(64, 256)
+    pre[3, :40] = 5.0  # one row holds many of the top codes (per-row candidates overflow)
+    for l0 in (1, 4, 17.5):
+        k = round(l0 * 64)
+        expected = pre.flatten().topk(k).values.min()
+        torch.testing.assert_close(_batch_threshold(pre, l0), expected.expand(256))
+
+
+def test_row_top_k_selects_torchs_top_k_set_by_numpy_from_its_cut(monkeypatch):
+    from sae_hooks.sae import sparse
+
+    scores = torch.randn(50, 300)
+    expected = scores.topk(80, dim=-1).indices.sort(-1).values
+    for cut in (sparse.NUMPY_TOP_K_FROM, 1000):  # numpy's introselect, then torch's top-k
+        monkeypatch.setattr(sparse, "NUMPY_TOP_K_FROM", cut)
+        picked = sparse.row_top_k(scores, 80)
+        assert picked.shape == (50, 80) and picked.is_contiguous()
+        assert torch.equal(picked.sort(-1).values, expected)
+    assert sparse.row_top_k(scores.bfloat16(), 80).shape == (50, 80)  # torch: no numpy bf16
