@@ -13,6 +13,7 @@ from sae_hooks.eval.ablation import (
     token_logprob,
 )
 from sae_hooks.eval.attribution import Attribution, PointAttribution, latent_attribution
+from sae_hooks.eval.circuits import Circuit, CircuitEdge, CircuitNode, circuit
 from sae_hooks.eval.engine import ConstantReconstruction
 from sae_hooks.eval.reconstruction import ReconstructionResult, evaluate_reconstruction
 from sae_hooks.eval.sweep import evaluate_many, evaluate_sweep
@@ -22,9 +23,13 @@ from sae_hooks.model_outputs import model_kind, run_model
 __all__ = [
     "AblationResult",
     "Attribution",
+    "Circuit",
+    "CircuitEdge",
+    "CircuitNode",
     "ConstantReconstruction",
     "PointAttribution",
     "ReconstructionResult",
+    "circuit",
     "class_logit",
     "concept_ablation",
     "embedding_similarity",
