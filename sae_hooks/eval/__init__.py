@@ -16,6 +16,12 @@ from sae_hooks.eval.attribution import Attribution, PointAttribution, latent_att
 from sae_hooks.eval.circuits import Circuit, CircuitEdge, CircuitNode, circuit
 from sae_hooks.eval.engine import ConstantReconstruction
 from sae_hooks.eval.reconstruction import ReconstructionResult, evaluate_reconstruction
+from sae_hooks.eval.replacement import (
+    ReplacementResult,
+    evaluate_replacement,
+    train_transcoder_set,
+    transcoder_layers,
+)
 from sae_hooks.eval.sweep import evaluate_many, evaluate_sweep
 from sae_hooks.eval.transcoder import evaluate_transcoder
 from sae_hooks.model_outputs import model_kind, run_model
@@ -29,12 +35,14 @@ __all__ = [
     "ConstantReconstruction",
     "PointAttribution",
     "ReconstructionResult",
+    "ReplacementResult",
     "circuit",
     "class_logit",
     "concept_ablation",
     "embedding_similarity",
     "evaluate_many",
     "evaluate_reconstruction",
+    "evaluate_replacement",
     "evaluate_sweep",
     "evaluate_transcoder",
     "latent_attribution",
@@ -43,4 +51,6 @@ __all__ = [
     "rank_concept_latents",
     "run_model",
     "token_logprob",
+    "train_transcoder_set",
+    "transcoder_layers",
 ]

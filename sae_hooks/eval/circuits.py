@@ -100,6 +100,7 @@ class Circuit:
         return {"format": FORMAT, **data}
 
     def save(self, path: str | os.PathLike) -> Path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         return write_text_atomic(path, json.dumps(self.to_json(), indent=1) + "\n")
 
     @classmethod

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -28,9 +27,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from sae_hooks.eval.replacement import transcoder_layers
+
 MLP_IN_HOOK = "mlp.hook_in"
 MLP_OUT_HOOK = "mlp.hook_out"
-_LAYER = re.compile(r"^(?:mlp_in|mlp_out|resid_mid|resid_post|resid_pre)\.(\d+)$")
 
 
 def circuit_tracer_tensors(transcoder: nn.Module) -> dict[str, torch.Tensor]:
@@ -89,7 +89,7 @@ def export_circuit_tracer(
     directory as it is; with ``repo_id`` it lists ``hf://repo_id/layer_L.safetensors``
     instead, for a Hub repository holding the directory. Returns the directory.
     """
-    layers = _by_layer(transcoders)
+    layers = transcoder_layers(transcoders)
     tensors = {layer: circuit_tracer_tensors(tc) for layer, tc in layers.items()}
     _check_uniform(tensors)
     out = Path(path)
@@ -110,36 +110,6 @@ def export_circuit_tracer(
     }
     (out / "config.yaml").write_text(_yaml(config))
     return out
-
-
-def _by_layer(transcoders) -> dict[int, nn.Module]:
-    if isinstance(transcoders, Mapping):
-        layers = {_layer_of(key): tc for key, tc in transcoders.items()}
-        if len(layers) != len(transcoders):
-            raise ValueError(f"two transcoders name the same layer: {list(transcoders)}")
-    else:
-        layers = dict(enumerate(transcoders))
-    if not layers:
-        raise ValueError("circuit-tracer export: the transcoder set is empty")
-    missing = sorted(set(range(max(layers) + 1)) - set(layers))
-    if missing:
-        raise ValueError(
-            f"circuit-tracer needs one transcoder per layer from 0 to {max(layers)}; the set has "
-            f"layers {sorted(layers)}, missing {missing}"
-        )
-    return dict(sorted(layers.items()))
-
-
-def _layer_of(key: int | str) -> int:
-    if isinstance(key, int) and key >= 0:
-        return key
-    match = _LAYER.match(key) if isinstance(key, str) else None
-    if match is None:
-        raise ValueError(
-            f"a transcoder set is keyed by layer (int >= 0) or a point naming one "
-            f"('mlp_out.3'); got {key!r}"
-        )
-    return int(match.group(1))
 
 
 def _check_uniform(tensors: Mapping[int, Mapping[str, torch.Tensor]]) -> None:
