@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=1536)
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--max-nodes", type=int, default=8)
+    parser.add_argument("--examples", type=int, default=48)
     parser.add_argument("--node-threshold", type=float, default=0.01)
     parser.add_argument("--edge-threshold", type=float, default=0.002)
     args = parser.parse_args()
@@ -78,7 +79,7 @@ def run_circuit(args, model, tokenizer, data, base) -> None:
                              max_rows=args.rows, progress=False)  # fmt: skip
     configs = [dataclasses.replace(base, point=p) for p in POINTS]
     saes = train_many(configs, store, args.out / "sweep", names=list(POINTS))
-    positives = [t for t in pydoc_texts() if CONCEPT.search(t)][:48]
+    positives = [t for t in pydoc_texts() if CONCEPT.search(t)][: args.examples]
     pos = text_examples(positives, tokenizer, context_length=CTX)
     target = centroid_similarity(model, pos)
     found = circuit(model, dict(saes), pos, target, node_threshold=args.node_threshold,
@@ -88,7 +89,7 @@ def run_circuit(args, model, tokenizer, data, base) -> None:
     found.target = "cosine of the sentence embedding to the clean 'exceptions' centroid"
     found.notes.append(
         f"BatchTopK {args.width}, k={args.k}, {args.steps} steps of 1024 rows, "
-        f"{args.rows} training rows per point; 48 positives"
+        f"{args.rows} training rows per point; {args.examples} positives"
     )
     found.save(args.out / "circuit.json")
     write_circuit_page(found, args.out / "circuit.html")
