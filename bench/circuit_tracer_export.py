@@ -133,6 +133,7 @@ def check(
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ct-python", default="/work/venv-ct/bin/python")
+    parser.add_argument("--cli-only", action="store_true", help="only the CLI export rows")
     args = parser.parse_args()
     version = subprocess.run(
         [args.ct_python, "-c", "import circuit_tracer; print(circuit_tracer.__version__)"],
@@ -146,6 +147,7 @@ def main() -> int:
     failed = False
     with tempfile.TemporaryDirectory() as tmp:
         cases = [(cls, False) for cls in (Transcoder, SkipTranscoder, JumpTranscoder)]
+        cases = [] if args.cli_only else cases
         for cls, cli in [*cases, (Transcoder, True), (SkipTranscoder, True)]:
             dz, dy, kind = check(cls, args.ct_python, Path(tmp), cli)
             how = " via `sae-hooks export`" if cli else ""

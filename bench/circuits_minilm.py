@@ -89,7 +89,7 @@ def run_circuit(args, model, tokenizer, data, base) -> None:
     found.target = "cosine of the sentence embedding to the clean 'exceptions' centroid"
     found.notes.append(
         f"BatchTopK {args.width}, k={args.k}, {args.steps} steps of 1024 rows, "
-        f"{args.rows} training rows per point; {args.examples} positives"
+        f"{store.n_rows} training rows per point; {args.examples} positives"
     )
     found.save(args.out / "circuit.json")
     write_circuit_page(found, args.out / "circuit.html")
