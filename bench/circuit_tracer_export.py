@@ -10,7 +10,8 @@ resolver refuses `-c requirements.lock`; it runs from a side venv built without 
     .venv/bin/python bench/circuit_tracer_export.py [--ct-python /work/venv-ct/bin/python]
 
 A tiny transcoder set (plain, skip, and a JumpReLU one) of 3 layers is exported with
-`export_circuit_tracer`; circuit-tracer loads the directory with
+`export_circuit_tracer` (and the plain and skip sets again through the CLI, `sae-hooks
+export --format circuit-tracer` on a run holding one transcoder per layer); circuit-tracer loads the directory with
 `circuit_tracer.utils.hf_utils.load_transcoders` (what `ReplacementModel.from_pretrained`
 calls after reading config.yaml) and runs each layer's `encode` / `decode` on the same
 rows as our `encode` / `predict`. Largest relative difference must be <= 1e-5.
@@ -19,6 +20,8 @@ rows as our `encode` / `predict`. Largest relative difference must be <= 1e-5.
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -86,9 +89,31 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
 
 
-def check(cls: type[Transcoder], ct_python: str, work: Path) -> tuple[float, float, tuple]:
+def export_via_cli(tset: list[Transcoder], work: Path) -> Path:
+    """`sae-hooks export --format circuit-tracer` on a run holding the set (layer.L/sae)."""
+    run = work / "cache" / "ct-run"
+    for layer, tc in enumerate(tset):
+        tc.save(run / f"layer.{layer}" / "sae")
+        config = {"point": f"mlp_in.{layer}", "target_point": f"mlp_out.{layer}"}
+        (run / f"layer.{layer}" / "config.json").write_text(json.dumps(config))
+    out = work / "cli-export"
+    subprocess.run(
+        [sys.executable, "-m", "sae_hooks", "export", "--run", "ct-run", "--cache",
+         str(work / "cache"), "--format", "circuit-tracer", "--out", str(out)],
+        check=True,
+    )  # fmt: skip
+    shutil.rmtree(run)
+    return out
+
+
+def check(
+    cls: type[Transcoder], ct_python: str, work: Path, cli: bool = False
+) -> tuple[float, float, tuple]:
     tset = transcoder_set(cls)
-    directory = export_circuit_tracer(tset, work / cls.architecture, model_name="tiny")
+    if cli:
+        directory = export_via_cli(tset, work)
+    else:
+        directory = export_circuit_tracer(tset, work / cls.architecture, model_name="tiny")
     x = torch.randn(LAYERS, ROWS, D) * 3
     torch.save(x, work / "rows.pt")
     out_path = work / "ct_out.pt"
@@ -108,6 +133,7 @@ def check(cls: type[Transcoder], ct_python: str, work: Path) -> tuple[float, flo
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ct-python", default="/work/venv-ct/bin/python")
+    parser.add_argument("--cli-only", action="store_true", help="only the CLI export rows")
     args = parser.parse_args()
     version = subprocess.run(
         [args.ct_python, "-c", "import circuit_tracer; print(circuit_tracer.__version__)"],
@@ -120,10 +146,14 @@ def main() -> int:
     print("|---|---|---|---|")
     failed = False
     with tempfile.TemporaryDirectory() as tmp:
-        for cls in (Transcoder, SkipTranscoder, JumpTranscoder):
-            dz, dy, kind = check(cls, args.ct_python, Path(tmp))
+        cases = [(cls, False) for cls in (Transcoder, SkipTranscoder, JumpTranscoder)]
+        cases = [] if args.cli_only else cases
+        for cls, cli in [*cases, (Transcoder, True), (SkipTranscoder, True)]:
+            dz, dy, kind = check(cls, args.ct_python, Path(tmp), cli)
+            how = " via `sae-hooks export`" if cli else ""
             print(
-                f"| {cls.architecture} | {kind[0]} ({kind[1]} -> {kind[2]}) | {dz:.2e} | {dy:.2e} |"
+                f"| {cls.architecture}{how} | {kind[0]} ({kind[1]} -> {kind[2]}) | {dz:.2e} "
+                f"| {dy:.2e} |"
             )
             failed |= max(dz, dy) > TOLERANCE
     print("FAILED" if failed else f"all within {TOLERANCE:g}")

@@ -8,7 +8,7 @@ from sae_hooks.cli import COMMANDS, build_parser, main, run_schema
 from sae_hooks.cli.options import Option
 from sae_hooks.store.lock import StoreLockedError
 
-ALL = ["capture", "train", "eval", "ablate", "export", "inspect", "report", "sweep"]
+ALL = ["capture", "train", "eval", "ablate", "circuit", "export", "inspect", "report", "sweep"]
 
 
 def test_help_lists_every_command(capsys):

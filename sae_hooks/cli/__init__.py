@@ -1,5 +1,5 @@
-"""The `sae-hooks` command: capture, train, eval, ablate, export, inspect, report, sweep,
-bench-synthetic.
+"""The `sae-hooks` command: capture, train, eval, ablate, circuit, export, inspect, report,
+sweep, bench-synthetic.
 
 Each subcommand is one step of the pipeline and reads or writes a run directory
 (cache/<run> by default, laid out by sae_hooks.rundir.RunDir): run.json (the model,
@@ -23,6 +23,7 @@ from sae_hooks.cli import (
     ablate,
     bench_synthetic,
     capture,
+    circuit,
     eval,
     export,
     inspect,
@@ -34,7 +35,7 @@ from sae_hooks.cli.common import USER_ERRORS, Interrupted
 
 # One module per command: NAME, TABLE (its run.toml table, or None), options(),
 # register(subparsers) and run(args). The order is the order of `--help`.
-COMMANDS = (capture, train, eval, ablate, export, inspect, report, sweep, bench_synthetic)
+COMMANDS = (capture, train, eval, ablate, circuit, export, inspect, report, sweep, bench_synthetic)
 
 EPILOG = """examples:
   sae-hooks capture --model gpt2 --point resid_post.6 --data NAME --text-field text --run demo

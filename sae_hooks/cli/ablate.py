@@ -97,7 +97,7 @@ def token_id(value: str, tokenizer: Any) -> int:
     return token
 
 
-def _target(args: argparse.Namespace, model: Any, tokenizer: Any, positives: Any) -> Any:
+def concept_target(args: argparse.Namespace, model: Any, tokenizer: Any, positives: Any) -> Any:
     """The measured output --target names."""
     from sae_hooks.concepts import centroid_similarity
     from sae_hooks.eval import class_logit, token_logprob
@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> None:
     ctx, bos = args.context_length, starts_with_bos(args)
     pos = text_examples(load_texts(args.positive), tokenizer, context_length=ctx, prepend_bos=bos)
     neg = text_examples(load_texts(args.negative), tokenizer, context_length=ctx, prepend_bos=bos)
-    target = _target(args, model, tokenizer, pos)
+    target = concept_target(args, model, tokenizer, pos)
     result = concept_ablation(
         model,
         point,

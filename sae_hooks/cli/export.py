@@ -1,5 +1,6 @@
 """`sae-hooks export`: a run's SAE for other tools (SAELens, the Hugging Face layout,
-Neuronpedia JSON); the hook point and the model come from the run."""
+Neuronpedia JSON), or a run's transcoder set for circuit-tracer; the hook point and the
+model come from the run."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ from sae_hooks.cli.options import Option, add_command, run_options, sae_options
 
 NAME = "export"
 TABLE = NAME
-HELP = "Write a run's SAE for other tools: SAELens, the Hugging Face layout, Neuronpedia JSON."
+HELP = (
+    "Write a run's SAE for other tools (SAELens, the Hugging Face layout, Neuronpedia JSON) "
+    "or its transcoder set for circuit-tracer."
+)
 EXAMPLE = "sae-hooks export --run demo --format saelens --out exported/demo"
 
 
@@ -22,13 +26,20 @@ def options() -> tuple[Option, ...]:
         Option(
             ("--format",),
             "saelens: cfg.json + sae_weights.safetensors; hf: save_pretrained's layout; "
-            "neuronpedia: latent activations + explanation inputs [default: %(default)s]",
-            choices=("saelens", "hf", "neuronpedia"),
+            "neuronpedia: latent activations + explanation inputs; circuit-tracer: the "
+            "transcoder set (one mlp_in.L -> mlp_out.L transcoder per layer, 0..n-1) as "
+            "config.yaml + layer_L.safetensors [default: %(default)s]",
+            choices=("saelens", "hf", "neuronpedia", "circuit-tracer"),
             default="hf",
         ),
         Option(("--out",), "output directory [default: cache/<run>/export-<format>]"),
         Option(("--push-to-hub",), "hf: also upload to this Hub repo", metavar="REPO"),
         Option(("--n-examples",), "neuronpedia: contexts per latent", type=int, default=16),
+        Option(
+            ("--transcoders",),
+            "circuit-tracer: the folder holding the set, one <name>/sae per layer (a run, "
+            "or a train_many / train_transcoder_set folder) [default: the run]",
+        ),
     )
 
 
@@ -40,6 +51,9 @@ def run(args: argparse.Namespace) -> None:
     from sae_hooks.interop import identity_from_run
     from sae_hooks.runrecord import load_tokenizer, read_run_record
 
+    if args.format == "circuit-tracer":
+        export_transcoder_set(args)
+        return
     sae, point = sae_and_point(args)
     run_at = run_dir(args)
     record = read_run_record(Path(args.sae) if args.sae else run_at.root)
@@ -76,3 +90,20 @@ def run(args: argparse.Namespace) -> None:
             progress=not args.quiet,
         )
     print(f"{args.format} export written to {out}")
+
+
+def export_transcoder_set(args: argparse.Namespace) -> None:
+    """--format circuit-tracer: every transcoder of the run (or --transcoders), by layer."""
+    from sae_hooks.interop import identity_from_run
+    from sae_hooks.interop.circuit_tracer import export_circuit_tracer, find_transcoder_set
+    from sae_hooks.sae import load_sae
+
+    run_at = run_dir(args)
+    folder = Path(args.transcoders) if args.transcoders else run_at.root
+    found = find_transcoder_set(folder)
+    first = found[min(found)].parent
+    model_name = identity_from_run(first.parent, first.name).model_name
+    transcoders = {layer: load_sae(where).eval() for layer, where in found.items()}
+    out = Path(args.out) if args.out else run_at.export_dir(args.format)
+    export_circuit_tracer(transcoders, out, model_name=model_name)
+    print(f"circuit-tracer export of {len(found)} layers ({folder}) written to {out}")

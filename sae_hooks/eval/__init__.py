@@ -13,8 +13,15 @@ from sae_hooks.eval.ablation import (
     token_logprob,
 )
 from sae_hooks.eval.attribution import Attribution, PointAttribution, latent_attribution
+from sae_hooks.eval.circuits import Circuit, CircuitEdge, CircuitNode, circuit
 from sae_hooks.eval.engine import ConstantReconstruction
 from sae_hooks.eval.reconstruction import ReconstructionResult, evaluate_reconstruction
+from sae_hooks.eval.replacement import (
+    ReplacementResult,
+    evaluate_replacement,
+    train_transcoder_set,
+    transcoder_layers,
+)
 from sae_hooks.eval.sweep import evaluate_many, evaluate_sweep
 from sae_hooks.eval.transcoder import evaluate_transcoder
 from sae_hooks.model_outputs import model_kind, run_model
@@ -22,14 +29,20 @@ from sae_hooks.model_outputs import model_kind, run_model
 __all__ = [
     "AblationResult",
     "Attribution",
+    "Circuit",
+    "CircuitEdge",
+    "CircuitNode",
     "ConstantReconstruction",
     "PointAttribution",
     "ReconstructionResult",
+    "ReplacementResult",
+    "circuit",
     "class_logit",
     "concept_ablation",
     "embedding_similarity",
     "evaluate_many",
     "evaluate_reconstruction",
+    "evaluate_replacement",
     "evaluate_sweep",
     "evaluate_transcoder",
     "latent_attribution",
@@ -38,4 +51,6 @@ __all__ = [
     "rank_concept_latents",
     "run_model",
     "token_logprob",
+    "train_transcoder_set",
+    "transcoder_layers",
 ]

@@ -127,7 +127,7 @@ def latent_attribution(
     if not data:
         raise ValueError("latent_attribution: the data source yielded no batches")
     nodes = {p: _Node(p, sae) for p, sae in saes.items()}
-    with _eval_modes(saes.values()):
+    with eval_modes(saes.values()):
         if baseline == "mean":
             _set_mean_baselines(model, nodes, data if reference is None else list(reference))
         metric = _accumulate(model, nodes, data, target, grad=ig_steps is None)
@@ -146,7 +146,8 @@ def latent_attribution(
     )
 
 
-def _eval_modes(saes: Iterable[nn.Module]):
+def eval_modes(saes: Iterable[nn.Module]):
+    """One context that puts every distinct SAE in eval mode and restores its mode after."""
     from contextlib import ExitStack
 
     stack = ExitStack()
@@ -172,7 +173,7 @@ def _accumulate(
         fired: list[str] = []
         with torch.enable_grad() if grad else torch.no_grad(), _hooked(model, nodes, fired):
             out = target(run_model(model, inputs), inputs)
-        _check_order(list(nodes), fired)
+        check_order(list(nodes), fired)
         if grad and nodes:
             _backward(out, nodes, inputs, target)
         values.append(out.detach().float().cpu())
@@ -222,7 +223,7 @@ def _node_hook(node: _Node, fired: list[str]) -> Callable[[Tensor], Tensor]:
     return run
 
 
-def _check_order(given: list[str], fired: list[str]) -> None:
+def check_order(given: list[str], fired: list[str]) -> None:
     seen = list(dict.fromkeys(fired))
     missing = [p for p in given if p not in seen]
     if missing:
@@ -253,7 +254,7 @@ def _backward(out: Tensor, nodes: Mapping[str, _Node], inputs, target: Target) -
         g_z = torch.zeros_like(z) if g_z is None else g_z
         g_e = torch.zeros_like(e) if g_e is None else g_e
         batch = out.shape[0]
-        mask = _token_mask(inputs, batch, z.shape[0], z.device)
+        mask = token_mask(inputs, batch, z.shape[0], z.device)
         a_z = (g_z * (z0 - node.base_z)).reshape(batch, -1, z.shape[-1]) * mask[..., None]
         a_e = (g_e * (e0 - node.base_e)).sum(-1).reshape(batch, -1) * mask
         node.sums.append(
@@ -261,7 +262,7 @@ def _backward(out: Tensor, nodes: Mapping[str, _Node], inputs, target: Target) -
         )
 
 
-def _token_mask(inputs, batch: int, rows: int, device) -> Tensor:
+def token_mask(inputs, batch: int, rows: int, device) -> Tensor:
     """(batch, rows / batch): 1 at real tokens (attention mask) where it lines up."""
     per = rows // batch
     mask = inputs.get("attention_mask") if isinstance(inputs, Mapping) else None
@@ -309,7 +310,7 @@ def _set_mean_baselines(model: nn.Module, nodes: Mapping[str, _Node], reference:
                 rows = x.reshape(-1, x.shape[-1]).to(device=dev, dtype=dtype)
                 z = sae.encode(rows)[1]
                 e = rows - sae.decode(z)
-                mask = _token_mask(inputs, x.shape[0], rows.shape[0], dev).reshape(-1, 1)
+                mask = token_mask(inputs, x.shape[0], rows.shape[0], dev).reshape(-1, 1)
                 acc = sums[node.point]
                 acc[0] = acc[0] + (z.float() * mask).sum(0)
                 acc[1] = acc[1] + (e.float() * mask).sum(0)

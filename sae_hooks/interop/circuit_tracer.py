@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -28,9 +27,12 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from sae_hooks.atomic import OutputKind, rebuilt_dir
+from sae_hooks.eval.replacement import transcoder_layers
+
 MLP_IN_HOOK = "mlp.hook_in"
 MLP_OUT_HOOK = "mlp.hook_out"
-_LAYER = re.compile(r"^(?:mlp_in|mlp_out|resid_mid|resid_post|resid_pre)\.(\d+)$")
+CONFIG = "config.yaml"
 
 
 def circuit_tracer_tensors(transcoder: nn.Module) -> dict[str, torch.Tensor]:
@@ -89,57 +91,78 @@ def export_circuit_tracer(
     directory as it is; with ``repo_id`` it lists ``hf://repo_id/layer_L.safetensors``
     instead, for a Hub repository holding the directory. Returns the directory.
     """
-    layers = _by_layer(transcoders)
+    layers = transcoder_layers(transcoders)
     tensors = {layer: circuit_tracer_tensors(tc) for layer, tc in layers.items()}
     _check_uniform(tensors)
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
-    files = []
-    for layer, state in tensors.items():
-        name = f"layer_{layer}.safetensors"
-        save_file(state, str(out / name), metadata={"layer": str(layer), "format": "pt"})
-        files.append(f"hf://{repo_id}/{name}" if repo_id else str((out / name).resolve()))
-    config = {
-        "model_kind": "transcoder_set",
-        "model_name": model_name,
-        "feature_input_hook": feature_input_hook,
-        "feature_output_hook": feature_output_hook,
-        "scan": repo_id or model_name or out.name,
-        "exported_by": "sae-hooks",
-        "transcoders": files,
-    }
-    (out / "config.yaml").write_text(_yaml(config))
+    out = Path(path).expanduser().resolve()
+    files = [f"layer_{layer}.safetensors" for layer in tensors]
+    with rebuilt_dir(out, EXPORT_KIND) as folder:
+        for (layer, state), name in zip(tensors.items(), files, strict=True):
+            save_file(state, str(folder / name), metadata={"layer": str(layer), "format": "pt"})
+        config = {
+            "model_kind": "transcoder_set",
+            "model_name": model_name,
+            "feature_input_hook": feature_input_hook,
+            "feature_output_hook": feature_output_hook,
+            "scan": repo_id or model_name or out.name,
+            "exported_by": "sae-hooks",
+            "transcoders": [f"hf://{repo_id}/{n}" if repo_id else str(out / n) for n in files],
+        }
+        (folder / CONFIG).write_text(_yaml(config))
     return out
 
 
-def _by_layer(transcoders) -> dict[int, nn.Module]:
-    if isinstance(transcoders, Mapping):
-        layers = {_layer_of(key): tc for key, tc in transcoders.items()}
-        if len(layers) != len(transcoders):
-            raise ValueError(f"two transcoders name the same layer: {list(transcoders)}")
-    else:
-        layers = dict(enumerate(transcoders))
-    if not layers:
-        raise ValueError("circuit-tracer export: the transcoder set is empty")
-    missing = sorted(set(range(max(layers) + 1)) - set(layers))
-    if missing:
-        raise ValueError(
-            f"circuit-tracer needs one transcoder per layer from 0 to {max(layers)}; the set has "
-            f"layers {sorted(layers)}, missing {missing}"
-        )
-    return dict(sorted(layers.items()))
+def _is_export(folder: Path) -> bool:
+    config = folder / CONFIG
+    return config.is_file() and 'exported_by: "sae-hooks"' in config.read_text()
 
 
-def _layer_of(key: int | str) -> int:
-    if isinstance(key, int) and key >= 0:
-        return key
-    match = _LAYER.match(key) if isinstance(key, str) else None
-    if match is None:
-        raise ValueError(
-            f"a transcoder set is keyed by layer (int >= 0) or a point naming one "
-            f"('mlp_out.3'); got {key!r}"
+EXPORT_KIND = OutputKind(
+    "circuit-tracer export",
+    frozenset({CONFIG} | {f"layer_{layer}.safetensors" for layer in range(1024)}),
+    _is_export,
+)
+"""What an export folder holds (config.yaml, layer_L.safetensors): an existing `path`
+holding anything else is refused, never overwritten."""
+
+
+def find_transcoder_set(folder: str | os.PathLike) -> dict[int, Path]:
+    """The trained transcoders directly under `folder` (a run, or a `train_many` /
+    `train_transcoder_set` directory), by layer: each ``<name>/sae`` whose
+    ``<name>/config.json`` reads ``mlp_in.L`` and predicts ``mlp_out.L``. Raises
+    FileNotFoundError when there is none, ValueError when two claim one layer."""
+    found: dict[int, Path] = {}
+    for config in sorted(Path(folder).glob("*/config.json")):
+        try:
+            trained = json.loads(config.read_text())
+        except (OSError, ValueError):
+            continue
+        point, target = trained.get("point"), trained.get("target_point")
+        layer = _mlp_layer(point, "mlp_in")
+        if layer is None or layer != _mlp_layer(target, "mlp_out"):
+            continue
+        if not (config.parent / "sae").is_dir():
+            continue
+        if layer in found:
+            raise ValueError(
+                f"two transcoders for layer {layer} in {folder}: {found[layer].parent.name} "
+                f"and {config.parent.name}; export from a folder with one per layer"
+            )
+        found[layer] = config.parent / "sae"
+    if not found:
+        raise FileNotFoundError(
+            f"no trained transcoder (mlp_in.L -> mlp_out.L) under {folder}: train one per "
+            "layer (sae_hooks.eval.train_transcoder_set, or `sae-hooks train --point "
+            "mlp_in.L --target-point mlp_out.L --name layer.L`)"
         )
-    return int(match.group(1))
+    return dict(sorted(found.items()))
+
+
+def _mlp_layer(point: object, kind: str) -> int | None:
+    if not isinstance(point, str) or not point.startswith(f"{kind}."):
+        return None
+    tail = point[len(kind) + 1 :]
+    return int(tail) if tail.isdigit() else None
 
 
 def _check_uniform(tensors: Mapping[int, Mapping[str, torch.Tensor]]) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sae_hooks.atomic import OutputKind, rebuilt_dir
+from sae_hooks.report.circuit import CIRCUITS, circuit_pages
 from sae_hooks.report.curves import LOG_FILE, plot_training
 from sae_hooks.report.dashboard import build_dashboard
 from sae_hooks.report.frontier import sweep_table
@@ -33,7 +34,7 @@ def _starts_as_ours(index: Path) -> bool:
 REPORT_KIND = OutputKind(
     "report",
     frozenset(
-        {"index.html", "latent.html", "ablation.html", "assets", "data", "thumbs"}
+        {"index.html", "latent.html", "ablation.html", "assets", "data", "thumbs", CIRCUITS}
         | {"training.png", "sweep.png", SWEEP_TABLE}
     ),
     _is_report,
@@ -112,6 +113,7 @@ def _write_report(
     if ablations is None:
         ablations = run_ablations(top)
     point = kw.pop("point", None)
+    circuit_pages(top, report)  # before the index, which links them
     return build_dashboard(
         sae,
         store,

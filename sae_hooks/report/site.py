@@ -25,6 +25,7 @@ from markupsafe import Markup
 
 from sae_hooks.metrics import DENSE_FRACTION
 from sae_hooks.report import graphics
+from sae_hooks.report.circuit import circuit_links
 
 if TYPE_CHECKING:
     import torch
@@ -311,6 +312,7 @@ def write_site(d: Dashboard, folder: Path, index_name: str = "index.html") -> Pa
     context = {
         "run": d.run,
         "ablations": abl,
+        "circuits": circuit_links(folder),
         "notes": d.notes,
         "scan": [("rows scanned", f"{s.n_rows:,}")] if s is not None else [],
         "dense_fraction": DENSE_FRACTION,

@@ -93,7 +93,7 @@ def train_many(
     _index_entries(run_dir)  # a damaged index is refused before any SAE starts
     sources = _point_sources(source, configs)
     trainers = [
-        Trainer(cfg, sources[cfg.point], run_dir / name, resume=resume)
+        Trainer(cfg, sources[_source_key(cfg)], run_dir / name, resume=resume)
         for cfg, name in zip(configs, names, strict=True)
     ]
     store = _location(source)
@@ -142,16 +142,24 @@ def _check_names(names: list[str], n: int) -> None:
             raise ValueError(f"SAE name {name!r} must be a plain directory name")
 
 
-def _point_sources(source: Any, configs: Sequence[TrainConfig]) -> dict[str | None, RowSource]:
-    """One RowSource per point, all over the same opened store / model."""
+def _source_key(cfg: TrainConfig) -> tuple[str | None, str | None]:
+    """A source per point, and per (input, target) pair for paired variants (transcoders)."""
+    return cfg.point, cfg.target_point
+
+
+def _point_sources(source: Any, configs: Sequence[TrainConfig]) -> dict[tuple, RowSource]:
+    """One RowSource per point (or point pair), all over the same opened store / model."""
     if isinstance(source, (str, os.PathLike)):
         from sae_hooks.store import open_store
 
         source = open_store(source)
     if isinstance(source, MultiPointSource):
-        return {cfg.point: source.for_point(cfg.point) for cfg in configs}
+        return {_source_key(cfg): source.for_point(cfg.point) for cfg in configs}
     shared = as_source(source, configs[0].point) if isinstance(source, torch.Tensor) else None
-    return {cfg.point: shared or as_source(source, cfg.point) for cfg in configs}
+    return {
+        _source_key(cfg): shared or as_source(source, cfg.point, cfg.target_point)
+        for cfg in configs
+    }
 
 
 # --------------------------------------------------------------------------- the loop
@@ -210,9 +218,12 @@ class _Lockstep:
 
     def _share(self, movers: list[Trainer]) -> None:
         """Trainers on one point at the same data position read one loader from now on."""
-        first: dict[tuple[str | None, str], Any] = {}
+        first: dict[tuple[tuple, str], Any] = {}
         for t in movers:
-            key = (t.config.point, json.dumps(t.loader.state_dict(), sort_keys=True, default=str))
+            key = (
+                _source_key(t.config),
+                json.dumps(t.loader.state_dict(), sort_keys=True, default=str),
+            )
             leader = first.setdefault(key, t.loader)
             if leader is not t.loader:
                 old = t.loader
