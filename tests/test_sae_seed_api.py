@@ -5,6 +5,7 @@ jump_relu / heaviside, and loading overcomplete's state_dict."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -383,3 +384,44 @@ def test_a_safetensors_header_starting_with_0x80_is_not_taken_for_a_pickle(tmp_p
             break
     assert path.read_bytes()[:1] == b"\x80"
     assert torch.equal(read_safetensors(path)["a"], torch.zeros(1))
+
+
+# -- overcomplete's attribute names (issue 31 item 8) ---------------------------------
+
+
+def test_dictionary_layer_exposes_overcomplete_weights_and_normalization():
+    layer = DictionaryLayer(8, 5, normalization="max_l2", use_multiplier=True)
+    assert layer._weights is layer.weight  # overcomplete's name of the raw atoms
+    with torch.no_grad():
+        layer._weights.data *= 3
+        layer.multiplier.fill_(0.5)
+    expected = layer.weight / layer.weight.norm(dim=-1, keepdim=True).clamp_min(1)
+    torch.testing.assert_close(layer.get_dictionary(), expected * math.exp(0.5))
+    # overcomplete holds the function there; configs still read the name
+    assert callable(layer.normalization) and layer.normalization == "max_l2"
+    torch.testing.assert_close(layer.normalization(layer.weight), expected)
+    assert layer.config()["normalization"] == "max_l2"
+    assert type(layer.config()["normalization"]) is str
+    assert not DictionaryLayer(8, 5).multiplier.requires_grad
+
+
+def test_tied_and_untied_encoders_are_overcomplete_tieable_encoders():
+    from sae_hooks.sae.encoder_modules import TieableEncoder
+
+    sae = SAE(D, NB)
+    assert isinstance(sae.encoder, TieableEncoder) and sae.encoder.tied_to is None
+    sae.tied()
+    assert isinstance(sae.encoder, TieableEncoder) and sae.encoder.tied_to is sae.dictionary
+    assert "encoder.tied_to.weight" not in sae.state_dict()  # the atoms are stored once
+    x = torch.randn(3, D)
+    pre, _ = sae.encoder(x)
+    torch.testing.assert_close(pre, x @ sae.get_dictionary().T)
+    sae.untied()
+    assert isinstance(sae.encoder, TieableEncoder) and sae.encoder.tied_to is None
+    # built directly with overcomplete's arguments: tied means no weight of its own
+    tied = TieableEncoder(D, NB, tied_to=sae.dictionary)
+    assert tied.weight is None and tied.tied_to is sae.dictionary
+    own = TieableEncoder(D, NB, bias=True, weight_init=torch.ones(NB, D))
+    pre, codes = own(x)
+    torch.testing.assert_close(pre, x.sum(-1, keepdim=True).expand(3, NB))
+    assert torch.equal(codes, pre.relu())

@@ -52,6 +52,15 @@ NORMALIZATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 Initializer = torch.Tensor | Callable[[torch.Tensor], object]
 
 
+class NormalizationName(str):
+    """A built-in normalization's name that also applies it: `layer.normalization` is
+    'l2' to this project's configs and a callable to overcomplete's code (whose
+    DictionaryLayer holds the function there)."""
+
+    def __call__(self, weight: torch.Tensor) -> torch.Tensor:
+        return NORMALIZATIONS[str(self)](weight)
+
+
 class DictionaryLayer(nn.Module):
     """Atoms (nb_concepts, in_dimensions) and bias (in_dimensions,):
     `decode(z) = z @ get_dictionary() + bias`.
@@ -85,7 +94,9 @@ class DictionaryLayer(nn.Module):
         self.nb_concepts = positive_int("nb_concepts", nb_concepts)
         d = self.in_dimensions
         self._normalize = _normalization(normalization)
-        self.normalization = normalization
+        self.normalization: Normalization = (
+            NormalizationName(normalization) if isinstance(normalization, str) else normalization
+        )
         self.use_bias = bool(use_bias)
         self.use_multiplier = bool(use_multiplier)
         self.device = device
@@ -109,6 +120,11 @@ class DictionaryLayer(nn.Module):
                 "custom normalization must return a tensor of shape "
                 f"{tuple(self.weight.shape)}, got {got}"
             )
+
+    @property
+    def _weights(self) -> nn.Parameter:
+        """overcomplete's name of the raw atoms parameter (`weight` here)."""
+        return self.weight
 
     @property
     def d(self) -> int:
@@ -163,7 +179,10 @@ class DictionaryLayer(nn.Module):
                 "a callable dictionary normalization cannot be saved; use one of "
                 f"{sorted(NORMALIZATIONS)}"
             )
-        params: dict[str, object] = {"normalization": self.normalization, "use_bias": self.use_bias}
+        params: dict[str, object] = {
+            "normalization": str(self.normalization),
+            "use_bias": self.use_bias,
+        }
         if self.use_multiplier:
             params["use_multiplier"] = True
         return params

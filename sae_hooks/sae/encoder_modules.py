@@ -1,4 +1,5 @@
-"""The deep encoders of the registry: MLPEncoder over rows, AttentionEncoder over
+"""overcomplete's TieableEncoder (the base of the linear and tied encoders) and the
+deep encoders of the registry: MLPEncoder over rows, AttentionEncoder over
 (seq, d) sequences, ResNetEncoder over (d, height, width) images, and their blocks.
 
 Constructor arguments and parameter names are overcomplete 0.3's, so its encoders'
@@ -11,7 +12,56 @@ from __future__ import annotations
 import itertools
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+
+class TieableEncoder(nn.Module):
+    """overcomplete's linear encoder: pre = x @ W^T (+ bias), codes = ReLU(pre), where W
+    is its own (nb_concepts, d) `weight`, or, with `tied_to` a DictionaryLayer, that
+    dictionary's current atoms (then `weight` is None and nothing is copied).
+
+    Same arguments as overcomplete 0.3 (weight_init: a (nb_concepts, d) tensor, else
+    Xavier-uniform). The dictionary is held outside the module tree (`tied_to` reads it
+    back), so a tied SAE's state_dict does not hold the atoms twice.
+    """
+
+    consumes_structure = False
+
+    def __init__(
+        self,
+        in_dimensions: int,
+        nb_concepts: int,
+        bias: bool = False,
+        tied_to: nn.Module | None = None,
+        weight_init: torch.Tensor | None = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        super().__init__()
+        self._tied = None if tied_to is None else (tied_to,)  # a tuple: not a submodule
+        if tied_to is None:
+            weight = torch.empty(nb_concepts, in_dimensions, device=device)
+            with torch.no_grad():
+                weight.copy_(weight_init) if weight_init is not None else nn.init.xavier_uniform_(
+                    weight
+                )
+            self.weight = nn.Parameter(weight)
+        elif not isinstance(getattr(type(self), "weight", None), property):
+            self.register_parameter("weight", None)  # a subclass may read the atoms instead
+        self.bias = nn.Parameter(torch.zeros(nb_concepts, device=device)) if bias else None
+
+    @property
+    def tied_to(self) -> nn.Module | None:
+        """The dictionary whose atoms encode, None for an encoder with its own weight."""
+        return None if self._tied is None else self._tied[0]
+
+    def encoding_weight(self) -> torch.Tensor:
+        """The (nb_concepts, d) matrix the forward uses."""
+        return self.weight if self._tied is None else self._tied[0].get_dictionary()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pre = F.linear(x, self.encoding_weight(), self.bias)
+        return pre, F.relu(pre)
 
 
 class MLPEncoder(nn.Module):

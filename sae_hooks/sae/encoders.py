@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .encoder_modules import AttentionEncoder, MLPEncoder, ResNetEncoder
+from .encoder_modules import AttentionEncoder, MLPEncoder, ResNetEncoder, TieableEncoder
 
 __all__ = [
     "DEFAULT_ENCODER",
@@ -38,6 +38,7 @@ __all__ = [
     "LinearEncoder",
     "MLPEncoder",
     "ResNetEncoder",
+    "TieableEncoder",
     "TiedEncoder",
     "build_encoder",
     "legacy_encoder",
@@ -48,14 +49,13 @@ __all__ = [
 Factory = Callable[..., nn.Module]
 
 
-class LinearEncoder(nn.Module):
+class LinearEncoder(TieableEncoder):
     """pre = x @ weight.T + bias, codes = ReLU(pre); `weight` is (nb_concepts, d).
 
     `weight` has the dictionary's layout, so W_enc = W_dec^T is `weight.copy_(D)`.
-    bias=False leaves `bias` None (what `SAE.untied(bias=False)` builds).
+    bias=False leaves `bias` None (what `SAE.untied(bias=False)` builds). An untied
+    overcomplete TieableEncoder (`tied_to` None), initialised as nn.Linear is.
     """
-
-    consumes_structure = False
 
     def __init__(
         self,
@@ -65,9 +65,8 @@ class LinearEncoder(nn.Module):
         *,
         bias: bool = True,
     ):
-        super().__init__()
         layer = nn.Linear(input_size, nb_concepts, bias=bias, device=device)
-        self.weight = layer.weight
+        super().__init__(input_size, nb_concepts, weight_init=layer.weight.data, device=device)
         self.bias = layer.bias
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,33 +74,26 @@ class LinearEncoder(nn.Module):
         return pre, F.relu(pre)
 
 
-class TiedEncoder(nn.Module):
+class TiedEncoder(TieableEncoder):
     """pre = x @ D^T (+ bias), D the dictionary's current atoms: no weight of its own.
 
-    What `SAE.tied()` installs; the dictionary is held outside the module tree so its
-    parameters are not registered twice.
+    What `SAE.tied()` installs: overcomplete's tied TieableEncoder (`tied_to` is the
+    dictionary, held outside the module tree so its parameters are not registered
+    twice), whose `weight` reads the atoms rather than None.
     """
 
-    consumes_structure = False
-
     def __init__(self, dictionary: nn.Module, bias: bool = False):
-        super().__init__()
-        self._dictionary = (dictionary,)  # a tuple: not a submodule
         atoms = dictionary.weight
-        self.bias = (
-            nn.Parameter(torch.zeros(atoms.shape[0], device=atoms.device, dtype=atoms.dtype))
-            if bias
-            else None
-        )
+        super().__init__(atoms.shape[1], atoms.shape[0], tied_to=dictionary, device=atoms.device)
+        if bias:
+            self.bias = nn.Parameter(
+                torch.zeros(atoms.shape[0], device=atoms.device, dtype=atoms.dtype)
+            )
 
     @property
     def weight(self) -> torch.Tensor:
         """D, (nb_concepts, d): the encoder's weight is the dictionary itself."""
-        return self._dictionary[0].get_dictionary()
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pre = F.linear(x, self.weight, self.bias)
-        return pre, F.relu(pre)
+        return self.encoding_weight()
 
 
 class IdentityEncoder(nn.Module):

@@ -27,15 +27,17 @@ from .batchtopk import DEFAULT_THRESHOLD_MOMENTUM, BatchTopKConfig, BatchTopKSAE
 from .output import Support, kept_support
 from .sparse import check_sparse_decode, decode_pairs
 
-_DEFAULT_SHARES = (1, 1, 2, 4, 8)  # prefixes of 1/16, 1/8, 1/4, 1/2 and all of the atoms
+_DEFAULT_SHARES = (1, 31)  # a first group of 1/32 of the atoms, then the rest
 
 
 def default_group_sizes(nb_concepts: int) -> list[int]:
-    """Prefixes doubling in width (1/16, 1/8, 1/4, 1/2, 1 of the dictionary), fewer
-    groups when nb_concepts is too small to cut that fine."""
+    """Two groups: the first 1/32 of the dictionary, then the rest (one group when
+    nb_concepts < 32). Bussmann et al.'s five doubling prefixes (1/16 ... 1) starve
+    the later groups in short runs: the four inner losses make the early latents fire
+    on half the budget and 200 of the 512 latents never learn (docs/evaluation.md)."""
     total = sum(_DEFAULT_SHARES)
     sizes = [nb_concepts * s // total for s in _DEFAULT_SHARES]
-    sizes = [s for s in sizes if s > 0]
+    sizes = [s for s in sizes if s > 0] or [0]
     sizes[-1] += nb_concepts - sum(sizes)
     return sizes
 
@@ -51,11 +53,10 @@ class MatryoshkaBatchTopKSAE(BatchTopKSAE):
 
     architecture = "matryoshka_batchtopk"
     config_class = BatchTopKConfig  # BatchTopK's budget and EMA; group_sizes is an `extra`
-    # No per-row warm-up (BatchTopK's is 0.5): it undoes what the nested losses are
-    # for. On 4 frequent parents with rare children (tests/test_sae_matryoshka.py) the
-    # 4-atom first group found the parents at 0.99 mean max-cosine without it and at
-    # 0.64-0.84 with a warm-up of 0.25-0.5 of 200-600 steps (docs/evaluation.md).
-    default_row_topk_warmup = 0.0
+    # A longer per-row warm-up than BatchTopK's 0.5: from a random dictionary the batch
+    # selection hands the budget to the first group's latents, which the inner loss
+    # pushes up (docs/evaluation.md, "Matryoshka at its defaults").
+    default_row_topk_warmup = 0.75
 
     def __init__(
         self,
