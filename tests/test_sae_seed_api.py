@@ -27,6 +27,7 @@ from sae_hooks.sae import (
     jump_relu,
     load_overcomplete_state_dict,
     load_sae,
+    shapes,
 )
 from sae_hooks.sae.encoders import SHAPE_FACTORIES
 from sae_hooks.sae.kernels import KERNELS, rectangle_kernel
@@ -60,8 +61,12 @@ def test_every_class_with_every_encoder_end_to_end(variant, encoder, tmp_path):
     x = torch.randn(x_shape)
     out = sae(x)
     n_rows = _rows(x).shape[0]
-    assert out.z_pre.shape == out.z.shape == (n_rows, NB) and out.x_hat.shape == x.shape
-    loss = (out.x_hat - x).pow(2).sum() + sae.sparsity_loss(out)
+    assert out.z_pre.shape == out.z.shape == (n_rows, NB)
+    # overcomplete's layout: rows beside the codes for a structure encoder, else x's shape
+    assert out.x_hat.shape == ((n_rows, D) if encoder in SHAPES else x.shape)
+    torch.testing.assert_close(sae.reconstruct(x), shapes.from_rows(out.x_hat, x.shape, D))
+    assert sae.reconstruct(x).shape == x.shape
+    loss = (_rows(out.x_hat) - _rows(x)).pow(2).sum() + sae.sparsity_loss(out)
     loss.backward()
     grads = [p.grad for p in sae.encoder.parameters() if p.requires_grad]
     assert grads and any(g is not None and g.abs().sum() > 0 for g in grads)
@@ -96,14 +101,16 @@ def test_structure_encoders_read_the_input_in_its_own_shape():
     assert seen == [(3, 5, D), (2, D, 3, 2), (4, D)]
 
 
-def test_image_codes_are_rows_in_b_h_w_order_and_x_hat_goes_back_channels_first():
+def test_image_codes_are_rows_in_b_h_w_order_and_reconstruct_goes_back_channels_first():
     torch.manual_seed(0)
     sae = SAE((D, 3, 2), NB, encoder_module="resnet_1b").eval()
     x = torch.randn(2, D, 3, 2)
     with torch.no_grad():
         out = sae(x)
         rows = sae.decode(out.z)  # (b, h, w) rows
-    torch.testing.assert_close(out.x_hat, rows.reshape(2, 3, 2, D).movedim(-1, 1))
+        again = sae.reconstruct(x)
+    torch.testing.assert_close(out.x_hat, rows)  # overcomplete's x_hat: rows, as its losses
+    torch.testing.assert_close(again, rows.reshape(2, 3, 2, D).movedim(-1, 1))
     # a position's codes depend on its neighbours (3x3 convolutions): not a row encoder
     y = x.clone()
     y[:, :, 0, 0] += 1.0
@@ -184,6 +191,28 @@ def test_encoder_factory_registers_seed_style_factories():
     assert isinstance(sae.encoder, AttentionEncoder) and sae.encoder.attention_heads == 1
     assert sae(torch.randn(2, 3, D)).z.shape == (6, NB)
     assert isinstance(EncoderFactory.create_module("mlp_bn_3", D, NB), MLPEncoder)
+
+
+@pytest.mark.parametrize("name", sorted(ENCODERS))
+def test_encoder_factory_takes_overcomplete_keywords(name):
+    """overcomplete's tests call create_module(name, input_shape=..., n_components=...);
+    every registered name (identity too, whose n_components is ignored) builds that way."""
+    shape = {"resnet": (3, 8, 8), "attention": (10, 16)}.get(name.split("_")[0], 10)
+    module = EncoderFactory.create_module(name, input_shape=shape, n_components=2)
+    x = torch.randn(2, *shape) if isinstance(shape, tuple) else torch.randn(2, shape)
+    _, codes = module(x)
+    if name != "identity":
+        assert codes.shape[-1] == 2 and (codes >= 0).all()
+    ours = EncoderFactory.create_module(name, shape, nb_concepts=2)
+    assert type(ours) is type(module)
+    with pytest.raises(TypeError, match="given twice"):
+        EncoderFactory.create_module(name, shape, 2, n_components=2)
+
+
+def test_an_sae_on_the_identity_encoder_still_needs_nb_concepts_equal_to_d():
+    assert SAE(D, D, encoder_module="identity").nb_concepts == D
+    with pytest.raises(ValueError, match="nb_concepts must equal the input width"):
+        SAE(D, NB, encoder_module="identity")
 
 
 # -- tied / untied ---------------------------------------------------------------------

@@ -52,8 +52,10 @@ class SAE(SAEPersistence, TrainingContract, nn.Module):
     rows of d (channels-first images moved channels-last; any sequence length or
     image size, only d is checked); a structure encoder (attention, ResNet, or a
     user's module when input_shape is a tuple) reads (B, seq, d) / (B, d, H, W) and
-    returns one row per token / position (see shapes.py). `x_hat` comes back in the
-    input's shape, `z_pre` and `z` are rows (N, nb_concepts).
+    returns one row per token / position (see shapes.py). `z_pre` and `z` are rows
+    (N, nb_concepts); `x_hat` comes back in the input's shape for a row encoder and as
+    rows (N, d) beside the codes for a structure encoder, as overcomplete's SAEs (and its
+    train_sae / losses) have it; `reconstruct(x)` is x_hat in x's shape for every encoder.
     encoder_module: None ("linear"), a name registered in ENCODERS, or an nn.Module
     whose forward returns (pre_codes, codes) or just pre_codes.
     dictionary_params: keyword arguments of DictionaryLayer (normalization,
@@ -129,8 +131,14 @@ class SAE(SAEPersistence, TrainingContract, nn.Module):
     def forward(self, x: torch.Tensor) -> SAEOutput:
         """SAEOutput(z_pre, z, x_hat), with its `support` where the forward recorded one."""
         out = self._forward_rows(self._to_rows(x))
-        x_hat = self._from_rows(out.x_hat / self.input_scale, x.shape)
+        x_hat = out.x_hat / self.input_scale
+        if not self._structured:
+            x_hat = self._from_rows(x_hat, x.shape)
         return SAEOutput(out.z_pre, out.z, x_hat, out.support)
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """x_hat in x's shape (images channels-first), whatever the encoder's layout."""
+        return self._from_rows(self(x).x_hat, x.shape)
 
     def get_dictionary(self) -> torch.Tensor:
         """The normalised atoms, (nb_concepts, d)."""

@@ -97,7 +97,8 @@ class TiedEncoder(TieableEncoder):
 
 
 class IdentityEncoder(nn.Module):
-    """pre = codes = x: the input's own coordinates are the codes (nb_concepts == d)."""
+    """pre = codes = x: the input's own coordinates are the codes. n_components is
+    ignored, as in overcomplete; an SAE built on it needs nb_concepts == d (build_encoder)."""
 
     consumes_structure = False
 
@@ -106,11 +107,6 @@ class IdentityEncoder(nn.Module):
         if not isinstance(input_shape, int) or isinstance(input_shape, bool):
             raise ValueError(
                 f"IdentityEncoder reads rows: input_shape must be an int, got {input_shape!r}"
-            )
-        if n_components is not None and n_components != input_shape:
-            raise ValueError(
-                f"the identity encoder's codes are the input itself: nb_concepts must equal "
-                f"the input width {input_shape}, got {n_components}"
             )
         self.input_size = input_shape
 
@@ -226,7 +222,9 @@ def register_encoder(
 
 class EncoderFactory:
     """overcomplete's registry interface over ENCODERS: `register_module(name)` as a
-    decorator (its factories take the input_shape as given), `create_module`, `list_modules`."""
+    decorator (its factories take the input_shape as given), `create_module`, `list_modules`.
+    `create_module` takes overcomplete's keywords (input_shape=, n_components=) as well as
+    ours (nb_concepts=) or positional (input_shape, n_components)."""
 
     @staticmethod
     def register_module(name: str) -> Callable[[Factory], Factory]:
@@ -240,7 +238,14 @@ class EncoderFactory:
     def create_module(name: str, *args: Any, **kwargs: Any) -> nn.Module:
         if name not in ENCODERS:
             raise ValueError(f"unknown encoder {name!r}; registered: {sorted(ENCODERS)}")
-        return ENCODERS[name](*args, **kwargs)
+        leading = list(args)
+        for key in ("input_shape", "n_components"):
+            alias = "nb_concepts" if key == "n_components" else None
+            if key in kwargs or alias in kwargs:
+                if len(leading) > (key == "n_components"):
+                    raise TypeError(f"create_module({name!r}): {key} given twice")
+                leading.append(kwargs.pop(key) if key in kwargs else kwargs.pop(alias))
+        return ENCODERS[name](*leading, **kwargs)
 
     @staticmethod
     def list_modules() -> list[str]:
@@ -269,6 +274,11 @@ def build_encoder(
             module = ENCODERS[spec](shape, nb_concepts, device=device)
             return module, spec, structured_input and _declared(module, True)
         d = input_shape[0] if len(input_shape) == 3 else input_shape[-1]
+        if spec == "identity" and nb_concepts != d:
+            raise ValueError(
+                f"the identity encoder's codes are the input itself: nb_concepts must equal "
+                f"the input width {d}, got {nb_concepts}"
+            )
         return ENCODERS[spec](d, nb_concepts, device=device), spec, False
     raise TypeError(
         f"encoder_module must be None, a registered name {sorted(ENCODERS)} or an nn.Module, "
