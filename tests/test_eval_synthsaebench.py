@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 import torch
 
+from sae_hooks.eval.synthetic import match
 from sae_hooks.eval.synthsaebench import (
     PRESETS,
     dictionary_metrics,
@@ -93,3 +94,25 @@ def test_the_matching_is_one_to_one():
     rows, cols, _ = hungarian_match(a, a[torch.arange(49, -1, -1)])
     assert sorted(rows.tolist()) == list(range(50)) and sorted(cols.tolist()) == list(range(50))
     assert torch.equal(cols, 49 - rows)
+
+
+def _greedy_one_pair_at_a_time(true_atoms, atoms):
+    cos = (true_atoms @ atoms.T).abs().clone()
+    pairs = []
+    for _ in range(min(cos.shape)):
+        r, c = divmod(int(cos.argmax()), cos.shape[1])
+        pairs.append((r, c))
+        cos[r, :] = -1.0
+        cos[:, c] = -1.0
+    return pairs
+
+
+@pytest.mark.parametrize("n_atoms", [150, 200, 300])
+def test_the_greedy_match_in_rounds_equals_one_pair_at_a_time(n_atoms):
+    gen = torch.Generator().manual_seed(n_atoms)
+    true = torch.nn.functional.normalize(torch.randn(200, 32, generator=gen), dim=-1)
+    atoms = torch.nn.functional.normalize(torch.randn(n_atoms, 32, generator=gen), dim=-1)
+    rows, cols = match(true, atoms)
+    assert list(zip(rows.tolist(), cols.tolist(), strict=True)) == _greedy_one_pair_at_a_time(
+        true, atoms
+    )
