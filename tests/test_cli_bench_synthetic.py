@@ -30,3 +30,13 @@ def test_a_transcoder_is_refused_with_the_valid_choices(capsys):
         main(["bench-synthetic", "--architectures", "transcoder"])
     assert exit_.value.code == 2
     assert "invalid choice: 'transcoder' (choose from 'batchtopk'" in capsys.readouterr().err
+
+
+def test_the_synthsaebench_world_reports_the_papers_metrics(tmp_path, capsys):
+    out = tmp_path / "bench"
+    argv = ["bench-synthetic", "--world", "synthsaebench", "--architectures", "topk"]
+    assert main([*argv, "--steps", "2", "--batch-size", "64", "--out", str(out)]) == 0
+    (result,) = json.loads((out / "bench_synthetic.json").read_text())
+    assert 0 <= result["mcc_hungarian"] <= 1 and 0 <= result["f1_latent"] <= 1
+    assert 21 < result["true_l0"] < 27
+    assert "mcc_hungarian" in capsys.readouterr().out
