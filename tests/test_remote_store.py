@@ -74,6 +74,7 @@ def test_sharded_capture_into_a_bucket(s3_server, tiny_gpt2, data, tmp_path):
     sharded = open_store(url, storage_options=opts)
     local = capture_to_store(tiny_gpt2, POINT, data, tmp_path / "s", progress=False)
     assert type(sharded).__name__ == "ShardedStore" and sharded.n_rows == local.n_rows
+    assert (sharded.read_threads, local.read_threads) == (16, None)  # many requests in flight
     order = np.lexsort((sharded.position(), sharded.doc_index()))
     np.testing.assert_array_equal(sharded.read(POINT)[order], local.read(POINT))
     assert sharded.verify() == []
