@@ -5,6 +5,12 @@ loader's rate for one epoch, side by side:
   local disk | moto (s3fs over HTTP) | moto behind a proxy adding 20-50 ms per request.
 
     .venv/bin/python bench/bench_remote.py [--rows 131072] [--dtype bfloat16] [--repeats 3]
+        [--chunk-rows 8192] [--latency 20 50]
+
+Beside the loader: the same proxy with 0 ms (the latency's cost alone is the ratio of
+the two), and a plain concurrent s3fs GET of every object of the store (no zarr, no
+loader: the ceiling one client gets from this server), and the CPU seconds the loader,
+moto and the proxies spent per epoch.
 
 Locks (--locks N): N trials of P processes (forked) starting a store's one-writer lock
 on the same S3 store at the same instant (a barrier); each trial must have exactly one
@@ -94,20 +100,23 @@ def proxy(port: int, upstream: int, low_ms: float, high_ms: float) -> None:
     server.serve_forever()
 
 
-def start_servers(latency: tuple[float, float]) -> tuple[list[subprocess.Popen], int, int]:
-    """moto's server and the latency proxy, each its own process: (procs, moto, proxy)."""
-    moto_port, proxy_port = free_port(), free_port()
-    moto = subprocess.Popen(
+def start_servers(
+    *latencies: tuple[float, float],
+) -> tuple[list[subprocess.Popen], int, list[int]]:
+    """moto's server and one proxy per latency range, each its own process:
+    (procs, moto's port, the proxies' ports)."""
+    moto_port, proxy_ports = free_port(), [free_port() for _ in latencies]
+    procs = [subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(moto_port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    fwd = subprocess.Popen(
-        [sys.executable, __file__, "--proxy", str(proxy_port), str(moto_port),
-         str(latency[0]), str(latency[1])],
-    )  # fmt: skip
-    wait_for(moto_port)
-    wait_for(proxy_port)
-    return [moto, fwd], moto_port, proxy_port
+    )]  # fmt: skip
+    for port, (low, high) in zip(proxy_ports, latencies):
+        procs.append(subprocess.Popen(
+            [sys.executable, __file__, "--proxy", str(port), str(moto_port), str(low), str(high)],
+        ))  # fmt: skip
+    for port in [moto_port, *proxy_ports]:
+        wait_for(port)
+    return procs, moto_port, proxy_ports
 
 
 def options(port: int) -> dict:
@@ -117,13 +126,15 @@ def options(port: int) -> dict:
 # -- throughput --------------------------------------------------------------------------
 
 
-def write_store(location: str, x: torch.Tensor, dtype: str, storage_options=None) -> None:
+def write_store(
+    location: str, x: torch.Tensor, dtype: str, chunk_rows: int, storage_options=None
+) -> None:
     from sae_hooks.activations import ActivationBatch
     from sae_hooks.store import StoreWriter
 
     n = len(x)
     with StoreWriter(location, points=["p"], d_model=x.shape[1], dtype=dtype,
-                     storage_options=storage_options) as w:  # fmt: skip
+                     chunk_rows=chunk_rows, storage_options=storage_options) as w:  # fmt: skip
         for lo in range(0, n, 16384):
             hi = min(n, lo + 16384)
             w.append(ActivationBatch(
@@ -142,39 +153,84 @@ def epoch_rate(location: str, storage_options, batch_size: int) -> float:
     return rows / (time.perf_counter() - t)
 
 
+def cpu_seconds(procs: list[subprocess.Popen]) -> list[float]:
+    """CPU seconds (user + system) used so far by this process and by each of `procs`."""
+    import psutil
+
+    mine = os.times()
+    return [mine.user + mine.system] + [sum(psutil.Process(p.pid).cpu_times()[:2]) for p in procs]
+
+
+def plain_get_rate(port: int, key: str, rows: int) -> float:
+    """The ceiling: rows/s of one concurrent s3fs GET of every object of the store
+    (no zarr, no decoding, no loader), through the endpoint on `port`."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**options(port), skip_instance_cache=True)
+    keys = fs.find(key)
+    t = time.perf_counter()
+    fs.cat(keys)
+    return rows / (time.perf_counter() - t)
+
+
 def throughput(args: argparse.Namespace) -> None:
     import s3fs
 
-    procs, moto_port, proxy_port = start_servers(tuple(args.latency))
+    print(f"load average before: {os.getloadavg()}; cpus: {os.cpu_count()}")
+    procs, moto_port, (zero_port, proxy_port) = start_servers((0, 0), tuple(args.latency))
     tmp = Path(tempfile.mkdtemp(prefix="bench-remote-"))
     try:
         s3fs.S3FileSystem(**options(moto_port)).mkdir("bench")
         x = torch.randn(args.rows, args.d)
         t = time.perf_counter()
-        write_store(str(tmp / "store"), x, args.dtype)
+        write_store(str(tmp / "store"), x, args.dtype, args.chunk_rows)
         t_local = time.perf_counter() - t
         t = time.perf_counter()
-        write_store("s3://bench/store", x, args.dtype, options(moto_port))
+        write_store("s3://bench/store", x, args.dtype, args.chunk_rows, options(moto_port))
         t_s3 = time.perf_counter() - t
-        print(f"{args.rows} rows x {args.d} {args.dtype}, chunks of 8192 rows; written in "
-              f"{t_local:.1f} s locally, {t_s3:.1f} s into moto")  # fmt: skip
+        print(f"{args.rows} rows x {args.d} {args.dtype}, chunks of {args.chunk_rows} rows; "
+              f"written in {t_local:.1f} s locally, {t_s3:.1f} s into moto")  # fmt: skip
         places = {
             "local disk": (str(tmp / "store"), None),
             "moto": ("s3://bench/store", options(moto_port)),
+            "moto + proxy, 0 ms": ("s3://bench/store", options(zero_port)),
             f"moto + {args.latency[0]:g}-{args.latency[1]:g} ms/request": (
                 "s3://bench/store", options(proxy_port)),
         }  # fmt: skip
         rates: dict[str, list[float]] = {name: [] for name in places}
+        ceilings = {
+            "moto, plain s3fs GET of all objects": moto_port,
+            f"proxy {args.latency[0]:g}-{args.latency[1]:g} ms, plain GET": proxy_port,
+        }
+        rates.update({name: [] for name in ceilings})
+        cpu: dict[str, list[float]] = {name: [0.0] * 5 for name in places}
         for _ in range(args.repeats):  # interleaved, so load changes hit every place alike
             for name, (where, opts) in places.items():
+                t, before = time.perf_counter(), cpu_seconds(procs)
                 rates[name].append(epoch_rate(where, opts, args.batch_size))
+                spent = [time.perf_counter() - t] + [
+                    b - a for a, b in zip(before, cpu_seconds(procs))]  # fmt: skip
+                cpu[name] = [c + x for c, x in zip(cpu[name], spent)]
+            for name, port in ceilings.items():
+                rates[name].append(plain_get_rate(port, "bench/store", args.rows))
         local = statistics.median(rates["local disk"])
         print(f"{'where':<28} {'rows/s (median)':>16} {'runs':>30} {'vs local':>9}")
         for name, r in rates.items():
             runs = ", ".join(f"{v / 1e3:.0f}k" for v in r)
             med = statistics.median(r)
             print(f"{name:<28} {med:>16,.0f} {runs:>30} {med / local:>8.2f}x")
-        print(f"load average: {os.getloadavg()}; cpus: {os.cpu_count()}")
+        print(f"\nper epoch (mean), seconds: {'wall':>6} {'loader CPU':>11} {'moto CPU':>9} "
+              f"{'proxies CPU':>12}")  # fmt: skip
+        for name, (wall, own, moto, *fwd) in cpu.items():
+            n = args.repeats
+            print(f"{name:<28} {wall / n:>12.2f} {own / n:>11.2f} {moto / n:>9.2f} "
+                  f"{sum(fwd) / n:>12.2f}")  # fmt: skip
+        lat = statistics.median(rates[list(places)[-1]]) / statistics.median(
+            rates["moto + proxy, 0 ms"]
+        )
+        print(f"latency hiding: {args.latency[0]:g}-{args.latency[1]:g} ms vs 0 ms through "
+              f"the same proxy: {lat:.2f}x")  # fmt: skip
+        print(f"load average after: {os.getloadavg()}; cpus: {os.cpu_count()}")
     finally:
         for p in procs:
             p.kill()
@@ -213,7 +269,7 @@ def locks(args: argparse.Namespace, port: int | None = None, opts: dict | None =
         server = atomic_server()
         port = server.get_host_and_port()[1]
     elif port is None:  # moto's own threaded server
-        procs, port, _ = start_servers((0, 0))
+        procs, port, _ = start_servers()
     opts = opts or options(port)
     bucket = f"race-{uuid.uuid4().hex[:8]}"
     s3fs.S3FileSystem(**opts).mkdir(bucket)
@@ -257,6 +313,7 @@ def main() -> None:
     parser.add_argument("--d", type=int, default=768)
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--batch-size", type=int, default=4096)
+    parser.add_argument("--chunk-rows", type=int, default=8192, help="rows per stored chunk")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--latency", type=float, nargs=2, default=[20.0, 50.0])
     parser.add_argument("--locks", type=int, default=0, help="lock trials instead")

@@ -74,6 +74,7 @@ def test_sharded_capture_into_a_bucket(s3_server, tiny_gpt2, data, tmp_path):
     sharded = open_store(url, storage_options=opts)
     local = capture_to_store(tiny_gpt2, POINT, data, tmp_path / "s", progress=False)
     assert type(sharded).__name__ == "ShardedStore" and sharded.n_rows == local.n_rows
+    assert (sharded.read_threads, local.read_threads) == (16, None)  # many requests in flight
     order = np.lexsort((sharded.position(), sharded.doc_index()))
     np.testing.assert_array_equal(sharded.read(POINT)[order], local.read(POINT))
     assert sharded.verify() == []
@@ -158,6 +159,51 @@ def test_second_writer_in_this_process_is_refused_and_lock_released(s3_server):
     with StoreWriter(url, mode="resume", storage_options=opts) as w:  # released: free again
         w.append(batch)
     assert open_store(url, storage_options=opts).n_rows == 20
+
+
+def test_loader_from_the_bucket_keeps_more_chunk_requests_in_flight(s3_server, tmp_path):
+    """On an object store the loader reads up to REMOTE_READ_THREADS chunks of a buffer at
+    once (more than the cores' READ_THREADS: the requests wait on the network), and its
+    batches are exactly those of the same rows on local disk."""
+    import threading
+
+    from sae_hooks.store import ActivationLoader
+    from sae_hooks.store.loader import READ_THREADS
+    from sae_hooks.store.reader import REMOTE_READ_THREADS
+
+    url, opts = f"s3://{s3_server.new_bucket()}/run/store", s3_server.options()
+    x = torch.randn(1024, 8)
+    batch = ActivationBatch(
+        acts={"p": x}, token_ids=torch.arange(1024), doc_index=torch.arange(1024),
+        position=torch.zeros(1024, dtype=torch.long),
+    )  # fmt: skip
+    for where, so in [(tmp_path / "s", None), (url, opts)]:
+        with StoreWriter(where, points=["p"], d_model=8, chunk_rows=64, storage_options=so) as w:
+            w.append(batch)
+    local, remote = open_store(tmp_path / "s"), open_store(url, storage_options=opts)
+    assert (local.read_threads, remote.read_threads) == (None, REMOTE_READ_THREADS)
+    lock, now, most, read = threading.Lock(), [0], [0], remote.read_raw
+
+    def counted(point, start=0, stop=None, *, out=None):
+        with lock:
+            now[0] += 1
+            most[0] = max(most[0], now[0])
+        try:
+            time.sleep(0.05)  # a request's latency: the reads of one buffer overlap
+            return read(point, start, stop, out=out)
+        finally:
+            with lock:
+                now[0] -= 1
+
+    remote.read_raw = counted
+    got = [
+        list(ActivationLoader(s, "p", 128, val_fraction=0.0, buffer_chunks=8, dtype=None))
+        for s in (local, remote)
+    ]
+    assert len(got[0]) == len(got[1]) == 8
+    for a, b in zip(*got, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert READ_THREADS < most[0] <= REMOTE_READ_THREADS
 
 
 @pytest.mark.slow

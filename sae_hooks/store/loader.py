@@ -71,7 +71,7 @@ from sae_hooks.store.streams import (
 )
 
 SPLITS = ("train", "val")
-#: Chunks of a buffer read (decompressed) at once: zarr's codecs release the GIL.
+#: Chunks of a buffer read at once (codecs release the GIL); a store's `read_threads` wins.
 READ_THREADS = min(4, os.cpu_count() or 1)
 #: Threads beside the worker that share a batch's gather (np.take releases the GIL):
 #: a random row gather is bound by memory latency, not bandwidth, so parts overlap.
@@ -130,6 +130,7 @@ class ActivationLoader:
         self.buffer_chunks, self.prefetch = buffer_chunks, prefetch
         self._pin = self.device.type == "cuda" and torch.cuda.is_available()
         self._reads_into = "out" in inspect.signature(self.store.read_raw).parameters
+        self._read_threads = getattr(self.store, "read_threads", None) or READ_THREADS
 
         n = self.store.n_rows
         boundary = n - math.ceil(n * val_fraction)
@@ -145,8 +146,7 @@ class ActivationLoader:
         self._explicit_streams = streams is not None
         self.streams = self._default_streams() if streams is None else streams
         check_streams(self.streams, batch_size, 1, drop_last)
-        self.rank, self.world = 0, 1
-        self.epoch = 0
+        self.rank, self.world, self.epoch = 0, 1, 0
         # Scratch buffer pairs kept across epochs: a fresh 100+ MB array costs its
         # page faults again (measured here: slower than the copy it is filled by).
         self._scratch_pool: list[list[np.ndarray]] = []
@@ -296,14 +296,12 @@ class ActivationLoader:
         ends = np.cumsum([0] + [b - a for a, b in blocks])
         end = int(ends[-1])
         dests = [scratch[lo:hi] for lo, hi in itertools.pairwise(ends)]
-        if len(blocks) > 1 and READ_THREADS > 1:  # decompression releases the GIL
+        if len(blocks) > 1 and self._read_threads > 1:  # decompression releases the GIL
             with ThreadPoolExecutor(
-                READ_THREADS, thread_name_prefix="ActivationLoader-chunk"
+                min(self._read_threads, len(blocks)), thread_name_prefix="ActivationLoader-chunk"
             ) as ex:
-                for done in [
-                    ex.submit(self._read_into, a, b, o) for (a, b), o in zip(blocks, dests)
-                ]:
-                    done.result()
+                starts, stops = zip(*blocks, strict=True)
+                list(ex.map(self._read_into, starts, stops, dests))  # raises a read's error
         else:
             for (a, b), o in zip(blocks, dests, strict=True):
                 self._read_into(a, b, o)
@@ -430,7 +428,8 @@ class ActivationLoader:
         part = self.batch_size // self.streams
         with (
             ThreadPoolExecutor(
-                max(1, min(READ_THREADS, len(fillers))), thread_name_prefix="ActivationLoader-read"
+                max(1, min(self._read_threads, len(fillers))),
+                thread_name_prefix="ActivationLoader-read",
             ) as reader,
             ThreadPoolExecutor(
                 max(1, GATHER_THREADS), thread_name_prefix="ActivationLoader-gather"

@@ -39,6 +39,9 @@ from sae_hooks.store.mapped import map_files
 __all__ = ["ActivationStore", "Damage", "PointStats", "StoreDamagedError"]
 
 VERIFY_HINT = "store.verify() lists every damaged chunk; capture again with overwrite=True"
+#: Chunk requests worth having in flight at once from an object store: a reading thread
+#: there mostly waits on a request's latency and transfer, not on a core.
+REMOTE_READ_THREADS = 16
 
 
 class ActivationStore:
@@ -94,6 +97,12 @@ class ActivationStore:
     @property
     def committed_inputs(self) -> int:
         return int(self.attrs.get("committed_inputs", 0))
+
+    @property
+    def read_threads(self) -> int | None:
+        """Chunks worth reading at once: REMOTE_READ_THREADS on an object store (URL),
+        None on local disk, where decoding on the cores bounds it (the reader's choice)."""
+        return REMOTE_READ_THREADS if is_url(self.location) else None
 
     @property
     def points(self) -> list[str]:

@@ -112,6 +112,11 @@ class ShardedStore:
         return sum(s.committed_inputs for s in self.shards)
 
     @property
+    def read_threads(self) -> int | None:
+        """Chunks worth reading at once (the rank stores', see ActivationStore)."""
+        return self.shards[0].read_threads if self.shards else None
+
+    @property
     def points(self) -> list[str]:
         return self.shards[0].points
 
