@@ -28,6 +28,8 @@ TINY = [
     (r"steps=2_000", "steps=3"),
     (r'"nb_concepts": \[3072, 6144\]', '"nb_concepts": [128, 256]'),
     (r"TopKSAE\(d, 3072", "TopKSAE(d, 256"),
+    (r"nb_concepts=3072", "nb_concepts=256"),
+    (r"batch_size=4096", "batch_size=64"),
 ]
 
 
