@@ -253,6 +253,7 @@ def test_family_is_a_deprecated_alias_of_model(tmp_path, tokenizer_dir, capsys, 
         main([*argv, "--family", "gpt2", "--model-dir", str(tmp_path / "gpt2"), "--run", "a"]) == 0
     )
     err = capsys.readouterr().err
+    assert "Loading weights" not in err  # --quiet silences transformers' bar too
     assert f"--family is deprecated: use --model {(tmp_path / 'gpt2').resolve()}" in err
     assert main([*argv, "--model", str(tmp_path / "gpt2"), "--run", "b"]) == 0
     a, b = (json.loads((tmp_path / f"cache/{r}/run.json").read_text()) for r in "ab")

@@ -83,3 +83,18 @@ def test_cli_report_of_gpt2_shows_promoted_tokens_and_every_concept(capsys, tmp_
     listed = re.findall(r"concept <b>([^<]*)</b>", index)
     assert listed == ["similarity", "errors", "exceptions"]  # the old file: by its target
     assert "unnamed" not in index and "unnamed" not in (report / "ablation.html").read_text()
+
+
+def test_a_model_that_does_not_load_costs_only_the_promoted_tokens(tmp_path):
+    """The report goes on without the unembedding, warning why in one warning (which the
+    CLI prints as `sae-hooks report: warning: ...`), not a bare print."""
+    import argparse
+
+    from sae_hooks.cli.report import unembedding
+
+    args = argparse.Namespace(
+        model=str(tmp_path / "no-such-model"), family=None, run_dir=str(tmp_path),
+        revision=None, dtype=None, device="cpu", trust_remote_code=False, backend=None,
+    )  # fmt: skip
+    with pytest.warns(UserWarning, match="no promoted / suppressed tokens: the model did not"):
+        assert unembedding(args, None) is None

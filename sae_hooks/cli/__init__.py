@@ -14,10 +14,11 @@ TrainConfig field.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from sae_hooks.cli import (
     ablate,
@@ -90,8 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        with warnings.catch_warnings():  # restored after: main() may run many times
-            warnings.showwarning = _one_line_warnings(args.command)
+        with warnings.catch_warnings(), _library_bars(not getattr(args, "quiet", False)):
+            warnings.showwarning = _one_line_warnings(args.command)  # both restored after
             if getattr(args, "config", None):
                 _apply_config(args)
             args.handler(args)
@@ -109,6 +110,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 130
     return 0
+
+
+@contextlib.contextmanager
+def _library_bars(shown: bool) -> Iterator[None]:
+    """--quiet silences transformers' and huggingface_hub's own bars too (loading
+    weights, downloads), not only ours; their settings are restored after."""
+    if shown:
+        yield
+        return
+    from huggingface_hub.utils import (
+        are_progress_bars_disabled,
+        disable_progress_bars,
+        enable_progress_bars,
+    )
+    from transformers.utils import logging as hf_logging
+
+    hub_was_off, hf_was_on = are_progress_bars_disabled(), hf_logging.is_progress_bar_enabled()
+    disable_progress_bars()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if not hub_was_off:
+            enable_progress_bars()
+        if hf_was_on:
+            hf_logging.enable_progress_bar()
 
 
 def _one_line_warnings(command: str):

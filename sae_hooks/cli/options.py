@@ -248,7 +248,9 @@ def run_options() -> tuple[Option, ...]:
 
 
 def quiet_option() -> Option:
-    return Option(("--quiet",), "no progress bars", action="store_true")
+    return Option(
+        ("--quiet",), "no progress bars (nor transformers' or the hub's)", action="store_true"
+    )
 
 
 def name_option(text: str) -> Option:

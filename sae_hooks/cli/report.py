@@ -8,7 +8,7 @@ suppresses) by itself; on a sweep directory it also draws the frontier.
 from __future__ import annotations
 
 import argparse
-import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -115,8 +115,9 @@ def unembedding(args: argparse.Namespace, record: Any) -> Any:
     try:
         model, _ = load_model(args)
     except USER_ERRORS as err:
-        print(f"warning: no promoted / suppressed tokens: the model did not load: {err}",
-              file=sys.stderr)  # fmt: skip
+        warnings.warn(
+            f"no promoted / suppressed tokens: the model did not load: {err}", stacklevel=2
+        )
         return None
     return model_unembedding(model)
 
