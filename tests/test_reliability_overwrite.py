@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -217,3 +218,46 @@ def test_train_overwrite_refuses_a_folder_that_holds_no_training(tmp_path, capsy
     assert snapshot(notes) == {"notes.txt": b"x\n"}
     with pytest.raises(ValueError, match="it is a file"):
         runlock.clear(notes / "notes.txt")
+
+
+def a_training(home):
+    home.mkdir(parents=True)
+    (home / "config.json").write_text("{}")
+    (home / "log.jsonl").write_text('{"step": 1}\n')
+    (home / "sae").mkdir()
+    (home / "sae" / "cfg.json").write_text("{}")
+    return snapshot(home)
+
+
+def test_an_overwrite_interrupted_while_moving_puts_everything_back(tmp_path, monkeypatch):
+    home = tmp_path / "train"
+    before = a_training(home)
+    rename, calls = Path.rename, []
+
+    def interrupted(self, target):
+        calls.append(self.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        runlock.clear(home)
+    monkeypatch.undo()
+    assert snapshot(home) == before and not (home / runlock.TRASH).exists()
+
+
+def test_an_overwrite_interrupted_while_deleting_leaves_no_half_training(tmp_path, monkeypatch):
+    home = tmp_path / "train"
+    a_training(home)
+    monkeypatch.setattr(
+        runlock.shutil, "rmtree", lambda p: (_ for _ in ()).throw(KeyboardInterrupt)
+    )
+    with pytest.raises(KeyboardInterrupt):
+        runlock.clear(home)
+    monkeypatch.undo()
+    left = {p.name for p in home.iterdir()} - {runlock.LOCK_FILE}
+    assert left == {runlock.TRASH}  # no config.json beside a missing sae/, or the reverse
+    runlock.clear(home)  # the next overwrite finishes the job
+    runlock.release(home)
+    assert {p.name for p in home.iterdir()} - {runlock.LOCK_FILE} == set()

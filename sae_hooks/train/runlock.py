@@ -32,6 +32,8 @@ from sae_hooks.store.lock import (
 )
 
 LOCK_FILE = ".lock"
+TRASH = ".overwritten"
+"""Where `clear` moves a run's entries before deleting them."""
 
 #: What a training writes in its directory: a folder holding one of these is a training's.
 TRAINING_ENTRIES = ("config.json", "log.jsonl", "sae", "checkpoint", "checkpoint.old")
@@ -100,22 +102,38 @@ def clear(run_dir: Path) -> None:
     acquire(run_dir)  # RunLockedError naming the pid while a live process trains there
     try:
         _check_training(run_dir)  # again, under the lock
-        for entry in run_dir.iterdir():
-            if entry.name == LOCK_FILE:
-                continue
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
+        _empty(run_dir)
     except BaseException:
         release(run_dir)
         raise
 
 
+def _empty(run_dir: Path) -> None:
+    """Move every entry into TRASH, then delete it: an interrupt while moving puts them
+    all back; one while deleting leaves a directory holding no training, only TRASH,
+    which the next clear removes. Never half a training beside half the old one."""
+    trash = run_dir / TRASH
+    if trash.exists():
+        shutil.rmtree(trash)  # left by a clear interrupted while deleting
+    trash.mkdir()
+    moved: list[str] = []
+    try:
+        for entry in sorted(run_dir.iterdir()):
+            if entry.name not in (LOCK_FILE, TRASH):
+                entry.rename(trash / entry.name)
+                moved.append(entry.name)
+    except BaseException:
+        for name in moved:
+            (trash / name).rename(run_dir / name)
+        trash.rmdir()
+        raise
+    shutil.rmtree(trash)
+
+
 def _check_training(run_dir: Path) -> None:
     """Refuse a folder holding anything when none of it is a training's."""
     entries = sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else []
-    entries = [n for n in entries if n != LOCK_FILE]
+    entries = [n for n in entries if n not in (LOCK_FILE, TRASH)]
     if entries and not any(n in TRAINING_ENTRIES for n in entries):
         more = f" and {len(entries) - 4} more" if len(entries) > 4 else ""
         raise ValueError(
