@@ -10,7 +10,10 @@ and loaded by our `import_saelens`; the reconstructions and codes must agree.
 Matryoshka BatchTopK: SAELens (6.x) trains it (MatryoshkaBatchTopKTrainingSAE) but
 has no inference class for it; a trained one is saved as JumpReLU with its shared
 threshold, which is what `export_saelens` writes (the `ours matryoshka_batchtopk`
-row). Transcoders have no export: SAELens's transcoder format is not written here.
+row). Transcoders (ours -> SAELens only): the six exportable ones (ReLU, JumpReLU and
+BatchTopK, each plain and skip) loaded by SAELens 6's Transcoder / SkipTranscoder /
+JumpReLU(Skip)Transcoder, with both scales folded in; TopK transcoders are refused
+(SAELens has none).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch
 from sae_hooks.interop import export_saelens, import_saelens
 from sae_hooks.sae import (
     SAE,
+    SAE_REGISTRY,
     BatchTopKSAE,
     JumpSAE,
     MatryoshkaBatchTopKSAE,
@@ -63,6 +67,17 @@ for name, sae in [("jumprelu", JumpReLUSAE(JumpReLUSAEConfig(d_in=32, d_sae=96))
 """
 
 
+# the transcoders SAELens 6 can load, and their sparsity arguments
+TRANSCODERS = {
+    "transcoder": {},
+    "skip_transcoder": {},
+    "jumprelu_transcoder": {"bandwidth": 0.1},
+    "jumprelu_skip_transcoder": {"bandwidth": 0.1},
+    "batchtopk_transcoder": {"top_k": 6 * 64},
+    "batchtopk_skip_transcoder": {"top_k": 6 * 64},
+}
+
+
 def ours(root: Path) -> None:
     torch.manual_seed(0)
     x = torch.randn(64, 32)
@@ -75,11 +90,17 @@ def ours(root: Path) -> None:
             32, 96, top_k=6 * 64, group_sizes=[16, 32, 48]
         ),
     }
+    for name in TRANSCODERS:  # (32 -> 16): MLP input to MLP output
+        saes[name] = SAE_REGISTRY[name](32, 96, output_size=16, **TRANSCODERS[name])
     for name, sae in saes.items():
         with torch.no_grad():
             sae.dictionary.bias.normal_()
             sae.input_scale.fill_(1.7)  # folded into the exported weights
-            if name == "jumprelu":
+            if name in TRANSCODERS:
+                sae.output_scale.fill_(40.0)  # so is the output's
+                for p in sae.parameters():
+                    p.add_(torch.randn_like(p) * 0.3)  # W_skip and the rest away from init
+            if name in ("jumprelu", "jumprelu_transcoder", "jumprelu_skip_transcoder"):
                 sae.log_threshold.uniform_(-2.0, 0.0)
         if isinstance(sae, BatchTopKSAE):
             sae(torch.randn(64, 32))  # learn a running threshold

@@ -454,3 +454,41 @@ def test_tied_and_untied_encoders_are_overcomplete_tieable_encoders():
     pre, codes = own(x)
     torch.testing.assert_close(pre, x.sum(-1, keepdim=True).expand(3, NB))
     assert torch.equal(codes, pre.relu())
+
+
+class _DuckTieable(nn.Module):
+    """overcomplete 0.3's TieableEncoder as it is written there (no sae-hooks base)."""
+
+    def __init__(self, in_dimensions, nb_concepts, bias=False, tied_to=None, weight_init=None):
+        super().__init__()
+        self.tied_to = tied_to
+        self.weight = None if tied_to else nn.Parameter(torch.randn(nb_concepts, in_dimensions))
+        self.bias = nn.Parameter(torch.zeros(nb_concepts)) if bias else None
+
+    def forward(self, x):
+        w = self.weight if self.tied_to is None else self.tied_to.get_dictionary()
+        pre = x @ w.T
+        return pre, pre.relu()
+
+
+def test_an_encoder_with_overcompletes_tieable_interface_is_a_tieable_encoder():
+    from sae_hooks.sae.encoder_modules import TieableEncoder
+    from sae_hooks.sae.encoders import LinearEncoder
+
+    sae = SAE(D, NB)
+    sae.encoder = _DuckTieable(D, NB, tied_to=sae.dictionary)  # what overcomplete's tied() does
+    assert isinstance(sae.encoder, TieableEncoder) and issubclass(_DuckTieable, TieableEncoder)
+    x = torch.randn(3, D)
+    torch.testing.assert_close(sae.encode(x)[0], x @ sae.get_dictionary().T)
+    assert not issubclass(_DuckTieable, LinearEncoder)  # only the interface, not our subclasses
+
+    class NoForward(nn.Module):
+        def __init__(self, in_dimensions, nb_concepts, bias=False, tied_to=None, weight_init=None):
+            super().__init__()
+
+    class NotTieable(_DuckTieable):
+        def __init__(self, in_dimensions, nb_concepts, bias=False):
+            super().__init__(in_dimensions, nb_concepts, bias)
+
+    for other in (MLPEncoder(D, NB), nn.Linear(D, NB), NoForward(D, NB), NotTieable(D, NB)):
+        assert not isinstance(other, TieableEncoder), type(other).__name__

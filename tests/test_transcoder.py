@@ -378,7 +378,7 @@ def test_each_transcoder_trains_saves_splices_and_its_raw_fvu_is_the_logged_one(
 )
 def test_saelens_transcoder_export_computes_our_prediction(tmp_path, architecture, saelens):
     """SAELens 6's transcoder forward on the exported files (its formulas, written out
-    here; bench-checked against SAELens itself to 1.2e-7): acts = act(x W_enc + b_enc),
+    here; bench/saelens_interop.py checks SAELens itself, 3e-7): acts = act(x W_enc + b_enc),
     y = acts W_dec + b_dec (+ x W_skip^T), no b_dec on the input."""
     from safetensors.torch import load_file
 

@@ -9,14 +9,34 @@ spatial position; encoders.py registers them by name ("mlp_ln_1", "attention_1b"
 
 from __future__ import annotations
 
+import inspect
 import itertools
+from abc import ABCMeta
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+# overcomplete 0.3's TieableEncoder constructor: the interface a tieable encoder has
+TIEABLE_ARGUMENTS = ("in_dimensions", "nb_concepts", "bias", "tied_to", "weight_init")
 
-class TieableEncoder(nn.Module):
+
+def has_tieable_interface(cls: type) -> bool:
+    """Whether `cls` is an nn.Module built as overcomplete's TieableEncoder is (its
+    constructor takes TIEABLE_ARGUMENTS, so instances carry `tied_to`, `weight` and
+    `bias`) and defines its own forward (x -> (pre_codes, codes))."""
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        return False
+    if getattr(cls, "forward", nn.Module.forward) is nn.Module.forward:
+        return False
+    try:
+        parameters = inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):
+        return False
+    return all(name in parameters for name in TIEABLE_ARGUMENTS)
+
+
+class TieableEncoder(nn.Module, metaclass=ABCMeta):
     """overcomplete's linear encoder: pre = x @ W^T (+ bias), codes = ReLU(pre), where W
     is its own (nb_concepts, d) `weight`, or, with `tied_to` a DictionaryLayer, that
     dictionary's current atoms (then `weight` is None and nothing is copied).
@@ -24,6 +44,10 @@ class TieableEncoder(nn.Module):
     Same arguments as overcomplete 0.3 (weight_init: a (nb_concepts, d) tensor, else
     Xavier-uniform). The dictionary is held outside the module tree (`tied_to` reads it
     back), so a tied SAE's state_dict does not hold the atoms twice.
+
+    isinstance / issubclass go by structure: overcomplete's own TieableEncoder (what its
+    SAEs' `tied()` installs), or any module with the same constructor and a forward,
+    counts as one, without sae-hooks importing overcomplete.
     """
 
     consumes_structure = False
@@ -62,6 +86,12 @@ class TieableEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pre = F.linear(x, self.encoding_weight(), self.bias)
         return pre, F.relu(pre)
+
+    @classmethod
+    def __subclasshook__(cls, subclass: type) -> bool:
+        if cls is TieableEncoder and has_tieable_interface(subclass):
+            return True
+        return NotImplemented
 
 
 class MLPEncoder(nn.Module):
