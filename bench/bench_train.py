@@ -320,7 +320,7 @@ def auxk_table(args: argparse.Namespace, variants: list[str], device: torch.devi
     latents, in two cases. forced: a fresh SAE on Gaussian rows, random latents forced
     dead (about half their pre-codes > 0: every row fills its k_aux picks, the
     pessimistic case). trained: an SAE trained `--auxk-train-steps` steps on synthetic
-    rows from 256 features (`eval.synthetic.uniform_features`, 8 active a row), the
+    rows from 64 features (`eval.synthetic.uniform_features`, 4 active a row), the
     latents longest without firing dead (the trainer's own counters; "silent": how many
     did not fire in the second half of the run). Before every step
     the dead-latent counters are set so that exactly those latents are dead and AuxK is
@@ -376,7 +376,7 @@ def _trained(trainer: typing.Any, args: argparse.Namespace, device: torch.device
     second half of the run) after `--auxk-train-steps` steps on synthetic rows scaled to Gaussian rows' norm."""
     from sae_hooks.eval.synthetic import uniform_features
 
-    world = uniform_features(d=args.d, n_features=256, active=8.0, seed=0)
+    world = uniform_features(d=args.d, n_features=64, active=4.0, seed=0)
     batches = [world.sample_x(args.batch, seed=seed) for seed in range(8)]
     norm = statistics.mean(float(b.norm(dim=-1).mean()) for b in batches)
     batches = [(b * args.d**0.5 / norm).to(device) for b in batches]

@@ -50,6 +50,7 @@ class DeadPicks:
         self.by_row, self.rows, self._row_starts = _runs(keep)
         self.local = self.by_row - self.rows * self.m
         self._by_latent: tuple[torch.Tensor, ...] | None = None
+        self._atoms: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def count(self) -> int:
@@ -70,6 +71,12 @@ class DeadPicks:
     def matrix(self) -> torch.Tensor:
         """V (rows, m): the picks' pre-codes, 0 elsewhere."""
         return self.candidates * self.keep
+
+    def atoms(self, dictionary: torch.Tensor) -> torch.Tensor:
+        """The dead latents' atoms (m, d), gathered once for the forward and backward."""
+        if self._atoms is None or self._atoms[0] is not dictionary:
+            self._atoms = (dictionary, dictionary.detach().index_select(0, self.cols))
+        return self._atoms[1]
 
     def row_starts(self) -> torch.Tensor:
         return self._row_starts
@@ -166,7 +173,7 @@ class DeadColumnDecode(torch.autograd.Function):
 
     @staticmethod
     def forward(x, centre, weight, bias, pre, dictionary, picks: DeadPicks) -> torch.Tensor:
-        return picks.row_sums(dictionary.index_select(0, picks.cols), None)
+        return picks.row_sums(picks.atoms(dictionary), None)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
@@ -186,7 +193,7 @@ class DeadColumnDecode(torch.autograd.Function):
         if not any(needs[:5]):
             return tuple(grads)
         # d loss / d pre (m, rows), read at the picks alone (zero elsewhere when dense)
-        grad_t = dictionary.index_select(0, picks.cols) @ grad.t()
+        grad_t = picks.atoms(dictionary) @ grad.t()
         if picks.dense:
             grad_t.mul_(picks.keep.t())
         if needs[4]:
