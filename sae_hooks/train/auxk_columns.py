@@ -5,10 +5,11 @@ With many latents dead, each row's top k_aux dead pre-codes are a large share of
 gradient needs four products of that pick matrix V (rows, m) with d columns: the
 decode V @ A (A: the dead atoms), the picks' gradient <g_row, A_latent>, the dead
 atoms' gradient V^T g and the dead encoder rows' gradient G^T (x - centre). Measured
-kernels (2,048 rows, 2,000 dead, d = 768, one thread, AMD EPYC; docs/benchmarks.md):
-dense products 70-90 ms each; CSR products 100-116; embedding_bag's gather-dot 112;
-embedding_bag's forward (sum of weighted table rows a bag) 45-65, and 38-50 when run
-over column blocks of the table that stay in L2 (`bag_sums`). So:
+kernels (2,048 rows, 2,000 dead, d = 768, one thread, AMD EPYC; bench/bench_auxk_kernels.py,
+docs/benchmarks.md): dense products 70-86 ms each; CSR products 88-95; embedding_bag's
+gather-dot for the picks' gradient 125; embedding_bag's forward (a sum of weighted table
+rows a bag) 42-50, and 34-36 over column blocks of the table that stay in L2
+(`bag_sums`). So:
 
 - picks denser than DENSE_PICKS_FROM: all four as dense (rows, m) products;
 - below: the decode and both weight gradients as `bag_sums` (by row for the decode,
@@ -32,7 +33,8 @@ __all__ = ["DENSE_PICKS_FROM", "DeadColumnDecode", "DeadPicks", "bag_sums", "dea
 
 DENSE_PICKS_FROM = 0.3
 """Share of picks among the dead latents' pre-codes from which dense (rows, m) products
-beat `bag_sums` (one weighted row sum a pick: ~3x a dense multiply-add at 2,000 dead)."""
+beat `bag_sums`: between 1,000 dead latents (38% picked: 211 ms against 241 for AuxK's
+forward and backward) and 1,500 (26%: 322 against 291), 2,048 rows, one thread."""
 
 L2_BYTES = 512 * 1024
 """Table bytes a column block of `bag_sums` reads (the L2 of one core here)."""
@@ -147,9 +149,11 @@ def bag_sums(
 ) -> torch.Tensor:
     """(len(starts), d): bag b sums weights_i * table[indices_i] over its run of i from
     starts[b]. One embedding_bag per column block of the table small enough to stay in
-    L2 (at least 32 columns): the gathered rows come from L2 rather than L3 (38-50 ms
-    against 59-65 for one call, 2,000 x 768 table, 786k pairs; 46 against 103 at
-    6,000 x 768; one thread, the machine shared)."""
+    L2 (at least 32 columns): the gathered rows come from L2 rather than L3. 786k pairs,
+    one thread (bench/bench_auxk_kernels.py): 34 ms against 50 for one call from a
+    2,000 x 768 table, 36-40 against 42-52 from 2,048 x 768; no gain from 6,000 x 768
+    (82 against 78), whose 32-column blocks exceed L2. Exact: each output column is
+    the same sum."""
     table = table.contiguous()
     weights = weights.to(table.dtype)
     rows, width = table.shape

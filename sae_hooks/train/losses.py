@@ -81,10 +81,10 @@ def aux_k_loss(
 
 
 MAX_SPARSE_AUX_DENSITY = sparse.MAX_SPARSE_DENSITY
-"""Share of the dead latents' (rows, n_dead) pre-codes picked (positive, in a row's top
-min(k_aux, n_dead)) above which AuxK runs `DeadColumnDecode` (on the host): 2,048 x
-384 picks of 2,000 dead latents cost 2.1x the step with AuxK off by the sparse pairs'
-gather-dots and CSR products, 1.6x by its products (issue 35, docs/benchmarks.md)."""
+"""Share of the dead latents' (rows, n_dead) pre-codes picked (positive, in the row's top
+min(k_aux, n_dead)) above which AuxK runs `DeadColumnDecode` on the host, below which
+the sparse pairs: the sparse decoder's cut-off, kept (not re-measured against
+`DeadColumnDecode`, whose dense picks' gradient costs the same at any share)."""
 
 
 def _dense_picks(
