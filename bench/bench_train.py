@@ -317,43 +317,88 @@ AUXK_DEAD = (1, 100, 2000)
 
 def auxk_table(args: argparse.Namespace, variants: list[str], device: torch.device) -> None:
     """A step with AuxK on against the same step with it off, at 1, 100 and 2,000 dead
-    latents: one Trainer per variant; before every step the dead-latent counters are set
-    so that exactly those latents are dead (random ones, fixed per count) and AuxK is
-    switched on, or left off. Each round times off, then on at each count, back to back;
-    a ratio is taken within its round, so load spells hit both sides."""
-    x = torch.randn(args.batch, args.d, device=device)
+    latents, in two cases. forced: a fresh SAE on Gaussian rows, random latents forced
+    dead (about half their pre-codes > 0: every row fills its k_aux picks, the
+    pessimistic case). trained: an SAE trained `--auxk-train-steps` steps on synthetic
+    rows from 64 features (`eval.synthetic.uniform_features`, 4 active a row), the
+    latents longest without firing dead (the trainer's own counters; "silent": how many
+    did not fire in the second half of the run). Before every step
+    the dead-latent counters are set so that exactly those latents are dead and AuxK is
+    switched on, or left off. Each round times off, then on at each count, back to
+    back; a ratio is taken within its round, so load spells hit both sides."""
     print(machine(device))
     print(
         f"\nstep with AuxK on / off, {args.d} -> {args.nb}, {args.batch} rows, k = {args.k}, "
         f"k_aux = min({args.d // 2}, dead); {args.rounds} interleaved rounds of {args.steps} steps"
     )
     print(
-        "\n| variant | dead | on / off (min / median / max) | on / off, CPU time (median) "
-        "| off ms | on ms | load avg |"
+        "\n| variant | dead latents | dead | on / off (min / median / max) "
+        "| on / off, CPU time (median) | off ms | on ms | AuxK picks a row | load avg |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for variant in variants:
-        with tempfile.TemporaryDirectory(prefix="bench_auxk_") as tmp:
-            trainer = ours_step(variant, args, Path(tmp), x=x).__self__
-            steps = {n: _auxk_step(trainer, _dead_latents(args.nb, n)) for n in (0, *AUXK_DEAD)}
-            for step in steps.values():
-                step(x)
-            off, on, loads = [], {n: [] for n in AUXK_DEAD}, []
-            for _ in range(args.rounds):
-                off.append(time_steps(steps[0], x, args.steps, device))
-                for n in AUXK_DEAD:
-                    on[n].append(time_steps(steps[n], x, args.steps, device))
-                loads.append(os.getloadavg()[0])
+        for case in ("forced", "trained"):
+            with tempfile.TemporaryDirectory(prefix="bench_auxk_") as tmp:
+                _auxk_rows(args, variant, case, Path(tmp), device)
+
+
+def _auxk_rows(args, variant: str, case: str, run_dir: Path, device: torch.device) -> None:
+    x = torch.randn(args.batch, args.d, device=device)
+    trainer = ours_step(variant, args, run_dir, x=x).__self__
+    order = _dead_latents(args.nb, args.nb)
+    if case == "trained":
+        x, order, really_dead = _trained(trainer, args, device)
+        case = f"trained {args.auxk_train_steps} steps ({really_dead:,} silent)"
+    steps = {n: _auxk_step(trainer, order[:n]) for n in (0, *AUXK_DEAD)}
+    for step in steps.values():
+        step(x)
+    off, on, loads = [], {n: [] for n in AUXK_DEAD}, []
+    for _ in range(args.rounds):
+        off.append(time_steps(steps[0], x, args.steps, device))
         for n in AUXK_DEAD:
-            ratios = [a[0] / b[0] for a, b in zip(on[n], off)]
-            cpu = statistics.median(a[1] / b[1] for a, b in zip(on[n], off))
-            print(
-                f"| {variant} | {n:,} | {spread(ratios, '{:.2f}')} | {cpu:.2f} "
-                f"| {statistics.median(t[0] for t in off) / args.steps * 1e3:,.0f} "
-                f"| {statistics.median(t[0] for t in on[n]) / args.steps * 1e3:,.0f} "
-                f"| {min(loads):.1f}-{max(loads):.1f} |",
-                flush=True,
-            )
+            on[n].append(time_steps(steps[n], x, args.steps, device))
+        loads.append(os.getloadavg()[0])
+    for n in AUXK_DEAD:
+        ratios = [a[0] / b[0] for a, b in zip(on[n], off)]
+        cpu = statistics.median(a[1] / b[1] for a, b in zip(on[n], off))
+        print(
+            f"| {variant} | {case} | {n:,} | {spread(ratios, '{:.2f}')} | {cpu:.2f} "
+            f"| {statistics.median(t[0] for t in off) / args.steps * 1e3:,.0f} "
+            f"| {statistics.median(t[0] for t in on[n]) / args.steps * 1e3:,.0f} "
+            f"| {_picks_a_row(trainer, x, order[:n], args.d // 2):.1f} "
+            f"| {min(loads):.1f}-{max(loads):.1f} |",
+            flush=True,
+        )
+
+
+def _trained(trainer: typing.Any, args: argparse.Namespace, device: torch.device):
+    """(a batch, latents longest without firing first, how many have not fired in the
+    second half of the run) after `--auxk-train-steps` steps on synthetic rows scaled to Gaussian rows' norm."""
+    from sae_hooks.eval.synthetic import uniform_features
+
+    world = uniform_features(d=args.d, n_features=64, active=4.0, seed=0)
+    batches = [world.sample_x(args.batch, seed=seed) for seed in range(8)]
+    norm = statistics.mean(float(b.norm(dim=-1).mean()) for b in batches)
+    batches = [(b * args.d**0.5 / norm).to(device) for b in batches]
+    for step in range(args.auxk_train_steps):
+        trainer.train_step(batches[step % len(batches)])
+    since = trainer.dead.since_fired.cpu()
+    order = torch.sort(since, descending=True, stable=True).indices
+    silent = int((since >= args.batch * (args.auxk_train_steps // 2)).sum())
+    return batches[0], order, silent
+
+
+@torch.no_grad()
+def _picks_a_row(trainer: typing.Any, x: torch.Tensor, dead: torch.Tensor, k_aux: int) -> float:
+    """AuxK's picks a row (positive pre-codes among each row's top min(k_aux, dead))."""
+    from sae_hooks.train.losses import dead_top_k
+
+    if dead.numel() == 0:
+        return 0.0
+    mask = torch.zeros(trainer.sae.nb_concepts, dtype=torch.bool, device=x.device)
+    mask[dead] = True
+    pre = trainer.sae(x).z_pre
+    return dead_top_k(pre, mask, min(k_aux, dead.numel()))[0].numel() / x.shape[0]
 
 
 def _dead_latents(nb: int, n_dead: int) -> torch.Tensor:
@@ -720,6 +765,12 @@ def main() -> None:
         "--auxk",
         action="store_true",
         help="a step with AuxK on vs off at 1, 100 and 2,000 dead latents, interleaved",
+    )
+    parser.add_argument(
+        "--auxk-train-steps",
+        type=int,
+        default=200,
+        help="--auxk: training steps before the case of latents really dead",
     )
     parser.add_argument(
         "--threads",

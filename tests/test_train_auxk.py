@@ -12,7 +12,7 @@ import torch
 
 from sae_hooks.sae import BatchTopKSAE, TopKSAE
 from sae_hooks.sae import sparse as sparse_module
-from sae_hooks.train import losses
+from sae_hooks.train import auxk_columns, losses
 from sae_hooks.train.losses import aux_k_loss, dead_top_k
 
 D, NB, K, ROWS, K_AUX = 16, 512, 4, 40, 8
@@ -56,13 +56,22 @@ def grads(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.grad for name, p in module.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("path", ["by density", "dead columns", "pairs"])
+PATHS = {  # (MAX_SPARSE_AUX_DENSITY, DENSE_PICKS_FROM)
+    "by density": (losses.MAX_SPARSE_AUX_DENSITY, auxk_columns.DENSE_PICKS_FROM),
+    "bag sums": (0.0, 1.01),
+    "dense products": (0.0, 0.0),
+    "pairs": (1.0, 1.01),
+}
+
+
+@pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize("n_dead", [1, 5, 100, 480])
 @pytest.mark.parametrize("variant", ["topk", "batchtopk"])
 def test_loss_and_gradients_match_the_dense_reference(variant, n_dead, path, monkeypatch):
-    """By density: 8 picks of 480 dead go by pairs, of 100 or fewer by dead columns."""
-    cut = {"by density": losses.MAX_SPARSE_AUX_DENSITY, "dead columns": 0.0, "pairs": 1.0}
-    monkeypatch.setattr(losses, "MAX_SPARSE_AUX_DENSITY", cut[path])
+    """By density: 8 picks of 480 dead go by pairs, of 100 by bag sums, of 5 or fewer
+    by dense products."""
+    monkeypatch.setattr(losses, "MAX_SPARSE_AUX_DENSITY", PATHS[path][0])
+    monkeypatch.setattr(auxk_columns, "DENSE_PICKS_FROM", PATHS[path][1])
     if path != "by density":  # the forced paths select with numpy's introselect
         monkeypatch.setattr(sparse_module, "NUMPY_TOP_K_FROM", 1)
     ours = make(variant)
@@ -139,3 +148,71 @@ def test_the_path_without_host_reads_gives_the_same_loss_and_gradients(n_dead, m
         found.append((loss.detach(), p.grad, a.grad))
     for ours, ref in zip(*found):
         torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("n_dead", "expected"), [(1, "dense products"), (100, "bag sums"), (480, "pairs")]
+)
+def test_the_path_follows_the_share_of_picks(n_dead, expected, monkeypatch):
+    """8 positive picks a row of 480 dead latents (1.7%) go by pairs, ~8 of 100 by bag
+    sums, 1 of 1 by dense products."""
+    seen = []
+    forward = auxk_columns.DeadColumnDecode.forward
+
+    def spy(x, centre, weight, bias, pre, dictionary, picks):
+        seen.append("dense products" if picks.dense else "bag sums")
+        return forward(x, centre, weight, bias, pre, dictionary, picks)
+
+    monkeypatch.setattr(auxk_columns.DeadColumnDecode, "forward", staticmethod(spy))
+    sae = make("topk")
+    out = sae(torch.randn(ROWS, D, generator=torch.Generator().manual_seed(7)))
+    residual = torch.randn(ROWS, D)
+    aux_k_loss(
+        residual, out.z_pre, dead_mask(n_dead), sae.get_dictionary(), K_AUX, support=out.support
+    )
+    assert seen == ([] if expected == "pairs" else [expected])
+
+
+@pytest.mark.parametrize("dense_from", [0.0, 1.01])
+def test_the_columns_path_gives_pre_and_x_their_gradients(dense_from, monkeypatch):
+    """Without the encoder's inputs the gradient goes to the pre-codes themselves; with
+    inputs whose x needs a gradient, to x as well (both kernels of DeadColumnDecode)."""
+    monkeypatch.setattr(losses, "MAX_SPARSE_AUX_DENSITY", 0.0)
+    monkeypatch.setattr(auxk_columns, "DENSE_PICKS_FROM", dense_from)
+    pre = torch.randn(ROWS, NB, generator=torch.Generator().manual_seed(5))
+    atoms = torch.nn.functional.normalize(torch.randn(NB, D), dim=-1)
+    residual, dead = torch.randn(ROWS, D), dead_mask(100)
+    found = []
+    for loss_of in (aux_k_loss, reference_aux_k):
+        p, a = pre.clone().requires_grad_(), atoms.clone().requires_grad_()
+        loss_of(residual, p, dead, a, K_AUX).backward()
+        found.append((p.grad, a.grad))
+    for ours, ref in zip(*found):
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-7)
+    ours, ref = make("topk"), make("topk")
+    ref.sparse_encoder_grad = ref.sparse_decode = False
+    x_grads = []
+    for sae, loss_of in ((ours, aux_k_loss), (ref, reference_aux_k)):
+        x = torch.randn(ROWS, D, generator=torch.Generator().manual_seed(7)).requires_grad_()
+        out = sae(x)
+        kwargs = {"support": out.support} if sae is ours else {}
+        loss_of(
+            residual, out.z_pre, dead, sae.get_dictionary().detach(), K_AUX, **kwargs
+        ).backward()
+        x_grads.append(x.grad)
+    assert x_grads[1].abs().sum() > 0
+    torch.testing.assert_close(x_grads[0], x_grads[1], rtol=1e-5, atol=1e-7)
+
+
+def test_bag_sums_by_column_blocks_equal_one_embedding_bag(monkeypatch):
+    """A table wider than its L2 block (here 32 columns) is summed block by block."""
+    monkeypatch.setattr(auxk_columns, "L2_BYTES", 64)
+    gen = torch.Generator().manual_seed(2)
+    table = torch.randn(50, 100, generator=gen)
+    indices = torch.randint(0, 50, (300,), generator=gen)
+    starts = torch.tensor([0, 0, 7, 120, 299])  # an empty bag, a bag of one
+    weights = torch.rand(300, generator=gen)
+    expected = torch.nn.functional.embedding_bag(
+        indices, table, starts, per_sample_weights=weights, mode="sum"
+    )
+    torch.testing.assert_close(auxk_columns.bag_sums(indices, table, starts, weights), expected)

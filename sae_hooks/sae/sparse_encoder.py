@@ -195,54 +195,6 @@ def gather_pre_codes(
     return SparsePreCodes.apply(*inputs, pre, rows, cols, order)
 
 
-class ColumnPreCodes(torch.autograd.Function):
-    """pre[:, cols] of pre = (x - centre) W^T + b (cols distinct), with a backward over
-    those columns only: dW[cols] = g^T (x - centre), one (m, rows) @ (rows, d) product;
-    db[cols] = sum over rows; d centre = -(db[cols] @ W[cols]); dx = g @ W[cols] only
-    when x needs it. AuxK's dead latents, read where their picks are dense among them."""
-
-    @staticmethod
-    def forward(x, centre, weight, bias, pre, cols):
-        return pre.detach().index_select(1, cols)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
-        x, centre, weight, bias, _, cols = inputs
-        ctx.save_for_backward(x, centre, weight, cols)
-        ctx.bias_dtype = None if bias is None else bias.dtype
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor):
-        x, centre, weight, cols = ctx.saved_tensors
-        needs_x, needs_centre, needs_w, needs_b = ctx.needs_input_grad[:4]
-        grad_x = grad_centre = grad_w = grad_b = None
-        g = grad.to(weight.dtype)
-        picked = weight.index_select(0, cols)
-        if needs_x:
-            grad_x = (g @ picked).to(x.dtype)
-        if needs_w:
-            centred = (x if centre is None else x - centre).to(weight.dtype)
-            grad_w = torch.zeros_like(weight).index_copy_(0, cols, g.t() @ centred)
-        if needs_b or needs_centre:
-            per_latent = g.sum(0)
-            if needs_b:
-                grad_b = torch.zeros(weight.shape[0], dtype=ctx.bias_dtype, device=g.device)
-                grad_b.index_copy_(0, cols, per_latent.to(ctx.bias_dtype))
-            if needs_centre:
-                grad_centre = -(per_latent @ picked).to(centre.dtype)
-        return grad_x, grad_centre, grad_w, grad_b, None, None
-
-
-def gather_columns(
-    pre: torch.Tensor, cols: torch.Tensor, inputs: EncoderInputs | None = None
-) -> torch.Tensor:
-    """pre[:, cols]; through `ColumnPreCodes` when `inputs` are given and a gradient is
-    wanted, else through pre's own history."""
-    if inputs is None or not torch.is_grad_enabled():
-        return pre.index_select(1, cols)
-    return ColumnPreCodes.apply(*inputs, pre, cols)
-
-
 def support_codes(
     pre: torch.Tensor,
     rows: torch.Tensor,

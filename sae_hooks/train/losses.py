@@ -13,7 +13,9 @@ import torch.nn.functional as F
 
 from sae_hooks.metrics import fvu, mse
 from sae_hooks.sae import sparse
-from sae_hooks.sae.sparse_encoder import fixed_support, gather_columns, gather_pre_codes
+from sae_hooks.sae.sparse_encoder import fixed_support, gather_pre_codes
+
+from .auxk_columns import DeadColumnDecode, DeadPicks, dead_picks
 
 if TYPE_CHECKING:
     from sae_hooks.distributed import ProcessRank
@@ -22,7 +24,14 @@ if TYPE_CHECKING:
 
     from .window import DeadLatents
 
-__all__ = ["aux_k_loss", "aux_k_rank_scale", "dead_top_k", "fvu", "mse", "trainer_aux_loss"]
+__all__ = [
+    "aux_k_loss",
+    "aux_k_rank_scale",
+    "dead_top_k",
+    "fvu",
+    "mse",
+    "trainer_aux_loss",
+]
 
 
 def aux_k_loss(
@@ -45,19 +54,20 @@ def aux_k_loss(
     never contribute, so the top k_aux of all latents with the live ones at 0 decodes
     to the same e_hat. It changes the cost: see `dead_top_k`.)
 
-    The selection runs without gradient; the chosen pre-codes are then read with
-    `gather_pre_codes`, so given the support of an SAE forward with a sparse encoder
-    gradient (`SAEOutput.support`, whose encoder inputs z_pre came from), AuxK
-    back-propagates through those pairs only (sae/sparse_encoder.py); the decode is
-    the sparse decoder's (`decode_pairs`), whose atom gradient is a CSR matmul.
+    The selection runs without gradient. Given the support of an SAE forward with a
+    sparse encoder gradient (`SAEOutput.support`, whose encoder inputs z_pre came
+    from), AuxK back-propagates through the picked pairs only: by the sparse encoder
+    and decoder (`gather_pre_codes`, `decode_pairs`) where the positive picks are
+    sparse among the dead latents' columns, by `DeadColumnDecode` where they are dense.
     """
     k = min(k_aux, z_pre.shape[-1])
     inputs = None if support is None else support.encoder_inputs
-    dead_cols = dead_columns(z_pre, dead, k)
-    if dead_cols is not None:
-        e_hat = _decode_dead_columns(z_pre, dead_cols, k, dictionary, inputs)
+    picks = dead_picks(z_pre.detach(), dead, k)
+    if picks is not None and _dense_picks(picks, z_pre, dictionary, inputs):
+        pre = z_pre if inputs is None else z_pre.detach()  # its gradient goes to inputs
+        e_hat = DeadColumnDecode.apply(*(inputs or (None,) * 4), pre, dictionary, picks)
     else:
-        rows, cols = dead_top_k(z_pre.detach(), dead, k)
+        rows, cols = picks.pairs() if picks is not None else dead_top_k(z_pre.detach(), dead, k)
         order = sparse.LatentOrder(rows, cols)  # one sort for both weight gradients
         picked = gather_pre_codes(z_pre, rows, cols, inputs, order)
         values = F.relu(picked) * dead.index_select(0, cols)  # a live pick (off CPU) adds 0
@@ -71,40 +81,19 @@ def aux_k_loss(
 
 
 MAX_SPARSE_AUX_DENSITY = sparse.MAX_SPARSE_DENSITY
-"""Share of picks among the dead latents' columns, min(k_aux, n_dead) / n_dead, above
-which AuxK decodes those columns densely (on the host): at 2,000 dead of 6,144 and
-k_aux = 384 the sparse pairs were 12x the step's own (786k), and four (rows, n_dead)
-products cost half what their gather-dots and CSR products did (issue 35)."""
+"""Share of the dead latents' (rows, n_dead) pre-codes picked (positive, in the row's top
+min(k_aux, n_dead)) above which AuxK runs `DeadColumnDecode` on the host, below which
+the sparse pairs: the sparse decoder's cut-off, kept (not re-measured against
+`DeadColumnDecode`, whose dense picks' gradient costs the same at any share)."""
 
 
-@torch.no_grad()
-def dead_columns(pre: torch.Tensor, dead: torch.Tensor, k: int) -> torch.Tensor | None:
-    """The dead latents (sorted), where AuxK's picks are dense among their columns
-    (above MAX_SPARSE_AUX_DENSITY) on the host; None for the pair path (`dead_top_k`)."""
-    if pre.device.type not in sparse.HOST_DEVICES or pre.dim() != 2:
-        return None
-    cols = dead.nonzero().squeeze(1)
-    n_dead = cols.numel()
-    return cols if n_dead and min(k, n_dead) > MAX_SPARSE_AUX_DENSITY * n_dead else None
-
-
-def _decode_dead_columns(
-    pre: torch.Tensor,
-    cols: torch.Tensor,
-    k: int,
-    dictionary: torch.Tensor,
-    inputs: EncoderInputs | None,
-) -> torch.Tensor:
-    """e_hat from each row's top min(k, n_dead) dead pre-codes after ReLU, as dense
-    (rows, n_dead) products over the dead latents' columns and atoms alone."""
-    with torch.no_grad():
-        candidates = pre.detach().index_select(1, cols)
-        keep = candidates > 0
-        if k < cols.numel():
-            top = sparse.row_top_k(candidates, k)
-            keep &= torch.zeros_like(keep).scatter_(1, top, True)
-    values = F.relu(gather_columns(pre, cols, inputs)) * keep
-    return values.to(dictionary.dtype) @ dictionary.index_select(0, cols)
+def _dense_picks(
+    picks: DeadPicks, pre: torch.Tensor, dictionary: torch.Tensor, inputs: EncoderInputs | None
+) -> bool:
+    """Whether `DeadColumnDecode` takes AuxK: dense picks, one float dtype throughout."""
+    dtypes = {pre.dtype, dictionary.dtype} | {t.dtype for t in inputs or () if t is not None}
+    dense = picks.count > MAX_SPARSE_AUX_DENSITY * picks.n_rows * picks.cols.numel()
+    return dense and len(dtypes) == 1 and pre.dtype in (torch.float32, torch.float64)
 
 
 @torch.no_grad()
@@ -112,26 +101,16 @@ def dead_top_k(pre: torch.Tensor, dead: torch.Tensor, k: int) -> tuple[torch.Ten
     """(rows, cols) flat and sorted by row: each row's top min(k, n_dead) dead latents
     by pre-code, those whose pre-code is > 0 (a ReLU'd 0 decodes to nothing).
 
-    On CPU only the dead latents' columns are read, (N, n_dead) instead of a `where`
-    and a top-k over (N, n), and there is no top-k at all when k >= n_dead; counting
-    the dead latents and dropping the zeros are host reads, free there. Elsewhere they
-    would make the host wait for the device: the top-k runs over all latents with the
-    live ones at 0 (the caller weighs a live pick by 0).
+    On CPU only the dead latents' columns are read (`dead_picks`), (N, n_dead) instead
+    of a `where` and a top-k over (N, n); counting and dropping are host reads, free
+    there. Elsewhere they would make the host wait for the device: the top-k runs over
+    all latents with the live ones at 0 (the caller weighs a live pick by 0).
     """
-    if pre.device.type not in sparse.HOST_DEVICES:
-        candidates = torch.where(dead, pre, 0.0).clamp_min_(0.0)
-        return fixed_support(candidates.topk(k, dim=-1, sorted=False).indices)
-    dead_cols = dead.nonzero().squeeze(1)
-    candidates = pre.index_select(1, dead_cols)
-    if k < dead_cols.numel():
-        at = sparse.row_top_k(candidates, k)
-        candidates = candidates.gather(1, at)
-        cols = dead_cols.index_select(0, at.reshape(-1))
-    else:
-        cols = dead_cols.repeat(pre.shape[0])
-    kept = (candidates.reshape(-1) > 0).nonzero().squeeze(1)  # row-major: sorted by row
-    rows = kept.div(candidates.shape[-1], rounding_mode="floor")
-    return rows, cols.index_select(0, kept)
+    picks = dead_picks(pre, dead, k)
+    if picks is not None:
+        return picks.pairs()
+    candidates = torch.where(dead, pre, 0.0).clamp_min_(0.0)
+    return fixed_support(candidates.topk(k, dim=-1, sorted=False).indices)
 
 
 @torch.no_grad()
