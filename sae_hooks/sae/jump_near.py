@@ -100,13 +100,14 @@ class NearThreshold(torch.autograd.Function):
             density = ctx.kernel(torch.sub(pre, picked).div_(ctx.bandwidth))
             grad_theta = torch.zeros_like(theta)
             if grad_z is not None or grad_active is not None:
-                weight = grad_z * picked if grad_z is not None else grad_active.clone()
+                weight = grad_active if grad_z is None else grad_z * picked
                 if grad_z is not None and grad_active is not None:
-                    weight.add_(grad_active)
+                    weight = weight + grad_active
                 grad_theta.index_add_(0, cols, (density * weight).to(theta.dtype))
             if grad_x is not None:
                 g = grad_x.reshape(-1, atoms.shape[1]).to(atoms.dtype)
-                summed = latent_grad(atoms.shape[0], rows, cols, density.to(atoms.dtype), g)
+                weights = density.to(atoms.dtype)  # K = 0 only at the reach's very edge
+                summed = latent_grad(atoms.shape[0], rows, cols, weights, g, drop_zeros=False)
                 dots = torch.linalg.vecdot(summed, atoms.detach())
                 grad_theta.add_(dots.to(theta.dtype) * theta)
             grad_theta.mul_(-1.0 / ctx.bandwidth)

@@ -192,11 +192,15 @@ def latent_grad(
     grad: torch.Tensor,
     x: torch.Tensor,
     order: LatentOrder | None = None,
+    *,
+    drop_zeros: bool = True,
 ) -> torch.Tensor:
     """sum over pairs m of grad_m x[rows_m] into row cols_m of an (n, d) matrix; order:
-    the same pairs' `LatentOrder`, whose sort is then shared with other products."""
+    the same pairs' `LatentOrder`, whose sort is then shared with other products.
+    drop_zeros=False: no compaction pass for weights that are rarely 0."""
     if order is None:
-        rows, cols, grad = nonzero_pairs(rows, cols, grad)
+        if drop_zeros:
+            rows, cols, grad = nonzero_pairs(rows, cols, grad)
         cols_sorted, perm = sort_indices(cols)
         rows_sorted, grad_sorted = rows.index_select(0, perm), grad.index_select(0, perm)
     else:
