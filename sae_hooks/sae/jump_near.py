@@ -108,7 +108,7 @@ class NearThreshold(torch.autograd.Function):
                 g = grad_x.reshape(-1, atoms.shape[1]).to(atoms.dtype)
                 weights = density.to(atoms.dtype)  # K = 0 only at the reach's very edge
                 summed = latent_grad(atoms.shape[0], rows, cols, weights, g, drop_zeros=False)
-                dots = torch.linalg.vecdot(summed, atoms.detach())
+                dots = summed.mul_(atoms).sum(-1)  # row dots, in place: no (n, d) temporary
                 grad_theta.add_(dots.to(theta.dtype) * theta)
             grad_theta.mul_(-1.0 / ctx.bandwidth)
         return grad_x, grad_theta, None, None, None, None, None, None
