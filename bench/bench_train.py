@@ -262,7 +262,9 @@ def defaults_table(args: argparse.Namespace, device: torch.device) -> None:
     row's top k) timed before, at and after its switch (the step that sets every
     threshold from the batch), and ReLU with no target L0 (at init about half its codes
     fire: the dense path) beside ReLU at L0 = k. Trainers of 1,000 steps, their step
-    counter set before each timed step; L0 measured on the batch after the rounds. The
+    counter set before each timed step; L0 measured on the batch after the rounds, in the
+    state each timed step saw (after the switch: right after a switch step, whose own
+    update moves the thresholds it has just set). The
     CPU-time ratio (process CPU seconds against TopK's in the same round) moves less than
     the wall-time one when other jobs share the cores."""
     x = torch.randn(args.batch, args.d, device=device)
@@ -304,6 +306,9 @@ def defaults_table(args: argparse.Namespace, device: torch.device) -> None:
                 cpu[name].append(cpu_s)
             loads.append(os.getloadavg()[0])
         for name, (step, at) in cases.items():
+            if at is not None and at > switch:  # as timed: right after a switch step
+                _at_step(jump, switch)
+                jump.train_step(x)
             _at_step(jump, at)
             l0 = our_l0(jump if at is not None else step.__self__, x)
             ratios = [t / base for t, base in zip(times[name], times["topk, k per row"])]
