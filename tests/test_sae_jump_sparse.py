@@ -118,3 +118,81 @@ def test_the_support_cut_picks_the_path_on_the_host_and_on_a_device(host, monkey
     dense_out = sae(x)
     assert kept_support(dense_out) is None and len(decoded) == 1
     torch.testing.assert_close(sparse_out.x_hat, dense_out.x_hat)
+
+
+@pytest.mark.parametrize("host", [True, False], ids=["host", "device"])
+def test_the_host_splits_the_support_at_the_threshold_with_the_same_gradients(host, monkeypatch):
+    """On the host only the kept pairs reach the decoder, the pairs below their threshold
+    reach theta through `NearThreshold`; elsewhere every pair of the support is decoded.
+    Either gives the dense path's values and gradients (z in the loss included)."""
+    from sae_hooks.sae import jump_near
+    from sae_hooks.sae import sparse as sparse_module
+
+    if not host:
+        monkeypatch.setattr(sparse_module, "HOST_DEVICES", ())
+    decoded, split = [], []
+    real_decode, real_near = sparse_module.SparseDecode.apply, jump_near.NearThreshold.apply
+    monkeypatch.setattr(
+        sparse_module.SparseDecode, "apply", lambda *a: decoded.append(a[1]) or real_decode(*a)
+    )
+    monkeypatch.setattr(
+        jump_near.NearThreshold, "apply", lambda *a: split.append(a[4]) or real_near(*a)
+    )
+    sparse = make("silverman", 0.005).double()
+    dense = copy.deepcopy(sparse)
+    dense.sparse_encoder_grad = False
+    x = torch.randn(ROWS, D, dtype=torch.float64)
+    for sae in (sparse, dense):
+        out = sae(x)
+        weights = torch.linspace(-1, 1, NB, dtype=torch.float64)
+        loss = out.x_hat.pow(2).sum() + 0.3 * sae.sparsity_loss(out) + (out.z * weights).sum()
+        loss.backward()
+        if sae is sparse:
+            support = kept_support(out)
+            kept = int((support.values != 0).sum())
+            assert kept < support.cols.numel()  # pairs below their threshold in the support
+    assert [c.numel() for c in decoded] == [kept if host else support.cols.numel()]
+    assert [c.numel() for c in split] == ([support.cols.numel() - kept] if host else [])
+    g_sparse, g_dense = grads(sparse), grads(dense)
+    assert g_dense["log_threshold"].abs().sum() > 0
+    for name in g_dense:
+        assert_close(g_sparse[name], g_dense[name], name)
+
+
+@pytest.mark.parametrize("outputs", [(0,), (1,), (2,), (0, 1, 2)], ids=["x", "z", "H", "all"])
+@pytest.mark.parametrize("kernel", ["silverman", "rectangle", "gaussian"])
+def test_near_threshold_gives_theta_the_per_pair_pseudo_derivatives(kernel, outputs):
+    """NearThreshold's theta gradient (one CSR product for the decoder's term) equals
+    JumpReLUWithL0's on the same pairs decoded pair by pair, whichever outputs the loss
+    reads; x_hat passes through unchanged with its gradient."""
+    from sae_hooks.sae.jump import JumpReLUWithL0
+    from sae_hooks.sae.jump_near import NearThreshold
+    from sae_hooks.sae.kernels import get_kernel
+
+    torch.manual_seed(3)
+    n, rows, d, bandwidth, k = 40, 12, 6, 0.3, get_kernel(kernel)
+    atoms = torch.randn(n, d, dtype=torch.float64)
+    base = torch.randn(rows, d, dtype=torch.float64)
+    weights = [torch.randn(rows, d, dtype=torch.float64), torch.randn(150, dtype=torch.float64)]
+    flat = torch.randperm(rows * n)[:150].sort().values
+    pair_rows, cols = flat // n, flat % n
+    theta0 = torch.rand(n, dtype=torch.float64) + 1.0
+    pre = theta0.index_select(0, cols) - torch.rand(150, dtype=torch.float64) * 0.4
+
+    def loss(x_hat, z, active):
+        parts = [(x_hat * weights[0]).sum(), (z * weights[1]).sum(), 0.7 * active.sum()]
+        return sum(parts[i] for i in outputs)
+
+    theta, x0 = theta0.clone().requires_grad_(), base.clone().requires_grad_()
+    z, active = JumpReLUWithL0.apply(pre, theta.index_select(0, cols), k, bandwidth)
+    x_hat = x0.index_add(0, pair_rows, z[:, None] * atoms.index_select(0, cols))
+    loss(x_hat, z, active).backward()
+    expected = theta.grad, x0.grad
+    theta, x0 = theta0.clone().requires_grad_(), base.clone().requires_grad_()
+    outs = NearThreshold.apply(x0, theta, atoms, pre, pair_rows, cols, k, bandwidth)
+    assert torch.equal(outs[0], base) and not outs[1].any() and not outs[2].any()
+    loss(*outs).backward()
+    assert expected[0].abs().sum() > 0
+    assert_close(theta.grad, expected[0], "theta")
+    if 0 in outputs:
+        assert_close(x0.grad, expected[1], "x_hat")

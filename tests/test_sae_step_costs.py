@@ -3,6 +3,7 @@ reused across steps, its dense backward, one latent sort shared by two products.
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -73,10 +74,12 @@ def test_the_sparse_paths_pass_the_dense_pre_codes_no_gradient(monkeypatch):
     assert sae.encoder.weight.grad is not None and sae.dictionary.bias.grad is not None
 
 
-def test_pairs_at_least_lists_what_nonzero_lists_and_stops_at_the_limit():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_pairs_at_least_lists_what_nonzero_lists_and_stops_at_the_limit(dtype):
+    """numpy's compare and flatnonzero for fp32 / fp64, torch's for bf16: the same pairs."""
     from sae_hooks.sae import sparse_encoder
 
-    pre, floor = torch.randn(9, 32), torch.randn(32) + 1.0
+    pre, floor = torch.randn(9, 32).to(dtype), (torch.randn(32) + 1.0).to(dtype)
     rows, cols = (pre >= floor).nonzero(as_tuple=True)
     found = sparse_encoder.pairs_at_least(pre, floor, float("inf"))
     assert torch.equal(found[0], rows) and torch.equal(found[1], cols)
@@ -107,3 +110,16 @@ def test_row_top_k_selects_torchs_top_k_set_by_numpy_from_its_cut(monkeypatch):
         assert picked.shape == (50, 80) and picked.is_contiguous()
         assert torch.equal(picked.sort(-1).values, expected)
     assert sparse.row_top_k(scores.bfloat16(), 80).shape == (50, 80)  # torch: no numpy bf16
+
+
+@pytest.mark.parametrize("high", [6144, 2**15, 2**40])
+def test_sort_indices_is_a_stable_sort_whatever_the_key_width(high):
+    """Keys below 2^15 sort as 16-bit keys (numpy's radix sort), others as they are:
+    the same stable order as torch's."""
+    from sae_hooks.sae.sparse import sort_indices
+
+    values = torch.randint(0, high, (5000,), generator=torch.Generator().manual_seed(0))
+    values[::7] = values[3]  # ties: the order among equal keys is the input order
+    expected = torch.sort(values, stable=True)
+    found = sort_indices(values)
+    assert torch.equal(found[0], expected.values) and torch.equal(found[1], expected.indices)

@@ -18,7 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import sparse as sparse_paths
 from .base import SAE
+from .jump_near import SplitSupport
 from .kernels import DEFAULT_KERNEL, KERNEL_SUPPORT, KERNELS, Kernel, as_kernel, get_kernel
 from .output import EncoderInputs, SAEOutput, TrainingSupport
 from .settings import VariantConfig, check_float
@@ -27,6 +29,7 @@ from .sparse import (
     LatentOrder,
     check_sparse_decode,
     decode_fixed,
+    decode_pairs,
     row_top_k,
 )
 from .sparse_encoder import (
@@ -307,6 +310,7 @@ class JumpSAE(SAE):
         r = the kernel's support in pre-code units. Those pairs go through the sparse
         encoder backward and the sparse decoder, and JumpReLU runs on them alone; a
         pair outside has a zero gradient for every parameter (K is exactly 0 there).
+        On the host the pairs below their threshold reach theta alone (`_forward_split`).
         The support is counted after the matmul (one host sync on CUDA); above
         MAX_SPARSE_SUPPORT_DENSITY, or for a kernel with unbounded support, the dense
         path runs.
@@ -328,14 +332,16 @@ class JumpSAE(SAE):
         if near is None or (forced is None and near[1].numel() > cut):
             return self._forward_dense(rows, found)
         flat_rows, cols = near
-        order = LatentOrder(flat_rows, cols)
-        z_vals, active = JumpReLUWithL0.apply(
-            gather_pre_codes(pre, flat_rows, cols, inputs, order),
-            theta.index_select(0, cols),
-            self.kernel_fn,
-            self.bandwidth,
+        sparse_decode = self.sparse_decode is True or (
+            self.sparse_decode is None and len(cols) <= cut
         )
-        # Its pairs at 0 cost the decoder one gradient pass each (`nonzero_pairs`).
+        if pre.device.type in sparse_paths.HOST_DEVICES and sparse_decode:
+            return self._forward_split(pre, inputs, SplitSupport(pre, flat_rows, cols, theta))
+        # Elsewhere (no host sync to split the support) its pairs at 0 cost the decoder
+        # one gradient each (`nonzero_pairs`); or the codes are decoded densely.
+        order, at = LatentOrder(flat_rows, cols), theta.index_select(0, cols)
+        pairs = gather_pre_codes(pre, flat_rows, cols, inputs, order)
+        z_vals, active = JumpReLUWithL0.apply(pairs, at, self.kernel_fn, self.bandwidth)
         return self._codes_from_pairs(
             pre,
             inputs,
@@ -346,6 +352,22 @@ class JumpSAE(SAE):
             penalty=active.sum() / pre.shape[0],
             order=order,
         )
+
+    def _forward_split(self, pre: torch.Tensor, inputs: EncoderInputs, split: SplitSupport):
+        """`_forward_rows` on the host: the kept pairs through the sparse encoder backward,
+        JumpReLU and the sparse decoder, the pairs below their threshold through theta's
+        gradient alone (`jump_near`). The same codes, support and gradients."""
+        theta, rows, cols, n_rows = self.threshold, split.kept_rows, split.kept_cols, len(pre)
+        order, kernel, width = LatentOrder(rows, cols), self.kernel_fn, self.bandwidth
+        pairs = gather_pre_codes(pre, rows, cols, inputs, order)
+        z_kept, active = JumpReLUWithL0.apply(pairs, theta.index_select(0, cols), kernel, width)
+        atoms, bias = self.get_dictionary(), self.dictionary.bias
+        x_hat = decode_pairs(rows, cols, z_kept, atoms, bias, n_rows=n_rows, order=order)
+        x_hat, z_near, active_near = split.near_codes(x_hat, theta, atoms, kernel, width)
+        values = split.merged(z_kept, z_near)
+        z, kept = support_codes(pre, split.rows, split.cols, values, sparse=self._sparse_codes)
+        penalty = (active.sum() + active_near.sum()) / n_rows
+        return SAEOutput(pre, z, x_hat, TrainingSupport(kept, inputs, penalty))
 
     def _forward_warm(self, rows: torch.Tensor) -> SAEOutput:
         """The warm-up's selection (`step_phase`): each row's _warm_k largest pre-codes
