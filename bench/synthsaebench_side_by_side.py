@@ -1,14 +1,15 @@
 """SynthSAEBench side by side: sae-hooks and SAELens train the same five variants on the
 same rows, and the same code scores both (issue 31, item 7).
 
-One dataset (the generator's CPU preset, seed 0: 4,096 features, d = 256, L0 ~24) is drawn
-once; every run sees the same rows in the same order, at the same width (4,096 latents),
-L0 target (k = 25), steps, batch size and constant learning rate. Scores on 8,192
-held-out rows: Hungarian MCC and per-latent F1 as the paper defines them, absorption
-(Hungarian-matched; sae_hooks.eval.synthetic.absorption), FVU and L0.
+One dataset (a generator preset, seed 0; by default "2k": 2,048 features, d = 128, L0 ~6,
+the paper's L0/d) is drawn once; every run sees the same rows in the same order, at the
+same width (one latent a true feature), L0 target (k = 4 by default: the paper's 25
+against its true L0 34, scaled), steps, batch size and constant learning rate. Scores on
+8,192 held-out rows: Hungarian MCC and per-latent F1 as the paper defines them,
+absorption (Hungarian-matched; sae_hooks.eval.synthetic.absorption), FVU and L0.
 
     PYTHONPATH=$PWD nice /work/venv-peers/bin/python bench/synthsaebench_side_by_side.py \\
-        --steps 300 --seeds 0 1 2 --out /tmp/ssb
+        --steps 2000 --seeds 0 1 2 --out /tmp/ssb
 
 Each finished run is appended to OUT/runs.jsonl (a rerun skips the runs already there);
 the summary (mean +- std over seeds) is printed and written to OUT/summary.md;
@@ -29,7 +30,7 @@ import torch
 
 from sae_hooks import metrics
 from sae_hooks.eval.synthetic import sparsity_fields
-from sae_hooks.eval.synthsaebench import dictionary_metrics, synthsaebench
+from sae_hooks.eval.synthsaebench import PRESETS, dictionary_metrics, synthsaebench
 from sae_hooks.sae.matryoshka import default_group_sizes
 from sae_hooks.sae.modes import eval_mode
 
@@ -155,10 +156,11 @@ def summarise(runs: list[dict]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--preset", default="2k", choices=sorted(PRESETS))
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--l0", type=float, default=25.0)
+    p.add_argument("--l0", type=float, default=4.0, help="k / target L0 of every variant")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--archs", nargs="+", default=list(ARCHS), choices=ARCHS)
     p.add_argument("--libs", nargs="+", default=["sae-hooks", "saelens"])
@@ -175,7 +177,7 @@ def main() -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(a.threads)
-    world = synthsaebench("cpu")
+    world = synthsaebench(a.preset)
     a.d, a.width = world.d, world.n_features
     t0 = time.perf_counter()
     x = world.sample_x(a.steps * a.batch_size, seed=1)
@@ -198,7 +200,7 @@ def main() -> None:
                 t = time.perf_counter()
                 row = score(world, trainers[lib](arch, x, a, seed, out), x_eval, codes_eval)
                 row.update(arch=arch, library=lib, seed=seed, seconds=time.perf_counter() - t)
-                row.update(steps=a.steps, batch_size=a.batch_size, lr=a.lr)
+                row.update(preset=a.preset, steps=a.steps, batch_size=a.batch_size, lr=a.lr)
                 runs.append(row)
                 with log.open("a") as f:
                     f.write(json.dumps(row) + "\n")

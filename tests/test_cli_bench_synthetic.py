@@ -40,3 +40,11 @@ def test_the_synthsaebench_world_reports_the_papers_metrics(tmp_path, capsys):
     assert 0 <= result["mcc_hungarian"] <= 1 and 0 <= result["f1_latent"] <= 1
     assert 21 < result["true_l0"] < 27
     assert "mcc_hungarian" in capsys.readouterr().out
+
+
+def test_the_2k_synthsaebench_world_is_a_choice(tmp_path):
+    out = tmp_path / "bench"
+    argv = ["bench-synthetic", "--world", "synthsaebench-2k", "--architectures", "topk"]
+    assert main([*argv, "--steps", "2", "--batch-size", "64", "--out", str(out)]) == 0
+    (result,) = json.loads((out / "bench_synthetic.json").read_text())
+    assert 5.4 < result["true_l0"] < 6.6  # the 2k preset, not the cpu one (L0 ~24)

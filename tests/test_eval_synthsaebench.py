@@ -72,6 +72,13 @@ def test_the_cpu_preset_has_the_promised_l0():
     assert 21 < float((codes > 0).sum(1).float().mean()) < 27
 
 
+def test_the_2k_preset_keeps_the_papers_l0_to_d_ratio():
+    x, codes = synthsaebench("2k").sample(4096, seed=3)
+    assert x.shape == (4096, 128)
+    l0 = float((codes > 0).sum(1).float().mean())
+    assert 5.4 < l0 < 6.6  # L0/d ~0.047, the paper's 34/768 = 0.044
+
+
 def test_a_perfect_dictionary_scores_one(world_and_rows):
     world, _, codes = world_and_rows
     shuffled = torch.randperm(world.n_features, generator=torch.Generator().manual_seed(0))

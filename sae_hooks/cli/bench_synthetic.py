@@ -20,7 +20,7 @@ NAME = "bench-synthetic"
 TABLE = None  # takes no --config
 HELP = "recovery of a known dictionary by every SAE variant (CPU, minutes)"
 RESULTS = "bench_synthetic.json"
-WORLDS = ("default", "synthsaebench", "synthsaebench-16k")
+WORLDS = ("default", "synthsaebench", "synthsaebench-2k", "synthsaebench-16k")
 
 
 def options() -> tuple[Option, ...]:
@@ -42,7 +42,9 @@ def options() -> tuple[Option, ...]:
         Option(
             ("--world",),
             "the generator: 'default' (the project's small hierarchical world), "
-            "'synthsaebench' (the paper's model at CPU scale: 4,096 features, d = 256) or "
+            "'synthsaebench' (the paper's model at CPU scale: 4,096 features, d = 256), "
+            "'synthsaebench-2k' (2,048 features, d = 128, the paper's L0/d; the "
+            "side-by-side bench's world) or "
             "'synthsaebench-16k' (its published 16k-feature, d = 768 world)",
             default="default",
             choices=WORLDS,
@@ -70,7 +72,7 @@ def run(args: argparse.Namespace) -> None:
     if args.world != "default":
         from sae_hooks.eval import synthsaebench as ssb
 
-        preset = "16k" if args.world.endswith("16k") else "cpu"
+        preset = args.world.partition("-")[2] or "cpu"
         world = ssb.synthsaebench(dataclasses.replace(ssb.PRESETS[preset], seed=args.seed))
         # fresh rows every step, as the paper trains on its generator
         rows = args.steps * args.batch_size
