@@ -262,7 +262,8 @@ def defaults_table(args: argparse.Namespace, device: torch.device) -> None:
     row's top k) timed before, at and after its switch (the step that sets every
     threshold from the batch), and ReLU with no target L0 (at init about half its codes
     fire: the dense path) beside ReLU at L0 = k. Trainers of 1,000 steps, their step
-    counter set before each timed step; L0 measured on the batch after the rounds, in the
+    counter set before each timed step, and a second JumpReLU trained
+    AFTER_SWITCH steps past its switch; L0 measured on the batch after the rounds, in the
     state each timed step saw (after the switch: right after a switch step, whose own
     update moves the thresholds it has just set). The
     CPU-time ratio (process CPU seconds against TopK's in the same round) moves less than
@@ -284,11 +285,14 @@ def defaults_table(args: argparse.Namespace, device: torch.device) -> None:
         switch = round(jump.config.row_topk_warmup * jump.config.steps)
         relu = ours_step("relu", args, Path(tmp) / "relu", defaults=True)
         relu_k = ours_step("relu", args, Path(tmp) / "relu_k", x=x)
+        later = ours_step("jumprelu", args, Path(tmp) / "later", defaults=True)
+        _train_past_switch(later, x)
         cases = {
             "topk, k per row": (topk, None),
             "jumprelu, warm-up (top-k a row)": (jump.train_step, switch - 1),
             "jumprelu, the switch step (re-threshold)": (jump.train_step, switch),
             "jumprelu, after the switch": (jump.train_step, switch + 1),
+            f"jumprelu, {AFTER_SWITCH} steps after the switch": (later, None),
             "relu, defaults (no target L0)": (relu, None),
             "relu at L0 = k": (relu_k, None),
         }
@@ -319,6 +323,19 @@ def defaults_table(args: argparse.Namespace, device: torch.device) -> None:
                 f"| {l0:,.1f} | {min(loads):.1f}-{max(loads):.1f} |",
                 flush=True,
             )
+
+
+AFTER_SWITCH = 100
+"""Steps `--defaults` trains a second JumpReLU past its switch (fresh Gaussian rows each)
+before timing it: the thresholds have moved apart from the one value the switch set."""
+
+
+def _train_past_switch(step: typing.Any, x: torch.Tensor) -> None:
+    trainer = step.__self__
+    trainer.step = round(trainer.config.row_topk_warmup * trainer.config.steps)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(AFTER_SWITCH + 1):  # the switch step, then AFTER_SWITCH more
+        step(torch.randn(x.shape, generator=gen).to(x.device))
 
 
 def _at_step(trainer: typing.Any, step: int | None) -> None:
