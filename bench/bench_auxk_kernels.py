@@ -43,7 +43,8 @@ def csr_times(matrix: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
 
 def kernels(m: int, args: argparse.Namespace) -> dict[str, dict[str, float]]:
     sys.path.insert(0, str(ROOT))
-    from sae_hooks.train.auxk_columns import DeadPicks, bag_sums
+    from sae_hooks.sae.sparse import bag_sums
+    from sae_hooks.train.auxk_columns import DeadPicks
 
     gen = torch.Generator().manual_seed(0)
     rows, d, k = args.rows, args.d, min(args.d // 2, m)

@@ -58,3 +58,28 @@ def test_other_devices_take_the_flat_top_k(monkeypatch):
     _, flat = batch_top_k(scores, 5)
     ref = scores.flatten().topk(5)
     assert torch.equal(flat.sort().values, ref.indices.sort().values)
+
+
+@pytest.mark.parametrize("case", ["distinct", "tied at the k-th", "full rows", "device"])
+def test_the_budget_comes_grouped_by_row(case, monkeypatch):
+    """The sparse decoder reads the pairs by row: every path returns them grouped so
+    (rows ascending), exactly k of them, the flat top-k's set."""
+    gen = torch.Generator().manual_seed(5)
+    scores = torch.randn(64, 512, generator=gen)
+    k = 640
+    if case == "tied at the k-th":
+        t = scores.flatten().topk(k).values[-1].item()
+        scores[10:20, :3] = t  # many codes equal to the k-th largest
+    if case == "full rows":
+        scores[7] += 50.0
+    if case == "device":
+        monkeypatch.setattr(sparse, "HOST_DEVICES", ())
+    values, flat = batch_top_k(scores, k)
+    assert flat.numel() == k
+    rows = flat // 512
+    assert bool((rows[1:] >= rows[:-1]).all())
+    torch.testing.assert_close(scores.flatten()[flat], values)
+    ref = scores.flatten().topk(k).values
+    torch.testing.assert_close(values.sort().values, ref.sort().values)
+    if case != "tied at the k-th":
+        assert torch.equal(flat.sort().values, scores.flatten().topk(k).indices.sort().values)

@@ -112,6 +112,37 @@ def test_row_top_k_selects_torchs_top_k_set_by_numpy_from_its_cut(monkeypatch):
     assert sparse.row_top_k(scores.bfloat16(), 80).shape == (50, 80)  # torch: no numpy bf16
 
 
+@pytest.mark.parametrize(
+    ("m", "k", "pruned"),
+    [
+        (6144, 32, True),
+        (6144, 128, True),
+        (6000, 32, True),
+        (1999, 40, True),
+        (2000, 96, False),
+        (300, 80, False),
+    ],
+)
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_row_top_k_block_pruning_keeps_torchs_top_k_set(m, k, pruned, contiguous):
+    """The k largest lie in the k blocks with the largest maxima: the pruned selection
+    picks torch's set, whole blocks or a tail of columns past the last block, rows
+    contiguous or not; heavy ties inside one block included."""
+    from sae_hooks.sae import sparse
+
+    assert (sparse._block_width(m, k) is not None) == pruned
+    torch.manual_seed(m + k)
+    scores = torch.randn(40, m) if contiguous else torch.randn(m, 40).t()
+    scores[0, :64] = 9.0 + torch.arange(64.0)  # one row's top codes crowd a few blocks
+    scores[1, -7:] = 50.0  # the tail's columns win
+    picked = sparse.row_top_k(scores, k)
+    assert picked.shape == (40, k) and picked.dtype == torch.long
+    expected = scores.topk(k, dim=-1).indices.sort(-1).values
+    assert torch.equal(picked.sort(-1).values, expected)
+    batched = sparse.row_top_k(scores.reshape(4, 10, m), k)  # leading dims kept
+    assert torch.equal(batched.reshape(40, k).sort(-1).values, expected)
+
+
 @pytest.mark.parametrize("high", [6144, 2**15, 2**40])
 def test_sort_indices_is_a_stable_sort_whatever_the_key_width(high):
     """Keys below 2^15 sort as 16-bit keys (numpy's radix sort), others as they are:

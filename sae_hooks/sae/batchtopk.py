@@ -21,7 +21,7 @@ from .base import SAE, SAEOutput
 from .output import TrainingSupport
 from .settings import check_float
 from .shapes import positive_int
-from .sparse import LatentOrder, sort_indices
+from .sparse import LatentOrder, row_top_k
 from .sparse_encoder import batch_top_k, gather_pre_codes, support_codes
 from .topk import TopKConfig, default_top_k
 
@@ -208,7 +208,8 @@ class BatchTopKSAE(SAE):
         k = self.batch_budget(codes.shape[0], codes.numel())
         if self._per_row and codes.dim() == 2:
             n_rows, n = codes.shape
-            values, cols = codes.topk(max(1, min(k // n_rows, n)), dim=-1, sorted=False)
+            cols = row_top_k(codes, max(1, min(k // n_rows, n)))
+            values = codes.gather(1, cols)
             self._per_row_rows = n_rows
             rows = torch.arange(n_rows, device=codes.device).unsqueeze(-1) * n
             return values.flatten(), (rows + cols).flatten()
@@ -233,11 +234,10 @@ class BatchTopKSAE(SAE):
             return super()._forward_rows(rows)
         pre, inputs = found
         # The budget's largest pre-codes, then ReLU (as top-k of ReLU(pre), one pass
-        # fewer); the kept pairs sorted row-major give the decoder its row offsets and
+        # fewer); the kept pairs, grouped by row, give the decoder its row offsets and
         # the encoder its sparse gradient, with no host sync.
         values, flat = self._batch_top_k(pre.detach())
         self._maybe_update_threshold(values, None)
-        flat = sort_indices(flat)[0]
         n = self.nb_concepts
         flat_rows, cols = flat.div(n, rounding_mode="floor"), flat.remainder(n)
         order = LatentOrder(flat_rows, cols)  # one sort for the encoder's and decoder's grads

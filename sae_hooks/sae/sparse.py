@@ -29,6 +29,7 @@ machines, where embedding_bag's backward (a parallel sort) degrades first.
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -134,20 +135,88 @@ def sort_indices(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 NUMPY_TOP_K_FROM = 64
 """Per-row k from which `row_top_k` selects with numpy's introselect on the host."""
 
+BLOCK_CANDIDATES = 1024
+"""Codes a row keeps for `row_top_k`'s exact selection after its block pruning: blocks
+of BLOCK_CANDIDATES // k columns (a power of two), the k blocks with the largest
+maxima. 2,048 x 6,144 rows (bench/bench_train.py --ratio, docs/benchmarks.md), Intel
+Xeon, 2 threads: k = 32 in 8.3 ms against torch's top-k 17.5; k = 128 in 17.6 against
+numpy's introselect 25."""
+
 
 def row_top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Indices (N, k) of each row's k largest scores (N, m), in no particular order.
 
-    On the host, from k = NUMPY_TOP_K_FROM, numpy's argpartition: torch's CPU top-k
-    grows with k (single thread, 2048 rows: 42 ms at k = 32 of 6,144, 125 ms at 128;
-    52 ms at 384 of 2,000, AuxK's) where the introselect does not (48 and 19 ms).
-    The same set as torch's top-k but for ties at the k-th value, which either breaks."""
+    On the host, the k largest of a row lie in the k column blocks with the largest
+    maxima (each of those blocks holds a score at least the k-th largest block maximum,
+    so no score of another block can beat k of them): those blocks' k * width scores are
+    all that the exact selection reads (`_block_top_k`). The selection itself is numpy's
+    argpartition from k = NUMPY_TOP_K_FROM (torch's CPU top-k grows with k: single
+    thread, 2048 rows: 42 ms at k = 32 of 6,144, 125 ms at 128, where the introselect
+    takes 48 and 19) and torch's top-k below. The same set as torch's top-k but for
+    ties at the k-th value, which either breaks."""
     m = scores.shape[-1]
     numpy_dtype = scores.dtype in (torch.float32, torch.float64)  # no bf16 in numpy
-    if scores.device.type not in HOST_DEVICES or not numpy_dtype or not NUMPY_TOP_K_FROM <= k < m:
+    if scores.device.type not in HOST_DEVICES or not numpy_dtype or not 0 < k < m:
         return scores.topk(k, dim=-1, sorted=False).indices
-    picked = np.argpartition(scores.detach().numpy(), m - k, axis=-1)[..., m - k :]
+    rows = scores.detach().reshape(-1, m)
+    width = _block_width(m, k)
+    picked = _select(rows, k) if width is None else _block_top_k(rows, k, width)
+    return picked.view(*scores.shape[:-1], k)
+
+
+def _block_width(m: int, k: int) -> int | None:
+    """Columns a block for `row_top_k`'s pruning: a power of two, k blocks of it at most a
+    sixth of the row; None where no width of at least MIN_BLOCK_WIDTH prunes that much.
+    Less pruning lost to the plain selection (2,048 rows, one thread: k = 96 of 2,000 in
+    blocks of 4, 8.7 ms against 7.4; k = 256 of 6,144 in blocks of 4 won, 19 against 25)."""
+    width = 1 << max(0, (BLOCK_CANDIDATES // k).bit_length() - 1)
+    while width >= MIN_BLOCK_WIDTH and 6 * k * width > m:
+        width //= 2
+    return width if width >= MIN_BLOCK_WIDTH else None
+
+
+MIN_BLOCK_WIDTH = 4
+
+
+def _select(rows: torch.Tensor, k: int) -> torch.Tensor:
+    """Each row's k largest (N, k), by numpy's introselect from NUMPY_TOP_K_FROM."""
+    m = rows.shape[-1]
+    if k < NUMPY_TOP_K_FROM:
+        return rows.topk(k, dim=-1, sorted=False).indices
+    picked = np.argpartition(rows.numpy(), m - k, axis=-1)[..., m - k :]
     return torch.from_numpy(np.ascontiguousarray(picked))
+
+
+def _block_top_k(rows: torch.Tensor, k: int, width: int) -> torch.Tensor:
+    """`row_top_k` over the k blocks of `width` columns with the largest maxima; the
+    columns past the last whole block are candidates of every row. Blocks of 32 columns
+    or more are runs of adjacent columns; narrower ones are strided (block b: columns b,
+    b + blocks, ...), whose maxima are a vectorised max across `width` rows of a view
+    (2,048 x 6,144, width 16: 1.6 ms against 5-10 for the max over runs of 16)."""
+    n_rows, m = rows.shape
+    n_blocks = m // width
+    whole = n_blocks * width
+    strided = width < 32
+    if strided:
+        maxima = rows[:, :whole].unflatten(1, (width, n_blocks)).amax(1)
+    else:
+        maxima = rows[:, :whole].unflatten(1, (n_blocks, width)).amax(-1)
+    top_blocks = _select(maxima, k)  # (N, k)
+    if strided:
+        cols = (top_blocks.unsqueeze(-1) + torch.arange(width) * n_blocks).view(n_rows, -1)
+    else:
+        cols = (top_blocks.unsqueeze(-1) * width + torch.arange(width)).view(n_rows, -1)
+    if whole < m:
+        tail = torch.arange(whole, m).expand(n_rows, m - whole)
+        cols = torch.cat([cols, tail], dim=1)
+    if not strided and whole == m and rows.is_contiguous():
+        flat = top_blocks + torch.arange(n_rows).unsqueeze(1) * n_blocks
+        candidates = rows.view(-1, width).index_select(0, flat.view(-1)).view(n_rows, -1)
+    else:
+        candidates = rows.gather(1, cols)
+    size = candidates.shape[1]
+    pos = torch.from_numpy(np.argpartition(candidates.numpy(), size - k, axis=-1)[:, -k:])
+    return cols.gather(1, pos)
 
 
 def nonzero_pairs(
@@ -222,10 +291,62 @@ def latent_grad(
     return torch.addmm(out, matrix, x, beta=0, out=out)
 
 
+def _l2_bytes() -> int:
+    """One core's L2 as the kernel reports it (/sys/devices/system/cpu/cpu0/cache), else
+    512 KiB (the smallest of the CPUs measured here)."""
+    root = Path("/sys/devices/system/cpu/cpu0/cache")
+    try:
+        for index in sorted(root.glob("index*")):
+            if (index / "level").read_text().strip() == "2":
+                size = (index / "size").read_text().strip().upper()
+                scale = {"K": 1024, "M": 1024**2}.get(size[-1:], 1)
+                return int(size.rstrip("KM")) * scale
+    except (OSError, ValueError):
+        pass
+    return 512 * 1024
+
+
+L2_BYTES = _l2_bytes()
+"""Bytes of table a column block of `bag_sums` may hold: its gathered rows then come
+from one core's L2 rather than from L3 (three quarters of it; the rest holds the sums)."""
+
+BAG_BLOCKS_FROM = 8
+"""Reads per table row from which `bag_sums` copies the table into column blocks: the
+copy (a read and a write of the table) is then a small share of the gathers it speeds."""
+
+
+def bag_sums(
+    indices: torch.Tensor, table: torch.Tensor, starts: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    """(len(starts), d): bag b sums weights_i * table[indices_i] over its run of i from
+    starts[b]. On the host, one embedding_bag per column block of the table small enough
+    to stay in L2 (at least 32 columns). Exact: each output column is the same sum.
+    Intel Xeon (2 MiB L2), 2,048 bags of 128 from 6,144 x 768, 2 threads: 5.2 ms with
+    the copy against 11.7 (one thread 10.4 against 25.6); AMD EPYC (512 KiB L2), AuxK's
+    786k pairs from 2,000 x 768, one thread: 34 ms against 50."""
+    weights = weights.to(table.dtype)
+    rows, width = table.shape
+    block = max(32, L2_BYTES * 3 // 4 // (table.element_size() * max(rows, 1)) // 16 * 16)
+    blocked = (
+        table.device.type in HOST_DEVICES
+        and block < width
+        and indices.numel() >= BAG_BLOCKS_FROM * rows
+    )
+    if not blocked:
+        return F.embedding_bag(indices, table, starts, per_sample_weights=weights, mode="sum")
+    out = table.new_empty(starts.numel(), width)
+    for start in range(0, width, block):
+        part = table[:, start : start + block].contiguous()
+        out[:, start : start + block] = F.embedding_bag(
+            indices, part, starts, per_sample_weights=weights, mode="sum"
+        )
+    return out
+
+
 class SparseDecode(torch.autograd.Function):
     """sum over pairs m of values_m atoms[cols_m] into row rows_m (pairs sorted by row).
 
-    Forward: embedding_bag. Backward: the values' gradient is embedding_bag's own
+    Forward: `bag_sums` (embedding_bag over L2-sized column blocks). Backward: the values' gradient is embedding_bag's own
     per-sample-weights backward (a gather-dot, M x d); the atoms' gradient is a
     (n, rows) CSR matmul (`latent_grad`), where embedding_bag's backward runs a
     parallel stable sort that degrades badly on a shared CPU.
@@ -236,9 +357,7 @@ class SparseDecode(torch.autograd.Function):
         kept_rows, kept_cols, kept = nonzero_pairs(rows, cols, values)
         if kept is not values:
             offsets = row_offsets(kept_rows, offsets.numel())
-        return F.embedding_bag(
-            kept_cols, atoms, offsets, per_sample_weights=kept.to(atoms.dtype), mode="sum"
-        )
+        return bag_sums(kept_cols, atoms, offsets, kept)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:

@@ -25,19 +25,15 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from sae_hooks.sae import sparse
 
-__all__ = ["DENSE_PICKS_FROM", "DeadColumnDecode", "DeadPicks", "bag_sums", "dead_picks"]
+__all__ = ["DENSE_PICKS_FROM", "DeadColumnDecode", "DeadPicks", "dead_picks"]
 
 DENSE_PICKS_FROM = 0.3
 """Share of picks among the dead latents' pre-codes from which dense (rows, m) products
 beat `bag_sums`: between 1,000 dead latents (38% picked: 211 ms against 241 for AuxK's
 forward and backward) and 1,500 (26%: 322 against 291), 2,048 rows, one thread."""
-
-L2_BYTES = 512 * 1024
-"""Table bytes a column block of `bag_sums` reads (the L2 of one core here)."""
 
 
 class DeadPicks:
@@ -100,7 +96,7 @@ class DeadPicks:
             return (self.matrix().t() if grad_t is None else grad_t) @ table
         flat, rows, _, starts, values = self.by_latent()
         weights = values if grad_t is None else grad_t.reshape(-1).index_select(0, flat)
-        return bag_sums(rows, table, starts, weights)
+        return sparse.bag_sums(rows, table, starts, weights)
 
     def row_sums(self, table: torch.Tensor, grad_t: torch.Tensor | None) -> torch.Tensor:
         """(rows, d): for each row, the sum over its picks (latent j) of w_j table[j],
@@ -111,7 +107,7 @@ class DeadPicks:
             weights = self.values()
         else:
             weights = grad_t.reshape(-1).index_select(0, self.local * self.n_rows + self.rows)
-        return bag_sums(self.local, table, self.row_starts(), weights)
+        return sparse.bag_sums(self.local, table, self.row_starts(), weights)
 
 
 def _runs(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -142,31 +138,6 @@ def dead_picks(pre: torch.Tensor, dead: torch.Tensor, k: int) -> DeadPicks | Non
         top = sparse.row_top_k(candidates, k)
         keep &= torch.zeros_like(keep).scatter_(1, top, True)
     return DeadPicks(cols, candidates, keep)
-
-
-def bag_sums(
-    indices: torch.Tensor, table: torch.Tensor, starts: torch.Tensor, weights: torch.Tensor
-) -> torch.Tensor:
-    """(len(starts), d): bag b sums weights_i * table[indices_i] over its run of i from
-    starts[b]. One embedding_bag per column block of the table small enough to stay in
-    L2 (at least 32 columns): the gathered rows come from L2 rather than L3. 786k pairs,
-    one thread (bench/bench_auxk_kernels.py): 34 ms against 50 for one call from a
-    2,000 x 768 table, 36-40 against 42-52 from 2,048 x 768; no gain from 6,000 x 768
-    (82 against 78), whose 32-column blocks exceed L2. Exact: each output column is
-    the same sum."""
-    table = table.contiguous()
-    weights = weights.to(table.dtype)
-    rows, width = table.shape
-    block = max(32, L2_BYTES // (table.element_size() * max(rows, 1)) // 16 * 16)
-    if block >= width:
-        return F.embedding_bag(indices, table, starts, per_sample_weights=weights, mode="sum")
-    out = table.new_empty(starts.numel(), width)
-    for start in range(0, width, block):
-        part = table[:, start : start + block].contiguous()
-        out[:, start : start + block] = F.embedding_bag(
-            indices, part, starts, per_sample_weights=weights, mode="sum"
-        )
-    return out
 
 
 class DeadColumnDecode(torch.autograd.Function):
