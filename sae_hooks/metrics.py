@@ -100,10 +100,21 @@ class SumOfSquares:
         and over data-parallel ranks."""
 
     def update(self, x: Tensor, x_hat: Tensor) -> None:
-        x64 = x.reshape(-1, x.shape[-1]).double()
-        err = (x64 - x_hat.reshape(x64.shape).double()).pow(2).sum()
-        rows = torch.full((1,), float(x64.shape[0]), dtype=torch.float64, device=x64.device)
-        part = torch.cat([rows, err.reshape(1), x64.pow(2).sum().reshape(1), x64.sum(0)])
+        # The difference in the inputs' own precision (at least fp32), every square and
+        # sum in float64 inside the reductions: no float64 copies of the batch (2048 x
+        # 768: 2.2 ms against 10.6 for the float64 copies, 2 threads, run every step).
+        x = x.reshape(-1, x.shape[-1])
+        dtype = torch.promote_types(torch.promote_types(x.dtype, x_hat.dtype), torch.float32)
+        err = x.to(dtype) - x_hat.reshape(x.shape).to(dtype)
+        f64 = torch.float64
+        squares = torch.stack(
+            [
+                torch.linalg.vector_norm(err, dtype=f64).square(),
+                torch.linalg.vector_norm(x, dtype=f64).square(),
+            ]
+        )
+        rows = torch.full((1,), float(x.shape[0]), dtype=f64, device=x.device)
+        part = torch.cat([rows, squares, x.sum(0, dtype=f64)])
         self.state = part if self.state is None else self.state + part
 
     @property

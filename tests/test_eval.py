@@ -86,6 +86,23 @@ def test_streaming_fvu_matches_one_shot():
     assert s.fvu == pytest.approx(expected.item(), rel=1e-9)
 
 
+@pytest.mark.parametrize("x_hat_dtype", [torch.float32, torch.bfloat16])
+def test_streaming_fvu_of_fp32_rows_far_from_zero_matches_float64(x_hat_dtype):
+    """fp32 activations with a mean 1,000 times their spread (residual streams have
+    such directions): the squares and sums are taken in float64 inside the reductions,
+    so the variance's cancellation loses nothing against a float64 computation."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(4096, 64, generator=gen) + 1000.0
+    x_hat = (x + 0.3 * torch.randn(4096, 64, generator=gen)).to(x_hat_dtype)
+    s = sae_metrics.SumOfSquares()
+    for i in range(0, 4096, 1000):
+        s.update(x[i : i + 1000], x_hat[i : i + 1000])
+    x64, x_hat64 = x.double(), x_hat.double()
+    expected = ((x64 - x_hat64) ** 2).sum() / ((x64 - x64.mean(0)) ** 2).sum()
+    assert s.fvu == pytest.approx(expected.item(), rel=1e-6)
+    assert s.mse == pytest.approx(((x64 - x_hat64) ** 2).sum().item() / 4096, rel=1e-6)
+
+
 def test_ablating_every_latent_equals_decoder_bias(tiny_gpt2, tokenizer, texts):
     torch.manual_seed(0)
     sae = SAE(D, 128)

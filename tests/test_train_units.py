@@ -155,6 +155,39 @@ def test_parallel_gradient_removed_and_rows_renormalised():
     assert torch.allclose(w.norm(dim=-1), torch.ones(5), atol=1e-6)
 
 
+def test_unit_rows_projection_equals_the_general_one_on_unit_rows():
+    w = torch.nn.Parameter(torch.nn.functional.normalize(torch.randn(64, 16), dim=-1))
+    g = torch.randn(64, 16)
+    w.grad = g.clone()
+    remove_parallel_gradient_(w)
+    general = w.grad.clone()
+    w.grad = g.clone()
+    remove_parallel_gradient_(w, unit_rows=True)
+    torch.testing.assert_close(w.grad, general, rtol=0, atol=1e-6)
+    assert (w.grad - g).abs().max() > 0.1  # a projection happened
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 1e6, "at the norm"])
+def test_clip_grad_norm_gives_torchs_gradients_bit_for_bit(max_norm):
+    """Below, at and above the norm: the same gradients and total as torch's foreach
+    clip (which multiplies by a clamped coefficient even where it is 1)."""
+    from sae_hooks.train.constraints import clip_grad_norm_
+
+    gen = torch.Generator().manual_seed(3)
+    params = [torch.nn.Parameter(torch.randn(50, 8, generator=gen)) for _ in range(3)]
+    grads = [torch.randn(50, 8, generator=gen) * 0.1 for _ in params]
+    if max_norm == "at the norm":
+        max_norm = float(torch.nn.utils.get_total_norm(grads)) + 5e-7  # within torch's 1e-6
+    ours = [p.detach().clone().requires_grad_() for p in params]
+    for p, q, g in zip(params, ours, grads, strict=True):
+        p.grad, q.grad = g.clone(), g.clone()
+    total_ref = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+    total = clip_grad_norm_(ours, max_norm)
+    assert torch.equal(total, total_ref)
+    for p, q in zip(params, ours, strict=True):
+        assert torch.equal(p.grad, q.grad)
+
+
 def test_log_window_reads_a_checkpoint_from_before_sum_of_squares():
     """Checkpoints written before the window kept FVU sums (6 slots: loss, mse, sq_err,
     sq_dev, l0, aux_loss) still resume: the loss terms carry over, the FVU restarts."""

@@ -42,6 +42,7 @@ from . import checkpoint, runlock, trainer_state
 from .coefficient import SparsityCoefficient
 from .config import TrainConfig
 from .constraints import (
+    clip_grad_norm_,
     constrained_weight,
     normalize_rows_,
     remove_parallel_gradient_,
@@ -384,10 +385,9 @@ class Trainer:
     def _optimizer_step(self) -> None:
         """Clip, step, and keep the decoder rows on the unit sphere."""
         if self._constrained is not None:
-            remove_parallel_gradient_(self._constrained)
+            remove_parallel_gradient_(self._constrained, unit_rows=True)
         if self.config.grad_clip is not None:
-            params = self.sae.parameters()
-            torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip, foreach=True)
+            clip_grad_norm_(list(self.sae.parameters()), self.config.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self._constrained is not None:
