@@ -98,6 +98,49 @@ def test_loss_and_gradients_match_the_dense_reference(variant, n_dead, path, mon
         assert err <= 1e-5 * scale + 1e-7, f"{name}: max error {err} at scale {scale}"
 
 
+@pytest.mark.parametrize("variant", ["topk", "batchtopk"])
+def test_row_sparse_weight_gradients_add_into_the_main_losss(variant, monkeypatch):
+    """The trainer's form: AuxK's dead rows as sparse gradients beside the main loss's
+    dense ones; autograd adds them, and every .grad is dense and equal to the dense
+    rows' form."""
+    monkeypatch.setattr(losses, "MAX_SPARSE_AUX_DENSITY", 0.0)  # DeadColumnDecode
+    monkeypatch.setattr(auxk_columns, "DENSE_PICKS_FROM", 0.0)
+    from sae_hooks.train.constraints import normalize_rows_, unit_rows_forward
+
+    sparse_rows = []
+    on_rows = auxk_columns._on_rows
+
+    def spy(rows_grad, cols, n, sparse=False):
+        sparse_rows.append(sparse)
+        return on_rows(rows_grad, cols, n, sparse)
+
+    monkeypatch.setattr(auxk_columns, "_on_rows", spy)
+    made = []
+    for row_sparse in (True, False):
+        sae = make(variant)
+        normalize_rows_(sae.dictionary.weight)  # the trainer's unit rows: atoms are a leaf
+        x = torch.randn(ROWS, D, generator=torch.Generator().manual_seed(9))
+        with unit_rows_forward(sae):
+            out = sae(x)
+            residual = (x - out.x_hat).detach()
+            aux = aux_k_loss(
+                residual,
+                out.z_pre,
+                dead_mask(100),
+                sae.get_dictionary(),
+                K_AUX,
+                support=out.support,
+                row_sparse_grads=row_sparse,
+            )
+        ((x - out.x_hat).pow(2).sum() + aux).backward()
+        made.append(grads(sae))
+    assert sparse_rows == [True, True, False] + [False] * 3  # dictionary, encoder, bias
+    assert made[0].keys() == made[1].keys()
+    for name, g in made[0].items():
+        assert g.layout == torch.strided, name
+        torch.testing.assert_close(g, made[1][name], rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("n_dead", [0, 3, K_AUX, 100])
 def test_the_selection_is_the_top_min_k_aux_dead_positive_pre_codes(n_dead):
     pre = torch.randn(ROWS, NB, generator=torch.Generator().manual_seed(3))

@@ -44,6 +44,7 @@ class DeadPicks:
 
     def __init__(self, cols: torch.Tensor, candidates: torch.Tensor, keep: torch.Tensor) -> None:
         self.cols, self.candidates, self.keep = cols, candidates, keep
+        self.row_sparse_grads = False  # `losses.aux_k_loss`'s switch
         self.n_rows, self.m = keep.shape
         self.by_row, self.rows, self._row_starts = _runs(keep)
         self.local = self.by_row - self.rows * self.m
@@ -155,6 +156,10 @@ class DeadColumnDecode(torch.autograd.Function):
         x, centre, weight, _, pre, dictionary, picks = inputs
         ctx.save_for_backward(x, centre, weight, dictionary)
         ctx.picks, ctx.pre_shape = picks, pre.shape
+        sparse_rows = picks.row_sparse_grads
+        ctx.sparse_rows = [
+            sparse_rows and t is not None and t.is_leaf for t in (weight, dictionary)
+        ]
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor):
@@ -164,7 +169,8 @@ class DeadColumnDecode(torch.autograd.Function):
         grad = grad.contiguous()
         grads: list[torch.Tensor | None] = [None] * 7
         if needs[5]:
-            grads[5] = _on_rows(picks.latent_sums(grad, None), picks.cols, dictionary.shape[0])
+            rows_grad = picks.latent_sums(grad, None)
+            grads[5] = _on_rows(rows_grad, picks.cols, dictionary.shape[0], ctx.sparse_rows[1])
         if not any(needs[:5]):
             return tuple(grads)
         # d loss / d pre (m, rows), read at the picks alone (zero elsewhere when dense)
@@ -177,17 +183,25 @@ class DeadColumnDecode(torch.autograd.Function):
             at = grad_t.reshape(-1).index_select(0, picks.local * picks.n_rows + rows)
             grad_pre.view(-1).index_put_((rows * ctx.pre_shape[1] + latents,), at)
             grads[4] = grad_pre
-        grads[:4] = _encoder_grads(x, centre, weight, picks, grad_t, needs)
+        grads[:4] = _encoder_grads(x, centre, weight, picks, grad_t, needs, ctx.sparse_rows[0])
         return tuple(grads)
 
 
-def _on_rows(rows_grad: torch.Tensor, cols: torch.Tensor, n: int) -> torch.Tensor:
-    """An (n, ...) gradient that is rows_grad on rows cols and 0 elsewhere."""
-    out = rows_grad.new_zeros(n, *rows_grad.shape[1:])
-    return out.index_copy_(0, cols, rows_grad)
+def _on_rows(rows_grad: torch.Tensor, cols: torch.Tensor, n: int, sparse_rows: bool = False):
+    """An (n, ...) gradient that is rows_grad on rows cols (ascending) and 0 elsewhere;
+    sparse_rows: as a sparse tensor of those rows."""
+    shape = (n, *rows_grad.shape[1:])
+    if sparse_rows:
+        index = cols.unsqueeze(0)
+        return torch.sparse_coo_tensor(
+            index, rows_grad, shape, is_coalesced=True, check_invariants=False
+        )
+    return rows_grad.new_zeros(shape).index_copy_(0, cols, rows_grad)
 
 
-def _encoder_grads(x, centre, weight, picks: DeadPicks, grad_t: torch.Tensor, needs) -> list:
+def _encoder_grads(
+    x, centre, weight, picks: DeadPicks, grad_t: torch.Tensor, needs, sparse_rows: bool
+) -> list:
     """Gradients of (x, centre, W, b) from d loss / d pre at the picks, grad_t (m, rows);
     W and b get rows on the dead latents alone."""
     grad_x = grad_centre = grad_w = grad_b = None
@@ -195,7 +209,8 @@ def _encoder_grads(x, centre, weight, picks: DeadPicks, grad_t: torch.Tensor, ne
         grad_x = picks.row_sums(weight.index_select(0, picks.cols), grad_t)
     if needs[2]:
         centred = x if centre is None else x - centre
-        grad_w = _on_rows(picks.latent_sums(centred, grad_t), picks.cols, weight.shape[0])
+        rows_grad = picks.latent_sums(centred, grad_t)
+        grad_w = _on_rows(rows_grad, picks.cols, weight.shape[0], sparse_rows)
     if needs[1] or needs[3]:
         if picks.dense:
             per_latent = grad_t.sum(1)
