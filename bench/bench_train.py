@@ -83,11 +83,13 @@ def ours_step(
     x: torch.Tensor | None = None,
     *,
     defaults: bool = False,
+    target_l0: float | None = None,
 ):
     """Our Trainer's step for `variant`, built as `train()` builds it. dense: both
     sparse paths off (decoder and encoder gradient). x: a batch that JumpReLU's
     thresholds are set on so that it keeps k codes per row, its target L0.
-    defaults: the variant's own warm-up (`row_topk_warmup`) instead of none."""
+    defaults: the variant's own warm-up (`row_topk_warmup`) instead of none.
+    target_l0: the penalised variants' L0 target (the coefficient steered to it)."""
     sys.path.insert(0, str(ROOT))
     from sae_hooks.train import TrainConfig, Trainer
 
@@ -102,6 +104,7 @@ def ours_step(
         device=args.device,
         b_dec_init="mean",
         **warmup,
+        target_l0=target_l0,
         init_rows=args.batch,
         log_every=10**6,
         val_every=0,
@@ -265,7 +268,10 @@ def defaults_table(args: argparse.Namespace, device: torch.device) -> None:
     counter set before each timed step, and a second JumpReLU trained
     AFTER_SWITCH steps past its switch; L0 measured on the batch after the rounds, in the
     state each timed step saw (after the switch: right after a switch step, whose own
-    update moves the thresholds it has just set). The
+    update moves the thresholds it has just set). The JumpReLU trained past its switch
+    (target_l0 = k, its coefficient steered) is compared with TopK at its own L0 (k =
+    that L0, in the row before it), every other
+    case with TopK at k. The
     CPU-time ratio (process CPU seconds against TopK's in the same round) moves less than
     the wall-time one when other jobs share the cores."""
     x = torch.randn(args.batch, args.d, device=device)
@@ -285,17 +291,24 @@ def defaults_table(args: argparse.Namespace, device: torch.device) -> None:
         switch = round(jump.config.row_topk_warmup * jump.config.steps)
         relu = ours_step("relu", args, Path(tmp) / "relu", defaults=True)
         relu_k = ours_step("relu", args, Path(tmp) / "relu_k", x=x)
-        later = ours_step("jumprelu", args, Path(tmp) / "later", defaults=True)
+        later = ours_step("jumprelu", args, Path(tmp) / "later", defaults=True, target_l0=args.k)
         _train_past_switch(later, x)
+        # its L0 drifts from k in those steps: TopK at that L0 is its reference
+        later_k = max(1, round(our_l0(later.__self__, x)))
+        size = argparse.Namespace(**{**vars(args), "k": later_k})
+        topk_later = ours_step("topk", size, Path(tmp) / "topk_later", x=x)
+        later_name = f"jumprelu, {AFTER_SWITCH} steps after the switch"
         cases = {
             "topk, k per row": (topk, None),
             "jumprelu, warm-up (top-k a row)": (jump.train_step, switch - 1),
             "jumprelu, the switch step (re-threshold)": (jump.train_step, switch),
             "jumprelu, after the switch": (jump.train_step, switch + 1),
-            f"jumprelu, {AFTER_SWITCH} steps after the switch": (later, None),
+            f"topk, k = {later_k} (the L0 of the next row)": (topk_later, None),
+            later_name: (later, None),
             "relu, defaults (no target L0)": (relu, None),
             "relu at L0 = k": (relu_k, None),
         }
+        reference = {later_name: f"topk, k = {later_k} (the L0 of the next row)"}
         times = {name: [] for name in cases}
         cpu = {name: [] for name in cases}
         for step, at in cases.values():  # warm-up, in order: the switch sets theta
@@ -315,8 +328,9 @@ def defaults_table(args: argparse.Namespace, device: torch.device) -> None:
                 jump.train_step(x)
             _at_step(jump, at)
             l0 = our_l0(jump if at is not None else step.__self__, x)
-            ratios = [t / base for t, base in zip(times[name], times["topk, k per row"])]
-            cpu_ratios = [t / base for t, base in zip(cpu[name], cpu["topk, k per row"])]
+            ref = reference.get(name, "topk, k per row")
+            ratios = [t / base for t, base in zip(times[name], times[ref])]
+            cpu_ratios = [t / base for t, base in zip(cpu[name], cpu[ref])]
             print(
                 f"| {name} | {statistics.median(times[name]) * 1e3:,.0f} "
                 f"| {spread(ratios, '{:.2f}')} | {statistics.median(cpu_ratios):.2f} "
@@ -331,11 +345,15 @@ before timing it: the thresholds have moved apart from the one value the switch 
 
 
 def _train_past_switch(step: typing.Any, x: torch.Tensor) -> None:
+    """The switch step, then AFTER_SWITCH more; the step counter advanced as `fit`
+    advances it (train_step alone does not: before 2026-12-07 this left the counter at
+    the switch, so every step here and every timed step re-set the thresholds)."""
     trainer = step.__self__
     trainer.step = round(trainer.config.row_topk_warmup * trainer.config.steps)
     gen = torch.Generator().manual_seed(1)
-    for _ in range(AFTER_SWITCH + 1):  # the switch step, then AFTER_SWITCH more
+    for _ in range(AFTER_SWITCH + 1):
         step(torch.randn(x.shape, generator=gen).to(x.device))
+        trainer.step += 1
 
 
 def _at_step(trainer: typing.Any, step: int | None) -> None:
