@@ -565,12 +565,14 @@ none of ours); it has no BatchTopK, JumpReLU, ReLU or Matryoshka (`multi_topk` i
 extra loss on the 4k largest codes, off by default, not a variant)."""
 
 
-def sparsify_step(variant: str, args: argparse.Namespace):
+def sparsify_step(variant: str, args: argparse.Namespace, dead: int | None = None):
     """sparsify's training step for a TopK SparseCoder, built as its Trainer builds it
     and run as the body of its `fit` loop runs it (sparsify/trainer.py, 1.3.3) with the
     defaults of its TrainConfig: FVU loss, AuxK off (auxk_alpha = 0), the "signum"
     optimiser (SignSGD in a ScheduleFreeWrapper, momentum 0.95, no scheduler,
-    lr = 5e-3 / sqrt(n / 2**14)), no grad clipping, one micro-batch."""
+    lr = 5e-3 / sqrt(n / 2**14)), no grad clipping, one micro-batch. dead: AuxK on
+    instead (auxk_alpha = 1/32, ours and SAELens's coefficient) with these many latents
+    dead at every step, the same ones as on the other sides."""
     from schedulefree import ScheduleFreeWrapper
     from sparsify import SparseCoder, SparseCoderConfig, TrainConfig
     from sparsify.sign_sgd import SignSGD
@@ -578,6 +580,8 @@ def sparsify_step(variant: str, args: argparse.Namespace):
     cfg = TrainConfig(
         SparseCoderConfig(activation=SPARSIFY_ACTIVATION[variant], num_latents=args.nb, k=args.k)
     )
+    if dead:
+        cfg.auxk_alpha = 1 / 32
     device = torch.device(args.device)
     torch.manual_seed(0)
     sae = SparseCoder(args.d, cfg.sae, device, dtype=torch.float32)
@@ -587,6 +591,10 @@ def sparsify_step(variant: str, args: argparse.Namespace):
     )
     optimizer.train()
     since_fired = torch.zeros(sae.num_latents, device=device, dtype=torch.long)
+    forced_dead = None
+    if dead:
+        forced_dead = torch.zeros(sae.num_latents, device=device, dtype=torch.bool)
+        forced_dead[_dead_latents(sae.num_latents, dead).to(device)] = True
     did_fire = torch.zeros(sae.num_latents, device=device, dtype=torch.bool)
     state = {"step": 0, "fvu": 0.0}
 
@@ -598,6 +606,8 @@ def sparsify_step(variant: str, args: argparse.Namespace):
             sae.b_dec.data = x.mean(0).to(sae.dtype)
         sae.set_decoder_norm_to_unit_norm()
         dead = since_fired > cfg.dead_feature_threshold if cfg.auxk_alpha > 0 else None
+        if forced_dead is not None:
+            dead = forced_dead
         total_variance = (x - x.mean(0)).pow(2).sum()
         out = sae(x=x, y=x, dead_mask=dead, total_variance=total_variance)
         did_fire[out.latent_indices.flatten()] = True
@@ -740,7 +750,10 @@ def worker(args: argparse.Namespace) -> None:
         request = json.loads(line)
         if request["op"] == "build":
             step = x = None
-            step = build(request["variant"], args)
+            if args.worker == "sparsify" and request.get("sparsify_auxk"):
+                step = sparsify_step(request["variant"], args, dead=request.get("dead"))
+            else:
+                step = build(request["variant"], args)
             x = torch.randn(args.batch, args.d, device=device)
             if args.worker == "saelens" and request.get("target_l0"):
                 saelens_at_target_l0_(step, x, args.k)
@@ -834,6 +847,12 @@ def main() -> None:
         type=int,
         default=0,
         help="against SAELens: this many latents dead before every step (AuxK on both sides)",
+    )
+    parser.add_argument(
+        "--sparsify-auxk",
+        action="store_true",
+        help="with --dead: sparsify with AuxK on too (auxk_alpha = 1/32, the same latents "
+        "dead) instead of its default, AuxK off",
     )
     parser.add_argument(
         "--defaults",
@@ -956,7 +975,13 @@ def run_rounds(
             theirs = {n: side for n, side in sides.items() if _has(n, variant)}
             equal_l0 = variant in ("jumprelu", "relu")  # as ours: k codes a row
             for side in theirs.values():
-                side.ask(op="build", variant=variant, target_l0=equal_l0, dead=args.dead)
+                side.ask(
+                    op="build",
+                    variant=variant,
+                    target_l0=equal_l0,
+                    dead=args.dead,
+                    sparsify_auxk=args.sparsify_auxk,
+                )
             times: dict[str, list[tuple[float, float]]] = {n: [] for n in [*ours, *theirs]}
             peaks: dict[str, int] = {}
             for _ in range(args.rounds):
@@ -1006,6 +1031,11 @@ def print_table(
         f"{os.getloadavg()[0]:.1f} at the end; L0: codes a row after the timed steps "
         "(JumpReLU and ReLU set to k on both sides)"
         + (f"; {args.dead} latents dead before every step (AuxK on)" if args.dead else "")
+        + (
+            "; sparsify with AuxK on too (auxk_alpha = 1/32, the same latents dead)"
+            if args.dead and args.sparsify_auxk and "sparsify" in sides
+            else ""
+        )
     )
     for note in notes:
         print(f"note: {note}")
