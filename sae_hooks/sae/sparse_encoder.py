@@ -294,7 +294,7 @@ def batch_top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
     flat top-k directly.
     """
     n_rows, n = scores.shape
-    m = BATCH_TOP_K_CANDIDATES * math.ceil(k / max(n_rows, 1))
+    m = math.ceil(BATCH_TOP_K_CANDIDATES * k / max(n_rows, 1))
     if scores.device.type not in sparse.HOST_DEVICES or 2 * m > n:
         return _by_row(*scores.flatten().topk(k, sorted=False))
     cand_cols = sparse.row_top_k(scores, m)  # block-pruned on the host
