@@ -352,8 +352,9 @@ def bag_sums(
 class SparseDecode(torch.autograd.Function):
     """sum over pairs m of values_m atoms[cols_m] into row rows_m (pairs sorted by row).
 
-    Forward: `bag_sums` (embedding_bag over L2-sized column blocks). Backward: the values' gradient is embedding_bag's own
-    per-sample-weights backward (a gather-dot, M x d); the atoms' gradient is a
+    Forward: `bag_sums` (embedding_bag over L2-sized column blocks of the atoms).
+    Backward: the values' gradient is embedding_bag's own per-sample-weights backward
+    (a gather-dot, M x d; over column blocks it was slower); the atoms' gradient is a
     (n, rows) CSR matmul (`latent_grad`), where embedding_bag's backward runs a
     parallel stable sort that degrades badly on a shared CPU.
     """

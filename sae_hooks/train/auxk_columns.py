@@ -9,7 +9,7 @@ kernels (2,048 rows, 2,000 dead, d = 768, one thread, AMD EPYC; bench/bench_auxk
 docs/benchmarks.md): dense products 70-86 ms each; CSR products 88-95; embedding_bag's
 gather-dot for the picks' gradient 125; embedding_bag's forward (a sum of weighted table
 rows a bag) 42-50, and 34-36 over column blocks of the table that stay in L2
-(`bag_sums`). So:
+(`sparse.bag_sums`). So:
 
 - picks denser than DENSE_PICKS_FROM: all four as dense (rows, m) products;
 - below: the decode and both weight gradients as `bag_sums` (by row for the decode,
