@@ -154,3 +154,30 @@ def test_sort_indices_is_a_stable_sort_whatever_the_key_width(high):
     expected = torch.sort(values, stable=True)
     found = sort_indices(values)
     assert torch.equal(found[0], expected.values) and torch.equal(found[1], expected.indices)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_numpy_kernels_over_row_chunks_in_threads_equal_one_pass(threads, monkeypatch):
+    """`by_row_chunks` splits a host array's rows over torch's thread count: row top-k,
+    the support listed by `pairs_at_least` and AuxK's runs come out as in one pass."""
+    from sae_hooks.sae import sparse
+    from sae_hooks.sae.sparse_encoder import pairs_at_least
+    from sae_hooks.train.auxk_columns import _runs
+
+    gen = torch.Generator().manual_seed(threads)
+    scores = torch.randn(101, 700, generator=gen)  # rows not divisible by the threads
+    floor = torch.rand(700, generator=gen) + 1.0
+    mask = scores > 0.5
+    one_pass = (sparse.row_top_k(scores, 80), pairs_at_least(scores, floor, 1e9), _runs(mask))
+    previous = torch.get_num_threads()
+    monkeypatch.setattr(sparse, "PARALLEL_ROWS_FROM", 1)
+    torch.set_num_threads(threads)
+    try:
+        chunked = (sparse.row_top_k(scores, 80), pairs_at_least(scores, floor, 1e9), _runs(mask))
+        assert pairs_at_least(scores, floor, 10) is None  # counted before listing
+    finally:
+        torch.set_num_threads(previous)
+    assert torch.equal(chunked[0].sort(-1).values, one_pass[0].sort(-1).values)
+    for got, want in zip((*chunked[1], *chunked[2]), (*one_pass[1], *one_pass[2]), strict=True):
+        assert torch.equal(got, want)
+    assert len(sparse._POOLS) >= 1

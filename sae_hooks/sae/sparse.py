@@ -28,7 +28,11 @@ machines, where embedding_bag's backward (a parallel sort) degrades first.
 
 from __future__ import annotations
 
+import itertools
+import os
 import warnings
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +103,29 @@ def decode_pairs(
     order: the pairs' `LatentOrder`, when the encoder's backward sorts the same pairs."""
     out = SparseDecode.apply(rows, cols, values, atoms, row_offsets(rows, n_rows), order)
     return out if bias is None else out + bias
+
+
+PARALLEL_ROWS_FROM = 1 << 20
+"""Elements of a host array from which `by_row_chunks` splits its rows over threads."""
+
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
+
+
+def by_row_chunks(fn: Callable[[np.ndarray, int], np.ndarray], array: np.ndarray) -> np.ndarray:
+    """fn(chunk, first row) over chunks of a host array's rows, concatenated: on torch's
+    intra-op thread count, in threads (numpy's partition, compare and nonzero kernels
+    release the GIL), where torch's own host kernels run on all of them and numpy's on
+    one. 2,048 x 2,000, AuxK's 384 picks a row, 2 threads: 7.4 ms against 12.3."""
+    threads = torch.get_num_threads()
+    if threads < 2 or array.size < PARALLEL_ROWS_FROM or len(array) < threads:
+        return fn(array, 0)
+    key = (os.getpid(), threads)  # a forked child has none of its parent's threads
+    pool = _POOLS.get(key)
+    if pool is None:
+        pool = _POOLS[key] = ThreadPoolExecutor(threads, thread_name_prefix="sae_hooks_rows")
+    bounds = np.linspace(0, len(array), threads + 1).astype(int)
+    chunks = [(array[lo:hi], lo) for lo, hi in itertools.pairwise(bounds)]
+    return np.concatenate(list(pool.map(lambda chunk: fn(*chunk), chunks)))
 
 
 def row_offsets(rows: torch.Tensor, n_rows: int) -> torch.Tensor:
@@ -180,11 +207,9 @@ MIN_BLOCK_WIDTH = 4
 
 def _select(rows: torch.Tensor, k: int) -> torch.Tensor:
     """Each row's k largest (N, k), by numpy's introselect from NUMPY_TOP_K_FROM."""
-    m = rows.shape[-1]
     if k < NUMPY_TOP_K_FROM:
         return rows.topk(k, dim=-1, sorted=False).indices
-    picked = np.argpartition(rows.numpy(), m - k, axis=-1)[..., m - k :]
-    return torch.from_numpy(np.ascontiguousarray(picked))
+    return _top_positions(rows, k)
 
 
 def _block_top_k(rows: torch.Tensor, k: int, width: int) -> torch.Tensor:
@@ -221,8 +246,11 @@ def _top_positions(candidates: torch.Tensor, k: int) -> torch.Tensor:
     """Positions (N, k) of each row's k largest candidates, by numpy's introselect
     (2,048 x 1,024, k = 32: 4.3 ms against torch's top-k 7.0 on 2 threads)."""
     size = candidates.shape[1]
-    picked = np.argpartition(candidates.numpy(), size - k, axis=-1)[:, size - k :]
-    return torch.from_numpy(np.ascontiguousarray(picked))
+
+    def top(chunk: np.ndarray, _: int) -> np.ndarray:
+        return np.argpartition(chunk, size - k, axis=-1)[:, size - k :]
+
+    return torch.from_numpy(np.ascontiguousarray(by_row_chunks(top, candidates.numpy())))
 
 
 def nonzero_pairs(

@@ -234,17 +234,28 @@ def pairs_at_least(
     On the host: one compare, its count, and a flat `nonzero` (a third cheaper than the
     2-d `nonzero(as_tuple=True)`, which builds an (M, 2) matrix and splits it; rows and
     columns then come from one division), by numpy for fp32 / fp64 (2048 x 6144, 319k
-    pairs: 12 ms against torch's 28, one thread). A scan in cache-sized blocks of rows that
+    pairs: 12 ms against torch's 28, one thread), over chunks of rows in threads
+    (`sparse.by_row_chunks`). A scan in cache-sized blocks of rows that
     stopped at the limit was tried: no less CPU time (single thread, 2048 x 6144), and
     its ~70 small parallel regions stalled on a 2-core machine at load 28. Elsewhere
     one `nonzero` (its count is the host sync); the caller compares it with its limit.
     """
     n = pre.shape[-1]
     if pre.device.type in sparse.HOST_DEVICES and pre.dtype in (torch.float32, torch.float64):
-        mask = np.greater_equal(pre.detach().numpy(), floor.detach().numpy())
-        if np.count_nonzero(mask) > limit:
+        values, bound = pre.detach().numpy(), floor.detach().numpy()
+        mask = np.empty(values.shape, dtype=bool)
+
+        def compared(chunk: np.ndarray, first_row: int) -> np.ndarray:
+            out = mask[first_row : first_row + len(chunk)]
+            return np.array([np.count_nonzero(np.greater_equal(chunk, bound, out=out))])
+
+        if int(sparse.by_row_chunks(compared, values).sum()) > limit:
             return None
-        rows, cols = np.divmod(np.flatnonzero(mask), n)
+
+        def listed(chunk: np.ndarray, first_row: int) -> np.ndarray:
+            return np.flatnonzero(chunk) + first_row * n
+
+        rows, cols = np.divmod(sparse.by_row_chunks(listed, mask), n)
         return torch.from_numpy(rows), torch.from_numpy(cols)
     mask = pre >= floor
     if pre.device.type not in sparse.HOST_DEVICES:
