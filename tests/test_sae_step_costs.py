@@ -181,3 +181,34 @@ def test_numpy_kernels_over_row_chunks_in_threads_equal_one_pass(threads, monkey
     for got, want in zip((*chunked[1], *chunked[2]), (*one_pass[1], *one_pass[2]), strict=True):
         assert torch.equal(got, want)
     assert len(sparse._POOLS) >= 1
+
+
+@pytest.mark.parametrize("use_order", [True, False])
+def test_latent_grad_by_bags_equals_the_csr_product(use_order, monkeypatch):
+    """From LATENT_BAGS_FROM pairs a row the host sums a bag a latent: the same (n, d)
+    gradient as the CSR product, empty latents and zero weights included."""
+    from sae_hooks.sae import sparse
+
+    gen = torch.Generator().manual_seed(4)
+    n, rows, d = 300, 40, 24
+    pair_rows = torch.arange(rows).repeat_interleave(20)
+    cols = torch.randint(0, n // 2, (rows * 20,), generator=gen)  # half the latents empty
+    grad = torch.randn(rows * 20, generator=gen)
+    grad[::7] = 0.0
+    x = torch.randn(rows, d, generator=gen)
+
+    def product() -> torch.Tensor:
+        order = sparse.LatentOrder(pair_rows, cols) if use_order else None
+        return sparse.latent_grad(n, pair_rows, cols, grad, x, order)
+
+    monkeypatch.setattr(sparse, "LATENT_BAGS_FROM", 10**9)
+    csr = product()
+    monkeypatch.setattr(sparse, "LATENT_BAGS_FROM", 1)
+    calls = []
+    bag_sums = sparse.bag_sums
+    monkeypatch.setattr(sparse, "bag_sums", lambda *a: calls.append(1) or bag_sums(*a))
+    bags = product()
+    assert calls == [1]
+    expected = torch.zeros(n, d).index_add_(0, cols, grad[:, None] * x[pair_rows])
+    torch.testing.assert_close(csr, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(bags, expected, rtol=1e-5, atol=1e-5)
