@@ -155,7 +155,9 @@ def ratio_table(args: argparse.Namespace, variants: list[str], device: torch.dev
     growth in (rows x n) fp32 matrices (peak RSS on CPU, max_memory_allocated on
     CUDA, above what was resident before the step). The CPU-time ratio (process CPU
     seconds of the step over the matmul's) moves less than the wall-time one when other
-    jobs share the cores.
+    jobs share the cores. The median step over the median matmul is printed too: on a
+    machine whose matmul alone moves between rounds (42-53 ms on the Intel Xeon VM of
+    2026-12-07), it does not inherit one round's fast or slow matmul.
     """
     import torch.nn.functional as F
 
@@ -168,9 +170,10 @@ def ratio_table(args: argparse.Namespace, variants: list[str], device: torch.dev
     )
     print(
         "\n| variant | path | n | k | ratio min | median | max | step ms (median) "
-        "| peak (rows x n) matrices | CPU-time ratio (median) | load avg |"
+        "| peak (rows x n) matrices | CPU-time ratio (median) "
+        "| median step / median matmul | load avg |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     x = torch.randn(args.batch, args.d, device=device)
     for nb in widths:
         weight = torch.randn(nb, args.d, device=device) / args.d**0.5
@@ -198,7 +201,7 @@ def _ratio_row(step, weight, x, variant, path, args, device, F) -> None:
     for _ in range(WARM_UP_STEPS):  # Adam state, the allocator's pools, page faults
         step(x)
         matmul(x)
-    ratios, cpu_ratios, steps, peaks, loads = [], [], [], [], []
+    ratios, cpu_ratios, steps, matmuls, peaks, loads = [], [], [], [], [], []
     for _ in range(args.rounds):
         base = _resident(device)
         with PeakMemory(device) as mem:
@@ -209,6 +212,7 @@ def _ratio_row(step, weight, x, variant, path, args, device, F) -> None:
         ratios.append(step_s / mm_s)
         cpu_ratios.append(step_cpu / mm_cpu)
         steps.append(step_s / args.steps)
+        matmuls.append(mm_s / args.steps)
         loads.append(os.getloadavg()[0])
     ratios.sort()
     peak = f"{max(peaks):.2f}" if peaks else "-"
@@ -216,7 +220,9 @@ def _ratio_row(step, weight, x, variant, path, args, device, F) -> None:
         f"| {variant} | {path} | {args.nb} | {args.k} | {ratios[0]:.2f} "
         f"| {statistics.median(ratios):.2f} | {ratios[-1]:.2f} "
         f"| {statistics.median(steps) * 1e3:,.0f} | {peak} "
-        f"| {statistics.median(cpu_ratios):.2f} | {min(loads):.1f}-{max(loads):.1f} |",
+        f"| {statistics.median(cpu_ratios):.2f} "
+        f"| {statistics.median(steps) / statistics.median(matmuls):.2f} "
+        f"| {min(loads):.1f}-{max(loads):.1f} |",
         flush=True,
     )
 
