@@ -214,3 +214,33 @@ def test_jump_sae_keeps_no_rows_by_n_tensor_after_its_output_is_gone():
         isinstance(v, torch.Tensor) and v.dim() == 2 and v.shape[-1] == NB
         for v in vars(sae).values()
     )
+
+
+@pytest.mark.parametrize("dense_products", [False, True])
+def test_a_trainer_step_with_auxks_sparse_rows_equals_dense_rows(
+    dense_products, tmp_path, monkeypatch
+):
+    """The trainer's AuxK through `DeadColumnDecode` gives the weights its dead rows as
+    sparse gradient rows: fused Adam steps on the dense sum autograd makes of them, and
+    the step's parameters are those of the dense rows' form."""
+    from sae_hooks.train import auxk_columns, losses
+
+    monkeypatch.setattr(losses, "MAX_SPARSE_AUX_DENSITY", 0.0)
+    monkeypatch.setattr(auxk_columns, "DENSE_PICKS_FROM", 0.0 if dense_products else 1.01)
+    on_rows = auxk_columns._on_rows
+    seen = []
+
+    def spy(rows_grad, cols, n, sparse=False):
+        seen.append(sparse)
+        return on_rows(rows_grad, cols, n, sparse and not dense_rows)
+
+    monkeypatch.setattr(auxk_columns, "_on_rows", spy)
+    x = torch.randn(32, D, generator=torch.Generator().manual_seed(5))
+    params = []
+    for dense_rows in (False, True):
+        trainer = _trainer("topk", tmp_path / str(dense_rows), sparse=True)
+        trainer.train_step(x)
+        params.append({k: v.detach().clone() for k, v in trainer.sae.state_dict().items()})
+    assert seen[:2] == [True, True]  # dictionary and encoder rows, sparse
+    for name, value in params[0].items():
+        torch.testing.assert_close(value, params[1][name], rtol=1e-5, atol=1e-6)
