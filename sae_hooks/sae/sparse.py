@@ -232,6 +232,11 @@ def _block_top_k(rows: torch.Tensor, k: int, width: int) -> torch.Tensor:
         candidates = rows.view(-1, width).index_select(0, flat.view(-1)).view(n_rows, -1)
         pos = _top_positions(candidates, k)
         return top_blocks.gather(1, pos // width) * width + pos % width
+    if strided and whole == m:  # gathered through a broadcast index, none built
+        index = top_blocks.unsqueeze(1).expand(n_rows, width, k)
+        candidates = rows.unflatten(1, (width, n_blocks)).gather(2, index).view(n_rows, -1)
+        pos = _top_positions(candidates, k)  # position i * k + j: block j's i-th column
+        return top_blocks.gather(1, pos % k) + pos.div(k, rounding_mode="floor") * n_blocks
     if strided:
         cols = (top_blocks.unsqueeze(-1) + torch.arange(width) * n_blocks).view(n_rows, -1)
     else:
