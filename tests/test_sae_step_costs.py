@@ -141,6 +141,7 @@ def test_row_top_k_block_pruning_keeps_torchs_top_k_set(m, k, pruned, contiguous
     assert torch.equal(picked.sort(-1).values, expected)
     batched = sparse.row_top_k(scores.reshape(4, 10, m), k)  # leading dims kept
     assert torch.equal(batched.reshape(40, k).sort(-1).values, expected)
+    assert sparse.row_top_k(torch.randn(0, m), k).shape == (0, k)  # an empty batch
 
 
 @pytest.mark.parametrize("high", [6144, 2**15, 2**40])

@@ -229,19 +229,19 @@ def _block_top_k(rows: torch.Tensor, k: int, width: int) -> torch.Tensor:
     top_blocks = _select(maxima, k)  # (N, k)
     if not strided and whole == m and rows.is_contiguous():  # whole runs: rows of a view
         flat = top_blocks + torch.arange(n_rows).unsqueeze(1) * n_blocks
-        candidates = rows.view(-1, width).index_select(0, flat.view(-1)).view(n_rows, -1)
+        candidates = rows.view(-1, width).index_select(0, flat.view(-1)).view(n_rows, k * width)
         pos = _top_positions(candidates, k)
         return top_blocks.gather(1, pos // width) * width + pos % width
     if strided and whole == m and width >= 8:  # through a broadcast index, none built
         # (at 4 columns a block torch's gather over it was slower: 18 ms against 13)
         index = top_blocks.unsqueeze(1).expand(n_rows, width, k)
-        candidates = rows.unflatten(1, (width, n_blocks)).gather(2, index).view(n_rows, -1)
+        candidates = rows.unflatten(1, (width, n_blocks)).gather(2, index).view(n_rows, width * k)
         pos = _top_positions(candidates, k)  # position i * k + j: block j's i-th column
         return top_blocks.gather(1, pos % k) + pos.div(k, rounding_mode="floor") * n_blocks
     if strided:
-        cols = (top_blocks.unsqueeze(-1) + torch.arange(width) * n_blocks).view(n_rows, -1)
+        cols = (top_blocks.unsqueeze(-1) + torch.arange(width) * n_blocks).view(n_rows, k * width)
     else:
-        cols = (top_blocks.unsqueeze(-1) * width + torch.arange(width)).view(n_rows, -1)
+        cols = (top_blocks.unsqueeze(-1) * width + torch.arange(width)).view(n_rows, k * width)
     if whole < m:
         tail = torch.arange(whole, m).expand(n_rows, m - whole)
         cols = torch.cat([cols, tail], dim=1)
