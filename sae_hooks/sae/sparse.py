@@ -128,6 +128,20 @@ def by_row_chunks(fn: Callable[[np.ndarray, int], np.ndarray], array: np.ndarray
     return np.concatenate(list(pool.map(lambda chunk: fn(*chunk), chunks)))
 
 
+def flat_true(mask: np.ndarray) -> np.ndarray:
+    """Flat indices of a host bool matrix's True entries, ascending (`by_row_chunks`)."""
+
+    def chunk_true(chunk: np.ndarray, first_row: int) -> np.ndarray:
+        return np.flatnonzero(chunk) + first_row * chunk.shape[1]
+
+    return by_row_chunks(chunk_true, mask)
+
+
+def row_counts(mask: np.ndarray) -> np.ndarray:
+    """True entries in each row of a host bool matrix (`by_row_chunks`)."""
+    return by_row_chunks(lambda chunk, _: np.count_nonzero(chunk, axis=1), mask)
+
+
 def row_offsets(rows: torch.Tensor, n_rows: int) -> torch.Tensor:
     """Start of each row's run in `rows` (sorted ascending), (n_rows,); no host sync."""
     targets = torch.arange(n_rows, device=rows.device, dtype=rows.dtype)
@@ -326,7 +340,7 @@ def latent_grad(
         rows_sorted, cols_sorted, grad_sorted = nonzero_pairs(rows_sorted, cols_sorted, grad_sorted)
     crow = torch.searchsorted(cols_sorted, torch.arange(n + 1, device=cols.device))
     if x.device.type in HOST_DEVICES and rows_sorted.numel() >= LATENT_BAGS_FROM * x.shape[0]:
-        return bag_sums(rows_sorted, x.contiguous(), crow[:-1], grad_sorted)
+        return bag_sums(rows_sorted, x, crow[:-1], grad_sorted)
     with warnings.catch_warnings():  # torch calls every CSR construction beta
         warnings.simplefilter("ignore", UserWarning)
         matrix = torch.sparse_csr_tensor(
@@ -374,7 +388,7 @@ def bag_sums(
     Intel Xeon (2 MiB L2), 2,048 bags of 128 from 6,144 x 768, 2 threads: 5.2 ms with
     the copy against 11.7 (one thread 10.4 against 25.6); AMD EPYC (512 KiB L2), AuxK's
     786k pairs from 2,000 x 768, one thread: 34 ms against 50."""
-    weights = weights.to(table.dtype)
+    table, weights = table.contiguous(), weights.to(table.dtype)
     rows, width = table.shape
     block = max(32, L2_BYTES * 3 // 4 // (table.element_size() * max(rows, 1)) // 16 * 16)
     blocked = (

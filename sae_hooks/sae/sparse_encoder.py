@@ -252,10 +252,7 @@ def pairs_at_least(
         if int(sparse.by_row_chunks(compared, values).sum()) > limit:
             return None
 
-        def listed(chunk: np.ndarray, first_row: int) -> np.ndarray:
-            return np.flatnonzero(chunk) + first_row * n
-
-        rows, cols = np.divmod(sparse.by_row_chunks(listed, mask), n)
+        rows, cols = np.divmod(sparse.flat_true(mask), n)
         return torch.from_numpy(rows), torch.from_numpy(cols)
     mask = pre >= floor
     if pre.device.type not in sparse.HOST_DEVICES:
