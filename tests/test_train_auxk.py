@@ -99,7 +99,7 @@ def test_loss_and_gradients_match_the_dense_reference(variant, n_dead, path, mon
 
 
 @pytest.mark.parametrize("variant", ["topk", "batchtopk"])
-def test_row_sparse_weight_gradients_add_into_the_main_losss(variant, monkeypatch):
+def test_row_sparse_weight_gradients_add_into_the_main_loss(variant, monkeypatch):
     """The trainer's form: AuxK's dead rows as sparse gradients beside the main loss's
     dense ones; autograd adds them, and every .grad is dense and equal to the dense
     rows' form."""
