@@ -268,3 +268,44 @@ def test_bag_sums_by_column_blocks_equal_one_embedding_bag(monkeypatch):
     )
     torch.testing.assert_close(sparse_module.bag_sums(indices, table, starts, weights), expected)
     assert len(calls) == 4  # 100 columns in blocks of 32
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_ties_at_a_rows_k_th_pre_code_keep_exactly_k_aux(dtype):
+    """A row whose k_aux-th largest dead pre-code is tied keeps k_aux picks, the top
+    ones; rows without ties keep every candidate above their k_aux-th largest."""
+    gen = torch.Generator().manual_seed(11)
+    pre = torch.randn(ROWS, NB, generator=gen, dtype=dtype)
+    dead = dead_mask(100)
+    cols = dead.nonzero().squeeze(1)
+    pre[0, cols[:20]] = 5.0  # 20 equal maxima, more than K_AUX
+    pre[1, cols] = torch.arange(100, dtype=dtype) // 10 + 1.0  # tens of each value, all > 0
+    picks = auxk_columns.dead_picks(pre, dead, K_AUX)
+    assert picks.keep.sum(1).tolist() == [K_AUX] * ROWS
+    assert bool((pre[0, cols][picks.keep[0]] == 5.0).all())  # 8 of the 20 maxima
+    assert bool((pre[1, cols][picks.keep[1]] == 10.0).all())  # 8 of the ten 10s
+    for r in range(2, ROWS):
+        values, at = pre[r, cols].topk(K_AUX)
+        assert set(picks.keep[r].nonzero().squeeze(1).tolist()) == set(at[values > 0].tolist())
+    assert picks.count == int(picks.keep.sum())
+
+
+def test_the_dense_products_list_no_picks(monkeypatch):
+    """Above DENSE_PICKS_FROM neither listing is made (each scans the (rows, m) mask)."""
+    monkeypatch.setattr(losses, "MAX_SPARSE_AUX_DENSITY", 0.0)
+    monkeypatch.setattr(auxk_columns, "DENSE_PICKS_FROM", 0.0)
+    listed = []
+    monkeypatch.setattr(sparse_module, "flat_true", lambda mask: listed.append(mask) or [])
+    sae = make("topk")
+    x = torch.randn(ROWS, D, generator=torch.Generator().manual_seed(7))
+    out = sae(x)
+    aux_k_loss(
+        (x - out.x_hat).detach(),
+        out.z_pre,
+        dead_mask(100),
+        sae.get_dictionary(),
+        K_AUX,
+        support=out.support,
+    ).backward()
+    assert listed == []
+    assert sae.encoder.weight.grad.abs().sum() > 0
