@@ -5,7 +5,10 @@ gradient needs four products of the (rows, m) pick matrix V with d columns: the 
 V @ A, the picks' gradient <g_row, A_latent> at each pick (an SDDMM), the dead atoms'
 gradient V^T g and the dead encoder rows' gradient G^T x. This times every exact kernel
 torch offers for each, at the step's shapes (2,048 rows, d = 768), in process CPU time
-(min of --repeat), so that `train/auxk_columns.py` can pick per product and density.
+and wall time (each the min of --repeat), so that `train/auxk_columns.py` can pick per
+product and density; then AuxK's selection before and after 2026-12-07, the listings
+only the bag sums read, and the encoder's forward matmul, against which the step's
+ratios are taken.
 
     .venv/bin/python bench/bench_auxk_kernels.py --threads 1 --dead 500,2000,6000
 """
@@ -25,14 +28,16 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def cpu_ms(fn, repeat: int) -> float:
+def cpu_ms(fn, repeat: int) -> tuple[float, float]:
+    """(process CPU, wall) ms of fn, each the min of `repeat` calls."""
     fn()
-    best = float("inf")
+    cpu = wall = float("inf")
     for _ in range(repeat):
-        start = time.process_time()
+        start, cpu_start = time.perf_counter(), time.process_time()
         fn()
-        best = min(best, time.process_time() - start)
-    return best * 1e3
+        wall = min(wall, time.perf_counter() - start)
+        cpu = min(cpu, time.process_time() - cpu_start)
+    return cpu * 1e3, wall * 1e3
 
 
 def csr_times(matrix: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
@@ -44,13 +49,14 @@ def csr_times(matrix: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
 def kernels(m: int, args: argparse.Namespace) -> dict[str, dict[str, float]]:
     sys.path.insert(0, str(ROOT))
     from sae_hooks.sae.sparse import bag_sums
-    from sae_hooks.train.auxk_columns import DeadPicks
+    from sae_hooks.train.auxk_columns import DeadPicks, dead_picks
 
     gen = torch.Generator().manual_seed(0)
     rows, d, k = args.rows, args.d, min(args.d // 2, m)
     atoms = torch.randn(m, d, generator=gen)
     g = torch.randn(rows, d, generator=gen)
     pre = torch.randn(rows, m, generator=gen)
+    encoder_t = torch.randn(d, args.width, generator=gen)
     top = pre.topk(k, dim=1).indices
     keep = torch.zeros(rows, m, dtype=torch.bool).scatter_(1, top, True)
     picks = DeadPicks(torch.arange(m), pre.abs(), keep)
@@ -62,7 +68,7 @@ def kernels(m: int, args: argparse.Namespace) -> dict[str, dict[str, float]]:
         v_csr, vt_csr = v.to_sparse_csr(), v.t().contiguous().to_sparse_csr()
     psw = torch.ops.aten._embedding_bag_per_sample_weights_backward
 
-    def t(fn) -> float:
+    def t(fn) -> tuple[float, float]:
         return cpu_ms(fn, args.repeat)
 
     def eb(indices, table, bag_starts, weights):
@@ -88,10 +94,35 @@ def kernels(m: int, args: argparse.Namespace) -> dict[str, dict[str, float]]:
             "bag_sums (L2 blocks)": t(lambda: bag_sums(by_latent, g, starts, values_t)),
         },
         "(the encoder rows' G^T x: the same kernels)": {},
-        "the picks in both orders": {
-            "DeadPicks(...).by_latent()": t(lambda: DeadPicks(picks.cols, pre, keep).by_latent())
+        "the picks (selection)": {
+            "row_top_k + scatter of its indices (before 2026-12-07)": t(
+                lambda: _indices_and_scatter(pre, k)
+            ),
+            "dead_picks: each row's k-th largest by introselect": t(
+                lambda: dead_picks(pre, torch.ones(m, dtype=torch.bool), k)
+            ),
+        },
+        "the picks listed (bag sums only)": {
+            "by row and by latent": t(lambda: _listed(DeadPicks(picks.cols, pre, keep))),
+        },
+        "for scale: the encoder's forward matmul": {
+            f"(rows, d) @ (d, {args.width:,})": t(lambda: g @ encoder_t),
         },
     }
+
+
+def _indices_and_scatter(pre: torch.Tensor, k: int) -> torch.Tensor:
+    """AuxK's selection before 2026-12-07: each row's top-k indices (argpartition's
+    (rows, m) index array), scattered into a mask with the positive ones."""
+    from sae_hooks.sae.sparse import row_top_k
+
+    top = row_top_k(pre, k)
+    return (pre > 0) & torch.zeros_like(pre, dtype=torch.bool).scatter_(1, top, True)
+
+
+def _listed(picks) -> None:
+    picks.values()
+    picks.by_latent()
 
 
 def main() -> None:
@@ -100,6 +131,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=2048)
     parser.add_argument("--d", type=int, default=768)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--width", type=int, default=6144, help="latents of the matmul for scale")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     if args.threads:
@@ -107,13 +139,15 @@ def main() -> None:
     print(f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}")
     deads = [int(v) for v in args.dead.split(",")]
     tables = {m: kernels(m, args) for m in deads}
-    print("\n| product | kernel | " + " | ".join(f"{m:,} dead (ms)" for m in deads) + " |")
+    print(
+        "\n| product | kernel | " + " | ".join(f"{m:,} dead: CPU / wall ms" for m in deads) + " |"
+    )
     print("|---|---|" + "---:|" * len(deads))
     for product, by_kernel in tables[deads[0]].items():
         if not by_kernel:
             print(f"| {product} | | " + " | ".join("" for _ in deads) + " |")
         for kernel in by_kernel:
-            cells = " | ".join(f"{tables[m][product][kernel]:.1f}" for m in deads)
+            cells = " | ".join("{:.1f} / {:.1f}".format(*tables[m][product][kernel]) for m in deads)
             print(f"| {product} | {kernel} | {cells} |")
     print(f"load average {os.getloadavg()[0]:.1f}")
 

@@ -38,7 +38,7 @@ from sae_hooks.distributed import processes, sample_on_main, share_of, sync_repl
 from sae_hooks.sae import SAE, SAE_REGISTRY
 from sae_hooks.sae.sparse_encoder import fire_counts
 
-from . import checkpoint, runlock, trainer_state
+from . import checkpoint, host_heap, runlock, trainer_state
 from .coefficient import SparsityCoefficient
 from .config import TrainConfig
 from .constraints import (
@@ -104,6 +104,8 @@ class Trainer:
                 "each rank trains on batch_size // world rows of every global batch"
             )
         self.device = available_device(rank.device(cfg.device))
+        if self.device.type == "cpu":  # the step's buffers reused, not faulted in anew
+            host_heap.keep_freed_memory()
         if rank.is_main:  # one training per run directory; then clear what a kill left
             runlock.acquire(self.run_dir)
         try:
