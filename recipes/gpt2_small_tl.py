@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # also when loaded with runpy
 from gpt2_small import run
 
-from sae_hooks.recipe import print_summary
+from sae_hooks.recipe import print_summary, run_recipe
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -28,4 +28,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_recipe(main)

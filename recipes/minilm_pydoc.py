@@ -30,6 +30,7 @@ from sae_hooks.recipe import (
     recipe_corpus,
     recipe_parser,
     recipe_run_dir,
+    run_recipe,
     train_config,
 )
 
@@ -101,4 +102,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_recipe(main)

@@ -25,7 +25,7 @@ from pathlib import Path
 from sae_hooks.data import text_batches
 from sae_hooks.data.splits import split_texts
 from sae_hooks.models import offline
-from sae_hooks.recipe import minilm_and_pydoc
+from sae_hooks.recipe import minilm_and_pydoc, run_recipe
 
 POINTS = ["resid_post.1", "resid_post.3"]
 FULL = {"widths": [1536, 3072], "k": [16, 32], "batch_size": 1024, "total_tokens": 400_000}
@@ -109,4 +109,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    run_recipe(main)

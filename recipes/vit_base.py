@@ -35,6 +35,7 @@ from sae_hooks.recipe import (
     recipe_parser,
     recipe_record,
     recipe_run_dir,
+    run_recipe,
     train_config,
     user_errors,
 )
@@ -126,4 +127,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_recipe(main)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ __all__ = [
     "recipe_parser",
     "recipe_record",
     "recipe_run_dir",
+    "run_recipe",
     "train_config",
     "user_errors",
 ]
@@ -152,6 +153,21 @@ def user_errors() -> Iterator[None]:
         yield
     except (FileNotFoundError, ValueError) as e:
         fail(str(e))
+
+
+def run_recipe(main: Callable[[], object]) -> None:
+    """A recipe's entry point: Ctrl-C ends it with one line that says how to go on (the
+    same command resumes capture and training from their last commit and checkpoint),
+    not a traceback through whatever kernel it stopped in; exit status 130, as a shell's."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        print(
+            "\ninterrupted: rerun the same command to resume (capture and training go on "
+            "from their last commit and checkpoint)",
+            file=sys.stderr,
+        )
+        raise SystemExit(130) from None
 
 
 def print_summary(result: PipelineResult) -> None:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import ast
+from pathlib import Path
 
 import pytest
 
-from sae_hooks.recipe import eval_batch_count, recipe_run_dir, user_errors
+from sae_hooks.recipe import eval_batch_count, recipe_run_dir, run_recipe, user_errors
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 
 def args(**kw) -> argparse.Namespace:
@@ -33,3 +37,27 @@ def test_user_errors_exit_with_one_line(capsys):
     assert exit_.value.code == 2 and capsys.readouterr().err == "error: no model at m/\n"
     with pytest.raises(KeyError), user_errors():  # a bug is not a user error
         raise KeyError("x")
+
+
+def test_ctrl_c_ends_a_recipe_with_one_line_that_says_it_resumes(capsys):
+    def main() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as exit_:
+        run_recipe(main)
+    assert exit_.value.code == 130
+    err = capsys.readouterr().err
+    assert err.strip() == (
+        "interrupted: rerun the same command to resume (capture and training go on "
+        "from their last commit and checkpoint)"
+    )
+    assert "Traceback" not in err
+    run_recipe(lambda: None)  # a run that ends is left alone
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in RECIPES.glob("*.py")))
+def test_every_recipe_runs_through_run_recipe(script):
+    tree = ast.parse((RECIPES / script).read_text())
+    guard = tree.body[-1]
+    assert isinstance(guard, ast.If) and ast.unparse(guard.test) == "__name__ == '__main__'"
+    assert [ast.unparse(stmt) for stmt in guard.body] == ["run_recipe(main)"]
