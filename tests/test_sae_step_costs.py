@@ -160,21 +160,33 @@ def test_sort_indices_is_a_stable_sort_whatever_the_key_width(high):
 @pytest.mark.parametrize("threads", [2, 3])
 def test_numpy_kernels_over_row_chunks_in_threads_equal_one_pass(threads, monkeypatch):
     """`by_row_chunks` splits a host array's rows over torch's thread count: row top-k,
-    the support listed by `pairs_at_least` and AuxK's runs come out as in one pass."""
+    the support listed by `pairs_at_least`, AuxK's floors and its listings of the picks
+    come out as in one pass."""
     from sae_hooks.sae import sparse
     from sae_hooks.sae.sparse_encoder import pairs_at_least
-    from sae_hooks.train.auxk_columns import _runs
+    from sae_hooks.train.auxk_columns import DeadPicks, _floors
 
     gen = torch.Generator().manual_seed(threads)
     scores = torch.randn(101, 700, generator=gen)  # rows not divisible by the threads
     floor = torch.rand(700, generator=gen) + 1.0
     mask = scores > 0.5
-    one_pass = (sparse.row_top_k(scores, 80), pairs_at_least(scores, floor, 1e9), _runs(mask))
+
+    def listed() -> tuple[torch.Tensor, ...]:
+        picks = DeadPicks(torch.arange(700), scores, mask)
+        return (
+            picks.by_row,
+            picks.rows,
+            picks.row_starts(),
+            *picks.by_latent(),
+            _floors(scores, 80),
+        )
+
+    one_pass = (sparse.row_top_k(scores, 80), pairs_at_least(scores, floor, 1e9), listed())
     previous = torch.get_num_threads()
     monkeypatch.setattr(sparse, "PARALLEL_ROWS_FROM", 1)
     torch.set_num_threads(threads)
     try:
-        chunked = (sparse.row_top_k(scores, 80), pairs_at_least(scores, floor, 1e9), _runs(mask))
+        chunked = (sparse.row_top_k(scores, 80), pairs_at_least(scores, floor, 1e9), listed())
         assert pairs_at_least(scores, floor, 10) is None  # counted before listing
     finally:
         torch.set_num_threads(previous)
