@@ -167,6 +167,19 @@ def test_unit_rows_projection_equals_the_general_one_on_unit_rows():
     assert (w.grad - g).abs().max() > 0.1  # a projection happened
 
 
+def test_row_dots_by_chunks_of_rows_equal_one_vecdot(monkeypatch):
+    """The host's row dots go ROW_DOT_ROWS rows at a time: each row's dot is the same
+    number as in one vecdot over the whole matrix, a partial last chunk included."""
+    from sae_hooks.train import constraints
+
+    monkeypatch.setattr(constraints, "ROW_DOT_ROWS", 7)
+    gen = torch.Generator().manual_seed(5)
+    a, b = torch.randn(45, 33, generator=gen), torch.randn(45, 33, generator=gen)
+    found = constraints._row_dot(a, b)
+    assert found.shape == (45, 1)
+    assert torch.equal(found[:, 0], torch.linalg.vecdot(a, b))
+
+
 @pytest.mark.parametrize("max_norm", [0.5, 1e6, "at the norm"])
 def test_clip_grad_norm_gives_torchs_gradients_bit_for_bit(max_norm):
     """Below, at and above the norm: the same gradients and total as torch's foreach

@@ -92,5 +92,17 @@ def normalize_rows_(weight: torch.Tensor) -> None:
 def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """(rows, 1) for (rows, d) a and b: each row of a dotted with the same row of b, one
     multiply-and-sum pass (`vecdot`; a batch of (1, d) @ (d, 1) `bmm`s took 3.5x as long
-    on CPU, 6144 x 768)."""
-    return torch.linalg.vecdot(a, b).unsqueeze(-1)
+    on CPU, 6144 x 768). On the host over ROW_DOT_ROWS rows at a time, so that vecdot's
+    (rows, d) product stays in L2 instead of a fresh 19 MB one (in the step, 6144 x 768,
+    Intel Xeon, 2 threads: 2.3 ms against 3.0; the same numbers, row by row)."""
+    if a.device.type not in sparse.HOST_DEVICES:
+        return torch.linalg.vecdot(a, b).unsqueeze(-1)
+    out = a.new_empty(a.shape[0], 1)
+    for start in range(0, a.shape[0], ROW_DOT_ROWS):
+        rows = slice(start, start + ROW_DOT_ROWS)
+        torch.linalg.vecdot(a[rows], b[rows], out=out[rows, 0])
+    return out
+
+
+ROW_DOT_ROWS = 256
+"""Rows a host `_row_dot` multiplies at a time (256 x 768 fp32: 768 KiB)."""
