@@ -10,8 +10,9 @@ step: 8,000-10,000 page faults and 10-20 ms of system time in a ~120 ms step (76
 6,144, 2,048 rows, TopK and BatchTopK, Intel Xeon, 2 threads; `bench/bench_train.py
 --ratio` prints a step's faults). With the mmap threshold at glibc's ceiling (32 MiB)
 and the trim threshold at HEAP_KEEP_BYTES, those buffers stay mapped and are reused:
-65-640 faults a step, 0.5-2 ms of system time, the wall time 5-20 ms less in seven of
-eight interleaved process pairs.
+0-1,300 faults a step (none once the heap has grown), 0.1-5.5 ms of system time; in ten
+alternating process pairs the step was 4-26 ms faster in eight and 7-11 ms slower in two
+(a noisy host), and `bench_train.py --ratio` shows 0-1 faults a step.
 
 The cost: the process keeps up to HEAP_KEEP_BYTES freed memory mapped rather than
 giving it back (its peak use is unchanged). A process started with either threshold
