@@ -343,3 +343,39 @@ def test_model_source_holds_out_documents_by_their_index_in_the_source():
     with torch.no_grad():
         hidden = model(input_ids=ids, output_hidden_states=True).hidden_states[1]
     torch.testing.assert_close(val, hidden[[0, 3, 6]].reshape(-1, 16))
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "jumprelu", "relu", "matryoshka_batchtopk"])
+def test_a_bfloat16_sae_trains_on_the_cpu_as_its_float32_twin(arch, data, tmp_path):
+    """dtype="bfloat16" computes in bf16 through autocast on the CPU too (the fp32 rows
+    met bf16 weights in a bare matmul before), AuxK and the sparse paths' CSR products
+    included (no bf16 CSR kernel on the CPU: those sum in fp32), and lands where fp32 does."""
+    x, _ = data
+    found = {}
+    for dtype in ("float32", "bfloat16"):
+        config = TrainConfig(
+            architecture=arch,
+            nb_concepts=256,
+            k_per_token=8 if "topk" in arch else None,
+            target_l0=8 if arch in ("jumprelu", "relu") else None,
+            batch_size=256,
+            steps=100,
+            dtype=dtype,
+            dead_tokens=512,  # latents go dead within the run: AuxK runs
+            progress=False,
+            val_every=0,
+            checkpoint_every=0,
+            log_every=25,
+        )
+        sae = train(config, x[:8192], tmp_path / dtype)
+        assert {p.dtype for p in sae.parameters()} == {getattr(torch, dtype)}
+        log = read_log(tmp_path / dtype)
+        found[dtype] = [r["fvu"] for r in log if "fvu" in r][-1]
+        if "topk" in arch:
+            assert max(r.get("aux_loss", 0.0) for r in log) > 0
+    assert found["bfloat16"] == pytest.approx(found["float32"], abs=0.03)
+
+
+def test_float16_parameters_are_refused_with_the_reason():
+    with pytest.raises(ValueError, match=r"float16 cannot train.*bfloat16"):
+        TrainConfig(dtype="float16")

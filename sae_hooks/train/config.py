@@ -52,7 +52,7 @@ from sae_hooks.sae.settings import VariantConfig, check_float, check_int
 from .variant_settings import as_variant, nest_flat_settings, variant_setting_types
 
 B_DEC_INITS = ("geometric_median", "mean", "zeros")
-DTYPES = ("float32", "bfloat16", "float16", "float64")
+DTYPES = ("float32", "bfloat16", "float64")
 _DEFAULT_EXPANSION = 8
 
 # Fields that may differ between a checkpoint's config and the config resuming it.
@@ -117,8 +117,10 @@ class TrainConfig:
     data_seed: int | None = None  # order of the training batches; None -> seed
     loader_streams: int | None = None  # S of a store's loader (docs/scaling.md); None: auto
     device: str = "cpu"
-    dtype: str = "float32"  # parameter dtype
-    autocast: bool | None = None  # None -> bf16 autocast on CUDA, off elsewhere
+    dtype: str = "float32"  # parameter dtype (and Adam's moments'): float32, bfloat16, float64
+    autocast: bool | None = (
+        None  # None -> bf16 autocast on CUDA, and in a bf16 SAE's dtype anywhere
+    )
     compile: bool = False
     progress: bool = True
     tensorboard: bool = False
@@ -280,6 +282,13 @@ def default_lr(nb_concepts: int, steps: int) -> float:
 
 def _validate(c: TrainConfig) -> None:
     _check_choice("b_dec_init", c.b_dec_init, B_DEC_INITS)
+    if c.dtype == "float16":
+        raise ValueError(
+            "dtype float16 cannot train an SAE: Adam's moments are kept in the parameters' "
+            "dtype, where squared gradients (and its eps, 1e-8) underflow to 0, so its steps "
+            "blow up to inf / NaN within a few dozen steps; use bfloat16 (the same memory, "
+            "float32's range) or float32 (bf16 compute through autocast=True)"
+        )
     _check_choice("dtype", c.dtype, DTYPES)
     if c.point is not None and (not isinstance(c.point, str) or not c.point):
         raise ValueError(f"point must be a non-empty hook-point name or None, got {c.point!r}")

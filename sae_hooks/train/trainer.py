@@ -175,7 +175,14 @@ class Trainer:
         self.loader: Loader = share_of(loader, self.rank.rank, self.rank.world, cfg.loader_streams)
         self._constrained = constrained_weight(self.sae)
         self._forward = torch.compile(self.sae) if cfg.compile else self.sae
-        self._autocast = (cfg.device.startswith("cuda")) if cfg.autocast is None else cfg.autocast
+        dtype = getattr(torch, cfg.dtype)
+        low = dtype in (torch.bfloat16, torch.float16)
+        # bf16 autocast on CUDA; bf16 / fp16 parameters compute in their dtype anywhere
+        # (fp32 rows and the fp32 centring then meet them through autocast's casts)
+        self._autocast = (
+            (cfg.device.startswith("cuda") or low) if cfg.autocast is None else cfg.autocast
+        )
+        self._autocast_dtype = dtype if low else torch.bfloat16
         self._dead_check_every = max(
             1, min(cfg.log_every, math.ceil(cfg.dead_tokens / cfg.batch_size / 10))
         )
@@ -340,7 +347,9 @@ class Trainer:
         lr = cfg.lr * lr_factor(self.step, cfg.steps, cfg.warmup_steps, cfg.decay_fraction)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._autocast)
+        autocast = torch.autocast(
+            self.device.type, dtype=self._autocast_dtype, enabled=self._autocast
+        )
         # The rows are unit norm here (normalised at init, after every step, in every
         # checkpoint): the dictionary skips its normalisation, `_optimizer_step`'s
         # projection gives the gradient that normalisation's backward would have.
@@ -404,7 +413,7 @@ class Trainer:
             scale=self.scale,
             max_batches=cfg.val_batches,
             device=self.device,
-            autocast=self._autocast,
+            autocast=self._autocast_dtype if self._autocast else None,
         )
 
 

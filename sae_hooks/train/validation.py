@@ -26,16 +26,19 @@ def validate(
     scale: float,
     max_batches: int,
     device: torch.device,
-    autocast: bool = False,
+    autocast: torch.dtype | None = None,
 ) -> dict[str, float]:
-    """val/fvu, val/mse, val/l0, val/dead_fraction over up to max_batches batches ({} if none)."""
+    """val/fvu, val/mse, val/l0, val/dead_fraction over up to max_batches batches ({} if none).
+    autocast: the dtype the training's forward autocasts to, None when it does not."""
     squares, firing = SumOfSquares(), FiringStats(sae.nb_concepts, device=device)
     with eval_mode(sae):
         for n, batch in enumerate(batches):
             if n == max_batches:
                 break
             x, target = sae.training_pair(to_training(batch, device, scale))
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            with torch.autocast(
+                device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None
+            ):
                 out = sae(x)
             squares.update(target, out.x_hat.float())
             firing.update(out.z)
