@@ -244,3 +244,34 @@ def test_a_trainer_step_with_auxks_sparse_rows_equals_dense_rows(
     assert seen[:2] == [True, True]  # dictionary and encoder rows, sparse
     for name, value in params[0].items():
         torch.testing.assert_close(value, params[1][name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "jumprelu", "relu", "matryoshka_batchtopk"])
+def test_a_bfloat16_sae_trains_in_a_loop_of_ones_own_without_autocast(arch):
+    """sae(x) in train mode with fp32 rows and bf16 parameters, outside autocast (a
+    loop of one's own): the sparse paths compute in bf16 (they centred in fp32 and met
+    the bf16 weights in a bare matmul before) and give the fp32 twin's loss to bf16's
+    precision, with finite bf16 gradients."""
+    from sae_hooks.train.trainer import build_sae
+
+    config = TrainConfig(
+        architecture=arch,
+        nb_concepts=128,
+        k_per_token=4 if "topk" in arch else None,
+        steps=10,
+        batch_size=64,
+    ).resolve(16)
+    torch.manual_seed(0)
+    twin = build_sae(config, 16)
+    with torch.no_grad():
+        twin.encoder.bias.normal_()
+    sae = copy.deepcopy(twin).bfloat16()
+    for each in (twin, sae):
+        each.sparse_decode = each.sparse_encoder_grad = True
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(1))
+    loss = (x - sae(x).x_hat.float()).pow(2).sum()
+    loss.backward()
+    expected = (x - twin(x).x_hat).pow(2).sum()
+    assert loss.item() == pytest.approx(expected.item(), rel=2e-2)
+    grads = [p.grad for p in sae.parameters() if p.grad is not None]
+    assert grads and all(g.dtype == torch.bfloat16 and bool(g.isfinite().all()) for g in grads)

@@ -7,6 +7,7 @@ import os
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,16 +16,26 @@ from sae_hooks.train import TrainConfig, Trainer, host_heap
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
-STEP = """
-import resource, sys
-import torch
-from sae_hooks.train import host_heap
+HOST_HEAP = Path(host_heap.__file__)
 
+STEP = f"""
+import ctypes, importlib.util, resource
+spec = importlib.util.spec_from_file_location("host_heap", {str(HOST_HEAP)!r})
+host_heap = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(host_heap)  # alone: no torch, nothing else on the heap
 print(host_heap.keep_freed_memory())
-def step():  # three 19 MiB buffers freed together, as a step's gradients are
-    blocks = [torch.ones(19 << 18) for _ in range(3)]
-    return sum(float(b[-1]) for b in blocks)
-torch.ones(20 << 18)  # glibc's thresholds grow to a freed 20 MiB mapping
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+MIB = 1 << 20
+libc.free(libc.malloc(20 * MIB))  # by default glibc's thresholds grow to a freed mapping
+def step():  # three 19 MiB buffers written and freed together, as a step's gradients
+    blocks = [libc.malloc(19 * MIB) for _ in range(3)]
+    for block in blocks:
+        libc.memset(block, 1, 19 * MIB)
+    for block in reversed(blocks):
+        libc.free(block)
 for _ in range(3):
     step()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

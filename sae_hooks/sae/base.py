@@ -190,8 +190,10 @@ class SAE(SAEPersistence, TrainingContract, nn.Module):
         measured: the variant counts its support after the matmul and falls back to
         the dense path itself (JumpReLU), so no density by construction is needed.
 
-        The input is centred in fp32 before the matmul (exact under bf16 autocast);
-        b_dec's gradient is then -(per-latent sums of the kept gradients) @ W_enc.
+        Under autocast the input is centred in fp32 before the matmul (exact under bf16
+        autocast); outside it, in the parameters' dtype (`_to_rows` cast it), which the
+        matmul's weights share. b_dec's gradient is then -(per-latent sums of the kept
+        gradients) @ W_enc.
         """
         enc, bias = self.encoder, self._input_centre()
         if self._structured or type(enc) is not LinearEncoder or not torch.is_grad_enabled():
@@ -203,7 +205,9 @@ class SAE(SAEPersistence, TrainingContract, nn.Module):
             density = self._code_density(rows.new_empty(()).expand(len(rows), self.nb_concepts))
             if density is None or density > MAX_SPARSE_GRAD_DENSITY:
                 return None
-        scaled = rows.to(torch.promote_types(rows.dtype, torch.float32)) * self.input_scale
+        if _autocasting(rows):  # centred in fp32, then autocast's matmul rounds it once
+            rows = rows.to(torch.promote_types(rows.dtype, torch.float32))
+        scaled = rows * self.input_scale
         buffer = self._pre_codes_buffer if self._sparse_codes else None  # the trainer's steps
         pre = encoder_pre_codes(scaled, bias, enc.weight, enc.bias, buffer)
         return pre, EncoderInputs(scaled, bias, enc.weight, enc.bias)
