@@ -329,6 +329,10 @@ def latent_grad(
     product, or on the host from LATENT_BAGS_FROM pairs a row of x `bag_sums` (a bag a
     latent, in the same latent order).
     drop_zeros=False: no compaction pass for weights that are rarely 0."""
+    if x.device.type == "cpu" and x.dtype not in (torch.float32, torch.float64):
+        # torch's CPU CSR product has no bf16 / fp16 kernel: sum in fp32, return x's dtype
+        out = latent_grad(n, rows, cols, grad.float(), x.float(), order, drop_zeros=drop_zeros)
+        return out.to(x.dtype)
     if order is None:
         if drop_zeros:
             rows, cols, grad = nonzero_pairs(rows, cols, grad)
@@ -339,10 +343,6 @@ def latent_grad(
         grad_sorted = grad.index_select(0, perm)
         rows_sorted, cols_sorted, grad_sorted = nonzero_pairs(rows_sorted, cols_sorted, grad_sorted)
     crow = torch.searchsorted(cols_sorted, torch.arange(n + 1, device=cols.device))
-    if x.device.type == "cpu" and x.dtype not in (torch.float32, torch.float64):
-        # torch's CPU CSR product has no bf16 / fp16 kernel: sum in fp32, return x's dtype
-        out = latent_grad(n, rows_sorted, cols_sorted, grad_sorted.float(), x.float())
-        return out.to(x.dtype)
     if x.device.type in HOST_DEVICES and rows_sorted.numel() >= LATENT_BAGS_FROM * x.shape[0]:
         return bag_sums(rows_sorted, x, crow[:-1], grad_sorted)
     with warnings.catch_warnings():  # torch calls every CSR construction beta
