@@ -89,6 +89,10 @@ class FiringStats:
         return self.counts.float() / max(self.rows, 1)
 
 
+SQUARES_CHUNK_ROWS = 256
+"""Rows `SumOfSquares.update` converts to float64 at a time on the host."""
+
+
 class SumOfSquares:
     """Streaming FVU and MSE: sum (x - x_hat)^2 over sum (x - mean(x))^2, exact over any
     number of batches. Sums are float64 tensors on the rows' device, so `update` never
@@ -99,22 +103,30 @@ class SumOfSquares:
         """float64 [rows, sum ||x - x_hat||^2, sum ||x||^2, *sum x]; additive over batches
         and over data-parallel ranks."""
 
-    def update(self, x: Tensor, x_hat: Tensor) -> None:
+    def update(self, x: Tensor, x_hat: Tensor, err: Tensor | None = None) -> None:
+        """Add a batch of rows x and their reconstruction; err: x - x_hat where the
+        caller has it already (the trainer's loss), in the precision below."""
         # The difference in the inputs' own precision (at least fp32), every square and
-        # sum in float64 inside the reductions: no float64 copies of the batch (2048 x
-        # 768: 2.2 ms against 10.6 for the float64 copies, 2 threads, run every step).
+        # sum in float64. On the host over SQUARES_CHUNK_ROWS rows at a time, so that
+        # the float64 copies stay in L2 (2,048 x 768, 2 threads: 1.3 ms against 2.2 for
+        # whole-batch copies, and 10.6 for float64 copies of the batch before the
+        # reductions).
         x = x.reshape(-1, x.shape[-1])
-        dtype = torch.promote_types(torch.promote_types(x.dtype, x_hat.dtype), torch.float32)
-        err = x.to(dtype) - x_hat.reshape(x.shape).to(dtype)
+        if err is None:
+            dtype = torch.promote_types(torch.promote_types(x.dtype, x_hat.dtype), torch.float32)
+            err = x.to(dtype) - x_hat.reshape(x.shape).to(dtype)
+        err = err.reshape(x.shape)
         f64 = torch.float64
-        squares = torch.stack(
-            [
-                torch.linalg.vector_norm(err, dtype=f64).square(),
-                torch.linalg.vector_norm(x, dtype=f64).square(),
-            ]
-        )
-        rows = torch.full((1,), float(x.shape[0]), dtype=f64, device=x.device)
-        part = torch.cat([rows, squares, x.sum(0, dtype=f64)])
+        step = SQUARES_CHUNK_ROWS if x.device.type == "cpu" else max(len(x), 1)
+        parts = []
+        for start in range(0, len(x), step):
+            e = err[start : start + step].to(f64).reshape(-1)
+            rows = x[start : start + step].to(f64)
+            flat = rows.reshape(-1)
+            parts.append(torch.cat([(e @ e).view(1), (flat @ flat).view(1), rows.sum(0)]))
+        sums = torch.stack(parts).sum(0) if parts else x.new_zeros(2 + x.shape[1], dtype=f64)
+        count = torch.full((1,), float(x.shape[0]), dtype=f64, device=x.device)
+        part = torch.cat([count, sums])
         self.state = part if self.state is None else self.state + part
 
     @property

@@ -103,6 +103,23 @@ def test_streaming_fvu_of_fp32_rows_far_from_zero_matches_float64(x_hat_dtype):
     assert s.mse == pytest.approx(((x64 - x_hat64) ** 2).sum().item() / 4096, rel=1e-6)
 
 
+def test_streaming_fvu_reads_the_callers_error_where_given():
+    """The trainer hands its loss's x - x_hat over; the sums are those of update(x, x_hat)
+    (over 256-row chunks on the host: 1,000 rows end in a partial one)."""
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(1000, 24, generator=gen) + 5.0
+    x_hat = x + 0.1 * torch.randn(1000, 24, generator=gen)
+    own, given = sae_metrics.SumOfSquares(), sae_metrics.SumOfSquares()
+    own.update(x, x_hat)
+    given.update(x, x_hat, x - x_hat)
+    torch.testing.assert_close(given.state, own.state, rtol=1e-12, atol=0)
+    x64 = x.double()
+    assert own.state[2].item() == pytest.approx((x64**2).sum().item(), rel=1e-12)
+    doubled = sae_metrics.SumOfSquares()
+    doubled.update(x, x_hat, 2 * (x - x_hat))
+    assert doubled.mse == pytest.approx(4 * own.mse, rel=1e-6)
+
+
 def test_ablating_every_latent_equals_decoder_bias(tiny_gpt2, tokenizer, texts):
     torch.manual_seed(0)
     sae = SAE(D, 128)

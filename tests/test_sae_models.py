@@ -130,6 +130,25 @@ def test_input_scale_is_applied_on_the_way_in_and_out(variant):
     torch.testing.assert_close(out.z_pre, centred @ sae.encoder.weight.T + sae.encoder.bias)
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_unit_input_scale_on_the_host_is_skipped_not_applied(variant):
+    """The trainer's scale of 1: no multiply and no divide (each a pass over the batch
+    and one in the backward), the same outputs as the scale applied."""
+    torch.manual_seed(0)
+    sae = VARIANTS[variant](D)
+    x = torch.randn(32, D)
+    assert sae.scaled(x) is x and sae.unscaled(x) is x
+    sae.input_scale.fill_(2.0)
+    torch.testing.assert_close(sae.scaled(x), 2 * x, rtol=0, atol=0)
+    torch.testing.assert_close(sae.unscaled(x), x / 2, rtol=0, atol=0)
+    sae.input_scale.fill_(1.0)
+    skipped = sae(x)
+    with torch.no_grad():
+        sae.input_scale.fill_(1.0 + 2**-23)  # the smallest step up: the passes run
+    applied = sae(x / (1.0 + 2**-23))
+    torch.testing.assert_close(skipped.x_hat, applied.x_hat * (1.0 + 2**-23))
+
+
 def test_relu_sae_sparsity_loss_weights_codes_by_atom_norms():
     sae = SAE(D, NB, dictionary_params={"normalization": "identity"})
     with torch.no_grad():

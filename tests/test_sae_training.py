@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from sae_hooks.sae import BatchTopKSAE, JumpSAE, TopKSAE
+from sae_hooks.sae.training import squared_error
 
 D_IN, N_ATOMS, ACTIVE, BATCH = 32, 64, 3, 256
 
@@ -90,3 +91,17 @@ def test_jumprelu_recovers_atoms_and_learns_its_threshold(one_thread):
         l0 = (sae(batch(1024)).z > 0).sum(-1).float().mean()
     assert l0 < 6  # from ~64 active at the initial threshold of 1e-3
     assert sae.threshold.median() > 0.01
+
+
+@pytest.mark.parametrize("shape", [(257, 48), (3, 5, 16)])
+def test_squared_error_has_autograds_gradient_in_one_pass(shape):
+    """The reconstruction loss's backward is err * 2g / N: autograd's chain through pow,
+    sum and mean up to the rounding of 2g / N (an ulp), and float64's gradcheck."""
+    err = torch.randn(shape, requires_grad=True)
+    (3.0 * squared_error(err)).backward()
+    ours = err.grad.clone()
+    err.grad = None
+    (3.0 * err.pow(2).sum(-1).mean()).backward()
+    torch.testing.assert_close(ours, err.grad, rtol=2**-22, atol=0)
+    torch.testing.assert_close(squared_error(err), err.pow(2).sum(-1).mean(), rtol=0, atol=0)
+    assert torch.autograd.gradcheck(squared_error, (err.detach().double().requires_grad_(),))

@@ -308,9 +308,9 @@ def test_train_fvu_is_one_mean_over_the_window(small_rows, tmp_path, monkeypatch
     seen = []
     real_add = LogWindow.add
 
-    def add(self, losses, x, x_hat, fires, rows):
+    def add(self, losses, x, x_hat, fires, rows, err=None):
         seen.append((x.clone(), x_hat.clone()))
-        real_add(self, losses, x, x_hat, fires, rows)
+        real_add(self, losses, x, x_hat, fires, rows, err)
 
     monkeypatch.setattr(LogWindow, "add", add)
     train(small_config(steps=6, log_every=3, val_every=None), TensorSource(small_rows), tmp_path)

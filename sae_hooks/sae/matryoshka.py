@@ -26,6 +26,7 @@ from .base import SAEOutput
 from .batchtopk import DEFAULT_THRESHOLD_MOMENTUM, BatchTopKConfig, BatchTopKSAE
 from .output import Support, kept_support
 from .sparse import check_sparse_decode, decode_pairs
+from .training import squared_error
 
 _DEFAULT_SHARES = (1, 31)  # a first group of 1/32 of the atoms, then the rest
 
@@ -106,7 +107,7 @@ class MatryoshkaBatchTopKSAE(BatchTopKSAE):
         if check_sparse_decode(self.sparse_decode) is False:
             support = None
         z = out.z.to(atoms.dtype) if support is None else None
-        loss = err.pow(2).sum(-1).mean()
+        loss = squared_error(err)
         suffix = torch.zeros_like(err)
         starts = [0, *self.prefix_ends[:-1]]
         for start, end in zip(reversed(starts[1:]), reversed(self.prefix_ends[1:])):
@@ -115,7 +116,7 @@ class MatryoshkaBatchTopKSAE(BatchTopKSAE):
             else:
                 group = _decode_group(support, start, end, atoms, n_rows=err.shape[0])
             suffix = suffix + group.to(err.dtype)
-            loss = loss + (err + suffix).pow(2).sum(-1).mean()
+            loss = loss + squared_error(err + suffix)
         return loss
 
     def prefix_reconstruction(self, x: torch.Tensor, width: int) -> torch.Tensor:
@@ -124,7 +125,7 @@ class MatryoshkaBatchTopKSAE(BatchTopKSAE):
             raise ValueError(f"width must be in 1..{self.nb_concepts}, got {width}")
         _, z = self.encode(x)
         z = torch.cat([z[:, :width], torch.zeros_like(z[:, width:])], dim=-1)
-        return self.dictionary.decode(z) / self.input_scale
+        return self.unscaled(self.dictionary.decode(z))
 
     def _variant_config(self) -> dict[str, Any]:
         return {**super()._variant_config(), "group_sizes": list(self.group_sizes)}

@@ -119,7 +119,7 @@ class PairedMixin:
 
     def _pre_codes(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         enc = self.encoder
-        pre = F.linear(rows * self.input_scale, enc.weight, enc.bias)
+        pre = F.linear(self.scaled(rows), enc.weight, enc.bias)
         return pre, F.relu(pre)
 
     def _input_centre(self) -> None:
@@ -136,7 +136,7 @@ class PairedMixin:
         """The linear skip term in the training scale; none for a plain transcoder."""
         if not self.skip_connection:
             return 0.0
-        return F.linear(rows * self.input_scale, self.W_skip)
+        return F.linear(self.scaled(rows), self.W_skip)
 
     def forward(self, x: torch.Tensor) -> SAEOutput:
         out = self._forward_rows(self._to_rows(x))
@@ -151,7 +151,7 @@ class PairedMixin:
         """The prediction in the output's scale: raw (divided by s r), or in training
         that of `training_pair`'s targets (y s r, input_scale = 1: unchanged)."""
         if self._training_scale:
-            return y / self.input_scale
+            return self.unscaled(y)
         return y / (self.input_scale * self.output_scale)
 
     def set_input_scale(self, scale: float, *, training: bool = False) -> None:

@@ -62,7 +62,7 @@ from .window import DeadLatents, LogWindow
 class PendingStep:
     """What `Trainer.backward` leaves for `Trainer.apply`: the rows the SAE reconstructs
     (a transcoder's target), the reconstruction, the per-latent fire counts (all-reduced
-    in between under data parallel), the losses."""
+    in between under data parallel), the losses, and x - x_hat (for the log's FVU)."""
 
     x: torch.Tensor
     x_hat: torch.Tensor
@@ -70,6 +70,7 @@ class PendingStep:
     loss: torch.Tensor
     mse: torch.Tensor
     aux: torch.Tensor
+    err: torch.Tensor | None = None
 
 
 class Trainer:
@@ -380,7 +381,8 @@ class Trainer:
         # the pre-codes before the backward allocates the gradients (peak memory).
         del out
         loss.backward()
-        return PendingStep(target, x_hat, fires, loss.detach(), mse.detach(), aux.detach())
+        losses = (loss.detach(), mse.detach(), aux.detach())
+        return PendingStep(target, x_hat, fires, *losses, err=err.detach())
 
     def apply(self, pending: PendingStep) -> None:
         """The optimiser step and the on-device statistics of a `backward` (synced)."""
@@ -391,7 +393,7 @@ class Trainer:
             self.dead.update(fires, rows)
             self.coefficient.steer(fires.sum() / rows)
             losses = torch.stack([pending.loss, pending.mse, pending.aux])
-            self.window.add(losses, x, pending.x_hat, fires, rows)
+            self.window.add(losses, x, pending.x_hat, fires, rows, pending.err)
 
     def _optimizer_step(self) -> None:
         """Clip, step, and keep the decoder rows on the unit sphere."""

@@ -68,11 +68,13 @@ class LogWindow:
         x_hat: torch.Tensor,
         fires: torch.Tensor,
         rows: int,
+        err: torch.Tensor | None = None,
     ) -> None:
         """One step: its LOSS_TERMS (a stacked tensor), this rank's rows and their
-        reconstruction, and the fire counts of the step's `rows` rows over all ranks."""
+        reconstruction (err: x - x_hat, where the step has it), and the fire counts of
+        the step's `rows` rows over all ranks."""
         self.losses += losses.float()
-        self.squares.update(x, x_hat)
+        self.squares.update(x, x_hat, err)
         self.firing.add_counts(fires, rows)
         self.steps += 1
 
