@@ -109,7 +109,23 @@ def test_row_top_k_selects_torchs_top_k_set_by_numpy_from_its_cut(monkeypatch):
         picked = sparse.row_top_k(scores, 80)
         assert picked.shape == (50, 80) and picked.is_contiguous()
         assert torch.equal(picked.sort(-1).values, expected)
-    assert sparse.row_top_k(scores.bfloat16(), 80).shape == (50, 80)  # torch: no numpy bf16
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(("m", "k"), [(6144, 32), (6144, 128), (6000, 40), (2000, 96), (300, 80)])
+def test_row_top_k_of_autocast_scores_keeps_torchs_top_k_values(dtype, m, k):
+    """bf16 / fp16 pre-codes (autocast): strided blocks, the candidates upcast for numpy.
+    Their many ties make the indices differ from torch's; the picked values may not."""
+    from sae_hooks.sae import sparse
+
+    torch.manual_seed(m + k)
+    scores = torch.randn(40, m).to(dtype)
+    scores[0, :64] = 9.0 + torch.arange(64.0)  # one row's top codes crowd a few blocks
+    picked = sparse.row_top_k(scores, k)
+    assert picked.shape == (40, k) and picked.dtype == torch.long
+    assert bool((picked.sort(-1).values.diff(dim=-1) > 0).all())  # k distinct columns
+    values = scores.gather(1, picked).float().sort(-1).values
+    assert torch.equal(values, scores.topk(k, dim=-1).values.float().sort(-1).values)
 
 
 @pytest.mark.parametrize(
