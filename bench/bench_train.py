@@ -85,12 +85,14 @@ def ours_step(
     *,
     defaults: bool = False,
     target_l0: float | None = None,
+    autocast: bool | None = None,
 ):
     """Our Trainer's step for `variant`, built as `train()` builds it. dense: both
     sparse paths off (decoder and encoder gradient). x: a batch that JumpReLU's
     thresholds are set on so that it keeps k codes per row, its target L0.
     defaults: the variant's own warm-up (`row_topk_warmup`) instead of none.
-    target_l0: the penalised variants' L0 target (the coefficient steered to it)."""
+    target_l0: the penalised variants' L0 target (the coefficient steered to it).
+    autocast: TrainConfig.autocast (None: bf16 on CUDA only)."""
     sys.path.insert(0, str(ROOT))
     from sae_hooks.train import TrainConfig, Trainer
 
@@ -111,6 +113,7 @@ def ours_step(
         val_every=0,
         checkpoint_every=0,
         progress=False,
+        autocast=autocast,
     )
     trainer = Trainer(config, torch.randn(2 * args.batch, args.d), run_dir)
     if dense:
@@ -283,6 +286,52 @@ def fire_stats_table(args: argparse.Namespace, variants: list[str], device: torc
                 trainer_module.fire_counts = counted
         print(
             f"| {variant} | {spread(ratios, '{:.3f}')} | {statistics.median(steps):,.0f} "
+            f"| {min(loads):.1f}-{max(loads):.1f} |",
+            flush=True,
+        )
+
+
+def autocast_table(args: argparse.Namespace, variants: list[str], device: torch.device) -> None:
+    """The fp32 step against the same step under bf16 autocast (TrainConfig(autocast=True),
+    fp32 weights and Adam), alternating within each round; the bare encoder matmul in
+    both dtypes for scale. On CPUs with AMX (Intel Sapphire Rapids and later) oneDNN runs
+    the bf16 matmuls on it."""
+    x = torch.randn(args.batch, args.d, device=device)
+    weight = torch.randn(args.nb, args.d, device=device)
+
+    def bare_matmul_ms(dtype: torch.dtype, n: int = 8) -> float:
+        rows, w = x.to(dtype), weight.to(dtype)
+        rows @ w.t()
+        return time_steps(lambda _: rows @ w.t(), x, n, device)[0] / n * 1e3
+
+    print(machine(device))
+    print(
+        f"\nfp32 step against bf16 autocast, {args.d} -> {args.nb}, {args.batch} rows, "
+        f"k = {args.k}; {args.rounds} rounds of {args.steps} steps each way; the encoder "
+        f"matmul alone: fp32 {bare_matmul_ms(torch.float32):.1f} ms, "
+        f"bf16 {bare_matmul_ms(torch.bfloat16):.1f} ms"
+    )
+    print("\n| variant | fp32 ms | autocast ms | fp32 / autocast (min / median / max) | load avg |")
+    print("|---|---:|---:|---:|---:|")
+    for variant in variants:
+        with tempfile.TemporaryDirectory(prefix="bench_autocast_") as tmp:
+            steps = {
+                on: ours_step(variant, args, Path(tmp) / str(on), x=x, autocast=on)
+                for on in (False, True)
+            }
+            for step in steps.values():
+                for _ in range(WARM_UP_STEPS):
+                    step(x)
+            times: dict[bool, list[float]] = {False: [], True: []}
+            ratios, loads = [], []
+            for _ in range(args.rounds):
+                for on, step in steps.items():
+                    times[on].append(time_steps(step, x, args.steps, device)[0] / args.steps)
+                ratios.append(times[False][-1] / times[True][-1])
+                loads.append(os.getloadavg()[0])
+        print(
+            f"| {variant} | {statistics.median(times[False]) * 1e3:,.0f} "
+            f"| {statistics.median(times[True]) * 1e3:,.0f} | {spread(ratios, '{:.2f}')} "
             f"| {min(loads):.1f}-{max(loads):.1f} |",
             flush=True,
         )
@@ -890,13 +939,18 @@ def main() -> None:
         "no target L0, against TopK's step, interleaved",
     )
     parser.add_argument(
+        "--autocast",
+        action="store_true",
+        help="the fp32 step against the same step under bf16 autocast, interleaved",
+    )
+    parser.add_argument(
         "--worker", nargs="?", const="saelens", choices=SIDES, help=argparse.SUPPRESS
     )
     args = parser.parse_args()
     args.nb = args.nb or (24576 if args.gpu_size else 6144)
     args.batch = args.batch or (8192 if args.gpu_size else 2048)
     variants = [v for v in args.variants.split(",") if v]
-    valid = VARIANTS + OURS_ONLY if args.ratio or args.fire_stats else VARIANTS
+    valid = VARIANTS + OURS_ONLY if args.ratio or args.fire_stats or args.autocast else VARIANTS
     unknown = sorted(set(variants) - set(valid))
     if unknown:
         parser.error(f"unknown variants {unknown}; valid here: {', '.join(valid)}")
@@ -915,6 +969,8 @@ def main() -> None:
         return auxk_table(args, variants, device)
     if args.defaults:
         return defaults_table(args, device)
+    if args.autocast:
+        return autocast_table(args, variants, device)
 
     sides, notes = start_sides(args, variants)
     try:

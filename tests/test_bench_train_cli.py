@@ -25,3 +25,19 @@ def test_a_side_that_does_not_import_is_left_out_with_a_note():
     rows = [line for line in run.stdout.splitlines() if line.startswith("| topk |")]
     assert [row.split("|")[2].strip() for row in rows] == ["sae-hooks"]
     assert "vs sparsify" not in run.stdout  # no sparsify columns without a sparsify side
+
+
+@pytest.mark.slow
+def test_the_autocast_mode_times_each_variant_both_ways():
+    """`--autocast`: a row per variant with the fp32 and the bf16-autocast step, and the
+    bare matmul in both dtypes (CPU: oneDNN's bf16 GEMM, on AMX where the CPU has it)."""
+    tiny = ["--nb=64", "--batch=32", "--rounds=2", "--steps=1", "--k=4"]
+    argv = [sys.executable, str(SCRIPT), "--autocast", "--variants=topk,jumprelu", *tiny]
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "the encoder matmul alone: fp32" in run.stdout and "bf16" in run.stdout
+    for variant in ("topk", "jumprelu"):
+        (row,) = [line for line in run.stdout.splitlines() if line.startswith(f"| {variant} |")]
+        fp32_ms, autocast_ms, ratios = (cell.strip() for cell in row.split("|")[2:5])
+        assert float(fp32_ms) >= 0 and float(autocast_ms) >= 0
+        assert len(ratios.split(" / ")) == 3

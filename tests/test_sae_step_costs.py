@@ -74,12 +74,24 @@ def test_the_sparse_paths_pass_the_dense_pre_codes_no_gradient(monkeypatch):
     assert sae.encoder.weight.grad is not None and sae.dictionary.bias.grad is not None
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-def test_pairs_at_least_lists_what_nonzero_lists_and_stops_at_the_limit(dtype):
-    """numpy's compare and flatnonzero for fp32 / fp64, torch's for bf16: the same pairs."""
+@pytest.mark.parametrize(
+    ("dtype", "floor_dtype"),
+    [
+        (torch.float32, torch.float32),
+        (torch.float64, torch.float64),
+        (torch.bfloat16, torch.bfloat16),
+        (torch.bfloat16, torch.float32),  # autocast: bf16 pre-codes, fp32 thresholds
+        (torch.float16, torch.float32),
+    ],
+)
+def test_pairs_at_least_lists_what_nonzero_lists_and_stops_at_the_limit(dtype, floor_dtype):
+    """numpy's compare and flatnonzero for fp32 / fp64 and bf16 (from its bits), torch's
+    for fp16: the pairs of torch's own compare, infinities, NaN and -0 included."""
     from sae_hooks.sae import sparse_encoder
 
-    pre, floor = torch.randn(9, 32).to(dtype), (torch.randn(32) + 1.0).to(dtype)
+    pre, floor = torch.randn(9, 32).to(dtype), (torch.randn(32) + 1.0).to(floor_dtype)
+    pre[0, :5] = torch.tensor([float("inf"), float("-inf"), float("nan"), -0.0, 3e-39])
+    floor[1:3] = torch.tensor([0.0, float("-inf")])
     rows, cols = (pre >= floor).nonzero(as_tuple=True)
     found = sparse_encoder.pairs_at_least(pre, floor, float("inf"))
     assert torch.equal(found[0], rows) and torch.equal(found[1], cols)
