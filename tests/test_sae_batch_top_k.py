@@ -1,13 +1,23 @@
-"""`batch_top_k` (per-row candidates, then the budget) selects exactly what one flat
-top-k over the whole batch selects, including when a few rows hold most of it."""
+"""`batch_top_k` (on the host: runs of columns ranked by their maxima, or per-row
+candidates where runs do not tile the rows) selects exactly what one flat top-k over the
+whole batch selects, including when a few rows hold most of it."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from sae_hooks.sae import sparse
+from sae_hooks.sae import sparse, sparse_encoder
 from sae_hooks.sae.sparse_encoder import batch_top_k
+
+
+@pytest.fixture(params=["runs", "candidates"])
+def host_path(request, monkeypatch):
+    """Both host paths: the runs' maxima (the default where BATCH_BLOCK_WIDTH divides n)
+    and the per-row candidates (forced here)."""
+    if request.param == "candidates":
+        monkeypatch.setattr(sparse_encoder, "_batch_top_k_in_blocks", lambda scores, k: None)
+    return request.param
 
 
 def _selected(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -19,7 +29,7 @@ def _selected(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]
 
 @pytest.mark.parametrize("skew", [0.0, 3.0, 30.0], ids=["even", "skewed", "few-rows"])
 @pytest.mark.parametrize("k", [1, 64, 1000])
-def test_candidates_select_what_the_flat_top_k_selects(skew, k):
+def test_candidates_select_what_the_flat_top_k_selects(skew, k, host_path):
     gen = torch.Generator().manual_seed(int(skew) + k)
     scores = torch.randn(64, 512, generator=gen)
     scores[:3] += skew  # three rows hold most of the budget when skewed
@@ -30,8 +40,10 @@ def test_candidates_select_what_the_flat_top_k_selects(skew, k):
 
 
 def test_a_row_holding_the_budget_joins_the_pool_whole(monkeypatch):
-    """Row 0 alone holds the whole budget: its m = 8 candidates all reach the k-th
-    largest candidate, so all its codes above it join the pool, and the result is exact."""
+    """Per-row candidates: row 0 alone holds the whole budget: its m = 8 candidates all
+    reach the k-th largest candidate, so all its codes above it join the pool, and the
+    result is exact."""
+    monkeypatch.setattr(sparse_encoder, "_batch_top_k_in_blocks", lambda scores, k: None)
     calls = []
     real = torch.Tensor.nonzero
 
@@ -61,7 +73,7 @@ def test_other_devices_take_the_flat_top_k(monkeypatch):
 
 
 @pytest.mark.parametrize("case", ["distinct", "tied at the k-th", "full rows", "device"])
-def test_the_budget_comes_grouped_by_row(case, monkeypatch):
+def test_the_budget_comes_grouped_by_row(case, monkeypatch, host_path):
     """The sparse decoder reads the pairs by row: every path returns them grouped so
     (rows ascending), exactly k of them, the flat top-k's set."""
     gen = torch.Generator().manual_seed(5)
@@ -83,3 +95,43 @@ def test_the_budget_comes_grouped_by_row(case, monkeypatch):
     torch.testing.assert_close(values.sort().values, ref.sort().values)
     if case != "tied at the k-th":
         assert torch.equal(flat.sort().values, scores.flatten().topk(k).indices.sort().values)
+
+
+def test_runs_rank_by_their_maxima_and_list_only_the_runs_that_reach_the_floor(monkeypatch):
+    """The runs' path reads the scores of the runs whose maximum reaches the k-th largest
+    maximum, not the others; a row tied at that maximum throughout included."""
+    gen = torch.Generator().manual_seed(9)
+    scores = torch.randn(256, 512, generator=gen)  # 4,096 runs of 32
+    k = 640
+    scores[3] = scores.view(-1, 32).amax(-1).topk(k).values[-1].item()
+    read = []
+    real = torch.Tensor.index_select
+
+    def recording(self, dim, index):
+        read.append(index.numel())
+        return real(self, dim, index)
+
+    monkeypatch.setattr(torch.Tensor, "index_select", recording)
+    values, flat = batch_top_k(scores, k)
+    monkeypatch.undo()
+    assert k <= read[0] < 1.2 * k  # the runs read, of 4,096
+    ref = scores.flatten().topk(k).values
+    torch.testing.assert_close(values.sort().values, ref.sort().values)
+    assert bool((flat[1:] > flat[:-1]).all())  # flat order: grouped by row
+
+
+@pytest.mark.parametrize("case", ["nan", "width does not divide", "budget over the runs"])
+def test_runs_hand_back_where_they_cannot_rank(case):
+    """NaN codes (a NaN run would rank nowhere), rows the runs do not tile, and a budget
+    beyond one code a run: the per-row candidates' way, the flat top-k's set."""
+    gen = torch.Generator().manual_seed(11)
+    n, k = (500, 300) if case == "width does not divide" else (512, 300)
+    scores = torch.randn(64, n, generator=gen)
+    if case == "nan":
+        scores[5, 7] = float("nan")
+    if case == "budget over the runs":
+        k = 64 * 512 // 32 + 1
+    assert sparse_encoder._batch_top_k_in_blocks(scores, k) is None
+    _, flat = batch_top_k(scores, k)
+    ref = scores.flatten().topk(k)
+    assert torch.equal(flat.sort().values, ref.indices.sort().values)

@@ -306,7 +306,9 @@ def batch_top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
     sparse decoder reads.
 
     On CPU a single top-k of k = 65,536 over 12.6M codes costs more than the encoder's
-    matmul (and copies the matrix three times over). Here each row first keeps its top
+    matmul (and copies the matrix three times over). Where runs of BATCH_BLOCK_WIDTH
+    columns tile the rows, the runs' maxima narrow it (`_batch_top_k_in_blocks`).
+    Otherwise each row first keeps its top
     m = 2 k / rows candidates and the budget's k-th largest candidate t is found. A row
     whose smallest candidate is below t holds no other code above t; a row whose every
     candidate reached t ("full") may hold more, so all of its codes >= t join the pool
@@ -322,6 +324,9 @@ def batch_top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
     m = math.ceil(BATCH_TOP_K_CANDIDATES * k / max(n_rows, 1))
     if scores.device.type not in sparse.HOST_DEVICES or 2 * m > n:
         return _by_row(*scores.flatten().topk(k, sorted=False))
+    found = _batch_top_k_in_blocks(scores, k)
+    if found is not None:
+        return found
     cand_cols = sparse.row_top_k(scores, m)  # block-pruned on the host
     cand_values = scores.gather(1, cand_cols)
     row_starts = torch.arange(n_rows, device=scores.device).mul_(n).unsqueeze(-1)
@@ -343,6 +348,41 @@ def batch_top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
     pool_flat = torch.cat([pool_flat.index_select(0, rest), rows * n + cols])
     values, pos = pool_values.topk(k, sorted=False)
     return _by_row(values, pool_flat.index_select(0, pos))
+
+
+BATCH_BLOCK_WIDTH = 32
+"""Columns of the runs whose maxima `batch_top_k` ranks first on the host."""
+
+
+def _batch_top_k_in_blocks(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """`batch_top_k` on the host through runs of BATCH_BLOCK_WIDTH columns: the k-th
+    largest run maximum f is at most the k-th largest score (k runs reach f, each with a
+    score >= f), so every score of the budget lies in a run whose maximum reaches f.
+    Those runs' scores >= f are the pool (about 1.1 k for Gaussian codes), whose k-th
+    largest is the budget's threshold. The pool is listed in flat order, so the budget
+    comes out grouped by row. 2,048 x 6,144, k = 65,536, Intel Xeon, 2 threads: ~5 ms
+    against ~12 for the per-row candidates. None where the runs do not tile the rows
+    (or fewer runs than k, or a dtype numpy has not): the caller's way then."""
+    n_rows, n = scores.shape
+    width = BATCH_BLOCK_WIDTH
+    if n % width or scores.dtype not in NUMPY_FLOATS or not 0 < k * width <= n_rows * n:
+        return None
+    runs = scores.contiguous().view(-1, width)
+    maxima = runs.amax(-1)
+    if bool(maxima.isnan().any()):
+        return None  # a NaN run ranks nowhere here; the caller's top-k ranks it first
+    floor = _kth_largest(maxima, k)
+    reached = torch.from_numpy(np.flatnonzero(maxima.numpy() >= floor.item()))
+    pool = runs.index_select(0, reached).view(-1)
+    at = torch.from_numpy(np.flatnonzero(pool.numpy() >= floor.item()))
+    values = pool.index_select(0, at)
+    flat = reached.index_select(0, at.div(width, rounding_mode="floor")) * width + at % width
+    threshold = _kth_largest(values, k)
+    keep = torch.from_numpy(np.flatnonzero(values.numpy() >= threshold.item()))
+    if keep.numel() == k:  # no tie at the threshold: the budget is what reaches it
+        return values.index_select(0, keep), flat.index_select(0, keep)
+    top, pos = values.topk(k, sorted=False)
+    return _by_row(top, flat.index_select(0, pos))
 
 
 def _kth_largest(values: torch.Tensor, k: int) -> torch.Tensor:
