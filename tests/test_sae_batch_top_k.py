@@ -120,17 +120,18 @@ def test_runs_rank_by_their_maxima_and_list_only_the_runs_that_reach_the_floor(m
     assert bool((flat[1:] > flat[:-1]).all())  # flat order: grouped by row
 
 
-@pytest.mark.parametrize("case", ["nan", "width does not divide", "budget over the runs"])
+@pytest.mark.parametrize("case", ["nan", "width does not divide", "budget over half the runs"])
 def test_runs_hand_back_where_they_cannot_rank(case):
     """NaN codes (a NaN run would rank nowhere), rows the runs do not tile, and a budget
-    beyond one code a run: the per-row candidates' way, the flat top-k's set."""
+    over half the runs (the pool would be most codes): the per-row candidates' way, the flat
+    top-k's set."""
     gen = torch.Generator().manual_seed(11)
     n, k = (500, 300) if case == "width does not divide" else (512, 300)
     scores = torch.randn(64, n, generator=gen)
     if case == "nan":
         scores[5, 7] = float("nan")
-    if case == "budget over the runs":
-        k = 64 * 512 // 32 + 1
+    if case == "budget over half the runs":
+        k = 64 * 512 // 32 // 2 + 1
     assert sparse_encoder._batch_top_k_in_blocks(scores, k) is None
     _, flat = batch_top_k(scores, k)
     ref = scores.flatten().topk(k)
