@@ -147,6 +147,8 @@ def test_a_unit_input_scale_on_the_host_is_skipped_not_applied(variant):
         sae.input_scale.fill_(1.0 + 2**-23)  # the smallest step up: the passes run
     applied = sae(x / (1.0 + 2**-23))
     torch.testing.assert_close(skipped.x_hat, applied.x_hat * (1.0 + 2**-23))
+    traced = torch.compile(sae.scaled, fullgraph=True, backend="eager")  # no .item() there
+    torch.testing.assert_close(traced(x), x * sae.input_scale, rtol=0, atol=0)
 
 
 def test_relu_sae_sparsity_loss_weights_codes_by_atom_norms():

@@ -167,7 +167,9 @@ class SAE(SAEPersistence, TrainingContract, nn.Module):
 
     def _unit_scale(self) -> bool:
         scale = self.input_scale
-        return scale.device.type in sparse.HOST_DEVICES and scale.item() == 1.0
+        if scale.device.type not in sparse.HOST_DEVICES or torch.compiler.is_compiling():
+            return False  # reading it: a device sync, or a graph break under torch.compile
+        return scale.item() == 1.0
 
     def _encode_rows(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pre, codes = self._pre_codes(rows)
