@@ -472,8 +472,8 @@ def _batch_threshold(pre: torch.Tensor, l0: float, gather: Any = None) -> torch.
     gather = gather or (lambda t: t)
     rows = int(gather(torch.tensor([pre.shape[0]], device=pre.device)).sum())
     k = max(round(l0 * rows), 1)  # of the global batch
-    # batch_top_k: per-row candidates first (a flat top-k of 65k over 12.6M codes cost
-    # about 6 normal steps on CPU, issue 35)
+    # batch_top_k: runs' maxima or per-row candidates first (a flat top-k of 65k over
+    # 12.6M codes cost about 6 normal steps on CPU, issue 35)
     top = gather(batch_top_k(pre, min(k, pre.numel()))[0])
     t = top.topk(min(k, top.numel()), sorted=False).values.min()
     return _positive(t.expand(pre.shape[-1]))
