@@ -136,3 +136,22 @@ def test_runs_hand_back_where_they_cannot_rank(case):
     _, flat = batch_top_k(scores, k)
     ref = scores.flatten().topk(k)
     assert torch.equal(flat.sort().values, ref.indices.sort().values)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_runs_rank_autocast_scores_as_float32(dtype):
+    """bf16 / fp16 codes (CPU autocast) take the runs too, upcast in row chunks: torch's
+    top-k values (their many ties may pick other indices), grouped by row, in the
+    scores' dtype."""
+    gen = torch.Generator().manual_seed(13)
+    scores = (torch.randn(300, 512, generator=gen) * 3).to(dtype)
+    k = 1500
+    found = sparse_encoder._batch_top_k_in_blocks(scores, k)
+    assert found is not None
+    values, flat = found
+    assert values.dtype == dtype and flat.unique().numel() == k
+    assert torch.equal(scores.flatten()[flat], values)
+    expected = scores.flatten().topk(k).values.float().sort().values
+    assert torch.equal(values.float().sort().values, expected)
+    rows = flat // 512
+    assert bool((rows[1:] >= rows[:-1]).all())
